@@ -1,0 +1,3 @@
+from mobilenet_zoo.cli import main
+
+main()

@@ -1,0 +1,73 @@
+"""One reader and one writer per format, all over the canonical `MobileNetV1Model`.
+
+Every format module (`tensorflow`, `torch`, `onnx`, `tflite`) exposes the same three functions and is
+imported only when used, so light commands never load a framework:
+
+    write(model, out: Path, **options) -> Path
+        Write `model` to `out` (a file or folder the module names), atomically: nothing is left at
+        `out` if writing fails. Returns the path written.
+    read(path: Path) -> MobileNetV1Model
+        Map a model file of this format back to the canonical model.
+    load_runner(path: Path) -> Runner
+        Load a written model in its own runtime for a forward pass.
+
+A Runner is called with a batch of NHWC images and returns named outputs:
+    float models: float32 input in [-1, 1]; outputs "logits" and "probabilities" (float32, N x 1001).
+    quantized models: uint8 input (0..255); outputs "probabilities" as the raw uint8 tensor
+    (scale 1/256, zero point 0) and, when the runtime exposes it, "logits" as raw uint8.
+Its `quantized` attribute says which, and `resolution` the input size it expects (None if dynamic).
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from types import ModuleType
+from typing import Protocol
+
+import numpy as np
+
+from mobilenet_zoo.errors import ModelFormatError
+
+FORMATS = ("tf", "torch", "onnx", "tflite")
+_MODULES = {"tf": "tensorflow", "torch": "torch", "onnx": "onnx", "tflite": "tflite"}
+
+
+class Runner(Protocol):
+    quantized: bool
+    resolution: int | None
+
+    def __call__(self, images: np.ndarray) -> dict[str, np.ndarray]: ...
+
+
+def format_module(fmt: str) -> ModuleType:
+    """The reader/writer module of a format (importing it imports no framework by itself)."""
+    if fmt not in _MODULES:
+        raise ModelFormatError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    return importlib.import_module(f"mobilenet_zoo.formats.{_MODULES[fmt]}")
+
+
+def detect_format(path: Path) -> str:
+    """Which format a model path is in, from its name and (for folders) its contents."""
+    path = Path(path)
+    name = path.name.lower()
+    if path.is_dir():
+        if (path / "saved_model.pb").exists():
+            return "tf"
+        if (path / "config.json").exists() and (path / "model.safetensors").exists():
+            return "torch"
+        raise ModelFormatError(f"{path}: folder is neither a SavedModel nor a Hugging Face model folder")
+    if name.endswith(".onnx"):
+        return "onnx"
+    if name.endswith(".tflite"):
+        return "tflite"
+    if name.endswith((".pt2", ".safetensors", ".pt")):
+        return "torch"
+    if name.endswith(".pb") or ".ckpt" in name:
+        return "tf"
+    raise ModelFormatError(f"{path}: cannot tell the model format from the name (expected .onnx, .tflite, .pt2, .safetensors, .pb, .ckpt, or a SavedModel folder)")
+
+
+def load_runner(path: Path) -> Runner:
+    """Load any written model in the runtime of its format."""
+    return format_module(detect_format(path)).load_runner(Path(path))

@@ -1,0 +1,255 @@
+"""The zoo's registry: `registry.yaml` loaded, validated and queried. No framework imports here."""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Iterable
+
+import yaml
+
+from mobilenet_zoo.arch import ModelConfig, count_macs, count_parameters
+from mobilenet_zoo.errors import RegistryError, UnknownVariantError
+
+REGISTRY_ENV = "MOBILENET_ZOO_REGISTRY"
+MIRROR_ENV = "MOBILENET_ZOO_MIRROR"
+CHECKSUM_ALGORITHMS = ("sha256", "sha384", "sha512")
+OFFICIAL_VARIANT_COUNT = 32
+MEMBER_SUFFIXES = (".ckpt.data-00000-of-00001", ".ckpt.index", ".ckpt.meta", "_eval.pbtxt", "_frozen.pb", "_info.txt", ".tflite")
+
+
+def builtin_registry_path() -> Path:
+    """registry.yaml inside the installed package, else at the top of a source checkout."""
+    packaged = Path(__file__).with_name("registry.yaml")
+    return packaged if packaged.exists() else Path(__file__).resolve().parent.parent / "registry.yaml"
+
+
+@dataclass(frozen=True)
+class Published:
+    """Figures as the TF-slim table publishes them."""
+
+    macs_millions: float
+    params_millions: float
+    top1: float
+    top5: float
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One downloadable model of the zoo."""
+
+    name: str
+    alpha: float
+    resolution: int
+    quantized: bool
+    url: str
+    published: Published | None = None
+    size: int | None = None
+    checksum: tuple[str, str] | None = None  # (algorithm, hex digest)
+
+    @property
+    def config(self) -> ModelConfig:
+        return ModelConfig(self.alpha, self.resolution, self.quantized)
+
+    @property
+    def filename(self) -> str:
+        return self.url.rsplit("/", 1)[-1]
+
+    @property
+    def members(self) -> tuple[str, ...]:
+        """Files the official tarball holds (flat, under ./)."""
+        return tuple(self.name + suffix for suffix in MEMBER_SUFFIXES)
+
+    @cached_property
+    def computed_macs_millions(self) -> float:
+        return round(count_macs(self.config) / 1e6, 1)
+
+    @cached_property
+    def computed_params_millions(self) -> float:
+        return round(count_parameters(self.config) / 1e6, 3)
+
+    def url_for(self, mirror: str | None = None) -> str:
+        """Download URL, with the base replaced by `mirror` (or $MOBILENET_ZOO_MIRROR) when given."""
+        mirror = mirror or os.environ.get(MIRROR_ENV)
+        return mirror.rstrip("/") + "/" + self.filename if mirror else self.url
+
+    def as_dict(self) -> dict[str, Any]:
+        """Everything known about the variant, JSON-ready."""
+        data: dict[str, Any] = {
+            "name": self.name,
+            "alpha": self.alpha,
+            "resolution": self.resolution,
+            "quantized": self.quantized,
+            "url": self.url,
+            "size": self.size,
+            "checksum": f"{self.checksum[0]}:{self.checksum[1]}" if self.checksum else None,
+            "computed": {"macs_millions": self.computed_macs_millions, "params_millions": self.computed_params_millions},
+        }
+        data["published"] = vars(self.published).copy() if self.published else None
+        return data
+
+
+_ALIAS = re.compile(r"^(?:mobilenet[_-]?v1[_-]?)?(\d*\.?\d+)[_-](\d+)([_-]quant)?$")
+
+
+@dataclass
+class Registry:
+    """All variants by name, with forgiving lookup."""
+
+    variants: dict[str, Variant] = field(default_factory=dict)
+    sources: tuple[Path, ...] = ()
+
+    def __iter__(self):
+        return iter(self.variants.values())
+
+    def __len__(self) -> int:
+        return len(self.variants)
+
+    def get(self, name: str) -> Variant:
+        """Resolve `mobilenet_v1_1.0_224`, `1.0_224`, `0.5-160-quant`, `MobileNet_v1_0.50_160`..."""
+        key = name.strip()
+        if key in self.variants:
+            return self.variants[key]
+        match = _ALIAS.match(key.lower())
+        if match:
+            alpha, resolution, quant = float(match[1]), int(match[2]), bool(match[3])
+            for variant in self.variants.values():
+                if (variant.alpha, variant.resolution, variant.quantized) == (alpha, resolution, quant):
+                    return variant
+        close = difflib.get_close_matches(key.lower(), list(self.variants), n=1, cutoff=0.5)
+        hint = f"; did you mean {close[0]}?" if close else "; see `mobilenet-zoo list`"
+        raise UnknownVariantError(f"unknown variant {name!r}{hint}")
+
+    def names(self) -> list[str]:
+        return list(self.variants)
+
+
+def _parse_variant(entry: Any, base_url: str, where: str) -> Variant:
+    if not isinstance(entry, dict):
+        raise RegistryError(f"{where}: each variant must be a mapping, got {type(entry).__name__}")
+    known = {"name", "alpha", "resolution", "quantized", "url", "published", "size", *CHECKSUM_ALGORITHMS}
+    unknown = set(entry) - known
+    if unknown:
+        raise RegistryError(f"{where}: unknown field {sorted(unknown)[0]!r}")
+    for key in ("name", "alpha", "resolution"):
+        if key not in entry:
+            raise RegistryError(f"{where}: missing field {key!r}")
+    name = entry["name"]
+    where = f"{where} ({name})"
+    if not isinstance(name, str) or not name:
+        raise RegistryError(f"{where}: name must be a non-empty string")
+    alpha, resolution = entry["alpha"], entry["resolution"]
+    if not isinstance(alpha, (int, float)) or isinstance(alpha, bool) or not 0 < alpha <= 4:
+        raise RegistryError(f"{where}: alpha must be a number in (0, 4], got {alpha!r}")
+    if not isinstance(resolution, int) or isinstance(resolution, bool) or resolution < 32:
+        raise RegistryError(f"{where}: resolution must be an integer >= 32, got {resolution!r}")
+    quantized = entry.get("quantized", False)
+    if not isinstance(quantized, bool):
+        raise RegistryError(f"{where}: quantized must be true or false")
+    url = entry.get("url", f"{name}.tgz")
+    if not isinstance(url, str):
+        raise RegistryError(f"{where}: url must be a string")
+    if "://" not in url:
+        url = base_url.rstrip("/") + "/" + url
+    published = None
+    if "published" in entry:
+        fields = entry["published"]
+        names = ("macs_millions", "params_millions", "top1", "top5")
+        if not isinstance(fields, dict) or set(fields) != set(names):
+            raise RegistryError(f"{where}: published needs exactly {', '.join(names)}")
+        if not all(isinstance(fields[k], (int, float)) and not isinstance(fields[k], bool) for k in names):
+            raise RegistryError(f"{where}: published figures must be numbers")
+        published = Published(**{k: fields[k] for k in names})
+    size = entry.get("size")
+    if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size <= 0):
+        raise RegistryError(f"{where}: size must be a positive integer")
+    checksum = None
+    for algorithm in CHECKSUM_ALGORITHMS:
+        if algorithm in entry:
+            if checksum:
+                raise RegistryError(f"{where}: give one checksum, not several")
+            digest = str(entry[algorithm]).lower()
+            length = {"sha256": 64, "sha384": 96, "sha512": 128}[algorithm]
+            if not re.fullmatch(f"[0-9a-f]{{{length}}}", digest):
+                raise RegistryError(f"{where}: {algorithm} must be {length} hex digits")
+            checksum = (algorithm, digest)
+    return Variant(name, float(alpha), resolution, quantized, url, published, size, checksum)
+
+
+def parse_registry(data: Any, where: str) -> tuple[list[Variant], bool]:
+    """Validate one registry document; return its variants and whether it extends the built-in one."""
+    if not isinstance(data, dict):
+        raise RegistryError(f"{where}: expected a mapping with a 'variants' list")
+    if data.get("schema", 1) != 1:
+        raise RegistryError(f"{where}: unsupported schema {data.get('schema')!r} (this version reads schema 1)")
+    entries = data.get("variants")
+    if not isinstance(entries, list) or not entries:
+        raise RegistryError(f"{where}: 'variants' must be a non-empty list")
+    base_url = data.get("base_url", "")
+    if not isinstance(base_url, str):
+        raise RegistryError(f"{where}: base_url must be a string")
+    variants = [_parse_variant(entry, base_url, f"{where}: variant {i + 1}") for i, entry in enumerate(entries)]
+    seen: set[str] = set()
+    for variant in variants:
+        if variant.name in seen:
+            raise RegistryError(f"{where}: duplicate variant name {variant.name!r}")
+        seen.add(variant.name)
+    extends = data.get("extends", "builtin")
+    if extends not in ("builtin", "none"):
+        raise RegistryError(f"{where}: extends must be 'builtin' or 'none'")
+    return variants, extends == "builtin"
+
+
+def _read_yaml(path: Path) -> Any:
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise RegistryError(f"registry file not found: {path}") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f" at line {mark.line + 1}" if mark else ""
+        raise RegistryError(f"{path}: invalid YAML{at}") from None
+
+
+def load_registry(user_registry: str | os.PathLike | None = None) -> Registry:
+    """The built-in registry, replaced or extended by a user registry (argument or $MOBILENET_ZOO_REGISTRY)."""
+    builtin_path = builtin_registry_path()
+    builtin, _ = parse_registry(_read_yaml(builtin_path), str(builtin_path))
+    if len(builtin) != OFFICIAL_VARIANT_COUNT:
+        raise RegistryError(f"{builtin_path}: expected {OFFICIAL_VARIANT_COUNT} variants, found {len(builtin)}")
+    registry = Registry({v.name: v for v in builtin}, (builtin_path,))
+    user_registry = user_registry or os.environ.get(REGISTRY_ENV)
+    if user_registry:
+        user_path = Path(user_registry).expanduser()
+        extra, extends = parse_registry(_read_yaml(user_path), str(user_path))
+        variants = dict(registry.variants) if extends else {}
+        variants.update({v.name: v for v in extra})
+        registry = Registry(variants, (builtin_path, user_path) if extends else (user_path,))
+    return registry
+
+
+def filter_variants(
+    variants: Iterable[Variant],
+    quantized: bool | None = None,
+    alpha: float | None = None,
+    resolution: int | None = None,
+    max_macs: float | None = None,
+    min_top1: float | None = None,
+) -> list[Variant]:
+    """Variants that pass every given filter (MACs in millions, published top-1 in percent)."""
+
+    def keep(v: Variant) -> bool:
+        macs = v.published.macs_millions if v.published else v.computed_macs_millions
+        return (
+            (quantized is None or v.quantized == quantized)
+            and (alpha is None or abs(v.alpha - alpha) < 1e-9)
+            and (resolution is None or v.resolution == resolution)
+            and (max_macs is None or macs <= max_macs)
+            and (min_top1 is None or (v.published is not None and v.published.top1 >= min_top1))
+        )
+
+    return [v for v in variants if keep(v)]
