@@ -16,6 +16,8 @@ _EXTRAS = {
     "onnx": ("onnx", "ONNX"),
     "onnxruntime": ("onnx", "ONNX Runtime"),
     "ai_edge_litert.interpreter": ("tflite", "the TFLite interpreter (ai-edge-litert)"),
+    "ai_edge_litert.schema_py_generated": ("tflite", "the TFLite schema (ai-edge-litert)"),
+    "flatbuffers": ("tflite", "flatbuffers"),
     "transformers": ("hf", "Hugging Face transformers"),
     "tf2onnx": ("dev", "tf2onnx"),
 }

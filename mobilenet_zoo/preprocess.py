@@ -1,7 +1,10 @@
 """TF-slim's eval preprocessing, in numpy: central crop 87.5%, bilinear resize, scale to [-1, 1].
 
-The resize reproduces TF1's `resize_bilinear` (align_corners=False, half_pixel_centers=False), which is
-what the slim eval graphs use, so inputs are the same with or without TensorFlow installed.
+Two bilinear resizes, both reproducing TensorFlow's numbers without TensorFlow installed:
+- "bilinear" (default): `tf.image.resize(..., "bilinear")`, half-pixel centers, as TF 2 resizes;
+- "legacy": TF1 `resize_bilinear(align_corners=False)`, the op in the 2018 slim eval graphs.
+They differ by a fraction of a pixel value, enough to swap close classes: on grace_hopper the real
+0.5_160 uint8 model says "academic gown" (401) with "bilinear" and "mortarboard" (668) with "legacy".
 """
 
 from __future__ import annotations
@@ -36,40 +39,49 @@ def central_crop(pixels: np.ndarray, fraction: float = CENTRAL_FRACTION) -> np.n
     return pixels[top : height - top, left : width - left]
 
 
-def _legacy_bilinear_axis(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Lower/upper source indices and weights of TF1 bilinear resize along one axis."""
-    position = np.arange(out_size, dtype=np.float64) * (in_size / out_size)
-    lower = np.floor(position).astype(np.int64)
-    upper = np.minimum(lower + 1, in_size - 1)
-    return lower, upper, (position - lower).astype(np.float32)
+RESIZE_METHODS = ("bilinear", "legacy")
 
 
-def resize_bilinear(pixels: np.ndarray, size: int) -> np.ndarray:
-    """Float32 HWC resized to size x size exactly as TF1 `resize_bilinear` does."""
+def _bilinear_axis(in_size: int, out_size: int, half_pixel: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Lower/upper source indices and interpolation weights along one axis, as TensorFlow computes them."""
+    scale = in_size / out_size
+    out = np.arange(out_size, dtype=np.float32)
+    position = (out + 0.5) * scale - 0.5 if half_pixel else out * scale
+    floor = np.floor(position)
+    lower = np.clip(floor, 0, in_size - 1).astype(np.int64)
+    upper = np.clip(np.ceil(position), 0, in_size - 1).astype(np.int64)
+    return lower, upper, (position - floor).astype(np.float32)
+
+
+def resize_bilinear(pixels: np.ndarray, size: int, method: str = "bilinear") -> np.ndarray:
+    """Float32 HWC resized to size x size as TensorFlow does (see the module docstring for `method`)."""
+    if method not in RESIZE_METHODS:
+        raise ZooError(f"unknown resize method {method!r}; choose one of {', '.join(RESIZE_METHODS)}")
     image = pixels.astype(np.float32)
-    top_i, bottom_i, y_weight = _legacy_bilinear_axis(image.shape[0], size)
-    left_i, right_i, x_weight = _legacy_bilinear_axis(image.shape[1], size)
+    half_pixel = method == "bilinear"
+    top_i, bottom_i, y_weight = _bilinear_axis(image.shape[0], size, half_pixel)
+    left_i, right_i, x_weight = _bilinear_axis(image.shape[1], size, half_pixel)
     top = image[top_i][:, left_i] + (image[top_i][:, right_i] - image[top_i][:, left_i]) * x_weight[None, :, None]
     bottom = image[bottom_i][:, left_i] + (image[bottom_i][:, right_i] - image[bottom_i][:, left_i]) * x_weight[None, :, None]
     return top + (bottom - top) * y_weight[:, None, None]
 
 
-def resized_pixels(path: str | Path, resolution: int) -> np.ndarray:
+def resized_pixels(path: str | Path, resolution: int, method: str = "bilinear") -> np.ndarray:
     """Cropped and resized pixels, float32 in 0..255."""
-    return resize_bilinear(central_crop(decode_image(path)), resolution)
+    return resize_bilinear(central_crop(decode_image(path)), resolution, method)
 
 
-def load_image(path: str | Path, resolution: int) -> np.ndarray:
+def load_image(path: str | Path, resolution: int, method: str = "bilinear") -> np.ndarray:
     """Float32 HWC in [-1, 1]: the input of the float models."""
-    return resized_pixels(path, resolution) / 127.5 - 1.0
+    return resized_pixels(path, resolution, method) / 127.5 - 1.0
 
 
-def load_image_uint8(path: str | Path, resolution: int) -> np.ndarray:
+def load_image_uint8(path: str | Path, resolution: int, method: str = "bilinear") -> np.ndarray:
     """Uint8 HWC 0..255: the input of the quantized models (scale 1/128, zero point 128)."""
-    return np.clip(np.round(resized_pixels(path, resolution)), 0, 255).astype(np.uint8)
+    return np.clip(np.round(resized_pixels(path, resolution, method)), 0, 255).astype(np.uint8)
 
 
-def load_batch(paths: list[str | Path], resolution: int, quantized: bool) -> np.ndarray:
+def load_batch(paths: list[str | Path], resolution: int, quantized: bool, method: str = "bilinear") -> np.ndarray:
     """NHWC batch for a float (float32) or quantized (uint8) model."""
     load = load_image_uint8 if quantized else load_image
-    return np.stack([load(path, resolution) for path in paths])
+    return np.stack([load(path, resolution, method) for path in paths])

@@ -1,0 +1,426 @@
+"""TFLite format: float and uint8 MobileNet V1 flatbuffers, read and written with the TFLite schema.
+
+`read` maps a graph to the canonical model by its op sequence (CONV_2D, 13 DEPTHWISE_CONV_2D + CONV_2D
+pairs, AVERAGE_POOL_2D, CONV_2D, RESHAPE or SQUEEZE, SOFTMAX), never by tensor names. For uint8 models
+it keeps the integer truth (uint8 kernels, int32 biases, the scale and zero point of every activation)
+in `model.quant`, which `write` serializes back into a flatbuffer that runs bit-identically.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+from mobilenet_zoo.arch import SCOPE, Layer, ModelConfig
+from mobilenet_zoo.deps import require
+from mobilenet_zoo.errors import ModelFormatError
+from mobilenet_zoo.model import (
+    INPUT_ACTIVATION,
+    LOGITS_ACTIVATION,
+    OUTPUT_ACTIVATION,
+    POOL_ACTIVATION,
+    MobileNetV1Model,
+    QuantInfo,
+    QuantizedTensor,
+    QuantParams,
+)
+
+SCHEMA_MODULE = "ai_edge_litert.schema_py_generated"
+FILE_IDENTIFIER = b"TFL3"
+SCHEMA_VERSION = 3
+QUANTIZE_UINT8 = "uint8"
+
+# TFLite kernels are OHWI (conv) and 1HWC (depthwise); TF lays them out HWIO and HWC1: one transpose each way.
+_TFLITE_TO_TF_AXES = (1, 2, 3, 0)
+_TF_TO_TFLITE_AXES = (3, 0, 1, 2)
+_NUMPY_TYPES = {"FLOAT32": np.float32, "UINT8": np.uint8, "INT32": np.int32, "INT8": np.int8}
+_CONV_OPS = ("CONV_2D",) + ("DEPTHWISE_CONV_2D", "CONV_2D") * 13
+_HEAD_OPS = ("AVERAGE_POOL_2D", "CONV_2D", ("RESHAPE", "SQUEEZE"), "SOFTMAX")
+EXPECTED_OPS = _CONV_OPS + _HEAD_OPS
+
+
+# ---------------------------------------------------------------------------------------------- reading
+
+
+def read(path: Path) -> MobileNetV1Model:
+    """Map a float or uint8 MobileNet V1 .tflite file to the canonical (folded) model."""
+    graph = MobileNetGraph.load(Path(path))
+    config = graph.config()
+    weights: dict[str, np.ndarray] = {}
+    quant = QuantInfo() if config.quantized else None
+    for layer, op in zip(config.layers(), graph.convs):
+        graph.check_stride(op, layer)
+        graph.collect_conv(op, layer.weight_name, layer.bias_name, weights, quant)
+        if quant is not None:
+            quant.activations[layer.scope] = graph.quant_params(op.outputs[0])
+    graph.collect_conv(graph.logits_conv, config.logits_weight_name, config.logits_bias_name, weights, quant)
+    if quant is not None:
+        for activation, tensor in graph.head_activations().items():
+            quant.activations[activation] = graph.quant_params(tensor)
+    return MobileNetV1Model(config, weights, quant=quant, source=str(path)).validate()
+
+
+@dataclass
+class MobileNetGraph:
+    """The operators and tensors of a MobileNet V1 TFLite graph, found by structure."""
+
+    schema: ModuleType
+    model: Any  # schema ModelT
+    raw: bytes
+    name: str
+    operators: list
+
+    @classmethod
+    def load(cls, path: Path) -> MobileNetGraph:
+        schema = require(SCHEMA_MODULE)
+        raw = _read_flatbuffer(path)
+        try:
+            model = schema.ModelT.InitFromPackedBuf(raw, 0)
+        except Exception as exc:  # flatbuffers raises bare struct/index errors on damaged data
+            raise ModelFormatError(f"{path}: damaged or truncated TFLite flatbuffer ({type(exc).__name__}: {exc})") from exc
+        if not model.subgraphs:
+            raise ModelFormatError(f"{path}: TFLite model has no subgraph")
+        graph = cls(schema, model, raw, str(path), list(model.subgraphs[0].operators or []))
+        graph.check_structure()
+        return graph
+
+    @property
+    def subgraph(self):
+        return self.model.subgraphs[0]
+
+    @property
+    def convs(self) -> list:
+        return self.operators[: len(_CONV_OPS)]
+
+    @property
+    def pool(self):
+        return self.operators[len(_CONV_OPS)]
+
+    @property
+    def logits_conv(self):
+        return self.operators[len(_CONV_OPS) + 1]
+
+    @property
+    def softmax(self):
+        return self.operators[-1]
+
+    @property
+    def input_tensor(self) -> int:
+        return int(self.convs[0].inputs[0])
+
+    def op_name(self, op) -> str:
+        codes = self.model.operatorCodes[op.opcodeIndex]
+        code = max(codes.builtinCode, codes.deprecatedBuiltinCode)
+        return _enum_names(self.schema.BuiltinOperator)[code]
+
+    def check_structure(self) -> None:
+        """Refuse anything that is not the MobileNet V1 op chain."""
+        names = [self.op_name(op) for op in self.operators]
+        if len(names) != len(EXPECTED_OPS):
+            raise ModelFormatError(f"{self.name}: not a MobileNet V1 graph: {len(names)} operators, expected {len(EXPECTED_OPS)}")
+        for index, (name, expected) in enumerate(zip(names, EXPECTED_OPS)):
+            if name not in (expected if isinstance(expected, tuple) else (expected,)):
+                raise ModelFormatError(f"{self.name}: not a MobileNet V1 graph: operator {index} is {name}, expected {expected}")
+        for index in range(1, len(self.operators)):
+            if self.operators[index].inputs[0] != self.operators[index - 1].outputs[0]:
+                raise ModelFormatError(f"{self.name}: not a MobileNet V1 graph: operator {index} does not consume operator {index - 1}")
+        if self.tensor(self.input_tensor).shape[-1] != 3:
+            raise ModelFormatError(f"{self.name}: not a MobileNet V1 graph: input is not RGB")
+
+    def tensor(self, index: int):
+        return self.subgraph.tensors[index]
+
+    def type_name(self, index: int) -> str:
+        return _enum_names(self.schema.TensorType)[self.tensor(index).type]
+
+    def config(self) -> ModelConfig:
+        _, height, width, _ = (int(d) for d in self.tensor(self.input_tensor).shape)
+        if height != width:
+            raise ModelFormatError(f"{self.name}: input is {height}x{width}; MobileNet V1 variants are square")
+        from mobilenet_zoo.model import infer_alpha
+
+        first_kernel = self.tensor(self.convs[0].inputs[1]).shape
+        classes = int(self.tensor(self.logits_conv.inputs[1]).shape[0])
+        quantized = self.type_name(self.input_tensor) == "UINT8"
+        return ModelConfig(alpha=infer_alpha(int(first_kernel[0])), resolution=height, quantized=quantized, num_classes=classes)
+
+    def check_stride(self, op, layer: Layer) -> None:
+        stride = (op.builtinOptions.strideH, op.builtinOptions.strideW)
+        if stride != (layer.stride, layer.stride):
+            raise ModelFormatError(f"{self.name}: {layer.scope} has stride {stride}, MobileNet V1 has {layer.stride}")
+
+    def values(self, index: int) -> np.ndarray:
+        """The constant data of a tensor as a numpy array of its type and shape."""
+        tensor = self.tensor(index)
+        buffer = self.model.buffers[tensor.buffer]
+        if buffer.offset > 1:  # large models keep buffers after the flatbuffer
+            data = self.raw[buffer.offset : buffer.offset + buffer.size]
+        else:
+            data = b"" if buffer.data is None else buffer.data.tobytes()
+        dtype = _NUMPY_TYPES.get(self.type_name(index))
+        shape = tuple(int(d) for d in tensor.shape)
+        if dtype is None or len(data) != np.dtype(dtype).itemsize * int(np.prod(shape)):
+            raise ModelFormatError(f"{self.name}: constant tensor {index} ({_text(tensor.name)}) has no or truncated data")
+        return np.frombuffer(data, dtype).reshape(shape)
+
+    def quant_params(self, index: int) -> QuantParams:
+        tensor = self.tensor(index)
+        quantization = tensor.quantization
+        if quantization is None or quantization.scale is None or len(quantization.scale) == 0:
+            raise ModelFormatError(f"{self.name}: tensor {index} ({_text(tensor.name)}) carries no quantization")
+        scale = np.asarray(quantization.scale, np.float32)
+        zero_point = np.asarray(quantization.zeroPoint, np.int64)
+        if scale.size == 1:
+            scale, zero_point = scale.reshape(()), zero_point.reshape(())
+        return QuantParams(scale, zero_point, self.type_name(index).lower())
+
+    def collect_conv(self, op, weight_name: str, bias_name: str, weights: dict, quant: QuantInfo | None) -> None:
+        """Store a convolution's kernel (TF layout) and bias, dequantized, plus the integers when quantized."""
+        kernel_index, bias_index = int(op.inputs[1]), int(op.inputs[2])
+        kernel = np.ascontiguousarray(self.values(kernel_index).transpose(_TFLITE_TO_TF_AXES))
+        bias = self.values(bias_index)
+        if quant is None:
+            weights[weight_name], weights[bias_name] = kernel, bias.copy()
+            return
+        for name, index, values in ((weight_name, kernel_index, kernel), (bias_name, bias_index, bias.copy())):
+            tensor = QuantizedTensor(values, self.quant_params(index))
+            quant.tensors[name] = tensor
+            weights[name] = tensor.dequantize()
+
+    def head_activations(self) -> dict[str, int]:
+        """Quantized activations of the head (and the input) by canonical name."""
+        return {
+            INPUT_ACTIVATION: self.input_tensor,
+            POOL_ACTIVATION: int(self.pool.outputs[0]),
+            LOGITS_ACTIVATION: int(self.logits_conv.outputs[0]),
+            OUTPUT_ACTIVATION: int(self.softmax.outputs[0]),
+        }
+
+
+def _read_flatbuffer(path: Path) -> bytes:
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise ModelFormatError(f"{path}: no such TFLite file") from None
+    except IsADirectoryError:
+        raise ModelFormatError(f"{path}: is a folder, not a TFLite file") from None
+    if len(raw) < 8 or raw[4:8] != FILE_IDENTIFIER:
+        raise ModelFormatError(f"{path}: not a TFLite flatbuffer (no {FILE_IDENTIFIER.decode()} identifier)")
+    return raw
+
+
+def _enum_names(enum_class: type) -> dict[int, str]:
+    return {value: name for name, value in vars(enum_class).items() if not name.startswith("_")}
+
+
+def _text(name: bytes | str | None) -> str:
+    return name.decode() if isinstance(name, bytes) else str(name)
+
+
+# ---------------------------------------------------------------------------------------------- running
+
+
+def load_runner(path: Path) -> TFLiteRunner:
+    """The TFLite interpreter on a MobileNet V1 .tflite, float or uint8.
+
+    Quantized models run on TFLite's builtin kernels, which implement its integer arithmetic spec
+    (fixed-point requantization): the default XNNPACK delegate requantizes uint8 in float32 and lands
+    up to ~13 LSB away from them, and its result depends on how it partitions the graph.
+    """
+    litert = require("ai_edge_litert.interpreter")
+    graph = MobileNetGraph.load(Path(path))
+    quantized = graph.type_name(graph.input_tensor) == "UINT8"
+    resolver = litert.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES if quantized else litert.OpResolverType.AUTO
+    with warnings.catch_warnings():  # preserving tensors (to read the logits) warns that it is for debugging
+        warnings.simplefilter("ignore", UserWarning)
+        interpreter = litert.Interpreter(model_path=str(path), experimental_op_resolver_type=resolver, experimental_preserve_all_tensors=True)
+    interpreter.allocate_tensors()
+    return TFLiteRunner(interpreter, graph.input_tensor, int(graph.logits_conv.outputs[0]), int(graph.softmax.outputs[0]),
+                        quantized, int(graph.tensor(graph.input_tensor).shape[1]))
+
+
+@dataclass
+class TFLiteRunner:
+    """Runs a MobileNet V1 .tflite on NHWC batches, one image per invoke (the released graphs fix batch 1)."""
+
+    interpreter: Any
+    input_index: int
+    logits_index: int
+    probabilities_index: int
+    quantized: bool
+    resolution: int
+
+    def __call__(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        batch = np.asarray(images, dtype=np.uint8 if self.quantized else np.float32)
+        expected = (self.resolution, self.resolution, 3)
+        if batch.ndim != 4 or batch.shape[1:] != expected:
+            raise ModelFormatError(f"TFLite model takes N x {self.resolution} x {self.resolution} x 3 images, got {batch.shape}")
+        outputs: dict[str, list[np.ndarray]] = {"logits": [], "probabilities": []}
+        for image in batch:
+            self.interpreter.set_tensor(self.input_index, image[None])
+            self.interpreter.invoke()
+            outputs["logits"].append(self.interpreter.get_tensor(self.logits_index).reshape(1, -1))
+            outputs["probabilities"].append(self.interpreter.get_tensor(self.probabilities_index).reshape(1, -1))
+        return {name: np.concatenate(values) for name, values in outputs.items()}
+
+
+# ---------------------------------------------------------------------------------------------- writing
+
+
+def write(model: MobileNetV1Model, out: Path, *, quantize: str | None = None, calibration: Path | None = None) -> Path:
+    """Write a .tflite: the uint8 flatbuffer of a quantized model, or a float model as float.
+
+    `quantize="uint8"` with a `calibration` image folder is the planned post-training quantization.
+    """
+    out = Path(out)
+    if model.config.quantized:
+        if quantize is not None:
+            raise ModelFormatError(f"{model.config.name} is already quantized; drop --quantize")
+        data = quantized_flatbuffer(model)
+    elif quantize is None:
+        from mobilenet_zoo.formats.tensorflow import tflite_bytes
+
+        data = tflite_bytes(model)
+    elif quantize == QUANTIZE_UINT8:
+        raise ModelFormatError("post-training uint8 quantization of float models is not available yet; convert a _quant variant instead")
+    else:
+        raise ModelFormatError(f"unknown TFLite quantization {quantize!r}; the only one is {QUANTIZE_UINT8!r}")
+    write_atomically(data, out)
+    return out
+
+
+def write_atomically(data: bytes, out: Path) -> None:
+    """Write `data` to a temporary file next to `out`, then rename it into place."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, temporary = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    try:
+        with os.fdopen(fd, "wb") as stream:
+            stream.write(data)
+        os.replace(temporary, out)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def quantized_flatbuffer(model: MobileNetV1Model) -> bytes:
+    """The uint8 TFLite flatbuffer of a quantized canonical model (same ops and integers as the original)."""
+    model.validate()
+    config, quant = model.config, model.quant
+    writer = _GraphWriter(require(SCHEMA_MODULE))
+    size = config.resolution
+    tensor = writer.activation("input", [1, size, size, 3], quant.activations[INPUT_ACTIVATION])
+    for layer in config.layers():
+        size = -(-size // layer.stride)
+        output = writer.activation(f"{SCOPE}/{layer.scope}/Relu6", [1, size, size, layer.out_channels], quant.activations[layer.scope])
+        tensor = writer.conv(layer.kind == "depthwise", [tensor, *writer.kernel_and_bias(quant, layer.weight_name, layer.bias_name)], output, layer.stride, "RELU6")
+    tensor = writer.average_pool(tensor, config.pool_kernel(), quant.activations[POOL_ACTIVATION], config.feature_channels)
+    logits_map = writer.activation(f"{SCOPE}/{LOGITS_ACTIVATION}/BiasAdd", [1, 1, 1, config.num_classes], quant.activations[LOGITS_ACTIVATION])
+    tensor = writer.conv(False, [tensor, *writer.kernel_and_bias(quant, config.logits_weight_name, config.logits_bias_name)], logits_map, 1, "NONE")
+    tensor = writer.squeeze(tensor, config.num_classes, quant.activations[LOGITS_ACTIVATION])
+    probabilities = writer.activation(f"{SCOPE}/Predictions/Reshape_1", [1, config.num_classes], quant.activations[OUTPUT_ACTIVATION])
+    writer.operator("SOFTMAX", [tensor], probabilities, "SoftmaxOptions", beta=1.0)
+    return writer.finish(inputs=[0], outputs=[probabilities], description=f"mobilenet-zoo {config.name}")
+
+
+class _GraphWriter:
+    """Collects the tensors, buffers and operators of a one-subgraph TFLite model (schema object API)."""
+
+    def __init__(self, schema: ModuleType) -> None:
+        self.schema = schema
+        self.tensors: list = []
+        self.buffers: list = [schema.BufferT()]  # buffer 0 is the empty sentinel activations point to
+        self.operators: list = []
+        self.opcodes: dict[str, int] = {}
+
+    def add_tensor(self, name: str, shape: list[int], type_name: str, params: QuantParams | None, data: np.ndarray | None = None, quantized_dimension: int = 0) -> int:
+        tensor = self.schema.TensorT()
+        tensor.name, tensor.shape = name, np.asarray(shape, np.int32)
+        tensor.type = getattr(self.schema.TensorType, type_name)
+        if data is not None:
+            buffer = self.schema.BufferT()
+            buffer.data = np.frombuffer(np.ascontiguousarray(data).tobytes(), np.uint8)
+            tensor.buffer = len(self.buffers)
+            self.buffers.append(buffer)
+        if params is not None:
+            quantization = self.schema.QuantizationParametersT()
+            quantization.scale = [float(s) for s in np.atleast_1d(params.scale)]
+            quantization.zeroPoint = [int(z) for z in np.atleast_1d(params.zero_point)]
+            quantization.quantizedDimension = quantized_dimension
+            tensor.quantization = quantization
+        self.tensors.append(tensor)
+        return len(self.tensors) - 1
+
+    def activation(self, name: str, shape: list[int], params: QuantParams) -> int:
+        return self.add_tensor(name, shape, params.dtype.upper(), params)
+
+    def kernel_and_bias(self, quant: QuantInfo, weight_name: str, bias_name: str) -> tuple[int, int]:
+        """Constant tensors of a quantized kernel (TF layout in, TFLite layout out) and its int32 bias."""
+        kernel, bias = quant.tensors[weight_name], quant.tensors[bias_name]
+        data = kernel.values.transpose(_TF_TO_TFLITE_AXES)
+        # Per-channel scales run along the output channel: axis 0 of OHWI, axis 3 of a depthwise 1HWC
+        # (per-tensor kernels keep 0: XNNPACK takes a nonzero dimension for a per-channel kernel).
+        per_channel_depthwise = weight_name.endswith("depthwise_weights") and np.size(kernel.params.scale) > 1
+        kernel_index = self.add_tensor(weight_name, list(data.shape), kernel.params.dtype.upper(), kernel.params, data, 3 if per_channel_depthwise else 0)
+        bias_index = self.add_tensor(bias_name, list(bias.values.shape), bias.params.dtype.upper(), bias.params, bias.values)
+        return kernel_index, bias_index
+
+    def operator(self, op_name: str, inputs: list[int], output: int, options_name: str | None = None, **options) -> int:
+        op = self.schema.OperatorT()
+        op.opcodeIndex = self._opcode(op_name)
+        op.inputs, op.outputs = np.asarray(inputs, np.int32), np.asarray([output], np.int32)
+        if options_name is not None:
+            op.builtinOptionsType = getattr(self.schema.BuiltinOptions, options_name)
+            op.builtinOptions = getattr(self.schema, f"{options_name}T")()
+            for key, value in options.items():
+                setattr(op.builtinOptions, key, value)
+        self.operators.append(op)
+        return output
+
+    def conv(self, depthwise: bool, inputs: list[int], output: int, stride: int, activation: str) -> int:
+        options = dict(padding=self.schema.Padding.SAME, strideH=stride, strideW=stride,
+                       fusedActivationFunction=getattr(self.schema.ActivationFunctionType, activation))
+        if depthwise:
+            return self.operator("DEPTHWISE_CONV_2D", inputs, output, "DepthwiseConv2DOptions", depthMultiplier=1, **options)
+        return self.operator("CONV_2D", inputs, output, "Conv2DOptions", **options)
+
+    def average_pool(self, tensor: int, kernel: tuple[int, int], params: QuantParams, channels: int) -> int:
+        output = self.activation(f"{SCOPE}/{POOL_ACTIVATION}/AvgPool", [1, 1, 1, channels], params)
+        return self.operator("AVERAGE_POOL_2D", [tensor], output, "Pool2DOptions", padding=self.schema.Padding.VALID,
+                             strideH=2, strideW=2, filterHeight=kernel[0], filterWidth=kernel[1])
+
+    def squeeze(self, tensor: int, classes: int, params: QuantParams) -> int:
+        """Reshape N x 1 x 1 x classes to N x classes (batch left free with -1)."""
+        new_shape = np.asarray([-1, classes], np.int32)
+        shape = self.add_tensor(f"{SCOPE}/Logits/SpatialSqueeze/shape", [2], "INT32", None, new_shape)
+        output = self.activation(f"{SCOPE}/Logits/SpatialSqueeze", [1, classes], params)
+        return self.operator("RESHAPE", [tensor, shape], output, "ReshapeOptions", newShape=new_shape)
+
+    def finish(self, inputs: list[int], outputs: list[int], description: str) -> bytes:
+        flatbuffers = require("flatbuffers")
+        subgraph = self.schema.SubGraphT()
+        subgraph.tensors, subgraph.operators, subgraph.name = self.tensors, self.operators, "main"
+        subgraph.inputs, subgraph.outputs = np.asarray(inputs, np.int32), np.asarray(outputs, np.int32)
+        model = self.schema.ModelT()
+        model.version, model.description = SCHEMA_VERSION, description
+        model.subgraphs, model.buffers = [subgraph], self.buffers
+        model.operatorCodes = [self._opcode_table(name) for name in self.opcodes]
+        builder = flatbuffers.Builder(1024)
+        builder.Finish(model.Pack(builder), file_identifier=FILE_IDENTIFIER)
+        return bytes(builder.Output())
+
+    def _opcode(self, op_name: str) -> int:
+        return self.opcodes.setdefault(op_name, len(self.opcodes))
+
+    def _opcode_table(self, op_name: str):
+        code = self.schema.OperatorCodeT()
+        code.builtinCode = getattr(self.schema.BuiltinOperator, op_name)
+        code.deprecatedBuiltinCode = min(code.builtinCode, self.schema.BuiltinOperator.PLACEHOLDER_FOR_GREATER_OP_CODES)
+        code.version = 1
+        return code

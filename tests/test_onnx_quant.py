@@ -1,0 +1,96 @@
+"""Quantized ONNX: bit-identical (0 LSB) to the TFLite interpreter on the real uint8 models, and a broken one is caught."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mobilenet_zoo.errors import ModelFormatError
+from mobilenet_zoo.formats import onnx_quant, tflite
+from mobilenet_zoo.model import random_model
+from mobilenet_zoo.arch import ModelConfig
+from mobilenet_zoo.preprocess import load_image_uint8
+
+pytest.importorskip("onnxruntime")
+
+DATA = Path(__file__).parent / "data"
+VARIANTS = {"0.25_128": 128, "0.5_160": 160}
+IMAGES = ("bird.bmp", "cat.bmp", "grace_hopper.bmp", "parrot.jpg")
+BROKEN_MULTIPLIER = "MobilenetV1/Conv2d_5_pointwise/requantize/multiplier"
+
+
+def tflite_path(variant: str) -> Path:
+    return DATA / f"mobilenet_v1_{variant}_quant.tflite"
+
+
+def sample_inputs(resolution: int) -> dict[str, np.ndarray]:
+    """Real images and seeded random uint8 images, as NHWC batches."""
+    real = np.stack([load_image_uint8(DATA / name, resolution) for name in IMAGES])
+    random = np.random.default_rng(2024).integers(0, 256, (8, resolution, resolution, 3), dtype=np.uint8)
+    return {"real images": real, "random": random}
+
+
+def max_lsb(a: np.ndarray, b: np.ndarray) -> int:
+    return int(np.abs(a.astype(np.int32) - b.astype(np.int32)).max())
+
+
+@pytest.fixture(scope="session")
+def onnx_files(tmp_path_factory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("onnx_quant")
+    return {variant: onnx_quant.write(tflite.read(tflite_path(variant)), folder / f"{variant}.onnx") for variant in VARIANTS}
+
+
+@pytest.fixture(scope="session")
+def references() -> dict[str, dict[str, dict[str, np.ndarray]]]:
+    """TFLite interpreter outputs of the original files, per variant and input set."""
+    out = {}
+    for variant, resolution in VARIANTS.items():
+        runner = tflite.load_runner(tflite_path(variant))
+        out[variant] = {name: runner(images) for name, images in sample_inputs(resolution).items()}
+    return out
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_quantized_onnx_is_bit_identical_to_tflite(onnx_files, references, variant):
+    runner = onnx_quant.load_runner(onnx_files[variant])
+    assert runner.quantized and runner.resolution == VARIANTS[variant]
+    for input_set, images in sample_inputs(VARIANTS[variant]).items():
+        got, expected = runner(images), references[variant][input_set]
+        for output in ("logits", "probabilities"):
+            assert got[output].dtype == np.uint8
+            assert max_lsb(got[output], expected[output]) == 0, f"{variant} {input_set} {output}"
+
+
+def test_nchw_layout_is_bit_identical(references, tmp_path):
+    path = onnx_quant.write(tflite.read(tflite_path("0.25_128")), tmp_path / "nchw.onnx", layout="NCHW")
+    images = sample_inputs(128)["random"]
+    got = onnx_quant.load_runner(path)(images)
+    np.testing.assert_array_equal(got["probabilities"], references["0.25_128"]["random"]["probabilities"])
+
+
+def test_changed_requantization_scale_is_caught(onnx_files, references, tmp_path):
+    onnx = pytest.importorskip("onnx")
+    proto = onnx.load(str(onnx_files["0.25_128"]))
+    initializer = next(tensor for tensor in proto.graph.initializer if tensor.name == BROKEN_MULTIPLIER)
+    multiplier = onnx.numpy_helper.to_array(initializer)
+    initializer.CopyFrom(onnx.numpy_helper.from_array((multiplier * 1.02).astype(np.int64), BROKEN_MULTIPLIER))
+    broken = tmp_path / "broken.onnx"
+    onnx.save(proto, str(broken))
+    got = onnx_quant.load_runner(broken)(sample_inputs(128)["real images"])
+    assert max_lsb(got["probabilities"], references["0.25_128"]["real images"]["probabilities"]) > 0
+
+
+def test_quantize_multiplier_matches_tflite():
+    assert onnx_quant.quantize_multiplier(0.5) == (1 << 30, 0)
+    assert onnx_quant.quantize_multiplier(0.75) == (3 << 29, 0)
+    significand, exponent = onnx_quant.quantize_multiplier(0.0070880526)
+    assert exponent == -7 and abs(significand / 2**31 * 2.0**exponent - 0.0070880526) < 1e-12
+    assert onnx_quant.quantize_multiplier(0.0) == (0, 0)
+
+
+def test_float_model_is_refused(tmp_path):
+    with pytest.raises(ModelFormatError, match="not quantized"):
+        onnx_quant.write(random_model(ModelConfig(0.25, 128)), tmp_path / "float.onnx")
+    assert not list(tmp_path.iterdir())

@@ -1,0 +1,132 @@
+"""TFLite format: the real uint8 MobileNet V1 models read, run, rewritten bit-identically, and refused when not MobileNet."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mobilenet_zoo.errors import ModelFormatError
+from mobilenet_zoo.formats import tflite
+from mobilenet_zoo.model import INPUT_ACTIVATION, LOGITS_ACTIVATION, OUTPUT_ACTIVATION, POOL_ACTIVATION
+
+DATA = Path(__file__).parent / "data"
+REAL_MODELS = {"0.25_128": (0.25, 128), "0.5_160": (0.5, 160)}
+# Top-1 of the real models under the slim eval preprocessing (central crop 87.5%, bilinear resize).
+EXPECTED_TOP1 = {"bird.bmp": 20, "cat.bmp": 286, "grace_hopper.bmp": 401, "parrot.jpg": 89}
+CENTRAL_FRACTION = 0.875
+
+
+def model_path(variant: str) -> Path:
+    return DATA / f"mobilenet_v1_{variant}_quant.tflite"
+
+
+def pil_image_uint8(path: Path, resolution: int) -> np.ndarray:
+    """Central crop of 87.5% and bilinear resize with PIL: uint8 HWC, the quant models' input."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        image = image.convert("RGB")
+        width, height = image.size
+        crop_width, crop_height = int(width * CENTRAL_FRACTION), int(height * CENTRAL_FRACTION)
+        left, top = (width - crop_width) // 2, (height - crop_height) // 2
+        cropped = image.crop((left, top, left + crop_width, top + crop_height))
+        return np.asarray(cropped.resize((resolution, resolution), Image.BILINEAR), dtype=np.uint8)
+
+
+@pytest.fixture(scope="session")
+def real_models() -> dict:
+    return {variant: tflite.read(model_path(variant)) for variant in REAL_MODELS}
+
+
+@pytest.mark.parametrize("variant", REAL_MODELS)
+def test_reads_real_uint8_model(real_models, variant):
+    model = real_models[variant]
+    alpha, resolution = REAL_MODELS[variant]
+    assert (model.config.alpha, model.config.resolution, model.config.quantized) == (alpha, resolution, True)
+    assert model.is_folded and set(model.weights) == set(model.config.folded_shapes())
+    scopes = [layer.scope for layer in model.config.layers()]
+    assert set(model.quant.activations) == {INPUT_ACTIVATION, POOL_ACTIVATION, LOGITS_ACTIVATION, OUTPUT_ACTIVATION, *scopes}
+    # The input and output quantization the release documents.
+    assert float(model.quant.activations[INPUT_ACTIVATION].scale) == 0.0078125
+    assert int(model.quant.activations[INPUT_ACTIVATION].zero_point) == 128
+    assert float(model.quant.activations[OUTPUT_ACTIVATION].scale) == 1 / 256
+    for name, weights in model.weights.items():
+        quantized = model.quant.tensors[name]
+        expected_dtype = np.int32 if name.endswith("biases") else np.uint8
+        assert quantized.values.dtype == expected_dtype and quantized.values.shape == weights.shape
+        integers = quantized.values.astype(np.float64) - quantized.params.zero_point
+        np.testing.assert_allclose(weights, integers * quantized.params.scale, rtol=1e-6, atol=1e-9)
+
+
+def test_first_kernel_is_in_tf_layout(real_models):
+    kernel = real_models["0.25_128"].weights["MobilenetV1/Conv2d_0/weights"]
+    depthwise = real_models["0.25_128"].weights["MobilenetV1/Conv2d_1_depthwise/depthwise_weights"]
+    assert kernel.shape == (3, 3, 3, 8) and depthwise.shape == (3, 3, 8, 1)
+
+
+@pytest.mark.parametrize("variant", REAL_MODELS)
+def test_real_model_top1_on_real_images(variant):
+    runner = tflite.load_runner(model_path(variant))
+    images = np.stack([pil_image_uint8(DATA / name, runner.resolution) for name in EXPECTED_TOP1])
+    outputs = runner(images)
+    assert runner.quantized and outputs["probabilities"].dtype == np.uint8 and outputs["logits"].dtype == np.uint8
+    assert dict(zip(EXPECTED_TOP1, outputs["probabilities"].argmax(axis=1).tolist())) == EXPECTED_TOP1
+    # Softmax is monotonic: the raw logits pick the same class.
+    assert outputs["logits"].argmax(axis=1).tolist() == list(EXPECTED_TOP1.values())
+
+
+@pytest.mark.parametrize("variant", REAL_MODELS)
+def test_rewritten_uint8_model_runs_bit_identically(real_models, variant, tmp_path):
+    original = model_path(variant)
+    rewritten = tflite.write(real_models[variant], tmp_path / "model.tflite")
+    assert tflite.read(rewritten).quant.activations.keys() == real_models[variant].quant.activations.keys()
+    resolution = REAL_MODELS[variant][1]
+    random_images = np.random.default_rng(7).integers(0, 256, (6, resolution, resolution, 3), dtype=np.uint8)
+    real_images = np.stack([pil_image_uint8(DATA / name, resolution) for name in EXPECTED_TOP1])
+    images = np.concatenate([random_images, real_images])
+    expected, got = tflite.load_runner(original)(images), tflite.load_runner(rewritten)(images)
+    for name in ("logits", "probabilities"):
+        np.testing.assert_array_equal(got[name], expected[name])
+
+
+def test_runner_rejects_wrong_image_size():
+    runner = tflite.load_runner(model_path("0.25_128"))
+    with pytest.raises(ModelFormatError, match="128 x 128"):
+        runner(np.zeros((1, 160, 160, 3), np.uint8))
+
+
+def test_quantized_model_refuses_requantization(real_models, tmp_path):
+    with pytest.raises(ModelFormatError, match="already quantized"):
+        tflite.write(real_models["0.25_128"], tmp_path / "model.tflite", quantize="uint8")
+    assert not list(tmp_path.iterdir())
+
+
+def test_truncated_model_is_refused(tmp_path):
+    truncated = tmp_path / "truncated.tflite"
+    truncated.write_bytes(model_path("0.25_128").read_bytes()[:200_000])
+    with pytest.raises(ModelFormatError, match="truncated"):
+        tflite.read(truncated)
+
+
+def test_non_flatbuffer_is_refused(tmp_path):
+    text = tmp_path / "notes.tflite"
+    text.write_text("not a model")
+    with pytest.raises(ModelFormatError, match="not a TFLite flatbuffer"):
+        tflite.read(text)
+
+
+def test_non_mobilenet_tflite_is_refused(tmp_path):
+    tf = pytest.importorskip("tensorflow")
+
+    @tf.function(input_signature=[tf.TensorSpec([1, 32, 32, 3], tf.float32)])
+    def tiny(images):
+        kernel = tf.constant(np.ones((3, 3, 3, 4), np.float32))
+        return tf.nn.softmax(tf.reduce_mean(tf.nn.relu(tf.nn.conv2d(images, kernel, 1, "SAME")), axis=[1, 2]))
+
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([tiny.get_concrete_function()], tiny)
+    path = tmp_path / "tiny.tflite"
+    path.write_bytes(converter.convert())
+    with pytest.raises(ModelFormatError, match="not a MobileNet V1 graph"):
+        tflite.read(path)
