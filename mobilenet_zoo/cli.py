@@ -12,7 +12,7 @@ import sys
 import typer
 
 from mobilenet_zoo import __version__
-from mobilenet_zoo.commands import browse, pull
+from mobilenet_zoo.commands import bench, browse, evaluate, models, pull
 from mobilenet_zoo.errors import ZooError
 
 app = typer.Typer(
@@ -37,7 +37,7 @@ def _root(
     """MobileNet V1 model zoo manager and converter."""
 
 
-for group in (browse, pull):
+for group in (browse, pull, models, bench, evaluate):
     group.register(app)
 
 

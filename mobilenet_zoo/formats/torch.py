@@ -1,0 +1,386 @@
+"""PyTorch format: a folder with the weights, an exported program and a Hugging Face transformers model.
+
+`write(model, out)` builds the folder `out` (e.g. `mobilenet_v1_0.25_128_torch/`) holding:
+    NAME.safetensors   the canonical model verbatim (slim names, TF layouts), so `read` is lossless;
+    NAME.pt2           a `torch.export` program of `torch_model.MobileNetV1` (NHWC float32 input, dynamic batch);
+    config.json + model.safetensors
+                       what `transformers.MobileNetV1ForImageClassification.from_pretrained(out)` loads.
+Both of our own files record the variant (`model_metadata`): as safetensors metadata and as the `.pt2`
+archive's extra file `mobilenet_zoo.json`. Writing the Hugging Face files needs numpy and safetensors only.
+Quantized models are written and run by `mobilenet_zoo.formats.torch_quant`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import shutil
+import tempfile
+import zipfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+from mobilenet_zoo.arch import BN_EPSILON, NUM_CLASSES, ModelConfig
+from mobilenet_zoo.deps import require
+from mobilenet_zoo.errors import ModelFormatError
+from mobilenet_zoo.formats import onnx as onnx_format
+from mobilenet_zoo.labels import imagenet_labels
+from mobilenet_zoo.model import MobileNetV1Model
+
+PRODUCER = onnx_format.PRODUCER
+WEIGHTS_SUFFIX = ".safetensors"
+PROGRAM_SUFFIX = ".pt2"
+PROGRAM_METADATA = "mobilenet_zoo.json"  # extra file inside the .pt2 archive
+HF_CONFIG = "config.json"
+HF_WEIGHTS = "model.safetensors"
+HF_MODEL_TYPE = "mobilenet_v1"
+HF_MIN_DEPTH = 8  # the channel floor of arch.depth
+EXPORT_EXAMPLE_BATCH = 2  # a batch of 1 would let torch.export specialize the batch dimension
+
+
+def write(model: MobileNetV1Model, out: Path, **options: Any) -> Path:
+    """Write `model` as the folder `out` (built in a temporary folder beside it, then renamed); returns `out`."""
+    if model.config.quantized:
+        return _quant_module().write(model, out, **options)
+    if options:
+        raise ModelFormatError(f"the float PyTorch writer takes no options (got {', '.join(options)})")
+    model = model.validate()
+    out = Path(out)
+    with _staging_folder(out) as staging:
+        name = model.config.name
+        _save_safetensors(model.weights, staging / f"{name}{WEIGHTS_SUFFIX}", model_metadata(model))
+        write_hf_files(model, staging)
+        save_program(model, staging / f"{name}{PROGRAM_SUFFIX}")
+    return out
+
+
+def read(path: Path) -> MobileNetV1Model:
+    """The canonical model of a folder `write` made, one of its files, or any Hugging Face MobileNetV1 folder."""
+    path = Path(path)
+    if _is_quantized(path):
+        return _quant_module().read(path)
+    if path.is_dir():
+        return _read_folder(path)
+    if path.suffix == PROGRAM_SUFFIX:
+        return _read_program(path)
+    if path.suffix == WEIGHTS_SUFFIX:
+        return _read_safetensors(path)
+    raise ModelFormatError(f"{path}: not a PyTorch model (expected a folder, a {WEIGHTS_SUFFIX} or a {PROGRAM_SUFFIX} file)")
+
+
+def load_runner(path: Path) -> TorchRunner:
+    """Run the `.pt2` program when there is one, else the module rebuilt from the weights `read` finds."""
+    path = Path(path)
+    if _is_quantized(path):
+        return _quant_module().load_runner(path)
+    program = _own_file(path, PROGRAM_SUFFIX) if path.is_dir() else path
+    if program is not None and program.suffix == PROGRAM_SUFFIX:
+        config = _config_from_metadata(recorded_metadata(program), program)
+        return TorchRunner(_load_program(program).module(), config.resolution)
+    from mobilenet_zoo.torch_model import build_module
+
+    model = read(path)
+    return TorchRunner(build_module(model), model.config.resolution)
+
+
+@dataclass
+class TorchRunner:
+    """Calls a MobileNetV1 module or exported program on NHWC float32 batches under inference mode."""
+
+    forward: Callable
+    resolution: int | None
+    quantized: bool = False
+
+    def __call__(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        torch = require("torch")
+        batch = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))
+        with torch.inference_mode():
+            logits, probabilities = self.forward(batch)
+        return {"logits": logits.numpy(), "probabilities": probabilities.numpy()}
+
+
+def model_metadata(model: MobileNetV1Model) -> dict[str, str]:
+    """What our files record about the variant (safetensors metadata values must be strings)."""
+    return {
+        **onnx_format.model_metadata(model),
+        "num_classes": str(model.config.num_classes),
+        "quantized": str(model.config.quantized).lower(),
+        "folded": str(model.is_folded).lower(),
+        "layout": "tf",
+    }
+
+
+def recorded_metadata(path: Path) -> dict[str, str]:
+    """The metadata of our safetensors or `.pt2` file, or of the folder holding them; {} when none is recorded."""
+    path = Path(path)
+    if path.is_dir():
+        own = _own_file(path, WEIGHTS_SUFFIX) or _own_file(path, PROGRAM_SUFFIX)
+        return recorded_metadata(own) if own else {}
+    if path.suffix == PROGRAM_SUFFIX:
+        return _program_metadata(path)
+    if path.suffix == WEIGHTS_SUFFIX:
+        return _safetensors_metadata(path)
+    return {}
+
+
+# --------------------------------------------------------------------------------------- our own files
+
+
+def save_program(model: MobileNetV1Model, out: Path) -> None:
+    """`torch.export` the module of `model` (dynamic batch) and save it with the variant's metadata."""
+    torch = require("torch")
+    program = export_program(model)
+    torch.export.save(program, str(out), extra_files={PROGRAM_METADATA: json.dumps(model_metadata(model))})
+
+
+def export_program(model: MobileNetV1Model):
+    """The `ExportedProgram` of the module of `model`: NHWC float32 input of any batch size."""
+    torch = require("torch")
+    from mobilenet_zoo.torch_model import build_module
+
+    resolution = model.config.resolution
+    example = torch.zeros(EXPORT_EXAMPLE_BATCH, resolution, resolution, 3)
+    batch = torch.export.Dim("batch", min=1)
+    return torch.export.export(build_module(model), (example,), dynamic_shapes={"images": {0: batch}})
+
+
+def _save_safetensors(tensors: dict[str, np.ndarray], out: Path, metadata: dict[str, str]) -> None:
+    safetensors_numpy = _safetensors_numpy()
+    safetensors_numpy.save_file({name: np.asarray(array, order="C") for name, array in tensors.items()}, str(out), metadata=metadata)
+
+
+def _read_folder(folder: Path) -> MobileNetV1Model:
+    for suffix, reader in ((WEIGHTS_SUFFIX, _read_safetensors), (PROGRAM_SUFFIX, _read_program)):
+        own = _own_file(folder, suffix)
+        if own is not None:
+            return reader(own)
+    if (folder / HF_CONFIG).exists():
+        return read_hf_folder(folder)
+    raise ModelFormatError(f"{folder}: holds no {WEIGHTS_SUFFIX} or {PROGRAM_SUFFIX} of ours and no Hugging Face {HF_CONFIG}")
+
+
+def _read_safetensors(path: Path) -> MobileNetV1Model:
+    metadata = _safetensors_metadata(path)
+    if metadata.get("producer") != PRODUCER:
+        if path.name == HF_WEIGHTS and (path.parent / HF_CONFIG).exists():
+            return read_hf_folder(path.parent)
+        raise ModelFormatError(f"{path}: not a MobileNet V1 safetensors file (no {PRODUCER} metadata, no Hugging Face {HF_CONFIG} beside it)")
+    config = _config_from_metadata(metadata, path)
+    weights = _safetensors_numpy().load_file(str(path))
+    return MobileNetV1Model(config, weights, source=metadata.get("source", str(path))).validate()
+
+
+def _read_program(path: Path) -> MobileNetV1Model:
+    """Weights from the exported program's state dict, named as `torch_model.MobileNetV1` names them."""
+    from mobilenet_zoo.torch_model import weights_from_state_dict
+
+    metadata = recorded_metadata(path)
+    config = _config_from_metadata(metadata, path)
+    state = _load_program(path).state_dict
+    try:
+        weights = weights_from_state_dict(state, config, folded=metadata.get("folded") == "true")
+    except KeyError as exc:
+        raise ModelFormatError(f"{path}: exported program has no tensor {exc} of a MobileNet V1 {config.name}") from None
+    return MobileNetV1Model(config, weights, source=metadata.get("source", str(path))).validate()
+
+
+def _safetensors_numpy() -> ModuleType:
+    require("safetensors")
+    return importlib.import_module("safetensors.numpy")
+
+
+def _load_program(path: Path):
+    torch = require("torch")
+    try:
+        return torch.export.load(str(path))
+    except Exception as exc:  # torch raises RuntimeError, zipfile.BadZipFile, KeyError... on foreign files
+        raise ModelFormatError(f"{path}: not a loadable torch.export program ({exc})") from exc
+
+
+def _safetensors_metadata(path: Path) -> dict[str, str]:
+    safetensors = require("safetensors")
+    try:
+        with safetensors.safe_open(str(path), framework="numpy") as handle:
+            return handle.metadata() or {}
+    except (OSError, safetensors.SafetensorError) as exc:
+        raise ModelFormatError(f"{path}: not a readable safetensors file ({exc})") from exc
+
+
+def _program_metadata(path: Path) -> dict[str, str]:
+    """The `extra/mobilenet_zoo.json` member of a `.pt2` archive (read without loading the program)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            member = next((n for n in archive.namelist() if n.endswith(f"/extra/{PROGRAM_METADATA}")), None)
+            return json.loads(archive.read(member)) if member else {}
+    except (OSError, zipfile.BadZipFile, json.JSONDecodeError) as exc:
+        raise ModelFormatError(f"{path}: not a readable .pt2 archive ({exc})") from exc
+
+
+def _config_from_metadata(metadata: dict[str, str], path: Path) -> ModelConfig:
+    if metadata.get("producer") != PRODUCER:
+        raise ModelFormatError(f"{path}: not written by {PRODUCER} (it records no variant metadata)")
+    try:
+        return ModelConfig(
+            alpha=float(metadata["alpha"]),
+            resolution=int(metadata["resolution"]),
+            quantized=metadata.get("quantized") == "true",
+            num_classes=int(metadata.get("num_classes", NUM_CLASSES)),
+        )
+    except (KeyError, ValueError) as exc:
+        raise ModelFormatError(f"{path}: metadata lacks a valid alpha and resolution ({exc})") from exc
+
+
+def _own_file(folder: Path, suffix: str) -> Path | None:
+    """The file of ours with this suffix in a written folder (the Hugging Face weights are not ours)."""
+    if not folder.is_dir():
+        return None
+    return next((p for p in sorted(folder.glob(f"*{suffix}")) if p.name != HF_WEIGHTS), None)
+
+
+def _is_quantized(path: Path) -> bool:
+    return recorded_metadata(path).get("quantized") == "true"
+
+
+def _quant_module() -> ModuleType:
+    from mobilenet_zoo.formats import torch_quant
+
+    return torch_quant
+
+
+@contextmanager
+def _staging_folder(out: Path) -> Iterator[Path]:
+    """A temporary folder beside `out` that replaces `out` when the block succeeds and vanishes when it fails."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        yield staging
+        if out.exists():
+            retired = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
+            out.rename(retired / out.name)
+            staging.rename(out)
+            shutil.rmtree(retired)
+        else:
+            staging.rename(out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+# --------------------------------------------------------------------------------- Hugging Face files
+# Names and layouts of transformers' MobileNetV1ForImageClassification (modeling_mobilenet_v1.py): the stem
+# is `mobilenet_v1.conv_stem`, the 26 block layers `mobilenet_v1.layer.{0..25}` (depthwise, pointwise
+# alternating), each with `convolution` and `normalization` (BatchNorm2d, eps `layer_norm_eps`), and the
+# classifier an nn.Linear. Its pooling is global average pooling: at the trained resolution the last feature
+# map is resolution/32 <= 7 pixels wide, so slim's min(7, H) x min(7, W) VALID pool covers it whole and the
+# two are equal; they differ only for inputs larger than the model was trained on.
+
+
+def write_hf_files(model: MobileNetV1Model, folder: Path) -> None:
+    """Write `config.json` and `model.safetensors` of a transformers MobileNetV1ForImageClassification."""
+    (folder / HF_CONFIG).write_text(json.dumps(hf_config(model.config), indent=2) + "\n", encoding="utf-8")
+    _save_safetensors(hf_state_dict(model), folder / HF_WEIGHTS, {"format": "pt"})
+
+
+def hf_config(config: ModelConfig) -> dict[str, Any]:
+    """The transformers MobileNetV1Config of the variant, with the slim models' 1001 class names."""
+    labels = imagenet_labels()
+    if config.num_classes != len(labels):
+        raise ModelFormatError(f"{config.name} has {config.num_classes} classes; the Hugging Face config names {len(labels)}")
+    return {
+        "architectures": ["MobileNetV1ForImageClassification"],
+        "model_type": HF_MODEL_TYPE,
+        "num_channels": 3,
+        "image_size": config.resolution,
+        "depth_multiplier": config.alpha,
+        "min_depth": HF_MIN_DEPTH,
+        "hidden_act": "relu6",
+        "tf_padding": True,
+        "layer_norm_eps": BN_EPSILON,
+        "num_labels": len(labels),
+        "id2label": {str(index): label for index, label in enumerate(labels)},
+        "label2id": {label: index for index, label in enumerate(labels)},
+        "dtype": "float32",
+    }
+
+
+def hf_state_dict(model: MobileNetV1Model) -> dict[str, np.ndarray]:
+    """The transformers state dict of `model` (a folded model gets identity BatchNorms around its biases)."""
+    from mobilenet_zoo.torch_model import to_torch_layout
+
+    unfolded = _with_identity_batchnorm(model) if model.is_folded else model
+    state = {hf: to_torch_layout(unfolded.weights[slim], kind) for slim, (hf, kind) in hf_tensor_names(model.config).items()}
+    for name in [n for n in state if n.endswith(".running_mean")]:  # BatchNorm2d's counter, as save_pretrained writes it
+        state[name.replace(".running_mean", ".num_batches_tracked")] = np.zeros((), np.int64)
+    return state
+
+
+def hf_tensor_names(config: ModelConfig) -> dict[str, tuple[str, str]]:
+    """Slim name -> (transformers name, layout kind); the mapping of transformers' TF checkpoint converter."""
+    from mobilenet_zoo.torch_model import LINEAR, VECTOR, layer_tensor_names
+
+    names: dict[str, tuple[str, str]] = {}
+    for index, layer in enumerate(config.layers()):
+        prefix = "mobilenet_v1.conv_stem" if index == 0 else f"mobilenet_v1.layer.{index - 1}"
+        names.update(layer_tensor_names(layer, prefix, conv="convolution", norm="normalization", folded=False))
+    names[config.logits_weight_name] = ("classifier.weight", LINEAR)
+    names[config.logits_bias_name] = ("classifier.bias", VECTOR)
+    return names
+
+
+def read_hf_folder(folder: Path) -> MobileNetV1Model:
+    """The (unfolded) canonical model of a transformers MobileNetV1ForImageClassification folder."""
+    from mobilenet_zoo.torch_model import to_tf_layout
+
+    weights_path = folder / HF_WEIGHTS
+    if not weights_path.exists():
+        raise ModelFormatError(f"{folder}: Hugging Face folder without {HF_WEIGHTS} (only safetensors weights are read)")
+    state = _safetensors_numpy().load_file(str(weights_path))
+    if "classifier.weight" not in state:
+        raise ModelFormatError(f"{weights_path}: no classifier.weight, not a MobileNetV1ForImageClassification")
+    config = _config_from_hf(_load_hf_config(folder), num_classes=state["classifier.weight"].shape[0], folder=folder)
+    weights = {}
+    for slim, (hf, kind) in hf_tensor_names(config).items():
+        if hf not in state:
+            raise ModelFormatError(f"{weights_path}: missing {hf}, not a MobileNet V1 {config.name}")
+        weights[slim] = to_tf_layout(state[hf], kind)
+    return MobileNetV1Model(config, weights, source=str(folder)).validate()
+
+
+def _load_hf_config(folder: Path) -> dict[str, Any]:
+    try:
+        return json.loads((folder / HF_CONFIG).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ModelFormatError(f"{folder / HF_CONFIG}: not a readable JSON config ({exc})") from exc
+
+
+def _config_from_hf(hf: dict[str, Any], num_classes: int, folder: Path) -> ModelConfig:
+    """The variant of a transformers MobileNetV1Config, refusing settings that change slim's numerics."""
+    path = folder / HF_CONFIG
+    if hf.get("model_type") != HF_MODEL_TYPE:
+        raise ModelFormatError(f"{path}: model_type {hf.get('model_type')!r}, expected {HF_MODEL_TYPE!r}")
+    if not hf.get("tf_padding", True):
+        raise ModelFormatError(f"{path}: tf_padding is false (symmetric padding); slim's TF 'SAME' numerics need it true")
+    if not np.isclose(hf.get("layer_norm_eps", BN_EPSILON), BN_EPSILON) or hf.get("min_depth", HF_MIN_DEPTH) != HF_MIN_DEPTH:
+        raise ModelFormatError(f"{path}: layer_norm_eps and min_depth must be slim's {BN_EPSILON} and {HF_MIN_DEPTH}")
+    image_size = hf.get("image_size", 224)
+    resolution = image_size[0] if isinstance(image_size, (list, tuple)) else image_size
+    return ModelConfig(alpha=float(hf.get("depth_multiplier", 1.0)), resolution=int(resolution), num_classes=int(num_classes))
+
+
+def _with_identity_batchnorm(model: MobileNetV1Model) -> MobileNetV1Model:
+    """An unfolded equivalent of a folded model: gamma 1, beta = bias, mean 0, variance 1 - eps."""
+    weights = {name: model.weights[name] for name in (model.config.logits_weight_name, model.config.logits_bias_name)}
+    for layer in model.config.layers():
+        bias = model.weights[layer.bias_name]
+        weights[layer.weight_name] = model.weights[layer.weight_name]
+        weights[layer.bn_name("gamma")] = np.ones_like(bias)
+        weights[layer.bn_name("beta")] = bias
+        weights[layer.bn_name("moving_mean")] = np.zeros_like(bias)
+        weights[layer.bn_name("moving_variance")] = np.full_like(bias, 1.0 - BN_EPSILON)
+    return replace(model, weights=weights)

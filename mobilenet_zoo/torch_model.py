@@ -1,0 +1,126 @@
+"""MobileNet V1 as a `torch.nn.Module` with TF-slim's numerics, and the weight mapping to and from it.
+
+The module takes NHWC float32 images in [-1, 1] (the frozen graph's input) and transposes once to NCHW,
+PyTorch's native layout, for the rest of the network. Every convolution pads explicitly with TF "SAME"
+padding computed from the incoming size (for stride 2 TF puts the odd pixel at the bottom/right, where
+PyTorch's `padding=1` would be symmetric), so any input size gives TensorFlow's numbers. Parameters are
+named `layers.<slim scope>.{conv,bn}.*` and `logits.*`; `tensor_names` maps them to slim names.
+
+This module imports torch at its top level: only the torch format imports it, and only when used.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from mobilenet_zoo.arch import BN_EPSILON, Layer, ModelConfig
+from mobilenet_zoo.deps import require
+from mobilenet_zoo.formats.onnx import same_padding
+from mobilenet_zoo.model import MobileNetV1Model
+
+torch = require("torch")
+nn = torch.nn
+F = torch.nn.functional
+
+# How a slim tensor is laid out in PyTorch. Kernels: TF HWIO -> OIHW, depthwise HWC1 -> C1HW.
+# LINEAR is a 1x1 classifier kernel stored as an nn.Linear weight (out x in), as Hugging Face does.
+VECTOR = "vector"
+LINEAR = "linear"
+_TO_TORCH_AXES = {"conv": (3, 2, 0, 1), "pointwise": (3, 2, 0, 1), "depthwise": (2, 3, 0, 1)}
+_TO_TF_AXES = {kind: tuple(int(a) for a in np.argsort(axes)) for kind, axes in _TO_TORCH_AXES.items()}
+
+# Slim BatchNorm variable -> nn.BatchNorm2d tensor.
+BN_TENSORS = {"gamma": "weight", "beta": "bias", "moving_mean": "running_mean", "moving_variance": "running_var"}
+
+
+class ConvBlock(nn.Module):
+    """One slim layer: convolution with TF "SAME" padding, BatchNorm (or the folded bias), ReLU6."""
+
+    def __init__(self, layer: Layer, folded: bool) -> None:
+        super().__init__()
+        self.kernel, self.stride = layer.kernel, layer.stride
+        groups = layer.in_channels if layer.kind == "depthwise" else 1
+        self.conv = nn.Conv2d(layer.in_channels, layer.out_channels, layer.kernel, layer.stride, groups=groups, bias=folded)
+        self.bn = nn.Identity() if folded else nn.BatchNorm2d(layer.out_channels, eps=BN_EPSILON)
+
+    def forward(self, x):
+        top, bottom = same_padding(x.shape[2], self.kernel, self.stride)
+        left, right = same_padding(x.shape[3], self.kernel, self.stride)
+        x = F.pad(x, (left, right, top, bottom))
+        return F.relu6(self.bn(self.conv(x)))
+
+
+class MobileNetV1(nn.Module):
+    """The slim network: NHWC float32 images in, (logits, probabilities) out, both N x num_classes."""
+
+    def __init__(self, config: ModelConfig, folded: bool = False) -> None:
+        super().__init__()
+        self.config, self.folded = config, folded
+        self.layers = nn.ModuleDict({layer.scope: ConvBlock(layer, folded) for layer in config.layers()})
+        self.logits = nn.Conv2d(config.feature_channels, config.num_classes, 1)
+
+    def forward(self, images):
+        x = images.permute(0, 3, 1, 2)
+        for block in self.layers.values():
+            x = block(x)
+        # Logits/AvgPool_1a: kernel min(7, H) x min(7, W), stride 2, VALID (no padding, floor).
+        x = F.avg_pool2d(x, (min(7, x.shape[2]), min(7, x.shape[3])), stride=2)
+        logits = torch.squeeze(self.logits(x), (2, 3))
+        return logits, torch.softmax(logits, dim=1)
+
+
+def build_module(model: MobileNetV1Model) -> MobileNetV1:
+    """The module of `model` (folded or not, as the model is) with its weights, in eval mode."""
+    module = MobileNetV1(model.config, folded=model.is_folded)
+    load_weights(module, model)
+    return module.eval()
+
+
+def load_weights(module: MobileNetV1, model: MobileNetV1Model) -> None:
+    """Copy the canonical (TF-layout) weights into `module`."""
+    state = module.state_dict()  # tensors sharing the module's storage
+    with torch.no_grad():
+        for slim_name, (torch_name, kind) in tensor_names(model.config, model.is_folded).items():
+            state[torch_name].copy_(torch.from_numpy(to_torch_layout(model.weights[slim_name], kind)))
+
+
+def weights_from_state_dict(state: dict, config: ModelConfig, folded: bool) -> dict[str, np.ndarray]:
+    """Canonical TF-layout weights from a `MobileNetV1` state dict (of a module or an exported program)."""
+    return {
+        slim_name: to_tf_layout(state[torch_name].detach().cpu().numpy(), kind)
+        for slim_name, (torch_name, kind) in tensor_names(config, folded).items()
+    }
+
+
+def tensor_names(config: ModelConfig, folded: bool) -> dict[str, tuple[str, str]]:
+    """Slim name -> (`MobileNetV1` state-dict name, layout kind)."""
+    names: dict[str, tuple[str, str]] = {}
+    for layer in config.layers():
+        names.update(layer_tensor_names(layer, f"layers.{layer.scope}", conv="conv", norm="bn", folded=folded))
+    names[config.logits_weight_name] = ("logits.weight", "conv")
+    names[config.logits_bias_name] = ("logits.bias", VECTOR)
+    return names
+
+
+def layer_tensor_names(layer: Layer, prefix: str, *, conv: str, norm: str, folded: bool) -> dict[str, tuple[str, str]]:
+    """Slim name -> (PyTorch name, layout kind) for one layer whose conv and BatchNorm submodules are named so."""
+    names = {layer.weight_name: (f"{prefix}.{conv}.weight", layer.kind)}
+    if folded:
+        names[layer.bias_name] = (f"{prefix}.{conv}.bias", VECTOR)
+    else:
+        names.update({layer.bn_name(leaf): (f"{prefix}.{norm}.{tensor}", VECTOR) for leaf, tensor in BN_TENSORS.items()})
+    return names
+
+
+def to_torch_layout(array: np.ndarray, kind: str) -> np.ndarray:
+    """A TF-layout array in the PyTorch layout of its kind (contiguous)."""
+    if kind == LINEAR:
+        return np.ascontiguousarray(array[0, 0].T)
+    return np.ascontiguousarray(array.transpose(_TO_TORCH_AXES[kind]) if kind in _TO_TORCH_AXES else array)
+
+
+def to_tf_layout(array: np.ndarray, kind: str) -> np.ndarray:
+    """The inverse of `to_torch_layout`."""
+    if kind == LINEAR:
+        return np.ascontiguousarray(array.T[None, None])
+    return np.ascontiguousarray(array.transpose(_TO_TF_AXES[kind]) if kind in _TO_TF_AXES else array)
