@@ -1,0 +1,431 @@
+"""TensorFlow format: slim checkpoints, frozen graphs and SavedModels of MobileNet V1.
+
+`slim_session` builds the forward pass in `tf.compat.v1` graph mode exactly as TF-slim's
+`nets/mobilenet_v1.py` does (variable names, scopes, op names, FusedBatchNorm, ReLU6, SAME padding,
+the `Logits` head and the `Predictions` softmax), with the canonical weights loaded into its variables.
+From that one graph come the checkpoint, the eval graph, the frozen graph, the SavedModel and the float
+TFLite flatbuffer. `read` maps any of them back to the canonical model by slim variable name.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+from mobilenet_zoo.arch import BN_EPSILON, INPUT_NODE, LOGITS_NODE, NUM_CLASSES, OUTPUT_NODE, SCOPE, Layer, ModelConfig
+from mobilenet_zoo.deps import require
+from mobilenet_zoo.errors import ModelFormatError
+from mobilenet_zoo.model import MobileNetV1Model, infer_alpha
+
+SIGNATURE_KEY = "serving_default"
+LOGITS = "logits"
+PROBABILITIES = "probabilities"
+_BN_LEAVES = ("gamma", "beta", "moving_mean", "moving_variance")
+_CHECKPOINT_SUFFIX = re.compile(r"\.(index|meta|data-\d+-of-\d+)$")
+_RESOLUTION_IN_NAME = re.compile(r"_(\d+)(?:_quant)?$")
+
+
+# ---------------------------------------------------------------------------------------------- the slim graph
+
+
+@dataclass
+class SlimGraph:
+    """A slim MobileNet V1 graph in a live session, its variables holding a canonical model's weights."""
+
+    tf: ModuleType
+    graph: Any  # tf.Graph
+    session: Any  # tf.compat.v1.Session
+    images: Any  # the `input` placeholder
+    logits: Any
+    probabilities: Any
+
+    def eval_graph_def(self):
+        """The graph with its variables (what the official `_eval.pbtxt` holds)."""
+        return self.graph.as_graph_def()
+
+    def frozen_graph_def(self):
+        """The graph with variables turned into constants of the same (slim) names, pruned to the outputs."""
+        return self.tf.compat.v1.graph_util.convert_variables_to_constants(
+            self.session, self.graph.as_graph_def(), [OUTPUT_NODE, LOGITS_NODE])
+
+    def save_checkpoint(self, prefix: Path) -> None:
+        """A tf.compat.v1 Saver checkpoint: `prefix.index`, `prefix.data-00000-of-00001`, `prefix.meta`."""
+        with self.graph.as_default():
+            saver = self.tf.compat.v1.train.Saver(self.tf.compat.v1.global_variables())
+        saver.save(self.session, str(prefix), write_state=False)
+
+    def save_saved_model(self, folder: Path) -> None:
+        """A SavedModel whose serving signature maps `input` to `logits` and `probabilities`."""
+        saved_model = self.tf.compat.v1.saved_model
+        signature = saved_model.predict_signature_def(
+            inputs={INPUT_NODE: self.images}, outputs={LOGITS: self.logits, PROBABILITIES: self.probabilities})
+        builder = saved_model.Builder(str(folder))
+        with self.graph.as_default():
+            builder.add_meta_graph_and_variables(self.session, [saved_model.SERVING], signature_def_map={SIGNATURE_KEY: signature})
+        builder.save()
+
+    def tflite(self) -> bytes:
+        """A float TFLite flatbuffer of the frozen graph with input fixed at batch 1, as the released models."""
+        input_shape = [1, *self.images.shape[1:]]
+        converter = self.tf.compat.v1.lite.TFLiteConverter(
+            self.frozen_graph_def(), None, None, input_arrays_with_shape=[(INPUT_NODE, input_shape)], output_arrays=[OUTPUT_NODE])
+        return converter.convert()
+
+
+@contextmanager
+def slim_session(model: MobileNetV1Model, *, resource_variables: bool = True) -> Iterator[SlimGraph]:
+    """Build `model` as slim builds it (input `input`: float32 NHWC, dynamic batch) in a session with its weights.
+
+    `resource_variables=False` makes the reference variables (VariableV2) of slim-era graphs and checkpoints;
+    resource variables are what TensorFlow 2 loads a SavedModel with.
+    """
+    tf = require("tensorflow")
+    config = model.validate().config
+    graph = tf.Graph()
+    with _errors_only(tf), graph.as_default():
+        images = tf.compat.v1.placeholder(tf.float32, [None, config.resolution, config.resolution, 3], name=INPUT_NODE)
+        with tf.compat.v1.variable_scope("", use_resource=resource_variables):
+            logits, probabilities = build_mobilenet_v1(tf, images, config, folded=model.is_folded)
+        variables = tf.compat.v1.global_variables()
+        with tf.compat.v1.Session(graph=graph) as session:
+            _load_variables(session, variables, model.weights)
+            yield SlimGraph(tf, graph, session, images, logits, probabilities)
+
+
+@contextmanager
+def _errors_only(tf: ModuleType) -> Iterator[None]:
+    """Silence TensorFlow's Python warnings (deprecations of the v1 APIs used here) for the duration."""
+    logger = tf.get_logger()
+    level = logger.level
+    logger.setLevel("ERROR")
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def build_mobilenet_v1(tf: ModuleType, images, config: ModelConfig, *, folded: bool = False):
+    """Slim's `mobilenet_v1(..., is_training=False)` on `images`: returns (logits, probabilities).
+
+    Variables are created empty (zeros) under their slim names; `slim_session` loads the weights. A folded
+    model has `biases` and BiasAdd where slim has BatchNorm.
+    """
+    v1 = tf.compat.v1
+    with v1.variable_scope(SCOPE) as scope:
+        # slim re-enters the scope object in mobilenet_v1_base, hence op names `MobilenetV1/MobilenetV1/...`.
+        with v1.variable_scope(scope):
+            features = images
+            for layer in config.layers():
+                features = _conv_block(tf, features, layer, folded)
+        with v1.variable_scope("Logits"):
+            logits = _logits_head(tf, features, config)
+        predictions = _slim_softmax(tf, logits, "Predictions")
+    return logits, predictions
+
+
+def _variable(tf: ModuleType, name: str, shape: tuple[int, ...]):
+    """A float variable, zeros until loaded, in the current variable scope."""
+    return tf.compat.v1.get_variable(name, shape, tf.float32, initializer=tf.compat.v1.zeros_initializer())
+
+
+def _conv_block(tf: ModuleType, inputs, layer: Layer, folded: bool):
+    """slim.conv2d / slim.separable_conv2d with BatchNorm (or biases when folded) and ReLU6."""
+    with tf.compat.v1.variable_scope(layer.scope):
+        strides = [1, layer.stride, layer.stride, 1]
+        if layer.kind == "depthwise":
+            kernel = _variable(tf, "depthwise_weights", layer.weight_shape)
+            net = tf.compat.v1.nn.depthwise_conv2d(inputs, kernel, strides, "SAME", name="depthwise")
+        else:
+            kernel = _variable(tf, "weights", layer.weight_shape)
+            net = tf.nn.conv2d(inputs, kernel, strides, "SAME", name="Conv2D")
+        if folded:
+            net = tf.nn.bias_add(net, _variable(tf, "biases", (layer.out_channels,)), name="BiasAdd")
+        else:
+            with tf.compat.v1.variable_scope("BatchNorm"):
+                gamma, beta, mean, variance = (_variable(tf, leaf, (layer.out_channels,)) for leaf in _BN_LEAVES)
+                net, _, _ = tf.compat.v1.nn.fused_batch_norm(
+                    net, gamma, beta, mean, variance, epsilon=BN_EPSILON, is_training=False, name="FusedBatchNorm")
+        return tf.nn.relu6(net, name="Relu6")
+
+
+def _logits_head(tf: ModuleType, features, config: ModelConfig):
+    """AvgPool_1a (min(7, H) x min(7, W), stride 2, VALID), Dropout_1b (identity at eval), Conv2d_1c_1x1, SpatialSqueeze."""
+    kernel = [min(7, int(size)) for size in features.shape[1:3]]
+    with tf.compat.v1.name_scope("AvgPool_1a"):
+        net = tf.nn.avg_pool2d(features, kernel, 2, "VALID", name="AvgPool")
+    with tf.compat.v1.name_scope("Dropout_1b"):
+        net = tf.identity(net, name="Identity")
+    with tf.compat.v1.variable_scope("Conv2d_1c_1x1"):
+        weights = _variable(tf, "weights", (1, 1, config.feature_channels, config.num_classes))
+        biases = _variable(tf, "biases", (config.num_classes,))
+        net = tf.nn.bias_add(tf.nn.conv2d(net, weights, 1, "SAME", name="Conv2D"), biases, name="BiasAdd")
+    return tf.squeeze(net, [1, 2], name="SpatialSqueeze")
+
+
+def _slim_softmax(tf: ModuleType, logits, scope: str):
+    """slim.softmax: Reshape to 2-D, Softmax, Reshape_1 back to the logits' shape."""
+    with tf.compat.v1.variable_scope(scope):
+        flat = tf.reshape(logits, [-1, int(logits.shape[-1])], name="Reshape")
+        probabilities = tf.nn.softmax(flat, name="Softmax")
+        return tf.reshape(probabilities, tf.shape(logits), name="Reshape_1")
+
+
+def _load_variables(session, variables: list, weights: dict[str, np.ndarray]) -> None:
+    """Initialize every variable from the weight of its name, by feeding its initial value (keeps graphs small)."""
+    feeds = {variable.initializer.inputs[1]: weights[variable.op.name] for variable in variables}
+    session.run([variable.initializer for variable in variables], feed_dict=feeds)
+
+
+# ---------------------------------------------------------------------------------------------- writing
+
+
+def write(model: MobileNetV1Model, out: Path) -> Path:
+    """Write a SavedModel folder (serving signature: `input` -> `logits`, `probabilities`); returns `out`."""
+    if model.config.quantized:
+        from mobilenet_zoo.formats import tensorflow_quant
+
+        return tensorflow_quant.write(model, out)
+    out = Path(out)
+    with _staging_folder(out) as staging, slim_session(model) as slim:
+        slim.save_saved_model(staging)
+    return out
+
+
+def tflite_bytes(model: MobileNetV1Model) -> bytes:
+    """A float TFLite flatbuffer of `model` through the TensorFlow converter."""
+    with slim_session(model) as slim:
+        return slim.tflite()
+
+
+@contextmanager
+def _staging_folder(out: Path) -> Iterator[Path]:
+    """A not-yet-existing path next to `out` to write a folder into; it replaces `out` only on success."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    parent = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        yield parent / out.name
+        if out.exists():
+            os.replace(out, parent / "previous")
+        os.replace(parent / out.name, out)
+    finally:
+        shutil.rmtree(parent, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------------------- reading
+
+
+def read(path: Path) -> MobileNetV1Model:
+    """Read a slim checkpoint (prefix or any of its files), a frozen graph, or a SavedModel folder."""
+    path = Path(path)
+    if path.is_dir():
+        return _read_saved_model(path)
+    if ".ckpt" in path.name:
+        return _read_checkpoint(checkpoint_prefix(path))
+    if path.suffix == ".pb":
+        return _read_frozen_graph(path)
+    raise ModelFormatError(f"{path}: not a TensorFlow model (expected a .ckpt checkpoint, a frozen .pb or a SavedModel folder)")
+
+
+def checkpoint_prefix(path: Path) -> Path:
+    """`NAME.ckpt` from `NAME.ckpt` itself or any of `NAME.ckpt.index`, `.meta`, `.data-00000-of-00001`."""
+    return path.with_name(_CHECKPOINT_SUFFIX.sub("", path.name))
+
+
+def _read_checkpoint(prefix: Path) -> MobileNetV1Model:
+    reader = _checkpoint_reader(prefix)
+    return _canonical_model(set(reader.get_variable_to_shape_map()), reader.get_tensor, _checkpoint_resolution(prefix), prefix)
+
+
+def _checkpoint_reader(prefix: Path):
+    """`tf.train.load_checkpoint` with one-line errors for a missing or damaged checkpoint."""
+    tf = require("tensorflow")
+    if not prefix.with_name(prefix.name + ".index").exists():
+        raise ModelFormatError(f"{prefix}: no checkpoint there ({prefix.name}.index is missing)")
+    try:
+        return tf.train.load_checkpoint(str(prefix))
+    except (tf.errors.OpError, ValueError) as exc:
+        raise ModelFormatError(f"{prefix}: damaged checkpoint ({str(exc).splitlines()[0]})") from exc
+
+
+def _read_frozen_graph(path: Path) -> MobileNetV1Model:
+    tf = require("tensorflow")
+    graph_def = _load_graph_def(path)
+    constants = {node.name: node for node in graph_def.node if node.op == "Const"}
+
+    def fetch(name: str) -> np.ndarray:
+        return tf.make_ndarray(constants[name].attr["value"].tensor)
+
+    return _canonical_model(set(constants), fetch, _input_resolution(graph_def, path), path)
+
+
+def _read_saved_model(folder: Path) -> MobileNetV1Model:
+    resolution = _signature_resolution(_serving_signature(folder), folder)
+    reader = _checkpoint_reader(folder / "variables" / "variables")
+    return _canonical_model(set(reader.get_variable_to_shape_map()), reader.get_tensor, resolution, folder)
+
+
+def _canonical_model(names: set[str], fetch: Callable[[str], np.ndarray], resolution: int, source: Path) -> MobileNetV1Model:
+    """The model whose slim-named tensors `fetch` returns; refuses anything that is not MobileNet V1."""
+    first_kernel = f"{SCOPE}/Conv2d_0/weights"
+    if first_kernel not in names:
+        raise ModelFormatError(f"{source}: not a MobileNet V1 model: no tensor named {first_kernel}")
+    try:
+        alpha = infer_alpha(int(fetch(first_kernel).shape[-1]))
+        logits_bias = ModelConfig(alpha, resolution).logits_bias_name
+        classes = int(fetch(logits_bias).shape[0]) if logits_bias in names else NUM_CLASSES
+        config = ModelConfig(alpha, resolution, num_classes=classes)
+        folded = config.layers()[0].bias_name in names
+        expected = config.folded_shapes() if folded else config.checkpoint_shapes()
+        weights = {name: np.asarray(fetch(name), np.float32) for name in expected if name in names}
+        return MobileNetV1Model(config, weights, source=str(source)).validate()
+    except ModelFormatError as exc:
+        raise ModelFormatError(f"{source}: {exc}") from exc
+
+
+def _load_graph_def(path: Path):
+    """A GraphDef from a binary `.pb` or a text `.pbtxt`."""
+    tf = require("tensorflow")
+    from google.protobuf import text_format
+    from google.protobuf.message import DecodeError
+
+    graph_def = tf.compat.v1.GraphDef()
+    try:
+        if path.suffix == ".pbtxt":
+            text_format.Parse(path.read_text(), graph_def)
+        else:
+            graph_def.ParseFromString(path.read_bytes())
+    except FileNotFoundError:
+        raise ModelFormatError(f"{path}: no such file") from None
+    except (text_format.ParseError, DecodeError, UnicodeDecodeError) as exc:
+        raise ModelFormatError(f"{path}: not a TensorFlow GraphDef ({exc})") from exc
+    return graph_def
+
+
+def _input_resolution(graph_def, path: Path) -> int:
+    """The side of the square NHWC `input` placeholder."""
+    placeholders = [node for node in graph_def.node if node.name == INPUT_NODE and node.op == "Placeholder"]
+    if not placeholders:
+        raise ModelFormatError(f"{path}: not a MobileNet V1 graph: no `{INPUT_NODE}` placeholder")
+    dims = [dim.size for dim in placeholders[0].attr["shape"].shape.dim]
+    if len(dims) != 4 or dims[3] != 3:
+        raise ModelFormatError(f"{path}: `{INPUT_NODE}` has shape {dims}, expected N x H x W x 3")
+    return _square(dims[1], dims[2], path)
+
+
+def _square(height: int, width: int, path: Path) -> int:
+    if height != width or height <= 0:
+        raise ModelFormatError(f"{path}: input is {height}x{width}; MobileNet V1 variants take a fixed square size")
+    return int(height)
+
+
+def _checkpoint_resolution(prefix: Path) -> int:
+    """From the sibling frozen graph or eval graph, else from the variant name (file name or `_info.txt`)."""
+    name = prefix.name.removesuffix(".ckpt")
+    for graph_file in (prefix.with_name(f"{name}_frozen.pb"), prefix.with_name(f"{name}_eval.pbtxt")):
+        if graph_file.exists():
+            return _input_resolution(_load_graph_def(graph_file), graph_file)
+    for info in [prefix.with_name(f"{name}_info.txt")] + sorted(prefix.parent.glob("*_info.txt")):
+        if info.exists():
+            name = info.read_text().partition("Model:")[2].split("\n")[0].strip() or name
+            break
+    match = _RESOLUTION_IN_NAME.search(name)
+    if not match:
+        raise ModelFormatError(f"{prefix}: cannot tell the input resolution: no {name}_frozen.pb, _eval.pbtxt or _info.txt beside it")
+    return int(match.group(1))
+
+
+def _serving_signature(folder: Path):
+    """The `serving_default` SignatureDef of a SavedModel folder, read from saved_model.pb."""
+    require("tensorflow")
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    saved_model = saved_model_pb2.SavedModel()
+    try:
+        saved_model.ParseFromString((folder / "saved_model.pb").read_bytes())
+    except FileNotFoundError:
+        raise ModelFormatError(f"{folder}: not a SavedModel folder (no saved_model.pb)") from None
+    for meta_graph in saved_model.meta_graphs:
+        if SIGNATURE_KEY in meta_graph.signature_def:
+            return meta_graph.signature_def[SIGNATURE_KEY]
+    raise ModelFormatError(f"{folder}: SavedModel has no `{SIGNATURE_KEY}` signature")
+
+
+def _signature_resolution(signature, folder: Path) -> int:
+    if INPUT_NODE not in signature.inputs:
+        raise ModelFormatError(f"{folder}: serving signature has no `{INPUT_NODE}` input")
+    height, width = (dim.size for dim in signature.inputs[INPUT_NODE].tensor_shape.dim[1:3])
+    return _square(height, width, folder)
+
+
+# ---------------------------------------------------------------------------------------------- running
+
+
+def load_runner(path: Path) -> TensorFlowRunner:
+    """The original frozen graph (the reference forward pass) or a SavedModel, run in TensorFlow."""
+    path = Path(path)
+    if path.is_dir():
+        return _saved_model_runner(path)
+    if path.suffix == ".pb":
+        return _frozen_graph_runner(path)
+    raise ModelFormatError(f"{path}: only a frozen .pb graph or a SavedModel folder can run in TensorFlow")
+
+
+@dataclass
+class TensorFlowRunner:
+    """Runs a float MobileNet V1 in TensorFlow on NHWC batches in [-1, 1]."""
+
+    function: Callable  # float32 NHWC tensor -> (logits, probabilities)
+    resolution: int
+    batch_size: int | None = None  # fixed batch of the graph's input, if any
+    quantized: bool = False
+
+    def __call__(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        batch = np.asarray(images, np.float32)
+        expected = (self.resolution, self.resolution, 3)
+        if batch.ndim != 4 or batch.shape[1:] != expected:
+            raise ModelFormatError(f"TensorFlow model takes N x {self.resolution} x {self.resolution} x 3 images, got {batch.shape}")
+        step = self.batch_size or len(batch)
+        chunks = [self.function(batch[start : start + step]) for start in range(0, len(batch), step)]
+        return {name: np.concatenate([np.asarray(chunk[i]) for chunk in chunks]) for i, name in enumerate((LOGITS, PROBABILITIES))}
+
+
+def _frozen_graph_runner(path: Path) -> TensorFlowRunner:
+    """Run the graph as it is, from `input` to SpatialSqueeze (logits) and Predictions/Reshape_1."""
+    tf = require("tensorflow")
+    graph_def = _load_graph_def(path)
+    resolution = _input_resolution(graph_def, path)
+    names = {node.name for node in graph_def.node}
+    missing = [node for node in (LOGITS_NODE, OUTPUT_NODE) if node not in names]
+    if missing:
+        raise ModelFormatError(f"{path}: not a MobileNet V1 graph: no node {missing[0]}")
+    imported = tf.compat.v1.wrap_function(lambda: tf.compat.v1.import_graph_def(graph_def, name=""), [])
+    tensor = imported.graph.get_tensor_by_name
+    function = imported.prune(tensor(f"{INPUT_NODE}:0"), [tensor(f"{LOGITS_NODE}:0"), tensor(f"{OUTPUT_NODE}:0")])
+    batch_dim = next(node for node in graph_def.node if node.name == INPUT_NODE).attr["shape"].shape.dim[0].size
+    return TensorFlowRunner(lambda images: function(tf.constant(images)), resolution, batch_dim if batch_dim > 0 else None)
+
+
+def _saved_model_runner(folder: Path) -> TensorFlowRunner:
+    tf = require("tensorflow")
+    signature = _serving_signature(folder)
+    if set(signature.outputs) != {LOGITS, PROBABILITIES}:
+        raise ModelFormatError(f"{folder}: serving signature outputs {sorted(signature.outputs)}, expected {LOGITS} and {PROBABILITIES}")
+    resolution = _signature_resolution(signature, folder)
+    with _errors_only(tf):
+        serve = tf.saved_model.load(str(folder)).signatures[SIGNATURE_KEY]
+
+    def function(images: np.ndarray):
+        outputs = serve(**{INPUT_NODE: tf.constant(images)})
+        return outputs[LOGITS], outputs[PROBABILITIES]
+
+    return TensorFlowRunner(function, resolution)

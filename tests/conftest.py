@@ -1,0 +1,68 @@
+"""Shared fixtures: official-layout tarballs (random weights, real TensorFlow files), built once per session.
+
+    official_tarball(alpha, resolution, quantized=False) -> Path   # .../mobilenet_v1_{alpha}_{res}[_quant].tgz
+    extracted_variant(alpha, resolution, quantized=False) -> Path  # folder holding its members, flat
+
+The weights are `mobilenet_zoo.model.random_model(config, seed=FIXTURE_SEED)`; quantized tarballs ship the
+real uint8 `.tflite` from tests/data (0.25_128 and 0.5_160 only). Both need TensorFlow and skip without it.
+"""
+
+from __future__ import annotations
+
+import tarfile
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from mobilenet_zoo.arch import ModelConfig, variant_name
+
+DATA = Path(__file__).parent / "data"
+FIXTURE_SEED = 0
+
+
+@pytest.fixture(scope="session")
+def official_tarball(tmp_path_factory) -> Callable[..., Path]:
+    """Factory building each requested fixture tarball once per session and returning its path."""
+    folder = tmp_path_factory.mktemp("official_tarballs")
+    built: dict[ModelConfig, Path] = {}
+
+    def build(alpha: float, resolution: int, quantized: bool = False) -> Path:
+        pytest.importorskip("tensorflow")
+        from mobilenet_zoo.testing.tarball import write_official_tarball
+
+        config = ModelConfig(alpha, resolution, quantized)
+        if config not in built:
+            built[config] = write_official_tarball(config, folder, seed=FIXTURE_SEED, tflite_path=_real_quant_tflite(config))
+        return built[config]
+
+    return build
+
+
+@pytest.fixture(scope="session")
+def extracted_variant(official_tarball, tmp_path_factory) -> Callable[..., Path]:
+    """Factory returning the folder a fixture tarball was extracted to (once per session)."""
+    folder = tmp_path_factory.mktemp("extracted_variants")
+    extracted: dict[Path, Path] = {}
+
+    def extract(alpha: float, resolution: int, quantized: bool = False) -> Path:
+        tarball = official_tarball(alpha, resolution, quantized)
+        if tarball not in extracted:
+            target = folder / tarball.name.removesuffix(".tgz")
+            with tarfile.open(tarball) as archive:
+                archive.extractall(target, filter="data")
+            extracted[tarball] = target
+        return extracted[tarball]
+
+    return extract
+
+
+def _real_quant_tflite(config: ModelConfig) -> Path | None:
+    """The real uint8 model a quantized tarball ships; None for float configs."""
+    if not config.quantized:
+        return None
+    path = DATA / f"{variant_name(config.alpha, config.resolution, quantized=True)}.tflite"
+    if not path.exists():
+        available = sorted(p.name for p in DATA.glob("*_quant.tflite"))
+        raise ValueError(f"no real uint8 model for {config.name} in tests/data (there are: {', '.join(available)})")
+    return path
