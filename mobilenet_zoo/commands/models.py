@@ -1,0 +1,223 @@
+"""`convert`, `verify`, `predict` and `demo`: the commands that load frameworks (lazily, inside them)."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich import box
+from rich.table import Table
+
+from mobilenet_zoo.errors import VerificationError, ZooError
+from mobilenet_zoo.output import console, err_console, fmt, print_json
+
+RegistryOption = typer.Option(None, "--registry", envvar="MOBILENET_ZOO_REGISTRY", help="User registry YAML.")
+MirrorOption = typer.Option(None, "--mirror", envvar="MOBILENET_ZOO_MIRROR", help="Base URL replacing the official one.")
+JsonOption = typer.Option(False, "--json", help="Machine-readable output.")
+
+
+def _split(values: list[str]) -> list[str]:
+    return [v.strip().lower() for value in values for v in value.split(",") if v.strip()]
+
+
+def _images(paths: list[Path]) -> list[Path]:
+    """Image files given directly or inside given folders; the bundled samples when none are given."""
+    from mobilenet_zoo.samples import image_files, sample_images
+
+    if not paths:
+        return sample_images()
+    found: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            found.extend(image_files(path))
+        elif path.exists():
+            found.append(path)
+        else:
+            raise ZooError(f"image not found: {path}")
+    if not found:
+        raise ZooError("no images found in " + ", ".join(map(str, paths)))
+    return found
+
+
+def convert_command(
+    source: str = typer.Argument(..., help="Registry name (pulled on demand), tarball, extracted folder, or model file."),
+    to: List[str] = typer.Option([], "--to", help="Target format(s): onnx, torch, tflite, tf (repeat or comma-separate)."),
+    all_formats: bool = typer.Option(False, "--all-formats", help="Write every target format."),
+    output: Path = typer.Option(Path("."), "-o", "--output", help="Output folder, or a file path for a single target."),
+    layout: str = typer.Option("NCHW", "--layout", help="ONNX input layout: NCHW or NHWC."),
+    quantize: Optional[str] = typer.Option(None, "--quantize", help="TFLite: post-training quantization (uint8)."),
+    calibration: Optional[Path] = typer.Option(None, "--calibration", help="TFLite --quantize: folder of calibration images."),
+    verify: bool = typer.Option(False, "--verify", help="Verify every written target against the reference."),
+    registry: Optional[Path] = RegistryOption,
+    mirror: Optional[str] = MirrorOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """Convert a model to ONNX, PyTorch, TFLite or a TensorFlow SavedModel."""
+    from mobilenet_zoo.convert import convert
+    from mobilenet_zoo.formats import FORMATS
+    from mobilenet_zoo.sources import open_source
+
+    formats = list(FORMATS) if all_formats else _split(to)
+    if not formats:
+        raise ZooError("say which format to write: --to onnx|torch|tflite|tf, or --all-formats")
+    if layout.upper() not in ("NCHW", "NHWC"):
+        raise ZooError(f"--layout must be NCHW or NHWC, not {layout!r}")
+    options = {"onnx": {"layout": layout.upper()}}
+    if quantize:
+        options["tflite"] = {"quantize": quantize, "calibration": calibration}
+    with err_console.status(f"reading {source}"):
+        src = open_source(source, registry=registry, mirror=mirror)
+    with err_console.status(f"writing {', '.join(formats)}"):
+        written = convert(src, formats, output, options)
+    if verify:
+        _verify_and_report([w.path for w in written], None, [], 8, 0, None, as_json)
+        return
+    if as_json:
+        print_json([{"format": w.format, "path": str(w.path)} for w in written])
+    else:
+        for w in written:
+            console.print(f"[green]wrote[/green] {w.format:<6} {w.path}")
+
+
+def _reference_for(targets: list[Path], reference: Optional[str], images: list[Path], n_random: int, seed: int):
+    from mobilenet_zoo.convert import manifest_entry
+    from mobilenet_zoo.verify import Reference, compute_reference
+
+    if reference and reference.endswith(".npz"):
+        return Reference.load(Path(reference))
+    if reference:
+        ref_path = Path(reference)
+        if not ref_path.exists():
+            from mobilenet_zoo.sources import open_source
+
+            ref_path = open_source(reference).reference
+    else:
+        known = {(manifest_entry(t) or {}).get("reference") for t in targets}
+        if None in known or len(known) != 1:
+            raise ZooError("no single reference is recorded for these targets: pass --reference (a frozen .pb, an official .tflite, a saved .npz or a registry name)")
+        ref_path = Path(known.pop())
+    with err_console.status(f"running the reference {ref_path.name}"):
+        return compute_reference(ref_path, images, n_random, seed)
+
+
+def _parity_table(ref, reports) -> Table:
+    """One row per target: the differences that matter for its kind (float logits or uint8 LSB)."""
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, title=f"parity against {Path(ref.origin).name} on {len(ref.inputs)} inputs",
+                  caption="max abs differences; top-k: share of inputs whose top-k agrees")
+    table.add_column("target", no_wrap=True)
+    difference = "LSB" if ref.quantized else "Δlogits"
+    for header in (difference, "Δprob", "top1", "top5"):
+        table.add_column(header, justify="right", no_wrap=True)
+    table.add_column("result", min_width=4)
+    for r in reports:
+        result = "[green]pass[/green]" if r.passed else "[red]FAIL[/red] " + "; ".join(r.failures)
+        diff = str(r.max_lsb) if ref.quantized else f"{r.max_abs_logits:.3g}"
+        table.add_row(Path(r.target).name, diff, f"{r.max_abs_probabilities:.3g}", f"{r.top1_agreement:.0%}", f"{r.top5_agreement:.0%}", result)
+    return table
+
+
+def _verify_and_report(targets, reference, images, n_random, seed, save_reference, as_json, thresholds=None):
+    from mobilenet_zoo.verify import Thresholds, verify_target
+
+    thresholds = thresholds or Thresholds()
+    ref = _reference_for(targets, reference, _images(images), n_random, seed)
+    if save_reference:
+        ref.save(save_reference)
+    reports = []
+    for target in targets:
+        with err_console.status(f"verifying {target.name}"):
+            reports.append(verify_target(target, ref, thresholds))
+    if as_json:
+        print_json({"reference": ref.origin, "inputs": ref.input_names, "targets": [r.as_dict() for r in reports]})
+    else:
+        console.print(_parity_table(ref, reports))
+    failed = [r for r in reports if not r.passed]
+    if failed:
+        raise VerificationError(f"{len(failed)} of {len(reports)} targets failed parity: " + "; ".join(f"{Path(r.target).name}: {r.failures[0]}" for r in failed))
+
+
+def verify_command(
+    targets: List[Path] = typer.Argument(..., help="Converted model files/folders, or an output folder of `convert`."),
+    reference: Optional[str] = typer.Option(None, "--reference", help="Reference: frozen .pb, official .tflite, saved .npz, or registry name. Default: what convert recorded."),
+    images: List[Path] = typer.Option([], "--images", help="Images or folders of images (default: the bundled samples)."),
+    n_random: int = typer.Option(8, "--random", help="Seeded random inputs besides the images."),
+    seed: int = typer.Option(0, "--seed"),
+    logits_atol: float = typer.Option(1e-4, "--logits-atol", help="Float models: allowed max abs logits difference."),
+    max_lsb: Optional[int] = typer.Option(None, "--max-lsb", help="Quantized models: allowed uint8 difference (default 0 for ONNX, 1 otherwise)."),
+    top5: bool = typer.Option(True, "--top5/--no-top5", help="Float models: require identical top-5 sets."),
+    save_reference: Optional[Path] = typer.Option(None, "--save-reference", help="Save the reference inputs/outputs to an .npz for later runs."),
+    as_json: bool = JsonOption,
+) -> None:
+    """Check converted models against the original's forward pass; exit 2 if any is out of bounds."""
+    from mobilenet_zoo.convert import MANIFEST, manifest_targets
+    from mobilenet_zoo.verify import Thresholds
+
+    expanded: list[Path] = []
+    for target in targets:
+        if target.is_dir() and (target / MANIFEST).exists():
+            expanded.extend(manifest_targets(target))
+        elif target.exists():
+            expanded.append(target)
+        else:
+            raise ZooError(f"no such file or folder: {target}")
+    thresholds = Thresholds(logits_atol=logits_atol, top5_identical=top5)
+    if max_lsb is not None:
+        thresholds.lsb = {}
+        thresholds.lsb.update({f: max_lsb for f in ("onnx", "tflite", "torch", "tf")})
+    _verify_and_report(expanded, reference, images, n_random, seed, save_reference, as_json, thresholds)
+
+
+def _print_predictions(results, as_json: bool) -> None:
+    if as_json:
+        print_json([r.as_dict() for r in results])
+        return
+    for r in results:
+        table = Table(box=box.SIMPLE_HEAD, title=Path(r.image).name, title_justify="left")
+        for header, justify in (("class", "right"), ("label", "left"), ("score", "right")):
+            table.add_column(header, justify=justify)
+        for c, label, score in zip(r.classes, r.labels, r.scores):
+            table.add_row(str(c), label, f"{score:.4f}")
+        console.print(table)
+
+
+def predict_command(
+    model: str = typer.Argument(..., help="Model file/folder in any format, registry name, or tarball."),
+    images: List[Path] = typer.Argument(None, help="Images or folders (default: the bundled samples)."),
+    top_k: int = typer.Option(5, "--top", help="How many classes to show."),
+    registry: Optional[Path] = RegistryOption,
+    mirror: Optional[str] = MirrorOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """Top-k ImageNet classes of images."""
+    from mobilenet_zoo.predict import predict, runner_for
+
+    _print_predictions(predict(runner_for(model, registry, mirror), _images(images or []), top_k), as_json)
+
+
+def demo_command(
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Keep the converted models here (default: a temporary folder)."),
+) -> None:
+    """Offline tour on the bundled real uint8 model: predict, convert to every format, verify parity."""
+    from mobilenet_zoo.convert import convert
+    from mobilenet_zoo.formats import FORMATS, load_runner
+    from mobilenet_zoo.predict import predict
+    from mobilenet_zoo.samples import BUNDLED_MODEL, sample_images
+    from mobilenet_zoo.sources import from_path
+
+    console.rule(f"predict: {BUNDLED_MODEL.name} on the bundled photos (top 3)")
+    _print_predictions(predict(load_runner(BUNDLED_MODEL), sample_images(), 3), False)
+    with tempfile.TemporaryDirectory() as scratch:
+        out = output or Path(scratch)
+        console.rule(f"convert to {', '.join(FORMATS)} in {out}, then verify")
+        with err_console.status("converting"):
+            written = convert(from_path(BUNDLED_MODEL), list(FORMATS), out)
+        _verify_and_report([w.path for w in written], None, [], 8, 0, None, False)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("convert")(convert_command)
+    app.command("verify")(verify_command)
+    app.command("predict")(predict_command)
+    app.command("demo")(demo_command)

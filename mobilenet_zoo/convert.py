@@ -1,0 +1,87 @@
+"""Convert a source model to target formats and record what was written in a manifest.
+
+The manifest (`mobilenet_zoo.json` in the output folder) remembers, for every target, its format, the
+variant and the reference it must match, so `verify OUTPUT` needs nothing else.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from mobilenet_zoo.errors import ZooError
+from mobilenet_zoo.formats import FORMATS, format_module
+from mobilenet_zoo.sources import Source
+
+MANIFEST = "mobilenet_zoo.json"
+# How each format names its output beside the variant name.
+TARGET_SUFFIXES = {"onnx": ".onnx", "tflite": ".tflite", "torch": "_torch", "tf": "_saved_model"}
+
+
+@dataclass
+class Converted:
+    format: str
+    path: Path
+
+
+def target_path(source: Source, fmt: str, out: Path, single: bool) -> Path:
+    """`out` itself when it names a file of the target's suffix (single target), else out/NAME+suffix."""
+    suffix = TARGET_SUFFIXES[fmt]
+    if single and out.suffix and out.suffix == suffix:
+        return out
+    return out / f"{source.model.config.name}{suffix}"
+
+
+def convert(source: Source, formats: list[str], out: Path, format_options: dict[str, dict] | None = None) -> list[Converted]:
+    """Write `source.model` in every format asked for (with per-format writer options), then record them."""
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown:
+        raise ZooError(f"unknown target format {unknown[0]!r}; choose from {', '.join(FORMATS)}")
+    results = []
+    for fmt in formats:
+        path = target_path(source, fmt, out, len(formats) == 1)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        written = format_module(fmt).write(source.model, path, **(format_options or {}).get(fmt, {}))
+        results.append(Converted(fmt, written))
+    record(source, results)
+    return results
+
+
+def read_manifest(folder: Path) -> dict:
+    path = folder / MANIFEST
+    if not path.exists():
+        return {"targets": {}}
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError:
+        raise ZooError(f"{path}: corrupt manifest; delete it and convert again") from None
+
+
+def record(source: Source, results: list[Converted]) -> None:
+    """Add the targets to their folders' manifests (written atomically)."""
+    for folder in {r.path.parent for r in results}:
+        manifest = read_manifest(folder)
+        for r in (r for r in results if r.path.parent == folder):
+            manifest["targets"][r.path.name] = {
+                "format": r.format,
+                "variant": source.name,
+                "quantized": source.model.config.quantized,
+                "reference": str(source.reference.resolve()) if source.reference else None,
+            }
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".manifest-")
+        with os.fdopen(fd, "w") as stream:
+            json.dump(manifest, stream, indent=2)
+        os.replace(tmp, folder / MANIFEST)
+
+
+def manifest_entry(target: Path) -> dict | None:
+    """What the manifest beside a target says about it, if anything."""
+    return read_manifest(target.parent).get("targets", {}).get(target.name)
+
+
+def manifest_targets(folder: Path) -> list[Path]:
+    """Every target a folder's manifest lists that still exists."""
+    return [folder / name for name in read_manifest(folder)["targets"] if (folder / name).exists()]

@@ -1,0 +1,151 @@
+"""Numerical parity: run a reference forward pass and each converted model on the same inputs, compare.
+
+Float models are compared on logits (max abs difference) and top-5 sets; quantized models on their raw
+uint8 output in LSB. The reference is the original artifact (frozen graph in TensorFlow, or the official
+`.tflite` in the TFLite interpreter), or reference outputs saved earlier with `Reference.save`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from mobilenet_zoo.errors import ModelFormatError, ZooError
+from mobilenet_zoo.formats import Runner, detect_format, format_module
+from mobilenet_zoo.preprocess import load_batch
+
+OUTPUT_SCALE = 1 / 256  # uint8 softmax output quantization of the quantized models
+
+
+@dataclass
+class Thresholds:
+    """Pass criteria; quantized ones are in uint8 LSB, per target format."""
+
+    logits_atol: float = 1e-4
+    top5_identical: bool = True
+    lsb: dict[str, int] = field(default_factory=lambda: {"onnx": 0, "tflite": 1, "torch": 1, "tf": 1})
+
+    def max_lsb(self, fmt: str) -> int:
+        return self.lsb.get(fmt, 1)
+
+
+@dataclass
+class Reference:
+    """Inputs and the reference model's outputs on them."""
+
+    inputs: np.ndarray
+    input_names: list[str]
+    outputs: dict[str, np.ndarray]
+    quantized: bool
+    origin: str
+
+    def save(self, path: Path) -> Path:
+        """Write to an .npz that `load` reads back, so verification needs no TensorFlow later."""
+        meta = json.dumps({"input_names": self.input_names, "quantized": self.quantized, "origin": self.origin})
+        with open(path, "wb") as stream:
+            np.savez_compressed(stream, inputs=self.inputs, meta=np.array(meta), **{f"out_{k}": v for k, v in self.outputs.items()})
+        return path
+
+    @classmethod
+    def load(cls, path: Path) -> Reference:
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                meta = json.loads(str(data["meta"]))
+                outputs = {k.removeprefix("out_"): data[k] for k in data.files if k.startswith("out_")}
+                return cls(data["inputs"], meta["input_names"], outputs, meta["quantized"], meta["origin"])
+        except (OSError, KeyError, ValueError) as exc:
+            raise ZooError(f"{path}: not a saved reference ({exc})") from None
+
+    @property
+    def resolution(self) -> int:
+        return int(self.inputs.shape[1])
+
+
+def make_inputs(resolution: int, quantized: bool, images: list[Path], n_random: int, seed: int) -> tuple[np.ndarray, list[str]]:
+    """Real images with the slim eval preprocessing, then seeded random inputs, as one NHWC batch."""
+    rng = np.random.default_rng(seed)
+    shape = (n_random, resolution, resolution, 3)
+    noise = rng.integers(0, 256, shape, dtype=np.uint8) if quantized else rng.uniform(-1, 1, shape).astype(np.float32)
+    batches = [load_batch(images, resolution, quantized)] if images else []
+    batches.append(noise)
+    names = [Path(p).name for p in images] + [f"random[{i}]" for i in range(n_random)]
+    return np.concatenate(batches), names
+
+
+def run_batched(runner: Runner, inputs: np.ndarray, batch_size: int = 8) -> dict[str, np.ndarray]:
+    """Run a model over inputs in batches and concatenate each output."""
+    parts = [runner(inputs[i : i + batch_size]) for i in range(0, len(inputs), batch_size)]
+    return {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
+
+
+def compute_reference(reference_path: Path, images: list[Path], n_random: int = 8, seed: int = 0) -> Reference:
+    """Run the original model (frozen graph or official .tflite) on images plus random inputs."""
+    runner = format_module(detect_format(reference_path)).load_runner(reference_path)
+    if runner.resolution is None:
+        raise ModelFormatError(f"{reference_path}: the reference must have a fixed input size")
+    inputs, names = make_inputs(runner.resolution, runner.quantized, images, n_random, seed)
+    return Reference(inputs, names, run_batched(runner, inputs), runner.quantized, str(reference_path))
+
+
+def _topk(values: np.ndarray, k: int) -> np.ndarray:
+    # stable sort on -values: equal scores keep index order, so identical outputs give identical sets
+    return np.argsort(-values.astype(np.float64), axis=1, kind="stable")[:, :k]
+
+
+@dataclass
+class TargetReport:
+    """How one converted model compares with the reference."""
+
+    target: str
+    format: str
+    quantized: bool
+    max_abs_logits: float | None
+    max_abs_probabilities: float
+    max_lsb: int | None
+    top1_agreement: float
+    top5_agreement: float
+    passed: bool
+    failures: list[str]
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def compare(target: str, fmt: str, reference: Reference, outputs: dict[str, np.ndarray], thresholds: Thresholds) -> TargetReport:
+    """Compare a target's outputs with the reference's under the thresholds."""
+    ref_probs, probs = reference.outputs["probabilities"], outputs["probabilities"]
+    if probs.shape != ref_probs.shape:
+        raise ModelFormatError(f"{target}: output shape {probs.shape} differs from the reference's {ref_probs.shape}")
+    ref_top, top = _topk(ref_probs, 5), _topk(probs, 5)
+    top1 = float(np.mean(ref_top[:, 0] == top[:, 0]))
+    top5 = float(np.mean([set(a) == set(b) for a, b in zip(ref_top, top)]))
+    failures: list[str] = []
+    max_lsb = max_logits = None
+    if reference.quantized:
+        max_lsb = int(np.abs(probs.astype(np.int32) - ref_probs.astype(np.int32)).max())
+        max_probs = max_lsb * OUTPUT_SCALE
+        if max_lsb > thresholds.max_lsb(fmt):
+            failures.append(f"output differs by {max_lsb} LSB (allowed {thresholds.max_lsb(fmt)})")
+    else:
+        max_probs = float(np.abs(probs - ref_probs).max())
+        max_logits = float(np.abs(outputs["logits"] - reference.outputs["logits"]).max())
+        if not max_logits <= thresholds.logits_atol:  # also catches NaN
+            failures.append(f"logits differ by {max_logits:.3g} (allowed {thresholds.logits_atol:g})")
+        if thresholds.top5_identical and top5 < 1.0:
+            failures.append(f"top-5 sets differ on {round((1 - top5) * len(top))} of {len(top)} inputs")
+    return TargetReport(target, fmt, reference.quantized, max_logits, max_probs, max_lsb, top1, top5, not failures, failures)
+
+
+def verify_target(target: Path, reference: Reference, thresholds: Thresholds) -> TargetReport:
+    """Run one converted model on the reference inputs and compare."""
+    fmt = detect_format(target)
+    runner = format_module(fmt).load_runner(target)
+    if runner.quantized != reference.quantized:
+        kinds = {True: "quantized", False: "float"}
+        raise ModelFormatError(f"{target} is a {kinds[runner.quantized]} model but the reference is {kinds[reference.quantized]}")
+    if runner.resolution not in (None, reference.resolution):
+        raise ModelFormatError(f"{target} takes {runner.resolution}x{runner.resolution} inputs, the reference {reference.resolution}")
+    return compare(str(target), fmt, reference, run_batched(runner, reference.inputs), thresholds)
