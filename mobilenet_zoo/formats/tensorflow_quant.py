@@ -1,0 +1,149 @@
+"""Quantized TensorFlow: a SavedModel computing TFLite's uint8 MobileNet V1 arithmetic with TF integer ops.
+
+The serving signature takes uint8 NHWC `input` (any batch) and returns uint8 `logits` and `probabilities`.
+Convolutions are int32 matmuls over SAME-padded windows (padding = input zero point), requantization is
+`mobilenet_zoo.quant_math`'s fixed-point multiply in tf.int64 with TFLite's rounding, the average pool an
+integer window sum, and the softmax TFLite's lookup table with a float32 cumulative sum (TensorFlow's CPU
+cumsum adds left to right like TFLite's loop). The folder also holds `assets.extra/mobilenet_zoo.json`, the
+variant's metadata with `"quantized": "true"`, which is how `is_quantized` recognises it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from mobilenet_zoo.arch import INPUT_NODE
+from mobilenet_zoo.deps import require
+from mobilenet_zoo.errors import ModelFormatError
+from mobilenet_zoo.formats import tensorflow as tf_format
+from mobilenet_zoo.formats.onnx import model_metadata
+from mobilenet_zoo.model import MobileNetV1Model
+from mobilenet_zoo.quant_math import POOL_STRIDE, UINT8_MAX, IntegerConv, IntegerNetwork, integer_network
+
+METADATA_FILE = Path("assets.extra") / "mobilenet_zoo.json"
+
+
+def write(model: MobileNetV1Model, out: Path) -> Path:
+    """Write a quantized model as a SavedModel folder; returns `out`."""
+    tf = require("tensorflow")
+    network = integer_network(model)
+    out = Path(out)
+    module = build_module(network)
+    with tf_format._staging_folder(out) as staging:
+        tf.saved_model.save(module, str(staging), signatures={tf_format.SIGNATURE_KEY: module.serve})
+        (staging / METADATA_FILE).parent.mkdir()
+        (staging / METADATA_FILE).write_text(json.dumps({**model_metadata(model), "quantized": "true"}), encoding="utf-8")
+    return out
+
+
+def is_quantized(folder: Path) -> bool:
+    """True for a SavedModel folder this module wrote."""
+    path = Path(folder) / METADATA_FILE
+    return path.exists() and json.loads(path.read_text(encoding="utf-8")).get("quantized") == "true"
+
+
+def build_module(network: IntegerNetwork):
+    """A `tf.Module` whose `serve` maps uint8 NHWC `input` to uint8 {"logits", "probabilities"}."""
+    tf = require("tensorflow")
+
+    class IntegerConv2d(tf.Module):
+        """(Depthwise) convolution with int32 accumulators, then TFLite's fixed-point requantization."""
+
+        def __init__(self, layer: IntegerConv) -> None:
+            super().__init__(name=layer.scope.replace("/", "_"))
+            self.layer = layer
+            kernel = layer.kernel[:, :, :, 0] if layer.depthwise else layer.kernel
+            self.kernel = tf.Variable(kernel.astype(np.int32), trainable=False, name="kernel")
+            self.bias = tf.Variable(layer.bias.astype(np.int32), trainable=False, name="bias")
+            self.multiplier = tf.Variable(layer.requantization.multiplier, trainable=False, name="multiplier")
+
+        def __call__(self, images):
+            layer = self.layer
+            before, after = layer.padding
+            offset = tf.cast(images, tf.int32) - layer.input_zero_point
+            padded = tf.pad(offset, [[0, 0], [before, after], [before, after], [0, 0]])
+            span = layer.stride * (layer.output_size - 1) + 1
+            accumulator = self.bias
+            for dy in range(layer.kernel.shape[0]):
+                for dx in range(layer.kernel.shape[1]):
+                    window = padded[:, dy : dy + span : layer.stride, dx : dx + span : layer.stride]
+                    tap = self.kernel[dy, dx]
+                    accumulator = accumulator + (window * tap if layer.depthwise else tf.matmul(window, tap))
+            return self.requantize(accumulator)
+
+        def requantize(self, accumulator):
+            requantization = self.layer.requantization
+            shifted = tf.bitwise.left_shift(tf.cast(accumulator, tf.int64), tf.constant(requantization.left_shift))
+            high = tf.bitwise.right_shift(shifted * self.multiplier + (1 << 30), tf.constant(31, tf.int64))
+            right_shift = requantization.right_shift
+            scaled = tf.bitwise.right_shift(high + tf.constant((1 << right_shift) >> 1), tf.constant(right_shift))
+            clamped = tf.clip_by_value(scaled + requantization.zero_point, requantization.low, requantization.high)
+            return tf.cast(clamped, tf.uint8)
+
+    class QuantizedMobileNetV1(tf.Module):
+        def __init__(self) -> None:
+            super().__init__(name="MobilenetV1")
+            self.layers = [IntegerConv2d(layer) for layer in network.convs]
+            self.logits = IntegerConv2d(network.logits)
+            self.softmax_table = tf.Variable(network.softmax_table, trainable=False, name="softmax_table")
+
+        @tf.function(input_signature=[tf.TensorSpec([None, network.resolution, network.resolution, 3], tf.uint8, name=INPUT_NODE)])
+        def serve(self, images):
+            features = images
+            for layer in self.layers:
+                features = layer(features)
+            logits = tf.reshape(self.logits(self.average_pool(features)), [-1, self.logits.kernel.shape[-1]])
+            return {tf_format.LOGITS: logits, tf_format.PROBABILITIES: self.softmax(logits)}
+
+        def average_pool(self, features):
+            """uint8 VALID average pool, stride 2: (window sum + count / 2) // count."""
+            height, width = network.pool_kernel
+            count = height * width
+            rows = [tf.stack([tf.reduce_sum(tf.cast(features[:, i : i + height, j : j + width], tf.int32), axis=[1, 2])
+                              for j in range(0, features.shape[2] - width + 1, POOL_STRIDE)], axis=1)
+                    for i in range(0, features.shape[1] - height + 1, POOL_STRIDE)]
+            return tf.cast((tf.stack(rows, axis=1) + count // 2) // count, tf.uint8)
+
+        def softmax(self, logits):
+            """TFLite's uint8 softmax: table lookup, sequential float32 normalizer, add 0.5 and truncate."""
+            values = tf.cast(logits, tf.int32)
+            exps = tf.gather(self.softmax_table, UINT8_MAX - tf.reduce_max(values, axis=1, keepdims=True) + values)
+            total = tf.math.cumsum(exps, axis=1)[:, -1:]
+            inverse = 1.0 / (total * network.output_scale)
+            quantized = tf.cast(exps * inverse + 0.5, tf.int32) + network.output_zero_point
+            return tf.cast(tf.clip_by_value(quantized, 0, UINT8_MAX), tf.uint8)
+
+    return QuantizedMobileNetV1()
+
+
+def load_runner(path: Path) -> QuantTensorFlowRunner:
+    """Run a quantized SavedModel folder's serving signature."""
+    tf = require("tensorflow")
+    folder = Path(path)
+    if not is_quantized(folder):
+        raise ModelFormatError(f"{folder}: not a quantized MobileNet V1 SavedModel of ours (no {METADATA_FILE} saying quantized)")
+    metadata = json.loads((folder / METADATA_FILE).read_text(encoding="utf-8"))
+    serve = tf.saved_model.load(str(folder)).signatures[tf_format.SIGNATURE_KEY]
+    return QuantTensorFlowRunner(lambda images: serve(**{INPUT_NODE: tf.constant(images)}), int(metadata["resolution"]))
+
+
+@dataclass
+class QuantTensorFlowRunner:
+    """Calls the serving signature on uint8 NHWC batches; returns raw uint8 logits and probabilities."""
+
+    function: Callable[[np.ndarray], Any]
+    resolution: int
+    quantized: bool = True
+
+    def __call__(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        batch = np.asarray(images, np.uint8)
+        expected = (self.resolution, self.resolution, 3)
+        if batch.ndim != 4 or batch.shape[1:] != expected:
+            raise ModelFormatError(f"quantized TensorFlow model takes N x {self.resolution} x {self.resolution} x 3 uint8 images, got {batch.shape}")
+        outputs = self.function(batch)
+        return {name: np.asarray(outputs[name]) for name in (tf_format.LOGITS, tf_format.PROBABILITIES)}

@@ -1,0 +1,248 @@
+"""TFLite's uint8 integer arithmetic for MobileNet V1, in numpy: the spec the PyTorch and TF ports follow.
+
+What the TFLite interpreter's builtin kernels (LiteRT 2.x, no XNNPACK delegate) compute for these graphs:
+- CONV_2D / DEPTHWISE_CONV_2D: int32 accumulators of (x - input_zero_point) * (w - weight_zero_point)
+  over a SAME-padded input (the padding is the input zero point, i.e. 0 after the offset), plus the int32
+  bias, then `MultiplyByQuantizedMultiplier` with the Q31 multiplier of input_scale * weight_scale /
+  output_scale, plus the output zero point, clamped to the fused activation's range (ReLU6 -> the uint8
+  values of 0 and 6.0 under the output quantization).
+- The requantization rounds twice, both times half toward +infinity: high = (x * M + 2^30) >> 31, then
+  (high + 2^(e-1)) >> e. gemmlowp's reference (SaturatingRoundingDoublingHighMul + RoundingDivideByPOT)
+  rounds half away from zero instead; the two differ only on negative values at exact ties, which ReLU6
+  clamps away, so only the logits (no activation) can show it.
+- AVERAGE_POOL_2D (uint8): (window sum + count / 2) / count in integers; scale and zero point pass through.
+- SOFTMAX (uint8 in and out): `optimized_ops::Softmax` with the lookup table of `PopulateSoftmaxLookupTable`:
+  table[255 - d] = expf(-input_scale * beta * d) in float32, a sequential float32 sum of
+  table[255 - max + x] over the row, inv = 1 / (sum * output_scale), and q = int(table[...] * inv + 0.5)
+  (the x86 `QuantizeSoftmaxOutput<uint8_t>`; aarch64 uses std::round, equal but for exact ties).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from mobilenet_zoo.errors import ModelFormatError
+from mobilenet_zoo.model import (
+    INPUT_ACTIVATION,
+    LOGITS_ACTIVATION,
+    OUTPUT_ACTIVATION,
+    POOL_ACTIVATION,
+    MobileNetV1Model,
+    QuantParams,
+)
+from mobilenet_zoo.testing.numpy_reference import conv, depthwise_conv, same_padding
+
+UINT8_MIN, UINT8_MAX = 0, 255
+RELU6_LIMIT = 6.0
+SOFTMAX_BETA = 1.0
+Q31 = 1 << 31
+POOL_STRIDE = 2
+
+
+# ------------------------------------------------------------------------------------ scalar helpers
+
+
+def quantize_multiplier(real_multiplier: float) -> tuple[int, int]:
+    """TFLite's QuantizeMultiplier: (Q31 significand, power-of-two exponent) with real = M / 2^31 * 2^e."""
+    if real_multiplier == 0.0:
+        return 0, 0
+    significand, exponent = math.frexp(real_multiplier)
+    fixed = _round_half_away(significand * Q31)
+    if fixed == Q31:
+        fixed, exponent = fixed // 2, exponent + 1
+    if exponent < -31:
+        return 0, 0
+    return int(fixed), exponent
+
+
+def conv_multipliers(input_params: QuantParams, weight_params: QuantParams, output_params: QuantParams) -> tuple[np.ndarray, np.ndarray]:
+    """Q31 multipliers and exponents of a convolution (per tensor or per channel), as TFLite computes them.
+
+    The uint8 path multiplies input and weight scales in float32 before going to double
+    (GetQuantizedConvolutionMultipler); that moves the multiplier by tens of Q31 units.
+    """
+    input_scale = np.float32(input_params.scale)
+    weight_scales = np.atleast_1d(weight_params.scale).astype(np.float32)
+    if weight_params.dtype == "uint8":
+        products = (input_scale * weight_scales).astype(np.float64)
+    else:
+        products = np.float64(input_scale) * weight_scales.astype(np.float64)
+    real = products / np.float64(np.float32(output_params.scale))
+    pairs = [quantize_multiplier(float(value)) for value in real]
+    return np.array([m for m, _ in pairs], np.int64), np.array([e for _, e in pairs], np.int64)
+
+
+def activation_range(params: QuantParams, relu6: bool) -> tuple[int, int]:
+    """Clamp bounds of a uint8 output, as CalculateActivationRangeQuantized computes them (float32 division)."""
+    if not relu6:
+        return UINT8_MIN, UINT8_MAX
+    zero_point, scale = int(params.zero_point), np.float32(params.scale)
+    high = zero_point + _round_half_away(float(np.float32(RELU6_LIMIT) / scale))
+    return max(UINT8_MIN, zero_point), min(UINT8_MAX, high)
+
+
+def softmax_table(input_scale: float, beta: float = SOFTMAX_BETA) -> np.ndarray:
+    """PopulateSoftmaxLookupTable: float32 table[255 - d] = exp(-input_scale * beta * d), d = 0..255."""
+    scale = np.float32(-np.float32(input_scale) * np.float32(beta))
+    arguments = scale * np.arange(UINT8_MAX + 1, dtype=np.float32)
+    return np.exp(arguments.astype(np.float64)).astype(np.float32)[::-1].copy()
+
+
+def _round_half_away(value: float) -> int:
+    return int(math.copysign(math.floor(abs(value) + 0.5), value))
+
+
+# ------------------------------------------------------------------------------- the integer network
+
+
+@dataclass(frozen=True)
+class Requantization:
+    """int32 accumulator -> uint8: fixed-point multiply, output zero point, clamp to [low, high]."""
+
+    multiplier: np.ndarray  # int64 Q31 significands, one per output channel (or one for the tensor)
+    shift: np.ndarray  # int64 exponents, positive = left shift
+    zero_point: int
+    low: int
+    high: int
+
+    @property
+    def left_shift(self) -> np.ndarray:
+        return np.maximum(self.shift, 0)
+
+    @property
+    def right_shift(self) -> np.ndarray:
+        return np.maximum(-self.shift, 0)
+
+
+@dataclass(frozen=True)
+class IntegerConv:
+    """One quantized convolution with the weight zero point already subtracted from its kernel."""
+
+    scope: str
+    depthwise: bool
+    stride: int
+    input_size: int  # height (= width) of its input at the model's resolution
+    kernel: np.ndarray  # int32, TF layout (HWIO, or HWC1 for depthwise)
+    bias: np.ndarray  # int32, per output channel
+    input_zero_point: int
+    requantization: Requantization
+
+    @property
+    def padding(self) -> tuple[int, int]:
+        """TF SAME padding (before, after) of both spatial axes at `input_size`."""
+        return same_padding(self.input_size, self.kernel.shape[0], self.stride)
+
+    @property
+    def output_size(self) -> int:
+        return -(-self.input_size // self.stride)
+
+
+@dataclass(frozen=True)
+class IntegerNetwork:
+    """Everything the integer forward pass needs, precomputed from a quantized canonical model."""
+
+    convs: tuple[IntegerConv, ...]  # the 27 convolutions of the backbone
+    pool_kernel: tuple[int, int]
+    logits: IntegerConv
+    softmax_table: np.ndarray  # float32[256], indexed by 255 - max + x
+    output_scale: np.float32
+    output_zero_point: int
+    resolution: int
+
+
+def integer_network(model: MobileNetV1Model) -> IntegerNetwork:
+    """The integer constants of every layer of a quantized model, as TFLite derives them at prepare time."""
+    if not model.config.quantized or model.quant is None:
+        raise ModelFormatError(f"{model.config.name} is not quantized: it has no integer arithmetic to run")
+    config, activations = model.validate().config, model.quant.activations
+    previous, size, convs = activations[INPUT_ACTIVATION], config.resolution, []
+    for layer in config.layers():
+        convs.append(_integer_conv(model, layer.scope, layer.kind == "depthwise", layer.stride, size, layer.weight_name, layer.bias_name, previous, relu6=True))
+        previous, size = activations[layer.scope], convs[-1].output_size
+    pool = activations[POOL_ACTIVATION]
+    if (float(previous.scale), int(previous.zero_point)) != (float(pool.scale), int(pool.zero_point)):
+        raise ModelFormatError(f"{POOL_ACTIVATION} rescales its input; TFLite's uint8 average pool keeps scale and zero point")
+    logits = _integer_conv(model, LOGITS_ACTIVATION, False, 1, 1, config.logits_weight_name, config.logits_bias_name, pool, relu6=False)
+    output = activations[OUTPUT_ACTIVATION]
+    return IntegerNetwork(tuple(convs), config.pool_kernel(), logits, softmax_table(float(activations[LOGITS_ACTIVATION].scale)),
+                          np.float32(output.scale), int(output.zero_point), config.resolution)
+
+
+def _integer_conv(model: MobileNetV1Model, scope: str, depthwise: bool, stride: int, input_size: int, weight_name: str,
+                  bias_name: str, input_params: QuantParams, relu6: bool) -> IntegerConv:
+    weights, bias = model.quant.tensors[weight_name], model.quant.tensors[bias_name]
+    if np.size(weights.params.zero_point) != 1:
+        raise ModelFormatError(f"{weight_name}: per-channel weight zero points are not supported")
+    output_params = model.quant.activations[scope]
+    multiplier, shift = conv_multipliers(input_params, weights.params, output_params)
+    low, high = activation_range(output_params, relu6)
+    kernel = weights.values.astype(np.int32) - np.int32(weights.params.zero_point)
+    requantization = Requantization(multiplier, shift, int(output_params.zero_point), low, high)
+    return IntegerConv(scope, depthwise, stride, input_size, kernel, bias.values.astype(np.int32), int(input_params.zero_point), requantization)
+
+
+# ------------------------------------------------------------------------------------------ kernels
+
+
+def multiply_by_quantized_multiplier(accumulator: np.ndarray, multiplier: np.ndarray, shift: np.ndarray) -> np.ndarray:
+    """round(accumulator * M / 2^31 * 2^shift) in int64 with TFLite's two roundings (see the module docstring)."""
+    left_shift, right_shift = np.maximum(shift, 0), np.maximum(-shift, 0)
+    product = (accumulator.astype(np.int64) << left_shift) * multiplier
+    high = (product + (1 << 30)) >> 31
+    return (high + ((1 << right_shift) >> 1)) >> right_shift
+
+
+def requantize(accumulator: np.ndarray, requantization: Requantization) -> np.ndarray:
+    """uint8 output of an int32 accumulator (channels last)."""
+    scaled = multiply_by_quantized_multiplier(accumulator, requantization.multiplier, requantization.shift)
+    return np.clip(scaled + requantization.zero_point, requantization.low, requantization.high).astype(np.uint8)
+
+
+def integer_conv(images: np.ndarray, layer: IntegerConv) -> np.ndarray:
+    """A quantized (depthwise) convolution: uint8 NHWC in, uint8 NHWC out."""
+    offset = images.astype(np.int64) - layer.input_zero_point  # SAME padding with zeros = padding with the zero point
+    kernel = layer.kernel.astype(np.int64)
+    accumulator = depthwise_conv(offset, kernel, layer.stride) if layer.depthwise else conv(offset, kernel, layer.stride)
+    return requantize(accumulator + layer.bias, layer.requantization)
+
+
+def average_pool(images: np.ndarray, kernel: tuple[int, int], stride: int = POOL_STRIDE) -> np.ndarray:
+    """uint8 VALID average pool: (window sum + count / 2) / count, as TFLite's uint8 AveragePool."""
+    height, width = kernel
+    count = height * width
+    out_h, out_w = (images.shape[1] - height) // stride + 1, (images.shape[2] - width) // stride + 1
+    sums = np.empty((images.shape[0], out_h, out_w, images.shape[3]), np.int64)
+    for i in range(out_h):
+        for j in range(out_w):
+            window = images[:, i * stride : i * stride + height, j * stride : j * stride + width]
+            sums[:, i, j] = window.astype(np.int64).sum(axis=(1, 2))
+    return np.clip((sums + count // 2) // count, UINT8_MIN, UINT8_MAX).astype(np.uint8)
+
+
+def softmax(logits: np.ndarray, table: np.ndarray, output_scale: np.float32, output_zero_point: int) -> np.ndarray:
+    """TFLite's uint8 softmax over the last axis (lookup table, sequential float32 sum, add 0.5 and truncate)."""
+    values = logits.astype(np.int64)
+    exps = table[UINT8_MAX - values.max(axis=-1, keepdims=True) + values]
+    total = np.add.accumulate(exps, axis=-1, dtype=np.float32)[..., -1:]
+    inverse = np.float32(1.0) / (total * np.float32(output_scale))
+    quantized = (exps * inverse + np.float32(0.5)).astype(np.int32) + output_zero_point
+    return np.clip(quantized, UINT8_MIN, UINT8_MAX).astype(np.uint8)
+
+
+def run(network: IntegerNetwork, images: np.ndarray) -> dict[str, np.ndarray]:
+    """uint8 logits and probabilities (N x classes) of uint8 NHWC images."""
+    x = np.asarray(images, np.uint8)
+    for layer in network.convs:
+        x = integer_conv(x, layer)
+    x = integer_conv(average_pool(x, network.pool_kernel), network.logits)
+    logits = x.reshape(len(x), -1)
+    probabilities = softmax(logits, network.softmax_table, network.output_scale, network.output_zero_point)
+    return {"logits": logits, "probabilities": probabilities}
+
+
+def forward(model: MobileNetV1Model, images: np.ndarray) -> dict[str, np.ndarray]:
+    """The TFLite uint8 forward pass of a quantized model: {"logits", "probabilities"}, raw uint8."""
+    return run(integer_network(model), images)

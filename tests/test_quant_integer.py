@@ -1,0 +1,195 @@
+"""TFLite's uint8 arithmetic in numpy, PyTorch (eager and .pt2) and a TF SavedModel, against the TFLite interpreter.
+
+Real trained uint8 models and real images, plus seeded random uint8 inputs. Threshold: 1 LSB (uint8) on
+logits and probabilities, same top-1 on every real image; a model with one requantization scale changed
+must exceed it. The measured figures are printed (pytest -s): all three are at 0 LSB on both models.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mobilenet_zoo import quant_math
+from mobilenet_zoo.arch import ModelConfig
+from mobilenet_zoo.errors import ModelFormatError
+from mobilenet_zoo.formats import tflite
+from mobilenet_zoo.model import QuantInfo, QuantizedTensor, random_model
+from mobilenet_zoo.preprocess import load_image_uint8
+
+DATA = Path(__file__).parent / "data"
+VARIANTS = {"0.25_128": 128, "0.5_160": 160}
+IMAGES = ("bird.bmp", "cat.bmp", "grace_hopper.bmp", "parrot.jpg")
+OUTPUTS = ("logits", "probabilities")
+MAX_LSB = 1
+BROKEN_WEIGHTS = "MobilenetV1/Conv2d_5_pointwise/weights"
+
+
+def tflite_path(variant: str) -> Path:
+    return DATA / f"mobilenet_v1_{variant}_quant.tflite"
+
+
+def sample_inputs(resolution: int) -> dict[str, np.ndarray]:
+    """Real images (slim preprocessing, uint8) and seeded random uint8 images, as NHWC batches."""
+    real = np.stack([load_image_uint8(DATA / name, resolution) for name in IMAGES])
+    random = np.random.default_rng(2024).integers(0, 256, (6, resolution, resolution, 3), dtype=np.uint8)
+    return {"real images": real, "random": random}
+
+
+def lsb_difference(got: np.ndarray, expected: np.ndarray) -> tuple[int, float]:
+    """Max absolute difference in uint8 LSB and the fraction of values that differ at all."""
+    difference = np.abs(got.astype(np.int32) - expected.astype(np.int32))
+    return int(difference.max()), float((difference > 0).mean())
+
+
+@pytest.fixture(scope="session")
+def models():
+    return {variant: tflite.read(tflite_path(variant)) for variant in VARIANTS}
+
+
+@pytest.fixture(scope="session")
+def references():
+    """TFLite interpreter outputs on the original files, per variant and input set."""
+    pytest.importorskip("ai_edge_litert")
+    out = {}
+    for variant, resolution in VARIANTS.items():
+        runner = tflite.load_runner(tflite_path(variant))
+        out[variant] = {name: runner(images) for name, images in sample_inputs(resolution).items()}
+    return out
+
+
+def assert_matches_tflite(run, variant: str, references, label: str) -> None:
+    """`run(images) -> outputs` is within MAX_LSB of TFLite on every input set, with TFLite's top-1 on real images."""
+    for input_set, images in sample_inputs(VARIANTS[variant]).items():
+        got, expected = run(images), references[variant][input_set]
+        for output in OUTPUTS:
+            assert got[output].dtype == np.uint8
+            worst, fraction = lsb_difference(got[output], expected[output])
+            print(f"{label} {variant} {input_set} {output}: max {worst} LSB, {fraction:.2%} differ")
+            assert worst <= MAX_LSB, f"{label} {variant} {input_set} {output}: {worst} LSB"
+        if input_set == "real images":
+            np.testing.assert_array_equal(got["probabilities"].argmax(1), expected["probabilities"].argmax(1))
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_numpy_reference_matches_tflite(models, references, variant):
+    assert_matches_tflite(lambda images: quant_math.forward(models[variant], images), variant, references, "numpy")
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_torch_eager_module_matches_tflite(models, references, variant):
+    torch_quant = pytest.importorskip("mobilenet_zoo.formats.torch_quant")
+    pytest.importorskip("torch")
+    module = torch_quant.build_module(quant_math.integer_network(models[variant]))
+    assert_matches_tflite(torch_quant.QuantTorchRunner(module, VARIANTS[variant]), variant, references, "torch eager")
+
+
+@pytest.fixture(scope="session")
+def torch_folders(models, tmp_path_factory):
+    pytest.importorskip("torch")
+    from mobilenet_zoo.formats import torch as torch_format
+
+    folder = tmp_path_factory.mktemp("torch_quant")
+    return {variant: torch_format.write(models[variant], folder / variant) for variant in VARIANTS}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_exported_program_matches_tflite(torch_folders, references, variant):
+    from mobilenet_zoo.formats import load_runner
+
+    folder = torch_folders[variant]
+    assert sorted(path.suffix for path in folder.iterdir()) == [".pt2", ".safetensors"]
+    runner = load_runner(folder / f"mobilenet_v1_{variant}_quant.pt2")
+    assert runner.quantized and runner.resolution == VARIANTS[variant]
+    assert_matches_tflite(runner, variant, references, "torch .pt2")
+
+
+@pytest.mark.slow
+def test_torch_folder_reads_back_the_integers(torch_folders, models):
+    from mobilenet_zoo.formats import torch as torch_format
+
+    model, back = models["0.25_128"], torch_format.read(torch_folders["0.25_128"])
+    assert back.config == model.config
+    assert back.quant.activations.keys() == model.quant.activations.keys()
+    for name, tensor in model.quant.tensors.items():
+        np.testing.assert_array_equal(back.quant.tensors[name].values, tensor.values)
+        assert back.quant.tensors[name].values.dtype == tensor.values.dtype
+        assert float(back.quant.tensors[name].params.scale) == float(tensor.params.scale)
+    for key, params in model.quant.activations.items():
+        assert (float(back.quant.activations[key].scale), int(back.quant.activations[key].zero_point)) == (float(params.scale), int(params.zero_point))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_tensorflow_saved_model_matches_tflite(models, references, variant, tmp_path):
+    pytest.importorskip("tensorflow")
+    from mobilenet_zoo.formats import tensorflow as tf_format
+    from mobilenet_zoo.formats import tensorflow_quant
+
+    folder = tf_format.write(models[variant], tmp_path / variant)
+    assert tensorflow_quant.is_quantized(folder)
+    runner = tensorflow_quant.load_runner(folder)
+    assert runner.quantized and runner.resolution == VARIANTS[variant]
+    assert_matches_tflite(runner, variant, references, "tf SavedModel")
+
+
+def test_changed_requantization_scale_exceeds_threshold(models, references):
+    """One kernel scale off by 10% changes one layer's multiplier: numpy and torch must both fail the 1 LSB bar."""
+    model = models["0.25_128"]
+    weights = model.quant.tensors[BROKEN_WEIGHTS]
+    broken_tensors = {**model.quant.tensors, BROKEN_WEIGHTS: QuantizedTensor(weights.values, replace(weights.params, scale=weights.params.scale * 1.1))}
+    broken = replace(model, quant=QuantInfo(broken_tensors, model.quant.activations))
+    pytest.importorskip("torch")
+    from mobilenet_zoo.formats import torch_quant
+
+    images, expected = sample_inputs(128)["real images"], references["0.25_128"]["real images"]
+    runs = {
+        "numpy": lambda batch: quant_math.forward(broken, batch),
+        "torch": torch_quant.QuantTorchRunner(torch_quant.build_module(quant_math.integer_network(broken)), 128),
+    }
+    for label, run in runs.items():
+        worst, _ = lsb_difference(run(images)["probabilities"], expected["probabilities"])
+        assert worst > MAX_LSB, label
+
+
+def test_quantize_multiplier_matches_tflite():
+    assert quant_math.quantize_multiplier(0.5) == (1 << 30, 0)
+    assert quant_math.quantize_multiplier(0.75) == (3 << 29, 0)
+    assert quant_math.quantize_multiplier(1.0) == (1 << 30, 1)
+    significand, exponent = quant_math.quantize_multiplier(0.0070880526)
+    assert exponent == -7 and abs(significand / 2**31 * 2.0**exponent - 0.0070880526) < 1e-12
+    assert quant_math.quantize_multiplier(0.0) == (0, 0)
+
+
+def test_requantization_rounds_half_up_twice():
+    """TFLite's kernels: (x*M + 2^30) >> 31, then a right shift rounding half toward +infinity (not away from zero).
+
+    x / 4 as M = 0.5 (Q31) and shift -1: -0.5 -> 0 and -1.5 -> -1 (gemmlowp's reference gives -1 and -2), and
+    the double rounding takes -1.75 through -3.5 -> -3 to -1.5 -> -1.
+    """
+    half, shift = np.array([1 << 30], np.int64), np.array([-1], np.int64)
+    got = quant_math.multiply_by_quantized_multiplier(np.array([2, 6, -2, -6, -7]), half, shift)
+    np.testing.assert_array_equal(got, [1, 2, 0, -1, -1])
+
+
+def test_average_pool_rounds_half_up():
+    def pool(values: list[int]) -> int:
+        return quant_math.average_pool(np.array(values, np.uint8).reshape(1, 2, 2, 1), (2, 2)).item()
+
+    assert pool([1, 1, 2, 2]) == 2  # 1.5 -> 2
+    assert pool([1, 1, 1, 2]) == 1  # 1.25 -> 1
+
+
+def test_softmax_of_equal_logits_is_uniform():
+    table = quant_math.softmax_table(0.1)
+    probabilities = quant_math.softmax(np.full((1, 4), 200, np.uint8), table, np.float32(1 / 256), 0)
+    np.testing.assert_array_equal(probabilities, [[64, 64, 64, 64]])
+
+
+def test_float_model_is_refused():
+    with pytest.raises(ModelFormatError, match="not quantized"):
+        quant_math.integer_network(random_model(ModelConfig(0.25, 128)))
