@@ -54,9 +54,9 @@ def detect_format(path: Path) -> str:
     if path.is_dir():
         if (path / "saved_model.pb").exists():
             return "tf"
-        if (path / "config.json").exists() and (path / "model.safetensors").exists():
+        if any(path.glob("*.pt2")) or any(path.glob("*.safetensors")):
             return "torch"
-        raise ModelFormatError(f"{path}: folder is neither a SavedModel nor a Hugging Face model folder")
+        raise ModelFormatError(f"{path}: folder holds neither a SavedModel nor PyTorch files (.pt2, .safetensors)")
     if name.endswith(".onnx"):
         return "onnx"
     if name.endswith(".tflite"):

@@ -374,6 +374,10 @@ def load_runner(path: Path) -> TensorFlowRunner:
     """The original frozen graph (the reference forward pass) or a SavedModel, run in TensorFlow."""
     path = Path(path)
     if path.is_dir():
+        from mobilenet_zoo.formats import tensorflow_quant
+
+        if tensorflow_quant.is_quantized(path):
+            return tensorflow_quant.load_runner(path)
         return _saved_model_runner(path)
     if path.suffix == ".pb":
         return _frozen_graph_runner(path)
