@@ -1,0 +1,137 @@
+"""`pull` and `cache`: fetch variants into the cache, list and remove what it holds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich import box
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+from rich.table import Table
+
+from mobilenet_zoo.commands.browse import RegistryOption
+from mobilenet_zoo.commands.models import MirrorOption
+from mobilenet_zoo.errors import ZooError
+from mobilenet_zoo.output import console, err_console, print_json
+
+cache_app = typer.Typer(help="Show or clear the download cache ($MOBILENET_ZOO_HOME).", no_args_is_help=True)
+
+
+def _progress_bar(disabled: bool) -> Progress:
+    """A download bar on stderr, shown only on a terminal."""
+    return Progress(
+        TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn(),
+        console=err_console, disable=disabled or not err_console.is_terminal,
+    )
+
+
+def _reporter(bar: Progress, label: str):
+    """A download progress callback that adds its task to `bar` when the first bytes come."""
+    task = None
+
+    def report(done: int, total: int | None) -> None:
+        nonlocal task
+        if task is None:
+            task = bar.add_task(label, total=total)
+        bar.update(task, completed=done, total=total)
+
+    return report
+
+
+def pull_command(
+    names: List[str] = typer.Argument(None, help="Variant names, e.g. mobilenet_v1_0.25_128, 1.0_224, 0.5-160-quant."),
+    all_variants: bool = typer.Option(False, "--all", help="Pull every variant of the registry."),
+    mirror: Optional[str] = MirrorOption,
+    sha256: Optional[str] = typer.Option(None, "--sha256", help="Expected sha256 of the tarball (one variant only)."),
+    registry: Optional[Path] = RegistryOption,
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar; print only the extracted folders."),
+) -> None:
+    """Download, verify and extract variants into the cache (a cached variant is not downloaded again)."""
+    from mobilenet_zoo.pull import pull_variant
+    from mobilenet_zoo.registry import load_registry
+
+    if bool(names) == all_variants:
+        raise ZooError("name the variants to pull, or pass --all (not both)")
+    zoo = load_registry(registry)
+    variants = list(zoo) if all_variants else [zoo.get(name) for name in names]
+    if sha256 and len(variants) != 1:
+        raise ZooError("--sha256 pins one tarball: name exactly one variant")
+    results = []
+    with _progress_bar(disabled=quiet or as_json) as bar:
+        for variant in variants:
+            result = pull_variant(variant, mirror=mirror, sha256=sha256, progress=_reporter(bar, variant.filename))
+            results.append(result)
+            if quiet:
+                print(result.path)
+            elif not as_json:
+                status = "[green]pulled[/green]" if result.downloaded else "[dim]cached[/dim]"
+                console.print(f"{status} {result.name} {result.path}", highlight=False, soft_wrap=True)
+    if as_json:
+        print_json([result.as_dict() for result in results])
+
+
+@cache_app.command("path")
+def cache_path_command() -> None:
+    """Print the cache folder."""
+    from mobilenet_zoo.cache import Cache
+
+    print(Cache.at().root)
+
+
+@cache_app.command("list")
+def cache_list_command(as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
+    """What the cache holds: extracted models, extracted local tarballs, partial downloads."""
+    from mobilenet_zoo.cache import Cache
+
+    cache = Cache.at()
+    entries = cache.entries()
+    if as_json:
+        print_json([entry.as_dict() for entry in entries])
+        return
+    if not entries:
+        console.print(f"the cache is empty ({cache.root})", highlight=False, soft_wrap=True)
+        return
+    table = Table(box=box.SIMPLE_HEAD, title=str(cache.root))
+    for header, justify in (("name", "left"), ("kind", "left"), ("MB", "right"), ("complete", "left"), ("path", "left")):
+        table.add_column(header, justify=justify, overflow="fold" if header == "path" else "ellipsis", no_wrap=header != "path")
+    for entry in entries:
+        table.add_row(entry.name, entry.kind, f"{entry.size / 1e6:.1f}", "yes" if entry.complete else "no", str(entry.path))
+    console.print(table)
+
+
+@cache_app.command("remove")
+def cache_remove_command(
+    names: List[str] = typer.Argument(None, help="Variant names (forgiving, as for pull) or names shown by `cache list`."),
+    all_entries: bool = typer.Option(False, "--all", help="Remove everything (the checksum record stays)."),
+    registry: Optional[Path] = RegistryOption,
+) -> None:
+    """Delete cached models and partial downloads. Recorded checksums are kept to check later downloads."""
+    from mobilenet_zoo.cache import Cache
+
+    if bool(names) == all_entries:
+        raise ZooError("name the entries to remove, or pass --all (not both)")
+    cache = Cache.at()
+    cached = {entry.name for entry in cache.entries()}
+    targets = sorted(cached) if all_entries else [_cached_name(name, cached, registry) for name in names]
+    for name in targets:
+        for path in cache.remove(name):
+            console.print(f"removed {path}", highlight=False, soft_wrap=True)
+
+
+def _cached_name(name: str, cached: set[str], registry: Optional[Path]) -> str:
+    """`name` as the cache knows it: an entry name as listed, else a registry variant's name."""
+    from mobilenet_zoo.registry import load_registry
+
+    if name in cached:
+        return name
+    canonical = load_registry(registry).get(name).name
+    if canonical not in cached:
+        raise ZooError(f"{canonical} is not in the cache")
+    return canonical
+
+
+def register(app: typer.Typer) -> None:
+    app.command("pull")(pull_command)
+    app.add_typer(cache_app, name="cache")

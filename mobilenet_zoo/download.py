@@ -1,0 +1,201 @@
+"""Streaming HTTP downloads: timeouts, retries with exponential backoff, resume with Range, verification.
+
+`download()` writes `TARGET.part`, resumes it across attempts (and across runs) with an HTTP Range request,
+checks size and checksum, and only then renames it to `TARGET`: a reader never sees a half-written file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import requests
+
+from mobilenet_zoo.cache import PART_SUFFIX
+from mobilenet_zoo.errors import ChecksumError, DownloadError
+
+ATTEMPTS_ENV = "MOBILENET_ZOO_ATTEMPTS"
+BACKOFF_ENV = "MOBILENET_ZOO_BACKOFF"
+TIMEOUT_ENV = "MOBILENET_ZOO_TIMEOUT"
+CHUNK_SIZE = 1 << 16
+TRANSIENT_STATUS = (408, 429, 500, 502, 503, 504)
+
+ProgressCallback = Callable[[int, "int | None"], None]  # (bytes so far, total bytes or None)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How hard to try: attempts in all, first backoff delay (doubled after each failure), socket timeout."""
+
+    attempts: int = 5
+    backoff: float = 1.0
+    timeout: float = 30.0
+
+    @classmethod
+    def from_env(cls) -> "RetryPolicy":
+        """Defaults, overridden by $MOBILENET_ZOO_ATTEMPTS, $MOBILENET_ZOO_BACKOFF, $MOBILENET_ZOO_TIMEOUT."""
+        default = cls()
+        try:
+            return cls(
+                attempts=max(1, int(os.environ.get(ATTEMPTS_ENV, default.attempts))),
+                backoff=float(os.environ.get(BACKOFF_ENV, default.backoff)),
+                timeout=float(os.environ.get(TIMEOUT_ENV, default.timeout)),
+            )
+        except ValueError as exc:
+            raise DownloadError(f"bad retry setting in the environment: {exc}") from None
+
+    def delay(self, failures: int) -> float:
+        """Seconds to wait after the `failures`-th failed attempt."""
+        return self.backoff * 2 ** (failures - 1)
+
+
+class _TransientError(Exception):
+    """A failure worth retrying (connection, timeout, truncated body, 5xx); its message is the reason."""
+
+
+def download(
+    url: str,
+    target: Path,
+    *,
+    size: int | None = None,
+    checksum: tuple[str, str] | None = None,
+    policy: RetryPolicy | None = None,
+    progress: ProgressCallback | None = None,
+) -> str:
+    """Fetch `url` into `target` (atomically, resuming `target.part`); return the file's sha256.
+
+    Raises DownloadError when the retries are exhausted or the server refuses, ChecksumError (and removes
+    the file) when `size` or `checksum` = (algorithm, hex digest) does not match.
+    """
+    policy = policy or RetryPolicy.from_env()
+    partial = target.with_name(target.name + PART_SUFFIX)
+    partial.parent.mkdir(parents=True, exist_ok=True)
+    _fetch_with_retries(url, partial, policy, progress)
+    sha256 = verify_file(partial, size=size, checksum=checksum, name=target.name)
+    os.replace(partial, target)
+    return sha256
+
+
+def _fetch_with_retries(url: str, partial: Path, policy: RetryPolicy, progress: ProgressCallback | None) -> None:
+    with requests.Session() as session:
+        for attempt in range(1, policy.attempts + 1):
+            try:
+                _fetch(session, url, partial, policy.timeout, progress)
+                return
+            except _TransientError as exc:
+                if attempt == policy.attempts:
+                    raise DownloadError(f"{url}: {exc} (gave up after {attempt} attempt{'s' if attempt > 1 else ''})") from None
+                time.sleep(policy.delay(attempt))
+
+
+def _fetch(session: requests.Session, url: str, partial: Path, timeout: float, progress: ProgressCallback | None) -> None:
+    """One attempt: GET the rest of the file (Range from the partial file's size) and append it."""
+    offset = partial.stat().st_size if partial.exists() else 0
+    headers = {"Accept-Encoding": "identity"}
+    if offset:
+        headers["Range"] = f"bytes={offset}-"
+    try:
+        with session.get(url, headers=headers, stream=True, timeout=timeout) as response:
+            if response.status_code == 416:
+                _handle_unsatisfiable_range(response, partial, offset)
+                return
+            _check_status(url, response)
+            resumed = response.status_code == 206
+            if resumed and _range_start(response) != offset:
+                partial.unlink(missing_ok=True)
+                raise _TransientError("the server answered another range than asked; starting over")
+            start = offset if resumed else 0
+            total = _total_size(response, start)
+            with open(partial, "ab" if resumed else "wb") as out:
+                _copy_body(response, out, start, total, progress)
+    except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as exc:
+        raise _TransientError(_reason(exc)) from exc
+    except requests.RequestException as exc:
+        raise DownloadError(f"{url}: {_reason(exc)}") from None
+
+
+def _copy_body(response: requests.Response, out, done: int, total: int | None, progress: ProgressCallback | None) -> None:
+    if progress:
+        progress(done, total)
+    for chunk in response.iter_content(CHUNK_SIZE):
+        out.write(chunk)
+        done += len(chunk)
+        if progress:
+            progress(done, total)
+    if total is not None and done < total:
+        raise _TransientError(f"connection closed after {done} of {total} bytes")
+
+
+def _check_status(url: str, response: requests.Response) -> None:
+    if response.status_code in TRANSIENT_STATUS:
+        raise _TransientError(f"HTTP {response.status_code} {response.reason}")
+    if response.status_code not in (200, 206):
+        raise DownloadError(f"{url}: HTTP {response.status_code} {response.reason}")
+
+
+def _handle_unsatisfiable_range(response: requests.Response, partial: Path, offset: int) -> None:
+    """416: the partial file is already whole (total == its size), else it is stale: drop it and retry."""
+    match = re.fullmatch(r"bytes \*/(\d+)", response.headers.get("Content-Range", "").strip())
+    if match and int(match[1]) == offset:
+        return
+    partial.unlink(missing_ok=True)
+    raise _TransientError("the server refused to resume the partial download; starting over")
+
+
+def _range_start(response: requests.Response) -> int | None:
+    match = re.match(r"bytes (\d+)-", response.headers.get("Content-Range", ""))
+    return int(match[1]) if match else None
+
+
+def _total_size(response: requests.Response, start: int) -> int | None:
+    """Full file size from Content-Range (206) or Content-Length (200), when the server says."""
+    match = re.search(r"/(\d+)$", response.headers.get("Content-Range", ""))
+    if match:
+        return int(match[1])
+    length = response.headers.get("Content-Length", "")
+    return start + int(length) if length.isdigit() else None
+
+
+def _reason(exc: requests.RequestException) -> str:
+    """A short human reason for a requests failure (its own messages nest several reprs)."""
+    if isinstance(exc, requests.Timeout):
+        return "timed out"
+    if isinstance(exc, requests.exceptions.ChunkedEncodingError):
+        return "connection broken during the transfer"
+    errno_text = re.search(r"\[Errno -?\d+\] ([^'\")]+)", str(exc))
+    if errno_text:
+        return errno_text[1].strip().rstrip(".").lower()
+    return str(exc).split("\n", 1)[0] or type(exc).__name__
+
+
+def verify_file(path: Path, *, size: int | None = None, checksum: tuple[str, str] | None = None, name: str | None = None) -> str:
+    """Check `path`'s size and (algorithm, hex digest); on mismatch delete it and raise ChecksumError.
+
+    Returns the file's sha256 (computed in the same pass).
+    """
+    name = name or path.name
+    actual_size = path.stat().st_size
+    if size is not None and actual_size != size:
+        path.unlink()
+        raise ChecksumError(f"{name}: got {actual_size} bytes, expected {size} (file removed)")
+    algorithm, expected = checksum or ("sha256", None)
+    digests = file_digests(path, {"sha256", algorithm})
+    if expected is not None and digests[algorithm] != expected.lower():
+        path.unlink()
+        raise ChecksumError(f"{name}: {algorithm} {digests[algorithm]} does not match the expected {expected} (file removed)")
+    return digests["sha256"]
+
+
+def file_digests(path: Path, algorithms: set[str]) -> dict[str, str]:
+    """Hex digests of `path` for several hashlib algorithms, reading the file once."""
+    hashers = {algorithm: hashlib.new(algorithm) for algorithm in algorithms}
+    with open(path, "rb") as stream:
+        while chunk := stream.read(1 << 20):
+            for hasher in hashers.values():
+                hasher.update(chunk)
+    return {algorithm: hasher.hexdigest() for algorithm, hasher in hashers.items()}

@@ -1,0 +1,129 @@
+"""`pull`: a registry variant downloaded, verified and extracted into the cache, once.
+
+The checksum a download must match is, in order: the user's pin (`sha256=`), the registry's published
+one, the sha256 recorded in the cache on the first download. Each successful download records its sha256,
+so variants without a published checksum are still checked from the second download on.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mobilenet_zoo.archive import extract
+from mobilenet_zoo.cache import Cache
+from mobilenet_zoo.download import ProgressCallback, RetryPolicy, download
+from mobilenet_zoo.errors import ChecksumError, ZooError
+from mobilenet_zoo.registry import Variant
+
+
+@dataclass(frozen=True)
+class PullResult:
+    """Where a pulled variant lives, and whether this pull downloaded it or found it in the cache."""
+
+    name: str
+    path: Path
+    downloaded: bool
+    sha256: str | None  # of the downloaded tarball, as recorded
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "path": str(self.path), "downloaded": self.downloaded, "sha256": self.sha256}
+
+
+def pull(
+    variant: Variant,
+    *,
+    mirror: str | None = None,
+    sha256: str | None = None,
+    cache_root: str | os.PathLike | None = None,
+    progress: ProgressCallback | None = None,
+    policy: RetryPolicy | None = None,
+) -> Path:
+    """The extracted folder of `variant`, downloading it first unless the cache has it."""
+    return pull_variant(variant, mirror=mirror, sha256=sha256, cache_root=cache_root, progress=progress, policy=policy).path
+
+
+def pull_variant(
+    variant: Variant,
+    *,
+    mirror: str | None = None,
+    sha256: str | None = None,
+    cache_root: str | os.PathLike | None = None,
+    progress: ProgressCallback | None = None,
+    policy: RetryPolicy | None = None,
+) -> PullResult:
+    """Like `pull`, with the details. A cache hit does no network I/O; concurrent pulls download once."""
+    pin = _validated_pin(sha256)
+    cache = Cache.at(cache_root)
+    target = cache.model_dir(variant.name)
+    if not target.is_dir():
+        with cache.lock(variant.name):
+            if not target.is_dir():
+                return _download_and_extract(variant, cache, pin, mirror, progress, policy)
+    return _cache_hit(variant, cache, pin)
+
+
+def _cache_hit(variant: Variant, cache: Cache, pin: str | None) -> PullResult:
+    recorded = cache.recorded_sha256(variant.name)
+    if pin and recorded != pin:
+        raise ChecksumError(
+            f"{variant.name}: the cached copy came from a tarball with sha256 {recorded or 'unknown'}, not the pinned {pin}; "
+            f"`mobilenet-zoo cache remove {variant.name}` to download it again"
+        )
+    return PullResult(variant.name, cache.model_dir(variant.name), False, recorded)
+
+
+def _download_and_extract(
+    variant: Variant, cache: Cache, pin: str | None, mirror: str | None, progress: ProgressCallback | None, policy: RetryPolicy | None
+) -> PullResult:
+    recorded = cache.recorded_sha256(variant.name)
+    checksum, origin = expected_checksum(variant, pin, recorded)
+    tarball = cache.download_path(variant.name)
+    try:
+        digest = download(variant.url_for(mirror), tarball, size=variant.size, checksum=checksum, policy=policy, progress=progress)
+    except ChecksumError as exc:
+        raise ChecksumError(f"{exc}; checked against {origin}") from None
+    try:
+        extract(tarball, cache.model_dir(variant.name), variant.members)
+    finally:
+        tarball.unlink(missing_ok=True)
+    if digest != recorded:
+        cache.record_sha256(variant.name, digest)
+    return PullResult(variant.name, cache.model_dir(variant.name), True, digest)
+
+
+def expected_checksum(variant: Variant, pin: str | None, recorded: str | None) -> tuple[tuple[str, str] | None, str]:
+    """(algorithm, hex digest) a new download must match, or None, and where that value comes from."""
+    if pin:
+        return ("sha256", pin), "the pinned --sha256"
+    if variant.checksum:
+        return variant.checksum, "the registry's published checksum"
+    if recorded:
+        return ("sha256", recorded), "the sha256 recorded on the first download (pin another with --sha256)"
+    return None, "no checksum (none published or recorded yet)"
+
+
+def _validated_pin(sha256: str | None) -> str | None:
+    if sha256 is None:
+        return None
+    pin = sha256.strip().lower()
+    if not re.fullmatch(r"[0-9a-f]{64}", pin):
+        raise ZooError(f"a sha256 pin is 64 hex digits, not {sha256!r}")
+    return pin
+
+
+def cache_state(variant: Variant, cache_root: str | os.PathLike | None = None) -> dict[str, Any]:
+    """What the cache holds for `variant`, JSON-ready (for `info`)."""
+    cache = Cache.at(cache_root)
+    held = {entry.kind: entry for entry in cache.entries() if entry.name == variant.name}
+    model, partial = held.get("model"), held.get("partial")
+    return {
+        "pulled": model is not None,
+        "path": str(cache.model_dir(variant.name)),
+        "size": model.size if model else None,
+        "partial_download_bytes": partial.size if partial else None,
+        "recorded_sha256": cache.recorded_sha256(variant.name),
+    }

@@ -1,0 +1,115 @@
+"""Safe tarball extraction: official layout extracted whole, every unsafe or broken archive refused, nothing left."""
+
+from __future__ import annotations
+
+import os
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from http_server import official_files, write_tarball
+from mobilenet_zoo.archive import extract, extract_to_cache
+from mobilenet_zoo.errors import ArchiveError
+from mobilenet_zoo.registry import load_registry
+
+VARIANT = load_registry().get("mobilenet_v1_0.25_128")
+
+
+def special(name: str, kind: bytes, linkname: str = "") -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname = kind, linkname
+    return info
+
+
+@pytest.fixture
+def good_tarball(tmp_path) -> tuple[Path, dict[str, bytes]]:
+    files = official_files(VARIANT.name)
+    return write_tarball(tmp_path / "served" / VARIANT.filename, files), files
+
+
+def assert_nothing_left(folder: Path) -> None:
+    """No target and no hidden staging folder next to it."""
+    assert not folder.exists() or list(folder.iterdir()) == []
+
+
+def test_official_layout_is_extracted_flat(good_tarball, tmp_path):
+    tarball, files = good_tarball
+    target = extract(tarball, tmp_path / "models" / VARIANT.name, VARIANT.members)
+    assert sorted(p.name for p in target.iterdir()) == sorted(VARIANT.members)
+    for member, data in files.items():
+        assert (target / Path(member).name).read_bytes() == data
+    assert [p.name for p in target.parent.iterdir()] == [VARIANT.name]  # staging folder renamed away
+
+
+def test_a_killed_extraction_is_cleaned_up_by_the_next_one(good_tarball, tmp_path):
+    tarball, _ = good_tarball
+    staging = tmp_path / "models" / f".{VARIANT.name}.extracting"
+    (staging / "junk").mkdir(parents=True)
+    extract(tarball, tmp_path / "models" / VARIANT.name, VARIANT.members)
+    assert not staging.exists()
+
+
+@pytest.mark.parametrize(
+    ("files", "entries", "reason"),
+    [
+        ({"../evil.txt": b"x"}, [], r"'\.\./evil\.txt': path outside the archive"),
+        ({"./sub/../../evil.txt": b"x"}, [], r"'\./sub/\.\./\.\./evil\.txt': path outside the archive"),
+        ({"/tmp/evil.txt": b"x"}, [], r"'/tmp/evil\.txt': absolute path"),
+        ({}, [special("./passwd", tarfile.SYMTYPE, "/etc/passwd")], r"'\./passwd': link to '/etc/passwd'"),
+        ({"./a": b"x"}, [special("./b", tarfile.LNKTYPE, "./a")], r"'\./b': link to '\./a'"),
+        ({}, [special("./fifo", tarfile.FIFOTYPE)], r"'\./fifo': device, fifo"),
+        ({}, [special("./tty", tarfile.CHRTYPE)], r"'\./tty': device, fifo"),
+        ({}, [special("./sda", tarfile.BLKTYPE)], r"'\./sda': device, fifo"),
+    ],
+    ids=["dotdot", "nested-dotdot", "absolute", "symlink", "hardlink", "fifo", "char-device", "block-device"],
+)
+def test_unsafe_members_are_refused(tmp_path, files, entries, reason):
+    tarball = write_tarball(tmp_path / "bad.tgz", {**official_files(VARIANT.name), **files}, special=entries)
+    target = tmp_path / "out" / "model"
+    with pytest.raises(ArchiveError, match=r"^bad\.tgz: refusing unsafe member " + reason):
+        extract(tarball, target, VARIANT.members)
+    assert_nothing_left(target.parent)
+    assert not (tmp_path / "evil.txt").exists() and not Path("/tmp/evil.txt").exists()
+
+
+@pytest.mark.parametrize(
+    ("damage", "reason"),
+    [
+        (lambda data: os.urandom(4096), "invalid header"),
+        (lambda data: data[: len(data) // 2], "unexpected end of data"),
+        (lambda data: data[:20] + os.urandom(len(data) - 20), "invalid compressed data"),
+        (lambda data: b"", "empty file"),
+    ],
+    ids=["not-gzip", "truncated", "corrupt-deflate", "empty"],
+)
+def test_corrupt_or_truncated_archives_are_refused(good_tarball, tmp_path, damage, reason):
+    tarball, _ = good_tarball
+    broken = tmp_path / "broken.tgz"
+    broken.write_bytes(damage(tarball.read_bytes()))
+    target = tmp_path / "out" / "model"
+    with pytest.raises(ArchiveError, match=rf"^broken\.tgz: corrupt or truncated archive \({reason}\)$"):
+        extract(broken, target, VARIANT.members)
+    assert_nothing_left(target.parent)
+
+
+def test_missing_members_are_named(tmp_path):
+    files = official_files(VARIANT.name)
+    del files[f"./{VARIANT.name}.tflite"], files[f"./{VARIANT.name}_frozen.pb"]
+    tarball = write_tarball(tmp_path / "partial.tgz", files)
+    target = tmp_path / "out" / "model"
+    expected = f"partial.tgz: missing expected members {VARIANT.name}_frozen.pb, {VARIANT.name}.tflite"
+    with pytest.raises(ArchiveError, match=f"^{expected.replace('.', '[.]')}$"):
+        extract(tarball, target, VARIANT.members)
+    assert_nothing_left(target.parent)
+
+
+def test_local_tarballs_are_extracted_once_per_content(good_tarball, tmp_path):
+    tarball, _ = good_tarball
+    first = extract_to_cache(tarball, tmp_path / "cache")
+    assert first.parent == tmp_path / "cache" / "local" and first.name.startswith(f"{VARIANT.name}-")
+    assert sorted(p.name for p in first.iterdir()) == sorted(VARIANT.members)
+    mtime = first.stat().st_mtime_ns
+    assert extract_to_cache(tarball, tmp_path / "cache") == first and first.stat().st_mtime_ns == mtime
+    other = write_tarball(tmp_path / "elsewhere" / VARIANT.filename, official_files(VARIANT.name))
+    assert extract_to_cache(other, tmp_path / "cache") != first
