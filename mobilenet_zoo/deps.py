@@ -20,6 +20,8 @@ _EXTRAS = {
     "flatbuffers": ("tflite", "flatbuffers"),
     "transformers": ("hf", "Hugging Face transformers"),
     "tf2onnx": ("dev", "tf2onnx"),
+    "ray": ("ray", "Ray"),
+    "matplotlib": ("plot", "matplotlib"),
 }
 
 

@@ -1,7 +1,77 @@
-"""Placeholder: filled in by the evaluate work."""
+"""`eval`: top-1/top-5 accuracy of a model over labelled images, in this process or on Ray."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator, Optional
 
 import typer
+from rich import box
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from mobilenet_zoo.output import console, err_console, print_json
+
+
+@contextmanager
+def _progress_bar(description: str) -> Iterator:
+    """A progress bar on stderr, yielding the `progress(done, total)` callback that advances it."""
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=err_console, transient=True) as bar:
+        task = bar.add_task(description, total=None)
+        yield lambda done, total: bar.update(task, completed=done, total=total)
+
+
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1%}"
+
+
+def _print_result(result) -> None:
+    for skipped in result.skipped:
+        err_console.print(f"[yellow]skipped[/yellow] {skipped.reason}", soft_wrap=True, highlight=False)
+    skipped = f", {len(result.skipped)} skipped" if result.skipped else ""
+    console.print(f"[bold]{result.variant or result.model}[/bold] on {result.data}: {result.images} images{skipped}", soft_wrap=True)
+    table = Table(box=box.SIMPLE_HEAD)
+    for header in ("", "hits", "accuracy", "95% CI (Wilson)", "published"):
+        table.add_column(header, justify="right")
+    for k in (1, 5):
+        low, high = result.interval(k)
+        table.add_row(f"top-{k}", f"{result.hits(k)}/{result.images}", _percent(result.accuracy(k)),
+                      f"{low:.1%} - {high:.1%}", _percent(result.published_accuracy(k)))
+    console.print(table)
+
+
+def eval_command(
+    source: str = typer.Argument(..., help="Model file/folder in any format, registry name, or tarball."),
+    data: Path = typer.Argument(..., help="Folder with one subfolder per synset (n01440764/...), or a CSV of `path,label` lines (label 0..1000 or a synset)."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="Evaluate the first N images only."),
+    batch: int = typer.Option(32, "--batch", help="Images per inference batch."),
+    resolution: Optional[int] = typer.Option(None, "--resolution", help="Input size, for models that do not fix it."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="Threads decoding images ahead of inference (default: one per CPU)."),
+    ray: bool = typer.Option(False, "--ray", help="Run on Ray: a local instance on this machine's CPUs (or the cluster $RAY_ADDRESS names)."),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Run on the Ray cluster at this address (implies --ray), e.g. ray://head:10001 or auto."),
+    registry: Optional[Path] = typer.Option(None, "--registry", envvar="MOBILENET_ZOO_REGISTRY", help="User registry YAML."),
+    mirror: Optional[str] = typer.Option(None, "--mirror", envvar="MOBILENET_ZOO_MIRROR", help="Base URL replacing the official one."),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+) -> None:
+    """Top-1 and top-5 accuracy with 95% confidence intervals, beside the published figures of the variant."""
+    with _progress_bar(f"evaluating {Path(source).name}") as progress:
+        if ray or ray_address:
+            from mobilenet_zoo.distributed import evaluate_on_ray
+
+            result = evaluate_on_ray(source, data, limit, batch, address=ray_address, resolution=resolution,
+                                     registry=registry, mirror=mirror, progress=progress)
+        else:
+            from mobilenet_zoo.evaluate import evaluate
+
+            result = evaluate(source, data, limit, batch, resolution=resolution, workers=workers,
+                              registry=registry, mirror=mirror, progress=progress)
+    if as_json:
+        print_json(result.as_dict())
+    else:
+        _print_result(result)
 
 
 def register(app: typer.Typer) -> None:
-    pass
+    app.command("eval")(eval_command)

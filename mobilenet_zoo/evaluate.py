@@ -1,0 +1,324 @@
+"""Top-1 and top-5 accuracy of any model (any format, float or uint8) over labelled images.
+
+DATA is a folder in ImageNet validation layout (one subfolder per synset, e.g. `n01440764/`) or a CSV file
+of `path,label` lines, the label a class index 0..1000 or a synset, relative paths relative to the CSV.
+Images get the slim eval preprocessing at the model's resolution; a thread pool decodes batches ahead of
+inference. Files that are not readable images are skipped and reported, never fatal.
+
+Ranking ties (frequent in uint8 outputs) go to the lower class index, as in `predict` and `verify`.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import re
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from mobilenet_zoo.errors import UnknownVariantError, ZooError
+from mobilenet_zoo.formats import Runner
+from mobilenet_zoo.preprocess import load_image, load_image_uint8
+from mobilenet_zoo.registry import Published, Variant, load_registry
+from mobilenet_zoo.synsets import synset_classes
+from mobilenet_zoo.verify import _topk
+
+Z_95 = 1.959963984540054  # two-sided 95% normal quantile
+NUM_CLASSES = 1001
+TOP_K = 5
+CSV_HEADER = ["path", "label"]
+# What model files, folders and tarballs append to their variant's name.
+_MODEL_SUFFIXES = re.compile(r"(\.tgz|\.tar\.gz|_frozen\.pb|\.tflite|\.onnx|\.pt2|\.safetensors|_torch|_saved_model)$")
+
+Progress = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class Sample:
+    """An image file and its class index in 0..1000."""
+
+    path: Path
+    label: int
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A file of DATA that could not be read as an image."""
+
+    path: str
+    reason: str
+
+
+# ---------------------------------------------------------------------------------------------- data
+
+
+def read_samples(data: str | Path, limit: int | None = None) -> list[Sample]:
+    """The labelled images of a synset folder or a `path,label` CSV, the first `limit` of them if given."""
+    data = Path(data).expanduser()
+    if data.is_dir():
+        samples = _folder_samples(data)
+    elif data.is_file():
+        samples = _csv_samples(data)
+    else:
+        raise ZooError(f"no such file or folder: {data}")
+    if not samples:
+        raise ZooError(f"{data}: no images to evaluate (expected synset subfolders such as n01440764/, or `path,label` CSV lines)")
+    return samples[:limit] if limit else samples
+
+
+def _folder_samples(folder: Path) -> list[Sample]:
+    """Every file in the synset subfolders, sorted; a subfolder that is not an ImageNet-1k synset is an error."""
+    classes = synset_classes()
+    subfolders = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    for subfolder in subfolders:
+        if subfolder.name not in classes:
+            raise ZooError(f"{subfolder}: not an ImageNet-1k synset folder (expected one subfolder per synset, e.g. n01440764/)")
+    return [
+        Sample(path, classes[subfolder.name])
+        for subfolder in subfolders
+        for path in sorted(subfolder.iterdir())
+        if path.is_file() and not path.name.startswith(".")
+    ]
+
+
+def _csv_samples(table: Path) -> list[Sample]:
+    """`path,label` lines (an optional `path,label` header, blank lines ignored)."""
+    with open(table, newline="", encoding="utf-8") as stream:
+        rows = list(csv.reader(stream))
+    samples = []
+    for number, row in enumerate(rows, start=1):
+        fields = [value.strip() for value in row]
+        if not any(fields) or (number == 1 and [f.lower() for f in fields] == CSV_HEADER):
+            continue
+        if len(fields) != 2:
+            raise ZooError(f"{table}:{number}: expected `path,label`, got {len(fields)} field(s)")
+        image, label = fields
+        samples.append(Sample(table.parent / Path(image).expanduser(), parse_label(label, f"{table}:{number}")))
+    return samples
+
+
+def parse_label(text: str, where: str) -> int:
+    """A class index 0..1000 or an ImageNet-1k synset, as a class index."""
+    if text.isdigit() and int(text) < NUM_CLASSES:
+        return int(text)
+    if text in synset_classes():
+        return synset_classes()[text]
+    raise ZooError(f"{where}: label {text!r} is neither a class index 0..{NUM_CLASSES - 1} nor an ImageNet-1k synset")
+
+
+# ---------------------------------------------------------------------------------------------- scoring
+
+
+@dataclass
+class DecodedBatch:
+    """Preprocessed pixels of the readable samples of a batch, and why the others were skipped."""
+
+    samples: list[Sample]
+    images: np.ndarray | None  # NHWC of the readable samples, None when there is none
+    errors: list[str]  # per sample: "" when read, else the reason it was skipped
+
+
+def decode_batch(samples: list[Sample], resolution: int, quantized: bool) -> DecodedBatch:
+    """Decode and preprocess samples for a float ([-1, 1] float32) or quantized (uint8) model."""
+    load = load_image_uint8 if quantized else load_image
+    images, errors = [], []
+    for sample in samples:
+        try:
+            images.append(load(sample.path, resolution))
+            errors.append("")
+        except ZooError as exc:
+            errors.append(str(exc))
+    return DecodedBatch(samples, np.stack(images) if images else None, errors)
+
+
+@dataclass
+class BatchOutcome:
+    """Per sample of a batch: path, skip reason ("" when scored), and whether top-1 / top-5 hold its label."""
+
+    paths: list[str]
+    errors: list[str]
+    top1: np.ndarray
+    top5: np.ndarray
+
+    def columns(self) -> dict[str, np.ndarray]:
+        """As numpy columns (a Ray Data batch)."""
+        return {"path": np.array(self.paths, dtype=object), "error": np.array(self.errors, dtype=object), "top1": self.top1, "top5": self.top5}
+
+    @classmethod
+    def from_columns(cls, columns: dict[str, np.ndarray]) -> BatchOutcome:
+        return cls([str(p) for p in columns["path"]], [str(e) for e in columns["error"]], columns["top1"], columns["top5"])
+
+
+def score_batch(runner: Runner, batch: DecodedBatch) -> BatchOutcome:
+    """Run the model on the readable samples and check their labels against its top-1 and top-5."""
+    read = np.array([not error for error in batch.errors])
+    top1, top5 = np.zeros(len(read), dtype=bool), np.zeros(len(read), dtype=bool)
+    if batch.images is not None:
+        labels = np.array([s.label for s in batch.samples])[read]
+        ranked = _topk(runner(batch.images)["probabilities"], TOP_K)
+        top1[read] = ranked[:, 0] == labels
+        top5[read] = (ranked == labels[:, None]).any(axis=1)
+    return BatchOutcome([str(s.path) for s in batch.samples], batch.errors, top1, top5)
+
+
+def wilson_interval(successes: int, trials: int, z: float = Z_95) -> tuple[float, float]:
+    """Wilson score interval of a binomial proportion (95% by default)."""
+    p = successes / trials
+    denominator = 1 + z * z / trials
+    center = (p + z * z / (2 * trials)) / denominator
+    half_width = z * math.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / denominator
+    return max(0.0, center - half_width), min(1.0, center + half_width)
+
+
+@dataclass
+class Counts:
+    """Running totals over batches."""
+
+    images: int = 0
+    top1: int = 0
+    top5: int = 0
+    skipped: list[Skipped] = field(default_factory=list)
+
+    @property
+    def seen(self) -> int:
+        return self.images + len(self.skipped)
+
+    def add(self, outcome: BatchOutcome) -> None:
+        self.images += sum(1 for error in outcome.errors if not error)
+        self.top1 += int(np.count_nonzero(outcome.top1))
+        self.top5 += int(np.count_nonzero(outcome.top5))
+        self.skipped.extend(Skipped(path, error) for path, error in zip(outcome.paths, outcome.errors) if error)
+
+
+@dataclass
+class EvalResult:
+    """Accuracy of a model over a data set, with the published figures of its variant when known."""
+
+    model: str
+    data: str
+    variant: str | None
+    images: int
+    top1: int
+    top5: int
+    skipped: list[Skipped]
+    published: Published | None
+
+    def accuracy(self, k: int) -> float:
+        return self.hits(k) / self.images
+
+    def interval(self, k: int) -> tuple[float, float]:
+        """95% Wilson confidence interval of the top-k accuracy."""
+        return wilson_interval(self.hits(k), self.images)
+
+    def hits(self, k: int) -> int:
+        return {1: self.top1, 5: self.top5}[k]
+
+    def published_accuracy(self, k: int) -> float | None:
+        if self.published is None:
+            return None
+        return round({1: self.published.top1, 5: self.published.top5}[k] / 100, 6)
+
+    def as_dict(self) -> dict:
+        metrics = {
+            f"top{k}": {"hits": self.hits(k), "accuracy": self.accuracy(k), "ci95": list(self.interval(k)), "published": self.published_accuracy(k)}
+            for k in (1, TOP_K)
+        }
+        skipped = [{"path": s.path, "reason": s.reason} for s in self.skipped]
+        return {"model": self.model, "data": self.data, "variant": self.variant, "images": self.images, **metrics, "skipped": skipped}
+
+
+# ---------------------------------------------------------------------------------------------- planning
+
+
+@dataclass
+class EvalPlan:
+    """What an evaluation runs: the samples, the model's input, and the variant to compare with."""
+
+    model: str
+    data: str
+    samples: list[Sample]
+    resolution: int
+    quantized: bool
+    variant: Variant | None
+
+    def result(self, counts: Counts) -> EvalResult:
+        """The result of the counts over all samples; an error when no image could be read."""
+        if counts.images == 0:
+            raise ZooError(f"{self.data}: none of the {counts.seen} files is a readable image ({counts.skipped[0].reason})")
+        skipped = sorted(counts.skipped, key=lambda s: s.path)
+        published = self.variant.published if self.variant else None
+        return EvalResult(self.model, self.data, self.variant.name if self.variant else None, counts.images, counts.top1, counts.top5, skipped, published)
+
+
+def plan_evaluation(model: str | Path, data: str | Path, limit: int | None = None, resolution: int | None = None,
+                    registry: Path | None = None, mirror: str | None = None) -> tuple[EvalPlan, Runner]:
+    """Read the labels and load the model (an error before any work if either is wrong)."""
+    from mobilenet_zoo.predict import runner_for
+
+    if limit is not None and limit < 1:
+        raise ZooError(f"--limit must be at least 1, not {limit}")
+    samples = read_samples(data, limit)
+    runner = runner_for(model, registry, mirror)
+    variant = known_variant(str(model), runner.quantized, registry)
+    if resolution and runner.resolution not in (None, resolution):
+        raise ZooError(f"the model takes {runner.resolution}x{runner.resolution} inputs, not --resolution {resolution}")
+    size = resolution or runner.resolution or (variant.resolution if variant else None)
+    if size is None:
+        raise ZooError("the model does not fix its input size: give --resolution")
+    return EvalPlan(str(model), str(data), samples, size, runner.quantized, variant), runner
+
+
+def known_variant(model: str, quantized: bool, registry: Path | None = None) -> Variant | None:
+    """The registry variant a model is (a registry name, or a file, folder or tarball named after one), if any."""
+    from mobilenet_zoo.convert import manifest_entry
+
+    path = Path(model).expanduser()
+    entry = manifest_entry(path) if path.exists() else None
+    candidates = [entry["variant"]] if entry else []
+    candidates.append(_MODEL_SUFFIXES.sub("", path.name) if path.exists() else model)
+    variants = load_registry(registry)
+    for name in candidates:
+        try:
+            variant = variants.get(name)
+        except UnknownVariantError:
+            continue
+        if variant.quantized == quantized:
+            return variant
+    return None
+
+
+# ---------------------------------------------------------------------------------------------- running
+
+
+def prefetched_batches(samples: list[Sample], batch: int, resolution: int, quantized: bool, workers: int) -> Iterator[DecodedBatch]:
+    """Decoded batches in order, `workers` threads decoding up to `workers` batches ahead of the consumer."""
+    chunks = (samples[start : start + batch] for start in range(0, len(samples), batch))
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode") as pool:
+        pending: deque = deque()
+        for chunk in chunks:
+            pending.append(pool.submit(decode_batch, chunk, resolution, quantized))
+            if len(pending) > workers:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+
+def evaluate(model: str | Path, data: str | Path, limit: int | None = None, batch: int = 32, *, resolution: int | None = None,
+             workers: int | None = None, registry: Path | None = None, mirror: str | None = None,
+             progress: Progress | None = None) -> EvalResult:
+    """Top-1/top-5 accuracy of `model` over `data` in this process; `progress(done, total)` after each batch."""
+    if batch < 1:
+        raise ZooError(f"--batch must be at least 1, not {batch}")
+    plan, runner = plan_evaluation(model, data, limit, resolution, registry, mirror)
+    counts = Counts()
+    for decoded in prefetched_batches(plan.samples, batch, plan.resolution, plan.quantized, workers or os.cpu_count() or 1):
+        counts.add(score_batch(runner, decoded))
+        if progress:
+            progress(counts.seen, len(plan.samples))
+    return plan.result(counts)

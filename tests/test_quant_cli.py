@@ -1,0 +1,90 @@
+"""Quantized models end to end through the CLI: every format, bit-exact verify, same predictions."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+
+from mobilenet_zoo.cli import main
+from mobilenet_zoo.formats import FORMATS, tflite
+from mobilenet_zoo.model import QuantParams
+
+pytest.importorskip("tensorflow")
+pytest.importorskip("torch")
+pytest.importorskip("onnxruntime")
+pytest.importorskip("ai_edge_litert")
+
+DATA = Path(__file__).parent / "data"
+REAL_IMAGES = [DATA / name for name in ("bird.bmp", "cat.bmp", "parrot.jpg", "grace_hopper.bmp")]
+EXPECTED_TOP1 = {"bird.bmp": 20, "cat.bmp": 286, "parrot.jpg": 89, "grace_hopper.bmp": 401}  # facts.md, 0.5_160
+MODELS = ["mobilenet_v1_0.25_128_quant", "mobilenet_v1_0.5_160_quant"]
+
+
+def run_cli(capsys, *args: str) -> tuple[int, str, str]:
+    try:
+        main([str(a) for a in args])
+        code = 0
+    except SystemExit as exc:
+        code = exc.code or 0
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture(scope="module", params=MODELS)
+def converted(request, tmp_path_factory):
+    """A real uint8 model converted to every format through the CLI."""
+    out = tmp_path_factory.mktemp(request.param)
+    try:
+        main(["convert", str(DATA / f"{request.param}.tflite"), "--all-formats", "-o", str(out)])
+    except SystemExit as exc:
+        assert not exc.code
+    return request.param, out
+
+
+@pytest.mark.slow
+def test_verify_is_within_the_lsb_thresholds_on_real_and_random_inputs(converted, capsys):
+    name, out = converted
+    images = [arg for image in REAL_IMAGES for arg in ("--images", image)]
+    code, stdout, stderr = run_cli(capsys, "verify", out, "--json", "--random", "16", *images)
+    assert code == 0, stderr
+    report = json.loads(stdout)
+    assert len(report["inputs"]) == 20
+    lsb = {t["format"]: t["max_lsb"] for t in report["targets"]}
+    print(name, "max LSB per target:", lsb)
+    assert set(lsb) == set(FORMATS)
+    assert lsb["onnx"] == 0 and all(v <= 1 for v in lsb.values())
+
+
+@pytest.mark.slow
+def test_predict_gives_the_same_top1_in_every_format(converted, capsys):
+    name, out = converted
+    top1 = {}
+    for target in sorted(p for p in out.iterdir() if p.name != "mobilenet_zoo.json"):
+        code, stdout, stderr = run_cli(capsys, "predict", target, *REAL_IMAGES, "--json")
+        assert code == 0, stderr
+        top1[target.name] = {Path(r["image"]).name: r["top"][0]["class"] for r in json.loads(stdout)}
+    assert len(top1) == 4
+    first = next(iter(top1.values()))
+    assert all(t == first for t in top1.values()), top1
+    if name == "mobilenet_v1_0.5_160_quant":
+        assert first == EXPECTED_TOP1
+
+
+@pytest.mark.slow
+def test_onnx_with_one_requantization_scale_changed_fails_verify(tmp_path, capsys):
+    original = DATA / "mobilenet_v1_0.25_128_quant.tflite"
+    model = tflite.read(original)
+    scope = "Conv2d_7_pointwise"
+    params = model.quant.activations[scope]
+    model.quant.activations[scope] = dataclasses.replace(params, scale=params.scale * 1.02)
+    damaged = tmp_path / "damaged.onnx"
+    from mobilenet_zoo.formats import onnx as onnx_format
+
+    onnx_format.write(model, damaged)
+    code, stdout, stderr = run_cli(capsys, "verify", damaged, "--reference", original)
+    assert code == 2
+    assert "FAIL" in stdout and "LSB (allowed 0)" in stderr
+    assert isinstance(params, QuantParams)
