@@ -9,8 +9,12 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+
+from filelock import FileLock
 
 from mobilenet_zoo.errors import ZooError
 from mobilenet_zoo.formats import FORMATS, format_module
@@ -60,21 +64,34 @@ def read_manifest(folder: Path) -> dict:
         raise ZooError(f"{path}: corrupt manifest; delete it and convert again") from None
 
 
-def record(source: Source, results: list[Converted]) -> None:
-    """Add the targets to their folders' manifests (written atomically)."""
-    for folder in {r.path.parent for r in results}:
+def write_manifest(folder: Path, manifest: dict) -> None:
+    """Replace a folder's manifest atomically."""
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".manifest-")
+    with os.fdopen(fd, "w") as stream:
+        json.dump(manifest, stream, indent=2)
+    os.replace(tmp, folder / MANIFEST)
+
+
+@contextmanager
+def updating_manifest(folder: Path) -> Iterator[dict]:
+    """Read, let the caller change, and write back a folder's manifest under an interprocess lock."""
+    with FileLock(str(folder / f".{MANIFEST}.lock")):
         manifest = read_manifest(folder)
-        for r in (r for r in results if r.path.parent == folder):
-            manifest["targets"][r.path.name] = {
-                "format": r.format,
-                "variant": source.name,
-                "quantized": source.model.config.quantized,
-                "reference": str(source.reference.resolve()) if source.reference else None,
-            }
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".manifest-")
-        with os.fdopen(fd, "w") as stream:
-            json.dump(manifest, stream, indent=2)
-        os.replace(tmp, folder / MANIFEST)
+        yield manifest
+        write_manifest(folder, manifest)
+
+
+def record(source: Source, results: list[Converted]) -> None:
+    """Add the targets to their folders' manifests."""
+    for folder in {r.path.parent for r in results}:
+        with updating_manifest(folder) as manifest:
+            for r in (r for r in results if r.path.parent == folder):
+                manifest["targets"][r.path.name] = {
+                    "format": r.format,
+                    "variant": source.name,
+                    "quantized": source.model.config.quantized,
+                    "reference": str(source.reference.resolve()) if source.reference else None,
+                }
 
 
 def manifest_entry(target: Path) -> dict | None:

@@ -9,7 +9,6 @@ the single-process run.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -18,11 +17,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from mobilenet_zoo.convert import MANIFEST, Converted, convert, manifest_entry, read_manifest
+from mobilenet_zoo.convert import Converted, convert, read_manifest, updating_manifest
 from mobilenet_zoo.deps import require
 from mobilenet_zoo.errors import ZooError
 from mobilenet_zoo.evaluate import BatchOutcome, Counts, EvalResult, Progress, Sample, decode_batch, plan_evaluation, score_batch
-from mobilenet_zoo.verify import TargetReport, Thresholds, compute_reference, verify_target
+from mobilenet_zoo.verify import TargetReport, Thresholds, group_by_reference, verify_group
 
 
 def connect(address: str | None = None) -> Any:
@@ -146,48 +145,28 @@ def convert_many(names_or_paths: list[str | Path], formats: list[str], out_dir: 
 
 def _publish(folder: Path, written: list[Converted], out_dir: Path) -> list[Converted]:
     """Move a staging folder's targets into `out_dir` and merge its manifest entries into out_dir's."""
-    manifest = read_manifest(out_dir)
-    manifest["targets"].update(read_manifest(folder)["targets"])
     published = []
-    for item in written:
-        target = out_dir / item.path.name
-        if target.is_dir():
-            shutil.rmtree(target)
-        os.replace(item.path, target)
-        published.append(Converted(item.format, target))
-    _write_json_atomically(out_dir / MANIFEST, manifest)
+    with updating_manifest(out_dir) as manifest:
+        manifest["targets"].update(read_manifest(folder)["targets"])
+        for item in written:
+            target = out_dir / item.path.name
+            if target.is_dir():
+                shutil.rmtree(target)
+            os.replace(item.path, target)
+            published.append(Converted(item.format, target))
     return published
 
 
-def _write_json_atomically(path: Path, data: dict) -> None:
-    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=".manifest-")
-    with os.fdopen(fd, "w") as stream:
-        json.dump(data, stream, indent=2)
-    os.replace(temporary, path)
-
-
 # ---------------------------------------------------------------------------------------------- verification
-
-
-def _verify_variant(reference: Path, targets: list[Path], images: list[Path], n_random: int, seed: int,
-                    thresholds: Thresholds) -> list[TargetReport]:
-    """A Ray task: run one variant's reference, then each of its targets on the same inputs."""
-    computed = compute_reference(reference, images, n_random, seed)
-    return [verify_target(target, computed, thresholds) for target in targets]
 
 
 def verify_many(targets: list[Path], images: list[Path], n_random: int = 8, seed: int = 0, thresholds: Thresholds | None = None,
                 address: str | None = None) -> list[TargetReport]:
     """Verify converted models of several variants against the references `convert` recorded, one Ray task per
     reference; the reports come back in the order of `targets`."""
-    groups: dict[str, list[Path]] = {}
-    for target in map(Path, targets):
-        reference = (manifest_entry(target) or {}).get("reference")
-        if reference is None:
-            raise ZooError(f"{target}: no reference is recorded in {target.parent / MANIFEST}; convert it with `mobilenet-zoo convert` first")
-        groups.setdefault(reference, []).append(target)
     ray = connect(address)
-    task = ray.remote(_verify_variant)
-    refs = [task.remote(Path(reference), group, list(images), n_random, seed, thresholds or Thresholds()) for reference, group in groups.items()]
+    task = ray.remote(verify_group)
+    refs = [task.remote(reference, group, list(images), n_random, seed, thresholds or Thresholds())
+            for reference, group in group_by_reference(targets).items()]
     reports = {report.target: report for batch in _run_remote(lambda: ray.get(refs)) for report in batch}
     return [reports[str(target)] for target in map(Path, targets)]

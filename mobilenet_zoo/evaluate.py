@@ -27,7 +27,7 @@ from mobilenet_zoo.formats import Runner
 from mobilenet_zoo.preprocess import load_image, load_image_uint8
 from mobilenet_zoo.registry import Published, Variant, load_registry
 from mobilenet_zoo.synsets import synset_classes
-from mobilenet_zoo.verify import _topk
+from mobilenet_zoo.verify import top_k
 
 Z_95 = 1.959963984540054  # two-sided 95% normal quantile
 NUM_CLASSES = 1001
@@ -161,7 +161,7 @@ def score_batch(runner: Runner, batch: DecodedBatch) -> BatchOutcome:
     top1, top5 = np.zeros(len(read), dtype=bool), np.zeros(len(read), dtype=bool)
     if batch.images is not None:
         labels = np.array([s.label for s in batch.samples])[read]
-        ranked = _topk(runner(batch.images)["probabilities"], TOP_K)
+        ranked = top_k(runner(batch.images)["probabilities"], TOP_K)
         top1[read] = ranked[:, 0] == labels
         top5[read] = (ranked == labels[:, None]).any(axis=1)
     return BatchOutcome([str(s.path) for s in batch.samples], batch.errors, top1, top5)

@@ -64,6 +64,11 @@ class Reference:
         return int(self.inputs.shape[1])
 
 
+def input_names(images: list[Path], n_random: int) -> list[str]:
+    """Names of the verification inputs: the image files, then random[i]."""
+    return [Path(p).name for p in images] + [f"random[{i}]" for i in range(n_random)]
+
+
 def make_inputs(resolution: int, quantized: bool, images: list[Path], n_random: int, seed: int) -> tuple[np.ndarray, list[str]]:
     """Real images with the slim eval preprocessing, then seeded random inputs, as one NHWC batch."""
     rng = np.random.default_rng(seed)
@@ -71,8 +76,7 @@ def make_inputs(resolution: int, quantized: bool, images: list[Path], n_random: 
     noise = rng.integers(0, 256, shape, dtype=np.uint8) if quantized else rng.uniform(-1, 1, shape).astype(np.float32)
     batches = [load_batch(images, resolution, quantized)] if images else []
     batches.append(noise)
-    names = [Path(p).name for p in images] + [f"random[{i}]" for i in range(n_random)]
-    return np.concatenate(batches), names
+    return np.concatenate(batches), input_names(images, n_random)
 
 
 def run_batched(runner: Runner, inputs: np.ndarray, batch_size: int = 8) -> dict[str, np.ndarray]:
@@ -90,7 +94,7 @@ def compute_reference(reference_path: Path, images: list[Path], n_random: int = 
     return Reference(inputs, names, run_batched(runner, inputs), runner.quantized, str(reference_path))
 
 
-def _topk(values: np.ndarray, k: int) -> np.ndarray:
+def top_k(values: np.ndarray, k: int) -> np.ndarray:
     # stable sort on -values: equal scores keep index order, so identical outputs give identical sets
     return np.argsort(-values.astype(np.float64), axis=1, kind="stable")[:, :k]
 
@@ -101,6 +105,7 @@ class TargetReport:
 
     target: str
     format: str
+    reference: str
     quantized: bool
     max_abs_logits: float | None
     max_abs_probabilities: float
@@ -119,7 +124,7 @@ def compare(target: str, fmt: str, reference: Reference, outputs: dict[str, np.n
     ref_probs, probs = reference.outputs["probabilities"], outputs["probabilities"]
     if probs.shape != ref_probs.shape:
         raise ModelFormatError(f"{target}: output shape {probs.shape} differs from the reference's {ref_probs.shape}")
-    ref_top, top = _topk(ref_probs, 5), _topk(probs, 5)
+    ref_top, top = top_k(ref_probs, 5), top_k(probs, 5)
     top1 = float(np.mean(ref_top[:, 0] == top[:, 0]))
     top5 = float(np.mean([set(a) == set(b) for a, b in zip(ref_top, top)]))
     failures: list[str] = []
@@ -136,7 +141,7 @@ def compare(target: str, fmt: str, reference: Reference, outputs: dict[str, np.n
             failures.append(f"logits differ by {max_logits:.3g} (allowed {thresholds.logits_atol:g})")
         if thresholds.top5_identical and top5 < 1.0:
             failures.append(f"top-5 sets differ on {round((1 - top5) * len(top))} of {len(top)} inputs")
-    return TargetReport(target, fmt, reference.quantized, max_logits, max_probs, max_lsb, top1, top5, not failures, failures)
+    return TargetReport(target, fmt, reference.origin, reference.quantized, max_logits, max_probs, max_lsb, top1, top5, not failures, failures)
 
 
 def verify_target(target: Path, reference: Reference, thresholds: Thresholds) -> TargetReport:
@@ -149,3 +154,31 @@ def verify_target(target: Path, reference: Reference, thresholds: Thresholds) ->
     if runner.resolution not in (None, reference.resolution):
         raise ModelFormatError(f"{target} takes {runner.resolution}x{runner.resolution} inputs, the reference {reference.resolution}")
     return compare(str(target), fmt, reference, run_batched(runner, reference.inputs), thresholds)
+
+
+def group_by_reference(targets: list[Path]) -> dict[Path, list[Path]]:
+    """Targets grouped by the reference `convert` recorded for them in their folder's manifest."""
+    from mobilenet_zoo.convert import MANIFEST, manifest_entry
+
+    groups: dict[Path, list[Path]] = {}
+    for target in map(Path, targets):
+        reference = (manifest_entry(target) or {}).get("reference")
+        if reference is None:
+            raise ZooError(f"{target}: no reference is recorded in {target.parent / MANIFEST}; pass --reference "
+                           "(a frozen .pb, an official .tflite, a saved .npz or a registry name)")
+        groups.setdefault(Path(reference), []).append(target)
+    return groups
+
+
+def verify_group(reference: Path, targets: list[Path], images: list[Path], n_random: int, seed: int,
+                 thresholds: Thresholds) -> list[TargetReport]:
+    """Run one reference, then each of its targets on the same inputs."""
+    computed = compute_reference(reference, images, n_random, seed)
+    return [verify_target(target, computed, thresholds) for target in targets]
+
+
+def verify_recorded(targets: list[Path], images: list[Path], n_random: int, seed: int, thresholds: Thresholds) -> list[TargetReport]:
+    """Verify targets against the references recorded for them, in the order given."""
+    reports = {r.target: r for reference, group in group_by_reference(targets).items()
+               for r in verify_group(reference, group, images, n_random, seed, thresholds)}
+    return [reports[str(target)] for target in targets]

@@ -21,6 +21,15 @@ DATA = Path(__file__).parent / "data"
 FIXTURE_SEED = 0
 
 
+@pytest.fixture(scope="session", autouse=True)
+def isolated_cache(tmp_path_factory) -> Path:
+    """Every test runs with its own cache ($MOBILENET_ZOO_HOME), never the user's."""
+    root = tmp_path_factory.mktemp("mobilenet_zoo_home")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MOBILENET_ZOO_HOME", str(root))
+        yield root
+
+
 @pytest.fixture(scope="session")
 def official_tarball(tmp_path_factory) -> Callable[..., Path]:
     """Factory building each requested fixture tarball once per session and returning its path."""

@@ -9,12 +9,11 @@ import typer
 from rich import box
 from rich.table import Table
 
+from mobilenet_zoo.commands.options import JsonOption, RegistryOption
 from mobilenet_zoo.output import console, fmt, print_json
 from mobilenet_zoo.registry import Variant, filter_variants, load_registry
 
 SORT_FIELDS = ("name", "alpha", "resolution", "macs", "params", "top1", "top5")
-
-RegistryOption = typer.Option(None, "--registry", envvar="MOBILENET_ZOO_REGISTRY", help="User registry YAML that replaces or extends the built-in one.")
 
 
 def _sort_key(field: str):
@@ -41,7 +40,7 @@ def list_command(
     min_top1: Optional[float] = typer.Option(None, help="At least this published top-1 accuracy (%)."),
     sort: str = typer.Option("name", help=f"Sort by: {', '.join(SORT_FIELDS)}."),
     reverse: bool = typer.Option(False, "--reverse", help="Reverse the sort order."),
-    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+    as_json: bool = JsonOption,
     registry: Optional[Path] = RegistryOption,
 ) -> None:
     """List the zoo's variants with published and computed MACs, parameters and accuracy."""
@@ -73,7 +72,7 @@ def list_command(
 
 def info_command(
     name: str = typer.Argument(..., help="Variant name, e.g. mobilenet_v1_0.5_160, 1.0_224, 0.25-128-quant."),
-    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+    as_json: bool = JsonOption,
     registry: Optional[Path] = RegistryOption,
 ) -> None:
     """Everything known about one variant, with its cache state."""

@@ -11,6 +11,7 @@ from rich import box
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from mobilenet_zoo.commands.options import JsonOption, MirrorOption, RayAddressOption, RayOption, RegistryOption
 from mobilenet_zoo.output import console, err_console, print_json
 
 
@@ -49,11 +50,11 @@ def eval_command(
     batch: int = typer.Option(32, "--batch", help="Images per inference batch."),
     resolution: Optional[int] = typer.Option(None, "--resolution", help="Input size, for models that do not fix it."),
     workers: Optional[int] = typer.Option(None, "--workers", help="Threads decoding images ahead of inference (default: one per CPU)."),
-    ray: bool = typer.Option(False, "--ray", help="Run on Ray: a local instance on this machine's CPUs (or the cluster $RAY_ADDRESS names)."),
-    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Run on the Ray cluster at this address (implies --ray), e.g. ray://head:10001 or auto."),
-    registry: Optional[Path] = typer.Option(None, "--registry", envvar="MOBILENET_ZOO_REGISTRY", help="User registry YAML."),
-    mirror: Optional[str] = typer.Option(None, "--mirror", envvar="MOBILENET_ZOO_MIRROR", help="Base URL replacing the official one."),
-    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+    ray: bool = RayOption,
+    ray_address: Optional[str] = RayAddressOption,
+    registry: Optional[Path] = RegistryOption,
+    mirror: Optional[str] = MirrorOption,
+    as_json: bool = JsonOption,
 ) -> None:
     """Top-1 and top-5 accuracy with 95% confidence intervals, beside the published figures of the variant."""
     with _progress_bar(f"evaluating {Path(source).name}") as progress:

@@ -10,12 +10,10 @@ import typer
 from rich import box
 from rich.table import Table
 
+from mobilenet_zoo.commands.options import JsonOption, MirrorOption, RayAddressOption, RayOption, RegistryOption
 from mobilenet_zoo.errors import VerificationError, ZooError
 from mobilenet_zoo.output import console, err_console, fmt, print_json
 
-RegistryOption = typer.Option(None, "--registry", envvar="MOBILENET_ZOO_REGISTRY", help="User registry YAML.")
-MirrorOption = typer.Option(None, "--mirror", envvar="MOBILENET_ZOO_MIRROR", help="Base URL replacing the official one.")
-JsonOption = typer.Option(False, "--json", help="Machine-readable output.")
 
 
 def _split(values: list[str]) -> list[str]:
@@ -42,48 +40,62 @@ def _images(paths: list[Path]) -> list[Path]:
 
 
 def convert_command(
-    source: str = typer.Argument(..., help="Registry name (pulled on demand), tarball, extracted folder, or model file."),
+    sources: List[str] = typer.Argument(None, help="Registry names (pulled on demand), tarballs, extracted folders, or model files."),
     to: List[str] = typer.Option([], "--to", help="Target format(s): onnx, torch, tflite, tf (repeat or comma-separate)."),
     all_formats: bool = typer.Option(False, "--all-formats", help="Write every target format."),
-    output: Path = typer.Option(Path("."), "-o", "--output", help="Output folder, or a file path for a single target."),
+    all_variants: bool = typer.Option(False, "--all", help="Convert every variant of the registry (pulled on demand)."),
+    output: Path = typer.Option(Path("."), "-o", "--output", help="Output folder, or a file path for a single source and target."),
     layout: str = typer.Option("NCHW", "--layout", help="ONNX input layout: NCHW or NHWC."),
     quantize: Optional[str] = typer.Option(None, "--quantize", help="TFLite: post-training quantization (uint8)."),
     calibration: Optional[Path] = typer.Option(None, "--calibration", help="TFLite --quantize: folder of calibration images."),
-    verify: bool = typer.Option(False, "--verify", help="Verify every written target against the reference."),
+    verify: bool = typer.Option(False, "--verify", help="Verify every written target against its reference."),
+    ray: bool = RayOption,
+    ray_address: Optional[str] = RayAddressOption,
     registry: Optional[Path] = RegistryOption,
     mirror: Optional[str] = MirrorOption,
     as_json: bool = JsonOption,
 ) -> None:
-    """Convert a model to ONNX, PyTorch, TFLite or a TensorFlow SavedModel."""
-    from mobilenet_zoo.convert import convert
+    """Convert models to ONNX, PyTorch, TFLite or a TensorFlow SavedModel."""
+    from mobilenet_zoo.convert import TARGET_SUFFIXES, convert
     from mobilenet_zoo.formats import FORMATS
+    from mobilenet_zoo.registry import load_registry
     from mobilenet_zoo.sources import open_source
 
+    names = [v.name for v in load_registry(registry)] if all_variants else list(sources or [])
+    if not names or (all_variants and sources):
+        raise ZooError("name the models to convert, or pass --all (not both)")
     formats = list(FORMATS) if all_formats else _split(to)
     if not formats:
         raise ZooError("say which format to write: --to onnx|torch|tflite|tf, or --all-formats")
+    if len(names) > 1 and output.suffix in TARGET_SUFFIXES.values():
+        raise ZooError(f"-o {output} names one file, but {len(names)} models are converted: give a folder")
     if layout.upper() not in ("NCHW", "NHWC"):
         raise ZooError(f"--layout must be NCHW or NHWC, not {layout!r}")
     options = {"onnx": {"layout": layout.upper()}}
     if quantize:
         options["tflite"] = {"quantize": quantize, "calibration": calibration}
-    with err_console.status(f"reading {source}"):
-        src = open_source(source, registry=registry, mirror=mirror)
-    with err_console.status(f"writing {', '.join(formats)}"):
-        written = convert(src, formats, output, options)
+    if ray or ray_address:
+        from mobilenet_zoo.distributed import convert_many
+
+        with err_console.status(f"converting {len(names)} models on Ray"):
+            written = convert_many(names, formats, output, ray_address, registry=registry, mirror=mirror, format_options=options)
+    else:
+        written = []
+        for name in names:
+            with err_console.status(f"converting {name} to {', '.join(formats)}"):
+                written.extend(convert(open_source(name, registry=registry, mirror=mirror), formats, output, options))
     if verify:
-        _verify_and_report([w.path for w in written], None, [], 8, 0, None, as_json)
-        return
-    if as_json:
+        _verify_and_report([w.path for w in written], None, [], 8, 0, None, as_json, use_ray=ray or bool(ray_address), ray_address=ray_address)
+    elif as_json:
         print_json([{"format": w.format, "path": str(w.path)} for w in written])
     else:
         for w in written:
             console.print(f"[green]wrote[/green] {w.format:<6} {w.path}")
 
 
-def _reference_for(targets: list[Path], reference: Optional[str], images: list[Path], n_random: int, seed: int):
-    from mobilenet_zoo.convert import manifest_entry
-    from mobilenet_zoo.verify import Reference, compute_reference
+def _single_reference(targets: list[Path], reference: Optional[str], images: list[Path], n_random: int, seed: int):
+    """The reference outputs to check every target against: the one given, or the single one recorded."""
+    from mobilenet_zoo.verify import Reference, compute_reference, group_by_reference
 
     if reference and reference.endswith(".npz"):
         return Reference.load(Path(reference))
@@ -94,60 +106,75 @@ def _reference_for(targets: list[Path], reference: Optional[str], images: list[P
 
             ref_path = open_source(reference).reference
     else:
-        known = {(manifest_entry(t) or {}).get("reference") for t in targets}
-        if None in known or len(known) != 1:
-            raise ZooError("no single reference is recorded for these targets: pass --reference (a frozen .pb, an official .tflite, a saved .npz or a registry name)")
-        ref_path = Path(known.pop())
+        recorded = group_by_reference(targets)
+        if len(recorded) != 1:
+            raise ZooError(f"these targets record {len(recorded)} references: --save-reference needs a single one")
+        ref_path = next(iter(recorded))
     with err_console.status(f"running the reference {ref_path.name}"):
         return compute_reference(ref_path, images, n_random, seed)
 
 
-def _parity_table(ref, reports) -> Table:
+def _parity_table(reports, n_inputs: int) -> Table:
     """One row per target: the differences that matter for its kind (float logits or uint8 LSB)."""
-    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, title=f"parity against {Path(ref.origin).name} on {len(ref.inputs)} inputs",
-                  caption="max abs differences; top-k: share of inputs whose top-k agrees")
+    references = sorted({Path(r.reference).name for r in reports})
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, title=f"parity against {', '.join(references)} on {n_inputs} inputs",
+                  caption="max abs differences (Δlogits for float, uint8 LSB for quantized); top-k: share of inputs that agree")
     table.add_column("target", no_wrap=True)
-    difference = "LSB" if ref.quantized else "Δlogits"
-    for header in (difference, "Δprob", "top1", "top5"):
+    for header in ("Δ", "Δprob", "top1", "top5"):
         table.add_column(header, justify="right", no_wrap=True)
     table.add_column("result", min_width=4)
     for r in reports:
         result = "[green]pass[/green]" if r.passed else "[red]FAIL[/red] " + "; ".join(r.failures)
-        diff = str(r.max_lsb) if ref.quantized else f"{r.max_abs_logits:.3g}"
+        diff = f"{r.max_lsb} LSB" if r.quantized else f"{r.max_abs_logits:.3g}"
         table.add_row(Path(r.target).name, diff, f"{r.max_abs_probabilities:.3g}", f"{r.top1_agreement:.0%}", f"{r.top5_agreement:.0%}", result)
     return table
 
 
-def _verify_and_report(targets, reference, images, n_random, seed, save_reference, as_json, thresholds=None):
-    from mobilenet_zoo.verify import Thresholds, verify_target
+def _verify_and_report(targets, reference, images, n_random, seed, save_reference, as_json, thresholds=None,
+                       use_ray: bool = False, ray_address: Optional[str] = None) -> None:
+    """Verify targets (against `reference`, or what convert recorded), print the report, raise on failure."""
+    from mobilenet_zoo.verify import Thresholds, input_names, verify_recorded, verify_target
 
     thresholds = thresholds or Thresholds()
-    ref = _reference_for(targets, reference, _images(images), n_random, seed)
-    if save_reference:
-        ref.save(save_reference)
-    reports = []
-    for target in targets:
-        with err_console.status(f"verifying {target.name}"):
-            reports.append(verify_target(target, ref, thresholds))
-    if as_json:
-        print_json({"reference": ref.origin, "inputs": ref.input_names, "targets": [r.as_dict() for r in reports]})
+    images = _images(images)
+    if reference or save_reference:
+        ref = _single_reference(targets, reference, images, n_random, seed)
+        if save_reference:
+            ref.save(save_reference)
+        names = ref.input_names
+        with err_console.status("verifying"):
+            reports = [verify_target(target, ref, thresholds) for target in targets]
+    elif use_ray:
+        from mobilenet_zoo.distributed import verify_many
+
+        names = input_names(images, n_random)
+        with err_console.status(f"verifying {len(targets)} targets on Ray"):
+            reports = verify_many(targets, images, n_random, seed, thresholds, ray_address)
     else:
-        console.print(_parity_table(ref, reports))
+        names = input_names(images, n_random)
+        with err_console.status(f"verifying {len(targets)} targets"):
+            reports = verify_recorded(targets, images, n_random, seed, thresholds)
+    if as_json:
+        print_json({"inputs": names, "targets": [r.as_dict() for r in reports]})
+    else:
+        console.print(_parity_table(reports, len(names)))
     failed = [r for r in reports if not r.passed]
     if failed:
         raise VerificationError(f"{len(failed)} of {len(reports)} targets failed parity: " + "; ".join(f"{Path(r.target).name}: {r.failures[0]}" for r in failed))
 
 
 def verify_command(
-    targets: List[Path] = typer.Argument(..., help="Converted model files/folders, or an output folder of `convert`."),
+    targets: List[Path] = typer.Argument(..., help="Converted model files/folders, or output folders of `convert`."),
     reference: Optional[str] = typer.Option(None, "--reference", help="Reference: frozen .pb, official .tflite, saved .npz, or registry name. Default: what convert recorded."),
-    images: List[Path] = typer.Option([], "--images", help="Images or folders of images (default: the bundled samples)."),
+    images: List[Path] = typer.Option([], "--images", help="An image or a folder of images; repeat for more (default: the bundled samples)."),
     n_random: int = typer.Option(8, "--random", help="Seeded random inputs besides the images."),
     seed: int = typer.Option(0, "--seed"),
     logits_atol: float = typer.Option(1e-4, "--logits-atol", help="Float models: allowed max abs logits difference."),
     max_lsb: Optional[int] = typer.Option(None, "--max-lsb", help="Quantized models: allowed uint8 difference (default 0 for ONNX, 1 otherwise)."),
     top5: bool = typer.Option(True, "--top5/--no-top5", help="Float models: require identical top-5 sets."),
     save_reference: Optional[Path] = typer.Option(None, "--save-reference", help="Save the reference inputs/outputs to an .npz for later runs."),
+    ray: bool = RayOption,
+    ray_address: Optional[str] = RayAddressOption,
     as_json: bool = JsonOption,
 ) -> None:
     """Check converted models against the original's forward pass; exit 2 if any is out of bounds."""
@@ -164,9 +191,9 @@ def verify_command(
             raise ZooError(f"no such file or folder: {target}")
     thresholds = Thresholds(logits_atol=logits_atol, top5_identical=top5)
     if max_lsb is not None:
-        thresholds.lsb = {}
-        thresholds.lsb.update({f: max_lsb for f in ("onnx", "tflite", "torch", "tf")})
-    _verify_and_report(expanded, reference, images, n_random, seed, save_reference, as_json, thresholds)
+        thresholds.lsb = {f: max_lsb for f in ("onnx", "tflite", "torch", "tf")}
+    _verify_and_report(expanded, reference, images, n_random, seed, save_reference, as_json, thresholds,
+                       use_ray=ray or bool(ray_address), ray_address=ray_address)
 
 
 def _print_predictions(results, as_json: bool) -> None:

@@ -10,8 +10,7 @@ from rich import box
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 from rich.table import Table
 
-from mobilenet_zoo.commands.browse import RegistryOption
-from mobilenet_zoo.commands.models import MirrorOption
+from mobilenet_zoo.commands.options import JsonOption, MirrorOption, RegistryOption
 from mobilenet_zoo.errors import ZooError
 from mobilenet_zoo.output import console, err_console, print_json
 
@@ -45,7 +44,7 @@ def pull_command(
     mirror: Optional[str] = MirrorOption,
     sha256: Optional[str] = typer.Option(None, "--sha256", help="Expected sha256 of the tarball (one variant only)."),
     registry: Optional[Path] = RegistryOption,
-    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+    as_json: bool = JsonOption,
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar; print only the extracted folders."),
 ) -> None:
     """Download, verify and extract variants into the cache (a cached variant is not downloaded again)."""
@@ -81,7 +80,7 @@ def cache_path_command() -> None:
 
 
 @cache_app.command("list")
-def cache_list_command(as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
+def cache_list_command(as_json: bool = JsonOption) -> None:
     """What the cache holds: extracted models, extracted local tarballs, partial downloads."""
     from mobilenet_zoo.cache import Cache
 
