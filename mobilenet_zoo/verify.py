@@ -114,6 +114,8 @@ class TargetReport:
     top5_agreement: float
     passed: bool
     failures: list[str]
+    parameters: int | None = None  # values stored in the target, read back by its format's reader
+    published_parameters: int | None = None  # the registry's figure for the target's variant
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -153,7 +155,34 @@ def verify_target(target: Path, reference: Reference, thresholds: Thresholds) ->
         raise ModelFormatError(f"{target} is a {kinds[runner.quantized]} model but the reference is {kinds[reference.quantized]}")
     if runner.resolution not in (None, reference.resolution):
         raise ModelFormatError(f"{target} takes {runner.resolution}x{runner.resolution} inputs, the reference {reference.resolution}")
-    return compare(str(target), fmt, reference, run_batched(runner, reference.inputs), thresholds)
+    report = compare(str(target), fmt, reference, run_batched(runner, reference.inputs), thresholds)
+    check_parameters(report, target, fmt)
+    return report
+
+
+PARAMETER_TOLERANCE = 0.02  # relative: folding BatchNorm and the published rounding move counts by < 1.5%
+
+
+def check_parameters(report: TargetReport, target: Path, fmt: str) -> None:
+    """Read the target back and compare its parameter count with the registry's published figure.
+
+    Formats whose reader cannot read this kind of file yet (quantized ONNX and SavedModel) are left unchecked.
+    """
+    from mobilenet_zoo.registry import load_registry
+
+    try:
+        model = format_module(fmt).read(target)
+    except ModelFormatError:
+        return
+    report.parameters = model.parameter_count()
+    variants = {v.name: v for v in load_registry()}
+    variant = variants.get(model.config.name)
+    if variant is None or variant.published is None:
+        return
+    report.published_parameters = round(variant.published.params_millions * 1e6)
+    if abs(report.parameters - report.published_parameters) > PARAMETER_TOLERANCE * report.published_parameters:
+        report.failures.append(f"stores {report.parameters:,} parameters, the registry says {variant.published.params_millions}M")
+        report.passed = False
 
 
 def group_by_reference(targets: list[Path]) -> dict[Path, list[Path]]:
