@@ -6,6 +6,7 @@ variant and the reference it must match, so `verify OUTPUT` needs nothing else.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -74,8 +75,14 @@ def write_manifest(folder: Path, manifest: dict) -> None:
 
 @contextmanager
 def updating_manifest(folder: Path) -> Iterator[dict]:
-    """Read, let the caller change, and write back a folder's manifest under an interprocess lock."""
-    with FileLock(str(folder / f".{MANIFEST}.lock")):
+    """Read, let the caller change, and write back a folder's manifest under an interprocess lock.
+
+    The lock file lives in the temp dir (keyed by the folder), so output folders hold only models.
+    """
+    key = hashlib.sha1(str(Path(folder).resolve()).encode()).hexdigest()[:16]
+    locks = Path(tempfile.gettempdir()) / "mobilenet-zoo-locks"
+    locks.mkdir(exist_ok=True)
+    with FileLock(str(locks / f"manifest-{key}.lock")):
         manifest = read_manifest(folder)
         yield manifest
         write_manifest(folder, manifest)

@@ -33,17 +33,9 @@ class PullResult:
         return {"name": self.name, "path": str(self.path), "downloaded": self.downloaded, "sha256": self.sha256}
 
 
-def pull(
-    variant: Variant,
-    *,
-    mirror: str | None = None,
-    sha256: str | None = None,
-    cache_root: str | os.PathLike | None = None,
-    progress: ProgressCallback | None = None,
-    policy: RetryPolicy | None = None,
-) -> Path:
-    """The extracted folder of `variant`, downloading it first unless the cache has it."""
-    return pull_variant(variant, mirror=mirror, sha256=sha256, cache_root=cache_root, progress=progress, policy=policy).path
+def pull(variant: Variant, **options: Any) -> Path:
+    """The extracted folder of `variant`, downloading it first unless the cache has it (options: `pull_variant`'s)."""
+    return pull_variant(variant, **options).path
 
 
 def pull_variant(

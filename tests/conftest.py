@@ -30,6 +30,23 @@ def isolated_cache(tmp_path_factory) -> Path:
         yield root
 
 
+@pytest.fixture
+def cli(capsys) -> Callable[..., tuple[int, str, str]]:
+    """Run `mobilenet-zoo ARGS...` in this process; returns (exit code, stdout, stderr)."""
+    from mobilenet_zoo.cli import main
+
+    def run(*args) -> tuple[int, str, str]:
+        try:
+            main([str(a) for a in args])
+            code = 0
+        except SystemExit as exc:
+            code = exc.code or 0
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run
+
+
 @pytest.fixture(scope="session")
 def official_tarball(tmp_path_factory) -> Callable[..., Path]:
     """Factory building each requested fixture tarball once per session and returning its path."""

@@ -23,14 +23,6 @@ EXPECTED_TOP1 = {"bird.bmp": 20, "cat.bmp": 286, "parrot.jpg": 89, "grace_hopper
 MODELS = ["mobilenet_v1_0.25_128_quant", "mobilenet_v1_0.5_160_quant"]
 
 
-def run_cli(capsys, *args: str) -> tuple[int, str, str]:
-    try:
-        main([str(a) for a in args])
-        code = 0
-    except SystemExit as exc:
-        code = exc.code or 0
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.fixture(scope="module", params=MODELS)
@@ -45,10 +37,10 @@ def converted(request, tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_verify_is_within_the_lsb_thresholds_on_real_and_random_inputs(converted, capsys):
+def test_verify_is_within_the_lsb_thresholds_on_real_and_random_inputs(converted, cli):
     name, out = converted
     images = [arg for image in REAL_IMAGES for arg in ("--images", image)]
-    code, stdout, stderr = run_cli(capsys, "verify", out, "--json", "--random", "16", *images)
+    code, stdout, stderr = cli("verify", out, "--json", "--random", "16", *images)
     assert code == 0, stderr
     report = json.loads(stdout)
     assert len(report["inputs"]) == 20
@@ -59,11 +51,11 @@ def test_verify_is_within_the_lsb_thresholds_on_real_and_random_inputs(converted
 
 
 @pytest.mark.slow
-def test_predict_gives_the_same_top1_in_every_format(converted, capsys):
+def test_predict_gives_the_same_top1_in_every_format(converted, cli):
     name, out = converted
     top1 = {}
     for target in sorted(p for p in out.iterdir() if p.name != "mobilenet_zoo.json"):
-        code, stdout, stderr = run_cli(capsys, "predict", target, *REAL_IMAGES, "--json")
+        code, stdout, stderr = cli("predict", target, *REAL_IMAGES, "--json")
         assert code == 0, stderr
         top1[target.name] = {Path(r["image"]).name: r["top"][0]["class"] for r in json.loads(stdout)}
     assert len(top1) == 4
@@ -74,7 +66,7 @@ def test_predict_gives_the_same_top1_in_every_format(converted, capsys):
 
 
 @pytest.mark.slow
-def test_onnx_with_one_requantization_scale_changed_fails_verify(tmp_path, capsys):
+def test_onnx_with_one_requantization_scale_changed_fails_verify(tmp_path, cli):
     original = DATA / "mobilenet_v1_0.25_128_quant.tflite"
     model = tflite.read(original)
     scope = "Conv2d_7_pointwise"
@@ -84,7 +76,7 @@ def test_onnx_with_one_requantization_scale_changed_fails_verify(tmp_path, capsy
     from mobilenet_zoo.formats import onnx as onnx_format
 
     onnx_format.write(model, damaged)
-    code, stdout, stderr = run_cli(capsys, "verify", damaged, "--reference", original)
+    code, stdout, stderr = cli("verify", damaged, "--reference", original)
     assert code == 2
     assert "FAIL" in stdout and "LSB (allowed 0)" in stderr
     assert isinstance(params, QuantParams)

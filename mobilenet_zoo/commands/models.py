@@ -12,7 +12,7 @@ from rich.table import Table
 
 from mobilenet_zoo.commands.options import JsonOption, MirrorOption, RayAddressOption, RayOption, RegistryOption
 from mobilenet_zoo.errors import VerificationError, ZooError
-from mobilenet_zoo.output import console, err_console, fmt, print_json
+from mobilenet_zoo.output import console, err_console, print_json
 
 
 
