@@ -1,7 +1,98 @@
-"""Placeholder: filled in by the bench work."""
+"""`bench` and `plot`: runtime latency of models on this machine, and the zoo's trade-off charts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
 
 import typer
+from rich import box
+from rich.table import Table
+
+from mobilenet_zoo.errors import ZooError
+from mobilenet_zoo.output import console, err_console, fmt, print_json
+
+RegistryOption = typer.Option(None, "--registry", envvar="MOBILENET_ZOO_REGISTRY", help="User registry YAML.")
+
+
+def _split(values: list[str]) -> list[str]:
+    return [v.strip().lower() for value in values for v in value.split(",") if v.strip()]
+
+
+def _batch_sizes(values: list[str]) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in _split(values))
+    except ValueError:
+        raise ZooError(f"--batch takes integers such as 1,8, not {', '.join(values)!r}") from None
+
+
+def print_results(results) -> None:
+    """A table of the measured runs, then each distinct note (skipped or failed runtimes, threads)."""
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True, title="median (p50) and p90 latency after warm-up; runtime×threads")
+    for header in ("model", "runtime", "batch", "p50 ms", "p90 ms", "img/s", "GFLOP/s", "MB", "RSS MB"):
+        table.add_column(header, justify="left" if header in ("model", "runtime") else "right", no_wrap=True)
+    for r in results:
+        size = r.size_bytes / 1e6 if r.size_bytes is not None else None
+        runtime = f"{r.runtime}×{r.threads}" if r.threads else r.runtime
+        latency = (fmt(r.median_ms, 2), fmt(r.p90_ms, 2)) if r.status == "ok" else (f"[red]{r.status}[/red]", "")
+        table.add_row(r.model.removeprefix("mobilenet_v1_"), runtime, str(r.batch), *latency, fmt(r.images_per_s),
+                      fmt(r.gflops_per_s, 2), fmt(size, 2), fmt(r.peak_rss_mb, 0))
+    console.print(table)
+    for model, runtime, status, note in dict.fromkeys((r.model, r.runtime, r.status, r.note) for r in results if r.note):
+        console.print(f"{model} in {runtime}: [{'yellow' if status == 'ok' else 'red'}]{status}[/]: {note}", soft_wrap=True)
+
+
+def bench_command(
+    sources: List[str] = typer.Argument(..., help="Registry names, tarballs, official folders or model files/folders."),
+    runtimes: List[str] = typer.Option([], "--runtimes", help="tf, tflite, onnxruntime, torch (comma-separate). Default: a file's own runtime, else all."),
+    batch: List[str] = typer.Option(["1"], "--batch", help="Batch sizes, e.g. 1,8."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="Threads per runtime (default: each runtime's own choice)."),
+    warmup: int = typer.Option(5, "--warmup", help="Untimed runs before timing."),
+    min_time: float = typer.Option(2.0, "--min-time", help="Time each batch size for at least this many seconds..."),
+    min_runs: int = typer.Option(20, "--min-runs", help="...and at least this many runs..."),
+    max_runs: int = typer.Option(1000, "--max-runs", help="...but never more than this many runs."),
+    csv_file: Optional[Path] = typer.Option(None, "--csv", help="Append the results to this CSV file (header written once)."),
+    registry: Optional[Path] = RegistryOption,
+    mirror: Optional[str] = typer.Option(None, "--mirror", envvar="MOBILENET_ZOO_MIRROR", help="Base URL replacing the official one."),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+) -> None:
+    """Latency, images/s, GFLOP/s, size and peak memory of models in each installed runtime; exit 1 if any fails."""
+    from mobilenet_zoo.bench import Timing, append_csv, bench
+
+    if min(warmup, min_runs, max_runs) < 0 or max_runs < 1 or min_time < 0:
+        raise ZooError("--warmup, --min-runs and --min-time must be >= 0 and --max-runs >= 1")
+    timing = Timing(warmup=warmup, min_time=min_time, min_runs=min_runs, max_runs=max_runs)
+    with err_console.status("benchmarking (each runtime in its own process)"):
+        results = bench(sources, _split(runtimes) or None, _batch_sizes(batch), threads, timing, registry=registry, mirror=mirror)
+    if csv_file:
+        append_csv(results, csv_file)
+    if as_json:
+        print_json([r.as_dict() for r in results])
+    else:
+        print_results(results)
+    failed = sorted({f"{r.model} in {r.runtime}" for r in results if r.status == "failed"})
+    if failed:
+        raise ZooError(f"{len(failed)} benchmark(s) failed: {', '.join(failed)} (see the notes)")
+
+
+def plot_command(
+    output: Path = typer.Option(Path("mobilenet_zoo.png"), "-o", "--output", help="Image to write (.png, .svg or .pdf)."),
+    bench_results: Optional[Path] = typer.Option(None, "--bench", help="CSV or JSON written by `bench`: adds accuracy vs latency."),
+    registry: Optional[Path] = RegistryOption,
+) -> None:
+    """Chart top-1 accuracy against MACs for the zoo (and against measured latency with --bench)."""
+    from mobilenet_zoo.bench import load_results
+    from mobilenet_zoo.plot import plot_zoo
+    from mobilenet_zoo.registry import load_registry
+
+    if output.suffix.lower() not in ("", ".png", ".svg", ".pdf"):
+        raise ZooError(f"{output}: write a .png, .svg or .pdf")
+    results = load_results(bench_results) if bench_results else None
+    summary = plot_zoo(output, load_registry(registry), bench_results=results)
+    latency = f", {summary.latency_points} latency points" if bench_results else ""
+    console.print(f"[green]wrote[/green] {summary.path} ({summary.variants} variants{latency})", soft_wrap=True)
 
 
 def register(app: typer.Typer) -> None:
-    pass
+    app.command("bench")(bench_command)
+    app.command("plot")(plot_command)

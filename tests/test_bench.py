@@ -1,0 +1,107 @@
+"""`bench`: every installed runtime measured in its own process, with sane figures, CSV and failure reports."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+
+from mobilenet_zoo.bench import RUNTIMES, BenchResult, Timing, append_csv, bench, load_results, runtime_installed
+from mobilenet_zoo.cli import main
+
+from conftest import DATA
+
+REAL_QUANT = DATA / "mobilenet_v1_0.25_128_quant.tflite"
+QUICK = Timing(warmup=1, min_time=0.0, min_runs=3, max_runs=3)
+QUICK_OPTIONS = ["--warmup", "1", "--min-time", "0", "--min-runs", "3", "--max-runs", "3"]
+INSTALLED = [runtime for runtime in RUNTIMES if runtime_installed(runtime)]
+
+
+def run_cli(capsys, *args: str) -> tuple[int, str, str]:
+    """Run the CLI in-process; return (exit code, stdout, stderr)."""
+    try:
+        main(list(args))
+        code = 0
+    except SystemExit as exc:
+        code = exc.code or 0
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_sane(result: BenchResult) -> None:
+    """Positive latencies, p90 >= median, throughput and GFLOP/s consistent with the median and batch."""
+    assert result.status == "ok", f"{result.runtime}: {result.note}"
+    assert result.runs == QUICK.min_runs
+    assert 0 < result.median_ms <= result.p90_ms
+    assert result.images_per_s == pytest.approx(result.batch * 1000 / result.median_ms)
+    assert result.gflops_per_s == pytest.approx(2 * result.macs_millions * 1e6 * result.images_per_s / 1e9)
+    assert result.size_bytes > 0 and result.peak_rss_mb > 10
+
+
+@pytest.fixture(scope="session")
+def float_results(official_tarball) -> list[BenchResult]:
+    """The fixture float 0.25_128 tarball in every runtime (converted on the fly), batch 1 and 2."""
+    return bench([str(official_tarball(0.25, 128))], None, (1, 2), threads=1, timing=QUICK)
+
+
+@pytest.mark.slow
+def test_float_tarball_runs_in_every_installed_runtime(float_results):
+    assert sorted({(r.runtime, r.batch) for r in float_results}) == sorted((runtime, b) for runtime in RUNTIMES for b in (1, 2))
+    for result in (r for r in float_results if r.runtime in INSTALLED):
+        assert_sane(result)
+        assert result.model == "mobilenet_v1_0.25_128" and result.quantized is False
+        assert result.macs_millions == 14  # the registry's published figure
+        assert result.threads == (None if result.runtime == "tflite" else 1)
+    peaks = {r.runtime: r.peak_rss_mb for r in float_results if r.batch == 1}
+    assert len(set(peaks.values())) == len(peaks), "each runtime's peak memory is its own process's"
+
+
+@pytest.mark.slow
+def test_real_quant_model_json_reports_every_installed_runtime(capsys):
+    code, out, err = run_cli(capsys, "bench", str(REAL_QUANT), "--runtimes", ",".join(RUNTIMES), "--batch", "1,8", "--json", *QUICK_OPTIONS)
+    reports = [BenchResult(**row) for row in json.loads(out)]
+    assert {(r.runtime, r.batch) for r in reports} == {(runtime, b) for runtime in RUNTIMES for b in (1, 8)}
+    for report in (r for r in reports if r.runtime in INSTALLED):
+        assert_sane(report)
+        assert report.quantized is True and report.macs_millions == 14
+    assert code == 0, err
+
+
+def test_model_file_runs_in_its_own_runtime_and_appends_csv_with_one_header(tmp_path, capsys):
+    pytest.importorskip("ai_edge_litert")
+    table = tmp_path / "results.csv"
+    for _ in range(2):
+        code, out, err = run_cli(capsys, "bench", str(REAL_QUANT), "--batch", "1,2", "--csv", str(table), *QUICK_OPTIONS)
+        assert code == 0, err
+        assert "tflite" in out and "0.25_128_quant" in out
+    lines = table.read_text().splitlines()
+    assert lines[0].startswith("model,runtime,batch") and sum(line.startswith("model,") for line in lines) == 1
+    rows = list(csv.DictReader(table.open()))
+    assert [(row["runtime"], row["batch"]) for row in rows] == [("tflite", "1"), ("tflite", "2")] * 2
+    for loaded in load_results(table):
+        assert_sane(loaded)
+
+
+def test_csv_with_another_header_is_refused(tmp_path):
+    other = tmp_path / "other.csv"
+    other.write_text("a,b\n1,2\n")
+    with pytest.raises(Exception, match="header differs"):
+        append_csv([BenchResult("m", "tflite", 1)], other)
+
+
+def test_broken_model_reports_runtime_and_reason(tmp_path, capsys):
+    pytest.importorskip("onnxruntime")
+    broken = tmp_path / "broken.onnx"
+    broken.write_bytes(b"this is not a protobuf")
+    code, out, err = run_cli(capsys, "bench", str(broken), "--json", *QUICK_OPTIONS)
+    assert code == 1
+    [report] = json.loads(out)
+    assert report["status"] == "failed" and report["runtime"] == "onnxruntime"
+    assert report["note"].startswith("onnxruntime:") and "Protobuf parsing failed" in report["note"]
+    assert "broken.onnx in onnxruntime" in err
+
+
+def test_bad_options_are_one_line_errors(capsys):
+    assert run_cli(capsys, "bench", str(REAL_QUANT), "--runtimes", "tensorrt")[2] == "error: unknown runtime 'tensorrt'; choose from tf, tflite, onnxruntime, torch\n"
+    assert "--batch takes integers" in run_cli(capsys, "bench", str(REAL_QUANT), "--batch", "one")[2]
