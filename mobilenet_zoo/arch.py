@@ -135,6 +135,17 @@ class ModelConfig:
         return min(7, size), min(7, feature_map_size(width or self.resolution))
 
 
+def same_output_size(size: int, stride: int) -> int:
+    """Output size of a TF "SAME" convolution or pool: ceil(size / stride)."""
+    return -(-size // stride)
+
+
+def same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
+    """Padding (before, after) of TF "SAME": the odd pixel goes after (bottom/right)."""
+    total = max((same_output_size(size, stride) - 1) * stride + kernel - size, 0)
+    return total // 2, total - total // 2
+
+
 def feature_map_size(resolution: int) -> int:
     """Spatial size of the last feature map under SAME padding (total stride 32)."""
     size = math.ceil(resolution / 2)

@@ -12,8 +12,10 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from mobilenet_zoo.arch import BN_EPSILON, ModelConfig
+from mobilenet_zoo.arch import BN_EPSILON, NUM_CLASSES, ModelConfig
 from mobilenet_zoo.errors import ModelFormatError
+
+PRODUCER = "mobilenet-zoo"  # recorded in the metadata of every file this project writes
 
 # Names of the activations a quantized model records a scale and zero point for, besides each layer scope.
 INPUT_ACTIVATION = "input"
@@ -107,6 +109,58 @@ class MobileNetV1Model:
     def parameter_count(self) -> int:
         """Number of stored float values (folded or not)."""
         return int(sum(v.size for v in self.weights.values()))
+
+    def metadata(self) -> dict[str, str]:
+        """String metadata our files record: the variant, where its weights came from, and the producer."""
+        return {
+            "name": self.config.name,
+            "alpha": str(self.config.alpha),
+            "resolution": str(self.config.resolution),
+            "source": self.source,
+            "producer": PRODUCER,
+        }
+
+
+def config_from_metadata(metadata: dict[str, str], source: object) -> ModelConfig:
+    """The variant recorded by `MobileNetV1Model.metadata` (plus optional `quantized` and `num_classes`)."""
+    producer = metadata.get("producer")
+    if producer != PRODUCER:
+        raise ModelFormatError(f"{source}: not written by {PRODUCER} (metadata producer {producer!r}); only its own files can be read")
+    try:
+        config = ModelConfig(
+            alpha=float(metadata["alpha"]),
+            resolution=int(metadata["resolution"]),
+            quantized=metadata.get("quantized") == "true",
+            num_classes=int(metadata.get("num_classes", NUM_CLASSES)),
+        )
+    except (KeyError, ValueError) as exc:
+        raise ModelFormatError(f"{source}: metadata lacks a valid alpha and resolution ({exc})") from exc
+    if metadata.get("name") != config.name:
+        raise ModelFormatError(f"{source}: metadata name {metadata.get('name')!r} does not match {config.name}")
+    return config
+
+
+# TF kernel layout -> OIHW (PyTorch, ONNX): HWIO -> OIHW for convolutions, HWC1 -> C1HW for depthwise.
+_TO_OIHW_AXES = {"conv": (3, 2, 0, 1), "pointwise": (3, 2, 0, 1), "depthwise": (2, 3, 0, 1)}
+_FROM_OIHW_AXES = {kind: tuple(int(axis) for axis in np.argsort(axes)) for kind, axes in _TO_OIHW_AXES.items()}
+
+
+def to_oihw(kernel: np.ndarray, kind: str) -> np.ndarray:
+    """A TF-layout kernel of a layer kind (conv, pointwise, depthwise) in OIHW layout, contiguous."""
+    return np.ascontiguousarray(kernel.transpose(_TO_OIHW_AXES[kind]))
+
+
+def from_oihw(kernel: np.ndarray, kind: str) -> np.ndarray:
+    """The inverse of `to_oihw`: an OIHW kernel back in TF layout, contiguous."""
+    return np.ascontiguousarray(kernel.transpose(_FROM_OIHW_AXES[kind]))
+
+
+def image_batch(images: np.ndarray, dtype: type, resolution: int, model_kind: str) -> np.ndarray:
+    """`images` as an array of `dtype`, refused unless it is an N x resolution x resolution x 3 batch."""
+    batch = np.asarray(images, dtype)
+    if batch.ndim != 4 or batch.shape[1:] != (resolution, resolution, 3):
+        raise ModelFormatError(f"{model_kind} takes N x {resolution} x {resolution} x 3 {batch.dtype} images, got {batch.shape}")
+    return batch
 
 
 def infer_alpha(first_conv_channels: int) -> float:

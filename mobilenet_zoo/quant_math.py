@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from mobilenet_zoo.arch import same_output_size, same_padding
 from mobilenet_zoo.errors import ModelFormatError
 from mobilenet_zoo.model import (
     INPUT_ACTIVATION,
@@ -33,7 +34,7 @@ from mobilenet_zoo.model import (
     MobileNetV1Model,
     QuantParams,
 )
-from mobilenet_zoo.testing.numpy_reference import conv, depthwise_conv, same_padding
+from mobilenet_zoo.testing.numpy_reference import conv, depthwise_conv
 
 UINT8_MIN, UINT8_MAX = 0, 255
 RELU6_LIMIT = 6.0
@@ -137,7 +138,7 @@ class IntegerConv:
 
     @property
     def output_size(self) -> int:
-        return -(-self.input_size // self.stride)
+        return same_output_size(self.input_size, self.stride)
 
 
 @dataclass(frozen=True)

@@ -13,21 +13,19 @@ from __future__ import annotations
 
 import numpy as np
 
-from mobilenet_zoo.arch import BN_EPSILON, Layer, ModelConfig
+from mobilenet_zoo.arch import BN_EPSILON, Layer, ModelConfig, same_padding
 from mobilenet_zoo.deps import require
-from mobilenet_zoo.formats.onnx import same_padding
-from mobilenet_zoo.model import MobileNetV1Model
+from mobilenet_zoo.model import MobileNetV1Model, from_oihw, to_oihw
 
 torch = require("torch")
 nn = torch.nn
 F = torch.nn.functional
 
-# How a slim tensor is laid out in PyTorch. Kernels: TF HWIO -> OIHW, depthwise HWC1 -> C1HW.
-# LINEAR is a 1x1 classifier kernel stored as an nn.Linear weight (out x in), as Hugging Face does.
+# How a slim tensor is laid out in PyTorch: kernels of a layer kind (conv, pointwise, depthwise) in OIHW
+# (`model.to_oihw`), VECTOR tensors as they are, and LINEAR, a 1x1 classifier kernel stored as an nn.Linear
+# weight (out x in), as Hugging Face does.
 VECTOR = "vector"
 LINEAR = "linear"
-_TO_TORCH_AXES = {"conv": (3, 2, 0, 1), "pointwise": (3, 2, 0, 1), "depthwise": (2, 3, 0, 1)}
-_TO_TF_AXES = {kind: tuple(int(a) for a in np.argsort(axes)) for kind, axes in _TO_TORCH_AXES.items()}
 
 # Slim BatchNorm variable -> nn.BatchNorm2d tensor.
 BN_TENSORS = {"gamma": "weight", "beta": "bias", "moving_mean": "running_mean", "moving_variance": "running_var"}
@@ -116,11 +114,11 @@ def to_torch_layout(array: np.ndarray, kind: str) -> np.ndarray:
     """A TF-layout array in the PyTorch layout of its kind (contiguous)."""
     if kind == LINEAR:
         return np.ascontiguousarray(array[0, 0].T)
-    return np.ascontiguousarray(array.transpose(_TO_TORCH_AXES[kind]) if kind in _TO_TORCH_AXES else array)
+    return np.ascontiguousarray(array) if kind == VECTOR else to_oihw(array, kind)
 
 
 def to_tf_layout(array: np.ndarray, kind: str) -> np.ndarray:
     """The inverse of `to_torch_layout`."""
     if kind == LINEAR:
         return np.ascontiguousarray(array.T[None, None])
-    return np.ascontiguousarray(array.transpose(_TO_TF_AXES[kind]) if kind in _TO_TF_AXES else array)
+    return np.ascontiguousarray(array) if kind == VECTOR else from_oihw(array, kind)

@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from mobilenet_zoo.arch import ModelConfig
 from mobilenet_zoo.errors import ModelFormatError
 from mobilenet_zoo.formats import onnx_quant, tflite
 from mobilenet_zoo.model import random_model
-from mobilenet_zoo.arch import ModelConfig
 from mobilenet_zoo.preprocess import load_image_uint8
 
 pytest.importorskip("onnxruntime")
@@ -80,14 +80,6 @@ def test_changed_requantization_scale_is_caught(onnx_files, references, tmp_path
     onnx.save(proto, str(broken))
     got = onnx_quant.load_runner(broken)(sample_inputs(128)["real images"])
     assert max_lsb(got["probabilities"], references["0.25_128"]["real images"]["probabilities"]) > 0
-
-
-def test_quantize_multiplier_matches_tflite():
-    assert onnx_quant.quantize_multiplier(0.5) == (1 << 30, 0)
-    assert onnx_quant.quantize_multiplier(0.75) == (3 << 29, 0)
-    significand, exponent = onnx_quant.quantize_multiplier(0.0070880526)
-    assert exponent == -7 and abs(significand / 2**31 * 2.0**exponent - 0.0070880526) < 1e-12
-    assert onnx_quant.quantize_multiplier(0.0) == (0, 0)
 
 
 def test_float_model_is_refused(tmp_path):

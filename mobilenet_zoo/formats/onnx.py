@@ -8,8 +8,6 @@ C x 1 x H x W) and `metadata_props` record the variant, so `read` maps a file ba
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -18,22 +16,24 @@ from typing import Any
 import numpy as np
 
 from mobilenet_zoo import __version__
-from mobilenet_zoo.arch import SCOPE, Layer, ModelConfig
+from mobilenet_zoo.arch import SCOPE, Layer, ModelConfig, same_output_size, same_padding
 from mobilenet_zoo.deps import require
 from mobilenet_zoo.errors import ModelFormatError
-from mobilenet_zoo.model import MobileNetV1Model
+from mobilenet_zoo.fsutil import atomic_file
+from mobilenet_zoo.model import (
+    PRODUCER,
+    MobileNetV1Model,
+    config_from_metadata,
+    from_oihw,
+    to_oihw,
+)
 
 INPUT = "input"
 LOGITS = "logits"
 PROBABILITIES = "probabilities"
 BATCH_DIM = "N"
-PRODUCER = "mobilenet-zoo"
 LAYOUTS = ("NCHW", "NHWC")
 MIN_OPSET = 17
-
-# TF kernel layout -> ONNX layout: HWIO -> OIHW for convolutions, HWC1 -> C1HW for depthwise.
-TO_ONNX_AXES = {"conv": (3, 2, 0, 1), "pointwise": (3, 2, 0, 1), "depthwise": (2, 3, 0, 1)}
-TO_TF_AXES = {kind: tuple(int(a) for a in np.argsort(axes)) for kind, axes in TO_ONNX_AXES.items()}
 _RELU6_MIN = f"{SCOPE}/Relu6/min"
 _RELU6_MAX = f"{SCOPE}/Relu6/max"
 
@@ -44,18 +44,14 @@ def write(model: MobileNetV1Model, out: Path, *, layout: str = "NCHW", opset: in
         from mobilenet_zoo.formats import onnx_quant
 
         return onnx_quant.write(model, out, layout=layout, opset=opset)
-    onnx = require("onnx")
-    proto = build_model(model, layout=layout, opset=opset)
-    onnx.checker.check_model(proto, full_check=True)
-    save_atomically(proto, Path(out))
-    return Path(out)
+    return save_checked(build_model(model, layout=layout, opset=opset), Path(out))
 
 
 def read(path: Path) -> MobileNetV1Model:
     """Read an ONNX file written by `write` back to the folded canonical model."""
     proto = _load(Path(path))
     metadata = {prop.key: prop.value for prop in proto.metadata_props}
-    config = _config_from_metadata(metadata, path)
+    config = config_from_metadata(metadata, path)
     weights = _weights_by_slim_name(proto.graph, config)
     return MobileNetV1Model(config, weights, source=metadata.get("source", str(path))).validate()
 
@@ -106,27 +102,40 @@ class OnnxRunner:
 
 def build_model(model: MobileNetV1Model, *, layout: str = "NCHW", opset: int = MIN_OPSET):
     """The float ONNX ModelProto of `model` (not yet checked or saved)."""
-    onnx = require("onnx")
+    layout = checked_layout(layout, opset)
+    folded = model.validate().fold()
+    config = folded.config
+    builder = GraphBuilder(require("onnx"))
+    builder.constant(_RELU6_MIN, np.array(0.0, np.float32))
+    builder.constant(_RELU6_MAX, np.array(6.0, np.float32))
+    tensor, size = input_as_nchw(builder, layout), config.resolution
+    for layer in config.layers():
+        tensor, size = _conv_bn_relu6(builder, folded.weights, layer, tensor, size)
+    _classifier(builder, folded, tensor)
+    builder.node("Softmax", [LOGITS], f"{SCOPE}/Predictions/Softmax", output=PROBABILITIES, axis=1)
+    description = f"MobileNet V1 {config.name} (BatchNorm folded), input {layout} float32 in [-1, 1]"
+    return model_proto(builder, model, layout, opset, "FLOAT", description)
+
+
+def checked_layout(layout: str, opset: int) -> str:
+    """The input layout in capitals, refusing unknown layouts and opsets older than MIN_OPSET."""
     layout = layout.upper()
     if layout not in LAYOUTS:
         raise ModelFormatError(f"unknown ONNX input layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
     if opset < MIN_OPSET:
         raise ModelFormatError(f"ONNX opset {opset} is too old; mobilenet-zoo writes opset {MIN_OPSET} or newer")
-    folded = model.validate().fold()
-    config = folded.config
-    builder = GraphBuilder(onnx)
-    builder.constant(_RELU6_MIN, np.array(0.0, np.float32))
-    builder.constant(_RELU6_MAX, np.array(6.0, np.float32))
-    tensor, size = _input_as_nchw(builder, layout), config.resolution
-    for layer in config.layers():
-        tensor, size = _conv_bn_relu6(builder, folded.weights, layer, tensor, size)
-    _classifier(builder, folded, tensor)
-    builder.node("Softmax", [LOGITS], f"{SCOPE}/Predictions/Softmax", output=PROBABILITIES, axis=1)
+    return layout
+
+
+def model_proto(builder: GraphBuilder, model: MobileNetV1Model, layout: str, opset: int, element_type: str, description: str):
+    """The ModelProto of the built graph: `input` and the two outputs of `element_type`, and the model's metadata."""
+    onnx, config = builder.onnx, model.config
+    tensor_type = getattr(onnx.TensorProto, element_type)
     graph = onnx.helper.make_graph(
         builder.nodes,
         config.name,
-        inputs=[_float_tensor_info(onnx, INPUT, _input_shape(config.resolution, layout))],
-        outputs=[_float_tensor_info(onnx, name, [BATCH_DIM, config.num_classes]) for name in (LOGITS, PROBABILITIES)],
+        inputs=[onnx.helper.make_tensor_value_info(INPUT, tensor_type, _input_shape(config.resolution, layout))],
+        outputs=[onnx.helper.make_tensor_value_info(name, tensor_type, [BATCH_DIM, config.num_classes]) for name in (LOGITS, PROBABILITIES)],
         initializer=builder.initializers,
     )
     opset_imports = [onnx.helper.make_opsetid("", opset)]
@@ -136,42 +145,18 @@ def build_model(model: MobileNetV1Model, *, layout: str = "NCHW", opset: int = M
         ir_version=onnx.helper.find_min_ir_version_for(opset_imports),
         producer_name=PRODUCER,
         producer_version=__version__,
-        doc_string=f"MobileNet V1 {config.name} (BatchNorm folded), input {layout} float32 in [-1, 1]",
+        doc_string=description,
     )
-    onnx.helper.set_model_props(proto, model_metadata(model))
+    onnx.helper.set_model_props(proto, model.metadata())
     return proto
 
 
-def model_metadata(model: MobileNetV1Model) -> dict[str, str]:
-    """The `metadata_props` that identify the variant and where its weights came from."""
-    config = model.config
-    return {
-        "name": config.name,
-        "alpha": str(config.alpha),
-        "resolution": str(config.resolution),
-        "source": model.source,
-        "producer": PRODUCER,
-    }
-
-
-def same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
-    """Padding (before, after) of TF "SAME": the odd pixel goes after (bottom/right)."""
-    out_size = -(-size // stride)
-    total = max((out_size - 1) * stride + kernel - size, 0)
-    return total // 2, total - total // 2
-
-
-def save_atomically(proto, out: Path) -> None:
-    """Serialize `proto` to a temporary file next to `out`, then rename it into place."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, temporary = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    try:
-        with os.fdopen(fd, "wb") as stream:
-            stream.write(proto.SerializeToString())
-        os.replace(temporary, out)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+def save_checked(proto, out: Path) -> Path:
+    """Check `proto` fully, then write it to `out` atomically; returns `out`."""
+    require("onnx").checker.check_model(proto, full_check=True)
+    with atomic_file(out) as temporary:
+        temporary.write_bytes(proto.SerializeToString())
+    return out
 
 
 @dataclass
@@ -198,11 +183,7 @@ def _input_shape(resolution: int, layout: str) -> list:
     return [BATCH_DIM, 3, resolution, resolution]
 
 
-def _float_tensor_info(onnx: ModuleType, name: str, shape: list):
-    return onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, shape)
-
-
-def _input_as_nchw(builder: GraphBuilder, layout: str) -> str:
+def input_as_nchw(builder: GraphBuilder, layout: str) -> str:
     """The input tensor name, behind one Transpose when the file takes NHWC."""
     if layout == "NCHW":
         return INPUT
@@ -212,7 +193,7 @@ def _input_as_nchw(builder: GraphBuilder, layout: str) -> str:
 def _conv_bn_relu6(builder: GraphBuilder, weights: dict, layer: Layer, tensor: str, size: int) -> tuple[str, int]:
     """One folded slim layer: Conv (or grouped depthwise Conv) with bias, then Clip 0..6."""
     before, after = same_padding(size, layer.kernel, layer.stride)
-    kernel = builder.constant(layer.weight_name, weights[layer.weight_name].transpose(TO_ONNX_AXES[layer.kind]))
+    kernel = builder.constant(layer.weight_name, to_oihw(weights[layer.weight_name], layer.kind))
     bias = builder.constant(layer.bias_name, weights[layer.bias_name])
     op_name = "depthwise" if layer.kind == "depthwise" else "Conv2D"
     conv = builder.node(
@@ -225,7 +206,7 @@ def _conv_bn_relu6(builder: GraphBuilder, weights: dict, layer: Layer, tensor: s
         group=layer.in_channels if layer.kind == "depthwise" else 1,
     )
     relu6 = builder.node("Clip", [conv, _RELU6_MIN, _RELU6_MAX], f"{SCOPE}/{layer.scope}/Relu6")
-    return relu6, -(-size // layer.stride)
+    return relu6, same_output_size(size, layer.stride)
 
 
 def _classifier(builder: GraphBuilder, model: MobileNetV1Model, features: str) -> str:
@@ -234,7 +215,7 @@ def _classifier(builder: GraphBuilder, model: MobileNetV1Model, features: str) -
     pooled = builder.node(
         "AveragePool", [features], f"{SCOPE}/Logits/AvgPool_1a/AvgPool", kernel_shape=list(config.pool_kernel()), strides=[2, 2]
     )
-    kernel = builder.constant(config.logits_weight_name, model.weights[config.logits_weight_name].transpose(TO_ONNX_AXES["conv"]))
+    kernel = builder.constant(config.logits_weight_name, to_oihw(model.weights[config.logits_weight_name], "conv"))
     bias = builder.constant(config.logits_bias_name, model.weights[config.logits_bias_name])
     logits_map = builder.node("Conv", [pooled, kernel, bias], f"{SCOPE}/Logits/Conv2d_1c_1x1/Conv2D", kernel_shape=[1, 1])
     return builder.node("Flatten", [logits_map], f"{SCOPE}/Logits/SpatialSqueeze", output=LOGITS, axis=1)
@@ -253,35 +234,21 @@ def _load(path: Path):
         raise ModelFormatError(f"{path}: not a readable ONNX model ({exc})") from exc
 
 
-def _config_from_metadata(metadata: dict[str, str], path: Path) -> ModelConfig:
-    """The variant recorded by `write`; files from other producers are not mapped (yet)."""
-    producer = metadata.get("producer")
-    if producer != PRODUCER:
-        raise ModelFormatError(f"{path}: not written by {PRODUCER} (metadata producer {producer!r}); only its own ONNX files can be read")
-    try:
-        config = ModelConfig(alpha=float(metadata["alpha"]), resolution=int(metadata["resolution"]))
-    except (KeyError, ValueError) as exc:
-        raise ModelFormatError(f"{path}: metadata lacks a valid alpha and resolution ({exc})") from exc
-    if metadata.get("name") != config.name:
-        raise ModelFormatError(f"{path}: metadata name {metadata.get('name')!r} does not match {config.name}; only float models are read")
-    return config
-
-
 def _weights_by_slim_name(graph, config: ModelConfig) -> dict[str, np.ndarray]:
     """Folded TF-layout weights from initializers named as `write` names them."""
     onnx = require("onnx")
     initializers = {tensor.name: tensor for tensor in graph.initializer}
 
-    def fetch(name: str, tf_axes: tuple[int, ...] | None = None) -> np.ndarray:
+    def fetch(name: str, kind: str | None = None) -> np.ndarray:
         if name not in initializers:
             raise ModelFormatError(f"ONNX graph {graph.name!r} has no initializer {name}")
         array = onnx.numpy_helper.to_array(initializers[name])
-        return np.ascontiguousarray(array.transpose(tf_axes) if tf_axes else array)
+        return from_oihw(array, kind) if kind else np.ascontiguousarray(array)
 
     weights: dict[str, np.ndarray] = {}
     for layer in config.layers():
-        weights[layer.weight_name] = fetch(layer.weight_name, TO_TF_AXES[layer.kind])
+        weights[layer.weight_name] = fetch(layer.weight_name, layer.kind)
         weights[layer.bias_name] = fetch(layer.bias_name)
-    weights[config.logits_weight_name] = fetch(config.logits_weight_name, TO_TF_AXES["conv"])
+    weights[config.logits_weight_name] = fetch(config.logits_weight_name, "conv")
     weights[config.logits_bias_name] = fetch(config.logits_bias_name)
     return weights

@@ -9,10 +9,7 @@ TFLite flatbuffer. `read` maps any of them back to the canonical model by slim v
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
-import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -22,10 +19,20 @@ from typing import Any
 
 import numpy as np
 
-from mobilenet_zoo.arch import BN_EPSILON, INPUT_NODE, LOGITS_NODE, NUM_CLASSES, OUTPUT_NODE, SCOPE, Layer, ModelConfig
+from mobilenet_zoo.arch import (
+    BN_EPSILON,
+    INPUT_NODE,
+    LOGITS_NODE,
+    NUM_CLASSES,
+    OUTPUT_NODE,
+    SCOPE,
+    Layer,
+    ModelConfig,
+)
 from mobilenet_zoo.deps import require
 from mobilenet_zoo.errors import ModelFormatError
-from mobilenet_zoo.model import MobileNetV1Model, infer_alpha
+from mobilenet_zoo.fsutil import atomic_folder
+from mobilenet_zoo.model import MobileNetV1Model, image_batch, infer_alpha
 
 SIGNATURE_KEY = "serving_default"
 LOGITS = "logits"
@@ -196,7 +203,7 @@ def write(model: MobileNetV1Model, out: Path) -> Path:
 
         return tensorflow_quant.write(model, out)
     out = Path(out)
-    with _staging_folder(out) as staging, slim_session(model) as slim:
+    with atomic_folder(out) as staging, slim_session(model) as slim:
         slim.save_saved_model(staging)
     return out
 
@@ -205,20 +212,6 @@ def tflite_bytes(model: MobileNetV1Model) -> bytes:
     """A float TFLite flatbuffer of `model` through the TensorFlow converter."""
     with slim_session(model) as slim:
         return slim.tflite()
-
-
-@contextmanager
-def _staging_folder(out: Path) -> Iterator[Path]:
-    """A not-yet-existing path next to `out` to write a folder into; it replaces `out` only on success."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    parent = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        yield parent / out.name
-        if out.exists():
-            os.replace(out, parent / "previous")
-        os.replace(parent / out.name, out)
-    finally:
-        shutil.rmtree(parent, ignore_errors=True)
 
 
 # ---------------------------------------------------------------------------------------------- reading
@@ -394,10 +387,7 @@ class TensorFlowRunner:
     quantized: bool = False
 
     def __call__(self, images: np.ndarray) -> dict[str, np.ndarray]:
-        batch = np.asarray(images, np.float32)
-        expected = (self.resolution, self.resolution, 3)
-        if batch.ndim != 4 or batch.shape[1:] != expected:
-            raise ModelFormatError(f"TensorFlow model takes N x {self.resolution} x {self.resolution} x 3 images, got {batch.shape}")
+        batch = image_batch(images, np.float32, self.resolution, "TensorFlow model")
         step = self.batch_size or len(batch)
         chunks = [self.function(batch[start : start + step]) for start in range(0, len(batch), step)]
         return {name: np.concatenate([np.asarray(chunk[i]) for chunk in chunks]) for i, name in enumerate((LOGITS, PROBABILITIES))}

@@ -11,9 +11,10 @@ variant's metadata with `"quantized": "true"`, which is how `is_quantized` recog
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -21,9 +22,15 @@ from mobilenet_zoo.arch import INPUT_NODE
 from mobilenet_zoo.deps import require
 from mobilenet_zoo.errors import ModelFormatError
 from mobilenet_zoo.formats import tensorflow as tf_format
-from mobilenet_zoo.formats.onnx import model_metadata
-from mobilenet_zoo.model import MobileNetV1Model
-from mobilenet_zoo.quant_math import POOL_STRIDE, UINT8_MAX, IntegerConv, IntegerNetwork, integer_network
+from mobilenet_zoo.fsutil import atomic_folder
+from mobilenet_zoo.model import MobileNetV1Model, image_batch
+from mobilenet_zoo.quant_math import (
+    POOL_STRIDE,
+    UINT8_MAX,
+    IntegerConv,
+    IntegerNetwork,
+    integer_network,
+)
 
 METADATA_FILE = Path("assets.extra") / "mobilenet_zoo.json"
 
@@ -34,10 +41,10 @@ def write(model: MobileNetV1Model, out: Path) -> Path:
     network = integer_network(model)
     out = Path(out)
     module = build_module(network)
-    with tf_format._staging_folder(out) as staging:
+    with atomic_folder(out) as staging:
         tf.saved_model.save(module, str(staging), signatures={tf_format.SIGNATURE_KEY: module.serve})
         (staging / METADATA_FILE).parent.mkdir()
-        (staging / METADATA_FILE).write_text(json.dumps({**model_metadata(model), "quantized": "true"}), encoding="utf-8")
+        (staging / METADATA_FILE).write_text(json.dumps({**model.metadata(), "quantized": "true"}), encoding="utf-8")
     return out
 
 
@@ -141,9 +148,5 @@ class QuantTensorFlowRunner:
     quantized: bool = True
 
     def __call__(self, images: np.ndarray) -> dict[str, np.ndarray]:
-        batch = np.asarray(images, np.uint8)
-        expected = (self.resolution, self.resolution, 3)
-        if batch.ndim != 4 or batch.shape[1:] != expected:
-            raise ModelFormatError(f"quantized TensorFlow model takes N x {self.resolution} x {self.resolution} x 3 uint8 images, got {batch.shape}")
-        outputs = self.function(batch)
+        outputs = self.function(image_batch(images, np.uint8, self.resolution, "quantized TensorFlow model"))
         return {name: np.asarray(outputs[name]) for name in (tf_format.LOGITS, tf_format.PROBABILITIES)}

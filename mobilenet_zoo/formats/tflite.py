@@ -8,8 +8,6 @@ in `model.quant`, which `write` serializes back into a flatbuffer that runs bit-
 
 from __future__ import annotations
 
-import os
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,9 +16,10 @@ from typing import Any
 
 import numpy as np
 
-from mobilenet_zoo.arch import SCOPE, Layer, ModelConfig
+from mobilenet_zoo.arch import SCOPE, Layer, ModelConfig, same_output_size
 from mobilenet_zoo.deps import require
 from mobilenet_zoo.errors import ModelFormatError
+from mobilenet_zoo.fsutil import atomic_file
 from mobilenet_zoo.model import (
     INPUT_ACTIVATION,
     LOGITS_ACTIVATION,
@@ -30,6 +29,7 @@ from mobilenet_zoo.model import (
     QuantInfo,
     QuantizedTensor,
     QuantParams,
+    image_batch,
 )
 
 SCHEMA_MODULE = "ai_edge_litert.schema_py_generated"
@@ -258,10 +258,7 @@ class TFLiteRunner:
     resolution: int
 
     def __call__(self, images: np.ndarray) -> dict[str, np.ndarray]:
-        batch = np.asarray(images, dtype=np.uint8 if self.quantized else np.float32)
-        expected = (self.resolution, self.resolution, 3)
-        if batch.ndim != 4 or batch.shape[1:] != expected:
-            raise ModelFormatError(f"TFLite model takes N x {self.resolution} x {self.resolution} x 3 images, got {batch.shape}")
+        batch = image_batch(images, np.uint8 if self.quantized else np.float32, self.resolution, "TFLite model")
         outputs: dict[str, list[np.ndarray]] = {"logits": [], "probabilities": []}
         for image in batch:
             self.interpreter.set_tensor(self.input_index, image[None])
@@ -292,21 +289,9 @@ def write(model: MobileNetV1Model, out: Path, *, quantize: str | None = None, ca
         raise ModelFormatError("post-training uint8 quantization of float models is not available yet; convert a _quant variant instead")
     else:
         raise ModelFormatError(f"unknown TFLite quantization {quantize!r}; the only one is {QUANTIZE_UINT8!r}")
-    write_atomically(data, out)
+    with atomic_file(out) as temporary:
+        temporary.write_bytes(data)
     return out
-
-
-def write_atomically(data: bytes, out: Path) -> None:
-    """Write `data` to a temporary file next to `out`, then rename it into place."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, temporary = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    try:
-        with os.fdopen(fd, "wb") as stream:
-            stream.write(data)
-        os.replace(temporary, out)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 def quantized_flatbuffer(model: MobileNetV1Model) -> bytes:
@@ -317,7 +302,7 @@ def quantized_flatbuffer(model: MobileNetV1Model) -> bytes:
     size = config.resolution
     tensor = writer.activation("input", [1, size, size, 3], quant.activations[INPUT_ACTIVATION])
     for layer in config.layers():
-        size = -(-size // layer.stride)
+        size = same_output_size(size, layer.stride)
         output = writer.activation(f"{SCOPE}/{layer.scope}/Relu6", [1, size, size, layer.out_channels], quant.activations[layer.scope])
         tensor = writer.conv(layer.kind == "depthwise", [tensor, *writer.kernel_and_bias(quant, layer.weight_name, layer.bias_name)], output, layer.stride, "RELU6")
     tensor = writer.average_pool(tensor, config.pool_kernel(), quant.activations[POOL_ACTIVATION], config.feature_channels)

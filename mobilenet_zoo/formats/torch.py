@@ -14,11 +14,8 @@ from __future__ import annotations
 
 import importlib
 import json
-import shutil
-import tempfile
 import zipfile
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from types import ModuleType
@@ -26,14 +23,13 @@ from typing import Any
 
 import numpy as np
 
-from mobilenet_zoo.arch import BN_EPSILON, NUM_CLASSES, ModelConfig
+from mobilenet_zoo.arch import BN_EPSILON, ModelConfig
 from mobilenet_zoo.deps import require
 from mobilenet_zoo.errors import ModelFormatError
-from mobilenet_zoo.formats import onnx as onnx_format
+from mobilenet_zoo.fsutil import atomic_folder
 from mobilenet_zoo.labels import imagenet_labels
-from mobilenet_zoo.model import MobileNetV1Model
+from mobilenet_zoo.model import PRODUCER, MobileNetV1Model, config_from_metadata
 
-PRODUCER = onnx_format.PRODUCER
 WEIGHTS_SUFFIX = ".safetensors"
 PROGRAM_SUFFIX = ".pt2"
 PROGRAM_METADATA = "mobilenet_zoo.json"  # extra file inside the .pt2 archive
@@ -52,11 +48,13 @@ def write(model: MobileNetV1Model, out: Path, **options: Any) -> Path:
         raise ModelFormatError(f"the float PyTorch writer takes no options (got {', '.join(options)})")
     model = model.validate()
     out = Path(out)
-    with _staging_folder(out) as staging:
-        name = model.config.name
-        _save_safetensors(model.weights, staging / f"{name}{WEIGHTS_SUFFIX}", model_metadata(model))
+    from mobilenet_zoo.torch_model import build_module
+
+    with atomic_folder(out) as staging:
+        name, metadata = model.config.name, model_metadata(model)
+        save_safetensors(model.weights, staging / f"{name}{WEIGHTS_SUFFIX}", metadata)
         write_hf_files(model, staging)
-        save_program(model, staging / f"{name}{PROGRAM_SUFFIX}")
+        save_program(build_module(model), model.config.resolution, "float32", staging / f"{name}{PROGRAM_SUFFIX}", metadata)
     return out
 
 
@@ -79,10 +77,9 @@ def load_runner(path: Path) -> TorchRunner:
     path = Path(path)
     if _is_quantized(path):
         return _quant_module().load_runner(path)
-    program = _own_file(path, PROGRAM_SUFFIX) if path.is_dir() else path
-    if program is not None and program.suffix == PROGRAM_SUFFIX:
-        config = _config_from_metadata(recorded_metadata(program), program)
-        return TorchRunner(_load_program(program).module(), config.resolution)
+    program = program_module(path)
+    if program is not None:
+        return TorchRunner(*program)
     from mobilenet_zoo.torch_model import build_module
 
     model = read(path)
@@ -108,7 +105,7 @@ class TorchRunner:
 def model_metadata(model: MobileNetV1Model) -> dict[str, str]:
     """What our files record about the variant (safetensors metadata values must be strings)."""
     return {
-        **onnx_format.model_metadata(model),
+        **model.metadata(),
         "num_classes": str(model.config.num_classes),
         "quantized": str(model.config.quantized).lower(),
         "folded": str(model.is_folded).lower(),
@@ -120,7 +117,7 @@ def recorded_metadata(path: Path) -> dict[str, str]:
     """The metadata of our safetensors or `.pt2` file, or of the folder holding them; {} when none is recorded."""
     path = Path(path)
     if path.is_dir():
-        own = _own_file(path, WEIGHTS_SUFFIX) or _own_file(path, PROGRAM_SUFFIX)
+        own = own_file(path, WEIGHTS_SUFFIX) or own_file(path, PROGRAM_SUFFIX)
         return recorded_metadata(own) if own else {}
     if path.suffix == PROGRAM_SUFFIX:
         return _program_metadata(path)
@@ -132,32 +129,35 @@ def recorded_metadata(path: Path) -> dict[str, str]:
 # --------------------------------------------------------------------------------------- our own files
 
 
-def save_program(model: MobileNetV1Model, out: Path) -> None:
-    """`torch.export` the module of `model` (dynamic batch) and save it with the variant's metadata."""
+def save_program(module, resolution: int, dtype: str, out: Path, metadata: dict[str, str]) -> None:
+    """`torch.export` `module` for NHWC `dtype` images of any batch size and save it with `metadata` as its extra file."""
     torch = require("torch")
-    program = export_program(model)
-    torch.export.save(program, str(out), extra_files={PROGRAM_METADATA: json.dumps(model_metadata(model))})
-
-
-def export_program(model: MobileNetV1Model):
-    """The `ExportedProgram` of the module of `model`: NHWC float32 input of any batch size."""
-    torch = require("torch")
-    from mobilenet_zoo.torch_model import build_module
-
-    resolution = model.config.resolution
-    example = torch.zeros(EXPORT_EXAMPLE_BATCH, resolution, resolution, 3)
+    example = torch.zeros(EXPORT_EXAMPLE_BATCH, resolution, resolution, 3, dtype=getattr(torch, dtype))
     batch = torch.export.Dim("batch", min=1)
-    return torch.export.export(build_module(model), (example,), dynamic_shapes={"images": {0: batch}})
+    program = torch.export.export(module, (example,), dynamic_shapes={"images": {0: batch}})
+    torch.export.save(program, str(out), extra_files={PROGRAM_METADATA: json.dumps(metadata)})
 
 
-def _save_safetensors(tensors: dict[str, np.ndarray], out: Path, metadata: dict[str, str]) -> None:
-    safetensors_numpy = _safetensors_numpy()
-    safetensors_numpy.save_file({name: np.asarray(array, order="C") for name, array in tensors.items()}, str(out), metadata=metadata)
+def program_module(path: Path) -> tuple[Callable, int] | None:
+    """The module of our `.pt2` program (the file `path`, or the one in the folder `path`) and its input resolution.
+
+    None when `path` is no program and its folder holds none.
+    """
+    program = own_file(path, PROGRAM_SUFFIX) if path.is_dir() else path
+    if program is None or program.suffix != PROGRAM_SUFFIX:
+        return None
+    config = config_from_metadata(recorded_metadata(program), program)
+    return _load_program(program).module(), config.resolution
+
+
+def save_safetensors(tensors: dict[str, np.ndarray], out: Path, metadata: dict[str, str]) -> None:
+    """Save numpy arrays (made C-contiguous) as a safetensors file with string `metadata`."""
+    safetensors_numpy().save_file({name: np.asarray(array, order="C") for name, array in tensors.items()}, str(out), metadata=metadata)
 
 
 def _read_folder(folder: Path) -> MobileNetV1Model:
     for suffix, reader in ((WEIGHTS_SUFFIX, _read_safetensors), (PROGRAM_SUFFIX, _read_program)):
-        own = _own_file(folder, suffix)
+        own = own_file(folder, suffix)
         if own is not None:
             return reader(own)
     if (folder / HF_CONFIG).exists():
@@ -171,8 +171,8 @@ def _read_safetensors(path: Path) -> MobileNetV1Model:
         if path.name == HF_WEIGHTS and (path.parent / HF_CONFIG).exists():
             return read_hf_folder(path.parent)
         raise ModelFormatError(f"{path}: not a MobileNet V1 safetensors file (no {PRODUCER} metadata, no Hugging Face {HF_CONFIG} beside it)")
-    config = _config_from_metadata(metadata, path)
-    weights = _safetensors_numpy().load_file(str(path))
+    config = config_from_metadata(metadata, path)
+    weights = safetensors_numpy().load_file(str(path))
     return MobileNetV1Model(config, weights, source=metadata.get("source", str(path))).validate()
 
 
@@ -181,7 +181,7 @@ def _read_program(path: Path) -> MobileNetV1Model:
     from mobilenet_zoo.torch_model import weights_from_state_dict
 
     metadata = recorded_metadata(path)
-    config = _config_from_metadata(metadata, path)
+    config = config_from_metadata(metadata, path)
     state = _load_program(path).state_dict
     try:
         weights = weights_from_state_dict(state, config, folded=metadata.get("folded") == "true")
@@ -190,7 +190,8 @@ def _read_program(path: Path) -> MobileNetV1Model:
     return MobileNetV1Model(config, weights, source=metadata.get("source", str(path))).validate()
 
 
-def _safetensors_numpy() -> ModuleType:
+def safetensors_numpy() -> ModuleType:
+    """`safetensors.numpy` (with a clear message when safetensors is missing)."""
     require("safetensors")
     return importlib.import_module("safetensors.numpy")
 
@@ -222,21 +223,7 @@ def _program_metadata(path: Path) -> dict[str, str]:
         raise ModelFormatError(f"{path}: not a readable .pt2 archive ({exc})") from exc
 
 
-def _config_from_metadata(metadata: dict[str, str], path: Path) -> ModelConfig:
-    if metadata.get("producer") != PRODUCER:
-        raise ModelFormatError(f"{path}: not written by {PRODUCER} (it records no variant metadata)")
-    try:
-        return ModelConfig(
-            alpha=float(metadata["alpha"]),
-            resolution=int(metadata["resolution"]),
-            quantized=metadata.get("quantized") == "true",
-            num_classes=int(metadata.get("num_classes", NUM_CLASSES)),
-        )
-    except (KeyError, ValueError) as exc:
-        raise ModelFormatError(f"{path}: metadata lacks a valid alpha and resolution ({exc})") from exc
-
-
-def _own_file(folder: Path, suffix: str) -> Path | None:
+def own_file(folder: Path, suffix: str) -> Path | None:
     """The file of ours with this suffix in a written folder (the Hugging Face weights are not ours)."""
     if not folder.is_dir():
         return None
@@ -253,25 +240,6 @@ def _quant_module() -> ModuleType:
     return torch_quant
 
 
-@contextmanager
-def _staging_folder(out: Path) -> Iterator[Path]:
-    """A temporary folder beside `out` that replaces `out` when the block succeeds and vanishes when it fails."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        yield staging
-        if out.exists():
-            retired = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
-            out.rename(retired / out.name)
-            staging.rename(out)
-            shutil.rmtree(retired)
-        else:
-            staging.rename(out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-
-
 # --------------------------------------------------------------------------------- Hugging Face files
 # Names and layouts of transformers' MobileNetV1ForImageClassification (modeling_mobilenet_v1.py): the stem
 # is `mobilenet_v1.conv_stem`, the 26 block layers `mobilenet_v1.layer.{0..25}` (depthwise, pointwise
@@ -284,7 +252,7 @@ def _staging_folder(out: Path) -> Iterator[Path]:
 def write_hf_files(model: MobileNetV1Model, folder: Path) -> None:
     """Write `config.json` and `model.safetensors` of a transformers MobileNetV1ForImageClassification."""
     (folder / HF_CONFIG).write_text(json.dumps(hf_config(model.config), indent=2) + "\n", encoding="utf-8")
-    _save_safetensors(hf_state_dict(model), folder / HF_WEIGHTS, {"format": "pt"})
+    save_safetensors(hf_state_dict(model), folder / HF_WEIGHTS, {"format": "pt"})
 
 
 def hf_config(config: ModelConfig) -> dict[str, Any]:
@@ -340,7 +308,7 @@ def read_hf_folder(folder: Path) -> MobileNetV1Model:
     weights_path = folder / HF_WEIGHTS
     if not weights_path.exists():
         raise ModelFormatError(f"{folder}: Hugging Face folder without {HF_WEIGHTS} (only safetensors weights are read)")
-    state = _safetensors_numpy().load_file(str(weights_path))
+    state = safetensors_numpy().load_file(str(weights_path))
     if "classifier.weight" not in state:
         raise ModelFormatError(f"{weights_path}: no classifier.weight, not a MobileNetV1ForImageClassification")
     config = _config_from_hf(_load_hf_config(folder), num_classes=state["classifier.weight"].shape[0], folder=folder)

@@ -14,12 +14,10 @@ sum, which torch reduces in another order than TFLite's sequential loop (the one
 
 from __future__ import annotations
 
-import importlib
-import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -27,8 +25,28 @@ from mobilenet_zoo.arch import SCOPE
 from mobilenet_zoo.deps import require
 from mobilenet_zoo.errors import ModelFormatError
 from mobilenet_zoo.formats import torch as torch_format
-from mobilenet_zoo.model import MobileNetV1Model, QuantInfo, QuantizedTensor, QuantParams
-from mobilenet_zoo.quant_math import POOL_STRIDE, UINT8_MAX, IntegerConv, IntegerNetwork, integer_network
+from mobilenet_zoo.formats.torch import (
+    PROGRAM_SUFFIX,
+    WEIGHTS_SUFFIX,
+    own_file,
+    safetensors_numpy,
+)
+from mobilenet_zoo.fsutil import atomic_folder
+from mobilenet_zoo.model import (
+    MobileNetV1Model,
+    QuantInfo,
+    QuantizedTensor,
+    QuantParams,
+    config_from_metadata,
+    image_batch,
+)
+from mobilenet_zoo.quant_math import (
+    POOL_STRIDE,
+    UINT8_MAX,
+    IntegerConv,
+    IntegerNetwork,
+    integer_network,
+)
 
 ACTIVATION_PREFIX = "activations/"
 ACTIVATION_DTYPE = "uint8"
@@ -124,24 +142,11 @@ def write(model: MobileNetV1Model, out: Path) -> Path:
     """Write a quantized model as the folder `out` (NAME.safetensors and NAME.pt2); returns `out`."""
     network = integer_network(model)
     out = Path(out)
-    with torch_format._staging_folder(out) as staging:
+    with atomic_folder(out) as staging:
         name, metadata = model.config.name, torch_format.model_metadata(model)
-        _safetensors_numpy().save_file(quant_tensors(model.quant), str(staging / f"{name}{torch_format.WEIGHTS_SUFFIX}"), metadata=metadata)
-        save_program(network, staging / f"{name}{torch_format.PROGRAM_SUFFIX}", metadata)
+        torch_format.save_safetensors(quant_tensors(model.quant), staging / f"{name}{WEIGHTS_SUFFIX}", metadata)
+        torch_format.save_program(build_module(network), network.resolution, "uint8", staging / f"{name}{PROGRAM_SUFFIX}", metadata)
     return out
-
-
-def export_program(network: IntegerNetwork):
-    """The `ExportedProgram` of the module: uint8 NHWC input of any batch size."""
-    torch = require("torch")
-    example = torch.zeros(torch_format.EXPORT_EXAMPLE_BATCH, network.resolution, network.resolution, 3, dtype=torch.uint8)
-    batch = torch.export.Dim("batch", min=1)
-    return torch.export.export(build_module(network), (example,), dynamic_shapes={"images": {0: batch}})
-
-
-def save_program(network: IntegerNetwork, out: Path, metadata: dict[str, str]) -> None:
-    torch = require("torch")
-    torch.export.save(export_program(network), str(out), extra_files={torch_format.PROGRAM_METADATA: json.dumps(metadata)})
 
 
 def quant_tensors(quant: QuantInfo) -> dict[str, np.ndarray]:
@@ -168,10 +173,10 @@ def read(path: Path) -> MobileNetV1Model:
     """The quantized canonical model of a folder `write` made or of its NAME.safetensors."""
     weights_file = _weights_file(Path(path))
     metadata = torch_format.recorded_metadata(weights_file)
-    config = torch_format._config_from_metadata(metadata, weights_file)
+    config = config_from_metadata(metadata, weights_file)
     if not config.quantized:
         raise ModelFormatError(f"{weights_file}: not a quantized model (its metadata says quantized={metadata.get('quantized')!r})")
-    quant = quant_info(_safetensors_numpy().load_file(str(weights_file)))
+    quant = quant_info(safetensors_numpy().load_file(str(weights_file)))
     weights = {name: tensor.dequantize() for name, tensor in quant.tensors.items()}
     return MobileNetV1Model(config, weights, quant=quant, source=metadata.get("source", str(path))).validate()
 
@@ -197,17 +202,12 @@ def _params(tensors: dict[str, np.ndarray], name: str, dtype: str) -> QuantParam
 
 def _weights_file(path: Path) -> Path:
     """NAME.safetensors itself, the one in a written folder, or the one beside a NAME.pt2."""
-    if path.suffix == torch_format.WEIGHTS_SUFFIX:
+    if path.suffix == WEIGHTS_SUFFIX:
         return path
-    candidate = path.with_suffix(torch_format.WEIGHTS_SUFFIX) if path.suffix == torch_format.PROGRAM_SUFFIX else torch_format._own_file(path, torch_format.WEIGHTS_SUFFIX)
+    candidate = path.with_suffix(WEIGHTS_SUFFIX) if path.suffix == PROGRAM_SUFFIX else own_file(path, WEIGHTS_SUFFIX)
     if candidate is None or not candidate.exists():
-        raise ModelFormatError(f"{path}: no quantized {torch_format.WEIGHTS_SUFFIX} file of ours to read")
+        raise ModelFormatError(f"{path}: no quantized {WEIGHTS_SUFFIX} file of ours to read")
     return candidate
-
-
-def _safetensors_numpy() -> ModuleType:
-    require("safetensors")
-    return importlib.import_module("safetensors.numpy")
 
 
 # ---------------------------------------------------------------------------------------------- running
@@ -216,10 +216,9 @@ def _safetensors_numpy() -> ModuleType:
 def load_runner(path: Path) -> QuantTorchRunner:
     """Run the `.pt2` program when there is one, else the module rebuilt from the safetensors file."""
     path = Path(path)
-    program = path if path.suffix == torch_format.PROGRAM_SUFFIX else torch_format._own_file(path, torch_format.PROGRAM_SUFFIX)
+    program = torch_format.program_module(path)
     if program is not None:
-        config = torch_format._config_from_metadata(torch_format.recorded_metadata(program), program)
-        return QuantTorchRunner(torch_format._load_program(program).module(), config.resolution)
+        return QuantTorchRunner(*program)
     model = read(path)
     return QuantTorchRunner(build_module(integer_network(model)), model.config.resolution)
 
@@ -234,10 +233,7 @@ class QuantTorchRunner:
 
     def __call__(self, images: np.ndarray) -> dict[str, np.ndarray]:
         torch = require("torch")
-        batch = np.asarray(images, np.uint8)
-        expected = (self.resolution, self.resolution, 3)
-        if batch.ndim != 4 or batch.shape[1:] != expected:
-            raise ModelFormatError(f"quantized PyTorch model takes N x {self.resolution} x {self.resolution} x 3 uint8 images, got {batch.shape}")
+        batch = image_batch(images, np.uint8, self.resolution, "quantized PyTorch model")
         with torch.inference_mode():
             logits, probabilities = self.forward(torch.from_numpy(np.ascontiguousarray(batch)))
         return {"logits": logits.numpy(), "probabilities": probabilities.numpy()}

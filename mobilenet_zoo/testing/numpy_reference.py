@@ -5,10 +5,9 @@ Slow but framework-free: the yardstick the TensorFlow graphs (and any other runt
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
+from mobilenet_zoo.arch import same_output_size, same_padding
 from mobilenet_zoo.model import MobileNetV1Model
 
 
@@ -24,12 +23,6 @@ def forward(model: MobileNetV1Model, images_nhwc: np.ndarray) -> np.ndarray:
     x = average_pool(x, min(7, x.shape[1]), min(7, x.shape[2]), stride=2)
     x = conv(x, weights[config.logits_weight_name].astype(np.float64), 1) + weights[config.logits_bias_name]
     return x.reshape(len(x), -1).astype(np.float32)
-
-
-def same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
-    """TF SAME padding (before, after): the odd pixel goes after (bottom/right)."""
-    total = max((math.ceil(size / stride) - 1) * stride + kernel - size, 0)
-    return total // 2, total - total // 2
 
 
 def conv(x: np.ndarray, kernel_hwio: np.ndarray, stride: int) -> np.ndarray:
@@ -56,7 +49,7 @@ def _windows(x: np.ndarray, kernel: tuple[int, int], stride: int):
     """For each kernel tap (dy, dx): the strided input pixels it multiplies, over the SAME-padded input."""
     (top, bottom), (left, right) = (same_padding(x.shape[axis], kernel[axis - 1], stride) for axis in (1, 2))
     padded = np.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)))
-    out_h, out_w = math.ceil(x.shape[1] / stride), math.ceil(x.shape[2] / stride)
+    out_h, out_w = same_output_size(x.shape[1], stride), same_output_size(x.shape[2], stride)
     for dy in range(kernel[0]):
         for dx in range(kernel[1]):
             yield dy, dx, padded[:, dy : dy + stride * (out_h - 1) + 1 : stride, dx : dx + stride * (out_w - 1) + 1 : stride]

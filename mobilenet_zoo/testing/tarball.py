@@ -15,12 +15,12 @@ import argparse
 import dataclasses
 import gzip
 import io
-import os
 import tarfile
 import tempfile
 from pathlib import Path
 
 from mobilenet_zoo.arch import INPUT_NODE, OUTPUT_NODE, ModelConfig
+from mobilenet_zoo.fsutil import atomic_file
 from mobilenet_zoo.model import random_model
 
 DEFAULT_SEED = 0
@@ -82,18 +82,13 @@ def _official_members(config: ModelConfig, seed: int, tflite_path: Path | None) 
 
 def _write_tarball(members: dict[str, bytes], tarball: Path) -> None:
     """A gzip'd tar with `./` first, then flat `./MEMBER` files; fixed times and owners; written atomically."""
-    fd, temporary = tempfile.mkstemp(prefix=f".{tarball.name}.", suffix=".tmp", dir=tarball.parent)
-    try:
-        os.fchmod(fd, 0o644)
-        with os.fdopen(fd, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=_TIMESTAMP) as compressed, \
-                tarfile.open(fileobj=compressed, mode="w", format=tarfile.GNU_FORMAT) as archive:
-            archive.addfile(_entry("./", tarfile.DIRTYPE, 0o755))
-            for name, data in members.items():
-                archive.addfile(_entry(f"./{name}", tarfile.REGTYPE, 0o644, len(data)), io.BytesIO(data))
-        os.replace(temporary, tarball)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    with atomic_file(tarball) as temporary, temporary.open("wb") as raw, \
+            gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=_TIMESTAMP) as compressed, \
+            tarfile.open(fileobj=compressed, mode="w", format=tarfile.GNU_FORMAT) as archive:
+        temporary.chmod(0o644)
+        archive.addfile(_entry("./", tarfile.DIRTYPE, 0o755))
+        for name, data in members.items():
+            archive.addfile(_entry(f"./{name}", tarfile.REGTYPE, 0o644, len(data)), io.BytesIO(data))
 
 
 def _entry(name: str, kind: bytes, mode: int, size: int = 0) -> tarfile.TarInfo:
