@@ -8,7 +8,6 @@ import json
 import pytest
 
 from mobilenet_zoo.bench import RUNTIMES, BenchResult, Timing, append_csv, bench, load_results, runtime_installed
-from mobilenet_zoo.cli import main
 
 from conftest import DATA
 
@@ -18,15 +17,6 @@ QUICK_OPTIONS = ["--warmup", "1", "--min-time", "0", "--min-runs", "3", "--max-r
 INSTALLED = [runtime for runtime in RUNTIMES if runtime_installed(runtime)]
 
 
-def run_cli(capsys, *args: str) -> tuple[int, str, str]:
-    """Run the CLI in-process; return (exit code, stdout, stderr)."""
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as exc:
-        code = exc.code or 0
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def assert_sane(result: BenchResult) -> None:
@@ -58,8 +48,8 @@ def test_float_tarball_runs_in_every_installed_runtime(float_results):
 
 
 @pytest.mark.slow
-def test_real_quant_model_json_reports_every_installed_runtime(capsys):
-    code, out, err = run_cli(capsys, "bench", str(REAL_QUANT), "--runtimes", ",".join(RUNTIMES), "--batch", "1,8", "--json", *QUICK_OPTIONS)
+def test_real_quant_model_json_reports_every_installed_runtime(cli):
+    code, out, err = cli("bench", str(REAL_QUANT), "--runtimes", ",".join(RUNTIMES), "--batch", "1,8", "--json", *QUICK_OPTIONS)
     reports = [BenchResult(**row) for row in json.loads(out)]
     assert {(r.runtime, r.batch) for r in reports} == {(runtime, b) for runtime in RUNTIMES for b in (1, 8)}
     for report in (r for r in reports if r.runtime in INSTALLED):
@@ -68,11 +58,11 @@ def test_real_quant_model_json_reports_every_installed_runtime(capsys):
     assert code == 0, err
 
 
-def test_model_file_runs_in_its_own_runtime_and_appends_csv_with_one_header(tmp_path, capsys):
+def test_model_file_runs_in_its_own_runtime_and_appends_csv_with_one_header(tmp_path, cli):
     pytest.importorskip("ai_edge_litert")
     table = tmp_path / "results.csv"
     for _ in range(2):
-        code, out, err = run_cli(capsys, "bench", str(REAL_QUANT), "--batch", "1,2", "--csv", str(table), *QUICK_OPTIONS)
+        code, out, err = cli("bench", str(REAL_QUANT), "--batch", "1,2", "--csv", str(table), *QUICK_OPTIONS)
         assert code == 0, err
         assert "tflite" in out and "0.25_128_quant" in out
     lines = table.read_text().splitlines()
@@ -90,11 +80,11 @@ def test_csv_with_another_header_is_refused(tmp_path):
         append_csv([BenchResult("m", "tflite", 1)], other)
 
 
-def test_broken_model_reports_runtime_and_reason(tmp_path, capsys):
+def test_broken_model_reports_runtime_and_reason(tmp_path, cli):
     pytest.importorskip("onnxruntime")
     broken = tmp_path / "broken.onnx"
     broken.write_bytes(b"this is not a protobuf")
-    code, out, err = run_cli(capsys, "bench", str(broken), "--json", *QUICK_OPTIONS)
+    code, out, err = cli("bench", str(broken), "--json", *QUICK_OPTIONS)
     assert code == 1
     [report] = json.loads(out)
     assert report["status"] == "failed" and report["runtime"] == "onnxruntime"
@@ -102,6 +92,6 @@ def test_broken_model_reports_runtime_and_reason(tmp_path, capsys):
     assert "broken.onnx in onnxruntime" in err
 
 
-def test_bad_options_are_one_line_errors(capsys):
-    assert run_cli(capsys, "bench", str(REAL_QUANT), "--runtimes", "tensorrt")[2] == "error: unknown runtime 'tensorrt'; choose from tf, tflite, onnxruntime, torch\n"
-    assert "--batch takes integers" in run_cli(capsys, "bench", str(REAL_QUANT), "--batch", "one")[2]
+def test_bad_options_are_one_line_errors(cli):
+    assert cli("bench", str(REAL_QUANT), "--runtimes", "tensorrt")[2] == "error: unknown runtime 'tensorrt'; choose from tf, tflite, onnxruntime, torch\n"
+    assert "--batch takes integers" in cli("bench", str(REAL_QUANT), "--batch", "one")[2]
