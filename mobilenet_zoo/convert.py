@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,6 +18,7 @@ from filelock import FileLock
 
 from mobilenet_zoo.errors import ZooError
 from mobilenet_zoo.formats import FORMATS, format_module
+from mobilenet_zoo.fsutil import atomic_file
 from mobilenet_zoo.sources import Source
 
 MANIFEST = "mobilenet_zoo.json"
@@ -67,10 +67,8 @@ def read_manifest(folder: Path) -> dict:
 
 def write_manifest(folder: Path, manifest: dict) -> None:
     """Replace a folder's manifest atomically."""
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".manifest-")
-    with os.fdopen(fd, "w") as stream:
-        json.dump(manifest, stream, indent=2)
-    os.replace(tmp, folder / MANIFEST)
+    with atomic_file(folder / MANIFEST) as temporary:
+        temporary.write_text(json.dumps(manifest, indent=2))
 
 
 @contextmanager

@@ -6,8 +6,6 @@ matplotlib (extra `plot`) is imported only when a chart is drawn, and only its o
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +13,7 @@ from pathlib import Path
 from mobilenet_zoo.bench import BenchResult
 from mobilenet_zoo.deps import require
 from mobilenet_zoo.errors import ZooError
+from mobilenet_zoo.fsutil import atomic_file
 from mobilenet_zoo.registry import Registry, Variant
 
 ALPHA_COLORS = {1.0: "tab:blue", 0.75: "tab:orange", 0.5: "tab:green", 0.25: "tab:red"}
@@ -134,12 +133,5 @@ def short_name(name: str) -> str:
 
 def save_atomically(figure, path: Path) -> None:
     """Render to a temporary file beside `path` (format from its suffix, PNG by default), then rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_file(path) as temporary:
         figure.savefig(temporary, format=path.suffix.lstrip(".").lower() or "png", dpi=150)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
