@@ -6,30 +6,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from quant_data import VARIANTS, sample_inputs, tflite_path
 
 from mobilenet_zoo.arch import ModelConfig
 from mobilenet_zoo.errors import ModelFormatError
 from mobilenet_zoo.formats import onnx_quant, tflite
 from mobilenet_zoo.model import random_model
-from mobilenet_zoo.preprocess import load_image_uint8
 
 pytest.importorskip("onnxruntime")
 
-DATA = Path(__file__).parent / "data"
-VARIANTS = {"0.25_128": 128, "0.5_160": 160}
-IMAGES = ("bird.bmp", "cat.bmp", "grace_hopper.bmp", "parrot.jpg")
 BROKEN_MULTIPLIER = "MobilenetV1/Conv2d_5_pointwise/requantize/multiplier"
 
 
-def tflite_path(variant: str) -> Path:
-    return DATA / f"mobilenet_v1_{variant}_quant.tflite"
-
-
-def sample_inputs(resolution: int) -> dict[str, np.ndarray]:
-    """Real images and seeded random uint8 images, as NHWC batches."""
-    real = np.stack([load_image_uint8(DATA / name, resolution) for name in IMAGES])
-    random = np.random.default_rng(2024).integers(0, 256, (8, resolution, resolution, 3), dtype=np.uint8)
-    return {"real images": real, "random": random}
 
 
 def max_lsb(a: np.ndarray, b: np.ndarray) -> int:
@@ -48,7 +36,7 @@ def references() -> dict[str, dict[str, dict[str, np.ndarray]]]:
     out = {}
     for variant, resolution in VARIANTS.items():
         runner = tflite.load_runner(tflite_path(variant))
-        out[variant] = {name: runner(images) for name, images in sample_inputs(resolution).items()}
+        out[variant] = {name: runner(images) for name, images in sample_inputs(resolution, 8).items()}
     return out
 
 
@@ -56,7 +44,7 @@ def references() -> dict[str, dict[str, dict[str, np.ndarray]]]:
 def test_quantized_onnx_is_bit_identical_to_tflite(onnx_files, references, variant):
     runner = onnx_quant.load_runner(onnx_files[variant])
     assert runner.quantized and runner.resolution == VARIANTS[variant]
-    for input_set, images in sample_inputs(VARIANTS[variant]).items():
+    for input_set, images in sample_inputs(VARIANTS[variant], 8).items():
         got, expected = runner(images), references[variant][input_set]
         for output in ("logits", "probabilities"):
             assert got[output].dtype == np.uint8
@@ -65,7 +53,7 @@ def test_quantized_onnx_is_bit_identical_to_tflite(onnx_files, references, varia
 
 def test_nchw_layout_is_bit_identical(references, tmp_path):
     path = onnx_quant.write(tflite.read(tflite_path("0.25_128")), tmp_path / "nchw.onnx", layout="NCHW")
-    images = sample_inputs(128)["random"]
+    images = sample_inputs(128, 8)["random"]
     got = onnx_quant.load_runner(path)(images)
     np.testing.assert_array_equal(got["probabilities"], references["0.25_128"]["random"]["probabilities"])
 
@@ -78,7 +66,7 @@ def test_changed_requantization_scale_is_caught(onnx_files, references, tmp_path
     initializer.CopyFrom(onnx.numpy_helper.from_array((multiplier * 1.02).astype(np.int64), BROKEN_MULTIPLIER))
     broken = tmp_path / "broken.onnx"
     onnx.save(proto, str(broken))
-    got = onnx_quant.load_runner(broken)(sample_inputs(128)["real images"])
+    got = onnx_quant.load_runner(broken)(sample_inputs(128, 8)["real images"])
     assert max_lsb(got["probabilities"], references["0.25_128"]["real images"]["probabilities"]) > 0
 
 

@@ -8,35 +8,22 @@ must exceed it. The measured figures are printed (pytest -s): all three are at 0
 from __future__ import annotations
 
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import pytest
+from quant_data import VARIANTS, sample_inputs, tflite_path
 
 from mobilenet_zoo import quant_math
 from mobilenet_zoo.arch import ModelConfig
 from mobilenet_zoo.errors import ModelFormatError
 from mobilenet_zoo.formats import tflite
 from mobilenet_zoo.model import QuantInfo, QuantizedTensor, random_model
-from mobilenet_zoo.preprocess import load_image_uint8
 
-DATA = Path(__file__).parent / "data"
-VARIANTS = {"0.25_128": 128, "0.5_160": 160}
-IMAGES = ("bird.bmp", "cat.bmp", "grace_hopper.bmp", "parrot.jpg")
 OUTPUTS = ("logits", "probabilities")
 MAX_LSB = 1
 BROKEN_WEIGHTS = "MobilenetV1/Conv2d_5_pointwise/weights"
 
 
-def tflite_path(variant: str) -> Path:
-    return DATA / f"mobilenet_v1_{variant}_quant.tflite"
-
-
-def sample_inputs(resolution: int) -> dict[str, np.ndarray]:
-    """Real images (slim preprocessing, uint8) and seeded random uint8 images, as NHWC batches."""
-    real = np.stack([load_image_uint8(DATA / name, resolution) for name in IMAGES])
-    random = np.random.default_rng(2024).integers(0, 256, (6, resolution, resolution, 3), dtype=np.uint8)
-    return {"real images": real, "random": random}
 
 
 def lsb_difference(got: np.ndarray, expected: np.ndarray) -> tuple[int, float]:
@@ -57,13 +44,13 @@ def references():
     out = {}
     for variant, resolution in VARIANTS.items():
         runner = tflite.load_runner(tflite_path(variant))
-        out[variant] = {name: runner(images) for name, images in sample_inputs(resolution).items()}
+        out[variant] = {name: runner(images) for name, images in sample_inputs(resolution, 6).items()}
     return out
 
 
 def assert_matches_tflite(run, variant: str, references, label: str) -> None:
     """`run(images) -> outputs` is within MAX_LSB of TFLite on every input set, with TFLite's top-1 on real images."""
-    for input_set, images in sample_inputs(VARIANTS[variant]).items():
+    for input_set, images in sample_inputs(VARIANTS[variant], 6).items():
         got, expected = run(images), references[variant][input_set]
         for output in OUTPUTS:
             assert got[output].dtype == np.uint8
@@ -146,7 +133,7 @@ def test_changed_requantization_scale_exceeds_threshold(models, references):
     pytest.importorskip("torch")
     from mobilenet_zoo.formats import torch_quant
 
-    images, expected = sample_inputs(128)["real images"], references["0.25_128"]["real images"]
+    images, expected = sample_inputs(128, 6)["real images"], references["0.25_128"]["real images"]
     runs = {
         "numpy": lambda batch: quant_math.forward(broken, batch),
         "torch": torch_quant.QuantTorchRunner(torch_quant.build_module(quant_math.integer_network(broken)), 128),
