@@ -8,6 +8,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from mobilenet_zoo.errors import ZooError
+
 SCOPE = "MobilenetV1"
 NUM_CLASSES = 1001
 BN_EPSILON = 1e-3
@@ -20,6 +22,11 @@ LOGITS_SCOPE = "Logits/Conv2d_1c_1x1"
 INPUT_NODE = "input"
 OUTPUT_NODE = "MobilenetV1/Predictions/Reshape_1"
 LOGITS_NODE = "MobilenetV1/Logits/SpatialSqueeze"
+POOLINGS = ("slim", "global")
+OUTPUT_STRIDES = (8, 16, 32)
+MIN_INPUT_SIZE = 32
+SLIM_POOL_KERNEL = 7
+SLIM_POOL_STRIDE = 2
 
 
 def depth(channels: int, alpha: float, min_depth: int = 8) -> int:
@@ -140,10 +147,130 @@ def same_output_size(size: int, stride: int) -> int:
     return -(-size // stride)
 
 
-def same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
-    """Padding (before, after) of TF "SAME": the odd pixel goes after (bottom/right)."""
-    total = max((same_output_size(size, stride) - 1) * stride + kernel - size, 0)
+def same_padding(size: int, kernel: int, stride: int, rate: int = 1) -> tuple[int, int]:
+    """Padding (before, after) of TF "SAME" (dilated by `rate`): the odd pixel goes after (bottom/right)."""
+    effective_kernel = (kernel - 1) * rate + 1
+    total = max((same_output_size(size, stride) - 1) * stride + effective_kernel - size, 0)
     return total // 2, total - total // 2
+
+
+def feature_scope(index: int) -> str:
+    """Slim end point of feature layer `index`: 0 is Conv2d_0, 1..13 the pointwise convolutions."""
+    return "Conv2d_0" if index == 0 else f"Conv2d_{index}_pointwise"
+
+
+@dataclass(frozen=True)
+class Backbone:
+    """How the network is built around its weights: extra outputs, head pooling, output stride, input size.
+
+    The defaults build the released network. `features` are layer indices (0 = Conv2d_0, i = Conv2d_i_pointwise)
+    whose activations become extra outputs named by `feature_scope`; `pooling="slim"` is the original
+    Logits/AvgPool_1a (min(7, H) x min(7, W), stride 2, VALID: a map larger than 1x1 on large feature maps),
+    `"global"` averages the whole map; `output_stride` 8 or 16 replaces the later strides with dilated
+    (atrous) depthwise convolutions as slim's `mobilenet_v1_base` does; `input_size` overrides the resolution.
+    """
+
+    features: tuple[int, ...] = ()
+    pooling: str = "slim"
+    output_stride: int = 32
+    input_size: int | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "features", tuple(sorted({int(i) for i in self.features})))
+        bad = [i for i in self.features if not 0 <= i <= len(BLOCK_STRIDES)]
+        if bad:
+            raise ZooError(f"feature layer {bad[0]} does not exist: choose from 0 (Conv2d_0) to {len(BLOCK_STRIDES)} (Conv2d_{len(BLOCK_STRIDES)}_pointwise)")
+        if self.pooling not in POOLINGS:
+            raise ZooError(f"unknown pooling {self.pooling!r}; choose {' or '.join(POOLINGS)}")
+        if self.output_stride not in OUTPUT_STRIDES:
+            raise ZooError(f"output stride {self.output_stride} is not one of {', '.join(map(str, OUTPUT_STRIDES))}")
+        if self.input_size is not None and self.input_size < MIN_INPUT_SIZE:
+            raise ZooError(f"input size {self.input_size} is too small; the smallest is {MIN_INPUT_SIZE}")
+
+    @property
+    def is_default(self) -> bool:
+        return self == Backbone()
+
+    @property
+    def feature_names(self) -> list[str]:
+        """Output names of the extra feature maps, in layer order."""
+        return [feature_scope(i) for i in self.features]
+
+    def metadata(self) -> dict[str, str]:
+        """The options that differ from the defaults, as strings (for file metadata and manifests)."""
+        out = {}
+        if self.features:
+            out["features"] = ",".join(map(str, self.features))
+        if self.pooling != "slim":
+            out["pooling"] = self.pooling
+        if self.output_stride != 32:
+            out["output_stride"] = str(self.output_stride)
+        if self.input_size is not None:
+            out["input_size"] = str(self.input_size)
+        return out
+
+    @classmethod
+    def from_metadata(cls, metadata: dict[str, str]) -> Backbone:
+        """The inverse of `metadata` (missing keys are defaults)."""
+        features = metadata.get("features", "")
+        return cls(
+            features=tuple(int(i) for i in features.split(",") if i.strip()),
+            pooling=metadata.get("pooling", "slim"),
+            output_stride=int(metadata.get("output_stride", 32)),
+            input_size=int(metadata["input_size"]) if metadata.get("input_size") else None,
+        )
+
+
+@dataclass(frozen=True)
+class PlacedLayer:
+    """A layer as built under a Backbone: its actual stride and dilation rate and its input size."""
+
+    layer: Layer
+    stride: int
+    rate: int
+    input_size: int
+
+    @property
+    def padding(self) -> tuple[int, int]:
+        """TF SAME padding (before, after), the same on both spatial axes."""
+        return same_padding(self.input_size, self.layer.kernel, self.stride, self.rate)
+
+    @property
+    def output_size(self) -> int:
+        return same_output_size(self.input_size, self.stride)
+
+
+def placed_layers(config: ModelConfig, backbone: Backbone = Backbone()) -> list[PlacedLayer]:
+    """The 27 layers with slim's output-stride plan: once the stride so far reaches `output_stride`,
+    later strides become 1 and multiply the dilation rate of the depthwise convolutions after them."""
+    size = backbone.input_size or config.resolution
+    current_stride, rate, placed = 1, 1, []
+    for layer in config.layers():
+        if layer.kind == "pointwise":
+            stride, layer_rate = 1, 1
+        elif current_stride == backbone.output_stride:
+            stride, layer_rate = 1, rate
+            rate *= layer.stride
+        else:
+            stride, layer_rate = layer.stride, 1
+            current_stride *= layer.stride
+        placed.append(PlacedLayer(layer, stride, layer_rate, size))
+        size = placed[-1].output_size
+    return placed
+
+
+def pool_geometry(feature_size: int, pooling: str) -> tuple[int, int]:
+    """(kernel, stride) of the head's VALID average pool on a square feature map of `feature_size`."""
+    if pooling == "global":
+        return feature_size, 1
+    return min(SLIM_POOL_KERNEL, feature_size), SLIM_POOL_STRIDE
+
+
+def logits_map_size(config: ModelConfig, backbone: Backbone = Backbone()) -> int:
+    """Side of the logits map: 1 means the head squeezes to N x classes, more means N x S x S x classes."""
+    feature_size = placed_layers(config, backbone)[-1].output_size
+    kernel, stride = pool_geometry(feature_size, backbone.pooling)
+    return (feature_size - kernel) // stride + 1
 
 
 def feature_map_size(resolution: int) -> int:

@@ -8,11 +8,12 @@ folded: its `weights` hold the dequantized float values and `quant` the integer 
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from mobilenet_zoo.arch import BN_EPSILON, NUM_CLASSES, ModelConfig
+from mobilenet_zoo.arch import BN_EPSILON, NUM_CLASSES, Backbone, ModelConfig
 from mobilenet_zoo.errors import ModelFormatError
 
 PRODUCER = "mobilenet-zoo"  # recorded in the metadata of every file this project writes
@@ -55,14 +56,60 @@ class QuantInfo:
     activations: dict[str, QuantParams] = field(default_factory=dict)
 
 
+def quant_params_json(quant: QuantInfo) -> str:
+    """The quantization parameters (not the integer values) of every tensor and activation, as JSON.
+
+    Float32 scales survive the round trip exactly (a float32 is exactly representable as a JSON double).
+    """
+
+    def encode(params: QuantParams) -> dict:
+        return {"scale": np.asarray(params.scale, np.float64).tolist(), "zero_point": np.asarray(params.zero_point).tolist(), "dtype": params.dtype}
+
+    return json.dumps({"tensors": {name: encode(t.params) for name, t in quant.tensors.items()},
+                       "activations": {name: encode(params) for name, params in quant.activations.items()}})
+
+
+def quant_info_from_json(text: str, values: dict[str, np.ndarray]) -> QuantInfo:
+    """The inverse of `quant_params_json`, given the integer values of every tensor it names."""
+
+    def decode(entry: dict) -> QuantParams:
+        return QuantParams(np.asarray(entry["scale"], np.float32), np.asarray(entry["zero_point"], np.int64), entry["dtype"])
+
+    try:
+        recorded = json.loads(text)
+        missing = sorted(set(recorded["tensors"]) - set(values))
+        if missing:
+            raise ModelFormatError(f"quantization is recorded for {missing[0]} but its integer values are missing")
+        return QuantInfo(
+            tensors={name: QuantizedTensor(np.asarray(values[name]), decode(entry)) for name, entry in recorded["tensors"].items()},
+            activations={name: decode(entry) for name, entry in recorded["activations"].items()},
+        )
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ModelFormatError(f"unreadable quantization record ({exc})") from None
+
+
 @dataclass
 class MobileNetV1Model:
-    """A MobileNet V1 network: its config, its slim-named weights and, when quantized, its quantization."""
+    """A MobileNet V1 network: its config, its slim-named weights and, when quantized, its quantization.
+
+    `backbone` says how writers build the graph (extra feature outputs, pooling, output stride, input size);
+    the default is the released network.
+    """
 
     config: ModelConfig
     weights: dict[str, np.ndarray]
     quant: QuantInfo | None = None
     source: str = ""
+    backbone: Backbone = Backbone()
+
+    @property
+    def input_size(self) -> int:
+        """Height and width of the input the built graph takes."""
+        return self.backbone.input_size or self.config.resolution
+
+    def with_backbone(self, backbone: Backbone) -> MobileNetV1Model:
+        """The same weights built with other backbone options."""
+        return replace(self, backbone=backbone)
 
     @property
     def is_folded(self) -> bool:
@@ -118,6 +165,7 @@ class MobileNetV1Model:
             "resolution": str(self.config.resolution),
             "source": self.source,
             "producer": PRODUCER,
+            **self.backbone.metadata(),
         }
 
 

@@ -16,6 +16,16 @@ A Runner is called with a batch of NHWC images and returns named outputs:
     quantized models: uint8 input (0..255); outputs "probabilities" as the raw uint8 tensor
     (scale 1/256, zero point 0) and, when the runtime exposes it, "logits" as raw uint8.
 Its `quantized` attribute says which, and `resolution` the input size it expects (None if dynamic).
+
+Writers build the graph `model.backbone` describes (`arch.Backbone`, default: the released network):
+    features      each chosen layer's activation is an extra output named `arch.feature_scope(i)`
+                  ("Conv2d_0", "Conv2d_5_pointwise", ...); runners return it NHWC (float32, or raw uint8
+                  for quantized models, in that activation's quantization);
+    pooling       "slim" (min(7, S) x min(7, S), stride 2, VALID) or "global"; when the pool leaves a map
+                  larger than 1x1 (`arch.logits_map_size` > 1), logits and probabilities are N x S x S x 1001
+                  (softmax over the last axis) instead of N x 1001;
+    output_stride 8 or 16: dilated depthwise convolutions as `arch.placed_layers` plans them;
+    input_size    the input height and width (`model.input_size`; runners report it as `resolution`).
 """
 
 from __future__ import annotations
