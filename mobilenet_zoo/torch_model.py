@@ -6,6 +6,11 @@ padding computed from the incoming size (for stride 2 TF puts the odd pixel at t
 PyTorch's `padding=1` would be symmetric), so any input size gives TensorFlow's numbers. Parameters are
 named `layers.<slim scope>.{conv,bn}.*` and `logits.*`; `tensor_names` maps them to slim names.
 
+The module builds the network its `arch.Backbone` describes: strides and dilation rates from
+`arch.placed_layers`, the head pool from `arch.pool_geometry`, and a tuple of outputs named by
+`output_names`: logits and probabilities (N x classes, or N x S x S x classes when the pool leaves a map
+larger than 1x1, softmax over the last axis), then the chosen feature maps, NHWC.
+
 This module imports torch at its top level: only the torch format imports it, and only when used.
 """
 
@@ -13,7 +18,16 @@ from __future__ import annotations
 
 import numpy as np
 
-from mobilenet_zoo.arch import BN_EPSILON, Layer, ModelConfig, same_padding
+from mobilenet_zoo.arch import (
+    BN_EPSILON,
+    Backbone,
+    Layer,
+    ModelConfig,
+    PlacedLayer,
+    placed_layers,
+    pool_geometry,
+    same_padding,
+)
 from mobilenet_zoo.deps import require
 from mobilenet_zoo.model import MobileNetV1Model, from_oihw, to_oihw
 
@@ -30,46 +44,66 @@ LINEAR = "linear"
 # Slim BatchNorm variable -> nn.BatchNorm2d tensor.
 BN_TENSORS = {"gamma": "weight", "beta": "bias", "moving_mean": "running_mean", "moving_variance": "running_var"}
 
+HEAD_OUTPUTS = ("logits", "probabilities")
+
+
+def output_names(backbone: Backbone) -> tuple[str, ...]:
+    """Names of the module's outputs, in the order it returns them: the head's, then the feature maps'."""
+    return (*HEAD_OUTPUTS, *backbone.feature_names)
+
 
 class ConvBlock(nn.Module):
-    """One slim layer: convolution with TF "SAME" padding, BatchNorm (or the folded bias), ReLU6."""
+    """One slim layer: convolution with TF "SAME" padding (dilated as placed), BatchNorm (or the folded bias), ReLU6."""
 
-    def __init__(self, layer: Layer, folded: bool) -> None:
+    def __init__(self, placed: PlacedLayer, folded: bool) -> None:
         super().__init__()
-        self.kernel, self.stride = layer.kernel, layer.stride
+        layer = placed.layer
+        self.kernel, self.stride, self.rate = layer.kernel, placed.stride, placed.rate
         groups = layer.in_channels if layer.kind == "depthwise" else 1
-        self.conv = nn.Conv2d(layer.in_channels, layer.out_channels, layer.kernel, layer.stride, groups=groups, bias=folded)
+        self.conv = nn.Conv2d(layer.in_channels, layer.out_channels, layer.kernel, placed.stride, dilation=placed.rate, groups=groups, bias=folded)
         self.bn = nn.Identity() if folded else nn.BatchNorm2d(layer.out_channels, eps=BN_EPSILON)
 
     def forward(self, x):
-        top, bottom = same_padding(x.shape[2], self.kernel, self.stride)
-        left, right = same_padding(x.shape[3], self.kernel, self.stride)
+        top, bottom = same_padding(x.shape[2], self.kernel, self.stride, self.rate)
+        left, right = same_padding(x.shape[3], self.kernel, self.stride, self.rate)
         x = F.pad(x, (left, right, top, bottom))
         return F.relu6(self.bn(self.conv(x)))
 
 
 class MobileNetV1(nn.Module):
-    """The slim network: NHWC float32 images in, (logits, probabilities) out, both N x num_classes."""
+    """The slim network built as `backbone` says: NHWC float32 images in, the outputs `output_names` names out."""
 
-    def __init__(self, config: ModelConfig, folded: bool = False) -> None:
+    def __init__(self, config: ModelConfig, folded: bool = False, backbone: Backbone = Backbone()) -> None:
         super().__init__()
-        self.config, self.folded = config, folded
-        self.layers = nn.ModuleDict({layer.scope: ConvBlock(layer, folded) for layer in config.layers()})
+        self.config, self.folded, self.backbone = config, folded, backbone
+        self.output_names = output_names(backbone)
+        self.feature_scopes = frozenset(backbone.feature_names)
+        self.layers = nn.ModuleDict({placed.layer.scope: ConvBlock(placed, folded) for placed in placed_layers(config, backbone)})
         self.logits = nn.Conv2d(config.feature_channels, config.num_classes, 1)
 
     def forward(self, images):
         x = images.permute(0, 3, 1, 2)
-        for block in self.layers.values():
+        features = []
+        for scope, block in self.layers.items():
             x = block(x)
-        # Logits/AvgPool_1a: kernel min(7, H) x min(7, W), stride 2, VALID (no padding, floor).
-        x = F.avg_pool2d(x, (min(7, x.shape[2]), min(7, x.shape[3])), stride=2)
-        logits = torch.squeeze(self.logits(x), (2, 3))
-        return logits, torch.softmax(logits, dim=1)
+            if scope in self.feature_scopes:
+                features.append(x.permute(0, 2, 3, 1))
+        logits = self._logits(x)
+        return (logits, torch.softmax(logits, dim=-1), *features)
+
+    def _logits(self, features):
+        """Logits/AvgPool_1a (VALID, kernel and stride from `arch.pool_geometry`), the 1x1 classifier, and the
+        spatial squeeze when the map is 1x1 (else the map, NHWC)."""
+        (kernel_h, stride), (kernel_w, _) = (pool_geometry(features.shape[axis], self.backbone.pooling) for axis in (2, 3))
+        logits_map = self.logits(F.avg_pool2d(features, (kernel_h, kernel_w), stride=stride))
+        if logits_map.shape[2:] == (1, 1):
+            return torch.squeeze(logits_map, (2, 3))
+        return logits_map.permute(0, 2, 3, 1)
 
 
 def build_module(model: MobileNetV1Model) -> MobileNetV1:
-    """The module of `model` (folded or not, as the model is) with its weights, in eval mode."""
-    module = MobileNetV1(model.config, folded=model.is_folded)
+    """The module of `model` (folded or not, as the model is, built as its backbone says) with its weights, in eval mode."""
+    module = MobileNetV1(model.config, folded=model.is_folded, backbone=model.backbone)
     load_weights(module, model)
     return module.eval()
 

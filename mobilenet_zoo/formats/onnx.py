@@ -4,6 +4,13 @@ The graph mirrors the slim network: Conv with explicit asymmetric pads reproduci
 depthwise Conv as group=C, Clip 0..6 for ReLU6, AveragePool, 1x1 Conv classifier, Flatten -> `logits`,
 Softmax -> `probabilities`. Initializers keep their slim names (kernels in ONNX layout: OIHW, depthwise
 C x 1 x H x W) and `metadata_props` record the variant, so `read` maps a file back to the canonical model.
+
+`model.backbone` shapes the graph: strides, `dilations` and pads from `arch.placed_layers`, the AveragePool
+from `arch.pool_geometry`, the input size, and one extra output per chosen feature map (named by
+`arch.feature_scope`). When the pool leaves a map larger than 1x1 there is no Flatten: `logits` and
+`probabilities` are the map itself (softmax over the channels). Layout convention for 4-D outputs
+(feature maps, logits maps), shared with the quantized writer: NHWC in NHWC-input files, NCHW in
+NCHW-input files; `OnnxRunner` returns them NHWC either way.
 """
 
 from __future__ import annotations
@@ -16,7 +23,14 @@ from typing import Any
 import numpy as np
 
 from mobilenet_zoo import __version__
-from mobilenet_zoo.arch import SCOPE, Layer, ModelConfig, same_output_size, same_padding
+from mobilenet_zoo.arch import (
+    SCOPE,
+    ModelConfig,
+    PlacedLayer,
+    logits_map_size,
+    placed_layers,
+    pool_geometry,
+)
 from mobilenet_zoo.deps import require
 from mobilenet_zoo.errors import ModelFormatError
 from mobilenet_zoo.fsutil import atomic_file
@@ -68,7 +82,7 @@ def load_runner(path: Path) -> OnnxRunner:
 
 @dataclass
 class OnnxRunner:
-    """Runs an ONNX MobileNet V1 on NHWC images; outputs are keyed by the graph's output names."""
+    """Runs an ONNX MobileNet V1 on NHWC images; outputs are keyed by the graph's output names, 4-D ones NHWC."""
 
     session: Any
     input_name: str = field(init=False)
@@ -94,25 +108,34 @@ class OnnxRunner:
 
     def __call__(self, images: np.ndarray) -> dict[str, np.ndarray]:
         names = [output.name for output in self.session.get_outputs()]
-        return dict(zip(names, self.session.run(names, self.feed(images))))
+        return {name: self.as_nhwc(value) for name, value in zip(names, self.session.run(names, self.feed(images)))}
+
+    def as_nhwc(self, output: np.ndarray) -> np.ndarray:
+        """A session output with a 4-D map of an NCHW file transposed to NHWC (others as they are)."""
+        if self.channels_first and output.ndim == 4:
+            return np.ascontiguousarray(output.transpose(0, 2, 3, 1))
+        return output
 
 
 # ---------------------------------------------------------------------------------------------- writing
 
 
 def build_model(model: MobileNetV1Model, *, layout: str = "NCHW", opset: int = MIN_OPSET):
-    """The float ONNX ModelProto of `model` (not yet checked or saved)."""
+    """The float ONNX ModelProto of `model`, built as its backbone says (not yet checked or saved)."""
     layout = checked_layout(layout, opset)
     folded = model.validate().fold()
-    config = folded.config
+    config, backbone = folded.config, folded.backbone
     builder = GraphBuilder(require("onnx"))
     builder.constant(_RELU6_MIN, np.array(0.0, np.float32))
     builder.constant(_RELU6_MAX, np.array(6.0, np.float32))
-    tensor, size = input_as_nchw(builder, layout), config.resolution
-    for layer in config.layers():
-        tensor, size = _conv_bn_relu6(builder, folded.weights, layer, tensor, size)
-    _classifier(builder, folded, tensor)
-    builder.node("Softmax", [LOGITS], f"{SCOPE}/Predictions/Softmax", output=PROBABILITIES, axis=1)
+    tensor, layers = input_as_nchw(builder, layout), placed_layers(config, backbone)
+    for placed in layers:
+        tensor = _conv_bn_relu6(builder, folded.weights, placed, tensor)
+        if placed.layer.scope in backbone.feature_names:
+            output_in_layout(builder, tensor, placed.layer.scope, layout)
+    logits_map = _classifier(builder, folded, tensor, layers[-1].output_size)
+    channel_axis = logits_output(builder, logits_map, logits_map_size(config, backbone), layout)
+    builder.node("Softmax", [LOGITS], f"{SCOPE}/Predictions/Softmax", output=PROBABILITIES, axis=channel_axis)
     description = f"MobileNet V1 {config.name} (BatchNorm folded), input {layout} float32 in [-1, 1]"
     return model_proto(builder, model, layout, opset, "FLOAT", description)
 
@@ -128,14 +151,14 @@ def checked_layout(layout: str, opset: int) -> str:
 
 
 def model_proto(builder: GraphBuilder, model: MobileNetV1Model, layout: str, opset: int, element_type: str, description: str):
-    """The ModelProto of the built graph: `input` and the two outputs of `element_type`, and the model's metadata."""
+    """The ModelProto of the built graph: `input` and the `output_shapes` outputs of `element_type`, and the model's metadata."""
     onnx, config = builder.onnx, model.config
     tensor_type = getattr(onnx.TensorProto, element_type)
     graph = onnx.helper.make_graph(
         builder.nodes,
         config.name,
-        inputs=[onnx.helper.make_tensor_value_info(INPUT, tensor_type, _input_shape(config.resolution, layout))],
-        outputs=[onnx.helper.make_tensor_value_info(name, tensor_type, [BATCH_DIM, config.num_classes]) for name in (LOGITS, PROBABILITIES)],
+        inputs=[onnx.helper.make_tensor_value_info(INPUT, tensor_type, _input_shape(model.input_size, layout))],
+        outputs=[onnx.helper.make_tensor_value_info(name, tensor_type, shape) for name, shape in output_shapes(model, layout).items()],
         initializer=builder.initializers,
     )
     opset_imports = [onnx.helper.make_opsetid("", opset)]
@@ -149,6 +172,23 @@ def model_proto(builder: GraphBuilder, model: MobileNetV1Model, layout: str, ops
     )
     onnx.helper.set_model_props(proto, model.metadata())
     return proto
+
+
+def output_shapes(model: MobileNetV1Model, layout: str) -> dict[str, list]:
+    """The graph outputs in order with their shapes: logits and probabilities (N x classes, or a logits map
+    when the pool leaves more than 1x1), then each chosen feature map; maps in the file's layout."""
+    config, backbone = model.config, model.backbone
+    map_size = logits_map_size(config, backbone)
+    head = [BATCH_DIM, config.num_classes] if map_size == 1 else _map_shape(map_size, config.num_classes, layout)
+    shapes = {LOGITS: head, PROBABILITIES: head}
+    for placed in placed_layers(config, backbone):
+        if placed.layer.scope in backbone.feature_names:
+            shapes[placed.layer.scope] = _map_shape(placed.output_size, placed.layer.out_channels, layout)
+    return shapes
+
+
+def _map_shape(size: int, channels: int, layout: str) -> list:
+    return [BATCH_DIM, size, size, channels] if layout == "NHWC" else [BATCH_DIM, channels, size, size]
 
 
 def save_checked(proto, out: Path) -> Path:
@@ -177,10 +217,8 @@ class GraphBuilder:
         return output
 
 
-def _input_shape(resolution: int, layout: str) -> list:
-    if layout == "NHWC":
-        return [BATCH_DIM, resolution, resolution, 3]
-    return [BATCH_DIM, 3, resolution, resolution]
+def _input_shape(size: int, layout: str) -> list:
+    return _map_shape(size, 3, layout)
 
 
 def input_as_nchw(builder: GraphBuilder, layout: str) -> str:
@@ -190,9 +228,27 @@ def input_as_nchw(builder: GraphBuilder, layout: str) -> str:
     return builder.node("Transpose", [INPUT], f"{SCOPE}/input_to_nchw", perm=[0, 3, 1, 2])
 
 
-def _conv_bn_relu6(builder: GraphBuilder, weights: dict, layer: Layer, tensor: str, size: int) -> tuple[str, int]:
-    """One folded slim layer: Conv (or grouped depthwise Conv) with bias, then Clip 0..6."""
-    before, after = same_padding(size, layer.kernel, layer.stride)
+def output_in_layout(builder: GraphBuilder, tensor: str, output: str, layout: str) -> str:
+    """The NCHW map `tensor` as the graph output `output` in the file's layout (Transpose for NHWC, else Identity)."""
+    if layout == "NHWC":
+        return builder.node("Transpose", [tensor], f"{SCOPE}/{output}/to_nhwc", output=output, perm=[0, 2, 3, 1])
+    return builder.node("Identity", [tensor], f"{SCOPE}/{output}/output", output=output)
+
+
+def logits_output(builder: GraphBuilder, logits_map: str, map_size: int, layout: str) -> int:
+    """The NCHW logits map as the graph output `logits`: squeezed to N x classes when 1x1, else the map in the
+    file's layout. Returns the class axis of `logits` (for the softmax)."""
+    if map_size == 1:
+        builder.node("Flatten", [logits_map], f"{SCOPE}/Logits/SpatialSqueeze", output=LOGITS, axis=1)
+        return 1
+    output_in_layout(builder, logits_map, LOGITS, layout)
+    return 3 if layout == "NHWC" else 1
+
+
+def _conv_bn_relu6(builder: GraphBuilder, weights: dict, placed: PlacedLayer, tensor: str) -> str:
+    """One folded slim layer as placed (stride, dilation, SAME pads): Conv (or grouped depthwise Conv) with bias, then Clip 0..6."""
+    layer = placed.layer
+    before, after = placed.padding
     kernel = builder.constant(layer.weight_name, to_oihw(weights[layer.weight_name], layer.kind))
     bias = builder.constant(layer.bias_name, weights[layer.bias_name])
     op_name = "depthwise" if layer.kind == "depthwise" else "Conv2D"
@@ -201,24 +257,23 @@ def _conv_bn_relu6(builder: GraphBuilder, weights: dict, layer: Layer, tensor: s
         [tensor, kernel, bias],
         f"{SCOPE}/{layer.scope}/{op_name}",
         kernel_shape=[layer.kernel, layer.kernel],
-        strides=[layer.stride, layer.stride],
+        strides=[placed.stride, placed.stride],
+        dilations=[placed.rate, placed.rate],
         pads=[before, before, after, after],
         group=layer.in_channels if layer.kind == "depthwise" else 1,
     )
-    relu6 = builder.node("Clip", [conv, _RELU6_MIN, _RELU6_MAX], f"{SCOPE}/{layer.scope}/Relu6")
-    return relu6, same_output_size(size, layer.stride)
+    return builder.node("Clip", [conv, _RELU6_MIN, _RELU6_MAX], f"{SCOPE}/{layer.scope}/Relu6")
 
 
-def _classifier(builder: GraphBuilder, model: MobileNetV1Model, features: str) -> str:
-    """Logits/AvgPool_1a (VALID, stride 2), the 1x1 classifier with bias, and the spatial squeeze."""
+def _classifier(builder: GraphBuilder, model: MobileNetV1Model, features: str, feature_size: int) -> str:
+    """Logits/AvgPool_1a (VALID, kernel and stride from `arch.pool_geometry`) and the 1x1 classifier with bias: the NCHW logits map."""
     config = model.config
-    pooled = builder.node(
-        "AveragePool", [features], f"{SCOPE}/Logits/AvgPool_1a/AvgPool", kernel_shape=list(config.pool_kernel()), strides=[2, 2]
-    )
+    pool_kernel, pool_stride = pool_geometry(feature_size, model.backbone.pooling)
+    pooled = builder.node("AveragePool", [features], f"{SCOPE}/Logits/AvgPool_1a/AvgPool",
+                          kernel_shape=[pool_kernel, pool_kernel], strides=[pool_stride, pool_stride])
     kernel = builder.constant(config.logits_weight_name, to_oihw(model.weights[config.logits_weight_name], "conv"))
     bias = builder.constant(config.logits_bias_name, model.weights[config.logits_bias_name])
-    logits_map = builder.node("Conv", [pooled, kernel, bias], f"{SCOPE}/Logits/Conv2d_1c_1x1/Conv2D", kernel_shape=[1, 1])
-    return builder.node("Flatten", [logits_map], f"{SCOPE}/Logits/SpatialSqueeze", output=LOGITS, axis=1)
+    return builder.node("Conv", [pooled, kernel, bias], f"{SCOPE}/Logits/Conv2d_1c_1x1/Conv2D", kernel_shape=[1, 1])
 
 
 # ---------------------------------------------------------------------------------------------- reading

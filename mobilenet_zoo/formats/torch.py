@@ -5,8 +5,12 @@
     NAME.pt2           a `torch.export` program of `torch_model.MobileNetV1` (NHWC float32 input, dynamic batch);
     config.json + model.safetensors
                        what `transformers.MobileNetV1ForImageClassification.from_pretrained(out)` loads.
-Both of our own files record the variant (`model_metadata`): as safetensors metadata and as the `.pt2`
-archive's extra file `mobilenet_zoo.json`. Writing the Hugging Face files needs numpy and safetensors only.
+Both of our own files record the variant and its backbone options (`model_metadata`): as safetensors
+metadata and as the `.pt2` archive's extra file `mobilenet_zoo.json`; `read` restores `model.backbone`
+from them. The program is built as `model.backbone` says (features, pooling, output stride, input size).
+A transformers config cannot express those options (global pooling only, no output stride, no chosen
+feature outputs), so the Hugging Face files are written for the default backbone only.
+Writing the Hugging Face files needs numpy and safetensors only.
 Quantized models are written and run by `mobilenet_zoo.formats.torch_quant`.
 """
 
@@ -23,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from mobilenet_zoo.arch import BN_EPSILON, ModelConfig
+from mobilenet_zoo.arch import BN_EPSILON, Backbone, ModelConfig
 from mobilenet_zoo.deps import require
 from mobilenet_zoo.errors import ModelFormatError
 from mobilenet_zoo.fsutil import atomic_folder
@@ -53,8 +57,9 @@ def write(model: MobileNetV1Model, out: Path, **options: Any) -> Path:
     with atomic_folder(out) as staging:
         name, metadata = model.config.name, model_metadata(model)
         save_safetensors(model.weights, staging / f"{name}{WEIGHTS_SUFFIX}", metadata)
-        write_hf_files(model, staging)
-        save_program(build_module(model), model.config.resolution, "float32", staging / f"{name}{PROGRAM_SUFFIX}", metadata)
+        if model.backbone.is_default:
+            write_hf_files(model, staging)
+        save_program(build_module(model), model.input_size, "float32", staging / f"{name}{PROGRAM_SUFFIX}", metadata)
     return out
 
 
@@ -77,29 +82,33 @@ def load_runner(path: Path) -> TorchRunner:
     path = Path(path)
     if _is_quantized(path):
         return _quant_module().load_runner(path)
+    from mobilenet_zoo.torch_model import build_module, output_names
+
     program = program_module(path)
     if program is not None:
-        return TorchRunner(*program)
-    from mobilenet_zoo.torch_model import build_module
-
+        return TorchRunner(*program, output_names=output_names(recorded_backbone(path)))
     model = read(path)
-    return TorchRunner(build_module(model), model.config.resolution)
+    return TorchRunner(build_module(model), model.input_size, output_names=output_names(model.backbone))
 
 
 @dataclass
 class TorchRunner:
-    """Calls a MobileNetV1 module or exported program on NHWC float32 batches under inference mode."""
+    """Calls a MobileNetV1 module or exported program on NHWC float32 batches under inference mode.
+
+    The module returns a tuple; `output_names` names its members (`torch_model.output_names`).
+    """
 
     forward: Callable
     resolution: int | None
+    output_names: tuple[str, ...]
     quantized: bool = False
 
     def __call__(self, images: np.ndarray) -> dict[str, np.ndarray]:
         torch = require("torch")
         batch = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))
         with torch.inference_mode():
-            logits, probabilities = self.forward(batch)
-        return {"logits": logits.numpy(), "probabilities": probabilities.numpy()}
+            outputs = self.forward(batch)
+        return {name: output.numpy() for name, output in zip(self.output_names, outputs, strict=True)}
 
 
 def model_metadata(model: MobileNetV1Model) -> dict[str, str]:
@@ -126,6 +135,19 @@ def recorded_metadata(path: Path) -> dict[str, str]:
     return {}
 
 
+def recorded_backbone(path: Path) -> Backbone:
+    """The backbone options our file (or folder) records; the default when it records none."""
+    return backbone_from_metadata(recorded_metadata(path), path)
+
+
+def backbone_from_metadata(metadata: dict[str, str], source: object) -> Backbone:
+    """`Backbone.from_metadata`, with unreadable numbers reported as a model format error."""
+    try:
+        return Backbone.from_metadata(metadata)
+    except ValueError as exc:
+        raise ModelFormatError(f"{source}: unreadable backbone options in its metadata ({exc})") from None
+
+
 # --------------------------------------------------------------------------------------- our own files
 
 
@@ -139,15 +161,16 @@ def save_program(module, resolution: int, dtype: str, out: Path, metadata: dict[
 
 
 def program_module(path: Path) -> tuple[Callable, int] | None:
-    """The module of our `.pt2` program (the file `path`, or the one in the folder `path`) and its input resolution.
+    """The module of our `.pt2` program (the file `path`, or the one in the folder `path`) and its input size.
 
     None when `path` is no program and its folder holds none.
     """
     program = own_file(path, PROGRAM_SUFFIX) if path.is_dir() else path
     if program is None or program.suffix != PROGRAM_SUFFIX:
         return None
-    config = config_from_metadata(recorded_metadata(program), program)
-    return _load_program(program).module(), config.resolution
+    metadata = recorded_metadata(program)
+    config = config_from_metadata(metadata, program)
+    return _load_program(program).module(), backbone_from_metadata(metadata, program).input_size or config.resolution
 
 
 def save_safetensors(tensors: dict[str, np.ndarray], out: Path, metadata: dict[str, str]) -> None:
@@ -173,7 +196,7 @@ def _read_safetensors(path: Path) -> MobileNetV1Model:
         raise ModelFormatError(f"{path}: not a MobileNet V1 safetensors file (no {PRODUCER} metadata, no Hugging Face {HF_CONFIG} beside it)")
     config = config_from_metadata(metadata, path)
     weights = safetensors_numpy().load_file(str(path))
-    return MobileNetV1Model(config, weights, source=metadata.get("source", str(path))).validate()
+    return _model(config, weights, metadata, path)
 
 
 def _read_program(path: Path) -> MobileNetV1Model:
@@ -187,7 +210,13 @@ def _read_program(path: Path) -> MobileNetV1Model:
         weights = weights_from_state_dict(state, config, folded=metadata.get("folded") == "true")
     except KeyError as exc:
         raise ModelFormatError(f"{path}: exported program has no tensor {exc} of a MobileNet V1 {config.name}") from None
-    return MobileNetV1Model(config, weights, source=metadata.get("source", str(path))).validate()
+    return _model(config, weights, metadata, path)
+
+
+def _model(config: ModelConfig, weights: dict[str, np.ndarray], metadata: dict[str, str], path: Path) -> MobileNetV1Model:
+    """The validated canonical model of our file, with the source and backbone its metadata records."""
+    source = metadata.get("source", str(path))
+    return MobileNetV1Model(config, weights, source=source, backbone=backbone_from_metadata(metadata, path)).validate()
 
 
 def safetensors_numpy() -> ModuleType:
