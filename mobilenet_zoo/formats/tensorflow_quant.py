@@ -18,12 +18,20 @@ from typing import Any
 
 import numpy as np
 
-from mobilenet_zoo.arch import INPUT_NODE
+from mobilenet_zoo.arch import INPUT_NODE, Backbone
 from mobilenet_zoo.deps import require
 from mobilenet_zoo.errors import ModelFormatError
 from mobilenet_zoo.formats import tensorflow as tf_format
 from mobilenet_zoo.fsutil import atomic_folder
-from mobilenet_zoo.model import MobileNetV1Model, image_batch
+from mobilenet_zoo.model import (
+    MobileNetV1Model,
+    QuantInfo,
+    QuantizedTensor,
+    config_from_metadata,
+    image_batch,
+    quant_info_from_json,
+    quant_params_json,
+)
 from mobilenet_zoo.quant_math import (
     POOL_STRIDE,
     UINT8_MAX,
@@ -33,6 +41,7 @@ from mobilenet_zoo.quant_math import (
 )
 
 METADATA_FILE = Path("assets.extra") / "mobilenet_zoo.json"
+QUANT_PARAMS_KEY = "quant_params"  # metadata entry holding `model.quant_params_json` of the written model
 
 
 def write(model: MobileNetV1Model, out: Path) -> Path:
@@ -44,7 +53,7 @@ def write(model: MobileNetV1Model, out: Path) -> Path:
     with atomic_folder(out) as staging:
         tf.saved_model.save(module, str(staging), signatures={tf_format.SIGNATURE_KEY: module.serve})
         (staging / METADATA_FILE).parent.mkdir()
-        (staging / METADATA_FILE).write_text(json.dumps({**model.metadata(), "quantized": "true"}), encoding="utf-8")
+        (staging / METADATA_FILE).write_text(json.dumps({**model.metadata(), "quantized": "true", QUANT_PARAMS_KEY: quant_params_json(model.quant)}), encoding="utf-8")
     return out
 
 
@@ -150,3 +159,48 @@ class QuantTensorFlowRunner:
     def __call__(self, images: np.ndarray) -> dict[str, np.ndarray]:
         outputs = self.function(image_batch(images, np.uint8, self.resolution, "quantized TensorFlow model"))
         return {name: np.asarray(outputs[name]) for name in (tf_format.LOGITS, tf_format.PROBABILITIES)}
+
+
+# ---------------------------------------------------------------------------------------------- reading
+
+
+def read(path: Path) -> MobileNetV1Model:
+    """The quantized canonical model of a folder `write` made: integers from its variables, scales from its metadata."""
+    tf = require("tensorflow")
+    folder = Path(path)
+    if not is_quantized(folder):
+        raise ModelFormatError(f"{folder}: not a quantized MobileNet V1 SavedModel of ours (no {METADATA_FILE} saying quantized)")
+    metadata = json.loads((folder / METADATA_FILE).read_text(encoding="utf-8"))
+    config = config_from_metadata(metadata, folder)
+    if QUANT_PARAMS_KEY not in metadata:
+        raise ModelFormatError(f"{folder}: {METADATA_FILE} records no quantization parameters ({QUANT_PARAMS_KEY})")
+    reader = tf.train.load_checkpoint(str(folder / "variables" / "variables"))
+    stored = {}
+    prefixes = [f"layers/{i}" for i in range(len(config.layers()))] + ["logits"]
+    names = [(layer.weight_name, layer.bias_name) for layer in config.layers()] + [(config.logits_weight_name, config.logits_bias_name)]
+    for prefix, (weight_name, bias_name) in zip(prefixes, names):
+        stored[weight_name] = _variable(reader, folder, f"{prefix}/kernel")
+        stored[bias_name] = _variable(reader, folder, f"{prefix}/bias")
+    offset = quant_info_from_json(metadata[QUANT_PARAMS_KEY], stored)
+    shapes = config.folded_shapes()
+    quant = QuantInfo({name: _stored_integers(name, tensor, shapes[name]) for name, tensor in offset.tensors.items()}, offset.activations)
+    weights = {name: tensor.dequantize() for name, tensor in quant.tensors.items()}
+    return MobileNetV1Model(config, weights, quant=quant, source=metadata.get("source", str(folder)),
+                            backbone=Backbone.from_metadata(metadata)).validate()
+
+
+def _variable(reader: Any, folder: Path, attribute: str) -> np.ndarray:
+    """A saved variable of the module by its attribute path, e.g. "layers/0/kernel"."""
+    key = f"{attribute}/.ATTRIBUTES/VARIABLE_VALUE"
+    if not reader.has_tensor(key):
+        raise ModelFormatError(f"{folder}: SavedModel has no variable {attribute}")
+    return reader.get_tensor(key)
+
+
+def _stored_integers(name: str, stored: QuantizedTensor, shape: tuple[int, ...]) -> QuantizedTensor:
+    """Undo what `IntegerConv2d` stores: the zero point subtracted in int32, the depthwise kernel's last axis dropped."""
+    values = stored.values.astype(np.int64) + stored.params.zero_point
+    limits = np.iinfo(stored.params.dtype)
+    if values.size != np.prod(shape) or values.min() < limits.min or values.max() > limits.max:
+        raise ModelFormatError(f"{name}: saved values do not fit {shape} {stored.params.dtype}")
+    return QuantizedTensor(values.reshape(shape).astype(stored.params.dtype), stored.params)
