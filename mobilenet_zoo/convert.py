@@ -1,7 +1,8 @@
 """Convert a source model to target formats and record what was written in a manifest.
 
 The manifest (`mobilenet_zoo.json` in the output folder) remembers, for every target, its format, the
-variant and the reference it must match, so `verify OUTPUT` needs nothing else.
+variant, the backbone options it was built with and the reference it must match, so `verify OUTPUT` needs
+nothing else.
 """
 
 from __future__ import annotations
@@ -11,11 +12,12 @@ import json
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from filelock import FileLock
 
+from mobilenet_zoo.arch import Backbone
 from mobilenet_zoo.errors import ZooError
 from mobilenet_zoo.formats import FORMATS, format_module
 from mobilenet_zoo.fsutil import atomic_file
@@ -40,17 +42,43 @@ def target_path(source: Source, fmt: str, out: Path, single: bool) -> Path:
     return out / f"{source.model.config.name}{suffix}"
 
 
-def convert(source: Source, formats: list[str], out: Path, format_options: dict[str, dict] | None = None) -> list[Converted]:
-    """Write `source.model` in every format asked for (with per-format writer options), then record them."""
+@dataclass(frozen=True)
+class BuildOptions:
+    """How the source model is built before it is written: backbone options, post-training quantization."""
+
+    backbone: Backbone = Backbone()
+    quantize: str | None = None  # "uint8"
+    calibration: Path | None = None  # folder of calibration images for `quantize`
+
+
+def prepare(source: Source, build: BuildOptions) -> Source:
+    """The source with the build options applied to its model (quantized ones have no reference yet)."""
+    model = source.model.with_backbone(build.backbone)
+    if build.quantize is None:
+        return replace(source, model=model)
+    from mobilenet_zoo.quantize import quantize_with_calibration
+
+    quantized = quantize_with_calibration(model, build.quantize, build.calibration)
+    return Source(quantized, None, quantized.config.name)
+
+
+def convert(source: Source, formats: list[str], out: Path, format_options: dict[str, dict] | None = None,
+            build: BuildOptions = BuildOptions()) -> list[Converted]:
+    """Write `source.model`, built as `build` says, in every format asked for (with per-format writer options),
+    then record them. A post-training quantized model's reference is its TFLite target, when one is written."""
     unknown = [f for f in formats if f not in FORMATS]
     if unknown:
         raise ZooError(f"unknown target format {unknown[0]!r}; choose from {', '.join(FORMATS)}")
+    source = prepare(source, build)
+    ordered = sorted(formats, key=lambda fmt: fmt != "tflite") if build.quantize else formats
     results = []
-    for fmt in formats:
+    for fmt in ordered:
         path = target_path(source, fmt, out, len(formats) == 1)
         path.parent.mkdir(parents=True, exist_ok=True)
         written = format_module(fmt).write(source.model, path, **(format_options or {}).get(fmt, {}))
         results.append(Converted(fmt, written))
+        if fmt == "tflite" and source.reference is None and build.quantize:
+            source = replace(source, reference=written)
     record(source, results)
     return results
 
@@ -95,6 +123,7 @@ def record(source: Source, results: list[Converted]) -> None:
                     "format": r.format,
                     "variant": source.name,
                     "quantized": source.model.config.quantized,
+                    "backbone": source.model.backbone.metadata(),
                     "reference": str(source.reference.resolve()) if source.reference else None,
                 }
 

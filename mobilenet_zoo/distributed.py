@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from mobilenet_zoo.convert import Converted, convert, read_manifest, updating_manifest
+from mobilenet_zoo.convert import BuildOptions, Converted, convert, read_manifest, updating_manifest
 from mobilenet_zoo.deps import require
 from mobilenet_zoo.errors import ZooError
 from mobilenet_zoo.evaluate import BatchOutcome, Counts, EvalResult, Progress, Sample, decode_batch, plan_evaluation, score_batch
@@ -113,16 +113,16 @@ def evaluate_on_ray(model: str | Path, data: str | Path, limit: int | None = Non
 
 
 def _convert_variant(name_or_path: str, formats: list[str], out: Path, registry: Path | None, mirror: str | None,
-                     format_options: dict[str, dict] | None) -> list[Converted]:
+                     format_options: dict[str, dict] | None, build: BuildOptions) -> list[Converted]:
     """A Ray task: open one variant and convert it into `out`."""
     from mobilenet_zoo.sources import open_source
 
-    return convert(open_source(name_or_path, registry=registry, mirror=mirror), formats, out, format_options)
+    return convert(open_source(name_or_path, registry=registry, mirror=mirror), formats, out, format_options, build)
 
 
 def convert_many(names_or_paths: list[str | Path], formats: list[str], out_dir: Path, address: str | None = None, *,
                  registry: Path | None = None, mirror: str | None = None,
-                 format_options: dict[str, dict] | None = None) -> list[Converted]:
+                 format_options: dict[str, dict] | None = None, build: BuildOptions = BuildOptions()) -> list[Converted]:
     """Convert several variants into `out_dir`, one Ray task each; returns what was written, in input order.
 
     Each task writes into its own staging folder inside `out_dir`; once all succeeded, their files move into
@@ -136,7 +136,7 @@ def convert_many(names_or_paths: list[str | Path], formats: list[str], out_dir: 
     try:
         task = ray.remote(_convert_variant)
         folders = [staging / str(index) for index in range(len(names_or_paths))]
-        refs = [task.remote(str(name), formats, folder, registry, mirror, format_options) for name, folder in zip(names_or_paths, folders)]
+        refs = [task.remote(str(name), formats, folder, registry, mirror, format_options, build) for name, folder in zip(names_or_paths, folders)]
         staged = _run_remote(lambda: ray.get(refs))
         return [converted for folder, written in zip(folders, staged) for converted in _publish(folder, written, out_dir)]
     finally:

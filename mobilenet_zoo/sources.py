@@ -61,7 +61,15 @@ def from_path(path: Path) -> Source:
     fmt = detect_format(path)
     model = format_module(fmt).read(path)
     is_reference = path.name.endswith("_frozen.pb") or (fmt == "tflite" and model.config.quantized)
-    return Source(model, path if is_reference else None, model.config.name)
+    return Source(model, path if is_reference else recorded_reference(path), model.config.name)
+
+
+def recorded_reference(path: Path) -> Path | None:
+    """The reference `convert` recorded for a model it wrote, so conversion chains keep the original reference."""
+    from mobilenet_zoo.convert import manifest_entry
+
+    reference = (manifest_entry(path) or {}).get("reference")
+    return Path(reference) if reference else None
 
 
 def open_source(source: str, *, registry: Path | None = None, mirror: str | None = None) -> Source:

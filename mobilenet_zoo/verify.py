@@ -1,21 +1,30 @@
 """Numerical parity: run a reference forward pass and each converted model on the same inputs, compare.
 
 Float models are compared on logits (max abs difference) and top-5 sets; quantized models on their raw
-uint8 output in LSB. The reference is the original artifact (frozen graph in TensorFlow, or the official
-`.tflite` in the TFLite interpreter), or reference outputs saved earlier with `Reference.save`.
+uint8 output in LSB; feature outputs (backbone `features`) the same way. The reference is the original
+artifact (frozen graph in TensorFlow, or the official `.tflite` in the TFLite interpreter), or reference
+outputs saved earlier with `Reference.save`. Targets built with backbone options are checked against the
+original's weights built with the same options in the reference runtime: the slim graph in TensorFlow
+for float models, a uint8 `.tflite` in the TFLite interpreter for quantized ones.
 """
 
 from __future__ import annotations
 
 import json
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from mobilenet_zoo.arch import Backbone
 from mobilenet_zoo.errors import ModelFormatError, ZooError
 from mobilenet_zoo.formats import Runner, detect_format, format_module
 from mobilenet_zoo.preprocess import load_batch
+
+MAIN_OUTPUTS = ("logits", "probabilities")
 
 OUTPUT_SCALE = 1 / 256  # uint8 softmax output quantization of the quantized models
 
@@ -85,18 +94,52 @@ def run_batched(runner: Runner, inputs: np.ndarray, batch_size: int = 8) -> dict
     return {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
 
 
-def compute_reference(reference_path: Path, images: list[Path], n_random: int = 8, seed: int = 0) -> Reference:
-    """Run the original model (frozen graph or official .tflite) on images plus random inputs."""
-    runner = format_module(detect_format(reference_path)).load_runner(reference_path)
-    if runner.resolution is None:
-        raise ModelFormatError(f"{reference_path}: the reference must have a fixed input size")
-    inputs, names = make_inputs(runner.resolution, runner.quantized, images, n_random, seed)
-    return Reference(inputs, names, run_batched(runner, inputs), runner.quantized, str(reference_path))
+@dataclass(frozen=True)
+class ReferenceModel:
+    """What a reference forward pass runs: an original artifact (or any model file), built with `backbone`."""
+
+    path: Path
+    backbone: Backbone = Backbone()
+
+    @property
+    def origin(self) -> str:
+        options = " ".join(f"{key}={value}" for key, value in self.backbone.metadata().items())
+        return f"{self.path} [{options}]" if options else str(self.path)
+
+
+@contextmanager
+def reference_runner(reference: ReferenceModel) -> Iterator[Runner]:
+    """The artifact in its own runtime; with backbone options, its weights rebuilt with them in the reference
+    runtime (TensorFlow's slim graph for float models, the TFLite interpreter for quantized ones)."""
+    fmt = detect_format(reference.path)
+    if reference.backbone.is_default:
+        yield format_module(fmt).load_runner(reference.path)
+        return
+    model = format_module(fmt).read(reference.path).with_backbone(reference.backbone)
+    if not model.config.quantized:
+        with format_module("tf").graph_runner(model) as runner:
+            yield runner
+        return
+    tflite = format_module("tflite")
+    with tempfile.TemporaryDirectory(prefix="mobilenet-zoo-reference-") as scratch:
+        yield tflite.load_runner(tflite.write(model, Path(scratch) / f"{model.config.name}.tflite"))
+
+
+def compute_reference(reference: Path | ReferenceModel, images: list[Path], n_random: int = 8, seed: int = 0) -> Reference:
+    """Run the reference model on images plus random inputs."""
+    reference = reference if isinstance(reference, ReferenceModel) else ReferenceModel(Path(reference))
+    with reference_runner(reference) as runner:
+        if runner.resolution is None:
+            raise ModelFormatError(f"{reference.path}: the reference must have a fixed input size")
+        inputs, names = make_inputs(runner.resolution, runner.quantized, images, n_random, seed)
+        return Reference(inputs, names, run_batched(runner, inputs), runner.quantized, reference.origin)
 
 
 def top_k(values: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the k largest scores along the last axis, one row per position (N, or N x S x S maps)."""
+    rows = values.reshape(-1, values.shape[-1]).astype(np.float64)
     # stable sort on -values: equal scores keep index order, so identical outputs give identical sets
-    return np.argsort(-values.astype(np.float64), axis=1, kind="stable")[:, :k]
+    return np.argsort(-rows, axis=1, kind="stable")[:, :k]
 
 
 @dataclass
@@ -114,6 +157,7 @@ class TargetReport:
     top5_agreement: float
     passed: bool
     failures: list[str]
+    features: dict[str, float] = field(default_factory=dict)  # max abs difference (LSB when quantized) per feature output
     parameters: int | None = None  # values stored in the target, read back by its format's reader
     published_parameters: int | None = None  # the registry's figure for the target's variant
 
@@ -143,7 +187,28 @@ def compare(target: str, fmt: str, reference: Reference, outputs: dict[str, np.n
             failures.append(f"logits differ by {max_logits:.3g} (allowed {thresholds.logits_atol:g})")
         if thresholds.top5_identical and top5 < 1.0:
             failures.append(f"top-5 sets differ on {round((1 - top5) * len(top))} of {len(top)} inputs")
-    return TargetReport(target, fmt, reference.origin, reference.quantized, max_logits, max_probs, max_lsb, top1, top5, not failures, failures)
+    features = compare_features(reference, outputs, thresholds.max_lsb(fmt) if reference.quantized else thresholds.logits_atol, failures)
+    return TargetReport(target, fmt, reference.origin, reference.quantized, max_logits, max_probs, max_lsb, top1, top5, not failures,
+                        failures, features)
+
+
+def compare_features(reference: Reference, outputs: dict[str, np.ndarray], allowed: float, failures: list[str]) -> dict[str, float]:
+    """Max abs difference of every extra (feature) output of the reference; records failures."""
+    differences: dict[str, float] = {}
+    for name in sorted(set(reference.outputs) - set(MAIN_OUTPUTS)):
+        expected = reference.outputs[name]
+        if name not in outputs:
+            failures.append(f"has no {name} output")
+            continue
+        if outputs[name].shape != expected.shape:
+            failures.append(f"{name} has shape {outputs[name].shape}, the reference {expected.shape}")
+            continue
+        difference = float(np.abs(outputs[name].astype(np.float64) - expected.astype(np.float64)).max())
+        differences[name] = difference
+        if not difference <= allowed:
+            unit = " LSB" if reference.quantized else ""
+            failures.append(f"{name} differs by {difference:.3g}{unit} (allowed {allowed:g})")
+    return differences
 
 
 def verify_target(target: Path, reference: Reference, thresholds: Thresholds) -> TargetReport:
@@ -185,21 +250,28 @@ def check_parameters(report: TargetReport, target: Path, fmt: str) -> None:
         report.passed = False
 
 
-def group_by_reference(targets: list[Path]) -> dict[Path, list[Path]]:
-    """Targets grouped by the reference `convert` recorded for them in their folder's manifest."""
+def recorded_backbone(target: Path) -> Backbone:
+    """The backbone options `convert` recorded for a target (the default when none are)."""
+    from mobilenet_zoo.convert import manifest_entry
+
+    return Backbone.from_metadata((manifest_entry(target) or {}).get("backbone", {}))
+
+
+def group_by_reference(targets: list[Path]) -> dict[ReferenceModel, list[Path]]:
+    """Targets grouped by the reference (and backbone options) `convert` recorded for them in their folder's manifest."""
     from mobilenet_zoo.convert import MANIFEST, manifest_entry
 
-    groups: dict[Path, list[Path]] = {}
+    groups: dict[ReferenceModel, list[Path]] = {}
     for target in map(Path, targets):
         reference = (manifest_entry(target) or {}).get("reference")
         if reference is None:
-            raise ZooError(f"{target}: no reference is recorded in {target.parent / MANIFEST}; pass --reference "
-                           "(a frozen .pb, an official .tflite, a saved .npz or a registry name)")
-        groups.setdefault(Path(reference), []).append(target)
+            raise ZooError(f"{target}: no reference is recorded in {target.parent / MANIFEST}; pass --source "
+                           "(the model it was converted from) or --reference (a frozen .pb, an official .tflite or a saved .npz)")
+        groups.setdefault(ReferenceModel(Path(reference), recorded_backbone(target)), []).append(target)
     return groups
 
 
-def verify_group(reference: Path, targets: list[Path], images: list[Path], n_random: int, seed: int,
+def verify_group(reference: ReferenceModel | Path, targets: list[Path], images: list[Path], n_random: int, seed: int,
                  thresholds: Thresholds) -> list[TargetReport]:
     """Run one reference, then each of its targets on the same inputs."""
     computed = compute_reference(reference, images, n_random, seed)
@@ -208,6 +280,20 @@ def verify_group(reference: Path, targets: list[Path], images: list[Path], n_ran
 
 def verify_recorded(targets: list[Path], images: list[Path], n_random: int, seed: int, thresholds: Thresholds) -> list[TargetReport]:
     """Verify targets against the references recorded for them, in the order given."""
-    reports = {r.target: r for reference, group in group_by_reference(targets).items()
-               for r in verify_group(reference, group, images, n_random, seed, thresholds)}
-    return [reports[str(target)] for target in targets]
+    return _verify_groups(group_by_reference(targets), targets, images, n_random, seed, thresholds)
+
+
+def verify_against(reference: Path, targets: list[Path], images: list[Path], n_random: int, seed: int,
+                   thresholds: Thresholds) -> list[TargetReport]:
+    """Verify targets against one reference model (e.g. the start of a conversion chain), each built with the
+    backbone options recorded for it."""
+    groups: dict[ReferenceModel, list[Path]] = {}
+    for target in map(Path, targets):
+        groups.setdefault(ReferenceModel(Path(reference), recorded_backbone(target)), []).append(target)
+    return _verify_groups(groups, targets, images, n_random, seed, thresholds)
+
+
+def _verify_groups(groups: dict[ReferenceModel, list[Path]], targets: list[Path], images: list[Path], n_random: int, seed: int,
+                   thresholds: Thresholds) -> list[TargetReport]:
+    reports = {r.target: r for reference, group in groups.items() for r in verify_group(reference, group, images, n_random, seed, thresholds)}
+    return [reports[str(target)] for target in map(Path, targets)]

@@ -20,6 +20,14 @@ def _split(values: list[str]) -> list[str]:
     return [v.strip().lower() for value in values for v in value.split(",") if v.strip()]
 
 
+def _feature_layers(text: Optional[str]) -> tuple[int, ...]:
+    """`--features 5,11,12,13` as layer indices."""
+    try:
+        return tuple(int(item) for item in _split([text or ""]))
+    except ValueError:
+        raise ZooError(f"--features takes layer numbers separated by commas (0 to 13), not {text!r}") from None
+
+
 def _images(paths: list[Path]) -> list[Path]:
     """Image files given directly or inside given folders; the bundled samples when none are given."""
     from mobilenet_zoo.samples import image_files, sample_images
@@ -46,8 +54,12 @@ def convert_command(
     all_variants: bool = typer.Option(False, "--all", help="Convert every variant of the registry (pulled on demand)."),
     output: Path = typer.Option(Path("."), "-o", "--output", help="Output folder, or a file path for a single source and target."),
     layout: str = typer.Option("NCHW", "--layout", help="ONNX input layout: NCHW or NHWC."),
-    quantize: Optional[str] = typer.Option(None, "--quantize", help="TFLite: post-training quantization (uint8)."),
-    calibration: Optional[Path] = typer.Option(None, "--calibration", help="TFLite --quantize: folder of calibration images."),
+    features: Optional[str] = typer.Option(None, "--features", help="Also output these layers' activations, e.g. 5,11,12,13 (0 = Conv2d_0, i = Conv2d_i_pointwise)."),
+    pooling: str = typer.Option("slim", "--pooling", help="Head pooling: slim (7x7 stride 2 VALID as released: a map for large inputs) or global."),
+    output_stride: int = typer.Option(32, "--output-stride", help="8, 16 or 32: below 32 the later depthwise convolutions are dilated, as slim does."),
+    input_size: Optional[int] = typer.Option(None, "--input-size", help="Input height and width (default: the variant's resolution; at least 32)."),
+    quantize: Optional[str] = typer.Option(None, "--quantize", help="Post-training quantization of a float model: uint8 (needs --calibration)."),
+    calibration: Optional[Path] = typer.Option(None, "--calibration", help="--quantize: folder of calibration images."),
     verify: bool = typer.Option(False, "--verify", help="Verify every written target against its reference."),
     ray: bool = RayOption,
     ray_address: Optional[str] = RayAddressOption,
@@ -56,7 +68,8 @@ def convert_command(
     as_json: bool = JsonOption,
 ) -> None:
     """Convert models to ONNX, PyTorch, TFLite or a TensorFlow SavedModel."""
-    from mobilenet_zoo.convert import TARGET_SUFFIXES, convert
+    from mobilenet_zoo.arch import Backbone
+    from mobilenet_zoo.convert import TARGET_SUFFIXES, BuildOptions, convert
     from mobilenet_zoo.formats import FORMATS
     from mobilenet_zoo.registry import load_registry
     from mobilenet_zoo.sources import open_source
@@ -72,18 +85,17 @@ def convert_command(
     if layout.upper() not in ("NCHW", "NHWC"):
         raise ZooError(f"--layout must be NCHW or NHWC, not {layout!r}")
     options = {"onnx": {"layout": layout.upper()}}
-    if quantize:
-        options["tflite"] = {"quantize": quantize, "calibration": calibration}
+    build = BuildOptions(Backbone(_feature_layers(features), pooling.lower(), output_stride, input_size), quantize, calibration)
     if ray or ray_address:
         from mobilenet_zoo.distributed import convert_many
 
         with err_console.status(f"converting {len(names)} models on Ray"):
-            written = convert_many(names, formats, output, ray_address, registry=registry, mirror=mirror, format_options=options)
+            written = convert_many(names, formats, output, ray_address, registry=registry, mirror=mirror, format_options=options, build=build)
     else:
         written = []
         for name in names:
             with err_console.status(f"converting {name} to {', '.join(formats)}"):
-                written.extend(convert(open_source(name, registry=registry, mirror=mirror), formats, output, options))
+                written.extend(convert(open_source(name, registry=registry, mirror=mirror), formats, output, options, build))
     if verify:
         _verify_and_report([w.path for w in written], None, [], 8, 0, None, as_json, use_ray=ray or bool(ray_address), ray_address=ray_address)
     elif as_json:
@@ -93,25 +105,37 @@ def convert_command(
             console.print(f"[green]wrote[/green] {w.format:<6} {w.path}")
 
 
+def _reference_path(text: str) -> Path:
+    """A model file runs as its own reference; a registry name, tarball or official folder gives its original artifact."""
+    from mobilenet_zoo.sources import TARBALL_SUFFIXES, official_members, open_source
+
+    path = Path(text).expanduser()
+    if path.exists() and not path.name.endswith(TARBALL_SUFFIXES) and not (path.is_dir() and official_members(path)[0]):
+        return path
+    reference = open_source(text).reference
+    if reference is None:
+        raise ZooError(f"{text}: has no original artifact to run as the reference")
+    return reference
+
+
 def _single_reference(targets: list[Path], reference: Optional[str], images: list[Path], n_random: int, seed: int):
     """The reference outputs to check every target against: the one given, or the single one recorded."""
-    from mobilenet_zoo.verify import Reference, compute_reference, group_by_reference
+    from mobilenet_zoo.verify import Reference, ReferenceModel, compute_reference, group_by_reference, recorded_backbone
 
     if reference and reference.endswith(".npz"):
         return Reference.load(Path(reference))
     if reference:
-        ref_path = Path(reference)
-        if not ref_path.exists():
-            from mobilenet_zoo.sources import open_source
-
-            ref_path = open_source(reference).reference
+        backbones = {recorded_backbone(target) for target in targets}
+        if len(backbones) != 1:
+            raise ZooError(f"these targets were built with {len(backbones)} different backbone options: save a reference for each")
+        model = ReferenceModel(_reference_path(reference), backbones.pop())
     else:
         recorded = group_by_reference(targets)
         if len(recorded) != 1:
             raise ZooError(f"these targets record {len(recorded)} references: --save-reference needs a single one")
-        ref_path = next(iter(recorded))
-    with err_console.status(f"running the reference {ref_path.name}"):
-        return compute_reference(ref_path, images, n_random, seed)
+        model = next(iter(recorded))
+    with err_console.status(f"running the reference {model.path.name}"):
+        return compute_reference(model, images, n_random, seed)
 
 
 def _parity_table(reports, n_inputs: int) -> Table:
@@ -120,24 +144,32 @@ def _parity_table(reports, n_inputs: int) -> Table:
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False, title=f"parity against {', '.join(references)} on {n_inputs} inputs",
                   caption="max abs differences (Δlogits for float, uint8 LSB for quantized); top-k: share of inputs that agree")
     table.add_column("target", no_wrap=True)
-    for header in ("Δ", "Δprob", "top1", "top5"):
+    with_features = any(r.features for r in reports)
+    for header in ("Δ", "Δprob") + (("Δfeatures",) if with_features else ()) + ("top1", "top5"):
         table.add_column(header, justify="right", no_wrap=True)
     table.add_column("result", min_width=4)
     for r in reports:
         result = "[green]pass[/green]" if r.passed else "[red]FAIL[/red] " + "; ".join(r.failures)
-        diff = f"{r.max_lsb} LSB" if r.quantized else f"{r.max_abs_logits:.3g}"
-        table.add_row(Path(r.target).name, diff, f"{r.max_abs_probabilities:.3g}", f"{r.top1_agreement:.0%}", f"{r.top5_agreement:.0%}", result)
+        unit = " LSB" if r.quantized else ""
+        diff = f"{r.max_lsb}{unit}" if r.quantized else f"{r.max_abs_logits:.3g}"
+        features = (f"{max(r.features.values()):.3g}{unit}" if r.features else "-",) if with_features else ()
+        table.add_row(Path(r.target).name, diff, f"{r.max_abs_probabilities:.3g}", *features, f"{r.top1_agreement:.0%}", f"{r.top5_agreement:.0%}", result)
     return table
 
 
 def _verify_and_report(targets, reference, images, n_random, seed, save_reference, as_json, thresholds=None,
-                       use_ray: bool = False, ray_address: Optional[str] = None) -> None:
+                       use_ray: bool = False, ray_address: Optional[str] = None, source: Optional[str] = None) -> None:
     """Verify targets (against `reference`, or what convert recorded), print the report, raise on failure."""
-    from mobilenet_zoo.verify import Thresholds, input_names, verify_recorded, verify_target
+    from mobilenet_zoo.verify import Thresholds, input_names, verify_against, verify_recorded, verify_target
 
     thresholds = thresholds or Thresholds()
     images = _images(images)
-    if reference or save_reference:
+    if source and not save_reference:
+        names = input_names(images, n_random)
+        with err_console.status(f"verifying {len(targets)} targets against {source}"):
+            reports = verify_against(_reference_path(source), targets, images, n_random, seed, thresholds)
+    elif reference or source or save_reference:
+        reference = reference or source
         ref = _single_reference(targets, reference, images, n_random, seed)
         if save_reference:
             ref.save(save_reference)
@@ -165,7 +197,8 @@ def _verify_and_report(targets, reference, images, n_random, seed, save_referenc
 
 def verify_command(
     targets: List[Path] = typer.Argument(..., help="Converted model files/folders, or output folders of `convert`."),
-    reference: Optional[str] = typer.Option(None, "--reference", help="Reference: frozen .pb, official .tflite, saved .npz, or registry name. Default: what convert recorded."),
+    source: Optional[str] = typer.Option(None, "--source", help="The model the targets were converted from, directly or through a chain of conversions (any format, registry name or tarball): its forward pass is the reference. Default: what convert recorded."),
+    reference: Optional[str] = typer.Option(None, "--reference", help="Reference outputs saved with --save-reference (.npz), or a reference model as for --source."),
     images: List[Path] = typer.Option([], "--images", help="An image or a folder of images; repeat for more (default: the bundled samples)."),
     n_random: int = typer.Option(8, "--random", help="Seeded random inputs besides the images."),
     seed: int = typer.Option(0, "--seed"),
@@ -192,8 +225,10 @@ def verify_command(
     thresholds = Thresholds(logits_atol=logits_atol, top5_identical=top5)
     if max_lsb is not None:
         thresholds.lsb = {f: max_lsb for f in ("onnx", "tflite", "torch", "tf")}
+    if source and reference:
+        raise ZooError("give --source or --reference, not both")
     _verify_and_report(expanded, reference, images, n_random, seed, save_reference, as_json, thresholds,
-                       use_ray=ray or bool(ray_address), ray_address=ray_address)
+                       use_ray=ray or bool(ray_address), ray_address=ray_address, source=source)
 
 
 def _print_predictions(results, as_json: bool) -> None:
