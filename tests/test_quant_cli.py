@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from mobilenet_zoo.cli import main
-from mobilenet_zoo.formats import FORMATS, tflite
+from mobilenet_zoo.formats import FORMATS, format_module, tflite
 from mobilenet_zoo.model import QuantParams
 
 pytest.importorskip("tensorflow")
@@ -80,3 +80,30 @@ def test_onnx_with_one_requantization_scale_changed_fails_verify(tmp_path, cli):
     assert code == 2
     assert "FAIL" in stdout and "LSB (allowed 0)" in stderr
     assert isinstance(params, QuantParams)
+
+
+@pytest.mark.slow
+def test_post_training_quantization_through_the_cli(cli, tmp_path):
+    """A float model (the real 0.5_160 weights, dequantized, as ONNX) quantized on the real photos: the
+    TFLite target is the reference of the others, which match it; predictions keep the known classes."""
+    real = tflite.read(DATA / "mobilenet_v1_0.5_160_quant.tflite")
+    float_model = dataclasses.replace(real, config=dataclasses.replace(real.config, quantized=False), quant=None)
+    source = format_module("onnx").write(float_model, tmp_path / "float.onnx")
+    calibration = tmp_path / "photos"
+    calibration.mkdir()
+    for image in REAL_IMAGES:
+        (calibration / image.name).write_bytes(image.read_bytes())
+    code, out, err = cli("convert", source, "--to", "onnx,torch,tflite", "--quantize", "uint8", "--calibration", calibration,
+                         "-o", tmp_path / "ptq", "--verify", "--json")
+    assert code == 0, err
+    reports = json.loads(out)["targets"]
+    assert {r["format"] for r in reports} == {"onnx", "torch", "tflite"}
+    assert all(r["quantized"] and r["reference"].endswith("_quant.tflite") for r in reports)
+    code, out, err = cli("predict", tmp_path / "ptq" / "mobilenet_v1_0.5_160_quant.tflite", *REAL_IMAGES, "--top", "1", "--json")
+    assert code == 0, err
+    assert {Path(p["image"]).name: p["top"][0]["class"] for p in json.loads(out)} == EXPECTED_TOP1
+
+
+def test_quantize_needs_a_calibration_folder(cli, tmp_path):
+    code, _, err = cli("convert", DATA / "mobilenet_v1_0.25_128_quant.tflite", "--to", "tflite", "--quantize", "uint8", "-o", tmp_path)
+    assert code == 1 and "--calibration" in err and not any(tmp_path.iterdir())
