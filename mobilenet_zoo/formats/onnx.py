@@ -25,7 +25,6 @@ import numpy as np
 from mobilenet_zoo import __version__
 from mobilenet_zoo.arch import (
     SCOPE,
-    ModelConfig,
     PlacedLayer,
     logits_map_size,
     placed_layers,
@@ -37,8 +36,6 @@ from mobilenet_zoo.fsutil import atomic_file
 from mobilenet_zoo.model import (
     PRODUCER,
     MobileNetV1Model,
-    config_from_metadata,
-    from_oihw,
     to_oihw,
 )
 
@@ -62,12 +59,10 @@ def write(model: MobileNetV1Model, out: Path, *, layout: str = "NCHW", opset: in
 
 
 def read(path: Path) -> MobileNetV1Model:
-    """Read an ONNX file written by `write` back to the folded canonical model."""
-    proto = _load(Path(path))
-    metadata = {prop.key: prop.value for prop in proto.metadata_props}
-    config = config_from_metadata(metadata, path)
-    weights = _weights_by_slim_name(proto.graph, config)
-    return MobileNetV1Model(config, weights, source=metadata.get("source", str(path))).validate()
+    """Map any MobileNet V1 ONNX graph (ours, tf2onnx's, float or quantized) to the canonical model, by structure."""
+    from mobilenet_zoo.formats import onnx_reader
+
+    return onnx_reader.read(Path(path))
 
 
 def load_runner(path: Path) -> OnnxRunner:
@@ -208,7 +203,7 @@ class GraphBuilder:
     initializers: list = field(default_factory=list)
 
     def constant(self, name: str, array: np.ndarray) -> str:
-        self.initializers.append(self.onnx.numpy_helper.from_array(np.ascontiguousarray(array), name))
+        self.initializers.append(self.onnx.numpy_helper.from_array(np.asarray(array, order="C"), name))
         return name
 
     def node(self, op: str, inputs: list[str], name: str, output: str | None = None, **attributes) -> str:
@@ -274,36 +269,3 @@ def _classifier(builder: GraphBuilder, model: MobileNetV1Model, features: str, f
     kernel = builder.constant(config.logits_weight_name, to_oihw(model.weights[config.logits_weight_name], "conv"))
     bias = builder.constant(config.logits_bias_name, model.weights[config.logits_bias_name])
     return builder.node("Conv", [pooled, kernel, bias], f"{SCOPE}/Logits/Conv2d_1c_1x1/Conv2D", kernel_shape=[1, 1])
-
-
-# ---------------------------------------------------------------------------------------------- reading
-
-
-def _load(path: Path):
-    onnx = require("onnx")
-    if not path.is_file():
-        raise ModelFormatError(f"{path}: no such ONNX file")
-    try:
-        return onnx.load(str(path))
-    except Exception as exc:  # protobuf raises its own DecodeError, onnx a few others
-        raise ModelFormatError(f"{path}: not a readable ONNX model ({exc})") from exc
-
-
-def _weights_by_slim_name(graph, config: ModelConfig) -> dict[str, np.ndarray]:
-    """Folded TF-layout weights from initializers named as `write` names them."""
-    onnx = require("onnx")
-    initializers = {tensor.name: tensor for tensor in graph.initializer}
-
-    def fetch(name: str, kind: str | None = None) -> np.ndarray:
-        if name not in initializers:
-            raise ModelFormatError(f"ONNX graph {graph.name!r} has no initializer {name}")
-        array = onnx.numpy_helper.to_array(initializers[name])
-        return from_oihw(array, kind) if kind else np.ascontiguousarray(array)
-
-    weights: dict[str, np.ndarray] = {}
-    for layer in config.layers():
-        weights[layer.weight_name] = fetch(layer.weight_name, layer.kind)
-        weights[layer.bias_name] = fetch(layer.bias_name)
-    weights[config.logits_weight_name] = fetch(config.logits_weight_name, "conv")
-    weights[config.logits_bias_name] = fetch(config.logits_bias_name)
-    return weights

@@ -1,0 +1,464 @@
+"""Read any MobileNet V1 ONNX graph back to the canonical model, by its structure (never by tensor names).
+
+The reader finds the convolutions on the data path in graph order (27 layers, an average pool, the 1x1
+classifier), checks each one's geometry against `arch.placed_layers`, and infers alpha (Conv2d_0's channels),
+resolution (the input), classes (the classifier) and precision (the kernels). Graph flavours it reads:
+
+    float       Conv (with or without bias) followed by BatchNormalization or per-channel Mul/Add/Sub
+                (folded into kernel and bias, also across NHWC<->NCHW Transpose pairs), kernels that are
+                constant subgraphs (Transpose, Reshape... evaluated with onnx.reference), ReLU6 as Clip 0..6,
+                NCHW input or NHWC input behind a Transpose: our float files and tf2onnx's.
+    QDQ         DequantizeLinear kernels (uint8, or int8 shifted back to uint8) and int32 biases, the scale and
+                zero point of every activation from its QuantizeLinear: tf2onnx's conversion of a uint8 TFLite.
+    integer     ConvInteger on uint8 kernels + an int32 bias Add, with the quantization parameters recorded in
+                the `quantization` metadata entry: our quantized files.
+
+Files this project wrote get their backbone options (`arch.Backbone`) and source back from the metadata.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mobilenet_zoo.arch import (
+    LOGITS_SCOPE,
+    Backbone,
+    Layer,
+    ModelConfig,
+    PlacedLayer,
+    placed_layers,
+)
+from mobilenet_zoo.deps import require
+from mobilenet_zoo.errors import ModelFormatError
+from mobilenet_zoo.model import (
+    INPUT_ACTIVATION,
+    LOGITS_ACTIVATION,
+    OUTPUT_ACTIVATION,
+    POOL_ACTIVATION,
+    PRODUCER,
+    MobileNetV1Model,
+    QuantInfo,
+    QuantizedTensor,
+    QuantParams,
+    from_oihw,
+    infer_alpha,
+    quant_info_from_json,
+)
+
+QUANTIZATION_KEY = "quantization"  # metadata entry holding `model.quant_params_json` in our quantized files
+CONV_OPS = ("Conv", "ConvInteger")
+POOL_OPS = ("AveragePool", "GlobalAveragePool")
+RELU6_BOUNDS = (0.0, 6.0)
+UINT8_OFFSET = 128  # int8 storage of uint8 values: q_int8 = q_uint8 - 128, same for the zero point
+_SCOPES = [layer.scope for layer in ModelConfig(1.0, 224).layers()] + [LOGITS_SCOPE]
+EXPECTED_CONVS = len(_SCOPES)
+
+
+def read(path: Path) -> MobileNetV1Model:
+    """Map a float, QDQ or integer MobileNet V1 ONNX graph to the canonical (folded) model."""
+    graph = OnnxGraph.load(Path(path))
+    metadata = graph.metadata
+    ours = metadata.get("producer") == PRODUCER
+    backbone = Backbone.from_metadata(metadata) if ours else Backbone()
+    convs = graph.mobilenet_convs()
+    config = _config(graph, convs, metadata, backbone)
+    for conv, placed in zip(convs, _placed_with_logits(config, backbone)):
+        _check_geometry(graph, conv, placed)
+    reader = {"integer": _read_integer, "qdq": _read_qdq, "float": _read_float}[graph.flavour(convs[0])]
+    weights, quant = reader(graph, convs, config)
+    source = metadata.get("source", str(path)) if ours else str(path)
+    return MobileNetV1Model(config, weights, quant=quant, source=source, backbone=backbone).validate()
+
+
+# ---------------------------------------------------------------------------------------------- the graph
+
+
+@dataclass
+class OnnxGraph:
+    """Nodes, constants and data flow of an ONNX graph, with constant subgraphs evaluated on demand."""
+
+    proto: Any  # onnx ModelProto
+    name: str
+    onnx: Any = field(repr=False)
+    constants: dict[str, np.ndarray] = field(default_factory=dict)
+    constant_tensors: set[str] = field(default_factory=set)
+    producers: dict[str, Any] = field(default_factory=dict)
+    consumers: dict[str, list] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, path: Path) -> OnnxGraph:
+        onnx = require("onnx")
+        if not path.is_file():
+            raise ModelFormatError(f"{path}: no such ONNX file")
+        try:
+            proto = onnx.load(str(path))
+        except Exception as exc:  # protobuf raises its own DecodeError, onnx a few others
+            raise ModelFormatError(f"{path}: not a readable ONNX model ({exc})") from exc
+        graph = cls(proto, str(path), onnx)
+        graph.constants = {tensor.name: onnx.numpy_helper.to_array(tensor) for tensor in proto.graph.initializer}
+        graph.constant_tensors = set(graph.constants)
+        for node in proto.graph.node:  # ONNX graphs are topologically sorted
+            if all(name in graph.constant_tensors for name in node.input if name):
+                graph.constant_tensors.update(node.output)
+            for output in node.output:
+                graph.producers[output] = node
+            for tensor in node.input:
+                graph.consumers.setdefault(tensor, []).append(node)
+        return graph
+
+    @property
+    def metadata(self) -> dict[str, str]:
+        return {prop.key: prop.value for prop in self.proto.metadata_props}
+
+    @property
+    def opset(self) -> int:
+        return next((entry.version for entry in self.proto.opset_import if entry.domain in ("", "ai.onnx")), 1)
+
+    @property
+    def input(self):
+        """The image input (the first graph input that is not an initializer)."""
+        inputs = [value for value in self.proto.graph.input if value.name not in self.constants]
+        if not inputs:
+            raise ModelFormatError(f"{self.name}: the graph has no input")
+        return inputs[0]
+
+    def error(self, message: str) -> ModelFormatError:
+        return ModelFormatError(f"{self.name}: not a MobileNet V1 graph: {message}")
+
+    def is_constant(self, tensor: str) -> bool:
+        """True for initializers and outputs of nodes whose inputs are all constant."""
+        return tensor in self.constant_tensors
+
+    def value(self, tensor: str) -> np.ndarray:
+        """The value of a constant tensor, evaluating its producing subgraph node by node."""
+        if tensor not in self.constants:
+            node = self.producers.get(tensor)
+            if node is None or not self.is_constant(tensor):
+                raise self.error(f"{tensor} is not a constant")
+            # onnx itself was required by `load`
+            from onnx.reference import ReferenceEvaluator
+
+            feeds = {name: self.value(name) for name in node.input if name}
+            outputs = ReferenceEvaluator(node, opsets={"": self.opset}).run(None, feeds)
+            self.constants.update(zip(node.output, outputs))
+        return self.constants[tensor]
+
+    def attributes(self, node) -> dict[str, Any]:
+        values = {a.name: self.onnx.helper.get_attribute_value(a) for a in node.attribute}
+        return {name: value.decode() if isinstance(value, bytes) else value for name, value in values.items()}
+
+    def data_input(self, node) -> str | None:
+        """The first input of `node` that is not a constant: the tensor flowing through it."""
+        return next((name for name in node.input if name and not self.is_constant(name)), None)
+
+    def upstream(self, tensor: str) -> Iterator:
+        """The nodes the data path passes through before reaching `tensor`, nearest first."""
+        while tensor in self.producers:
+            node = self.producers[tensor]
+            yield node
+            tensor = self.data_input(node)
+
+    def sole_consumer(self, tensor: str):
+        """The node consuming `tensor` when it is the only one and `tensor` is no graph output, else None."""
+        consumers = self.consumers.get(tensor, [])
+        is_output = any(output.name == tensor for output in self.proto.graph.output)
+        return consumers[0] if len(consumers) == 1 and not is_output else None
+
+    def downstream(self, tensor: str) -> Iterator:
+        """The nodes after `tensor` along a path without branches."""
+        while (node := self.sole_consumer(tensor)) is not None:
+            yield node
+            tensor = node.output[0]
+
+    def anchor_kind(self, node) -> str | None:
+        """'conv' for a convolution on the data path, 'pool' for an average pool (or an integer window sum)."""
+        if node.op_type in POOL_OPS:
+            return "pool"
+        if node.op_type in CONV_OPS and not self.is_constant(node.input[0]) and self.is_constant(node.input[1]):
+            return "pool" if self.is_window_sum(node) else "conv"
+        return None
+
+    def is_window_sum(self, node) -> bool:
+        """A depthwise ConvInteger with an all-ones kernel: the integer average pool of our quantized files."""
+        return node.op_type == "ConvInteger" and self.attributes(node).get("group", 1) > 1 and bool(np.all(self.value(node.input[1]) == 1))
+
+    def mobilenet_convs(self) -> list:
+        """The 28 convolutions in order (27 layers, the classifier after the pool), each consuming the one before."""
+        anchors = [node for node in self.proto.graph.node if self.anchor_kind(node)]
+        convs = [node for node in anchors if self.anchor_kind(node) == "conv"]
+        if len(convs) != EXPECTED_CONVS:
+            raise self.error(f"found {len(convs)} convolutions where MobileNet V1 has {EXPECTED_CONVS}")
+        pools = [index for index, node in enumerate(anchors) if self.anchor_kind(node) == "pool"]
+        if len(pools) != 1:
+            raise self.error(f"found {len(pools)} average pools where MobileNet V1 has 1")
+        if pools[0] != EXPECTED_CONVS - 1:
+            raise self.error(f"the average pool comes after {_SCOPES[pools[0] - 1] if pools[0] else 'the input'}, MobileNet V1 has it before the classifier")
+        for previous, node, scope in zip([None, *anchors], anchors, _SCOPES[:-1] + ["the pool", _SCOPES[-1]]):
+            feeding = next((n for n in self.upstream(self.data_input(node)) if self.anchor_kind(n)), None)
+            if feeding is not previous:
+                raise self.error(f"{scope} does not take the output of the layer before it")
+        return convs
+
+    def flavour(self, conv) -> str:
+        """'integer' (ConvInteger), 'qdq' (DequantizeLinear kernels) or 'float'."""
+        if conv.op_type == "ConvInteger":
+            return "integer"
+        producer = self.producers.get(conv.input[1])
+        return "qdq" if producer is not None and producer.op_type == "DequantizeLinear" else "float"
+
+
+# ---------------------------------------------------------------------------------------------- shape and geometry
+
+
+def _config(graph: OnnxGraph, convs: list, metadata: dict[str, str], backbone: Backbone) -> ModelConfig:
+    """Alpha from Conv2d_0's channels, resolution from the input (or the metadata when the input size was overridden),
+    classes from the classifier, precision from the kernels."""
+    first_kernel = _kernel_shape(graph, convs[0])
+    classes = _kernel_shape(graph, convs[-1])[0]
+    resolution = int(metadata["resolution"]) if backbone.input_size else _input_side(graph)
+    quantized = graph.flavour(convs[0]) != "float"
+    return ModelConfig(alpha=infer_alpha(first_kernel[0]), resolution=resolution, quantized=quantized, num_classes=classes)
+
+
+def _kernel_shape(graph: OnnxGraph, conv) -> tuple[int, ...]:
+    return tuple(int(d) for d in graph.value(conv.input[1]).shape)
+
+
+def _input_side(graph: OnnxGraph) -> int:
+    """Height (= width) of the RGB input, NCHW or NHWC."""
+    dims = [d.dim_value if d.HasField("dim_value") else None for d in graph.input.type.tensor_type.shape.dim]
+    if len(dims) != 4 or 3 not in (dims[1], dims[3]):
+        raise graph.error(f"input {graph.input.name} is not a batch of RGB images (shape {dims})")
+    height, width = dims[2:] if dims[1] == 3 else dims[1:3]
+    if height is None or height != width:
+        raise graph.error(f"input is {height}x{width}; MobileNet V1 takes a fixed square image")
+    return height
+
+
+def _placed_with_logits(config: ModelConfig, backbone: Backbone) -> list[PlacedLayer]:
+    """The 27 placed layers and the 1x1 classifier (stride 1, no padding)."""
+    classifier = Layer(LOGITS_SCOPE, "conv", config.feature_channels, config.num_classes, 1, 1)
+    return [*placed_layers(config, backbone), PlacedLayer(classifier, 1, 1, 1)]
+
+
+def _check_geometry(graph: OnnxGraph, conv, placed: PlacedLayer) -> None:
+    """Refuse a convolution whose kernel size, grouping, stride, dilation or padding is not the layer's."""
+    layer, attributes = placed.layer, graph.attributes(conv)
+    out_channels, _, height, width = _kernel_shape(graph, conv)
+    depthwise, (before, after) = layer.kind == "depthwise", placed.padding
+    checks = [
+        ("a kernel of", f"{height}x{width}", f"{layer.kernel}x{layer.kernel}"),
+        ("group", attributes.get("group", 1), out_channels if depthwise else 1),
+        ("stride", _side(attributes.get("strides", [1, 1])), placed.stride),
+        ("dilation", _side(attributes.get("dilations", [1, 1])), placed.rate),
+        ("padding", _pads(attributes, placed), [before, before, after, after]),
+    ]
+    for what, got, expected in checks:
+        if got != expected:
+            raise graph.error(f"{layer.scope} has {what} {got}, MobileNet V1 has {expected}")
+
+
+def _side(values: list[int]) -> int | str:
+    """A square attribute (strides, dilations) as one number, else as HxW."""
+    return int(values[0]) if len(set(values)) == 1 else "x".join(map(str, values))
+
+
+def _pads(attributes: dict, placed: PlacedLayer) -> list[int]:
+    """The ONNX pads (top, left, bottom, right) of a Conv whose kernel, stride and dilation are the layer's."""
+    auto_pad = attributes.get("auto_pad", "NOTSET")
+    if auto_pad == "NOTSET":
+        return [int(p) for p in attributes.get("pads", [0, 0, 0, 0])]
+    if auto_pad == "VALID":
+        return [0, 0, 0, 0]
+    before, after = placed.padding  # SAME_UPPER is TF's SAME; SAME_LOWER puts the odd pixel first
+    return [after, after, before, before] if auto_pad == "SAME_LOWER" else [before, before, after, after]
+
+
+# ---------------------------------------------------------------------------------------------- float graphs
+
+
+def _read_float(graph: OnnxGraph, convs: list, config: ModelConfig) -> tuple[dict[str, np.ndarray], None]:
+    """Folded TF-layout kernels and biases; every layer must end in ReLU6."""
+    weights: dict[str, np.ndarray] = {}
+    for conv, (scope, weight_name, bias_name, kind) in zip(convs, _names(config)):
+        kernel, bias, after = _folded_conv(graph, conv, scope)
+        if scope != LOGITS_SCOPE and not _is_relu6(graph, after):
+            raise graph.error(f"{scope} is followed by {after.op_type if after is not None else 'a branch'}, MobileNet V1 has ReLU6 (Clip 0..6)")
+        weights[weight_name], weights[bias_name] = from_oihw(kernel, kind), bias
+    return weights, None
+
+
+def _names(config: ModelConfig) -> list[tuple[str, str, str, str]]:
+    """(scope, kernel name, bias name, kind) of the 27 layers and the classifier, in graph order."""
+    layers = [(layer.scope, layer.weight_name, layer.bias_name, layer.kind) for layer in config.layers()]
+    return [*layers, (LOGITS_SCOPE, config.logits_weight_name, config.logits_bias_name, "conv")]
+
+
+def _folded_conv(graph: OnnxGraph, conv, scope: str) -> tuple[np.ndarray, np.ndarray, Any]:
+    """A Conv's OIHW kernel and bias with the per-channel affine ops after it folded in, and the node after them.
+
+    Follows Transposes (tracking where the channel axis went) and folds BatchNormalization on the channel
+    axis and Mul/Add/Sub by constants that vary only along it.
+    """
+    kernel = np.asarray(graph.value(conv.input[1]), np.float32)
+    channels = kernel.shape[0]
+    bias = np.asarray(graph.value(conv.input[2]), np.float32).reshape(-1) if len(conv.input) > 2 and conv.input[2] else np.zeros(channels, np.float32)
+    if bias.size != channels:
+        raise graph.error(f"{scope} has {bias.size} biases for {channels} output channels")
+    axes, tensor = [0, 1, 2, 3], conv.output[0]  # axes[i]: the conv output axis now at position i
+    while (node := graph.sole_consumer(tensor)) is not None:
+        if node.op_type == "Transpose":
+            axes = [axes[i] for i in graph.attributes(node)["perm"]]
+        elif node.op_type != "Identity":
+            folded = _fold_affine(graph, node, tensor, axes.index(1), channels)
+            if folded is None:
+                return kernel, bias, node
+            scale, shift = folded
+            kernel, bias = (kernel * scale[:, None, None, None]).astype(np.float32), (bias * scale + shift).astype(np.float32)
+        tensor = node.output[0]
+    return kernel, bias, None
+
+
+def _fold_affine(graph: OnnxGraph, node, tensor: str, channel_axis: int, channels: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """(scale, shift) per channel when `node` computes x * scale + shift on `tensor`, else None."""
+    others = [name for name in node.input if name and name != tensor]
+    if not all(graph.is_constant(name) for name in others):
+        return None
+    if node.op_type == "BatchNormalization" and channel_axis == 1:
+        gamma, beta, mean, variance = (np.asarray(graph.value(name), np.float32) for name in node.input[1:5])
+        scale = gamma / np.sqrt(variance + np.float32(graph.attributes(node).get("epsilon", 1e-5)))
+        return scale, beta - mean * scale
+    if node.op_type not in ("Mul", "Add", "Sub") or len(others) != 1 or (node.op_type == "Sub" and node.input[0] != tensor):
+        return None
+    vector = _per_channel(graph.value(others[0]), channel_axis, channels)
+    if vector is None:
+        return None
+    ones, zeros = np.ones(channels, np.float32), np.zeros(channels, np.float32)
+    return {"Mul": (vector, zeros), "Add": (ones, vector), "Sub": (ones, -vector)}[node.op_type]
+
+
+def _per_channel(value: np.ndarray, channel_axis: int, channels: int, rank: int = 4) -> np.ndarray | None:
+    """A constant that broadcasts along the channel axis only, as a float32 vector of `channels`; else None."""
+    value = np.asarray(value, np.float32)
+    if value.ndim > rank:
+        return None
+    shape = (1,) * (rank - value.ndim) + value.shape
+    if any(size != 1 for axis, size in enumerate(shape) if axis != channel_axis) or shape[channel_axis] not in (1, channels):
+        return None
+    return np.broadcast_to(value.reshape(-1), (channels,)).copy()
+
+
+def _is_relu6(graph: OnnxGraph, node) -> bool:
+    """True for Clip 0..6 (bounds as inputs, or as attributes before opset 11)."""
+    if node is None or node.op_type != "Clip":
+        return False
+    attributes, inputs = graph.attributes(node), [*node.input, "", ""]
+    low = float(graph.value(inputs[1]).reshape(())) if inputs[1] else attributes.get("min")
+    high = float(graph.value(inputs[2]).reshape(())) if inputs[2] else attributes.get("max")
+    return (low, high) == RELU6_BOUNDS
+
+
+# ---------------------------------------------------------------------------------------------- QDQ graphs
+
+
+def _read_qdq(graph: OnnxGraph, convs: list, config: ModelConfig) -> tuple[dict[str, np.ndarray], QuantInfo]:
+    """Integer kernels and biases from DequantizeLinear, activation scales from the QuantizeLinear after each layer."""
+    quant = QuantInfo()
+    for conv, (scope, weight_name, bias_name, kind) in zip(convs, _names(config)):
+        kernel, bias = (_dequantize_input(graph, conv, index, scope) for index in (1, 2))
+        quant.tensors[weight_name] = QuantizedTensor(from_oihw(kernel.values, kind), kernel.params)
+        quant.tensors[bias_name] = bias
+        quant.activations[LOGITS_ACTIVATION if scope == LOGITS_SCOPE else scope] = _quantize_after(graph, conv.output[0], scope)
+    pool = next(node for node in graph.upstream(convs[-1].input[0]) if graph.anchor_kind(node) == "pool")
+    quant.activations[POOL_ACTIVATION] = _quantize_after(graph, pool.output[0], POOL_ACTIVATION)
+    softmax = next((node for node in graph.downstream(convs[-1].output[0]) if node.op_type == "Softmax"), None)
+    if softmax is None:
+        raise graph.error("no Softmax after the classifier")
+    quant.activations[OUTPUT_ACTIVATION] = _quantize_after(graph, softmax.output[0], OUTPUT_ACTIVATION)
+    quant.activations[INPUT_ACTIVATION] = _input_params(graph, convs[0])
+    return _dequantized(quant), quant
+
+
+def _dequantized(quant: QuantInfo) -> dict[str, np.ndarray]:
+    """The float weights a quantized model carries beside its integers."""
+    return {name: tensor.dequantize() for name, tensor in quant.tensors.items()}
+
+
+def _dequantize_input(graph: OnnxGraph, conv, index: int, scope: str) -> QuantizedTensor:
+    """The integer values (as stored, OIHW) and quantization of a Conv's kernel (index 1) or bias (index 2)."""
+    what = "kernel" if index == 1 else "bias"
+    producer = graph.producers.get(conv.input[index]) if len(conv.input) > index else None
+    if producer is None or producer.op_type != "DequantizeLinear" or not graph.is_constant(producer.input[0]):
+        raise graph.error(f"the {what} of {scope} is not a DequantizeLinear of constant integers")
+    return _as_uint8(graph.value(producer.input[0]), _params(graph, producer))
+
+
+def _quantize_after(graph: OnnxGraph, tensor: str, activation: str) -> QuantParams:
+    """The quantization of the QuantizeLinear after `tensor` (through ReLU6, Transposes...) before the next layer."""
+    for node in graph.downstream(tensor):
+        if node.op_type == "QuantizeLinear":
+            return _uint8_params(_params(graph, node))
+        if graph.anchor_kind(node) or node.op_type == "Softmax":
+            break
+    raise graph.error(f"no QuantizeLinear after {activation}")
+
+
+def _input_params(graph: OnnxGraph, first_conv) -> QuantParams:
+    """The quantization of the input: the DequantizeLinear between it and Conv2d_0."""
+    node = next((node for node in graph.upstream(first_conv.input[0]) if node.op_type == "DequantizeLinear"), None)
+    if node is None:
+        raise graph.error("no DequantizeLinear between the input and Conv2d_0")
+    return _uint8_params(_params(graph, node))
+
+
+def _params(graph: OnnxGraph, node) -> QuantParams:
+    """Scale and zero point of a QuantizeLinear / DequantizeLinear (scalars when per tensor)."""
+    scale = np.asarray(graph.value(node.input[1]), np.float32)
+    zero_point = graph.value(node.input[2]) if len(node.input) > 2 and node.input[2] else np.zeros_like(scale, np.uint8)
+    if scale.size == 1:
+        scale, zero_point = scale.reshape(()), np.asarray(zero_point).reshape(())
+    return QuantParams(scale, np.asarray(zero_point).astype(np.int64), np.asarray(zero_point).dtype.name)
+
+
+def _as_uint8(values: np.ndarray, params: QuantParams) -> QuantizedTensor:
+    """Integer values with their quantization, int8 storage shifted back to the uint8 the model has."""
+    if params.dtype == "int8":
+        values = (values.astype(np.int16) + UINT8_OFFSET).astype(np.uint8)
+    return QuantizedTensor(np.ascontiguousarray(values), _uint8_params(params))
+
+
+def _uint8_params(params: QuantParams) -> QuantParams:
+    """int8 quantization as the equivalent uint8 one (zero point + 128); others unchanged."""
+    if params.dtype != "int8":
+        return params
+    return QuantParams(params.scale, params.zero_point + UINT8_OFFSET, "uint8")
+
+
+# ---------------------------------------------------------------------------------------------- integer graphs
+
+
+def _read_integer(graph: OnnxGraph, convs: list, config: ModelConfig) -> tuple[dict[str, np.ndarray], QuantInfo]:
+    """uint8 kernels from ConvInteger, int32 biases from the Add after it, parameters from the metadata record."""
+    record = graph.metadata.get(QUANTIZATION_KEY)
+    if record is None:
+        raise ModelFormatError(f"{graph.name}: ConvInteger graph without a {QUANTIZATION_KEY!r} metadata record: its scales cannot be recovered")
+    values: dict[str, np.ndarray] = {}
+    for conv, (scope, weight_name, bias_name, kind) in zip(convs, _names(config)):
+        values[weight_name] = from_oihw(graph.value(conv.input[1]), kind)
+        values[bias_name] = _integer_bias(graph, conv, scope)
+    quant = quant_info_from_json(record, values)
+    return _dequantized(quant), quant
+
+
+def _integer_bias(graph: OnnxGraph, conv, scope: str) -> np.ndarray:
+    """The int32 constant added to a ConvInteger's accumulator."""
+    node = graph.sole_consumer(conv.output[0])
+    bias = next((name for name in node.input if name != conv.output[0]), None) if node is not None and node.op_type == "Add" else None
+    if bias is None or not graph.is_constant(bias):
+        raise graph.error(f"{scope}'s ConvInteger is not followed by an int32 bias Add")
+    return np.ascontiguousarray(graph.value(bias).reshape(-1))
