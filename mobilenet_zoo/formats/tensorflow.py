@@ -2,17 +2,19 @@
 
 `slim_session` builds the forward pass in `tf.compat.v1` graph mode exactly as TF-slim's
 `nets/mobilenet_v1.py` does (variable names, scopes, op names, FusedBatchNorm, ReLU6, SAME padding,
-the `Logits` head and the `Predictions` softmax), with the canonical weights loaded into its variables.
-From that one graph come the checkpoint, the eval graph, the frozen graph, the SavedModel and the float
-TFLite flatbuffer. `read` maps any of them back to the canonical model by slim variable name.
+the `Logits` head and the `Predictions` softmax), with the canonical weights loaded into its variables,
+under the model's backbone options (feature end points, pooling, output stride, input size).
+From that one graph come the checkpoint, the eval graph, the frozen graph, the SavedModel, the float
+TFLite flatbuffer and `graph_runner`. `read` maps any of them back to the canonical model by slim variable name.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -26,8 +28,11 @@ from mobilenet_zoo.arch import (
     NUM_CLASSES,
     OUTPUT_NODE,
     SCOPE,
-    Layer,
+    Backbone,
     ModelConfig,
+    PlacedLayer,
+    placed_layers,
+    pool_geometry,
 )
 from mobilenet_zoo.deps import require
 from mobilenet_zoo.errors import ModelFormatError
@@ -35,6 +40,7 @@ from mobilenet_zoo.fsutil import atomic_folder
 from mobilenet_zoo.model import MobileNetV1Model, image_batch, infer_alpha
 
 SIGNATURE_KEY = "serving_default"
+METADATA_FILE = Path("assets.extra") / "mobilenet_zoo.json"  # our SavedModels' `MobileNetV1Model.metadata()`
 LOGITS = "logits"
 PROBABILITIES = "probabilities"
 _BN_LEAVES = ("gamma", "beta", "moving_mean", "moving_variance")
@@ -55,6 +61,22 @@ class SlimGraph:
     images: Any  # the `input` placeholder
     logits: Any
     probabilities: Any
+    features: dict[str, Any] = field(default_factory=dict)  # feature name -> that layer's Relu6 output
+
+    @property
+    def outputs(self) -> dict[str, Any]:
+        """Every output by its Runner name: logits, probabilities and the feature end points."""
+        return {LOGITS: self.logits, PROBABILITIES: self.probabilities, **self.features}
+
+    @property
+    def feature_nodes(self) -> list[str]:
+        """Graph node names of the feature end points (their Relu6 ops), in layer order."""
+        return [tensor.op.name for tensor in self.features.values()]
+
+    @property
+    def output_nodes(self) -> list[str]:
+        """Graph node names of the outputs: Predictions, logits, then the features."""
+        return [self.probabilities.op.name, self.logits.op.name, *self.feature_nodes]
 
     def eval_graph_def(self):
         """The graph with its variables (what the official `_eval.pbtxt` holds)."""
@@ -63,7 +85,7 @@ class SlimGraph:
     def frozen_graph_def(self):
         """The graph with variables turned into constants of the same (slim) names, pruned to the outputs."""
         return self.tf.compat.v1.graph_util.convert_variables_to_constants(
-            self.session, self.graph.as_graph_def(), [OUTPUT_NODE, LOGITS_NODE])
+            self.session, self.graph.as_graph_def(), self.output_nodes)
 
     def save_checkpoint(self, prefix: Path) -> None:
         """A tf.compat.v1 Saver checkpoint: `prefix.index`, `prefix.data-00000-of-00001`, `prefix.meta`."""
@@ -72,20 +94,23 @@ class SlimGraph:
         saver.save(self.session, str(prefix), write_state=False)
 
     def save_saved_model(self, folder: Path) -> None:
-        """A SavedModel whose serving signature maps `input` to `logits` and `probabilities`."""
+        """A SavedModel whose serving signature maps `input` to `logits`, `probabilities` and the features."""
         saved_model = self.tf.compat.v1.saved_model
-        signature = saved_model.predict_signature_def(
-            inputs={INPUT_NODE: self.images}, outputs={LOGITS: self.logits, PROBABILITIES: self.probabilities})
+        signature = saved_model.predict_signature_def(inputs={INPUT_NODE: self.images}, outputs=self.outputs)
         builder = saved_model.Builder(str(folder))
         with self.graph.as_default():
             builder.add_meta_graph_and_variables(self.session, [saved_model.SERVING], signature_def_map={SIGNATURE_KEY: signature})
         builder.save()
 
     def tflite(self) -> bytes:
-        """A float TFLite flatbuffer of the frozen graph with input fixed at batch 1, as the released models."""
+        """A float TFLite flatbuffer of the frozen graph with input fixed at batch 1, as the released models.
+
+        Its outputs are the Predictions, then the feature end points in layer order.
+        """
         input_shape = [1, *self.images.shape[1:]]
+        output_arrays = [self.probabilities.op.name, *self.feature_nodes]
         converter = self.tf.compat.v1.lite.TFLiteConverter(
-            self.frozen_graph_def(), None, None, input_arrays_with_shape=[(INPUT_NODE, input_shape)], output_arrays=[OUTPUT_NODE])
+            self.frozen_graph_def(), None, None, input_arrays_with_shape=[(INPUT_NODE, input_shape)], output_arrays=output_arrays)
         return converter.convert()
 
 
@@ -100,13 +125,13 @@ def slim_session(model: MobileNetV1Model, *, resource_variables: bool = True) ->
     config = model.validate().config
     graph = tf.Graph()
     with _errors_only(tf), graph.as_default():
-        images = tf.compat.v1.placeholder(tf.float32, [None, config.resolution, config.resolution, 3], name=INPUT_NODE)
+        images = tf.compat.v1.placeholder(tf.float32, [None, model.input_size, model.input_size, 3], name=INPUT_NODE)
         with tf.compat.v1.variable_scope("", use_resource=resource_variables):
-            logits, probabilities = build_mobilenet_v1(tf, images, config, folded=model.is_folded)
+            logits, probabilities, features = build_mobilenet_v1(tf, images, config, model.backbone, folded=model.is_folded)
         variables = tf.compat.v1.global_variables()
         with tf.compat.v1.Session(graph=graph) as session:
             _load_variables(session, variables, model.weights)
-            yield SlimGraph(tf, graph, session, images, logits, probabilities)
+            yield SlimGraph(tf, graph, session, images, logits, probabilities, features)
 
 
 @contextmanager
@@ -121,23 +146,28 @@ def _errors_only(tf: ModuleType) -> Iterator[None]:
         logger.setLevel(level)
 
 
-def build_mobilenet_v1(tf: ModuleType, images, config: ModelConfig, *, folded: bool = False):
-    """Slim's `mobilenet_v1(..., is_training=False)` on `images`: returns (logits, probabilities).
+def build_mobilenet_v1(tf: ModuleType, images, config: ModelConfig, backbone: Backbone, *, folded: bool = False):
+    """Slim's `mobilenet_v1(..., is_training=False)` on `images` under `backbone`.
 
-    Variables are created empty (zeros) under their slim names; `slim_session` loads the weights. A folded
-    model has `biases` and BiasAdd where slim has BatchNorm.
+    Returns (logits, probabilities, features: feature name -> Relu6 output of that layer). Variables are
+    created empty (zeros) under their slim names; `slim_session` loads the weights. A folded model has
+    `biases` and BiasAdd where slim has BatchNorm.
     """
     v1 = tf.compat.v1
+    wanted = set(backbone.feature_names)
+    features = {}
     with v1.variable_scope(SCOPE) as scope:
         # slim re-enters the scope object in mobilenet_v1_base, hence op names `MobilenetV1/MobilenetV1/...`.
         with v1.variable_scope(scope):
-            features = images
-            for layer in config.layers():
-                features = _conv_block(tf, features, layer, folded)
+            net = images
+            for placed in placed_layers(config, backbone):
+                net = _conv_block(tf, net, placed, folded)
+                if placed.layer.scope in wanted:
+                    features[placed.layer.scope] = net
         with v1.variable_scope("Logits"):
-            logits = _logits_head(tf, features, config)
+            logits = _logits_head(tf, net, config, backbone.pooling)
         predictions = _slim_softmax(tf, logits, "Predictions")
-    return logits, predictions
+    return logits, predictions, features
 
 
 def _variable(tf: ModuleType, name: str, shape: tuple[int, ...]):
@@ -145,13 +175,15 @@ def _variable(tf: ModuleType, name: str, shape: tuple[int, ...]):
     return tf.compat.v1.get_variable(name, shape, tf.float32, initializer=tf.compat.v1.zeros_initializer())
 
 
-def _conv_block(tf: ModuleType, inputs, layer: Layer, folded: bool):
-    """slim.conv2d / slim.separable_conv2d with BatchNorm (or biases when folded) and ReLU6."""
+def _conv_block(tf: ModuleType, inputs, placed: PlacedLayer, folded: bool):
+    """slim.conv2d / slim.separable_conv2d (dilated by the placed rate) with BatchNorm (or biases when folded) and ReLU6."""
+    layer = placed.layer
     with tf.compat.v1.variable_scope(layer.scope):
-        strides = [1, layer.stride, layer.stride, 1]
+        strides = [1, placed.stride, placed.stride, 1]
         if layer.kind == "depthwise":
             kernel = _variable(tf, "depthwise_weights", layer.weight_shape)
-            net = tf.compat.v1.nn.depthwise_conv2d(inputs, kernel, strides, "SAME", name="depthwise")
+            rate = [placed.rate, placed.rate]
+            net = tf.compat.v1.nn.depthwise_conv2d(inputs, kernel, strides, "SAME", rate=rate, name="depthwise")
         else:
             kernel = _variable(tf, "weights", layer.weight_shape)
             net = tf.nn.conv2d(inputs, kernel, strides, "SAME", name="Conv2D")
@@ -165,17 +197,20 @@ def _conv_block(tf: ModuleType, inputs, layer: Layer, folded: bool):
         return tf.nn.relu6(net, name="Relu6")
 
 
-def _logits_head(tf: ModuleType, features, config: ModelConfig):
-    """AvgPool_1a (min(7, H) x min(7, W), stride 2, VALID), Dropout_1b (identity at eval), Conv2d_1c_1x1, SpatialSqueeze."""
-    kernel = [min(7, int(size)) for size in features.shape[1:3]]
+def _logits_head(tf: ModuleType, features, config: ModelConfig, pooling: str):
+    """AvgPool_1a (`pool_geometry`, VALID), Dropout_1b (identity at eval), Conv2d_1c_1x1, and SpatialSqueeze
+    when the pool leaves a 1x1 map (otherwise the logits stay N x S x S x classes, as slim's spatial_squeeze=False)."""
+    kernel, stride = pool_geometry(int(features.shape[1]), pooling)
     with tf.compat.v1.name_scope("AvgPool_1a"):
-        net = tf.nn.avg_pool2d(features, kernel, 2, "VALID", name="AvgPool")
+        net = tf.nn.avg_pool2d(features, kernel, stride, "VALID", name="AvgPool")
     with tf.compat.v1.name_scope("Dropout_1b"):
         net = tf.identity(net, name="Identity")
     with tf.compat.v1.variable_scope("Conv2d_1c_1x1"):
         weights = _variable(tf, "weights", (1, 1, config.feature_channels, config.num_classes))
         biases = _variable(tf, "biases", (config.num_classes,))
         net = tf.nn.bias_add(tf.nn.conv2d(net, weights, 1, "SAME", name="Conv2D"), biases, name="BiasAdd")
+    if net.shape[1] > 1:
+        return net
     return tf.squeeze(net, [1, 2], name="SpatialSqueeze")
 
 
@@ -197,7 +232,8 @@ def _load_variables(session, variables: list, weights: dict[str, np.ndarray]) ->
 
 
 def write(model: MobileNetV1Model, out: Path) -> Path:
-    """Write a SavedModel folder (serving signature: `input` -> `logits`, `probabilities`); returns `out`."""
+    """Write a SavedModel folder (serving signature: `input` -> `logits`, `probabilities` and the features)
+    with `model.metadata()` in METADATA_FILE (so `read` restores the variant and backbone options); returns `out`."""
     if model.config.quantized:
         from mobilenet_zoo.formats import tensorflow_quant
 
@@ -205,6 +241,8 @@ def write(model: MobileNetV1Model, out: Path) -> Path:
     out = Path(out)
     with atomic_folder(out) as staging, slim_session(model) as slim:
         slim.save_saved_model(staging)
+        (staging / METADATA_FILE).parent.mkdir()
+        (staging / METADATA_FILE).write_text(json.dumps(model.metadata()), encoding="utf-8")
     return out
 
 
@@ -214,14 +252,24 @@ def tflite_bytes(model: MobileNetV1Model) -> bytes:
         return slim.tflite()
 
 
+@contextmanager
+def graph_runner(model: MobileNetV1Model) -> Iterator[TensorFlowRunner]:
+    """A Runner of `model`'s slim graph in a live session (the float reference for any backbone options)."""
+    with slim_session(model) as slim:
+        outputs = slim.outputs
+        yield TensorFlowRunner(lambda images: slim.session.run(outputs, {slim.images: images}), model.input_size)
+
+
 # ---------------------------------------------------------------------------------------------- reading
 
 
 def read(path: Path) -> MobileNetV1Model:
-    """Read a slim checkpoint (prefix or any of its files), a frozen graph, or a SavedModel folder."""
+    """Read a slim checkpoint (prefix or any of its files), a frozen graph, or a SavedModel folder (float or quantized)."""
     path = Path(path)
     if path.is_dir():
-        return _read_saved_model(path)
+        from mobilenet_zoo.formats import tensorflow_quant
+
+        return tensorflow_quant.read(path) if tensorflow_quant.is_quantized(path) else _read_saved_model(path)
     if ".ckpt" in path.name:
         return _read_checkpoint(checkpoint_prefix(path))
     if path.suffix == ".pb":
@@ -262,9 +310,13 @@ def _read_frozen_graph(path: Path) -> MobileNetV1Model:
 
 
 def _read_saved_model(folder: Path) -> MobileNetV1Model:
-    resolution = _signature_resolution(_serving_signature(folder), folder)
+    """The variant and backbone options from the metadata `write` records, else the resolution from the signature."""
+    metadata_path = folder / METADATA_FILE
+    metadata = json.loads(metadata_path.read_text(encoding="utf-8")) if metadata_path.exists() else {}
+    resolution = int(metadata["resolution"]) if "resolution" in metadata else _signature_resolution(_serving_signature(folder), folder)
     reader = _checkpoint_reader(folder / "variables" / "variables")
-    return _canonical_model(set(reader.get_variable_to_shape_map()), reader.get_tensor, resolution, folder)
+    model = _canonical_model(set(reader.get_variable_to_shape_map()), reader.get_tensor, resolution, folder)
+    return model.with_backbone(Backbone.from_metadata(metadata))
 
 
 def _canonical_model(names: set[str], fetch: Callable[[str], np.ndarray], resolution: int, source: Path) -> MobileNetV1Model:
@@ -381,7 +433,7 @@ def load_runner(path: Path) -> TensorFlowRunner:
 class TensorFlowRunner:
     """Runs a float MobileNet V1 in TensorFlow on NHWC batches in [-1, 1]."""
 
-    function: Callable  # float32 NHWC tensor -> (logits, probabilities)
+    function: Callable  # float32 NHWC batch -> {"logits", "probabilities", feature name: tensor}
     resolution: int
     batch_size: int | None = None  # fixed batch of the graph's input, if any
     quantized: bool = False
@@ -390,7 +442,7 @@ class TensorFlowRunner:
         batch = image_batch(images, np.float32, self.resolution, "TensorFlow model")
         step = self.batch_size or len(batch)
         chunks = [self.function(batch[start : start + step]) for start in range(0, len(batch), step)]
-        return {name: np.concatenate([np.asarray(chunk[i]) for chunk in chunks]) for i, name in enumerate((LOGITS, PROBABILITIES))}
+        return {name: np.concatenate([np.asarray(chunk[name]) for chunk in chunks]) for name in chunks[0]}
 
 
 def _frozen_graph_runner(path: Path) -> TensorFlowRunner:
@@ -404,22 +456,18 @@ def _frozen_graph_runner(path: Path) -> TensorFlowRunner:
         raise ModelFormatError(f"{path}: not a MobileNet V1 graph: no node {missing[0]}")
     imported = tf.compat.v1.wrap_function(lambda: tf.compat.v1.import_graph_def(graph_def, name=""), [])
     tensor = imported.graph.get_tensor_by_name
-    function = imported.prune(tensor(f"{INPUT_NODE}:0"), [tensor(f"{LOGITS_NODE}:0"), tensor(f"{OUTPUT_NODE}:0")])
+    function = imported.prune(tensor(f"{INPUT_NODE}:0"), {LOGITS: tensor(f"{LOGITS_NODE}:0"), PROBABILITIES: tensor(f"{OUTPUT_NODE}:0")})
     batch_dim = next(node for node in graph_def.node if node.name == INPUT_NODE).attr["shape"].shape.dim[0].size
     return TensorFlowRunner(lambda images: function(tf.constant(images)), resolution, batch_dim if batch_dim > 0 else None)
 
 
 def _saved_model_runner(folder: Path) -> TensorFlowRunner:
+    """Run the serving signature: `logits`, `probabilities` and any feature outputs it has."""
     tf = require("tensorflow")
     signature = _serving_signature(folder)
-    if set(signature.outputs) != {LOGITS, PROBABILITIES}:
+    if not {LOGITS, PROBABILITIES} <= set(signature.outputs):
         raise ModelFormatError(f"{folder}: serving signature outputs {sorted(signature.outputs)}, expected {LOGITS} and {PROBABILITIES}")
     resolution = _signature_resolution(signature, folder)
     with _errors_only(tf):
         serve = tf.saved_model.load(str(folder)).signatures[SIGNATURE_KEY]
-
-    def function(images: np.ndarray):
-        outputs = serve(**{INPUT_NODE: tf.constant(images)})
-        return outputs[LOGITS], outputs[PROBABILITIES]
-
-    return TensorFlowRunner(function, resolution)
+    return TensorFlowRunner(lambda images: serve(**{INPUT_NODE: tf.constant(images)}), resolution)
