@@ -113,7 +113,7 @@ def load_weights(module: MobileNetV1, model: MobileNetV1Model) -> None:
     state = module.state_dict()  # tensors sharing the module's storage
     with torch.no_grad():
         for slim_name, (torch_name, kind) in tensor_names(model.config, model.is_folded).items():
-            state[torch_name].copy_(torch.from_numpy(to_torch_layout(model.weights[slim_name], kind)))
+            state[torch_name].copy_(torch.tensor(to_torch_layout(model.weights[slim_name], kind)))  # a copy: the array may be read-only
 
 
 def weights_from_state_dict(state: dict, config: ModelConfig, folded: bool) -> dict[str, np.ndarray]:
