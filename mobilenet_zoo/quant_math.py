@@ -10,6 +10,7 @@ What the TFLite interpreter's builtin kernels (LiteRT 2.x, no XNNPACK delegate) 
   (high + 2^(e-1)) >> e. gemmlowp's reference (SaturatingRoundingDoublingHighMul + RoundingDivideByPOT)
   rounds half away from zero instead; the two differ only on negative values at exact ties, which ReLU6
   clamps away, so only the logits (no activation) can show it.
+- Dilated DEPTHWISE_CONV_2D (output stride 8 or 16) only spreads the taps; the arithmetic is the same.
 - AVERAGE_POOL_2D (uint8): (window sum + count / 2) / count in integers; scale and zero point pass through.
 - SOFTMAX (uint8 in and out): `optimized_ops::Softmax` with the lookup table of `PopulateSoftmaxLookupTable`:
   table[255 - d] = expf(-input_scale * beta * d) in float32, a sequential float32 sum of
@@ -24,7 +25,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mobilenet_zoo.arch import same_output_size, same_padding
+from mobilenet_zoo.arch import (
+    SLIM_POOL_STRIDE,
+    logits_map_size,
+    placed_layers,
+    pool_geometry,
+    same_output_size,
+    same_padding,
+)
 from mobilenet_zoo.errors import ModelFormatError
 from mobilenet_zoo.model import (
     INPUT_ACTIVATION,
@@ -40,7 +48,6 @@ UINT8_MIN, UINT8_MAX = 0, 255
 RELU6_LIMIT = 6.0
 SOFTMAX_BETA = 1.0
 Q31 = 1 << 31
-POOL_STRIDE = 2
 
 
 # ------------------------------------------------------------------------------------ scalar helpers
@@ -125,7 +132,8 @@ class IntegerConv:
     scope: str
     depthwise: bool
     stride: int
-    input_size: int  # height (= width) of its input at the model's resolution
+    rate: int  # dilation rate (above 1 only for depthwise layers past the output stride)
+    input_size: int  # height (= width) of its input at the model's input size
     kernel: np.ndarray  # int32, TF layout (HWIO, or HWC1 for depthwise)
     bias: np.ndarray  # int32, per output channel
     input_zero_point: int
@@ -133,8 +141,8 @@ class IntegerConv:
 
     @property
     def padding(self) -> tuple[int, int]:
-        """TF SAME padding (before, after) of both spatial axes at `input_size`."""
-        return same_padding(self.input_size, self.kernel.shape[0], self.stride)
+        """TF SAME padding (before, after) of both spatial axes at `input_size`, dilated by `rate`."""
+        return same_padding(self.input_size, self.kernel.shape[0], self.stride, self.rate)
 
     @property
     def output_size(self) -> int:
@@ -143,37 +151,49 @@ class IntegerConv:
 
 @dataclass(frozen=True)
 class IntegerNetwork:
-    """Everything the integer forward pass needs, precomputed from a quantized canonical model."""
+    """Everything the integer forward pass needs, precomputed from a quantized canonical model and its backbone."""
 
-    convs: tuple[IntegerConv, ...]  # the 27 convolutions of the backbone
+    convs: tuple[IntegerConv, ...]  # the 27 convolutions of the backbone, as `arch.placed_layers` places them
     pool_kernel: tuple[int, int]
+    pool_stride: int
     logits: IntegerConv
     softmax_table: np.ndarray  # float32[256], indexed by 255 - max + x
     output_scale: np.float32
     output_zero_point: int
-    resolution: int
+    resolution: int  # the input height and width (`model.input_size`)
+    features: tuple[str, ...] = ()  # scopes of the convolutions whose uint8 outputs are extra outputs
+
+    @property
+    def logits_map_size(self) -> int:
+        """Side of the logits map (the pooled map the 1x1 classifier runs on): 1 means the head squeezes to N x classes."""
+        return self.logits.input_size
 
 
 def integer_network(model: MobileNetV1Model) -> IntegerNetwork:
     """The integer constants of every layer of a quantized model, as TFLite derives them at prepare time."""
     if not model.config.quantized or model.quant is None:
         raise ModelFormatError(f"{model.config.name} is not quantized: it has no integer arithmetic to run")
-    config, activations = model.validate().config, model.quant.activations
-    previous, size, convs = activations[INPUT_ACTIVATION], config.resolution, []
-    for layer in config.layers():
-        convs.append(_integer_conv(model, layer.scope, layer.kind == "depthwise", layer.stride, size, layer.weight_name, layer.bias_name, previous, relu6=True))
-        previous, size = activations[layer.scope], convs[-1].output_size
+    config, backbone, activations = model.validate().config, model.backbone, model.quant.activations
+    previous, convs = activations[INPUT_ACTIVATION], []
+    for placed in placed_layers(config, backbone):
+        layer = placed.layer
+        convs.append(_integer_conv(model, layer.scope, layer.weight_name, layer.bias_name, previous, depthwise=layer.kind == "depthwise",
+                                   relu6=True, stride=placed.stride, rate=placed.rate, input_size=placed.input_size))
+        previous = activations[layer.scope]
     pool = activations[POOL_ACTIVATION]
     if (float(previous.scale), int(previous.zero_point)) != (float(pool.scale), int(pool.zero_point)):
         raise ModelFormatError(f"{POOL_ACTIVATION} rescales its input; TFLite's uint8 average pool keeps scale and zero point")
-    logits = _integer_conv(model, LOGITS_ACTIVATION, False, 1, 1, config.logits_weight_name, config.logits_bias_name, pool, relu6=False)
+    kernel, stride = pool_geometry(convs[-1].output_size, backbone.pooling)
+    logits = _integer_conv(model, LOGITS_ACTIVATION, config.logits_weight_name, config.logits_bias_name, pool,
+                           input_size=logits_map_size(config, backbone))
     output = activations[OUTPUT_ACTIVATION]
-    return IntegerNetwork(tuple(convs), config.pool_kernel(), logits, softmax_table(float(activations[LOGITS_ACTIVATION].scale)),
-                          np.float32(output.scale), int(output.zero_point), config.resolution)
+    return IntegerNetwork(tuple(convs), (kernel, kernel), stride, logits, softmax_table(float(activations[LOGITS_ACTIVATION].scale)),
+                          np.float32(output.scale), int(output.zero_point), model.input_size, tuple(backbone.feature_names))
 
 
-def _integer_conv(model: MobileNetV1Model, scope: str, depthwise: bool, stride: int, input_size: int, weight_name: str,
-                  bias_name: str, input_params: QuantParams, relu6: bool) -> IntegerConv:
+def _integer_conv(model: MobileNetV1Model, scope: str, weight_name: str, bias_name: str, input_params: QuantParams, *,
+                  depthwise: bool = False, relu6: bool = False, stride: int = 1, rate: int = 1, input_size: int = 1) -> IntegerConv:
+    """The integer constants of one convolution, placed at its stride, dilation rate and input size."""
     weights, bias = model.quant.tensors[weight_name], model.quant.tensors[bias_name]
     if np.size(weights.params.zero_point) != 1:
         raise ModelFormatError(f"{weight_name}: per-channel weight zero points are not supported")
@@ -182,7 +202,7 @@ def _integer_conv(model: MobileNetV1Model, scope: str, depthwise: bool, stride: 
     low, high = activation_range(output_params, relu6)
     kernel = weights.values.astype(np.int32) - np.int32(weights.params.zero_point)
     requantization = Requantization(multiplier, shift, int(output_params.zero_point), low, high)
-    return IntegerConv(scope, depthwise, stride, input_size, kernel, bias.values.astype(np.int32), int(input_params.zero_point), requantization)
+    return IntegerConv(scope, depthwise, stride, rate, input_size, kernel, bias.values.astype(np.int32), int(input_params.zero_point), requantization)
 
 
 # ------------------------------------------------------------------------------------------ kernels
@@ -206,11 +226,12 @@ def integer_conv(images: np.ndarray, layer: IntegerConv) -> np.ndarray:
     """A quantized (depthwise) convolution: uint8 NHWC in, uint8 NHWC out."""
     offset = images.astype(np.int64) - layer.input_zero_point  # SAME padding with zeros = padding with the zero point
     kernel = layer.kernel.astype(np.int64)
-    accumulator = depthwise_conv(offset, kernel, layer.stride) if layer.depthwise else conv(offset, kernel, layer.stride)
+    convolve = depthwise_conv if layer.depthwise else conv
+    accumulator = convolve(offset, kernel, layer.stride, layer.rate)
     return requantize(accumulator + layer.bias, layer.requantization)
 
 
-def average_pool(images: np.ndarray, kernel: tuple[int, int], stride: int = POOL_STRIDE) -> np.ndarray:
+def average_pool(images: np.ndarray, kernel: tuple[int, int], stride: int = SLIM_POOL_STRIDE) -> np.ndarray:
     """uint8 VALID average pool: (window sum + count / 2) / count, as TFLite's uint8 AveragePool."""
     height, width = kernel
     count = height * width
@@ -234,16 +255,20 @@ def softmax(logits: np.ndarray, table: np.ndarray, output_scale: np.float32, out
 
 
 def run(network: IntegerNetwork, images: np.ndarray) -> dict[str, np.ndarray]:
-    """uint8 logits and probabilities (N x classes) of uint8 NHWC images."""
-    x = np.asarray(images, np.uint8)
+    """uint8 logits and probabilities (N x classes, or N x S x S x classes maps) of uint8 NHWC images,
+    plus the chosen feature maps (NHWC) by scope."""
+    x, features = np.asarray(images, np.uint8), {}
     for layer in network.convs:
         x = integer_conv(x, layer)
-    x = integer_conv(average_pool(x, network.pool_kernel), network.logits)
-    logits = x.reshape(len(x), -1)
+        if layer.scope in network.features:
+            features[layer.scope] = x
+    logits = integer_conv(average_pool(x, network.pool_kernel, network.pool_stride), network.logits)
+    if network.logits_map_size == 1:
+        logits = logits.reshape(len(logits), -1)
     probabilities = softmax(logits, network.softmax_table, network.output_scale, network.output_zero_point)
-    return {"logits": logits, "probabilities": probabilities}
+    return {"logits": logits, "probabilities": probabilities, **features}
 
 
 def forward(model: MobileNetV1Model, images: np.ndarray) -> dict[str, np.ndarray]:
-    """The TFLite uint8 forward pass of a quantized model: {"logits", "probabilities"}, raw uint8."""
+    """The TFLite uint8 forward pass of a quantized model as its backbone builds it: raw uint8 outputs."""
     return run(integer_network(model), images)

@@ -97,12 +97,6 @@ def test_runner_rejects_wrong_image_size():
         runner(np.zeros((1, 160, 160, 3), np.uint8))
 
 
-def test_quantized_model_refuses_requantization(real_models, tmp_path):
-    with pytest.raises(ModelFormatError, match="already quantized"):
-        tflite.write(real_models["0.25_128"], tmp_path / "model.tflite", quantize="uint8")
-    assert not list(tmp_path.iterdir())
-
-
 def test_truncated_model_is_refused(tmp_path):
     truncated = tmp_path / "truncated.tflite"
     truncated.write_bytes(model_path("0.25_128").read_bytes()[:200_000])
@@ -130,3 +124,14 @@ def test_non_mobilenet_tflite_is_refused(tmp_path):
     path.write_bytes(converter.convert())
     with pytest.raises(ModelFormatError, match="not a MobileNet V1 graph"):
         tflite.read(path)
+
+
+def test_written_files_keep_the_variant_and_backbone(real_models, tmp_path):
+    """A model written at another input size reads back as its variant, not as a variant of that resolution."""
+    from mobilenet_zoo.arch import Backbone
+
+    backbone = Backbone(features=(5,), output_stride=16, input_size=224)
+    written = tflite.write(real_models["0.25_128"].with_backbone(backbone), tmp_path / "model.tflite")
+    back = tflite.read(written)
+    assert back.config == real_models["0.25_128"].config and back.backbone == backbone
+    assert tflite.load_runner(written).resolution == 224

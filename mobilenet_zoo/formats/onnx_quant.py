@@ -9,6 +9,16 @@ bias, followed by that fixed-point requantization in int64 arithmetic; the avera
 window sum with TFLite's rounding; the softmax replays TFLite's uint8 kernel (lookup table of exp, a
 sequential float32 sum via CumSum, round half up). The uint8 output is then bit-identical to the TFLite
 interpreter's builtin kernels.
+
+The graph follows `model.backbone` as the float writer does: ConvInteger strides, `dilations` and pads from
+`arch.placed_layers`, the pool of `arch.pool_geometry`, a logits map (softmax over the class axis) when it is
+larger than 1x1, one uint8 output per chosen feature map; 4-D outputs are in the file's input layout.
+
+Reading it back: `metadata_props` hold `model.metadata()`, `quantized: "true"` and, under `quantization`,
+`model.quant_params_json` (scale, zero point and dtype of every integer tensor and activation). The integers
+are initializers named by slim name: `.../weights` and `.../depthwise_weights` uint8 kernels in OIHW (depthwise
+C x 1 x H x W: `model.from_oihw` restores TF layout), `.../biases` int32 shaped C x 1 x 1 (to broadcast over
+NCHW; flatten them).
 """
 
 from __future__ import annotations
@@ -26,6 +36,7 @@ from mobilenet_zoo.model import (
     POOL_ACTIVATION,
     MobileNetV1Model,
     QuantizedTensor,
+    quant_params_json,
     to_oihw,
 )
 from mobilenet_zoo.quant_math import (
@@ -39,6 +50,7 @@ from mobilenet_zoo.quant_math import (
 )
 
 _REDUCE_AXES_AS_INPUT_OPSET = 18
+QUANTIZATION_KEY = "quantization"  # metadata_props entry holding `model.quant_params_json(model.quant)`
 
 
 def write(model: MobileNetV1Model, out: Path, *, layout: str = "NHWC", opset: int = MIN_OPSET) -> Path:
@@ -61,12 +73,17 @@ def build_model(model: MobileNetV1Model, *, layout: str = "NHWC", opset: int = M
     tensor = onnx_format.input_as_nchw(builder, layout)
     for layer, conv in zip(config.layers(), network.convs):
         tensor = _conv(builder, tensor, conv, layer.weight_name, kernels[layer.weight_name], layer.bias_name)
-    tensor = _average_pool(builder, tensor, network.pool_kernel, config.feature_channels)
+        if conv.scope in network.features:
+            onnx_format.output_in_layout(builder, tensor, conv.scope, layout)
+    tensor = _average_pool(builder, tensor, network, config.feature_channels)
     tensor = _conv(builder, tensor, network.logits, config.logits_weight_name, kernels[config.logits_weight_name], config.logits_bias_name)
-    builder.node("Flatten", [tensor], f"{SCOPE}/Logits/SpatialSqueeze", output=LOGITS, axis=1)
-    _softmax(builder, LOGITS, network, opset)
+    class_axis = onnx_format.logits_output(builder, tensor, network.logits_map_size, layout)
+    _softmax(builder, LOGITS, network, class_axis, opset)
     description = f"MobileNet V1 {config.name}: TFLite uint8 arithmetic, input {layout} uint8 0..255"
-    return onnx_format.model_proto(builder, model, layout, opset, "UINT8", description)
+    proto = onnx_format.model_proto(builder, model, layout, opset, "UINT8", description)
+    for key, value in (("quantized", "true"), (QUANTIZATION_KEY, quant_params_json(model.quant))):
+        proto.metadata_props.add(key=key, value=value)
+    return proto
 
 
 # -------------------------------------------------------------------------------------------- graph
@@ -83,7 +100,7 @@ def _conv(builder, tensor: str, conv: IntegerConv, weight_name: str, weights: Qu
         builder.constant(f"{weight_name}/zero_point", np.array(weights.params.zero_point, np.uint8)),
     ]
     accumulator = builder.node("ConvInteger", inputs, f"{prefix}/ConvInteger", kernel_shape=[conv.kernel.shape[0]] * 2,
-                               strides=[conv.stride] * 2, pads=[before, before, after, after],
+                               strides=[conv.stride] * 2, dilations=[conv.rate] * 2, pads=[before, before, after, after],
                                group=conv.kernel.shape[2] if conv.depthwise else 1)
     biased = builder.node("Add", [accumulator, builder.constant(bias_name, _channels_first(conv.bias, np.int32))], f"{prefix}/BiasAdd")
     return _requantize(builder, biased, conv.requantization, prefix)
@@ -130,31 +147,31 @@ def _to_uint8(builder, tensor: str, zero_point: int, bounds: tuple[int, int], na
     return builder.node("Cast", [clamped], f"{name}/to_uint8", to=_onnx_type(builder, "UINT8"))
 
 
-def _average_pool(builder, tensor: str, kernel: tuple[int, int], channels: int) -> str:
-    """TFLite's uint8 AVERAGE_POOL_2D (VALID, stride 2): (window sum + count / 2) / count, no rescaling."""
+def _average_pool(builder, tensor: str, network: IntegerNetwork, channels: int) -> str:
+    """TFLite's uint8 AVERAGE_POOL_2D (VALID): (window sum + count / 2) / count, no rescaling."""
     name = f"{SCOPE}/{POOL_ACTIVATION}"
-    height, width = kernel
+    height, width = network.pool_kernel
     count = height * width
     ones = builder.constant(f"{name}/window", np.ones((channels, 1, height, width), np.uint8))
     zero = builder.constant(f"{name}/zero_point", np.array(0, np.uint8))
     window_sum = builder.node("ConvInteger", [tensor, ones, zero, zero], f"{name}/window_sum",
-                              kernel_shape=[height, width], strides=[2, 2], group=channels)
+                              kernel_shape=[height, width], strides=[network.pool_stride] * 2, group=channels)
     rounded = builder.node("Add", [window_sum, builder.constant(f"{name}/half_count", np.array(count // 2, np.int32))], f"{name}/add_half")
     average = builder.node("Div", [rounded, builder.constant(f"{name}/count", np.array(count, np.int32))], f"{name}/divide")
     return _to_uint8(builder, average, 0, (UINT8_MIN, UINT8_MAX), name, "INT32")
 
 
-def _softmax(builder, logits: str, network: IntegerNetwork, opset: int) -> str:
-    """TFLite's uint8 SOFTMAX: table[255 - max + x] / (sequential float32 sum * output scale), rounded half up."""
+def _softmax(builder, logits: str, network: IntegerNetwork, axis: int, opset: int) -> str:
+    """TFLite's uint8 SOFTMAX over the class `axis`: table[255 - max + x] / (sequential float32 sum * output scale), rounded half up."""
     name = f"{SCOPE}/Predictions/Softmax"
     as_int = builder.node("Cast", [logits], f"{name}/to_int64", to=_onnx_type(builder, "INT64"))
-    maximum = _row_max(builder, as_int, f"{name}/row_max", opset)
+    maximum = _class_max(builder, as_int, axis, f"{name}/class_max", opset)
     offset = builder.node("Sub", [as_int, maximum], f"{name}/minus_max")
     index = builder.node("Add", [offset, builder.constant(f"{name}/table_end", np.array(UINT8_MAX, np.int64))], f"{name}/index")
     exps = builder.node("Gather", [builder.constant(f"{name}/exp_table", network.softmax_table), index], f"{name}/exp")
     # CumSum adds left to right in float32 like TFLite's loop; its last column is the normalizer.
-    running = builder.node("CumSum", [exps, builder.constant(f"{name}/axis", np.array(1, np.int64))], f"{name}/running_sum")
-    total = builder.node("Gather", [running, builder.constant(f"{name}/last", np.array([-1], np.int64))], f"{name}/sum", axis=1)
+    running = builder.node("CumSum", [exps, builder.constant(f"{name}/axis", np.array(axis, np.int64))], f"{name}/running_sum")
+    total = builder.node("Gather", [running, builder.constant(f"{name}/last", np.array([-1], np.int64))], f"{name}/sum", axis=axis)
     scaled_total = builder.node("Mul", [total, builder.constant(f"{name}/output_scale", np.array(network.output_scale, np.float32))], f"{name}/scaled_sum")
     inverse = builder.node("Div", [builder.constant(f"{name}/one", np.array(1.0, np.float32)), scaled_total], f"{name}/inverse")
     rescaled = builder.node("Mul", [exps, inverse], f"{name}/rescaled")
@@ -165,11 +182,11 @@ def _softmax(builder, logits: str, network: IntegerNetwork, opset: int) -> str:
     return builder.node("Identity", [quantized], f"{name}/output", output=PROBABILITIES)
 
 
-def _row_max(builder, tensor: str, name: str, opset: int) -> str:
-    """ReduceMax over axis 1, keeping it (axes became an input in opset 18)."""
+def _class_max(builder, tensor: str, axis: int, name: str, opset: int) -> str:
+    """ReduceMax over `axis`, keeping it (axes became an input in opset 18)."""
     if opset >= _REDUCE_AXES_AS_INPUT_OPSET:
-        return builder.node("ReduceMax", [tensor, builder.constant(f"{name}/axes", np.array([1], np.int64))], name, keepdims=1)
-    return builder.node("ReduceMax", [tensor], name, axes=[1], keepdims=1)
+        return builder.node("ReduceMax", [tensor, builder.constant(f"{name}/axes", np.array([axis], np.int64))], name, keepdims=1)
+    return builder.node("ReduceMax", [tensor], name, axes=[axis], keepdims=1)
 
 
 def _channels_first(values, dtype) -> np.ndarray:

@@ -1,6 +1,8 @@
 """Quantized TensorFlow: a SavedModel computing TFLite's uint8 MobileNet V1 arithmetic with TF integer ops.
 
-The serving signature takes uint8 NHWC `input` (any batch) and returns uint8 `logits` and `probabilities`.
+The serving signature takes uint8 NHWC `input` (any batch) and returns uint8 `logits` and `probabilities`
+(N x classes, or N x S x S x classes maps) and the chosen feature maps (by `arch.feature_scope`), built as
+`model.backbone` says (dilated depthwise convolutions, the head pool of `arch.pool_geometry`).
 Convolutions are int32 matmuls over SAME-padded windows (padding = input zero point), requantization is
 `mobilenet_zoo.quant_math`'s fixed-point multiply in tf.int64 with TFLite's rounding, the average pool an
 integer window sum, and the softmax TFLite's lookup table with a float32 cumulative sum (TensorFlow's CPU
@@ -33,14 +35,13 @@ from mobilenet_zoo.model import (
     quant_params_json,
 )
 from mobilenet_zoo.quant_math import (
-    POOL_STRIDE,
     UINT8_MAX,
     IntegerConv,
     IntegerNetwork,
     integer_network,
 )
 
-METADATA_FILE = Path("assets.extra") / "mobilenet_zoo.json"
+METADATA_FILE = tf_format.METADATA_FILE
 QUANT_PARAMS_KEY = "quant_params"  # metadata entry holding `model.quant_params_json` of the written model
 
 
@@ -59,12 +60,25 @@ def write(model: MobileNetV1Model, out: Path) -> Path:
 
 def is_quantized(folder: Path) -> bool:
     """True for a SavedModel folder this module wrote."""
-    path = Path(folder) / METADATA_FILE
-    return path.exists() and json.loads(path.read_text(encoding="utf-8")).get("quantized") == "true"
+    return (Path(folder) / METADATA_FILE).exists() and _recorded_metadata(Path(folder)).get("quantized") == "true"
+
+
+def quantized_metadata(folder: Path) -> dict:
+    """The metadata of a quantized SavedModel of ours; anything else is refused."""
+    if not is_quantized(folder):
+        raise ModelFormatError(f"{folder}: not a quantized MobileNet V1 SavedModel of ours (no {METADATA_FILE} saying quantized)")
+    return _recorded_metadata(folder)
+
+
+def _recorded_metadata(folder: Path) -> dict:
+    try:
+        return json.loads((folder / METADATA_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ModelFormatError(f"{folder}: unreadable {METADATA_FILE} ({exc})") from None
 
 
 def build_module(network: IntegerNetwork):
-    """A `tf.Module` whose `serve` maps uint8 NHWC `input` to uint8 {"logits", "probabilities"}."""
+    """A `tf.Module` whose `serve` maps uint8 NHWC `input` to uint8 {"logits", "probabilities", *feature scopes}."""
     tf = require("tensorflow")
 
     class IntegerConv2d(tf.Module):
@@ -87,7 +101,8 @@ def build_module(network: IntegerNetwork):
             accumulator = self.bias
             for dy in range(layer.kernel.shape[0]):
                 for dx in range(layer.kernel.shape[1]):
-                    window = padded[:, dy : dy + span : layer.stride, dx : dx + span : layer.stride]
+                    top, left = dy * layer.rate, dx * layer.rate
+                    window = padded[:, top : top + span : layer.stride, left : left + span : layer.stride]
                     tap = self.kernel[dy, dx]
                     accumulator = accumulator + (window * tap if layer.depthwise else tf.matmul(window, tap))
             return self.requantize(accumulator)
@@ -110,26 +125,30 @@ def build_module(network: IntegerNetwork):
 
         @tf.function(input_signature=[tf.TensorSpec([None, network.resolution, network.resolution, 3], tf.uint8, name=INPUT_NODE)])
         def serve(self, images):
-            features = images
+            net, features = images, {}
             for layer in self.layers:
-                features = layer(features)
-            logits = tf.reshape(self.logits(self.average_pool(features)), [-1, self.logits.kernel.shape[-1]])
-            return {tf_format.LOGITS: logits, tf_format.PROBABILITIES: self.softmax(logits)}
+                net = layer(net)
+                if layer.layer.scope in network.features:
+                    features[layer.layer.scope] = net
+            logits = self.logits(self.average_pool(net))
+            if network.logits_map_size == 1:
+                logits = tf.reshape(logits, [-1, self.logits.kernel.shape[-1]])
+            return {tf_format.LOGITS: logits, tf_format.PROBABILITIES: self.softmax(logits), **features}
 
         def average_pool(self, features):
-            """uint8 VALID average pool, stride 2: (window sum + count / 2) // count."""
-            height, width = network.pool_kernel
+            """uint8 VALID average pool: (window sum + count / 2) // count."""
+            (height, width), stride = network.pool_kernel, network.pool_stride
             count = height * width
             rows = [tf.stack([tf.reduce_sum(tf.cast(features[:, i : i + height, j : j + width], tf.int32), axis=[1, 2])
-                              for j in range(0, features.shape[2] - width + 1, POOL_STRIDE)], axis=1)
-                    for i in range(0, features.shape[1] - height + 1, POOL_STRIDE)]
+                              for j in range(0, features.shape[2] - width + 1, stride)], axis=1)
+                    for i in range(0, features.shape[1] - height + 1, stride)]
             return tf.cast((tf.stack(rows, axis=1) + count // 2) // count, tf.uint8)
 
         def softmax(self, logits):
-            """TFLite's uint8 softmax: table lookup, sequential float32 normalizer, add 0.5 and truncate."""
+            """TFLite's uint8 softmax over the last axis: table lookup, sequential float32 normalizer, add 0.5 and truncate."""
             values = tf.cast(logits, tf.int32)
-            exps = tf.gather(self.softmax_table, UINT8_MAX - tf.reduce_max(values, axis=1, keepdims=True) + values)
-            total = tf.math.cumsum(exps, axis=1)[:, -1:]
+            exps = tf.gather(self.softmax_table, UINT8_MAX - tf.reduce_max(values, axis=-1, keepdims=True) + values)
+            total = tf.math.cumsum(exps, axis=-1)[..., -1:]
             inverse = 1.0 / (total * network.output_scale)
             quantized = tf.cast(exps * inverse + 0.5, tf.int32) + network.output_zero_point
             return tf.cast(tf.clip_by_value(quantized, 0, UINT8_MAX), tf.uint8)
@@ -141,16 +160,15 @@ def load_runner(path: Path) -> QuantTensorFlowRunner:
     """Run a quantized SavedModel folder's serving signature."""
     tf = require("tensorflow")
     folder = Path(path)
-    if not is_quantized(folder):
-        raise ModelFormatError(f"{folder}: not a quantized MobileNet V1 SavedModel of ours (no {METADATA_FILE} saying quantized)")
-    metadata = json.loads((folder / METADATA_FILE).read_text(encoding="utf-8"))
+    metadata = quantized_metadata(folder)
     serve = tf.saved_model.load(str(folder)).signatures[tf_format.SIGNATURE_KEY]
-    return QuantTensorFlowRunner(lambda images: serve(**{INPUT_NODE: tf.constant(images)}), int(metadata["resolution"]))
+    input_size = Backbone.from_metadata(metadata).input_size or int(metadata["resolution"])
+    return QuantTensorFlowRunner(lambda images: serve(**{INPUT_NODE: tf.constant(images)}), input_size)
 
 
 @dataclass
 class QuantTensorFlowRunner:
-    """Calls the serving signature on uint8 NHWC batches; returns raw uint8 logits and probabilities."""
+    """Calls the serving signature on uint8 NHWC batches; returns its raw uint8 outputs (logits, probabilities, features)."""
 
     function: Callable[[np.ndarray], Any]
     resolution: int
@@ -158,7 +176,7 @@ class QuantTensorFlowRunner:
 
     def __call__(self, images: np.ndarray) -> dict[str, np.ndarray]:
         outputs = self.function(image_batch(images, np.uint8, self.resolution, "quantized TensorFlow model"))
-        return {name: np.asarray(outputs[name]) for name in (tf_format.LOGITS, tf_format.PROBABILITIES)}
+        return {name: np.asarray(output) for name, output in outputs.items()}
 
 
 # ---------------------------------------------------------------------------------------------- reading
@@ -168,9 +186,7 @@ def read(path: Path) -> MobileNetV1Model:
     """The quantized canonical model of a folder `write` made: integers from its variables, scales from its metadata."""
     tf = require("tensorflow")
     folder = Path(path)
-    if not is_quantized(folder):
-        raise ModelFormatError(f"{folder}: not a quantized MobileNet V1 SavedModel of ours (no {METADATA_FILE} saying quantized)")
-    metadata = json.loads((folder / METADATA_FILE).read_text(encoding="utf-8"))
+    metadata = quantized_metadata(folder)
     config = config_from_metadata(metadata, folder)
     if QUANT_PARAMS_KEY not in metadata:
         raise ModelFormatError(f"{folder}: {METADATA_FILE} records no quantization parameters ({QUANT_PARAMS_KEY})")

@@ -1,22 +1,40 @@
 """TFLite format: float and uint8 MobileNet V1 flatbuffers, read and written with the TFLite schema.
 
 `read` maps a graph to the canonical model by its op sequence (CONV_2D, 13 DEPTHWISE_CONV_2D + CONV_2D
-pairs, AVERAGE_POOL_2D, CONV_2D, RESHAPE or SQUEEZE, SOFTMAX), never by tensor names. For uint8 models
-it keeps the integer truth (uint8 kernels, int32 biases, the scale and zero point of every activation)
-in `model.quant`, which `write` serializes back into a flatbuffer that runs bit-identically.
+pairs, AVERAGE_POOL_2D, CONV_2D, RESHAPE or SQUEEZE when the logits are 1x1, SOFTMAX), never by tensor
+names. For uint8 models it keeps the integer truth (uint8 kernels, int32 biases, the scale and zero point
+of every activation) in `model.quant`, which `write` serializes back into a flatbuffer that runs
+bit-identically.
+
+Backbone options are structure too: strides and dilation factors give the output stride, the pool's
+stride the pooling (slim: 2, global: 1), and every subgraph output besides the head is a feature map,
+named after the convolution whose (fused-activation) output it is. `write` builds them for uint8 models:
+dilated DEPTHWISE_CONV_2D, the pool of `arch.pool_geometry`, no RESHAPE when the logits are a map, and
+the feature tensors as extra subgraph outputs after the probabilities.
 """
 
 from __future__ import annotations
 
+import json
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import numpy as np
 
-from mobilenet_zoo.arch import SCOPE, Layer, ModelConfig, same_output_size
+from mobilenet_zoo.arch import (
+    BLOCK_STRIDES,
+    OUTPUT_STRIDES,
+    SCOPE,
+    Backbone,
+    ModelConfig,
+    feature_scope,
+    logits_map_size,
+    placed_layers,
+    pool_geometry,
+)
 from mobilenet_zoo.deps import require
 from mobilenet_zoo.errors import ModelFormatError
 from mobilenet_zoo.fsutil import atomic_file
@@ -25,6 +43,7 @@ from mobilenet_zoo.model import (
     LOGITS_ACTIVATION,
     OUTPUT_ACTIVATION,
     POOL_ACTIVATION,
+    PRODUCER,
     MobileNetV1Model,
     QuantInfo,
     QuantizedTensor,
@@ -35,15 +54,20 @@ from mobilenet_zoo.model import (
 SCHEMA_MODULE = "ai_edge_litert.schema_py_generated"
 FILE_IDENTIFIER = b"TFL3"
 SCHEMA_VERSION = 3
-QUANTIZE_UINT8 = "uint8"
+METADATA_NAME = "mobilenet_zoo"  # our metadata buffer: `MobileNetV1Model.metadata()` as JSON
 
 # TFLite kernels are OHWI (conv) and 1HWC (depthwise); TF lays them out HWIO and HWC1: one transpose each way.
 _TFLITE_TO_TF_AXES = (1, 2, 3, 0)
 _TF_TO_TFLITE_AXES = (3, 0, 1, 2)
 _NUMPY_TYPES = {"FLOAT32": np.float32, "UINT8": np.uint8, "INT32": np.int32, "INT8": np.int8}
 _CONV_OPS = ("CONV_2D",) + ("DEPTHWISE_CONV_2D", "CONV_2D") * 13
-_HEAD_OPS = ("AVERAGE_POOL_2D", "CONV_2D", ("RESHAPE", "SQUEEZE"), "SOFTMAX")
-EXPECTED_OPS = _CONV_OPS + _HEAD_OPS
+_SQUEEZE_OPS = ("RESHAPE", "SQUEEZE")
+_BODY_OPS = _CONV_OPS + ("AVERAGE_POOL_2D", "CONV_2D")
+# What follows the classifier: squeezed 1x1 logits, or a logits map (larger than 1x1) with its softmax as we
+# write it, or as the TensorFlow converter writes slim's softmax (flattened to 2-D and reshaped back).
+_TAILS = ((_SQUEEZE_OPS, "SOFTMAX"), ("SOFTMAX",), ("RESHAPE", "SOFTMAX", "RESHAPE"))
+_SQUEEZED_TAIL_LENGTH = 2
+EXPECTED_OPS = _BODY_OPS + _TAILS[0]
 
 
 # ---------------------------------------------------------------------------------------------- reading
@@ -53,10 +77,16 @@ def read(path: Path) -> MobileNetV1Model:
     """Map a float or uint8 MobileNet V1 .tflite file to the canonical (folded) model."""
     graph = MobileNetGraph.load(Path(path))
     config = graph.config()
+    backbone = graph.backbone(config)
+    recorded = graph.recorded_metadata()
+    if recorded.get("producer") == PRODUCER and int(recorded.get("resolution", config.resolution)) != config.resolution:
+        # written with another input size: the variant keeps its trained resolution
+        config, backbone = replace(config, resolution=int(recorded["resolution"])), replace(backbone, input_size=config.resolution)
     weights: dict[str, np.ndarray] = {}
     quant = QuantInfo() if config.quantized else None
-    for layer, op in zip(config.layers(), graph.convs):
-        graph.check_stride(op, layer)
+    for placed, op in zip(placed_layers(config, backbone), graph.convs):
+        layer = placed.layer
+        graph.check_placement(op, layer.scope, placed.stride, placed.rate)
         graph.collect_conv(op, layer.weight_name, layer.bias_name, weights, quant)
         if quant is not None:
             quant.activations[layer.scope] = graph.quant_params(op.outputs[0])
@@ -64,7 +94,7 @@ def read(path: Path) -> MobileNetV1Model:
     if quant is not None:
         for activation, tensor in graph.head_activations().items():
             quant.activations[activation] = graph.quant_params(tensor)
-    return MobileNetV1Model(config, weights, quant=quant, source=str(path)).validate()
+    return MobileNetV1Model(config, weights, quant=quant, source=recorded.get("source", str(path)), backbone=backbone).validate()
 
 
 @dataclass
@@ -108,8 +138,23 @@ class MobileNetGraph:
         return self.operators[len(_CONV_OPS) + 1]
 
     @property
+    def tail(self) -> list:
+        """The operators after the classifier (see `_TAILS`)."""
+        return self.operators[len(_BODY_OPS):]
+
+    @property
+    def squeeze(self):
+        """The RESHAPE or SQUEEZE of 1x1 logits to N x classes, or None when the logits are a map."""
+        return self.tail[0] if len(self.tail) == _SQUEEZED_TAIL_LENGTH else None
+
+    @property
     def softmax(self):
-        return self.operators[-1]
+        return next(op for op in self.tail if self.op_name(op) == "SOFTMAX")
+
+    @property
+    def probabilities(self):
+        """The operator whose output is the probabilities (the softmax, or the reshape of its output back to a map)."""
+        return self.tail[-1]
 
     @property
     def input_tensor(self) -> int:
@@ -123,9 +168,10 @@ class MobileNetGraph:
     def check_structure(self) -> None:
         """Refuse anything that is not the MobileNet V1 op chain."""
         names = [self.op_name(op) for op in self.operators]
-        if len(names) != len(EXPECTED_OPS):
+        chains = {len(_BODY_OPS) + len(tail): _BODY_OPS + tail for tail in _TAILS}
+        if len(names) not in chains:
             raise ModelFormatError(f"{self.name}: not a MobileNet V1 graph: {len(names)} operators, expected {len(EXPECTED_OPS)}")
-        for index, (name, expected) in enumerate(zip(names, EXPECTED_OPS)):
+        for index, (name, expected) in enumerate(zip(names, chains[len(names)])):
             if name not in (expected if isinstance(expected, tuple) else (expected,)):
                 raise ModelFormatError(f"{self.name}: not a MobileNet V1 graph: operator {index} is {name}, expected {expected}")
         for index in range(1, len(self.operators)):
@@ -140,6 +186,16 @@ class MobileNetGraph:
     def type_name(self, index: int) -> str:
         return _enum_names(self.schema.TensorType)[self.tensor(index).type]
 
+    def recorded_metadata(self) -> dict[str, str]:
+        """What `write` recorded in the `mobilenet_zoo` metadata buffer (empty for other files)."""
+        for entry in self.model.metadata or []:
+            if _text(entry.name) == METADATA_NAME:
+                try:
+                    return json.loads(self.model.buffers[entry.buffer].data.tobytes())
+                except (AttributeError, IndexError, ValueError) as exc:
+                    raise ModelFormatError(f"{self.name}: unreadable {METADATA_NAME} metadata ({exc})") from None
+        return {}
+
     def config(self) -> ModelConfig:
         _, height, width, _ = (int(d) for d in self.tensor(self.input_tensor).shape)
         if height != width:
@@ -151,10 +207,49 @@ class MobileNetGraph:
         quantized = self.type_name(self.input_tensor) == "UINT8"
         return ModelConfig(alpha=infer_alpha(int(first_kernel[0])), resolution=height, quantized=quantized, num_classes=classes)
 
-    def check_stride(self, op, layer: Layer) -> None:
-        stride = (op.builtinOptions.strideH, op.builtinOptions.strideW)
-        if stride != (layer.stride, layer.stride):
-            raise ModelFormatError(f"{self.name}: {layer.scope} has stride {stride}, MobileNet V1 has {layer.stride}")
+    def backbone(self, config: ModelConfig) -> Backbone:
+        """The backbone options the graph's structure shows (its input size is the config's resolution)."""
+        output_stride = int(np.prod([op.builtinOptions.strideH for op in self.convs]))
+        if output_stride not in OUTPUT_STRIDES:
+            raise ModelFormatError(f"{self.name}: not a MobileNet V1 graph: its convolutions stride {output_stride} in all")
+        pooling = "global" if self.pool.builtinOptions.strideH == 1 else "slim"
+        scopes = {feature_scope(index): index for index in range(len(BLOCK_STRIDES) + 1)}
+        outputs = self.feature_outputs(config)
+        not_features = sorted(set(outputs) - set(scopes))
+        if not_features:
+            raise ModelFormatError(f"{self.name}: output of {not_features[0]} is not a feature end point (Conv2d_0 or a pointwise layer)")
+        backbone = Backbone(features=tuple(scopes[scope] for scope in outputs), pooling=pooling, output_stride=output_stride)
+        self.check_pool(placed_layers(config, backbone)[-1].output_size, pooling)
+        return backbone
+
+    def check_placement(self, op, scope: str, stride: int, rate: int) -> None:
+        """Refuse a convolution whose stride or dilation is not the one the backbone places there."""
+        options = op.builtinOptions
+        got = (options.strideH, options.strideW, options.dilationHFactor, options.dilationWFactor)
+        if got != (stride, stride, rate, rate):
+            raise ModelFormatError(f"{self.name}: {scope} has stride {got[:2]} and dilation {got[2:]}, expected {stride} and {rate}")
+
+    def check_pool(self, feature_size: int, pooling: str) -> None:
+        options = self.pool.builtinOptions
+        kernel, stride = pool_geometry(feature_size, pooling)
+        if (options.filterHeight, options.filterWidth, options.strideH, options.strideW) != (kernel, kernel, stride, stride):
+            raise ModelFormatError(f"{self.name}: Logits/AvgPool_1a is not {pooling} pooling of a {feature_size}x{feature_size} map")
+
+    def feature_outputs(self, config: ModelConfig) -> dict[str, int]:
+        """Subgraph outputs besides the head's, by the scope of the convolution whose activation each one is."""
+        producers = {int(op.outputs[0]): layer.scope for layer, op in zip(config.layers(), self.convs)}
+        head = {int(op.outputs[0]) for op in (self.logits_conv, *self.tail)}
+        outputs = {}
+        for index in (int(i) for i in self.subgraph.outputs if int(i) not in head):
+            if index not in producers:
+                raise ModelFormatError(f"{self.name}: output {_text(self.tensor(index).name)} is not the activation of a convolution")
+            outputs[producers[index]] = index
+        return outputs
+
+    def head_outputs(self) -> dict[str, int]:
+        """The logits (squeezed when 1x1) and probabilities tensors."""
+        logits = self.squeeze if self.squeeze is not None else self.logits_conv
+        return {"logits": int(logits.outputs[0]), "probabilities": int(self.probabilities.outputs[0])}
 
     def values(self, index: int) -> np.ndarray:
         """The constant data of a tensor as a numpy array of its type and shape."""
@@ -200,7 +295,7 @@ class MobileNetGraph:
             INPUT_ACTIVATION: self.input_tensor,
             POOL_ACTIVATION: int(self.pool.outputs[0]),
             LOGITS_ACTIVATION: int(self.logits_conv.outputs[0]),
-            OUTPUT_ACTIVATION: int(self.softmax.outputs[0]),
+            OUTPUT_ACTIVATION: int(self.probabilities.outputs[0]),
         }
 
 
@@ -242,76 +337,93 @@ def load_runner(path: Path) -> TFLiteRunner:
         warnings.simplefilter("ignore", UserWarning)
         interpreter = litert.Interpreter(model_path=str(path), experimental_op_resolver_type=resolver, experimental_preserve_all_tensors=True)
     interpreter.allocate_tensors()
-    return TFLiteRunner(interpreter, graph.input_tensor, int(graph.logits_conv.outputs[0]), int(graph.softmax.outputs[0]),
-                        quantized, int(graph.tensor(graph.input_tensor).shape[1]))
+    outputs = {**graph.head_outputs(), **graph.feature_outputs(graph.config())}
+    return TFLiteRunner(interpreter, graph.input_tensor, outputs, quantized, int(graph.tensor(graph.input_tensor).shape[1]))
 
 
 @dataclass
 class TFLiteRunner:
-    """Runs a MobileNet V1 .tflite on NHWC batches, one image per invoke (the released graphs fix batch 1)."""
+    """Runs a MobileNet V1 .tflite on NHWC batches, one image per invoke (the released graphs fix batch 1).
+
+    `outputs` maps each returned name (logits, probabilities, feature scopes) to its tensor index.
+    """
 
     interpreter: Any
     input_index: int
-    logits_index: int
-    probabilities_index: int
+    outputs: dict[str, int]
     quantized: bool
     resolution: int
 
     def __call__(self, images: np.ndarray) -> dict[str, np.ndarray]:
         batch = image_batch(images, np.uint8 if self.quantized else np.float32, self.resolution, "TFLite model")
-        outputs: dict[str, list[np.ndarray]] = {"logits": [], "probabilities": []}
+        collected: dict[str, list[np.ndarray]] = {name: [] for name in self.outputs}
         for image in batch:
             self.interpreter.set_tensor(self.input_index, image[None])
             self.interpreter.invoke()
-            outputs["logits"].append(self.interpreter.get_tensor(self.logits_index).reshape(1, -1))
-            outputs["probabilities"].append(self.interpreter.get_tensor(self.probabilities_index).reshape(1, -1))
-        return {name: np.concatenate(values) for name, values in outputs.items()}
+            for name, index in self.outputs.items():
+                collected[name].append(self.interpreter.get_tensor(index))
+        return {name: np.concatenate(values) for name, values in collected.items()}
 
 
 # ---------------------------------------------------------------------------------------------- writing
 
 
-def write(model: MobileNetV1Model, out: Path, *, quantize: str | None = None, calibration: Path | None = None) -> Path:
-    """Write a .tflite: the uint8 flatbuffer of a quantized model, or a float model as float.
-
-    `quantize="uint8"` with a `calibration` image folder is the planned post-training quantization.
-    """
-    out = Path(out)
+def write(model: MobileNetV1Model, out: Path) -> Path:
+    """Write a .tflite: the uint8 flatbuffer of a quantized model, or a float model as float (through the
+    TensorFlow converter). Post-training quantization happens before: `mobilenet_zoo.quantize`."""
     if model.config.quantized:
-        if quantize is not None:
-            raise ModelFormatError(f"{model.config.name} is already quantized; drop --quantize")
         data = quantized_flatbuffer(model)
-    elif quantize is None:
+    else:
         from mobilenet_zoo.formats.tensorflow import tflite_bytes
 
         data = tflite_bytes(model)
-    elif quantize == QUANTIZE_UINT8:
-        raise ModelFormatError("post-training uint8 quantization of float models is not available yet; convert a _quant variant instead")
-    else:
-        raise ModelFormatError(f"unknown TFLite quantization {quantize!r}; the only one is {QUANTIZE_UINT8!r}")
+    out = Path(out)
     with atomic_file(out) as temporary:
-        temporary.write_bytes(data)
+        temporary.write_bytes(with_metadata(data, model.metadata()))
     return out
 
 
+def with_metadata(data: bytes, metadata: dict[str, str]) -> bytes:
+    """The flatbuffer with `metadata` (variant, source, backbone options) as JSON in a `mobilenet_zoo` metadata buffer."""
+    schema, flatbuffers = require(SCHEMA_MODULE), require("flatbuffers")
+    model = schema.ModelT.InitFromPackedBuf(data, 0)
+    buffer, entry = schema.BufferT(), schema.MetadataT()
+    buffer.data = np.frombuffer(json.dumps(metadata).encode(), np.uint8)
+    entry.name, entry.buffer = METADATA_NAME, len(model.buffers)
+    model.buffers.append(buffer)
+    model.metadata = [*(model.metadata or []), entry]
+    builder = flatbuffers.Builder(len(data) + 1024)
+    builder.Finish(model.Pack(builder), file_identifier=FILE_IDENTIFIER)
+    return bytes(builder.Output())
+
+
 def quantized_flatbuffer(model: MobileNetV1Model) -> bytes:
-    """The uint8 TFLite flatbuffer of a quantized canonical model (same ops and integers as the original)."""
+    """The uint8 TFLite flatbuffer of a quantized canonical model (same ops and integers as the original),
+    built as `model.backbone` says; its outputs are the probabilities, then the feature maps in layer order."""
     model.validate()
-    config, quant = model.config, model.quant
+    config, backbone, quant = model.config, model.backbone, model.quant
     writer = _GraphWriter(require(SCHEMA_MODULE))
-    size = config.resolution
+    size = model.input_size
     tensor = writer.activation("input", [1, size, size, 3], quant.activations[INPUT_ACTIVATION])
-    for layer in config.layers():
-        size = same_output_size(size, layer.stride)
+    features = []
+    for placed in placed_layers(config, backbone):
+        layer, size = placed.layer, placed.output_size
         output = writer.activation(f"{SCOPE}/{layer.scope}/Relu6", [1, size, size, layer.out_channels], quant.activations[layer.scope])
-        tensor = writer.conv(layer.kind == "depthwise", [tensor, *writer.kernel_and_bias(quant, layer.weight_name, layer.bias_name)], output, layer.stride, "RELU6")
-    tensor = writer.average_pool(tensor, config.pool_kernel(), quant.activations[POOL_ACTIVATION], config.feature_channels)
-    logits_map = writer.activation(f"{SCOPE}/{LOGITS_ACTIVATION}/BiasAdd", [1, 1, 1, config.num_classes], quant.activations[LOGITS_ACTIVATION])
+        inputs = [tensor, *writer.kernel_and_bias(quant, layer.weight_name, layer.bias_name)]
+        tensor = writer.conv(layer.kind == "depthwise", inputs, output, placed.stride, "RELU6", placed.rate)
+        if layer.scope in backbone.feature_names:
+            features.append(tensor)
+    map_size = logits_map_size(config, backbone)
+    pooled_shape, head_shape = [1, map_size, map_size, config.feature_channels], [1, map_size, map_size, config.num_classes]
+    tensor = writer.average_pool(tensor, pool_geometry(size, backbone.pooling), pooled_shape, quant.activations[POOL_ACTIVATION])
+    logits_map = writer.activation(f"{SCOPE}/{LOGITS_ACTIVATION}/BiasAdd", head_shape, quant.activations[LOGITS_ACTIVATION])
     tensor = writer.conv(False, [tensor, *writer.kernel_and_bias(quant, config.logits_weight_name, config.logits_bias_name)], logits_map, 1, "NONE")
-    tensor = writer.squeeze(tensor, config.num_classes, quant.activations[LOGITS_ACTIVATION])
-    probabilities = writer.activation(f"{SCOPE}/Predictions/Reshape_1", [1, config.num_classes], quant.activations[OUTPUT_ACTIVATION])
+    if map_size == 1:
+        tensor = writer.squeeze(tensor, config.num_classes, quant.activations[LOGITS_ACTIVATION])
+        head_shape = [1, config.num_classes]
+    probabilities = writer.activation(f"{SCOPE}/Predictions/Reshape_1", head_shape, quant.activations[OUTPUT_ACTIVATION])
     writer.operator("SOFTMAX", [tensor], probabilities, "SoftmaxOptions", beta=1.0)
-    return writer.finish(inputs=[0], outputs=[probabilities], description=f"mobilenet-zoo {config.name}")
+    return writer.finish(inputs=[0], outputs=[probabilities, *features], description=f"mobilenet-zoo {config.name}")
 
 
 class _GraphWriter:
@@ -368,17 +480,19 @@ class _GraphWriter:
         self.operators.append(op)
         return output
 
-    def conv(self, depthwise: bool, inputs: list[int], output: int, stride: int, activation: str) -> int:
-        options = dict(padding=self.schema.Padding.SAME, strideH=stride, strideW=stride,
-                       fusedActivationFunction=getattr(self.schema.ActivationFunctionType, activation))
+    def conv(self, depthwise: bool, inputs: list[int], output: int, stride: int, activation: str, rate: int = 1) -> int:
+        options = {"padding": self.schema.Padding.SAME, "strideH": stride, "strideW": stride, "dilationHFactor": rate, "dilationWFactor": rate,
+                   "fusedActivationFunction": getattr(self.schema.ActivationFunctionType, activation)}
         if depthwise:
             return self.operator("DEPTHWISE_CONV_2D", inputs, output, "DepthwiseConv2DOptions", depthMultiplier=1, **options)
         return self.operator("CONV_2D", inputs, output, "Conv2DOptions", **options)
 
-    def average_pool(self, tensor: int, kernel: tuple[int, int], params: QuantParams, channels: int) -> int:
-        output = self.activation(f"{SCOPE}/{POOL_ACTIVATION}/AvgPool", [1, 1, 1, channels], params)
+    def average_pool(self, tensor: int, geometry: tuple[int, int], shape: list[int], params: QuantParams) -> int:
+        """VALID AVERAGE_POOL_2D of (kernel, stride) `geometry` to an output of `shape`."""
+        kernel, stride = geometry
+        output = self.activation(f"{SCOPE}/{POOL_ACTIVATION}/AvgPool", shape, params)
         return self.operator("AVERAGE_POOL_2D", [tensor], output, "Pool2DOptions", padding=self.schema.Padding.VALID,
-                             strideH=2, strideW=2, filterHeight=kernel[0], filterWidth=kernel[1])
+                             strideH=stride, strideW=stride, filterHeight=kernel, filterWidth=kernel)
 
     def squeeze(self, tensor: int, classes: int, params: QuantParams) -> int:
         """Reshape N x 1 x 1 x classes to N x classes (batch left free with -1)."""

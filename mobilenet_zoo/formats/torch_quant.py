@@ -7,6 +7,9 @@
                        Logits/Conv2d_1c_1x1, Predictions); its metadata says `quantized: "true"`;
     NAME.pt2           a `torch.export` program of `QuantizedMobileNetV1` (uint8 NHWC in, dynamic batch), with the
                        same metadata as its extra file `mobilenet_zoo.json`.
+Both record the backbone options (`model.metadata()`); the module is built as they say: dilated depthwise
+convolutions, the head pool of `arch.pool_geometry`, a logits map when it is larger than 1x1, and the chosen
+feature maps as extra uint8 outputs after the logits and probabilities (named by `torch_model.output_names`).
 The module computes convolutions as int32 matmuls over SAME-padded windows, requantizes in int64 with TFLite's
 fixed-point multiplier and rounding, and replays TFLite's uint8 softmax; only the softmax normalizer is a float32
 sum, which torch reduces in another order than TFLite's sequential loop (the one source of a possible 1 LSB).
@@ -15,13 +18,13 @@ sum, which torch reduces in another order than TFLite's sequential loop (the one
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from mobilenet_zoo.arch import SCOPE
+from mobilenet_zoo.arch import SCOPE, Backbone
 from mobilenet_zoo.deps import require
 from mobilenet_zoo.errors import ModelFormatError
 from mobilenet_zoo.formats import torch as torch_format
@@ -41,7 +44,6 @@ from mobilenet_zoo.model import (
     image_batch,
 )
 from mobilenet_zoo.quant_math import (
-    POOL_STRIDE,
     UINT8_MAX,
     IntegerConv,
     IntegerNetwork,
@@ -57,7 +59,7 @@ SCALE, ZERO_POINT = "scale", "zero_point"
 
 
 def build_module(network: IntegerNetwork):
-    """A `torch.nn.Module` running `network` on uint8 NHWC batches; returns (logits, probabilities), both uint8."""
+    """A `torch.nn.Module` running `network` on uint8 NHWC batches; returns (logits, probabilities, *features), all uint8."""
     torch = require("torch")
     nn = torch.nn
 
@@ -67,7 +69,7 @@ def build_module(network: IntegerNetwork):
         def __init__(self, layer: IntegerConv) -> None:
             super().__init__()
             requantization = layer.requantization
-            self.depthwise, self.stride, self.output_size = layer.depthwise, layer.stride, layer.output_size
+            self.depthwise, self.stride, self.rate, self.output_size = layer.depthwise, layer.stride, layer.rate, layer.output_size
             self.input_zero_point, (self.pad_before, self.pad_after) = layer.input_zero_point, layer.padding
             self.output_zero_point, self.low, self.high = requantization.zero_point, requantization.low, requantization.high
             kernel = layer.kernel[:, :, :, 0] if layer.depthwise else layer.kernel
@@ -84,7 +86,8 @@ def build_module(network: IntegerNetwork):
             accumulator = self.bias
             for dy in range(self.kernel.shape[0]):
                 for dx in range(self.kernel.shape[1]):
-                    window = padded[:, dy : dy + span : self.stride, dx : dx + span : self.stride]
+                    top, left = dy * self.rate, dx * self.rate
+                    window = padded[:, top : top + span : self.stride, left : left + span : self.stride]
                     tap = self.kernel[dy, dx]
                     accumulator = accumulator + (window * tap if self.depthwise else torch.matmul(window, tap))
             return self.requantize(accumulator)
@@ -97,38 +100,44 @@ def build_module(network: IntegerNetwork):
             return torch.clamp(scaled + self.output_zero_point, self.low, self.high).to(torch.uint8)
 
     class QuantizedMobileNetV1(nn.Module):
-        """MobileNet V1 in TFLite's uint8 arithmetic: uint8 NHWC images -> uint8 logits and probabilities."""
+        """MobileNet V1 in TFLite's uint8 arithmetic: uint8 NHWC images -> uint8 logits, probabilities and feature maps."""
 
         def __init__(self) -> None:
             super().__init__()
             self.layers = nn.ModuleList(IntegerConv2d(layer) for layer in network.convs)
             self.logits = IntegerConv2d(network.logits)
-            self.pool_kernel = network.pool_kernel
+            self.pool_kernel, self.pool_stride = network.pool_kernel, network.pool_stride
+            self.squeeze = network.logits_map_size == 1
+            self.feature_layers = [layer.scope in network.features for layer in network.convs]
             self.output_scale, self.output_zero_point = float(network.output_scale), network.output_zero_point
             self.register_buffer("softmax_table", torch.from_numpy(network.softmax_table))
 
         def forward(self, images):
-            features = images
-            for layer in self.layers:
-                features = layer(features)
-            logits = self.logits(self.average_pool(features)).flatten(1)
-            return logits, self.softmax(logits)
+            net, features = images, []
+            for layer, is_feature in zip(self.layers, self.feature_layers):
+                net = layer(net)
+                if is_feature:
+                    features.append(net)
+            logits = self.logits(self.average_pool(net))
+            if self.squeeze:
+                logits = logits.flatten(1)
+            return (logits, self.softmax(logits), *features)
 
         def average_pool(self, features):
-            """uint8 VALID average pool, stride 2: (window sum + count / 2) // count."""
+            """uint8 VALID average pool: (window sum + count / 2) // count."""
             height, width = self.pool_kernel
-            count = height * width
+            count, stride = height * width, self.pool_stride
             sums = torch.stack([
                 torch.stack([features[:, i : i + height, j : j + width].to(torch.int32).sum(dim=(1, 2))
-                             for j in range(0, features.shape[2] - width + 1, POOL_STRIDE)], dim=1)
-                for i in range(0, features.shape[1] - height + 1, POOL_STRIDE)], dim=1)
+                             for j in range(0, features.shape[2] - width + 1, stride)], dim=1)
+                for i in range(0, features.shape[1] - height + 1, stride)], dim=1)
             return torch.div(sums + count // 2, count, rounding_mode="floor").to(torch.uint8)
 
         def softmax(self, logits):
-            """TFLite's uint8 softmax: table lookup, float32 normalizer, add 0.5 and truncate."""
+            """TFLite's uint8 softmax over the last axis: table lookup, float32 normalizer, add 0.5 and truncate."""
             values = logits.to(torch.int64)
-            exps = self.softmax_table[UINT8_MAX - values.amax(dim=1, keepdim=True) + values]
-            inverse = 1.0 / (exps.sum(dim=1, keepdim=True) * self.output_scale)
+            exps = self.softmax_table[UINT8_MAX - values.amax(dim=-1, keepdim=True) + values]
+            inverse = 1.0 / (exps.sum(dim=-1, keepdim=True) * self.output_scale)
             quantized = (exps * inverse + 0.5).to(torch.int32) + self.output_zero_point
             return torch.clamp(quantized, 0, UINT8_MAX).to(torch.uint8)
 
@@ -178,7 +187,8 @@ def read(path: Path) -> MobileNetV1Model:
         raise ModelFormatError(f"{weights_file}: not a quantized model (its metadata says quantized={metadata.get('quantized')!r})")
     quant = quant_info(safetensors_numpy().load_file(str(weights_file)))
     weights = {name: tensor.dequantize() for name, tensor in quant.tensors.items()}
-    return MobileNetV1Model(config, weights, quant=quant, source=metadata.get("source", str(path))).validate()
+    return MobileNetV1Model(config, weights, quant=quant, source=metadata.get("source", str(path)),
+                            backbone=torch_format.backbone_from_metadata(metadata, weights_file)).validate()
 
 
 def quant_info(tensors: dict[str, np.ndarray]) -> QuantInfo:
@@ -218,22 +228,30 @@ def load_runner(path: Path) -> QuantTorchRunner:
     path = Path(path)
     program = torch_format.program_module(path)
     if program is not None:
-        return QuantTorchRunner(*program)
+        return QuantTorchRunner(*program, output_names=_output_names(torch_format.recorded_backbone(path)))
     model = read(path)
-    return QuantTorchRunner(build_module(integer_network(model)), model.config.resolution)
+    return QuantTorchRunner(build_module(integer_network(model)), model.input_size, output_names=_output_names(model.backbone))
 
 
 @dataclass
 class QuantTorchRunner:
-    """Calls the quantized module or program on uint8 NHWC batches; returns raw uint8 logits and probabilities."""
+    """Calls the quantized module or program on uint8 NHWC batches; returns its raw uint8 outputs by `output_names`."""
 
     forward: Callable[[Any], Any]
     resolution: int
+    output_names: tuple[str, ...] = field(default_factory=lambda: _output_names(Backbone()))
     quantized: bool = True
 
     def __call__(self, images: np.ndarray) -> dict[str, np.ndarray]:
         torch = require("torch")
         batch = image_batch(images, np.uint8, self.resolution, "quantized PyTorch model")
         with torch.inference_mode():
-            logits, probabilities = self.forward(torch.from_numpy(np.ascontiguousarray(batch)))
-        return {"logits": logits.numpy(), "probabilities": probabilities.numpy()}
+            outputs = self.forward(torch.from_numpy(np.ascontiguousarray(batch)))
+        return {name: output.numpy() for name, output in zip(self.output_names, outputs, strict=True)}
+
+
+def _output_names(backbone: Backbone) -> tuple[str, ...]:
+    """The module's outputs in order, named as the float module's (`torch_model` imports torch, hence here)."""
+    from mobilenet_zoo.torch_model import output_names
+
+    return output_names(backbone)
