@@ -47,6 +47,8 @@ def predict(runner: Runner, images: list[Path], top_k: int = 5, resolution: int 
         raise ZooError("the model does not fix its input size: give --resolution")
     outputs = run_batched(runner, load_batch(images, size, runner.quantized))
     probabilities = outputs["probabilities"].astype(np.float64)
+    if probabilities.ndim == 4:  # slim pooling on a large input: one prediction per position, averaged
+        probabilities = probabilities.mean(axis=(1, 2))
     if runner.quantized:
         probabilities *= OUTPUT_SCALE
     labels = imagenet_labels()

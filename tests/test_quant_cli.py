@@ -107,3 +107,15 @@ def test_post_training_quantization_through_the_cli(cli, tmp_path):
 def test_quantize_needs_a_calibration_folder(cli, tmp_path):
     code, _, err = cli("convert", DATA / "mobilenet_v1_0.25_128_quant.tflite", "--to", "tflite", "--quantize", "uint8", "-o", tmp_path)
     assert code == 1 and "--calibration" in err and not any(tmp_path.iterdir())
+
+
+def test_predict_averages_a_map_of_predictions(cli, tmp_path):
+    """A model whose slim pooling leaves a 2x2 map (input 320) predicts from the mean over positions."""
+    from mobilenet_zoo.arch import Backbone
+
+    model = tflite.read(DATA / "mobilenet_v1_0.5_160_quant.tflite").with_backbone(Backbone(input_size=320))
+    written = tflite.write(model, tmp_path / "map.tflite")
+    code, out, err = cli("predict", written, DATA / "cat.bmp", "--top", "3", "--json")
+    assert code == 0, err
+    [prediction] = json.loads(out)
+    assert prediction["top"][0]["class"] == EXPECTED_TOP1["cat.bmp"] and 0 < prediction["top"][0]["score"] <= 1
