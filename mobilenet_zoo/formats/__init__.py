@@ -26,6 +26,9 @@ Writers build the graph `model.backbone` describes (`arch.Backbone`, default: th
                   (softmax over the last axis) instead of N x 1001;
     output_stride 8 or 16: dilated depthwise convolutions as `arch.placed_layers` plans them;
     input_size    the input height and width (`model.input_size`; runners report it as `resolution`).
+Our files record `model.metadata()` (variant, source, backbone options), so reading one back restores them;
+readers of other files infer the backbone from the graph's structure where it shows (TFLite: strides,
+dilations, pool, and extra outputs named by the convolution that produces them).
 """
 
 from __future__ import annotations
