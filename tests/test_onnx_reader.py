@@ -18,7 +18,6 @@ from mobilenet_zoo.model import (
     MobileNetV1Model,
     QuantInfo,
     QuantParams,
-    quant_params_json,
     random_model,
 )
 
@@ -192,15 +191,10 @@ def test_qdq_weights_stored_as_int8_come_back_as_uint8(tf2onnx_qdq_files, tmp_pa
 
 @pytest.fixture(scope="session")
 def our_quant_files(tmp_path_factory) -> dict[str, Path]:
-    """Our quantized ONNX files, with their quantization recorded in the metadata."""
+    """Our quantized ONNX files (their writer records the quantization in the metadata)."""
     folder = tmp_path_factory.mktemp("onnx_reader_quant")
-    files = {}
-    for layout in onnx_format.LAYOUTS:
-        model = tflite.read(tflite_path("0.25_128"))
-        proto = onnx_quant.build_model(model, layout=layout)
-        onnx.helper.set_model_props(proto, {**model.metadata(), onnx_reader.QUANTIZATION_KEY: quant_params_json(model.quant)})
-        files[layout] = save(proto, folder / f"{layout}.onnx")
-    return files
+    model = tflite.read(tflite_path("0.25_128"))
+    return {layout: onnx_quant.write(model, folder / f"{layout}.onnx", layout=layout) for layout in onnx_format.LAYOUTS}
 
 
 @pytest.mark.parametrize("layout", onnx_format.LAYOUTS)
@@ -214,7 +208,7 @@ def test_our_quantized_file_reads_back_exactly(our_quant_files, layout):
 
 def test_quantized_file_without_its_record_is_refused(our_quant_files, tmp_path):
     proto = load(our_quant_files["NHWC"])
-    kept = [prop for prop in proto.metadata_props if prop.key != onnx_reader.QUANTIZATION_KEY]
+    kept = [prop for prop in proto.metadata_props if prop.key != onnx_quant.QUANTIZATION_KEY]
     del proto.metadata_props[:]
     proto.metadata_props.extend(kept)
     with pytest.raises(ModelFormatError, match="metadata record") as error:

@@ -35,6 +35,7 @@ from mobilenet_zoo.arch import (
 )
 from mobilenet_zoo.deps import require
 from mobilenet_zoo.errors import ModelFormatError
+from mobilenet_zoo.formats.onnx_quant import QUANTIZATION_KEY
 from mobilenet_zoo.model import (
     INPUT_ACTIVATION,
     LOGITS_ACTIVATION,
@@ -50,7 +51,6 @@ from mobilenet_zoo.model import (
     quant_info_from_json,
 )
 
-QUANTIZATION_KEY = "quantization"  # metadata entry holding `model.quant_params_json` in our quantized files
 CONV_OPS = ("Conv", "ConvInteger")
 POOL_OPS = ("AveragePool", "GlobalAveragePool")
 RELU6_BOUNDS = (0.0, 6.0)
