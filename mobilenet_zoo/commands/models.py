@@ -8,6 +8,7 @@ from typing import List, Optional
 
 import typer
 from rich import box
+from rich.markup import escape
 from rich.table import Table
 
 from mobilenet_zoo.commands.options import JsonOption, MirrorOption, RayAddressOption, RayOption, RegistryOption
@@ -141,7 +142,7 @@ def _single_reference(targets: list[Path], reference: Optional[str], images: lis
 def _parity_table(reports, n_inputs: int) -> Table:
     """One row per target: the differences that matter for its kind (float logits or uint8 LSB)."""
     references = sorted({Path(r.reference).name for r in reports})
-    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, title=f"parity against {', '.join(references)} on {n_inputs} inputs",
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, title=escape(f"parity against {', '.join(references)} on {n_inputs} inputs"),
                   caption="max abs differences (Δlogits for float, uint8 LSB for quantized); top-k: share of inputs that agree")
     table.add_column("target", no_wrap=True)
     with_features = any(r.features for r in reports)
