@@ -136,11 +136,6 @@ class ModelConfig:
         shapes[self.logits_bias_name] = (self.num_classes,)
         return shapes
 
-    def pool_kernel(self, height: int | None = None, width: int | None = None) -> tuple[int, int]:
-        """Kernel of Logits/AvgPool_1a: min(7, H) x min(7, W) of the final feature map."""
-        size = feature_map_size(height or self.resolution)
-        return min(7, size), min(7, feature_map_size(width or self.resolution))
-
 
 def same_output_size(size: int, stride: int) -> int:
     """Output size of a TF "SAME" convolution or pool: ceil(size / stride)."""
@@ -271,14 +266,6 @@ def logits_map_size(config: ModelConfig, backbone: Backbone = Backbone()) -> int
     feature_size = placed_layers(config, backbone)[-1].output_size
     kernel, stride = pool_geometry(feature_size, backbone.pooling)
     return (feature_size - kernel) // stride + 1
-
-
-def feature_map_size(resolution: int) -> int:
-    """Spatial size of the last feature map under SAME padding (total stride 32)."""
-    size = math.ceil(resolution / 2)
-    for stride in BLOCK_STRIDES:
-        size = math.ceil(size / stride)
-    return size
 
 
 def count_macs(config: ModelConfig) -> int:

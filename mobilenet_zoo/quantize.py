@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mobilenet_zoo.arch import SLIM_POOL_STRIDE, ModelConfig
+from mobilenet_zoo.arch import ModelConfig, pool_geometry
 from mobilenet_zoo.errors import ModelFormatError, ZooError
 from mobilenet_zoo.model import (
     INPUT_ACTIVATION,
@@ -110,7 +110,8 @@ def activation_ranges(model: MobileNetV1Model, images: np.ndarray) -> dict[str, 
         x = depthwise_conv(x, kernel, layer.stride) if layer.kind == "depthwise" else conv(x, kernel, layer.stride)
         x = np.clip(x + weights[layer.bias_name], 0.0, RELU6_LIMIT)
         ranges[layer.scope] = (float(x.min()), float(x.max()))
-    x = average_pool(x, *config.pool_kernel(), stride=SLIM_POOL_STRIDE)
+    kernel, stride = pool_geometry(x.shape[1], "slim")  # ranges are measured on the released network
+    x = average_pool(x, kernel, kernel, stride=stride)
     logits = conv(x, weights[config.logits_weight_name].astype(np.float64), 1) + weights[config.logits_bias_name]
     ranges[LOGITS_ACTIVATION] = (float(logits.min()), float(logits.max()))
     return ranges

@@ -60,7 +60,7 @@ def tensorflow_logits(model: MobileNetV1Model, images: np.ndarray) -> np.ndarray
         bn = [weights[layer.bn_name(leaf)] for leaf in ("gamma", "beta", "moving_mean", "moving_variance")]
         x, _, _ = tf.compat.v1.nn.fused_batch_norm(x, *bn, epsilon=BN_EPSILON, is_training=False)
         x = tf.nn.relu6(x)
-    x = tf.nn.avg_pool2d(x, list(config.pool_kernel()), 2, "VALID")
+    x = tf.nn.avg_pool2d(x, [min(7, int(size)) for size in x.shape[1:3]], 2, "VALID")  # slim: 7x7 or the whole map
     x = tf.nn.conv2d(x, weights[config.logits_weight_name], 1, "VALID") + weights[config.logits_bias_name]
     return tf.squeeze(x, [1, 2]).numpy()
 
