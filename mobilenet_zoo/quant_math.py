@@ -42,7 +42,7 @@ from mobilenet_zoo.model import (
     MobileNetV1Model,
     QuantParams,
 )
-from mobilenet_zoo.testing.numpy_reference import conv, depthwise_conv
+from mobilenet_zoo.numpy_forward import conv, depthwise_conv
 
 UINT8_MIN, UINT8_MAX = 0, 255
 RELU6_LIMIT = 6.0

@@ -234,7 +234,7 @@ def test_onnx_records_the_quantization(models, tmp_path):
 def test_float_tflite_features_are_mapped_by_structure(tmp_path):
     """A float .tflite from the TF converter: extra outputs come back named by the layer that produces them."""
     pytest.importorskip("tensorflow")
-    from mobilenet_zoo.testing import numpy_reference
+    from mobilenet_zoo import numpy_forward as numpy_reference
 
     model = random_model(ModelConfig(0.25, 128)).with_backbone(Backbone(features=(0, 5, 13), output_stride=16, input_size=96))
     runner = tflite.load_runner(tflite.write(model, tmp_path / "float.tflite"))

@@ -1,6 +1,6 @@
 """Backbone options (features, pooling, output stride, input size) in PyTorch and ONNX against the numpy reference.
 
-The reference (`testing.numpy_reference.outputs`) plans strides and dilation rates with its own copy of
+The reference (`numpy_forward.outputs`) plans strides and dilation rates with its own copy of
 slim's rule, so these comparisons also check `arch.placed_layers`, which both writers use.
 """
 
@@ -23,7 +23,7 @@ from mobilenet_zoo.arch import (
 from mobilenet_zoo.formats import onnx as onnx_format
 from mobilenet_zoo.formats import torch as torch_format
 from mobilenet_zoo.model import MobileNetV1Model, random_model
-from mobilenet_zoo.testing import numpy_reference
+from mobilenet_zoo import numpy_forward as numpy_reference
 
 torch = pytest.importorskip("torch")
 onnx = pytest.importorskip("onnx")

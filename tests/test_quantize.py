@@ -32,7 +32,7 @@ from mobilenet_zoo.model import (
 )
 from mobilenet_zoo.preprocess import load_batch
 from mobilenet_zoo.quantize import choose_params, load_calibration, quantize_uint8
-from mobilenet_zoo.testing import numpy_reference
+from mobilenet_zoo import numpy_forward as numpy_reference
 
 VARIANT, RESOLUTION = "0.5_160", 160
 EXPECTED_TOP1 = {"bird.bmp": 20, "cat.bmp": 286, "grace_hopper.bmp": 401, "parrot.jpg": 89}
