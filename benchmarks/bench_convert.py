@@ -36,7 +36,7 @@ import numpy as np
 from mobilenet_zoo.arch import INPUT_NODE, OUTPUT_NODE, ModelConfig
 from mobilenet_zoo.deps import require
 from mobilenet_zoo.formats import onnx as onnx_format
-from mobilenet_zoo.registry import load_registry
+from mobilenet_zoo.variants import load_registry
 
 OPSET = 17
 TF_INPUT = f"{INPUT_NODE}:0"

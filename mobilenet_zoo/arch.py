@@ -204,6 +204,15 @@ class Backbone:
             out["input_size"] = str(self.input_size)
         return out
 
+    @property
+    def name_tag(self) -> str:
+        """The options in a file name, e.g. `_os16_f5-11-12-13_global_in320` ("" for the released network)."""
+        parts = [f"os{self.output_stride}"] if self.output_stride != 32 else []
+        parts += ["f" + "-".join(map(str, self.features))] if self.features else []
+        parts += [self.pooling] if self.pooling != "slim" else []
+        parts += [f"in{self.input_size}"] if self.input_size is not None else []
+        return "".join(f"_{part}" for part in parts)
+
     @classmethod
     def from_metadata(cls, metadata: dict[str, str]) -> Backbone:
         """The inverse of `metadata` (missing keys are defaults)."""

@@ -172,7 +172,7 @@ def prepare_targets(source: str, runtimes: list[str] | None, scratch: Path, *, r
 
 def _converted_target(source, runtime: str, scratch: Path) -> Target:
     """`source` converted to the format of `runtime` in a scratch folder (unless the runtime is missing)."""
-    from mobilenet_zoo.convert import convert
+    from mobilenet_zoo.conversion import convert
 
     config = source.model.config
     target = Target(source.name, runtime, None, config, macs_millions(config))
@@ -190,7 +190,7 @@ def macs_millions(config: ModelConfig | None) -> float | None:
     """The registry's published MACs of the variant, else the count from the architecture."""
     if config is None:
         return None
-    from mobilenet_zoo.registry import load_registry
+    from mobilenet_zoo.variants import load_registry
 
     variant = load_registry().variants.get(config.name)
     if variant is not None and variant.published is not None:

@@ -19,8 +19,9 @@ app = typer.Typer(
     name="mobilenet-zoo",
     help="MobileNet V1 model zoo: list, pull, convert (TF, PyTorch, ONNX, TFLite) and verify parity.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
 
 
@@ -33,8 +34,18 @@ def _version(value: bool) -> None:
 @app.callback()
 def _root(
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Show the version and exit."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress, spinners or retry notes: results and errors only."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Also show the frameworks' own log lines (TensorFlow's start-up)."),
+    debug: bool = typer.Option(False, "--debug", help="Show the traceback of an error (same as MOBILENET_ZOO_DEBUG=1)."),
 ) -> None:
-    """MobileNet V1 model zoo manager and converter."""
+    """MobileNet V1 model zoo manager and converter.
+
+    Exit codes: 0 success, 1 bad input or a failed operation, 2 usage error, 3 missing optional dependency,
+    4 failed parity check, 130 interrupted.
+    """
+    from mobilenet_zoo import output
+
+    output.configure(quiet=quiet, verbose=verbose, debug=debug)
 
 
 for group in (browse, pull, models, bench, evaluate):

@@ -13,6 +13,7 @@ BACKOFF_ENV = "MOBILENET_ZOO_BACKOFF"  # first retry delay in seconds (1, doubli
 TIMEOUT_ENV = "MOBILENET_ZOO_TIMEOUT"  # socket timeout in seconds (30)
 OFFLINE_ENV = "MOBILENET_ZOO_OFFLINE"  # 1: never touch the network, use the cache only
 DEBUG_ENV = "MOBILENET_ZOO_DEBUG"  # 1: tracebacks instead of one-line errors
+QUIET_ENV = "MOBILENET_ZOO_QUIET"  # 1: no progress bars, spinners or notes on stderr
 VERBOSE_ENV = "MOBILENET_ZOO_VERBOSE"  # 1: keep TensorFlow's start-up log lines
 REALDATA_ENV = "MOBILENET_ZOO_REALDATA"  # tests: the folder of real models and images
 NO_SKIP_ENV = "MOBILENET_ZOO_NO_SKIP"  # tests: a skipped test is a failure (CI sets it)

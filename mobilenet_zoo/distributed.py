@@ -17,11 +17,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from mobilenet_zoo.convert import BuildOptions, Converted, convert, read_manifest, updating_manifest
+from mobilenet_zoo.conversion import BuildOptions, Converted, convert
+from mobilenet_zoo.manifest import read_manifest, updating_manifest
 from mobilenet_zoo.deps import require
 from mobilenet_zoo.errors import ZooError
 from mobilenet_zoo.evaluate import BatchOutcome, Counts, EvalResult, Progress, Sample, decode_batch, plan_evaluation, score_batch
-from mobilenet_zoo.verify import TargetReport, Thresholds, group_by_reference, verify_group
+from mobilenet_zoo.parity import TargetReport, Thresholds, group_by_reference, verify_group
 
 
 def connect(address: str | None = None) -> Any:
@@ -69,7 +70,7 @@ class _BatchScorer:
     """A Ray Data actor: loads the model once, then decodes, preprocesses and scores batches of samples."""
 
     def __init__(self, model: str, resolution: int, quantized: bool, registry: Path | None, mirror: str | None):
-        from mobilenet_zoo.predict import runner_for
+        from mobilenet_zoo.prediction import runner_for
 
         self.runner = runner_for(model, registry, mirror)
         self.resolution = resolution

@@ -38,6 +38,6 @@ class ModelFormatError(ZooError):
 
 
 class VerificationError(ZooError):
-    """A parity check that did not meet its thresholds."""
+    """A parity check that did not meet its thresholds (exit 4: click's usage errors own 2)."""
 
-    exit_code = 2
+    exit_code = 4

@@ -25,9 +25,9 @@ import numpy as np
 from mobilenet_zoo.errors import UnknownVariantError, ZooError
 from mobilenet_zoo.formats import Runner
 from mobilenet_zoo.preprocess import load_image, load_image_uint8
-from mobilenet_zoo.registry import Published, Variant, load_registry
+from mobilenet_zoo.variants import Published, Variant, load_registry
 from mobilenet_zoo.synsets import synset_classes
-from mobilenet_zoo.verify import top_k
+from mobilenet_zoo.parity import top_k
 
 Z_95 = 1.959963984540054  # two-sided 95% normal quantile
 NUM_CLASSES = 1001
@@ -259,7 +259,7 @@ class EvalPlan:
 def plan_evaluation(model: str | Path, data: str | Path, limit: int | None = None, resolution: int | None = None,
                     registry: Path | None = None, mirror: str | None = None) -> tuple[EvalPlan, Runner]:
     """Read the labels and load the model (an error before any work if either is wrong)."""
-    from mobilenet_zoo.predict import runner_for
+    from mobilenet_zoo.prediction import runner_for
 
     if limit is not None and limit < 1:
         raise ZooError(f"--limit must be at least 1, not {limit}")
@@ -276,7 +276,7 @@ def plan_evaluation(model: str | Path, data: str | Path, limit: int | None = Non
 
 def known_variant(model: str, quantized: bool, registry: Path | None = None) -> Variant | None:
     """The registry variant a model is (a registry name, or a file, folder or tarball named after one), if any."""
-    from mobilenet_zoo.convert import manifest_entry
+    from mobilenet_zoo.manifest import manifest_entry
 
     path = Path(model).expanduser()
     entry = manifest_entry(path) if path.exists() else None

@@ -14,7 +14,7 @@ from mobilenet_zoo.bench import BenchResult
 from mobilenet_zoo.deps import require
 from mobilenet_zoo.errors import ZooError
 from mobilenet_zoo.fsutil import atomic_file
-from mobilenet_zoo.registry import Registry, Variant
+from mobilenet_zoo.variants import Registry, Variant
 
 ALPHA_COLORS = {1.0: "tab:blue", 0.75: "tab:orange", 0.5: "tab:green", 0.25: "tab:red"}
 RUNTIME_MARKERS = {"tf": "s", "tflite": "^", "onnxruntime": "o", "torch": "D"}

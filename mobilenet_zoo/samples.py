@@ -21,3 +21,22 @@ def sample_images() -> list[Path]:
 def image_files(folder: Path) -> list[Path]:
     """Image files directly in a folder, sorted by name."""
     return sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def resolve_images(paths: list[Path] | None) -> list[Path]:
+    """Image files given directly or inside given folders; the bundled photos when none are given."""
+    from mobilenet_zoo.errors import ZooError
+
+    if not paths:
+        return sample_images()
+    found: list[Path] = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            found.extend(image_files(path))
+        elif path.exists():
+            found.append(path)
+        else:
+            raise ZooError(f"image not found: {path}")
+    if not found:
+        raise ZooError("no images found in " + ", ".join(map(str, paths)))
+    return found

@@ -6,14 +6,47 @@ against — the official frozen graph for float variants, the official `.tflite`
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
+from mobilenet_zoo.archive import TARBALL_SUFFIXES
 from mobilenet_zoo.errors import ModelFormatError
 from mobilenet_zoo.formats import detect_format, format_module
 from mobilenet_zoo.model import MobileNetV1Model
 
-TARBALL_SUFFIXES = (".tgz", ".tar.gz")
+REGISTRY, TARBALL, OFFICIAL_FOLDER, MODEL_FILE = "registry name", "tarball", "official folder", "model file"
+
+
+@dataclass(frozen=True)
+class Named:
+    """What a user named, decided once: a registry name, a tarball, an extracted official folder, or a model
+    file/folder of one format (`path` is None for registry names, `format` only for model files)."""
+
+    text: str
+    kind: str
+    path: Path | None = None
+    format: str | None = None
+
+    @property
+    def is_model_file(self) -> bool:
+        return self.kind == MODEL_FILE
+
+
+def resolve(text: str | Path, *, registry: Path | None = None) -> Named:
+    """Decide what `text` names; a registry name is checked against the registry (with suggestions)."""
+    text = str(text)
+    path = Path(text).expanduser()
+    if path.exists():
+        if path.is_file() and path.name.lower().endswith(TARBALL_SUFFIXES):
+            return Named(text, TARBALL, path)
+        if path.is_dir() and official_members(path)[0]:
+            return Named(text, OFFICIAL_FOLDER, path)
+        return Named(text, MODEL_FILE, path, detect_format(path))
+    if any(sep in text for sep in ("/", "\\")) or path.suffix.lower() in (".onnx", ".tflite", ".pb", ".pt2", ".keras", ".h5", ".tgz"):
+        raise ModelFormatError(f"no such file or folder: {text}")
+    from mobilenet_zoo.variants import load_registry
+
+    return Named(load_registry(registry).get(text).name, REGISTRY)
 
 
 @dataclass
@@ -23,6 +56,11 @@ class Source:
     model: MobileNetV1Model
     reference: Path | None
     name: str
+    origin: Path | None = None  # the file or folder the model was read from (None when built in memory)
+    reference_engine: str = "runtime"  # "numpy": run the reference by the numpy forward pass, not its runtime
+
+    def __repr__(self) -> str:
+        return f"Source({self.name!r}, reference={str(self.reference) if self.reference else None!r})"
 
 
 def official_members(folder: Path) -> tuple[str, Path | None, Path | None]:
@@ -43,44 +81,63 @@ def from_official_folder(folder: Path) -> Source:
     if name.endswith("_quant"):
         if not tflite.exists():
             raise ModelFormatError(f"{folder}: {tflite.name} is missing")
-        return Source(format_module("tflite").read(tflite), tflite, name)
+        return Source(format_module("tflite").read(tflite), tflite, name, folder)
     if checkpoint is None and frozen is None:
         raise ModelFormatError(f"{folder}: neither {name}.ckpt nor {name}_frozen.pb is there")
     model = format_module("tf").read(checkpoint or frozen)
-    return Source(model, frozen, name)
+    return Source(model, frozen, name, folder)
 
 
 def from_path(path: Path) -> Source:
     """A tarball, an extracted official folder, or a model file/folder of any supported format."""
-    if path.name.endswith(TARBALL_SUFFIXES):
-        from mobilenet_zoo.archive import extract_to_cache
+    return open_source(str(path))
 
-        return from_official_folder(extract_to_cache(path))
-    if path.is_dir() and official_members(path)[0]:
-        return from_official_folder(path)
-    fmt = detect_format(path)
+
+def _from_model_file(path: Path, fmt: str) -> Source:
     model = format_module(fmt).read(path)
-    is_reference = path.name.endswith("_frozen.pb") or (fmt == "tflite" and model.config.quantized)
-    return Source(model, path if is_reference else recorded_reference(path), model.config.name)
+    is_reference = path.name.endswith("_frozen.pb") or (fmt == "tflite" and model.config.quantized and not _written_by_us(path))
+    return Source(model, path if is_reference else recorded_reference(path), model.config.name, path)
+
+
+def _written_by_us(path: Path) -> bool:
+    """True when `convert` wrote this file (its folder's manifest lists it): its reference is the recorded one."""
+    from mobilenet_zoo.manifest import manifest_entry
+
+    return manifest_entry(path) is not None
 
 
 def recorded_reference(path: Path) -> Path | None:
     """The reference `convert` recorded for a model it wrote, so conversion chains keep the original reference."""
-    from mobilenet_zoo.convert import manifest_entry
+    from mobilenet_zoo.manifest import manifest_entry, manifest_reference
 
-    reference = (manifest_entry(path) or {}).get("reference")
-    return Path(reference) if reference else None
+    entry = manifest_entry(path)
+    return manifest_reference(path, entry) if entry else None
 
 
-def open_source(source: str, *, registry: Path | None = None, mirror: str | None = None) -> Source:
-    """Resolve a registry name (pulled on demand) or a path."""
-    path = Path(source).expanduser()
-    if path.exists():
-        return from_path(path)
-    if any(sep in source for sep in ("/", "\\")) or path.suffix in (".onnx", ".tflite", ".pb", ".pt2", ".tgz"):
-        raise ModelFormatError(f"no such file or folder: {source}")
-    from mobilenet_zoo.pull import pull
-    from mobilenet_zoo.registry import load_registry
+def open_source(source: str | Path, *, registry: Path | None = None, mirror: str | None = None) -> Source:
+    """The canonical model (and its reference) of whatever `source` names; registry names are pulled on demand."""
+    named = resolve(source, registry=registry)
+    if named.kind == TARBALL:
+        from mobilenet_zoo.archive import extract_to_cache
 
-    variant = load_registry(registry).get(source)
-    return from_official_folder(pull(variant, mirror=mirror))
+        return replace(from_official_folder(extract_to_cache(named.path)), origin=named.path)
+    if named.kind == OFFICIAL_FOLDER:
+        return from_official_folder(named.path)
+    if named.kind == MODEL_FILE:
+        return _from_model_file(named.path, named.format)
+    from mobilenet_zoo.pulling import pull
+    from mobilenet_zoo.variants import load_registry
+
+    return from_official_folder(pull(load_registry(registry).get(named.text), mirror=mirror))
+
+
+def reference_artifact(source: str | Path, *, registry: Path | None = None, mirror: str | None = None) -> Path:
+    """The model whose forward pass is the reference for `source`: a model file is its own; a registry name,
+    tarball or official folder gives its original artifact (frozen graph or official `.tflite`)."""
+    named = resolve(source, registry=registry)
+    if named.is_model_file:
+        return named.path
+    reference = open_source(source, registry=registry, mirror=mirror).reference
+    if reference is None:
+        raise ModelFormatError(f"{source}: has no original artifact to run as the reference")
+    return reference

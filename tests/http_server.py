@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from mobilenet_zoo.registry import MEMBER_SUFFIXES
+from mobilenet_zoo.variants import MEMBER_SUFFIXES
 
 CHUNK_SIZE = 16 * 1024
 

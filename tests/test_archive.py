@@ -11,7 +11,7 @@ import pytest
 from http_server import official_files, write_tarball
 from mobilenet_zoo.archive import extract, extract_to_cache
 from mobilenet_zoo.errors import ArchiveError
-from mobilenet_zoo.registry import load_registry
+from mobilenet_zoo.variants import load_registry
 
 VARIANT = load_registry().get("mobilenet_v1_0.25_128")
 

@@ -8,7 +8,7 @@ from PIL import Image
 from mobilenet_zoo.bench import Timing, append_csv, bench
 from mobilenet_zoo.cli import main
 from mobilenet_zoo.plot import plot_zoo
-from mobilenet_zoo.registry import load_registry
+from mobilenet_zoo.variants import load_registry
 
 from conftest import DATA
 

@@ -20,8 +20,8 @@ from http_server import FileServer, official_files, write_tarball
 from mobilenet_zoo.cache import HOME_ENV, Cache
 from mobilenet_zoo.download import ATTEMPTS_ENV, BACKOFF_ENV, TIMEOUT_ENV, RetryPolicy
 from mobilenet_zoo.errors import ChecksumError
-from mobilenet_zoo.pull import pull_variant
-from mobilenet_zoo.registry import MIRROR_ENV, REGISTRY_ENV, load_registry
+from mobilenet_zoo.pulling import pull_variant
+from mobilenet_zoo.variants import MIRROR_ENV, REGISTRY_ENV, load_registry
 
 NAME = "mobilenet_v1_0.25_128"  # has a published checksum in the built-in registry, so tests override it
 UNCHECKED = "mobilenet_v1_1.0_192"  # no published checksum: the first download's hash is recorded

@@ -12,7 +12,7 @@ import pytest
 
 from mobilenet_zoo.arch import ModelConfig, count_macs, count_parameters
 from mobilenet_zoo.errors import RegistryError, UnknownVariantError
-from mobilenet_zoo.registry import load_registry
+from mobilenet_zoo.variants import load_registry
 
 DATA = Path(__file__).parent / "data"
 

@@ -83,7 +83,7 @@ def plot_command(
     """Chart top-1 accuracy against MACs for the zoo (and against measured latency with --bench)."""
     from mobilenet_zoo.bench import load_results
     from mobilenet_zoo.plot import plot_zoo
-    from mobilenet_zoo.registry import load_registry
+    from mobilenet_zoo.variants import load_registry
 
     if output.suffix.lower() not in ("", ".png", ".svg", ".pdf"):
         raise ZooError(f"{output}: write a .png, .svg or .pdf")

@@ -11,7 +11,7 @@ from rich.table import Table
 
 from mobilenet_zoo.commands.options import JsonOption, RegistryOption
 from mobilenet_zoo.output import console, fmt, print_json
-from mobilenet_zoo.registry import Variant, filter_variants, load_registry
+from mobilenet_zoo.variants import Variant, filter_variants, load_registry
 
 SORT_FIELDS = ("name", "alpha", "resolution", "macs", "params", "top1", "top5")
 
@@ -77,7 +77,7 @@ def info_command(
 ) -> None:
     """Everything known about one variant, with its cache state."""
     from mobilenet_zoo.arch import PARAMETER_CONVENTION
-    from mobilenet_zoo.pull import cache_state
+    from mobilenet_zoo.pulling import cache_state
 
     variant = load_registry(registry).get(name)
     data = variant.as_dict()
@@ -88,14 +88,14 @@ def info_command(
         print_json(data)
         return
     table = Table(show_header=False, title=variant.name)
-    table.add_column(style="bold")
-    table.add_column()
+    table.add_column(style="bold", no_wrap=True)
+    table.add_column(overflow="fold")  # URLs and hashes wrap whole, never cut
     for key, value in data.items():
         if isinstance(value, dict):
-            value = ", ".join(f"{k}={fmt(v, 3) if isinstance(v, float) else v}" for k, v in value.items())
+            value = ", ".join(f"{k}={fmt(v, None) if isinstance(v, float) else v}" for k, v in value.items())
         elif isinstance(value, list):
             value = "\n".join(map(str, value))
-        table.add_row(key, fmt(value))
+        table.add_row(key, fmt(value, None))
     console.print(table)
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 from typing import List, Optional
 
@@ -13,7 +12,10 @@ from rich.table import Table
 
 from mobilenet_zoo.commands.options import JsonOption, MirrorOption, RayAddressOption, RayOption, RegistryOption
 from mobilenet_zoo.errors import VerificationError, ZooError
-from mobilenet_zoo.output import console, err_console, print_json
+
+from mobilenet_zoo.output import console, print_json
+from mobilenet_zoo.output import progress as output_progress
+from mobilenet_zoo.output import status as output_status
 
 
 
@@ -30,22 +32,9 @@ def _feature_layers(text: Optional[str]) -> tuple[int, ...]:
 
 
 def _images(paths: list[Path]) -> list[Path]:
-    """Image files given directly or inside given folders; the bundled samples when none are given."""
-    from mobilenet_zoo.samples import image_files, sample_images
+    from mobilenet_zoo.samples import resolve_images
 
-    if not paths:
-        return sample_images()
-    found: list[Path] = []
-    for path in paths:
-        if path.is_dir():
-            found.extend(image_files(path))
-        elif path.exists():
-            found.append(path)
-        else:
-            raise ZooError(f"image not found: {path}")
-    if not found:
-        raise ZooError("no images found in " + ", ".join(map(str, paths)))
-    return found
+    return resolve_images(paths)
 
 
 def convert_command(
@@ -62,6 +51,7 @@ def convert_command(
     quantize: Optional[str] = typer.Option(None, "--quantize", help="Post-training quantization of a float model: uint8 (needs --calibration)."),
     calibration: Optional[Path] = typer.Option(None, "--calibration", help="--quantize: folder of calibration images."),
     verify: bool = typer.Option(False, "--verify", help="Verify every written target against its reference."),
+    force: bool = typer.Option(False, "--force", "-f", help="Replace targets that exist already."),
     ray: bool = RayOption,
     ray_address: Optional[str] = RayAddressOption,
     registry: Optional[Path] = RegistryOption,
@@ -70,9 +60,9 @@ def convert_command(
 ) -> None:
     """Convert models to ONNX, PyTorch, TFLite or a TensorFlow SavedModel."""
     from mobilenet_zoo.arch import Backbone
-    from mobilenet_zoo.convert import TARGET_SUFFIXES, BuildOptions, convert
+    from mobilenet_zoo.conversion import BuildOptions, convert, names_a_file
     from mobilenet_zoo.formats import FORMATS
-    from mobilenet_zoo.registry import load_registry
+    from mobilenet_zoo.variants import load_registry
     from mobilenet_zoo.sources import open_source
 
     names = [v.name for v in load_registry(registry)] if all_variants else list(sources or [])
@@ -81,7 +71,7 @@ def convert_command(
     formats = list(FORMATS) if all_formats else _split(to)
     if not formats:
         raise ZooError("say which format to write: --to onnx|torch|tflite|tf, or --all-formats")
-    if len(names) > 1 and output.suffix in TARGET_SUFFIXES.values():
+    if len(names) > 1 and names_a_file(output):
         raise ZooError(f"-o {output} names one file, but {len(names)} models are converted: give a folder")
     if layout.upper() not in ("NCHW", "NHWC"):
         raise ZooError(f"--layout must be NCHW or NHWC, not {layout!r}")
@@ -90,53 +80,22 @@ def convert_command(
     if ray or ray_address:
         from mobilenet_zoo.distributed import convert_many
 
-        with err_console.status(f"converting {len(names)} models on Ray"):
+        with output_status(f"converting {len(names)} models on Ray"):
             written = convert_many(names, formats, output, ray_address, registry=registry, mirror=mirror, format_options=options, build=build)
     else:
         written = []
-        for name in names:
-            with err_console.status(f"converting {name} to {', '.join(formats)}"):
-                written.extend(convert(open_source(name, registry=registry, mirror=mirror), formats, output, options, build))
+        with output_progress(len(names) * len(formats), "converting") as advance:
+            for name in names:
+                source = open_source(name, registry=registry, mirror=mirror)
+                written.extend(convert(source, formats, output, options, build, force=force,
+                                       on_written=lambda done: advance(f"{done.format}: {done.path.name}")))
     if verify:
-        _verify_and_report([w.path for w in written], None, [], 8, 0, None, as_json, use_ray=ray or bool(ray_address), ray_address=ray_address)
+        _verify_and_report([w.path for w in written], as_json=as_json, use_ray=ray or bool(ray_address), ray_address=ray_address)
     elif as_json:
         print_json([{"format": w.format, "path": str(w.path)} for w in written])
     else:
         for w in written:
             console.print(f"[green]wrote[/green] {w.format:<6} {w.path}")
-
-
-def _reference_path(text: str) -> Path:
-    """A model file runs as its own reference; a registry name, tarball or official folder gives its original artifact."""
-    from mobilenet_zoo.sources import TARBALL_SUFFIXES, official_members, open_source
-
-    path = Path(text).expanduser()
-    if path.exists() and not path.name.endswith(TARBALL_SUFFIXES) and not (path.is_dir() and official_members(path)[0]):
-        return path
-    reference = open_source(text).reference
-    if reference is None:
-        raise ZooError(f"{text}: has no original artifact to run as the reference")
-    return reference
-
-
-def _single_reference(targets: list[Path], reference: Optional[str], images: list[Path], n_random: int, seed: int):
-    """The reference outputs to check every target against: the one given, or the single one recorded."""
-    from mobilenet_zoo.verify import Reference, ReferenceModel, compute_reference, group_by_reference, recorded_backbone
-
-    if reference and reference.endswith(".npz"):
-        return Reference.load(Path(reference))
-    if reference:
-        backbones = {recorded_backbone(target) for target in targets}
-        if len(backbones) != 1:
-            raise ZooError(f"these targets were built with {len(backbones)} different backbone options: save a reference for each")
-        model = ReferenceModel(_reference_path(reference), backbones.pop())
-    else:
-        recorded = group_by_reference(targets)
-        if len(recorded) != 1:
-            raise ZooError(f"these targets record {len(recorded)} references: --save-reference needs a single one")
-        model = next(iter(recorded))
-    with err_console.status(f"running the reference {model.path.name}"):
-        return compute_reference(model, images, n_random, seed)
 
 
 def _parity_table(reports, n_inputs: int) -> Table:
@@ -158,42 +117,21 @@ def _parity_table(reports, n_inputs: int) -> Table:
     return table
 
 
-def _verify_and_report(targets, reference, images, n_random, seed, save_reference, as_json, thresholds=None,
-                       use_ray: bool = False, ray_address: Optional[str] = None, source: Optional[str] = None) -> None:
-    """Verify targets (against `reference`, or what convert recorded), print the report, raise on failure."""
-    from mobilenet_zoo.verify import Thresholds, input_names, verify_against, verify_recorded, verify_target
+def _verify_and_report(targets, *, as_json: bool, **options) -> None:
+    """Verify targets (see `mobilenet_zoo.parity.verify` for the modes), print the report, raise on failure."""
+    from mobilenet_zoo.parity import verify
 
-    thresholds = thresholds or Thresholds()
-    images = _images(images)
-    if source and not save_reference:
-        names = input_names(images, n_random)
-        with err_console.status(f"verifying {len(targets)} targets against {source}"):
-            reports = verify_against(_reference_path(source), targets, images, n_random, seed, thresholds)
-    elif reference or source or save_reference:
-        reference = reference or source
-        ref = _single_reference(targets, reference, images, n_random, seed)
-        if save_reference:
-            ref.save(save_reference)
-        names = ref.input_names
-        with err_console.status("verifying"):
-            reports = [verify_target(target, ref, thresholds) for target in targets]
-    elif use_ray:
-        from mobilenet_zoo.distributed import verify_many
+    from mobilenet_zoo.parity import expand_targets
 
-        names = input_names(images, n_random)
-        with err_console.status(f"verifying {len(targets)} targets on Ray"):
-            reports = verify_many(targets, images, n_random, seed, thresholds, ray_address)
-    else:
-        names = input_names(images, n_random)
-        with err_console.status(f"verifying {len(targets)} targets"):
-            reports = verify_recorded(targets, images, n_random, seed, thresholds)
+    targets = expand_targets(targets)
+    with output_progress(len(targets), "verifying") as advance:
+        result = verify(targets, progress=advance, **options)
     if as_json:
-        print_json({"inputs": names, "targets": [r.as_dict() for r in reports]})
+        print_json(result.as_dict())
     else:
-        console.print(_parity_table(reports, len(names)))
-    failed = [r for r in reports if not r.passed]
-    if failed:
-        raise VerificationError(f"{len(failed)} of {len(reports)} targets failed parity: " + "; ".join(f"{Path(r.target).name}: {r.failures[0]}" for r in failed))
+        console.print(_parity_table(result.reports, len(result.inputs)))
+    if not result.passed:
+        raise VerificationError(result.summary())
 
 
 def verify_command(
@@ -203,7 +141,8 @@ def verify_command(
     images: List[Path] = typer.Option([], "--images", help="An image or a folder of images; repeat for more (default: the bundled samples)."),
     n_random: int = typer.Option(8, "--random", help="Seeded random inputs besides the images."),
     seed: int = typer.Option(0, "--seed"),
-    logits_atol: float = typer.Option(1e-4, "--logits-atol", help="Float models: allowed max abs logits difference."),
+    atol: float = typer.Option(1e-4, "--atol", "--logits-atol", help="Float models: absolute tolerance per output value."),
+    rtol: float = typer.Option(1e-4, "--rtol", help="Float models: tolerance relative to the reference value (|d| <= atol + rtol x |ref|)."),
     max_lsb: Optional[int] = typer.Option(None, "--max-lsb", help="Quantized models: allowed uint8 difference (default 0 for ONNX, 1 otherwise)."),
     top5: bool = typer.Option(True, "--top5/--no-top5", help="Float models: require identical top-5 sets."),
     save_reference: Optional[Path] = typer.Option(None, "--save-reference", help="Save the reference inputs/outputs to an .npz for later runs."),
@@ -211,25 +150,17 @@ def verify_command(
     ray_address: Optional[str] = RayAddressOption,
     as_json: bool = JsonOption,
 ) -> None:
-    """Check converted models against the original's forward pass; exit 2 if any is out of bounds."""
-    from mobilenet_zoo.convert import MANIFEST, manifest_targets
-    from mobilenet_zoo.verify import Thresholds
+    """Check converted models against the original's forward pass; exit 4 if any is out of bounds."""
+    from mobilenet_zoo.parity import Thresholds
 
-    expanded: list[Path] = []
-    for target in targets:
-        if target.is_dir() and (target / MANIFEST).exists():
-            expanded.extend(manifest_targets(target))
-        elif target.exists():
-            expanded.append(target)
-        else:
-            raise ZooError(f"no such file or folder: {target}")
-    thresholds = Thresholds(logits_atol=logits_atol, top5_identical=top5)
+    thresholds = Thresholds(atol=atol, rtol=rtol, top5_identical=top5)
     if max_lsb is not None:
-        thresholds.lsb = {f: max_lsb for f in ("onnx", "tflite", "torch", "tf")}
+        thresholds.lsb = {f: max_lsb for f in thresholds.lsb}
     if source and reference:
         raise ZooError("give --source or --reference, not both")
-    _verify_and_report(expanded, reference, images, n_random, seed, save_reference, as_json, thresholds,
-                       use_ray=ray or bool(ray_address), ray_address=ray_address, source=source)
+    _verify_and_report(targets, as_json=as_json, source=source, reference=reference, images=list(images),
+                       n_random=n_random, seed=seed, thresholds=thresholds, save_reference=save_reference,
+                       use_ray=ray or bool(ray_address), ray_address=ray_address)
 
 
 def _print_predictions(results, as_json: bool) -> None:
@@ -254,29 +185,32 @@ def predict_command(
     as_json: bool = JsonOption,
 ) -> None:
     """Top-k ImageNet classes of images."""
-    from mobilenet_zoo.predict import predict, runner_for
+    from mobilenet_zoo.prediction import predict, runner_for
 
     _print_predictions(predict(runner_for(model, registry, mirror), _images(images or []), top_k), as_json)
 
 
+DEMO_FOLDER = Path("mobilenet-zoo-demo")
+
+
 def demo_command(
-    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Keep the converted models here (default: a temporary folder)."),
+    output: Path = typer.Option(DEMO_FOLDER, "-o", "--output", help="Folder for the converted models (replaced on each run)."),
 ) -> None:
     """Offline tour on the bundled real uint8 model: predict, convert to every format, verify parity."""
-    from mobilenet_zoo.convert import convert
+    from mobilenet_zoo.conversion import convert
     from mobilenet_zoo.formats import FORMATS, load_runner
-    from mobilenet_zoo.predict import predict
+    from mobilenet_zoo.prediction import predict
     from mobilenet_zoo.samples import BUNDLED_MODEL, sample_images
-    from mobilenet_zoo.sources import from_path
+    from mobilenet_zoo.sources import open_source
 
     console.rule(f"predict: {BUNDLED_MODEL.name} on the bundled photos (top 3)")
     _print_predictions(predict(load_runner(BUNDLED_MODEL), sample_images(), 3), False)
-    with tempfile.TemporaryDirectory() as scratch:
-        out = output or Path(scratch)
-        console.rule(f"convert to {', '.join(FORMATS)} in {out}, then verify")
-        with err_console.status("converting"):
-            written = convert(from_path(BUNDLED_MODEL), list(FORMATS), out)
-        _verify_and_report([w.path for w in written], None, [], 8, 0, None, False)
+    console.rule(f"convert to {', '.join(FORMATS)} in {output}/, then verify")
+    with output_progress(len(FORMATS), "converting") as advance:
+        written = convert(open_source(BUNDLED_MODEL), list(FORMATS), output, force=True,
+                          on_written=lambda done: advance(f"{done.format}: {done.path.name}"))
+    _verify_and_report([w.path for w in written], as_json=False)
+    console.print(f"the converted models are in {output}/ ([bold]mobilenet-zoo verify {output}[/bold] checks them again)")
 
 
 def register(app: typer.Typer) -> None:

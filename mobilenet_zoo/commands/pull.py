@@ -48,8 +48,8 @@ def pull_command(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar; print only the extracted folders."),
 ) -> None:
     """Download, verify and extract variants into the cache (a cached variant is not downloaded again)."""
-    from mobilenet_zoo.pull import pull_variant
-    from mobilenet_zoo.registry import load_registry
+    from mobilenet_zoo.pulling import pull_variant
+    from mobilenet_zoo.variants import load_registry
 
     if bool(names) == all_variants:
         raise ZooError("name the variants to pull, or pass --all (not both)")
@@ -121,7 +121,7 @@ def cache_remove_command(
 
 def _cached_name(name: str, cached: set[str], registry: Optional[Path]) -> str:
     """`name` as the cache knows it: an entry name as listed, else a registry variant's name."""
-    from mobilenet_zoo.registry import load_registry
+    from mobilenet_zoo.variants import load_registry
 
     if name in cached:
         return name

@@ -11,7 +11,7 @@ from mobilenet_zoo.errors import ZooError
 from mobilenet_zoo.formats import Runner, load_runner
 from mobilenet_zoo.labels import imagenet_labels
 from mobilenet_zoo.preprocess import load_batch
-from mobilenet_zoo.verify import OUTPUT_SCALE, run_batched
+from mobilenet_zoo.parity import OUTPUT_SCALE, run_batched
 
 
 @dataclass

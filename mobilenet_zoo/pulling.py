@@ -17,7 +17,7 @@ from mobilenet_zoo.archive import extract
 from mobilenet_zoo.cache import Cache
 from mobilenet_zoo.download import ProgressCallback, RetryPolicy, download
 from mobilenet_zoo.errors import ChecksumError, ZooError
-from mobilenet_zoo.registry import Variant
+from mobilenet_zoo.variants import Variant
 
 
 @dataclass(frozen=True)

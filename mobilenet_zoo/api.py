@@ -1,0 +1,102 @@
+"""The Python API: what the CLI does, as functions that return typed results (the CLI only renders them).
+
+    import mobilenet_zoo as mz
+
+    model = mz.load("mobilenet_v1_0.25_128_quant.tflite")          # any source -> the canonical model
+    written = mz.convert("model.tflite", ["onnx", "torch"], "out/")  # -> [Converted(format, path)]
+    result = mz.verify("out/")                                      # -> VerifyResult (.passed, .reports)
+    top = mz.predict("out/mobilenet_v1_0.25_128_quant.onnx", ["cat.jpg"])
+
+Every function takes what a user would type on the command line (registry name, tarball, official folder,
+model file or folder) as a string or path; `resolve` says which of those a name is.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from mobilenet_zoo.arch import Backbone
+from mobilenet_zoo.conversion import BuildOptions, Converted
+from mobilenet_zoo.model import MobileNetV1Model
+from mobilenet_zoo.prediction import Prediction
+from mobilenet_zoo.variants import Registry
+from mobilenet_zoo.sources import Named, Source
+from mobilenet_zoo.parity import Thresholds, VerifyResult
+
+__all__ = ["load", "open_source", "resolve", "convert", "verify", "predict", "pull", "registry"]
+
+PathLike = str | Path
+
+
+def resolve(name: PathLike, *, registry_file: PathLike | None = None) -> Named:
+    """What `name` is: a registry name, a tarball, an extracted official folder, or a model file/folder."""
+    from mobilenet_zoo.sources import resolve as _resolve
+
+    return _resolve(name, registry=registry_file)
+
+
+def open_source(source: PathLike, *, registry_file: PathLike | None = None, mirror: str | None = None) -> Source:
+    """The canonical model of `source` and the original artifact that is its reference forward pass."""
+    from mobilenet_zoo.sources import open_source as _open_source
+
+    return _open_source(source, registry=registry_file, mirror=mirror)
+
+
+def load(source: PathLike, *, registry_file: PathLike | None = None, mirror: str | None = None) -> MobileNetV1Model:
+    """Any source (registry name pulled on demand, tarball, official folder, model file) as the canonical model."""
+    return open_source(source, registry_file=registry_file, mirror=mirror).model
+
+
+def convert(source: PathLike | Source | MobileNetV1Model, to: str | list[str], output: PathLike = ".", *,
+            backbone: Backbone | None = None, quantize: str | None = None, calibration: PathLike | None = None,
+            format_options: dict[str, dict[str, Any]] | None = None, force: bool = False,
+            registry_file: PathLike | None = None, mirror: str | None = None) -> list[Converted]:
+    """Write `source` in each format of `to` ("onnx", "torch", "tflite", "tf") under `output` (a folder, or a
+    file path for one target) and record them in the folder's manifest. Returns what was written."""
+    from mobilenet_zoo.conversion import convert as _convert
+
+    if isinstance(source, MobileNetV1Model):
+        source = Source(source, None, source.config.name)
+    elif not isinstance(source, Source):
+        source = open_source(source, registry_file=registry_file, mirror=mirror)
+    formats = [to] if isinstance(to, str) else list(to)
+    build = BuildOptions(backbone or Backbone(), quantize, Path(calibration) if calibration else None)
+    return _convert(source, formats, Path(output), format_options, build, force=force)
+
+
+def verify(targets: PathLike | list[PathLike], *, source: PathLike | None = None, reference: PathLike | None = None,
+           images: list[PathLike] | None = None, n_random: int = 8, seed: int = 0, thresholds: Thresholds | None = None,
+           save_reference: PathLike | None = None) -> VerifyResult:
+    """Check converted models against a reference forward pass: what `convert` recorded (default), the
+    original `source` of a conversion chain, or a `reference` (model or saved `.npz`). Never raises for a
+    failed check: read `result.passed` and `result.reports`."""
+    from mobilenet_zoo.parity import verify as _verify
+
+    targets = [targets] if isinstance(targets, (str, Path)) else list(targets)
+    return _verify(targets, source=source, reference=reference, images=[Path(p) for p in images or []], n_random=n_random,
+                   seed=seed, thresholds=thresholds, save_reference=Path(save_reference) if save_reference else None)
+
+
+def predict(model: PathLike, images: list[PathLike] | None = None, top_k: int = 5, *,
+            registry_file: PathLike | None = None, mirror: str | None = None) -> list[Prediction]:
+    """Top-k classes of each image (default: the bundled photos) with any model, slim eval preprocessing."""
+    from mobilenet_zoo.prediction import predict as _predict
+    from mobilenet_zoo.prediction import runner_for
+    from mobilenet_zoo.samples import resolve_images
+
+    return _predict(runner_for(str(model), registry_file, mirror), resolve_images([Path(p) for p in images or []]), top_k)
+
+
+def pull(name: str, *, mirror: str | None = None, sha256: str | None = None, registry_file: PathLike | None = None) -> Path:
+    """The extracted folder of a registry variant, downloaded, verified and cached on first use."""
+    from mobilenet_zoo.pulling import pull as _pull
+
+    return _pull(registry(registry_file).get(name), mirror=mirror, sha256=sha256)
+
+
+def registry(registry_file: PathLike | None = None) -> Registry:
+    """The registry of variants: the built-in 32, extended or replaced by a user registry file."""
+    from mobilenet_zoo.variants import load_registry
+
+    return load_registry(registry_file)

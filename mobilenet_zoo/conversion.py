@@ -1,0 +1,121 @@
+"""Convert a source model to target formats and record what was written in a manifest.
+
+The manifest (`mobilenet_zoo.json` in the output folder) remembers, for every target, its format, the
+variant, the backbone options it was built with and the reference it must match (relative to the manifest
+when the reference lies inside its folder, so the folder can move), so `verify OUTPUT` needs nothing else.
+A target is named after the variant and its backbone options (`mobilenet_v1_1.0_224_os16_f5-11-12-13.onnx`);
+an existing target is replaced only with `force`, and never when it is (or lies inside) the source.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from mobilenet_zoo.arch import Backbone
+from mobilenet_zoo.errors import ZooError
+from mobilenet_zoo.formats import FORMATS, format_module
+from mobilenet_zoo.manifest import recorded_path, updating_manifest
+from mobilenet_zoo.sources import Source
+
+# How each format names its output beside the variant name.
+TARGET_SUFFIXES = {"onnx": ".onnx", "tflite": ".tflite", "torch": "_torch", "tf": "_saved_model"}
+
+
+@dataclass
+class Converted:
+    format: str
+    path: Path
+
+
+def names_a_file(out: Path) -> bool:
+    """True when `-o` looks like one model file (a suffix a format writes), not a folder."""
+    return bool(out.suffix) and out.suffix in {suffix for suffix in TARGET_SUFFIXES.values() if suffix.startswith(".")}
+
+
+def target_path(source: Source, fmt: str, out: Path, single: bool) -> Path:
+    """`out` itself when it names a file of the target's suffix (single target), else
+    out/NAME+backbone options+suffix."""
+    suffix = TARGET_SUFFIXES[fmt]
+    if single and out.suffix and out.suffix == suffix:
+        return out
+    if names_a_file(out):
+        kind = "several targets" if not single else f"a {fmt} target"
+        raise ZooError(f"-o {out} names one {out.suffix} file, but {kind} are written: give a folder")
+    return out / f"{source.model.config.name}{source.model.backbone.name_tag}{suffix}"
+
+
+def check_target(target: Path, source: Source, force: bool) -> None:
+    """Refuse to write over the source (or inside it), or over an existing target without `force`."""
+    if source.origin is not None:
+        origin, resolved = Path(source.origin).resolve(), target.resolve()
+        if resolved == origin or origin in resolved.parents or (source.reference and resolved == Path(source.reference).resolve()):
+            raise ZooError(f"{target} is the source {source.origin} (or inside it): choose another output")
+    if (target.exists() or target.is_symlink()) and not force:
+        raise ZooError(f"{target} exists: pass --force to replace it, or choose another output")
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    """How the source model is built before it is written: backbone options, post-training quantization."""
+
+    backbone: Backbone = Backbone()
+    quantize: str | None = None  # "uint8"
+    calibration: Path | None = None  # folder of calibration images for `quantize`
+
+
+def prepare(source: Source, build: BuildOptions) -> Source:
+    """The source with the build options applied to its model. A post-training quantized model has no original
+    artifact: its reference becomes the integer numpy forward pass of the written model (see `convert`)."""
+    model = source.model.with_backbone(build.backbone)
+    if build.quantize is None:
+        return replace(source, model=model)
+    from mobilenet_zoo.quantize import quantize_with_calibration
+
+    quantized = quantize_with_calibration(model, build.quantize, build.calibration)
+    return Source(quantized, None, quantized.config.name, source.origin)
+
+
+def convert(source: Source, formats: list[str], out: Path, format_options: dict[str, dict] | None = None,
+            build: BuildOptions = BuildOptions(), *, force: bool = False,
+            on_written: Callable[[Converted], None] | None = None) -> list[Converted]:
+    """Write `source.model`, built as `build` says, in every format asked for (with per-format writer options),
+    then record them. Nothing is written when any target path is refused."""
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown:
+        raise ZooError(f"unknown target format {unknown[0]!r}; choose from {', '.join(FORMATS)}")
+    source = prepare(source, build)
+    out = Path(out)
+    paths = {fmt: target_path(source, fmt, out, len(formats) == 1) for fmt in formats}
+    for path in paths.values():
+        check_target(path, source, force)
+    results = []
+    for fmt, path in paths.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        written = format_module(fmt).write(source.model, path, **(format_options or {}).get(fmt, {}))
+        results.append(Converted(fmt, written))
+        if on_written:
+            on_written(results[-1])
+    if source.reference is None and build.quantize and results:
+        # post-training quantization: no original runs the quantized network; the numpy integer forward
+        # pass of the written model (read back) is the reference, the TFLite target preferred as its file
+        chosen = next((r for r in results if r.format == "tflite"), results[0])
+        source = replace(source, reference=chosen.path, reference_engine="numpy")
+    record(source, results)
+    return results
+
+
+def record(source: Source, results: list[Converted]) -> None:
+    """Add the targets to their folders' manifests."""
+    for folder in {r.path.parent for r in results}:
+        with updating_manifest(folder) as manifest:
+            for r in (r for r in results if r.path.parent == folder):
+                manifest["targets"][r.path.name] = {
+                    "format": r.format,
+                    "variant": source.name,
+                    "quantized": source.model.config.quantized,
+                    "backbone": source.model.backbone.metadata(),
+                    "reference": recorded_path(source.reference, folder) if source.reference else None,
+                    **({"reference_engine": source.reference_engine} if source.reference_engine != "runtime" else {}),
+                }

@@ -1,0 +1,474 @@
+"""Numerical parity: run a reference forward pass and each converted model on the same inputs, compare.
+
+Float models are compared output by output as `numpy.allclose` does (|target - reference| <= atol + rtol *
+|reference|, so the tolerance scales with the output's magnitude) and on top-5 sets; quantized models on
+their raw uint8 output in LSB; feature outputs (backbone `features`) the same way.
+
+A reference is never built by the code under test. It is the original artifact in its own runtime (frozen
+graph in TensorFlow, the official `.tflite` in the TFLite interpreter's builtin kernels), reference outputs
+saved earlier with `Reference.save`, or, where no original runs as the targets were built (backbone options,
+post-training quantization), the original's weights run by the independent numpy forward passes
+(`numpy_forward` for float models, `quant_math` for uint8 ones), which no writer uses.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from mobilenet_zoo.arch import Backbone
+from mobilenet_zoo.errors import ModelFormatError, ZooError
+from mobilenet_zoo.formats import Runner, detect_format, format_module
+from mobilenet_zoo.model import MobileNetV1Model
+from mobilenet_zoo.preprocess import load_batch
+
+MAIN_OUTPUTS = ("logits", "probabilities")
+
+OUTPUT_SCALE = 1 / 256  # uint8 softmax output quantization of the quantized models
+
+
+@dataclass
+class Thresholds:
+    """Pass criteria. Float outputs: |target - reference| <= atol + rtol * |reference| elementwise (as
+    `numpy.allclose`); quantized ones: uint8 LSB, per target format."""
+
+    atol: float = 1e-4
+    rtol: float = 1e-4
+    top5_identical: bool = True
+    lsb: dict[str, int] = field(default_factory=lambda: {"onnx": 0, "tflite": 1, "torch": 1, "tf": 1})
+
+    def max_lsb(self, fmt: str) -> int:
+        return self.lsb.get(fmt, 1)
+
+    def float_failure(self, name: str, got: np.ndarray, expected: np.ndarray) -> str | None:
+        """Why a float output is out of tolerance, or None when it is within it (NaN is never within)."""
+        got, expected = np.asarray(got, np.float64), np.asarray(expected, np.float64)
+        excess = np.abs(got - expected) - (self.atol + self.rtol * np.abs(expected))
+        if not np.all(excess <= 0):  # also catches NaN
+            worst = int(np.nanargmax(np.where(np.isnan(excess), np.inf, excess)))
+            value, difference = expected.flat[worst], abs(got.flat[worst] - expected.flat[worst])
+            return (f"{name} differs by {difference:.3g} at a value of {value:.3g} "
+                    f"(allowed {self.atol:g} + {self.rtol:g} x |value| = {self.atol + self.rtol * abs(value):.3g})")
+        return None
+
+
+@dataclass
+class Reference:
+    """Inputs and the reference model's outputs on them."""
+
+    inputs: np.ndarray
+    input_names: list[str]
+    outputs: dict[str, np.ndarray]
+    quantized: bool
+    origin: str
+
+    def save(self, path: Path) -> Path:
+        """Write to an .npz that `load` reads back, so verification needs no TensorFlow later."""
+        meta = json.dumps({"input_names": self.input_names, "quantized": self.quantized, "origin": self.origin})
+        with open(path, "wb") as stream:
+            np.savez_compressed(stream, inputs=self.inputs, meta=np.array(meta), **{f"out_{k}": v for k, v in self.outputs.items()})
+        return path
+
+    @classmethod
+    def load(cls, path: Path) -> Reference:
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                meta = json.loads(str(data["meta"]))
+                outputs = {k.removeprefix("out_"): data[k] for k in data.files if k.startswith("out_")}
+                return cls(data["inputs"], meta["input_names"], outputs, meta["quantized"], meta["origin"])
+        except (OSError, KeyError, ValueError) as exc:
+            raise ZooError(f"{path}: not a saved reference ({exc})") from None
+
+    @property
+    def resolution(self) -> int:
+        return int(self.inputs.shape[1])
+
+
+def input_names(images: list[Path], n_random: int) -> list[str]:
+    """Names of the verification inputs: the image files, then random[i]."""
+    return [Path(p).name for p in images] + [f"random[{i}]" for i in range(n_random)]
+
+
+def make_inputs(resolution: int, quantized: bool, images: list[Path], n_random: int, seed: int) -> tuple[np.ndarray, list[str]]:
+    """Real images with the slim eval preprocessing, then seeded random inputs, as one NHWC batch."""
+    rng = np.random.default_rng(seed)
+    shape = (n_random, resolution, resolution, 3)
+    noise = rng.integers(0, 256, shape, dtype=np.uint8) if quantized else rng.uniform(-1, 1, shape).astype(np.float32)
+    batches = [load_batch(images, resolution, quantized)] if images else []
+    batches.append(noise)
+    return np.concatenate(batches), input_names(images, n_random)
+
+
+def run_batched(runner: Runner, inputs: np.ndarray, batch_size: int = 8) -> dict[str, np.ndarray]:
+    """Run a model over inputs in batches and concatenate each output."""
+    parts = [runner(inputs[i : i + batch_size]) for i in range(0, len(inputs), batch_size)]
+    return {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
+
+
+RUNTIME, NUMPY = "runtime", "numpy"  # how a reference model runs: in its own runtime, or by the numpy forward pass
+
+
+@dataclass(frozen=True)
+class ReferenceModel:
+    """What a reference forward pass runs: an original artifact (or any model file), built with `backbone`,
+    in its own runtime or (`engine="numpy"`) read and run by the independent numpy forward pass."""
+
+    path: Path
+    backbone: Backbone = Backbone()
+    engine: str = RUNTIME
+
+    @property
+    def runs_in_numpy(self) -> bool:
+        return self.engine == NUMPY or not self.backbone.is_default
+
+    @property
+    def origin(self) -> str:
+        options = " ".join(f"{key}={value}" for key, value in self.backbone.metadata().items())
+        how = " (numpy forward pass)" if self.runs_in_numpy else ""
+        return f"{self.path}{how} [{options}]" if options else f"{self.path}{how}"
+
+
+@dataclass
+class NumpyRunner:
+    """A canonical model run by the numpy forward passes: float64 slim arithmetic, or TFLite's integer spec."""
+
+    model: MobileNetV1Model
+
+    @property
+    def quantized(self) -> bool:
+        return self.model.config.quantized
+
+    @property
+    def resolution(self) -> int:
+        return self.model.input_size
+
+    def __call__(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        if self.quantized:
+            from mobilenet_zoo import quant_math
+
+            return quant_math.forward(self.model, images)
+        from mobilenet_zoo import numpy_forward
+
+        return numpy_forward.outputs(self.model, images)
+
+
+@contextmanager
+def reference_runner(reference: ReferenceModel) -> Iterator[Runner]:
+    """The artifact in its own runtime; with backbone options or `engine="numpy"`, its weights read back and
+    run by the numpy forward pass (never a graph one of our writers built)."""
+    fmt = detect_format(reference.path)
+    if not reference.runs_in_numpy:
+        yield format_module(fmt).load_runner(reference.path)
+        return
+    yield NumpyRunner(format_module(fmt).read(reference.path).with_backbone(reference.backbone))
+
+
+def compute_reference(reference: Path | ReferenceModel, images: list[Path], n_random: int = 8, seed: int = 0) -> Reference:
+    """Run the reference model on images plus random inputs."""
+    reference = reference if isinstance(reference, ReferenceModel) else ReferenceModel(Path(reference))
+    with reference_runner(reference) as runner:
+        if runner.resolution is None:
+            raise ModelFormatError(f"{reference.path}: the reference must have a fixed input size")
+        inputs, names = make_inputs(runner.resolution, runner.quantized, images, n_random, seed)
+        return Reference(inputs, names, run_batched(runner, inputs), runner.quantized, reference.origin)
+
+
+def top_k(values: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the k largest scores along the last axis, one row per position (N, or N x S x S maps)."""
+    rows = values.reshape(-1, values.shape[-1]).astype(np.float64)
+    # stable sort on -values: equal scores keep index order, so identical outputs give identical sets
+    return np.argsort(-rows, axis=1, kind="stable")[:, :k]
+
+
+@dataclass
+class TargetReport:
+    """How one converted model compares with the reference."""
+
+    target: str
+    format: str
+    reference: str
+    quantized: bool
+    max_abs_logits: float | None
+    max_abs_probabilities: float
+    max_lsb: int | None
+    top1_agreement: float
+    top5_agreement: float
+    passed: bool
+    failures: list[str]
+    features: dict[str, float] = field(default_factory=dict)  # max abs difference (LSB when quantized) per feature output
+    parameters: int | None = None  # values stored in the target, read back by its format's reader
+    published_parameters: int | None = None  # the registry's figure for the target's variant
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def compare(target: str, fmt: str, reference: Reference, outputs: dict[str, np.ndarray], thresholds: Thresholds) -> TargetReport:
+    """Compare a target's outputs with the reference's under the thresholds."""
+    ref_probs, probs = reference.outputs["probabilities"], outputs["probabilities"]
+    if probs.shape != ref_probs.shape:
+        raise ModelFormatError(f"{target}: output shape {probs.shape} differs from the reference's {ref_probs.shape}")
+    ref_top, top = top_k(ref_probs, 5), top_k(probs, 5)
+    top1 = float(np.mean(ref_top[:, 0] == top[:, 0]))
+    top5 = float(np.mean([set(a) == set(b) for a, b in zip(ref_top, top)]))
+    failures: list[str] = []
+    max_lsb = max_logits = None
+    if reference.quantized:
+        max_lsb = int(np.abs(probs.astype(np.int32) - ref_probs.astype(np.int32)).max())
+        max_probs = max_lsb * OUTPUT_SCALE
+        if max_lsb > thresholds.max_lsb(fmt):
+            failures.append(f"output differs by {max_lsb} LSB (allowed {thresholds.max_lsb(fmt)})")
+    else:
+        max_probs = float(np.abs(probs - ref_probs).max())
+        max_logits = float(np.abs(outputs["logits"] - reference.outputs["logits"]).max())
+        for name in MAIN_OUTPUTS:
+            failure = thresholds.float_failure(name, outputs[name], reference.outputs[name])
+            if failure:
+                failures.append(failure)
+        if thresholds.top5_identical and top5 < 1.0:
+            failures.append(f"top-5 sets differ on {round((1 - top5) * len(top))} of {len(top)} inputs")
+    features = compare_features(reference, outputs, thresholds, fmt, failures)
+    return TargetReport(target, fmt, reference.origin, reference.quantized, max_logits, max_probs, max_lsb, top1, top5, not failures,
+                        failures, features)
+
+
+def compare_features(reference: Reference, outputs: dict[str, np.ndarray], thresholds: Thresholds, fmt: str,
+                     failures: list[str]) -> dict[str, float]:
+    """Max abs difference (LSB when quantized) of every extra (feature) output of the reference; records failures."""
+    differences: dict[str, float] = {}
+    for name in sorted(set(reference.outputs) - set(MAIN_OUTPUTS)):
+        expected = reference.outputs[name]
+        if name not in outputs:
+            failures.append(f"has no {name} output")
+            continue
+        if outputs[name].shape != expected.shape:
+            failures.append(f"{name} has shape {outputs[name].shape}, the reference {expected.shape}")
+            continue
+        difference = float(np.abs(outputs[name].astype(np.float64) - expected.astype(np.float64)).max())
+        differences[name] = difference
+        if reference.quantized:
+            if not difference <= thresholds.max_lsb(fmt):
+                failures.append(f"{name} differs by {difference:.3g} LSB (allowed {thresholds.max_lsb(fmt)})")
+        else:
+            failure = thresholds.float_failure(name, outputs[name], expected)
+            if failure:
+                failures.append(failure)
+    return differences
+
+
+def verify_target(target: Path, reference: Reference, thresholds: Thresholds) -> TargetReport:
+    """Run one converted model on the reference inputs and compare."""
+    fmt = detect_format(target)
+    runner = format_module(fmt).load_runner(target)
+    if runner.quantized != reference.quantized:
+        kinds = {True: "quantized", False: "float"}
+        raise ModelFormatError(f"{target} is a {kinds[runner.quantized]} model but the reference is {kinds[reference.quantized]}")
+    if runner.resolution not in (None, reference.resolution):
+        raise ModelFormatError(f"{target} takes {runner.resolution}x{runner.resolution} inputs, the reference {reference.resolution}")
+    report = compare(str(target), fmt, reference, run_batched(runner, reference.inputs), thresholds)
+    check_parameters(report, target, fmt)
+    return report
+
+
+PARAMETER_TOLERANCE = 0.02  # relative: folding BatchNorm and the published rounding move counts by < 1.5%
+
+
+def check_parameters(report: TargetReport, target: Path, fmt: str) -> None:
+    """Read the target back and compare its parameter count with the registry's published figure.
+
+    Formats whose reader cannot read this kind of file yet (quantized ONNX and SavedModel) are left unchecked.
+    """
+    from mobilenet_zoo.variants import load_registry
+
+    try:
+        model = format_module(fmt).read(target)
+    except ModelFormatError:
+        return
+    report.parameters = model.parameter_count()
+    variants = {v.name: v for v in load_registry()}
+    variant = variants.get(model.config.name)
+    if variant is None or variant.published is None:
+        return
+    report.published_parameters = round(variant.published.params_millions * 1e6)
+    if abs(report.parameters - report.published_parameters) > PARAMETER_TOLERANCE * report.published_parameters:
+        report.failures.append(f"stores {report.parameters:,} parameters, the registry says {variant.published.params_millions}M")
+        report.passed = False
+
+
+def recorded_backbone(target: Path) -> Backbone:
+    """The backbone options `convert` recorded for a target (the default when none are)."""
+    from mobilenet_zoo.manifest import manifest_entry
+
+    return Backbone.from_metadata((manifest_entry(target) or {}).get("backbone", {}))
+
+
+def recorded_reference(target: Path) -> ReferenceModel:
+    """The reference `convert` recorded for a target in its folder's manifest."""
+    from mobilenet_zoo.constants import MANIFEST
+    from mobilenet_zoo.manifest import manifest_entry, manifest_reference
+
+    entry = manifest_entry(target) or {}
+    reference = manifest_reference(target, entry)
+    if reference is None:
+        raise ZooError(f"{target}: no reference is recorded in {target.parent / MANIFEST}; pass --source "
+                       "(the model it was converted from) or --reference (a frozen .pb, an official .tflite or a saved .npz)")
+    return ReferenceModel(reference, recorded_backbone(target), entry.get("reference_engine", RUNTIME))
+
+
+def group_by_reference(targets: list[Path]) -> dict[ReferenceModel, list[Path]]:
+    """Targets grouped by the reference (and backbone options) `convert` recorded for them in their folder's manifest."""
+    groups: dict[ReferenceModel, list[Path]] = {}
+    for target in map(Path, targets):
+        groups.setdefault(recorded_reference(target), []).append(target)
+    return groups
+
+
+def verify_group(reference: ReferenceModel | Path, targets: list[Path], images: list[Path], n_random: int, seed: int,
+                 thresholds: Thresholds, progress: Callable[[str], None] | None = None) -> list[TargetReport]:
+    """Run one reference, then each of its targets on the same inputs (`progress(name)` after each)."""
+    model = reference if isinstance(reference, ReferenceModel) else ReferenceModel(Path(reference))
+    checked = [t for t in targets if not is_self_reference(t, model)]
+    computed = compute_reference(model, images, n_random, seed) if checked else None
+    reports = []
+    for target in targets:
+        reports.append(verify_target(target, computed, thresholds) if target in checked else _self_report(target))
+        if progress:
+            progress(Path(target).name)
+    return reports
+
+
+def _verify_groups(groups: dict[ReferenceModel, list[Path]], targets: list[Path], images: list[Path], n_random: int, seed: int,
+                   thresholds: Thresholds, progress: Callable[[str], None] | None = None) -> list[TargetReport]:
+    reports = {r.target: r for reference, group in groups.items()
+               for r in verify_group(reference, group, images, n_random, seed, thresholds, progress)}
+    return [reports[str(target)] for target in map(Path, targets)]
+
+
+def is_self_reference(target: Path, reference: ReferenceModel | Path | str) -> bool:
+    """True when the reference would run the very file under test in its own runtime: no check at all."""
+    if isinstance(reference, ReferenceModel):
+        if reference.runs_in_numpy:
+            return False
+        reference = reference.path
+    try:
+        return Path(target).resolve() == Path(reference).resolve()
+    except OSError:
+        return False
+
+
+def expand_targets(targets: list[Path | str]) -> list[Path]:
+    """Model files and folders as given; an output folder of `convert` stands for every target its manifest lists.
+
+    A folder whose manifest lists targets that are all gone, or a missing path, is an error: a verify that
+    would compare nothing fails."""
+    from mobilenet_zoo.constants import MANIFEST
+    from mobilenet_zoo.manifest import read_manifest
+
+    expanded: list[Path] = []
+    for target in map(Path, targets):
+        if target.is_dir() and (target / MANIFEST).exists():
+            listed = list(read_manifest(target)["targets"])
+            present = [target / name for name in listed if (target / name).exists()]
+            missing = [name for name in listed if not (target / name).exists()]
+            if missing:
+                raise ZooError(f"{target / MANIFEST} lists {len(missing)} target(s) that are missing: {', '.join(missing)}")
+            if not present:
+                raise ZooError(f"{target / MANIFEST} lists no targets: nothing to verify")
+            expanded.extend(present)
+        elif target.exists():
+            expanded.append(target)
+        else:
+            raise ZooError(f"no such file or folder: {target}")
+    if not expanded:
+        raise ZooError("no targets to verify")
+    return expanded
+
+
+@dataclass
+class VerifyResult:
+    """What `verify` compared: the names of the inputs and one report per target."""
+
+    inputs: list[str]
+    reports: list[TargetReport]
+
+    @property
+    def passed(self) -> bool:
+        """True when something was compared and every target passed."""
+        return bool(self.reports) and all(r.passed for r in self.reports)
+
+    @property
+    def failed(self) -> list[TargetReport]:
+        return [r for r in self.reports if not r.passed]
+
+    def summary(self) -> str:
+        """One line: how many targets failed and the first reason of each."""
+        if not self.reports:
+            return "nothing was compared"
+        if not self.failed:
+            return f"{len(self.reports)} targets passed"
+        reasons = "; ".join(f"{Path(r.target).name}: {r.failures[0]}" for r in self.failed)
+        return f"{len(self.failed)} of {len(self.reports)} targets failed parity: {reasons}"
+
+    def as_dict(self) -> dict:
+        return {"inputs": self.inputs, "passed": self.passed, "targets": [r.as_dict() for r in self.reports]}
+
+
+def _self_report(target: Path) -> TargetReport:
+    """A row for a target whose reference is itself: shown, never counted as a pass."""
+    from mobilenet_zoo.manifest import manifest_entry
+
+    quantized = bool((manifest_entry(target) or {}).get("quantized", False))
+    return TargetReport(str(target), detect_format(target), "self", quantized, None, 0.0, None, 1.0, 1.0, False,
+                        ["reference: self (the target is its own reference: nothing was checked)"])
+
+
+def _checked(target: Path, reference: Reference, thresholds: Thresholds, reference_path: Path | None) -> TargetReport:
+    if reference_path is not None and is_self_reference(target, reference_path):
+        return _self_report(target)
+    return verify_target(target, reference, thresholds)
+
+
+def verify(targets: list[Path | str], *, source: str | Path | None = None, reference: str | Path | None = None,
+           images: list[Path] | None = None, n_random: int = 8, seed: int = 0, thresholds: Thresholds | None = None,
+           save_reference: Path | None = None, progress: Callable[[str], None] | None = None) -> VerifyResult:
+    """Check converted models against a reference forward pass, in one of four modes:
+
+    - default: the reference `convert` recorded for each target (in its folder's `mobilenet_zoo.json`);
+    - `source`: the model the targets were converted from, directly or through a chain (any format, registry
+      name or tarball), each target built with its recorded backbone options;
+    - `reference`: reference outputs saved earlier (`.npz`), or a reference model as for `source`;
+    - `save_reference`: as the others, then keep the reference inputs and outputs in an `.npz`.
+    """
+    from mobilenet_zoo.samples import resolve_images
+    from mobilenet_zoo.sources import reference_artifact
+
+    if source and reference:
+        raise ZooError("give a source or a reference, not both")
+    targets = expand_targets(targets)
+    thresholds = thresholds or Thresholds()
+    images = resolve_images(images)
+    given = reference or source
+    if given and str(given).endswith(".npz"):
+        saved = Reference.load(Path(given))
+        return VerifyResult(saved.input_names, [verify_target(t, saved, thresholds) for t in targets])
+    if given:
+        path = reference_artifact(given)
+        groups: dict[ReferenceModel, list[Path]] = {}
+        for target in targets:
+            groups.setdefault(ReferenceModel(path, recorded_backbone(target)), []).append(target)
+    else:
+        groups = group_by_reference(targets)
+    if save_reference:
+        if len(groups) != 1:
+            raise ZooError(f"these targets need {len(groups)} different references: save a reference for each")
+        model, group = next(iter(groups.items()))
+        computed = compute_reference(model, images, n_random, seed)
+        computed.save(save_reference)
+        reports = {str(t): _checked(t, computed, thresholds, model.path if not model.runs_in_numpy else None) for t in group}
+        return VerifyResult(computed.input_names, [reports[str(t)] for t in targets])
+    return VerifyResult(input_names(images, n_random), _verify_groups(groups, targets, images, n_random, seed, thresholds, progress))

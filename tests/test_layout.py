@@ -1,0 +1,111 @@
+"""The package's layout holds its promises: no import cycles (function-level imports included), production code
+never imports the test helpers, and light entry points stay free of frameworks."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "mobilenet_zoo"
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _modules() -> dict[str, Path]:
+    return {_module_name(path): path for path in PACKAGE.rglob("*.py")}
+
+
+def _imports(path: Path, name: str, modules: dict[str, Path]) -> set[str]:
+    """Every package module `path` imports, at module level or inside functions."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+                base = f"{anchor}.{base}" if base else anchor
+            submodules = {f"{base}.{alias.name}" for alias in node.names} & set(modules)
+            found.update(submodules if len(submodules) == len(node.names) else submodules | {base})
+    return {module for module in found if module in modules and module != name}
+
+
+def import_graph() -> dict[str, set[str]]:
+    modules = _modules()
+    return {name: _imports(path, name, modules) for name, path in modules.items()}
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for successor in sorted(graph[node]):
+            if successor not in index:
+                visit(successor)
+                low[node] = min(low[node], low[successor])
+            elif successor in on_stack:
+                low[node] = min(low[node], index[successor])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                component.append(member)
+                if member == node:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return found
+
+
+def test_the_package_has_no_import_cycle():
+    assert cycles(import_graph()) == []
+
+
+def test_the_cycle_finder_finds_a_cycle():
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
+    assert cycles(graph) == [["a", "b", "c"]]
+
+
+def test_function_level_imports_are_edges(tmp_path):
+    module = tmp_path / "m.py"
+    module.write_text("def f():\n    from mobilenet_zoo.arch import Backbone\n    import mobilenet_zoo.model\n")
+    modules = _modules()
+    assert _imports(module, "mobilenet_zoo.m", modules) == {"mobilenet_zoo.arch", "mobilenet_zoo.model"}
+
+
+def test_production_code_never_imports_the_test_helpers():
+    graph = import_graph()
+    offenders = {name: sorted(m for m in imported if m.startswith("mobilenet_zoo.testing"))
+                 for name, imported in graph.items() if not name.startswith("mobilenet_zoo.testing")}
+    assert {name: found for name, found in offenders.items() if found} == {}
+
+
+def test_import_and_light_commands_load_no_framework():
+    code = ("import sys, mobilenet_zoo as mz; from mobilenet_zoo.cli import main\n"
+            "for argv in (['list'], ['info', '0.5_160'], ['--help'], ['convert', '--help']):\n"
+            "    try: main(argv)\n"
+            "    except SystemExit: pass\n"
+            "mz.Backbone, mz.ZooError\n"
+            "print(sorted(m for m in ('tensorflow', 'torch', 'onnxruntime', 'onnx', 'keras') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip().splitlines()[-1] == "[]"
