@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import os
 import resource
 import statistics
 import tempfile
@@ -83,6 +84,7 @@ class BenchResult:
     macs_millions: float | None = None
     size_bytes: int | None = None
     peak_rss_mb: float | None = None
+    pid: int | None = None  # the process that measured it (each runtime has its own)
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -239,7 +241,7 @@ def summarize(base: BenchResult, measured: dict) -> BenchResult:
     return dataclasses.replace(
         base, batch=measured["batch"], quantized=measured["quantized"], threads=measured["threads"], runs=len(milliseconds),
         median_ms=median, p90_ms=float(np.percentile(milliseconds, 90)), images_per_s=images_per_s, gflops_per_s=gflops,
-        peak_rss_mb=measured["peak_rss_mb"], note=measured["note"])
+        peak_rss_mb=measured["peak_rss_mb"], note=measured["note"], pid=measured["pid"])
 
 
 def model_size(path: Path) -> int:
@@ -271,6 +273,7 @@ def measure(job: Job) -> list[dict]:
             "note": f"threads not applied: the {job.runtime} runner takes no thread count" if threads != job.threads else "",
             "milliseconds": time_calls(lambda: runner(images), job.timing),
             "peak_rss_mb": peak_rss_mb(),
+            "pid": os.getpid(),
         })
     return measured
 

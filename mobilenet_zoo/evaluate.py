@@ -275,12 +275,15 @@ def plan_evaluation(model: str | Path, data: str | Path, limit: int | None = Non
 
 
 def known_variant(model: str, quantized: bool, registry: Path | None = None) -> Variant | None:
-    """The registry variant a model is (a registry name, or a file, folder or tarball named after one), if any."""
+    """The registry variant a model is: what convert recorded for it, what the model records or its reader
+    recognises (alpha, resolution, precision), or a registry name (also as a file name), if any."""
     from mobilenet_zoo.manifest import manifest_entry
 
     path = Path(model).expanduser()
     entry = manifest_entry(path) if path.exists() else None
     candidates = [entry["variant"]] if entry else []
+    if path.exists() and not path.name.endswith((".tgz", ".tar.gz", ".tar")):
+        candidates.extend(_recognised_variant(path))
     candidates.append(_MODEL_SUFFIXES.sub("", path.name) if path.exists() else model)
     variants = load_registry(registry)
     for name in candidates:
@@ -291,6 +294,16 @@ def known_variant(model: str, quantized: bool, registry: Path | None = None) -> 
         if variant.quantized == quantized:
             return variant
     return None
+
+
+def _recognised_variant(path: Path) -> list[str]:
+    """The variant name a model file's reader recognises (empty when it cannot read the file)."""
+    from mobilenet_zoo.formats import detect_format, format_module
+
+    try:
+        return [format_module(detect_format(path)).read(path).config.name]
+    except ZooError:
+        return []
 
 
 # ---------------------------------------------------------------------------------------------- running

@@ -111,21 +111,32 @@ def _parity_table(reports, n_inputs: int) -> Table:
     for r in reports:
         result = "[green]pass[/green]" if r.passed else "[red]FAIL[/red] " + "; ".join(r.failures)
         unit = " LSB" if r.quantized else ""
-        diff = f"{r.max_lsb}{unit}" if r.quantized else f"{r.max_abs_logits:.3g}"
+        difference = r.max_lsb if r.quantized else r.max_abs_logits
+        diff = "-" if difference is None else f"{difference}{unit}" if r.quantized else f"{difference:.3g}"
         features = (f"{max(r.features.values()):.3g}{unit}" if r.features else "-",) if with_features else ()
         table.add_row(Path(r.target).name, diff, f"{r.max_abs_probabilities:.3g}", *features, f"{r.top1_agreement:.0%}", f"{r.top5_agreement:.0%}", result)
     return table
 
 
-def _verify_and_report(targets, *, as_json: bool, **options) -> None:
-    """Verify targets (see `mobilenet_zoo.parity.verify` for the modes), print the report, raise on failure."""
-    from mobilenet_zoo.parity import verify
-
-    from mobilenet_zoo.parity import expand_targets
+def _verify_and_report(targets, *, as_json: bool, use_ray: bool = False, ray_address: Optional[str] = None, **options) -> None:
+    """Verify targets (see `mobilenet_zoo.parity.verify` for the modes; on Ray, the recorded references),
+    print the report, raise on failure."""
+    from mobilenet_zoo.parity import VerifyResult, expand_targets, input_names, verify
 
     targets = expand_targets(targets)
-    with output_progress(len(targets), "verifying") as advance:
-        result = verify(targets, progress=advance, **options)
+    if use_ray or ray_address:
+        from mobilenet_zoo.distributed import verify_many
+        from mobilenet_zoo.samples import resolve_images
+
+        if options.get("source") or options.get("reference") or options.get("save_reference"):
+            raise ZooError("--ray verifies against the recorded references: drop --source, --reference and --save-reference")
+        images, n_random, seed = resolve_images(options.get("images")), options.get("n_random", 8), options.get("seed", 0)
+        with output_status(f"verifying {len(targets)} targets on Ray"):
+            reports = verify_many(targets, images, n_random, seed, options.get("thresholds"), ray_address)
+        result = VerifyResult(input_names(images, n_random), reports)
+    else:
+        with output_progress(len(targets), "verifying") as advance:
+            result = verify(targets, progress=advance, **options)
     if as_json:
         print_json(result.as_dict())
     else:
