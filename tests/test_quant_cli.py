@@ -77,7 +77,7 @@ def test_onnx_with_one_requantization_scale_changed_fails_verify(tmp_path, cli):
 
     onnx_format.write(model, damaged)
     code, stdout, stderr = cli("verify", damaged, "--reference", original)
-    assert code == 2
+    assert code == 4
     assert "FAIL" in stdout and "LSB (allowed 0)" in stderr
     assert isinstance(params, QuantParams)
 
