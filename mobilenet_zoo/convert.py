@@ -20,7 +20,7 @@ from filelock import FileLock
 from mobilenet_zoo.arch import Backbone
 from mobilenet_zoo.errors import ZooError
 from mobilenet_zoo.formats import FORMATS, format_module
-from mobilenet_zoo.fsutil import atomic_file
+from mobilenet_zoo.fsutil import atomic_file, ensure_folder, refuse_overwriting
 from mobilenet_zoo.sources import Source
 
 MANIFEST = "mobilenet_zoo.json"
@@ -63,24 +63,38 @@ def prepare(source: Source, build: BuildOptions) -> Source:
 
 
 def convert(source: Source, formats: list[str], out: Path, format_options: dict[str, dict] | None = None,
-            build: BuildOptions = BuildOptions()) -> list[Converted]:
+            build: BuildOptions = BuildOptions(), inputs: tuple[Path, ...] = ()) -> list[Converted]:
     """Write `source.model`, built as `build` says, in every format asked for (with per-format writer options),
-    then record them. A post-training quantized model's reference is its TFLite target, when one is written."""
+    then record them. A post-training quantized model's reference is its TFLite target, when one is written.
+
+    No target may overwrite, or land inside, the files it comes from: `inputs` (the paths the user named),
+    the source's reference and the official folder holding it; all are checked before anything is written."""
     unknown = [f for f in formats if f not in FORMATS]
     if unknown:
         raise ZooError(f"unknown target format {unknown[0]!r}; choose from {', '.join(FORMATS)}")
+    protected = [*inputs, *_reference_files(source)]
     source = prepare(source, build)
+    for fmt in formats:
+        refuse_overwriting(target_path(source, fmt, out, len(formats) == 1), protected)
     ordered = sorted(formats, key=lambda fmt: fmt != "tflite") if build.quantize else formats
     results = []
     for fmt in ordered:
         path = target_path(source, fmt, out, len(formats) == 1)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        ensure_folder(path.parent)
         written = format_module(fmt).write(source.model, path, **(format_options or {}).get(fmt, {}))
         results.append(Converted(fmt, written))
         if fmt == "tflite" and source.reference is None and build.quantize:
             source = replace(source, reference=written)
     record(source, results)
     return results
+
+
+def _reference_files(source: Source) -> list[Path]:
+    """The source's reference, and the official release folder (pulled or extracted) that holds it."""
+    if source.reference is None:
+        return []
+    folder = source.reference.parent
+    return [source.reference, *([folder] if any(folder.glob("*_info.txt")) else [])]
 
 
 def read_manifest(folder: Path) -> dict:

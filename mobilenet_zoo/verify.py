@@ -11,6 +11,7 @@ for float models, a uint8 `.tflite` in the TFLite interpreter for quantized ones
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -221,8 +222,20 @@ def verify_target(target: Path, reference: Reference, thresholds: Thresholds) ->
     if runner.resolution not in (None, reference.resolution):
         raise ModelFormatError(f"{target} takes {runner.resolution}x{runner.resolution} inputs, the reference {reference.resolution}")
     report = compare(str(target), fmt, reference, run_batched(runner, reference.inputs), thresholds)
+    if is_self_reference(reference.origin, target):
+        report.failures.insert(0, "reference: self (the target was compared with itself)")
+        report.passed = False
     check_parameters(report, target, fmt)
     return report
+
+
+def is_self_reference(origin: str, target: Path) -> bool:
+    """Whether a reference `origin` (a path, maybe followed by ` [backbone options]`) is the target itself."""
+    reference = Path(origin.split(" [", 1)[0])
+    target = Path(target)
+    if not reference.exists() or not target.exists():
+        return False
+    return reference.resolve() == target.resolve() or os.path.samefile(reference, target)
 
 
 PARAMETER_TOLERANCE = 0.02  # relative: folding BatchNorm and the published rounding move counts by < 1.5%

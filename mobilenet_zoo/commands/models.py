@@ -11,7 +11,7 @@ from rich import box
 from rich.markup import escape
 from rich.table import Table
 
-from mobilenet_zoo.commands.options import JsonOption, MirrorOption, RayAddressOption, RayOption, RegistryOption
+from mobilenet_zoo.commands.options import JsonOption, MirrorOption, OfflineOption, RayAddressOption, RayOption, RegistryOption
 from mobilenet_zoo.errors import VerificationError, ZooError
 from mobilenet_zoo.output import console, err_console, print_json
 
@@ -66,6 +66,7 @@ def convert_command(
     ray_address: Optional[str] = RayAddressOption,
     registry: Optional[Path] = RegistryOption,
     mirror: Optional[str] = MirrorOption,
+    offline: bool = OfflineOption,
     as_json: bool = JsonOption,
 ) -> None:
     """Convert models to ONNX, PyTorch, TFLite or a TensorFlow SavedModel."""
@@ -96,7 +97,8 @@ def convert_command(
         written = []
         for name in names:
             with err_console.status(f"converting {name} to {', '.join(formats)}"):
-                written.extend(convert(open_source(name, registry=registry, mirror=mirror), formats, output, options, build))
+                inputs = (Path(name).expanduser(),) if Path(name).expanduser().exists() else ()
+                written.extend(convert(open_source(name, registry=registry, mirror=mirror), formats, output, options, build, inputs))
     if verify:
         _verify_and_report([w.path for w in written], None, [], 8, 0, None, as_json, use_ray=ray or bool(ray_address), ray_address=ray_address)
     elif as_json:
@@ -211,25 +213,42 @@ def verify_command(
     ray_address: Optional[str] = RayAddressOption,
     as_json: bool = JsonOption,
 ) -> None:
-    """Check converted models against the original's forward pass; exit 2 if any is out of bounds."""
-    from mobilenet_zoo.convert import MANIFEST, manifest_targets
+    """Check converted models against the original's forward pass; exit 4 if any is out of bounds or missing."""
+    from mobilenet_zoo.convert import MANIFEST, manifest_targets, read_manifest
     from mobilenet_zoo.verify import Thresholds
 
     expanded: list[Path] = []
+    missing: list[Path] = []  # listed in a manifest, not on disk
     for target in targets:
         if target.is_dir() and (target / MANIFEST).exists():
-            expanded.extend(manifest_targets(target))
+            present = manifest_targets(target)
+            expanded.extend(present)
+            missing.extend(p for p in map(target.joinpath, read_manifest(target)["targets"]) if p not in present)
         elif target.exists():
             expanded.append(target)
         else:
             raise ZooError(f"no such file or folder: {target}")
+    if not expanded:
+        listed = f"lists {', '.join(map(str, missing))}, none of which exists" if missing else "lists no targets"
+        raise VerificationError(f"nothing verified: the manifest {listed}")
+    if save_reference and not save_reference.parent.is_dir():
+        raise ZooError(f"--save-reference {save_reference}: the folder {save_reference.parent} does not exist")
     thresholds = Thresholds(logits_atol=logits_atol, top5_identical=top5)
     if max_lsb is not None:
         thresholds.lsb = {f: max_lsb for f in ("onnx", "tflite", "torch", "tf")}
     if source and reference:
         raise ZooError("give --source or --reference, not both")
-    _verify_and_report(expanded, reference, images, n_random, seed, save_reference, as_json, thresholds,
-                       use_ray=ray or bool(ray_address), ray_address=ray_address, source=source)
+    try:
+        _verify_and_report(expanded, reference, images, n_random, seed, save_reference, as_json, thresholds,
+                           use_ray=ray or bool(ray_address), ray_address=ray_address, source=source)
+    except VerificationError as exc:
+        raise VerificationError(f"{exc}; {_missing(missing)}" if missing else str(exc)) from None
+    if missing:
+        raise VerificationError(_missing(missing))
+
+
+def _missing(paths: list[Path]) -> str:
+    return f"{len(paths)} target(s) the manifest lists are missing: {', '.join(map(str, paths))}"
 
 
 def _print_predictions(results, as_json: bool) -> None:
@@ -251,6 +270,7 @@ def predict_command(
     top_k: int = typer.Option(5, "--top", help="How many classes to show."),
     registry: Optional[Path] = RegistryOption,
     mirror: Optional[str] = MirrorOption,
+    offline: bool = OfflineOption,
     as_json: bool = JsonOption,
 ) -> None:
     """Top-k ImageNet classes of images."""
