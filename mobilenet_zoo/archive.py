@@ -1,8 +1,10 @@
 """Safe extraction of model tarballs.
 
 Every member is checked before it is written: no absolute paths, no `..`, no symbolic or hard links, no
-devices or fifos. Extraction goes to a hidden sibling folder that is renamed into place only once every
-member is out and the expected ones are there, so a reader never sees a half-extracted model.
+devices or fifos. The archive is read to its very end, so the gzip stream's CRC, length and trailer are
+checked too (tar readers stop at the end-of-archive marker, before them). Extraction goes to a hidden sibling
+folder that is renamed into place only once the whole archive read cleanly and the expected members are
+there, so a reader never sees a half-extracted or corrupt model.
 """
 
 from __future__ import annotations
@@ -12,20 +14,24 @@ import os
 import shutil
 import tarfile
 import zlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path, PurePosixPath, PureWindowsPath
+from typing import BinaryIO
 
 from mobilenet_zoo.cache import Cache
 from mobilenet_zoo.download import file_digests
 from mobilenet_zoo.errors import ArchiveError
 
 TARBALL_SUFFIXES = (".tar.gz", ".tgz", ".tar")
+GZIP_MAGIC = b"\x1f\x8b"
 _READ_ERRORS = (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile)
 
 
-def extract(tarball: Path, target: Path, expected_members: Iterable[str] = ()) -> Path:
+def extract(tarball: Path, target: Path, expected_members: Iterable[str] = (),
+            check: Callable[[Path, Path], None] | None = None) -> Path:
     """Extract `tarball` into the new folder `target` and return it; nothing is left behind on failure.
 
+    `check(tarball, folder)` may inspect the extracted folder and raise ArchiveError before it is moved in.
     Concurrent writers of one `target` must hold its cache lock (`Cache.lock`): the staging folder is fixed.
     """
     staging = target.with_name(f".{target.name}.extracting")
@@ -34,6 +40,8 @@ def extract(tarball: Path, target: Path, expected_members: Iterable[str] = ()) -
     try:
         _extract_checked(tarball, staging)
         _require_members(tarball, staging, expected_members)
+        if check:
+            check(tarball, staging)
         os.rename(staging, target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -42,15 +50,31 @@ def extract(tarball: Path, target: Path, expected_members: Iterable[str] = ()) -
 
 
 def extract_to_cache(tarball: Path, cache_root: str | os.PathLike | None = None) -> Path:
-    """A local tarball's extraction in the cache (`local/STEM-HASH/`), made once per distinct content."""
+    """A local tarball's extraction in the cache (`local/STEM-HASH/`), made once per distinct content.
+
+    The tarball must read cleanly and hold an official release's members (`NAME_info.txt` and the files it
+    goes with): anything else is refused, naming the tarball, and nothing enters the cache.
+    """
     tarball = Path(tarball)
     cache = Cache.at(cache_root)
     key = f"{_stem(tarball.name)}-{file_digests(tarball, {'sha256'})['sha256'][:12]}"
     target = cache.local / key
     with cache.lock(key):
         if not target.is_dir():
-            extract(tarball, target)
+            extract(tarball, target, check=require_official_layout)
     return target
+
+
+def require_official_layout(tarball: Path, folder: Path) -> None:
+    """Refuse an extracted tarball that is not an official release: one `NAME_info.txt` and NAME's members."""
+    from mobilenet_zoo.variants import MEMBER_SUFFIXES
+
+    infos = sorted(p.name for p in folder.glob("*_info.txt"))
+    if len(infos) != 1:
+        found = f"{len(infos)} of them" if infos else "none"
+        raise ArchiveError(f"{tarball.name}: not an official MobileNet V1 tarball (expected one NAME_info.txt at the top, found {found})")
+    name = infos[0].removesuffix("_info.txt")
+    _require_members(tarball, folder, [name + suffix for suffix in MEMBER_SUFFIXES])
 
 
 def unsafe_reason(member: tarfile.TarInfo) -> str | None:
@@ -68,16 +92,26 @@ def unsafe_reason(member: tarfile.TarInfo) -> str | None:
 
 
 def _extract_checked(tarball: Path, staging: Path) -> None:
-    """Stream through the archive once, checking then extracting each member."""
+    """Stream through the archive once, checking then extracting each member, then read it to its end."""
     try:
-        with tarfile.open(tarball, "r|*") as archive:
-            for member in archive:
-                reason = unsafe_reason(member)
-                if reason:
-                    raise ArchiveError(f"{tarball.name}: refusing unsafe member {member.name!r}: {reason}")
-                archive.extract(member, staging, filter="data")
+        with _open_decompressed(tarball) as stream:
+            with tarfile.open(fileobj=stream, mode="r|") as archive:
+                for member in archive:
+                    reason = unsafe_reason(member)
+                    if reason:
+                        raise ArchiveError(f"{tarball.name}: refusing unsafe member {member.name!r}: {reason}")
+                    archive.extract(member, staging, filter="data")
+            while stream.read(1 << 20):  # the rest (tar padding, gzip trailer): gzip checks CRC and length at the end
+                pass
     except _READ_ERRORS as exc:
-        raise ArchiveError(f"{tarball.name}: corrupt or truncated archive ({_describe(exc)})") from None
+        raise ArchiveError(f"{tarball.name}: {_describe(exc)}") from None
+
+
+def _open_decompressed(tarball: Path) -> BinaryIO:
+    """The tar stream of a gzip-compressed or plain tarball (gzip's reader checks CRC, length and trailer)."""
+    with open(tarball, "rb") as probe:
+        compressed = probe.read(len(GZIP_MAGIC)) == GZIP_MAGIC
+    return gzip.GzipFile(tarball, "rb") if compressed else open(tarball, "rb")
 
 
 def _require_members(tarball: Path, folder: Path, expected_members: Iterable[str]) -> None:
@@ -87,7 +121,21 @@ def _require_members(tarball: Path, folder: Path, expected_members: Iterable[str
 
 
 def _describe(exc: BaseException) -> str:
-    return str(exc).rstrip(".") or type(exc).__name__
+    """What is wrong with the archive, in a few words."""
+    text = str(exc).rstrip(".")
+    if "CRC check failed" in text:
+        return "corrupt archive (gzip CRC)"
+    if "Incorrect length of data produced" in text:
+        return "corrupt archive (gzip length)"
+    if "Not a gzipped file" in text:
+        return "corrupt archive (data after the gzip stream)"
+    if isinstance(exc, gzip.BadGzipFile):
+        return f"corrupt archive (gzip header: {text})"
+    if isinstance(exc, EOFError) or text == "unexpected end of data":
+        return "truncated archive (it ends before its end-of-stream marker)"
+    if isinstance(exc, zlib.error) or text.startswith("zlib error"):
+        return f"corrupt archive (invalid compressed data: {text.split(': ')[-1]})"
+    return f"corrupt or truncated archive ({text or type(exc).__name__})"
 
 
 def _stem(filename: str) -> str:

@@ -155,18 +155,11 @@ def prepare_targets(source: str, runtimes: list[str] | None, scratch: Path, *, r
         opened = open_source(source, registry=registry, mirror=mirror)
         return [_converted_target(opened, runtime, scratch) for runtime in runtimes or list(RUNTIMES)]
     own_runtime = FORMAT_RUNTIMES[detect_format(path)]
-    try:
-        opened, read_error = from_path(path), ""
-    except ZooError as exc:  # a foreign or broken file may still load (or fail to) in its runtime
-        opened, read_error = None, str(exc)
-    name = opened.name if opened else path.name
-    config = opened.model.config if opened else None
+    opened = from_path(path)  # refuses a file that is not MobileNet V1, as convert and predict do
     targets = []
     for runtime in runtimes or [own_runtime]:
         if runtime == own_runtime:
-            targets.append(Target(name, runtime, path, config, macs_millions(config)))
-        elif opened is None:
-            targets.append(Target(name, runtime, None, None, None, f"cannot convert {path.name}: {read_error}"))
+            targets.append(Target(opened.name, runtime, path, opened.model.config, macs_millions(opened.model.config)))
         else:
             targets.append(_converted_target(opened, runtime, scratch))
     return targets

@@ -89,9 +89,26 @@ class Cache:
 
     def lock(self, name: str) -> FileLock:
         """Interprocess lock serialising every writer of entry `name`."""
+        self.ensure_writable()
         locks = self.root / "locks"
         locks.mkdir(parents=True, exist_ok=True)
         return FileLock(locks / f"{name}.lock")
+
+    def ensure_writable(self) -> None:
+        """Create the cache folder if needed; a ZooError naming it when it is a file or cannot be written."""
+        where = f"{self.root} (${HOME_ENV})" if os.environ.get(HOME_ENV) else str(self.root)
+        self._check_not_a_file()
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ZooError(f"cannot create the cache folder {where}: {(exc.strerror or str(exc)).lower()}") from None
+        if not os.access(self.root, os.W_OK | os.X_OK):
+            raise ZooError(f"the cache folder {where} is not writable; choose another with ${HOME_ENV}")
+
+    def _check_not_a_file(self) -> None:
+        if self.root.exists() and not self.root.is_dir():
+            where = f"{self.root} (${HOME_ENV})" if os.environ.get(HOME_ENV) else str(self.root)
+            raise ZooError(f"the cache folder {where} is a file, not a folder")
 
     def recorded_sha256(self, name: str) -> str | None:
         """The sha256 recorded on the first verified download of `name`, if any."""
@@ -99,13 +116,14 @@ class Cache:
 
     def record_sha256(self, name: str, digest: str) -> None:
         """Record `digest` for `name` (read-modify-write under a lock, written atomically)."""
-        self.root.mkdir(parents=True, exist_ok=True)
+        self.ensure_writable()
         with FileLock(f"{self.checksums_file}.lock"):
             checksums = self._read_checksums()
             checksums[name] = digest
             _write_atomically(self.checksums_file, json.dumps(checksums, indent=2, sort_keys=True) + "\n")
 
     def _read_checksums(self) -> dict[str, str]:
+        self._check_not_a_file()
         try:
             return json.loads(self.checksums_file.read_text(encoding="utf-8"))
         except FileNotFoundError:

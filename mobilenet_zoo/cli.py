@@ -1,19 +1,21 @@
 """The `mobilenet-zoo` command: a thin typer layer over the Python API.
 
 Each command group lives in `mobilenet_zoo/commands/` and registers itself on `app`. Commands raise
-`ZooError`; `main()` turns it into one line on stderr and the error's exit code. Nothing here imports
-a framework: commands import what they need inside their function bodies.
+`ZooError`; `main()` turns any exception into one line on stderr and an exit code through the table in
+`mobilenet_zoo.errors` (`ERROR_MAPPINGS`). Nothing here imports a framework: commands import what they need
+inside their function bodies.
 """
 
 from __future__ import annotations
 
 import sys
+import traceback
 
 import typer
 
 from mobilenet_zoo import __version__
 from mobilenet_zoo.commands import bench, browse, evaluate, models, pull
-from mobilenet_zoo.errors import ZooError
+from mobilenet_zoo.errors import EXIT_INTERRUPTED, debug_enabled, describe_error
 
 app = typer.Typer(
     name="mobilenet-zoo",
@@ -53,9 +55,33 @@ for group in (browse, pull, models, bench, evaluate):
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: run the app, reporting ZooError as one line on stderr."""
+    """Entry point: run the app; any error is one `error: ...` line on stderr and the exit code of its kind."""
     try:
         app(args=argv, prog_name="mobilenet-zoo")
-    except ZooError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(exc.exit_code)
+    except SystemExit as exc:
+        if exc.code == EXIT_INTERRUPTED and _interrupted(exc):  # typer turns Ctrl-C into a silent exit 130
+            _report(KeyboardInterrupt())
+        raise
+    except BaseException as exc:  # noqa: BLE001 - every error ends here, as one line
+        _report(exc)
+
+
+def _report(error: BaseException) -> None:
+    """Print `error` as one line (after its traceback when $MOBILENET_ZOO_DEBUG is set) and exit with its code."""
+    debug = debug_enabled() and not isinstance(error, KeyboardInterrupt)
+    message, code = describe_error(error, traceback_shown=debug)
+    if debug:
+        traceback.print_exception(error)
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(code)
+
+
+def _interrupted(exc: BaseException) -> bool:
+    """Whether a KeyboardInterrupt is among the causes of `exc`."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, KeyboardInterrupt):
+            return True
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return False

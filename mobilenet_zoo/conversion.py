@@ -16,6 +16,7 @@ from pathlib import Path
 from mobilenet_zoo.arch import Backbone
 from mobilenet_zoo.errors import ZooError
 from mobilenet_zoo.formats import FORMATS, format_module
+from mobilenet_zoo.fsutil import ensure_folder
 from mobilenet_zoo.manifest import recorded_path, updating_manifest
 from mobilenet_zoo.sources import Source
 
@@ -92,7 +93,7 @@ def convert(source: Source, formats: list[str], out: Path, format_options: dict[
         check_target(path, source, force)
     results = []
     for fmt, path in paths.items():
-        path.parent.mkdir(parents=True, exist_ok=True)
+        ensure_folder(path.parent)
         written = format_module(fmt).write(source.model, path, **(format_options or {}).get(fmt, {}))
         results.append(Converted(fmt, written))
         if on_written:

@@ -1,9 +1,18 @@
-"""Lazy imports of optional frameworks with a clear message naming the extra to install."""
+"""Lazy imports of optional frameworks with a clear message naming the extra to install.
+
+TensorFlow prints C++ start-up lines on stderr while it loads (`All log messages before absl::InitializeLog()`,
+`oneDNN custom operations are on`, `cpu_feature_guard`); the absl ones ignore TF_CPP_MIN_LOG_LEVEL. So
+`require("tensorflow")` sets the log level and sends file descriptor 2 to /dev/null while the import runs,
+unless `VERBOSE` or $MOBILENET_ZOO_VERBOSE asks to see them. Python errors of the import still surface.
+"""
 
 from __future__ import annotations
 
 import importlib
 import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from types import ModuleType
 
 from mobilenet_zoo.errors import MissingDependencyError
@@ -25,11 +34,23 @@ _EXTRAS = {
 }
 
 
+VERBOSE_ENV = "MOBILENET_ZOO_VERBOSE"
+VERBOSE = False  # True: let frameworks print their start-up logs (also $MOBILENET_ZOO_VERBOSE=1)
+# Modules whose import prints C++ start-up lines on stderr.
+_NOISY_IMPORTS = ("tensorflow", "tf2onnx")
+
+
+def verbose() -> bool:
+    return VERBOSE or os.environ.get(VERBOSE_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+
+
 def require(module: str) -> ModuleType:
     """Import an optional dependency or raise MissingDependencyError naming its extra."""
-    if module == "tensorflow":
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
+        if module.split(".")[0] in _NOISY_IMPORTS and module not in sys.modules and not verbose():
+            os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # children (bench, Ray) inherit it
+            with _stderr_silenced():
+                return importlib.import_module(module)
         return importlib.import_module(module)
     except ImportError as exc:
         extra, human = _EXTRAS.get(module, (None, module))
@@ -45,3 +66,23 @@ def available(module: str) -> bool:
         return importlib.util.find_spec(module.split(".")[0]) is not None
     except ValueError:
         return False
+
+
+@contextmanager
+def _stderr_silenced() -> Iterator[None]:
+    """File descriptor 2 points at /dev/null inside the block (C++ code writes there, below Python)."""
+    sys.stderr.flush()
+    try:
+        saved = os.dup(2)
+    except OSError:  # no fd 2 at all
+        yield
+        return
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(null, 2)
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(null)

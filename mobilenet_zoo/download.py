@@ -2,26 +2,35 @@
 
 `download()` writes `TARGET.part`, resumes it across attempts (and across runs) with an HTTP Range request,
 checks size and checksum, and only then renames it to `TARGET`: a reader never sees a half-written file.
+Each retry is announced on stderr ("retrying in N s (attempt k of n)") unless `QUIET` (or `quiet=`) says
+otherwise; a host name that does not resolve is not retried; offline mode (`$MOBILENET_ZOO_OFFLINE`) refuses
+to download at all.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import re
+import socket
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import requests
 
 from mobilenet_zoo.cache import PART_SUFFIX
-from mobilenet_zoo.errors import ChecksumError, DownloadError
+from mobilenet_zoo.errors import ChecksumError, DownloadError, OfflineError, ZooError
 
 ATTEMPTS_ENV = "MOBILENET_ZOO_ATTEMPTS"
 BACKOFF_ENV = "MOBILENET_ZOO_BACKOFF"
 TIMEOUT_ENV = "MOBILENET_ZOO_TIMEOUT"
+OFFLINE_ENV = "MOBILENET_ZOO_OFFLINE"
+QUIET = False  # True: retries are not announced on stderr (the default of `download(quiet=None)`)
 CHUNK_SIZE = 1 << 16
 TRANSIENT_STATUS = (408, 429, 500, 502, 503, 504)
 
@@ -38,20 +47,44 @@ class RetryPolicy:
 
     @classmethod
     def from_env(cls) -> "RetryPolicy":
-        """Defaults, overridden by $MOBILENET_ZOO_ATTEMPTS, $MOBILENET_ZOO_BACKOFF, $MOBILENET_ZOO_TIMEOUT."""
+        """Defaults, overridden by $MOBILENET_ZOO_ATTEMPTS, $MOBILENET_ZOO_BACKOFF, $MOBILENET_ZOO_TIMEOUT.
+
+        A value that is not a number, or out of range, is a ZooError naming the variable and the value.
+        """
         default = cls()
-        try:
-            return cls(
-                attempts=max(1, int(os.environ.get(ATTEMPTS_ENV, default.attempts))),
-                backoff=float(os.environ.get(BACKOFF_ENV, default.backoff)),
-                timeout=float(os.environ.get(TIMEOUT_ENV, default.timeout)),
-            )
-        except ValueError as exc:
-            raise DownloadError(f"bad retry setting in the environment: {exc}") from None
+        return cls(
+            attempts=int(_setting(ATTEMPTS_ENV, default.attempts, "a whole number of at least 1", integer=True, minimum=1)),
+            backoff=_setting(BACKOFF_ENV, default.backoff, "a number of seconds, 0 or more", minimum=0),
+            timeout=_setting(TIMEOUT_ENV, default.timeout, "a number of seconds above 0", minimum=0, exclusive=True),
+        )
 
     def delay(self, failures: int) -> float:
         """Seconds to wait after the `failures`-th failed attempt."""
         return self.backoff * 2 ** (failures - 1)
+
+
+def _setting(variable: str, default: float, expected: str, *, minimum: float, integer: bool = False, exclusive: bool = False) -> float:
+    """The number in $variable (else `default`), checked against `minimum`."""
+    text = os.environ.get(variable, "").strip()
+    if not text:
+        return default
+    try:
+        value = int(text) if integer else float(text)
+    except ValueError:
+        value = None
+    if value is None or not math.isfinite(value) or value < minimum or (exclusive and value == minimum):
+        raise ZooError(f"{variable}={os.environ[variable]!r}: expected {expected}")
+    return value
+
+
+def offline() -> bool:
+    """True when $MOBILENET_ZOO_OFFLINE forbids network access (1/true/yes/on; 0/false/no/off or unset: online)."""
+    text = os.environ.get(OFFLINE_ENV, "").strip().lower()
+    if text in ("", "0", "false", "no", "off"):
+        return False
+    if text in ("1", "true", "yes", "on"):
+        return True
+    raise ZooError(f"{OFFLINE_ENV}={os.environ[OFFLINE_ENV]!r}: expected 1 (offline) or 0 (online)")
 
 
 class _TransientError(Exception):
@@ -66,22 +99,26 @@ def download(
     checksum: tuple[str, str] | None = None,
     policy: RetryPolicy | None = None,
     progress: ProgressCallback | None = None,
+    quiet: bool | None = None,
 ) -> str:
     """Fetch `url` into `target` (atomically, resuming `target.part`); return the file's sha256.
 
-    Raises DownloadError when the retries are exhausted or the server refuses, ChecksumError (and removes
-    the file) when `size` or `checksum` = (algorithm, hex digest) does not match.
+    Raises DownloadError when the retries are exhausted, the server refuses or the host name does not resolve,
+    OfflineError in offline mode, ChecksumError (and removes the file) when `size` or `checksum` = (algorithm,
+    hex digest) does not match. Retries are announced on stderr unless `quiet` (default: the module's QUIET).
     """
+    if offline():
+        raise OfflineError(f"{url}: not downloaded: offline mode is on ({OFFLINE_ENV}=1 or --offline)")
     policy = policy or RetryPolicy.from_env()
     partial = target.with_name(target.name + PART_SUFFIX)
     partial.parent.mkdir(parents=True, exist_ok=True)
-    _fetch_with_retries(url, partial, policy, progress)
+    _fetch_with_retries(url, partial, policy, progress, QUIET if quiet is None else quiet)
     sha256 = verify_file(partial, size=size, checksum=checksum, name=target.name)
     os.replace(partial, target)
     return sha256
 
 
-def _fetch_with_retries(url: str, partial: Path, policy: RetryPolicy, progress: ProgressCallback | None) -> None:
+def _fetch_with_retries(url: str, partial: Path, policy: RetryPolicy, progress: ProgressCallback | None, quiet: bool) -> None:
     with requests.Session() as session:
         for attempt in range(1, policy.attempts + 1):
             try:
@@ -90,7 +127,11 @@ def _fetch_with_retries(url: str, partial: Path, policy: RetryPolicy, progress: 
             except _TransientError as exc:
                 if attempt == policy.attempts:
                     raise DownloadError(f"{url}: {exc} (gave up after {attempt} attempt{'s' if attempt > 1 else ''})") from None
-                time.sleep(policy.delay(attempt))
+                delay = policy.delay(attempt)
+                if not quiet:
+                    print(f"{_host(url)}: {exc}; retrying in {delay:g} s (attempt {attempt + 1} of {policy.attempts})",
+                          file=sys.stderr, flush=True)
+                time.sleep(delay)
 
 
 def _fetch(session: requests.Session, url: str, partial: Path, timeout: float, progress: ProgressCallback | None) -> None:
@@ -114,9 +155,11 @@ def _fetch(session: requests.Session, url: str, partial: Path, timeout: float, p
             with open(partial, "ab" if resumed else "wb") as out:
                 _copy_body(response, out, start, total, progress)
     except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as exc:
-        raise _TransientError(_reason(exc)) from exc
+        if _name_not_resolved(exc):
+            raise DownloadError(f"{url}: cannot resolve the host name {_host(url)} (no network? not retried)") from None
+        raise _TransientError(_reason(exc, url, timeout)) from exc
     except requests.RequestException as exc:
-        raise DownloadError(f"{url}: {_reason(exc)}") from None
+        raise DownloadError(f"{url}: {_reason(exc, url, timeout)}") from None
 
 
 def _copy_body(response: requests.Response, out, done: int, total: int | None, progress: ProgressCallback | None) -> None:
@@ -161,10 +204,36 @@ def _total_size(response: requests.Response, start: int) -> int | None:
     return start + int(length) if length.isdigit() else None
 
 
-def _reason(exc: requests.RequestException) -> str:
+def _host(url: str) -> str:
+    return urlsplit(url).hostname or url
+
+
+def _causes(exc: BaseException) -> list[BaseException]:
+    """`exc` and every exception nested in it: wrapped arguments, urllib3's `reason`, causes and contexts."""
+    found: list[BaseException] = []
+    pending = [exc]
+    while pending:
+        current = pending.pop()
+        if current is None or any(current is seen for seen in found):
+            continue
+        found.append(current)
+        pending.extend(arg for arg in current.args if isinstance(arg, BaseException))
+        pending.extend(e for e in (getattr(current, "reason", None), current.__cause__, current.__context__) if isinstance(e, BaseException))
+    return found
+
+
+def _name_not_resolved(exc: BaseException) -> bool:
+    """True when the failure is a DNS lookup (retrying cannot help without a network)."""
+    return any(isinstance(e, socket.gaierror) or type(e).__name__ == "NameResolutionError" for e in _causes(exc))
+
+
+def _reason(exc: requests.RequestException, url: str, timeout: float) -> str:
     """A short human reason for a requests failure (its own messages nest several reprs)."""
-    if isinstance(exc, requests.Timeout):
-        return "timed out"
+    causes = _causes(exc)
+    if isinstance(exc, requests.ConnectTimeout) or any(type(e).__name__ == "ConnectTimeoutError" for e in causes):
+        return f"no connection to {_host(url)} within {timeout:g} s"
+    if isinstance(exc, requests.Timeout) or any(type(e).__name__ in ("ReadTimeoutError", "TimeoutError") for e in causes):
+        return f"no data for {timeout:g} s from {_host(url)}"
     if isinstance(exc, requests.exceptions.ChunkedEncodingError):
         return "connection broken during the transfer"
     errno_text = re.search(r"\[Errno -?\d+\] ([^'\")]+)", str(exc))

@@ -1,10 +1,34 @@
-"""Exceptions the CLI turns into one line on stderr and a nonzero exit."""
+"""Exceptions, and the one table (`ERROR_MAPPINGS`) that turns any of them into a line on stderr and an exit code.
+
+Exit codes of the `mobilenet-zoo` command:
+
+    0    success
+    1    an error: bad input, a failed download, a corrupt archive, a file that cannot be written, or an
+         unexpected error (a bug: `MOBILENET_ZOO_DEBUG=1` shows its traceback)
+    2    a usage error reported by the command-line parser (unknown option, missing argument)
+    3    an optional dependency is missing (the message names the extra to install)
+    4    a parity check failed (`verify`, `convert --verify`, `demo`)
+    130  interrupted (Ctrl-C)
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+DEBUG_ENV = "MOBILENET_ZOO_DEBUG"
+
+EXIT_ERROR = 1
+EXIT_USAGE = 2  # click's own, for usage errors
+EXIT_MISSING_DEPENDENCY = 3
+EXIT_PARITY = 4
+EXIT_INTERRUPTED = 130
 
 
 class ZooError(Exception):
     """A user-facing error: its message is the whole story."""
-
-    exit_code = 1
 
 
 class UnknownVariantError(ZooError):
@@ -19,6 +43,10 @@ class DownloadError(ZooError):
     """A download that failed after its retries."""
 
 
+class OfflineError(DownloadError):
+    """A download asked for while offline mode (`MOBILENET_ZOO_OFFLINE=1`, `--offline`) forbids it."""
+
+
 class ChecksumError(ZooError):
     """A file whose size or digest is not the expected one."""
 
@@ -30,14 +58,58 @@ class ArchiveError(ZooError):
 class MissingDependencyError(ZooError):
     """An optional framework that is not installed."""
 
-    exit_code = 3
-
 
 class ModelFormatError(ZooError):
     """A file that is not (or not the expected) MobileNet V1 model."""
 
 
 class VerificationError(ZooError):
-    """A parity check that did not meet its thresholds (exit 4: click's usage errors own 2)."""
+    """A parity check that did not meet its thresholds, or that compared nothing."""
 
-    exit_code = 4
+
+@dataclass(frozen=True)
+class ErrorMapping:
+    """How the command reports one exception type: its one-line message and the exit code."""
+
+    type: type[BaseException]
+    message: Callable[[Any], str]  # called with an instance of `type`
+    exit_code: int
+
+
+def _os_error(error: OSError) -> str:
+    """`PATH: reason` for a file system error (no errno, no repr)."""
+    reason = (error.strerror or str(error) or type(error).__name__).lower()
+    paths = [str(p) for p in (error.filename, error.filename2) if p is not None]
+    return f"{' -> '.join(paths)}: {reason}" if paths else _first_line(error)
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+# First match wins: subclasses before their bases.
+ERROR_MAPPINGS: tuple[ErrorMapping, ...] = (
+    ErrorMapping(MissingDependencyError, str, EXIT_MISSING_DEPENDENCY),
+    ErrorMapping(VerificationError, str, EXIT_PARITY),
+    ErrorMapping(ZooError, str, EXIT_ERROR),
+    ErrorMapping(KeyboardInterrupt, lambda _: "interrupted", EXIT_INTERRUPTED),
+    ErrorMapping(OSError, _os_error, EXIT_ERROR),
+)
+
+
+def describe_error(error: BaseException, traceback_shown: bool = False) -> tuple[str, int]:
+    """(one-line message, exit code) for any exception, from the first mapping of `ERROR_MAPPINGS` that fits.
+
+    An unexpected error's line says how to see its traceback, unless `traceback_shown`.
+    """
+    for mapping in ERROR_MAPPINGS:
+        if isinstance(error, mapping.type):
+            return mapping.message(error), mapping.exit_code
+    hint = "" if traceback_shown else f" (set {DEBUG_ENV}=1 for the traceback)"
+    return f"unexpected {type(error).__name__}: {_first_line(error)}{hint}", EXIT_ERROR
+
+
+def debug_enabled() -> bool:
+    """True when $MOBILENET_ZOO_DEBUG asks for tracebacks."""
+    return os.environ.get(DEBUG_ENV, "").strip().lower() in ("1", "true", "yes", "on")

@@ -11,6 +11,7 @@ Ranking ties (frequent in uint8 outputs) go to the lower class index, as in `pre
 from __future__ import annotations
 
 import csv
+import io
 import math
 import os
 import re
@@ -89,8 +90,13 @@ def _folder_samples(folder: Path) -> list[Sample]:
 
 def _csv_samples(table: Path) -> list[Sample]:
     """`path,label` lines (an optional `path,label` header, blank lines ignored)."""
-    with open(table, newline="", encoding="utf-8") as stream:
-        rows = list(csv.reader(stream))
+    data = table.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise ZooError(f"{table}:{line}: not UTF-8 text (byte 0x{data[exc.start]:02x}); save the CSV as UTF-8") from None
+    rows = list(csv.reader(io.StringIO(text, newline="")))
     samples = []
     for number, row in enumerate(rows, start=1):
         fields = [value.strip() for value in row]

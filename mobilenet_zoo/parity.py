@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from mobilenet_zoo.arch import Backbone
-from mobilenet_zoo.errors import ModelFormatError, ZooError
+from mobilenet_zoo.errors import ModelFormatError, VerificationError, ZooError
 from mobilenet_zoo.formats import Runner, detect_format, format_module
 from mobilenet_zoo.model import MobileNetV1Model
 from mobilenet_zoo.preprocess import load_batch
@@ -376,16 +376,17 @@ def expand_targets(targets: list[Path | str]) -> list[Path]:
             present = [target / name for name in listed if (target / name).exists()]
             missing = [name for name in listed if not (target / name).exists()]
             if missing:
-                raise ZooError(f"{target / MANIFEST} lists {len(missing)} target(s) that are missing: {', '.join(missing)}")
+                raise VerificationError(f"nothing verified: {target / MANIFEST} lists {len(missing)} target(s) that are missing: "
+                                        + ", ".join(missing))
             if not present:
-                raise ZooError(f"{target / MANIFEST} lists no targets: nothing to verify")
+                raise VerificationError(f"nothing verified: {target / MANIFEST} lists no targets")
             expanded.extend(present)
         elif target.exists():
             expanded.append(target)
         else:
             raise ZooError(f"no such file or folder: {target}")
     if not expanded:
-        raise ZooError("no targets to verify")
+        raise VerificationError("nothing verified: no targets were given")
     return expanded
 
 
@@ -450,6 +451,8 @@ def verify(targets: list[Path | str], *, source: str | Path | None = None, refer
     if source and reference:
         raise ZooError("give a source or a reference, not both")
     targets = expand_targets(targets)
+    if save_reference and not Path(save_reference).parent.is_dir():
+        raise ZooError(f"--save-reference {save_reference}: the folder {Path(save_reference).parent} does not exist")
     thresholds = thresholds or Thresholds()
     images = resolve_images(images)
     given = reference or source

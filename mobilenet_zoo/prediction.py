@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from mobilenet_zoo.errors import ZooError
-from mobilenet_zoo.formats import Runner, load_runner
+from mobilenet_zoo.formats import Runner, detect_format, format_module, load_runner
 from mobilenet_zoo.labels import imagenet_labels
 from mobilenet_zoo.preprocess import load_batch
 from mobilenet_zoo.parity import OUTPUT_SCALE, run_batched
@@ -28,9 +28,10 @@ class Prediction:
 def runner_for(model: str | Path, registry: Path | None = None, mirror: str | None = None) -> Runner:
     """A runner for a model file, or for the original artifact of a registry name / tarball / official folder."""
     path = Path(model).expanduser()
-    if path.is_file() and not path.name.endswith((".tgz", ".tar.gz")):
-        return load_runner(path)
-    if path.is_dir() and not (path / "mobilenet_zoo.json").exists() and not any(path.glob("*_info.txt")):
+    if (path.is_file() and not path.name.endswith((".tgz", ".tar.gz"))) or (
+        path.is_dir() and not (path / "mobilenet_zoo.json").exists() and not any(path.glob("*_info.txt"))
+    ):
+        require_mobilenet(path)
         return load_runner(path)
     from mobilenet_zoo.sources import open_source
 
@@ -38,6 +39,11 @@ def runner_for(model: str | Path, registry: Path | None = None, mirror: str | No
     if source.reference is None:
         raise ZooError(f"{model}: found no model to run")
     return load_runner(source.reference)
+
+
+def require_mobilenet(path: Path) -> None:
+    """Refuse a model file that is not MobileNet V1 with its reader's one-line reason (the check `convert` makes)."""
+    format_module(detect_format(path)).read(path)
 
 
 def predict(runner: Runner, images: list[Path], top_k: int = 5, resolution: int | None = None) -> list[Prediction]:

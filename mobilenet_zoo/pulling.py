@@ -1,8 +1,10 @@
 """`pull`: a registry variant downloaded, verified and extracted into the cache, once.
 
 The checksum a download must match is, in order: the user's pin (`sha256=`), the registry's published
-one, the sha256 recorded in the cache on the first download. Each successful download records its sha256,
-so variants without a published checksum are still checked from the second download on.
+one, the sha256 recorded in the cache on the first download. A download is recorded (and moved into the
+cache) only once its archive has been read to the end and extracted cleanly, so variants without a
+published checksum are still checked from the second download on and a corrupt download is never trusted.
+In offline mode (`$MOBILENET_ZOO_OFFLINE`, `--offline`) only the cache is used.
 """
 
 from __future__ import annotations
@@ -15,8 +17,8 @@ from typing import Any
 
 from mobilenet_zoo.archive import extract
 from mobilenet_zoo.cache import Cache
-from mobilenet_zoo.download import ProgressCallback, RetryPolicy, download
-from mobilenet_zoo.errors import ChecksumError, ZooError
+from mobilenet_zoo.download import OFFLINE_ENV, ProgressCallback, RetryPolicy, download, offline
+from mobilenet_zoo.errors import ChecksumError, OfflineError, ZooError
 from mobilenet_zoo.variants import Variant
 
 
@@ -46,15 +48,23 @@ def pull_variant(
     cache_root: str | os.PathLike | None = None,
     progress: ProgressCallback | None = None,
     policy: RetryPolicy | None = None,
+    quiet: bool | None = None,
 ) -> PullResult:
-    """Like `pull`, with the details. A cache hit does no network I/O; concurrent pulls download once."""
+    """Like `pull`, with the details. A cache hit does no network I/O; concurrent pulls download once.
+
+    Retries are announced on stderr unless `quiet` (default: `mobilenet_zoo.download.QUIET`).
+    """
     pin = _validated_pin(sha256)
+    policy = policy or RetryPolicy.from_env()
     cache = Cache.at(cache_root)
     target = cache.model_dir(variant.name)
     if not target.is_dir():
+        if offline():
+            raise OfflineError(f"{variant.name} is not in the cache ({cache.models}) and offline mode is on ({OFFLINE_ENV}=1 "
+                               "or --offline): pull it once online, or see `mobilenet-zoo cache list`")
         with cache.lock(variant.name):
             if not target.is_dir():
-                return _download_and_extract(variant, cache, pin, mirror, progress, policy)
+                return _download_and_extract(variant, cache, pin, mirror, progress, policy, quiet)
     return _cache_hit(variant, cache, pin)
 
 
@@ -69,20 +79,22 @@ def _cache_hit(variant: Variant, cache: Cache, pin: str | None) -> PullResult:
 
 
 def _download_and_extract(
-    variant: Variant, cache: Cache, pin: str | None, mirror: str | None, progress: ProgressCallback | None, policy: RetryPolicy | None
+    variant: Variant, cache: Cache, pin: str | None, mirror: str | None, progress: ProgressCallback | None, policy: RetryPolicy,
+    quiet: bool | None,
 ) -> PullResult:
     recorded = cache.recorded_sha256(variant.name)
     checksum, origin = expected_checksum(variant, pin, recorded)
     tarball = cache.download_path(variant.name)
     try:
-        digest = download(variant.url_for(mirror), tarball, size=variant.size, checksum=checksum, policy=policy, progress=progress)
+        digest = download(variant.url_for(mirror), tarball, size=variant.size, checksum=checksum, policy=policy, progress=progress,
+                          quiet=quiet)
     except ChecksumError as exc:
         raise ChecksumError(f"{exc}; checked against {origin}") from None
     try:
-        extract(tarball, cache.model_dir(variant.name), variant.members)
+        extract(tarball, cache.model_dir(variant.name), variant.members)  # reads it to the end: gzip CRC and trailer
     finally:
         tarball.unlink(missing_ok=True)
-    if digest != recorded:
+    if digest != recorded:  # only now: a corrupt archive is never recorded as trusted
         cache.record_sha256(variant.name, digest)
     return PullResult(variant.name, cache.model_dir(variant.name), True, digest)
 

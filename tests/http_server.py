@@ -5,7 +5,10 @@
         server.faults.errors = 2                # the next 2 requests get HTTP 500
         server.faults.ignore_range = True       # answer 200 with the whole file to Range requests
         server.faults.delay = 0.01              # sleep between chunks (slow transfers for concurrency tests)
-        server.requests                         # every request seen: (path, Range header or None)
+        server.faults.flip_bits = [(100, 3)]    # serve the files with bit 3 of byte 100 flipped (on every request)
+        server.faults.drop_tail = 8             # serve the files without their last 8 bytes (a cut gzip trailer)
+        server.faults.stall_after = 1000        # next response sends 1000 body bytes, then nothing for `stall_for` s
+        server.requests                         # every request seen: (path, Range header or None, time it came)
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import re
 import tarfile
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -33,12 +36,17 @@ class Faults:
     errors: int = 0
     ignore_range: bool = False
     delay: float = 0.0
+    flip_bits: list[tuple[int, int]] = field(default_factory=list)  # (byte offset in the file, bit 0..7)
+    drop_tail: int = 0
+    stall_after: int | None = None
+    stall_for: float = 30.0
 
 
 @dataclass(frozen=True)
 class Request:
     path: str
     range: str | None
+    time: float = 0.0  # time.monotonic() when the request came
 
 
 class FileServer:
@@ -74,7 +82,7 @@ class FileServer:
 
     def _log(self, path: str, range_header: str | None) -> None:
         with self._lock:
-            self.requests.append(Request(path, range_header))
+            self.requests.append(Request(path, range_header, time.monotonic()))
 
     def _take_error(self) -> bool:
         with self._lock:
@@ -87,6 +95,18 @@ class FileServer:
         with self._lock:
             cut, self.faults.cut_after = self.faults.cut_after, None
             return cut
+
+    def _take_stall(self) -> int | None:
+        with self._lock:
+            stall, self.faults.stall_after = self.faults.stall_after, None
+            return stall
+
+    def content(self, path: Path) -> bytes:
+        """The bytes served for `path`: the file, with the bit flips and tail drop of the current faults."""
+        data = bytearray(path.read_bytes())
+        for offset, bit in self.faults.flip_bits:
+            data[offset] ^= 1 << bit
+        return bytes(data[: len(data) - self.faults.drop_tail])
 
 
 def _handler_for(server: FileServer) -> type[BaseHTTPRequestHandler]:
@@ -111,7 +131,8 @@ def _handler_for(server: FileServer) -> type[BaseHTTPRequestHandler]:
             self.end_headers()
 
         def _send_file(self, path: Path, range_header: str | None) -> None:
-            size = path.stat().st_size
+            content = server.content(path)
+            size = len(content)
             start = _range_start(range_header)
             if start is not None and start >= size:
                 self._send_empty(416, {"Content-Range": f"bytes */{size}"})
@@ -122,20 +143,23 @@ def _handler_for(server: FileServer) -> type[BaseHTTPRequestHandler]:
             self.send_header("Content-Length", str(size - (start or 0)))
             self.send_header("Accept-Ranges", "bytes")
             self.end_headers()
-            self._send_body(path, start or 0, server._take_cut())
+            self._send_body(content[start or 0 :], server._take_cut(), server._take_stall())
 
-        def _send_body(self, path: Path, start: int, cut_after: int | None) -> None:
-            with open(path, "rb") as stream:
-                stream.seek(start)
-                sent = 0
-                while chunk := stream.read(CHUNK_SIZE):
-                    if cut_after is not None and sent + len(chunk) >= cut_after:
-                        self.wfile.write(chunk[: cut_after - sent])
-                        self.close_connection = True
-                        return
-                    self.wfile.write(chunk)
-                    sent += len(chunk)
-                    time.sleep(server.faults.delay)
+        def _send_body(self, body: bytes, cut_after: int | None, stall_after: int | None) -> None:
+            for sent in range(0, len(body), CHUNK_SIZE):
+                chunk = body[sent : sent + CHUNK_SIZE]
+                if cut_after is not None and sent + len(chunk) >= cut_after:
+                    self.wfile.write(chunk[: cut_after - sent])
+                    self.close_connection = True
+                    return
+                if stall_after is not None and sent + len(chunk) >= stall_after:
+                    self.wfile.write(chunk[: stall_after - sent])
+                    self.wfile.flush()
+                    time.sleep(server.faults.stall_for)  # the connection stays open, silent
+                    self.close_connection = True
+                    return
+                self.wfile.write(chunk)
+                time.sleep(server.faults.delay)
 
         def log_message(self, format: str, *args) -> None:  # keep test output quiet
             pass

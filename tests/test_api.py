@@ -104,8 +104,9 @@ def test_a_verify_that_compares_nothing_fails(tmp_path, cli):
     mz.convert(BUNDLED_MODEL, "onnx", tmp_path)
     (tmp_path / "mobilenet_v1_0.25_128_quant.onnx").unlink()
     code, out, err = cli("verify", tmp_path)
-    assert code == 1 and out == ""
-    assert err.strip().splitlines() == [f"error: {tmp_path / MANIFEST} lists 1 target(s) that are missing: mobilenet_v1_0.25_128_quant.onnx"]
+    assert code == 4 and out == ""
+    assert err.strip().splitlines() == [
+        f"error: nothing verified: {tmp_path / MANIFEST} lists 1 target(s) that are missing: mobilenet_v1_0.25_128_quant.onnx"]
 
 
 def test_a_model_checked_against_itself_is_not_a_pass(tmp_path, cli):

@@ -6,11 +6,15 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import random
 import re
+import shutil
+import signal
 import socket
 import subprocess
 import sys
 import tarfile
+import time
 from pathlib import Path
 
 import pytest
@@ -18,7 +22,7 @@ import yaml
 
 from http_server import FileServer, official_files, write_tarball
 from mobilenet_zoo.cache import HOME_ENV, Cache
-from mobilenet_zoo.download import ATTEMPTS_ENV, BACKOFF_ENV, TIMEOUT_ENV, RetryPolicy
+from mobilenet_zoo.download import ATTEMPTS_ENV, BACKOFF_ENV, OFFLINE_ENV, TIMEOUT_ENV, RetryPolicy
 from mobilenet_zoo.errors import ChecksumError
 from mobilenet_zoo.pulling import pull_variant
 from mobilenet_zoo.variants import MIRROR_ENV, REGISTRY_ENV, load_registry
@@ -38,7 +42,7 @@ def server(tmp_path_factory):
 def home(tmp_path, server, monkeypatch) -> Path:
     """A fresh cache for this test, fast retries, no mirror or registry from the outer environment."""
     server.reset()
-    for variable in (MIRROR_ENV, REGISTRY_ENV):
+    for variable in (MIRROR_ENV, REGISTRY_ENV, OFFLINE_ENV):
         monkeypatch.delenv(variable, raising=False)
     settings = {HOME_ENV: str(tmp_path / "home"), ATTEMPTS_ENV: str(FAST.attempts), BACKOFF_ENV: str(FAST.backoff), TIMEOUT_ENV: str(FAST.timeout)}
     for variable, value in settings.items():
@@ -84,17 +88,27 @@ def leftovers(home: Path) -> list[str]:
     return sorted(str(p.relative_to(home)) for folder in ("models", "local", "downloads") for p in (home / folder).rglob("*"))
 
 
-def assert_error_line(result: subprocess.CompletedProcess, pattern: str) -> None:
-    """Exit 1 and exactly one `error: ...` line matching `pattern` on stderr."""
+RETRY_NOTE = re.compile(r"\S+: .+; retrying in [0-9.e-]+ s \(attempt (\d+) of (\d+)\)")
+
+
+def retry_notes(stderr: str) -> list[str]:
+    """The "retrying in N s (attempt k of n)" lines a download printed."""
+    return [line for line in stderr.splitlines() if RETRY_NOTE.fullmatch(line)]
+
+
+def assert_error_line(result: subprocess.CompletedProcess, pattern: str, retries: int = 0) -> None:
+    """Exit 1 and exactly one `error: ...` line matching `pattern` on stderr, after `retries` retry notes."""
     assert result.returncode == 1, result.stderr
-    lines = result.stderr.splitlines()
+    notes = retry_notes(result.stderr)
+    lines = [line for line in result.stderr.splitlines() if line not in notes]
+    assert len(notes) == retries, result.stderr
     assert len(lines) == 1, result.stderr
     assert re.fullmatch(f"error: {pattern}", lines[0]), lines[0]
 
 
-def assert_clean_failure(result: subprocess.CompletedProcess, home: Path, pattern: str) -> None:
+def assert_clean_failure(result: subprocess.CompletedProcess, home: Path, pattern: str, retries: int = 0) -> None:
     """`assert_error_line`, and nothing half-written in the cache."""
-    assert_error_line(result, pattern)
+    assert_error_line(result, pattern, retries)
     assert leftovers(home) == []
 
 
@@ -226,11 +240,25 @@ def test_a_partial_download_from_an_earlier_run(server, publish, home, tmp_path,
 
 
 def test_transient_server_errors_are_retried_with_exponential_backoff(server, publish, home, tmp_path):
-    variant = load_registry(user_registry(tmp_path, {"url": publish(official_files(NAME))})).get(NAME)
+    """Each retry is announced on stderr and waits the announced delay (observed between the server's requests)."""
+    registry = user_registry(tmp_path, {"url": publish(official_files(NAME))})
     server.faults.errors = 2
-    assert pull_variant(variant, policy=FAST).downloaded
+    result = run_cli("pull", NAME, "--registry", str(registry), env={**os.environ, BACKOFF_ENV: "0.3"})
+    assert result.returncode == 0, result.stderr
+    assert retry_notes(result.stderr) == [
+        "127.0.0.1: HTTP 500 Internal Server Error; retrying in 0.3 s (attempt 2 of 3)",
+        "127.0.0.1: HTTP 500 Internal Server Error; retrying in 0.6 s (attempt 3 of 3)",
+    ]
+    times = [r.time for r in server.requests]
+    assert len(times) == 3 and times[1] - times[0] >= 0.3 and times[2] - times[1] >= 0.6
+
+
+def test_quiet_pulls_do_not_announce_retries(server, publish, home, tmp_path):
+    registry = user_registry(tmp_path, {"url": publish(official_files(NAME))})
+    server.faults.errors = 2
+    result = run_cli("pull", NAME, "--registry", str(registry), "--quiet")
+    assert (result.returncode, result.stderr) == (0, "")
     assert len(server.requests) == 3
-    assert [FAST.delay(failures) for failures in (1, 2, 3)] == [0.01, 0.02, 0.04]
 
 
 @pytest.mark.parametrize("correct", [True, False], ids=["matching", "wrong"])
@@ -314,14 +342,14 @@ def test_server_error_after_retries(server, publish, home, tmp_path):
     registry = user_registry(tmp_path, {"url": publish(official_files(NAME))})
     server.faults.errors = 100
     assert_clean_failure(run_cli("pull", NAME, "--registry", str(registry)), home,
-                         rf"http://127\.0\.0\.1:\d+/\S+/{NAME}\.tgz: HTTP 500 Internal Server Error \(gave up after 3 attempts\)")
+                         rf"http://127\.0\.0\.1:\d+/\S+/{NAME}\.tgz: HTTP 500 Internal Server Error \(gave up after 3 attempts\)", retries=2)
     assert len(server.requests) == FAST.attempts
 
 
 def test_connection_refused_after_retries(home):
     mirror = f"http://127.0.0.1:{closed_port()}/models"
     assert_clean_failure(run_cli("pull", NAME, "--mirror", mirror), home,
-                         rf"{re.escape(mirror)}/{NAME}\.tgz: connection refused \(gave up after 3 attempts\)")
+                         rf"{re.escape(mirror)}/{NAME}\.tgz: connection refused \(gave up after 3 attempts\)", retries=2)
 
 
 def test_missing_file_is_not_retried(server, home, tmp_path):
@@ -356,7 +384,8 @@ def test_corrupt_tarball(server, publish, home, tmp_path, damage):
     url = publish(official_files(NAME))
     publish(damage(served_bytes(server, url)))
     registry = user_registry(tmp_path, {"url": url})
-    assert_clean_failure(run_cli("pull", NAME, "--registry", str(registry)), home, rf"{NAME}\.tgz: corrupt or truncated archive \(.+\)")
+    assert_clean_failure(run_cli("pull", NAME, "--registry", str(registry)), home,
+                         rf"{NAME}\.tgz: (corrupt or truncated|truncated) archive \(.+\)")
 
 
 def test_tarball_missing_expected_members(publish, home, tmp_path):
@@ -425,3 +454,212 @@ def test_recorded_checksum_file_that_is_unreadable(home):
     home.mkdir()
     (home / "checksums.json").write_text("{not json")
     assert_error_line(run_cli("pull", NAME), r"\S+/checksums\.json: unreadable checksum record \(.+\); fix or delete it")
+
+
+# --- integrity: a corrupt download is never cached nor recorded (issue 11 item 1) -----------------------------
+
+
+def seeded_files(name: str, seed: int) -> dict[str, bytes]:
+    """Member contents from a seeded generator: random (stored deflate blocks) and repetitive (Huffman-coded)."""
+    rng = random.Random(seed)
+    files = {member: rng.randbytes(6000) for member in official_files(name, 1)}
+    files[f"./{name}_frozen.pb"] = b"".join(rng.choice([b"conv ", b"relu6 ", b"depthwise ", b"batchnorm "]) for _ in range(8000))
+    return files
+
+
+def gzip_header_size(data: bytes) -> int:
+    """Bytes of the gzip member header (10, plus the file name tarfile writes); flips there may be harmless."""
+    if data[3] & 0x08:  # FNAME
+        return data.index(b"\0", 10) + 1
+    return 10
+
+
+def cached_files(folder: Path) -> dict[str, bytes]:
+    return {f"./{p.name}": p.read_bytes() for p in folder.iterdir()}
+
+
+def recorded(home: Path) -> dict:
+    path = home / "checksums.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def test_a_bit_flipped_in_transit_is_refused_and_the_genuine_tarball_still_pulls(server, publish, home):
+    files = seeded_files(UNCHECKED, 1)
+    url = publish(files, name=UNCHECKED)
+    genuine = served_bytes(server, url)
+    mirror = url.rsplit("/", 1)[0]
+    server.faults.flip_bits = [(len(genuine) - 100, 2)]  # inside the compressed data, the tar headers still parse
+    assert_clean_failure(run_cli("pull", UNCHECKED, "--mirror", mirror), home, rf"{UNCHECKED}\.tgz: corrupt archive \(gzip CRC\)")
+    assert recorded(home) == {}  # nothing trusted
+
+    server.reset()
+    again = run_cli("pull", UNCHECKED, "--mirror", mirror)
+    assert again.returncode == 0, again.stderr
+    assert cached_files(home / "models" / UNCHECKED) == files
+    assert recorded(home) == {UNCHECKED: sha256(genuine)}
+
+
+def test_a_tarball_without_its_gzip_trailer_is_refused(server, publish, home):
+    url = publish(seeded_files(UNCHECKED, 2), name=UNCHECKED)
+    server.faults.drop_tail = 8
+    assert_clean_failure(run_cli("pull", UNCHECKED, "--mirror", url.rsplit("/", 1)[0]), home,
+                         rf"{UNCHECKED}\.tgz: truncated archive \(it ends before its end-of-stream marker\)")
+    assert recorded(home) == {}
+
+
+def test_no_single_bit_flip_is_ever_pulled(server, publish, home, cli):
+    """Property: one random bit flipped in each of 20 positions of the served tarball (seeded). No pull exits 0 with
+    files that differ from the original; every failed pull leaves the cache empty and records no hash; and every flip
+    past the gzip header (where nothing is unchecked) fails."""
+    files = seeded_files(UNCHECKED, 3)
+    url = publish(files, name=UNCHECKED)
+    data = served_bytes(server, url)
+    mirror = url.rsplit("/", 1)[0]
+    rng = random.Random(20240611)
+    outcomes = []
+    for _ in range(20):
+        offset, bit = rng.randrange(len(data)), rng.randrange(8)
+        server.faults.flip_bits = [(offset, bit)]
+        code, _, stderr = cli("pull", UNCHECKED, "--mirror", mirror, "--quiet")
+        if code == 0:
+            assert cached_files(home / "models" / UNCHECKED) == files, f"flip at {offset} pulled different files"
+            assert offset < gzip_header_size(data), f"flip at {offset} (past the header) was not detected"
+        else:
+            assert code == 1 and re.fullmatch(rf"error: {UNCHECKED}\.tgz: (corrupt|truncated) archive \(.+\)\n", stderr), stderr
+            assert leftovers(home) == [] and recorded(home) == {}, f"flip at {offset} left something behind"
+        outcomes.append((offset, code))
+        shutil.rmtree(home, ignore_errors=True)
+    assert sum(code != 0 for _, code in outcomes) >= 18, outcomes
+
+
+# --- network failures: stalls, DNS, offline mode, retry settings ----------------------------------------------
+
+
+def test_a_stalled_download_says_how_long_and_from_where(server, publish, home, tmp_path):
+    registry = user_registry(tmp_path, {"url": publish(official_files(NAME, 100_000))})
+    server.faults.stall_after, server.faults.stall_for = 50_000, 5
+    result = run_cli("pull", NAME, "--registry", str(registry), env={**os.environ, TIMEOUT_ENV: "0.5", ATTEMPTS_ENV: "1"})
+    assert_error_line(result, r"http://127\.0\.0\.1:\d+/\S+\.tgz: no data for 0\.5 s from 127\.0\.0\.1 \(gave up after 1 attempt\)")
+    assert leftovers(home) == [f"downloads/{NAME}.tgz.part"]  # kept to resume
+
+
+def test_a_host_name_that_does_not_resolve_is_not_retried(server, home):
+    mirror = "http://mobilenet-zoo-test.invalid/models"
+    started = time.monotonic()
+    result = run_cli("pull", NAME, "--mirror", mirror, env={**os.environ, BACKOFF_ENV: "30"})
+    assert time.monotonic() - started < 25  # one 30 s backoff would exceed it
+    assert_clean_failure(result, home, rf"{re.escape(mirror)}/{NAME}\.tgz: cannot resolve the host name mobilenet-zoo-test\.invalid "
+                                       r"\(no network\? not retried\)")
+
+
+OFFLINE_ERROR = (rf"{NAME} is not in the cache \(\S+/models\) and offline mode is on \({OFFLINE_ENV}=1 or --offline\): "
+                 r"pull it once online, or see `mobilenet-zoo cache list`")
+
+
+@pytest.mark.parametrize("how", ["env", "option"])
+def test_offline_mode_fails_at_once_with_a_cache_hint(server, publish, home, tmp_path, how):
+    registry = user_registry(tmp_path, {"url": publish(official_files(NAME))})
+    args, env = ("pull", NAME, "--registry", str(registry)), {**os.environ, BACKOFF_ENV: "30"}
+    result = run_cli(*args, env={**env, OFFLINE_ENV: "1"}) if how == "env" else run_cli(*args, "--offline", env=env)
+    assert_clean_failure(result, home, OFFLINE_ERROR)
+    assert server.requests == []
+
+    assert run_cli(*args).returncode == 0  # online: pulled
+    cached = run_cli(*args, env={**env, OFFLINE_ENV: "1"}) if how == "env" else run_cli(*args, "--offline", env=env)
+    assert (cached.returncode, cached.stdout.split()[0]) == (0, "cached")
+    assert len(server.requests) == 1
+
+
+@pytest.mark.parametrize(
+    "command",
+    [("convert", NAME, "--to", "onnx"), ("predict", NAME), ("bench", NAME), ("eval", NAME, "{data}")],
+    ids=["convert", "predict", "bench", "eval"],
+)
+def test_offline_option_on_every_command_that_takes_a_registry_name(server, publish, home, tmp_path, command):
+    registry = user_registry(tmp_path, {"url": publish(official_files(NAME))})
+    data = tmp_path / "labels.csv"
+    data.write_text("../tests/data/bird.bmp,20\n")
+    args = [arg.format(data=data) for arg in command]
+    result = run_cli(*args, "--registry", str(registry), "--offline", env={**os.environ, BACKOFF_ENV: "30"})
+    assert_clean_failure(result, home, OFFLINE_ERROR)
+    assert server.requests == []
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "expected"),
+    [
+        (ATTEMPTS_ENV, "-1", "a whole number of at least 1"),
+        (ATTEMPTS_ENV, "two", "a whole number of at least 1"),
+        (BACKOFF_ENV, "-0.5", r"a number of seconds, 0 or more"),
+        (BACKOFF_ENV, "fast", r"a number of seconds, 0 or more"),
+        (TIMEOUT_ENV, "-3", "a number of seconds above 0"),
+        (TIMEOUT_ENV, "nan", "a number of seconds above 0"),
+        (OFFLINE_ENV, "maybe", r"1 \(offline\) or 0 \(online\)"),
+    ],
+)
+def test_bad_download_settings_in_the_environment(server, publish, home, tmp_path, variable, value, expected):
+    registry = user_registry(tmp_path, {"url": publish(official_files(NAME))})
+    result = run_cli("pull", NAME, "--registry", str(registry), env={**os.environ, variable: value})
+    assert_clean_failure(result, home, rf"{variable}='{re.escape(value)}': expected {expected}")
+    assert server.requests == []
+
+
+# --- the cache folder itself -----------------------------------------------------------------------------------
+
+
+def test_a_cache_folder_that_is_a_file(home, server):
+    home.write_text("not a folder")
+    result = run_cli("pull", NAME, "--mirror", server.url)
+    assert_error_line(result, rf"the cache folder {re.escape(str(home))} \(\${HOME_ENV}\) is a file, not a folder")
+    assert home.read_text() == "not a folder" and server.requests == []
+
+
+def _without_root_file_access() -> None:
+    """preexec_fn for root: drop CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH from the bounding set, so the program it
+    executes obeys file modes as any user does (root ignores them otherwise)."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    pr_capbset_drop, cap_dac_override, cap_dac_read_search = 24, 1, 2
+    for capability in (cap_dac_override, cap_dac_read_search):
+        if libc.prctl(pr_capbset_drop, capability, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP) failed")
+
+
+def test_a_read_only_cache_folder(home, server):
+    home.mkdir()
+    home.chmod(0o555)
+    command = [sys.executable, "-m", "mobilenet_zoo", "pull", NAME, "--mirror", server.url]
+    preexec = _without_root_file_access if os.geteuid() == 0 else None
+    try:
+        result = subprocess.run(command, capture_output=True, text=True, timeout=120, preexec_fn=preexec)
+        assert_error_line(result, rf"the cache folder {re.escape(str(home))} \(\${HOME_ENV}\) is not writable; "
+                                  rf"choose another with \${HOME_ENV}")
+        assert list(home.iterdir()) == [] and server.requests == []
+    finally:
+        home.chmod(0o755)
+
+
+# --- interrupted pulls -----------------------------------------------------------------------------------------
+
+
+def test_ctrl_c_stops_a_pull_with_one_line_and_the_next_pull_resumes(server, publish, home, tmp_path):
+    url = publish(official_files(NAME, 200_000))
+    registry = user_registry(tmp_path, {"url": url, "sha256": sha256(served_bytes(server, url))})
+    server.faults.delay = 0.05  # about 4 s for the whole file
+    command = [sys.executable, "-m", "mobilenet_zoo", "pull", NAME, "--registry", str(registry)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    partial = Cache.at().partial_path(NAME)
+    deadline = time.monotonic() + 60
+    while not (partial.exists() and partial.stat().st_size > 100_000) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert (process.returncode, stderr) == (130, "error: interrupted\n")
+    assert leftovers(home) == [f"downloads/{NAME}.tgz.part"]
+    kept = partial.stat().st_size
+
+    server.faults.delay = 0
+    resumed = run_cli("pull", NAME, "--registry", str(registry))
+    assert resumed.returncode == 0, resumed.stderr
+    assert server.requests[-1].range == f"bytes={kept}-"

@@ -9,6 +9,7 @@ import typer
 from rich import box
 from rich.table import Table
 
+from mobilenet_zoo.commands.options import OfflineOption
 from mobilenet_zoo.errors import ZooError
 from mobilenet_zoo.output import console, err_console, fmt, print_json
 
@@ -54,6 +55,7 @@ def bench_command(
     csv_file: Optional[Path] = typer.Option(None, "--csv", help="Append the results to this CSV file (header written once)."),
     registry: Optional[Path] = RegistryOption,
     mirror: Optional[str] = typer.Option(None, "--mirror", envvar="MOBILENET_ZOO_MIRROR", help="Base URL replacing the official one."),
+    offline: bool = OfflineOption,
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """Latency, images/s, GFLOP/s, size and peak memory of models in each installed runtime; exit 1 if any fails."""
@@ -61,6 +63,8 @@ def bench_command(
 
     if min(warmup, min_runs, max_runs) < 0 or max_runs < 1 or min_time < 0:
         raise ZooError("--warmup, --min-runs and --min-time must be >= 0 and --max-runs >= 1")
+    if csv_file and not csv_file.expanduser().parent.is_dir():
+        raise ZooError(f"--csv {csv_file}: the folder {csv_file.expanduser().parent} does not exist")
     timing = Timing(warmup=warmup, min_time=min_time, min_runs=min_runs, max_runs=max_runs)
     with err_console.status("benchmarking (each runtime in its own process)"):
         results = bench(sources, _split(runtimes) or None, _batch_sizes(batch), threads, timing, registry=registry, mirror=mirror)

@@ -11,15 +11,15 @@ from rich import box
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from mobilenet_zoo.commands.options import JsonOption, MirrorOption, RayAddressOption, RayOption, RegistryOption
+from mobilenet_zoo.commands.options import JsonOption, MirrorOption, OfflineOption, RayAddressOption, RayOption, RegistryOption
 from mobilenet_zoo.output import console, err_console, print_json
 
 
 @contextmanager
 def _progress_bar(description: str) -> Iterator:
-    """A progress bar on stderr, yielding the `progress(done, total)` callback that advances it."""
+    """A progress bar on stderr (on a terminal only), yielding the `progress(done, total)` callback that advances it."""
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=err_console, transient=True) as bar:
+    with Progress(*columns, console=err_console, transient=True, disable=not err_console.is_terminal) as bar:
         task = bar.add_task(description, total=None)
         yield lambda done, total: bar.update(task, completed=done, total=total)
 
@@ -54,6 +54,7 @@ def eval_command(
     ray_address: Optional[str] = RayAddressOption,
     registry: Optional[Path] = RegistryOption,
     mirror: Optional[str] = MirrorOption,
+    offline: bool = OfflineOption,
     as_json: bool = JsonOption,
 ) -> None:
     """Top-1 and top-5 accuracy with 95% confidence intervals, beside the published figures of the variant."""

@@ -10,7 +10,7 @@ from rich import box
 from rich.markup import escape
 from rich.table import Table
 
-from mobilenet_zoo.commands.options import JsonOption, MirrorOption, RayAddressOption, RayOption, RegistryOption
+from mobilenet_zoo.commands.options import JsonOption, MirrorOption, OfflineOption, RayAddressOption, RayOption, RegistryOption
 from mobilenet_zoo.errors import VerificationError, ZooError
 
 from mobilenet_zoo.output import console, print_json
@@ -56,6 +56,7 @@ def convert_command(
     ray_address: Optional[str] = RayAddressOption,
     registry: Optional[Path] = RegistryOption,
     mirror: Optional[str] = MirrorOption,
+    offline: bool = OfflineOption,
     as_json: bool = JsonOption,
 ) -> None:
     """Convert models to ONNX, PyTorch, TFLite or a TensorFlow SavedModel."""
@@ -193,6 +194,7 @@ def predict_command(
     top_k: int = typer.Option(5, "--top", help="How many classes to show."),
     registry: Optional[Path] = RegistryOption,
     mirror: Optional[str] = MirrorOption,
+    offline: bool = OfflineOption,
     as_json: bool = JsonOption,
 ) -> None:
     """Top-k ImageNet classes of images."""

@@ -7,3 +7,17 @@ MirrorOption = typer.Option(None, "--mirror", envvar="MOBILENET_ZOO_MIRROR", hel
 JsonOption = typer.Option(False, "--json", help="Machine-readable output.")
 RayOption = typer.Option(False, "--ray", help="Run on Ray: a local instance on this machine's CPUs (or the cluster $RAY_ADDRESS names).")
 RayAddressOption = typer.Option(None, "--ray-address", help="Run on the Ray cluster at this address (implies --ray), e.g. ray://head:10001 or auto.")
+
+
+def _go_offline(value: bool) -> bool:
+    """`--offline`: the same as $MOBILENET_ZOO_OFFLINE=1 for this run (and the processes it starts)."""
+    if value:
+        import os
+
+        from mobilenet_zoo.download import OFFLINE_ENV
+
+        os.environ[OFFLINE_ENV] = "1"
+    return value
+
+
+OfflineOption = typer.Option(False, "--offline", callback=_go_offline, help="Use only the cache: a registry name that is not cached fails at once instead of downloading (as $MOBILENET_ZOO_OFFLINE=1).")
