@@ -16,7 +16,7 @@ from pathlib import Path
 from mobilenet_zoo.arch import Backbone
 from mobilenet_zoo.errors import ZooError
 from mobilenet_zoo.formats import FORMATS, format_module
-from mobilenet_zoo.fsutil import ensure_folder
+from mobilenet_zoo.fsutil import ensure_folder, refuse_overwriting
 from mobilenet_zoo.manifest import recorded_path, updating_manifest
 from mobilenet_zoo.sources import Source
 
@@ -48,11 +48,12 @@ def target_path(source: Source, fmt: str, out: Path, single: bool) -> Path:
 
 
 def check_target(target: Path, source: Source, force: bool) -> None:
-    """Refuse to write over the source (or inside it), or over an existing target without `force`."""
-    if source.origin is not None:
-        origin, resolved = Path(source.origin).resolve(), target.resolve()
-        if resolved == origin or origin in resolved.parents or (source.reference and resolved == Path(source.reference).resolve()):
-            raise ZooError(f"{target} is the source {source.origin} (or inside it): choose another output")
+    """Refuse to write over the source, its reference or the official folder holding them (links resolved),
+    or over an existing target without `force`."""
+    protected = [path for path in (source.origin, source.reference) if path is not None]
+    if source.reference is not None and any(Path(source.reference).parent.glob("*_info.txt")):
+        protected.append(Path(source.reference).parent)
+    refuse_overwriting(target, protected)
     if (target.exists() or target.is_symlink()) and not force:
         raise ZooError(f"{target} exists: pass --force to replace it, or choose another output")
 

@@ -32,14 +32,14 @@ def status(message: str):
     """A spinner on stderr while a block runs (nothing under -q)."""
     from contextlib import nullcontext
 
-    return nullcontext() if quiet() else err_console.status(message)
+    return nullcontext() if quiet() or not err_console.is_terminal else err_console.status(message)
 
 
 @contextmanager
 def progress(total: int, description: str) -> Iterator[Callable[[str], None]]:
     """A progress bar on stderr for `total` steps; yields `advance(label)`, called after each step (silent
     under -q)."""
-    if quiet():
+    if quiet() or not err_console.is_terminal:  # nothing on a pipe or in a log file
         yield lambda label: None
         return
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn

@@ -361,33 +361,28 @@ def is_self_reference(target: Path, reference: ReferenceModel | Path | str) -> b
         return False
 
 
-def expand_targets(targets: list[Path | str]) -> list[Path]:
-    """Model files and folders as given; an output folder of `convert` stands for every target its manifest lists.
-
-    A folder whose manifest lists targets that are all gone, or a missing path, is an error: a verify that
-    would compare nothing fails."""
+def expand_targets(targets: list[Path | str]) -> tuple[list[Path], list[Path]]:
+    """(present, missing): model files and folders as given, an output folder of `convert` standing for every
+    target its manifest lists; `missing` are listed targets that are gone. A path that does not exist is an
+    error, and so is a verify with nothing present to compare."""
     from mobilenet_zoo.constants import MANIFEST
     from mobilenet_zoo.manifest import read_manifest
 
-    expanded: list[Path] = []
+    present: list[Path] = []
+    missing: list[Path] = []
     for target in map(Path, targets):
         if target.is_dir() and (target / MANIFEST).exists():
-            listed = list(read_manifest(target)["targets"])
-            present = [target / name for name in listed if (target / name).exists()]
-            missing = [name for name in listed if not (target / name).exists()]
-            if missing:
-                raise VerificationError(f"nothing verified: {target / MANIFEST} lists {len(missing)} target(s) that are missing: "
-                                        + ", ".join(missing))
-            if not present:
-                raise VerificationError(f"nothing verified: {target / MANIFEST} lists no targets")
-            expanded.extend(present)
+            listed = [target / name for name in read_manifest(target)["targets"]]
+            present.extend(path for path in listed if path.exists())
+            missing.extend(path for path in listed if not path.exists())
         elif target.exists():
-            expanded.append(target)
+            present.append(target)
         else:
             raise ZooError(f"no such file or folder: {target}")
-    if not expanded:
-        raise VerificationError("nothing verified: no targets were given")
-    return expanded
+    if not present:
+        listed = f"lists {', '.join(map(str, missing))}, none of which exists" if missing else "lists no targets"
+        raise VerificationError(f"nothing verified: the manifest {listed}")
+    return present, missing
 
 
 @dataclass
@@ -396,27 +391,32 @@ class VerifyResult:
 
     inputs: list[str]
     reports: list[TargetReport]
+    missing: list[Path] = field(default_factory=list)  # targets a manifest lists that are gone
 
     @property
     def passed(self) -> bool:
-        """True when something was compared and every target passed."""
-        return bool(self.reports) and all(r.passed for r in self.reports)
+        """True when something was compared, every target passed and none is missing."""
+        return bool(self.reports) and all(r.passed for r in self.reports) and not self.missing
 
     @property
     def failed(self) -> list[TargetReport]:
         return [r for r in self.reports if not r.passed]
 
     def summary(self) -> str:
-        """One line: how many targets failed and the first reason of each."""
+        """One line: how many targets failed (the first reason of each) and which are missing."""
+        parts = []
+        if self.failed:
+            reasons = "; ".join(f"{Path(r.target).name}: {r.failures[0]}" for r in self.failed)
+            parts.append(f"{len(self.failed)} of {len(self.reports)} targets failed parity: {reasons}")
+        if self.missing:
+            parts.append(f"{len(self.missing)} target(s) the manifest lists are missing: {', '.join(map(str, self.missing))}")
         if not self.reports:
-            return "nothing was compared"
-        if not self.failed:
-            return f"{len(self.reports)} targets passed"
-        reasons = "; ".join(f"{Path(r.target).name}: {r.failures[0]}" for r in self.failed)
-        return f"{len(self.failed)} of {len(self.reports)} targets failed parity: {reasons}"
+            parts.append("nothing was compared")
+        return "; ".join(parts) or f"{len(self.reports)} targets passed"
 
     def as_dict(self) -> dict:
-        return {"inputs": self.inputs, "passed": self.passed, "targets": [r.as_dict() for r in self.reports]}
+        return {"inputs": self.inputs, "passed": self.passed, "targets": [r.as_dict() for r in self.reports],
+                "missing": [str(path) for path in self.missing]}
 
 
 def _self_report(target: Path) -> TargetReport:
@@ -425,7 +425,7 @@ def _self_report(target: Path) -> TargetReport:
 
     quantized = bool((manifest_entry(target) or {}).get("quantized", False))
     return TargetReport(str(target), detect_format(target), "self", quantized, None, 0.0, None, 1.0, 1.0, False,
-                        ["reference: self (the target is its own reference: nothing was checked)"])
+                        ["reference: self (the target was compared with itself)"])
 
 
 def _checked(target: Path, reference: Reference, thresholds: Thresholds, reference_path: Path | None) -> TargetReport:
@@ -450,7 +450,7 @@ def verify(targets: list[Path | str], *, source: str | Path | None = None, refer
 
     if source and reference:
         raise ZooError("give a source or a reference, not both")
-    targets = expand_targets(targets)
+    targets, missing = expand_targets(targets)
     if save_reference and not Path(save_reference).parent.is_dir():
         raise ZooError(f"--save-reference {save_reference}: the folder {Path(save_reference).parent} does not exist")
     thresholds = thresholds or Thresholds()
@@ -458,7 +458,7 @@ def verify(targets: list[Path | str], *, source: str | Path | None = None, refer
     given = reference or source
     if given and str(given).endswith(".npz"):
         saved = Reference.load(Path(given))
-        return VerifyResult(saved.input_names, [verify_target(t, saved, thresholds) for t in targets])
+        return VerifyResult(saved.input_names, [verify_target(t, saved, thresholds) for t in targets], missing)
     if given:
         path = reference_artifact(given)
         groups: dict[ReferenceModel, list[Path]] = {}
@@ -473,5 +473,6 @@ def verify(targets: list[Path | str], *, source: str | Path | None = None, refer
         computed = compute_reference(model, images, n_random, seed)
         computed.save(save_reference)
         reports = {str(t): _checked(t, computed, thresholds, model.path if not model.runs_in_numpy else None) for t in group}
-        return VerifyResult(computed.input_names, [reports[str(t)] for t in targets])
-    return VerifyResult(input_names(images, n_random), _verify_groups(groups, targets, images, n_random, seed, thresholds, progress))
+        return VerifyResult(computed.input_names, [reports[str(t)] for t in targets], missing)
+    reports = _verify_groups(groups, targets, images, n_random, seed, thresholds, progress)
+    return VerifyResult(input_names(images, n_random), reports, missing)

@@ -124,7 +124,7 @@ def _verify_and_report(targets, *, as_json: bool, use_ray: bool = False, ray_add
     print the report, raise on failure."""
     from mobilenet_zoo.parity import VerifyResult, expand_targets, input_names, verify
 
-    targets = expand_targets(targets)
+    present, missing = expand_targets(targets)
     if use_ray or ray_address:
         from mobilenet_zoo.distributed import verify_many
         from mobilenet_zoo.samples import resolve_images
@@ -132,11 +132,11 @@ def _verify_and_report(targets, *, as_json: bool, use_ray: bool = False, ray_add
         if options.get("source") or options.get("reference") or options.get("save_reference"):
             raise ZooError("--ray verifies against the recorded references: drop --source, --reference and --save-reference")
         images, n_random, seed = resolve_images(options.get("images")), options.get("n_random", 8), options.get("seed", 0)
-        with output_status(f"verifying {len(targets)} targets on Ray"):
-            reports = verify_many(targets, images, n_random, seed, options.get("thresholds"), ray_address)
-        result = VerifyResult(input_names(images, n_random), reports)
+        with output_status(f"verifying {len(present)} targets on Ray"):
+            reports = verify_many(present, images, n_random, seed, options.get("thresholds"), ray_address)
+        result = VerifyResult(input_names(images, n_random), reports, missing)
     else:
-        with output_progress(len(targets), "verifying") as advance:
+        with output_progress(len(present), "verifying") as advance:
             result = verify(targets, progress=advance, **options)
     if as_json:
         print_json(result.as_dict())
