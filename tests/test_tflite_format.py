@@ -135,3 +135,54 @@ def test_written_files_keep_the_variant_and_backbone(real_models, tmp_path):
     back = tflite.read(written)
     assert back.config == real_models["0.25_128"].config and back.backbone == backbone
     assert tflite.load_runner(written).resolution == 224
+
+
+def test_runner_uses_the_signature_whatever_it_names_outputs(real_models, tmp_path):
+    """Our files run through their signature at any batch; the runner's names come from the structure, so a
+    signature naming the outputs otherwise gives the same dict."""
+    from mobilenet_zoo.arch import Backbone
+
+    schema, flatbuffers = tflite.require(tflite.SCHEMA_MODULE), tflite.require("flatbuffers")
+    ours = tflite.write(real_models["0.25_128"].with_backbone(Backbone(features=(5,))), tmp_path / "ours.tflite")
+    model = schema.ModelT.InitFromPackedBuf(ours.read_bytes(), 0)
+    [signature] = model.signatureDefs
+    signature.signatureKey, signature.inputs[0].name = "predict", "images"
+    for index, entry in enumerate(signature.outputs):
+        entry.name = f"output_{index}"
+    builder = flatbuffers.Builder(1024)
+    builder.Finish(model.Pack(builder), file_identifier=tflite.FILE_IDENTIFIER)
+    renamed = tmp_path / "renamed.tflite"
+    renamed.write_bytes(bytes(builder.Output()))
+    images = np.random.default_rng(1).integers(0, 256, (3, 128, 128, 3), dtype=np.uint8)
+    expected = tflite.load_runner(model_path("0.25_128"))(images)
+    for path in (ours, renamed):
+        runner = tflite.load_runner(path)
+        got = runner(images)
+        assert runner.batch_size is None and list(got) == ["logits", "probabilities", "Conv2d_5_pointwise"]
+        for name in ("logits", "probabilities"):
+            np.testing.assert_array_equal(got[name], expected[name])
+    assert tflite.read(renamed).backbone == Backbone(features=(5,))
+
+
+def test_released_layout_float_file_runs_one_image_at_a_time(extracted_variant):
+    """A float file as the release lays it out (TF converter, batch fixed at 1, no signature) reads and runs."""
+    path = extracted_variant(0.25, 128) / "mobilenet_v1_0.25_128.tflite"
+    runner = tflite.load_runner(path)
+    outputs = runner(np.random.default_rng(1).uniform(-1, 1, (3, 128, 128, 3)).astype(np.float32))
+    assert runner.batch_size == 1 and not runner.quantized
+    assert {name: values.shape for name, values in outputs.items()} == {"logits": (3, 1001), "probabilities": (3, 1001)}
+    assert tflite.read(path).config.name == "mobilenet_v1_0.25_128"
+
+
+def test_tf_converter_feature_outputs_are_read_by_structure(tmp_path):
+    """The TF converter's float file with extra outputs (no signature): features named by the layer producing them."""
+    from mobilenet_zoo.arch import Backbone, ModelConfig
+    from mobilenet_zoo.formats.tensorflow import tflite_bytes
+    from mobilenet_zoo.model import random_model
+
+    backbone = Backbone(features=(0, 5, 13))
+    path = tmp_path / "converted.tflite"
+    path.write_bytes(tflite_bytes(random_model(ModelConfig(0.25, 128)).with_backbone(backbone)))
+    assert tflite.read(path).backbone == backbone
+    outputs = tflite.load_runner(path)(np.zeros((2, 128, 128, 3), np.float32))
+    assert list(outputs) == ["logits", "probabilities", "Conv2d_0", "Conv2d_5_pointwise", "Conv2d_13_pointwise"]

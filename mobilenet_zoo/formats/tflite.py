@@ -8,15 +8,20 @@ bit-identically.
 
 Backbone options are structure too: strides and dilation factors give the output stride, the pool's
 stride the pooling (slim: 2, global: 1), and every subgraph output besides the head is a feature map,
-named after the convolution whose (fused-activation) output it is. `write` builds them for uint8 models:
-dilated DEPTHWISE_CONV_2D, the pool of `arch.pool_geometry`, no RESHAPE when the logits are a map, and
-the feature tensors as extra subgraph outputs after the probabilities.
+named after the convolution whose (fused-activation) output it is. `write` builds them, float32 or uint8:
+dilated DEPTHWISE_CONV_2D, the pool of `arch.pool_geometry`, no RESHAPE when the logits are a map, and the
+feature tensors as extra outputs.
+
+Our files follow the ecosystem's conventions: a `serving_default` signature maps `input` (N x H x W x 3,
+float32 in [-1, 1] or uint8 0..255) to `logits`, `probabilities` and the feature maps by scope, and the batch
+is free (shape signature -1), so `Interpreter.get_signature_runner()` runs any batch, XNNPACK included.
 """
 
 from __future__ import annotations
 
 import json
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from types import ModuleType
@@ -55,6 +60,10 @@ SCHEMA_MODULE = "ai_edge_litert.schema_py_generated"
 FILE_IDENTIFIER = b"TFL3"
 SCHEMA_VERSION = 3
 METADATA_NAME = "mobilenet_zoo"  # our metadata buffer: `MobileNetV1Model.metadata()` as JSON
+SIGNATURE_KEY = "serving_default"  # our files' signature: INPUT_NAME -> LOGITS, PROBABILITIES and the feature scopes
+INPUT_NAME = "input"
+LOGITS = "logits"
+PROBABILITIES = "probabilities"
 
 # TFLite kernels are OHWI (conv) and 1HWC (depthwise); TF lays them out HWIO and HWC1: one transpose each way.
 _TFLITE_TO_TF_AXES = (1, 2, 3, 0)
@@ -249,7 +258,27 @@ class MobileNetGraph:
     def head_outputs(self) -> dict[str, int]:
         """The logits (squeezed when 1x1) and probabilities tensors."""
         logits = self.squeeze if self.squeeze is not None else self.logits_conv
-        return {"logits": int(logits.outputs[0]), "probabilities": int(self.probabilities.outputs[0])}
+        return {LOGITS: int(logits.outputs[0]), PROBABILITIES: int(self.probabilities.outputs[0])}
+
+    def signature(self, outputs: dict[str, int]) -> Signature | None:
+        """A signature (SIGNATURE_KEY first) whose one input is the image and whose outputs include every tensor of
+        `outputs` (Runner name -> tensor index), whatever it names them; None when the file has no such signature."""
+        definitions = sorted(self.model.signatureDefs or [], key=lambda definition: _text(definition.signatureKey) != SIGNATURE_KEY)
+        for definition in definitions:
+            inputs = definition.inputs or []
+            if definition.subgraphIndex != 0 or len(inputs) != 1 or inputs[0].tensorIndex != self.input_tensor:
+                continue
+            named = {int(entry.tensorIndex): _text(entry.name) for entry in definition.outputs or []}
+            if all(index in named for index in outputs.values()):
+                return Signature(_text(definition.signatureKey), _text(inputs[0].name), {named[index]: name for name, index in outputs.items()})
+        return None
+
+    def fixed_batch(self) -> int | None:
+        """The batch size the input fixes, or None when its shape signature leaves the batch free (-1)."""
+        tensor = self.tensor(self.input_tensor)
+        if tensor.shapeSignature is not None and len(tensor.shapeSignature) == 4 and tensor.shapeSignature[0] == -1:
+            return None
+        return int(tensor.shape[0])
 
     def values(self, index: int) -> np.ndarray:
         """The constant data of a tensor as a numpy array of its type and shape."""
@@ -325,118 +354,141 @@ def _text(name: bytes | str | None) -> str:
 def load_runner(path: Path) -> TFLiteRunner:
     """The TFLite interpreter on a MobileNet V1 .tflite, float or uint8.
 
+    A file with a signature holding the input and every output runs through that signature, the whole
+    batch in one call when its batch is free (our files); other files (the released ones) run one image
+    per invoke, the logits read from the preserved intermediate tensors.
     Quantized models run on TFLite's builtin kernels, which implement its integer arithmetic spec
     (fixed-point requantization): the default XNNPACK delegate requantizes uint8 in float32 and lands
-    up to ~13 LSB away from them, and its result depends on how it partitions the graph.
+    up to ~17 LSB away from them, and its result depends on how it partitions the graph.
     """
     litert = require("ai_edge_litert.interpreter")
-    graph = MobileNetGraph.load(Path(path))
+    path = Path(path)
+    graph = MobileNetGraph.load(path)
     quantized = graph.type_name(graph.input_tensor) == "UINT8"
     resolver = litert.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES if quantized else litert.OpResolverType.AUTO
+    outputs = {**graph.head_outputs(), **graph.feature_outputs(graph.config())}
+    signature = graph.signature(outputs)
     with warnings.catch_warnings():  # preserving tensors (to read the logits) warns that it is for debugging
         warnings.simplefilter("ignore", UserWarning)
-        interpreter = litert.Interpreter(model_path=str(path), experimental_op_resolver_type=resolver, experimental_preserve_all_tensors=True)
-    interpreter.allocate_tensors()
-    outputs = {**graph.head_outputs(), **graph.feature_outputs(graph.config())}
-    return TFLiteRunner(interpreter, graph.input_tensor, outputs, quantized, int(graph.tensor(graph.input_tensor).shape[1]))
+        interpreter = litert.Interpreter(model_path=str(path), experimental_op_resolver_type=resolver,
+                                         experimental_preserve_all_tensors=signature is None)
+    resolution = int(graph.tensor(graph.input_tensor).shape[1])
+    if signature is None:
+        return TFLiteRunner(_tensor_forward(interpreter, graph.input_tensor, outputs), quantized, resolution, batch_size=1)
+    return TFLiteRunner(_signature_forward(interpreter, signature), quantized, resolution, graph.fixed_batch())
 
 
 @dataclass
 class TFLiteRunner:
-    """Runs a MobileNet V1 .tflite on NHWC batches, one image per invoke (the released graphs fix batch 1).
+    """Runs a MobileNet V1 .tflite on NHWC batches, in chunks of the batch the graph fixes (1 in the released
+    files), or all at once when the batch is free."""
 
-    `outputs` maps each returned name (logits, probabilities, feature scopes) to its tensor index.
-    """
-
-    interpreter: Any
-    input_index: int
-    outputs: dict[str, int]
+    forward: Callable[[np.ndarray], dict[str, np.ndarray]]  # a batch -> outputs by Runner name
     quantized: bool
     resolution: int
+    batch_size: int | None  # None: any batch
 
     def __call__(self, images: np.ndarray) -> dict[str, np.ndarray]:
         batch = image_batch(images, np.uint8 if self.quantized else np.float32, self.resolution, "TFLite model")
-        collected: dict[str, list[np.ndarray]] = {name: [] for name in self.outputs}
-        for image in batch:
-            self.interpreter.set_tensor(self.input_index, image[None])
-            self.interpreter.invoke()
-            for name, index in self.outputs.items():
-                collected[name].append(self.interpreter.get_tensor(index))
-        return {name: np.concatenate(values) for name, values in collected.items()}
+        step = self.batch_size or max(len(batch), 1)
+        chunks = [self.forward(batch[start : start + step]) for start in range(0, len(batch), step)]
+        return {name: np.concatenate([chunk[name] for chunk in chunks]) for name in chunks[0]}
+
+
+@dataclass(frozen=True)
+class Signature:
+    """A signature of the graph: its key, the name of its image input, and Runner name by signature output name."""
+
+    key: str
+    input_name: str
+    outputs: dict[str, str]
+
+
+def _signature_forward(interpreter, signature: Signature) -> Callable[[np.ndarray], dict[str, np.ndarray]]:
+    runner = interpreter.get_signature_runner(signature.key)
+
+    def forward(batch: np.ndarray) -> dict[str, np.ndarray]:
+        results = runner(**{signature.input_name: batch})
+        return {name: results[output] for output, name in signature.outputs.items()}
+
+    return forward
+
+
+def _tensor_forward(interpreter, input_index: int, outputs: dict[str, int]) -> Callable[[np.ndarray], dict[str, np.ndarray]]:
+    interpreter.allocate_tensors()
+
+    def forward(batch: np.ndarray) -> dict[str, np.ndarray]:
+        interpreter.set_tensor(input_index, batch)
+        interpreter.invoke()
+        return {name: interpreter.get_tensor(index) for name, index in outputs.items()}
+
+    return forward
 
 
 # ---------------------------------------------------------------------------------------------- writing
 
 
 def write(model: MobileNetV1Model, out: Path) -> Path:
-    """Write a .tflite: the uint8 flatbuffer of a quantized model, or a float model as float (through the
-    TensorFlow converter). Post-training quantization happens before: `mobilenet_zoo.quantize`."""
-    if model.config.quantized:
-        data = quantized_flatbuffer(model)
-    else:
-        from mobilenet_zoo.formats.tensorflow import tflite_bytes
-
-        data = tflite_bytes(model)
+    """Write `model` as a .tflite (`flatbuffer`): float32, or uint8 for a quantized model (post-training
+    quantization happens before: `mobilenet_zoo.quantize`). Returns `out`."""
+    data = flatbuffer(model)
     out = Path(out)
     with atomic_file(out) as temporary:
-        temporary.write_bytes(with_metadata(data, model.metadata()))
+        temporary.write_bytes(data)
     return out
 
 
-def with_metadata(data: bytes, metadata: dict[str, str]) -> bytes:
-    """The flatbuffer with `metadata` (variant, source, backbone options) as JSON in a `mobilenet_zoo` metadata buffer."""
-    schema, flatbuffers = require(SCHEMA_MODULE), require("flatbuffers")
-    model = schema.ModelT.InitFromPackedBuf(data, 0)
-    buffer, entry = schema.BufferT(), schema.MetadataT()
-    buffer.data = np.frombuffer(json.dumps(metadata).encode(), np.uint8)
-    entry.name, entry.buffer = METADATA_NAME, len(model.buffers)
-    model.buffers.append(buffer)
-    model.metadata = [*(model.metadata or []), entry]
-    builder = flatbuffers.Builder(len(data) + 1024)
-    builder.Finish(model.Pack(builder), file_identifier=FILE_IDENTIFIER)
-    return bytes(builder.Output())
+def flatbuffer(model: MobileNetV1Model) -> bytes:
+    """The TFLite flatbuffer of `model`, built as `model.backbone` says, for TFLite's builtin kernels and XNNPACK.
 
-
-def quantized_flatbuffer(model: MobileNetV1Model) -> bytes:
-    """The uint8 TFLite flatbuffer of a quantized canonical model (same ops and integers as the original),
-    built as `model.backbone` says; its outputs are the probabilities, then the feature maps in layer order."""
-    model.validate()
-    config, backbone, quant = model.config, model.backbone, model.quant
-    writer = _GraphWriter(require(SCHEMA_MODULE))
+    Float models are written float32 with BatchNorm folded; quantized ones with the integers and activation
+    quantization of `model.quant` (the same ops and integers as the original: bit-identical outputs).
+    The batch is free (shape signature -1, the squeeze reshapes to [-1, classes]). Signature SIGNATURE_KEY maps
+    INPUT_NAME to "logits", "probabilities" and each feature map by its scope; the subgraph outputs are the
+    probabilities (first, as in the released files), the logits, then the feature maps in layer order.
+    `model.metadata()` goes into the METADATA_NAME buffer.
+    """
+    model = model.validate().fold()
+    config, backbone = model.config, model.backbone
+    writer = _GraphWriter(require(SCHEMA_MODULE), model)
     size = model.input_size
-    tensor = writer.activation("input", [1, size, size, 3], quant.activations[INPUT_ACTIVATION])
-    features = []
+    image = tensor = writer.activation(INPUT_NAME, [size, size, 3], INPUT_ACTIVATION)
+    features = {}
     for placed in placed_layers(config, backbone):
         layer, size = placed.layer, placed.output_size
-        output = writer.activation(f"{SCOPE}/{layer.scope}/Relu6", [1, size, size, layer.out_channels], quant.activations[layer.scope])
-        inputs = [tensor, *writer.kernel_and_bias(quant, layer.weight_name, layer.bias_name)]
+        output = writer.activation(f"{SCOPE}/{layer.scope}/Relu6", [size, size, layer.out_channels], layer.scope)
+        inputs = [tensor, *writer.kernel_and_bias(layer.weight_name, layer.bias_name)]
         tensor = writer.conv(layer.kind == "depthwise", inputs, output, placed.stride, "RELU6", placed.rate)
         if layer.scope in backbone.feature_names:
-            features.append(tensor)
+            features[layer.scope] = tensor
     map_size = logits_map_size(config, backbone)
-    pooled_shape, head_shape = [1, map_size, map_size, config.feature_channels], [1, map_size, map_size, config.num_classes]
-    tensor = writer.average_pool(tensor, pool_geometry(size, backbone.pooling), pooled_shape, quant.activations[POOL_ACTIVATION])
-    logits_map = writer.activation(f"{SCOPE}/{LOGITS_ACTIVATION}/BiasAdd", head_shape, quant.activations[LOGITS_ACTIVATION])
-    tensor = writer.conv(False, [tensor, *writer.kernel_and_bias(quant, config.logits_weight_name, config.logits_bias_name)], logits_map, 1, "NONE")
+    pooled_shape, head_shape = [map_size, map_size, config.feature_channels], [map_size, map_size, config.num_classes]
+    tensor = writer.average_pool(tensor, pool_geometry(size, backbone.pooling), pooled_shape)
+    logits_map = writer.activation(f"{SCOPE}/{LOGITS_ACTIVATION}/BiasAdd", head_shape, LOGITS_ACTIVATION)
+    logits = writer.conv(False, [tensor, *writer.kernel_and_bias(config.logits_weight_name, config.logits_bias_name)], logits_map, 1, "NONE")
     if map_size == 1:
-        tensor = writer.squeeze(tensor, config.num_classes, quant.activations[LOGITS_ACTIVATION])
-        head_shape = [1, config.num_classes]
-    probabilities = writer.activation(f"{SCOPE}/Predictions/Reshape_1", head_shape, quant.activations[OUTPUT_ACTIVATION])
-    writer.operator("SOFTMAX", [tensor], probabilities, "SoftmaxOptions", beta=1.0)
-    return writer.finish(inputs=[0], outputs=[probabilities, *features], description=f"mobilenet-zoo {config.name}")
+        logits = writer.squeeze(logits, config.num_classes)
+        head_shape = [config.num_classes]
+    probabilities = writer.activation(f"{SCOPE}/Predictions/Reshape_1", head_shape, OUTPUT_ACTIVATION)
+    writer.operator("SOFTMAX", [logits], probabilities, "SoftmaxOptions", beta=1.0)
+    outputs = {PROBABILITIES: probabilities, LOGITS: logits, **features}
+    return writer.finish(image, outputs, description=f"{PRODUCER} {config.name}", metadata=model.metadata())
 
 
 class _GraphWriter:
-    """Collects the tensors, buffers and operators of a one-subgraph TFLite model (schema object API)."""
+    """Collects the tensors, buffers and operators of a one-subgraph TFLite model (schema object API),
+    float32 or uint8 as `model` is."""
 
-    def __init__(self, schema: ModuleType) -> None:
+    def __init__(self, schema: ModuleType, model: MobileNetV1Model) -> None:
         self.schema = schema
+        self.model = model
         self.tensors: list = []
         self.buffers: list = [schema.BufferT()]  # buffer 0 is the empty sentinel activations point to
         self.operators: list = []
         self.opcodes: dict[str, int] = {}
 
-    def add_tensor(self, name: str, shape: list[int], type_name: str, params: QuantParams | None, data: np.ndarray | None = None, quantized_dimension: int = 0) -> int:
+    def add_tensor(self, name: str, shape: list[int], type_name: str, params: QuantParams | None = None,
+                   data: np.ndarray | None = None, quantized_dimension: int = 0) -> int:
         tensor = self.schema.TensorT()
         tensor.name, tensor.shape = name, np.asarray(shape, np.int32)
         tensor.type = getattr(self.schema.TensorType, type_name)
@@ -454,12 +506,27 @@ class _GraphWriter:
         self.tensors.append(tensor)
         return len(self.tensors) - 1
 
-    def activation(self, name: str, shape: list[int], params: QuantParams) -> int:
-        return self.add_tensor(name, shape, params.dtype.upper(), params)
+    def activation(self, name: str, shape: list[int], activation: str) -> int:
+        """A batch-free activation tensor (shape [1, *shape], shape signature [-1, *shape]), quantized as the
+        model's `activation` when the model is quantized."""
+        quant = self.model.quant
+        if quant is None:
+            index = self.add_tensor(name, [1, *shape], "FLOAT32")
+        else:
+            params = quant.activations[activation]
+            index = self.add_tensor(name, [1, *shape], params.dtype.upper(), params)
+        self.tensors[index].shapeSignature = np.asarray([-1, *shape], np.int32)
+        return index
 
-    def kernel_and_bias(self, quant: QuantInfo, weight_name: str, bias_name: str) -> tuple[int, int]:
-        """Constant tensors of a quantized kernel (TF layout in, TFLite layout out) and its int32 bias."""
-        kernel, bias = quant.tensors[weight_name], quant.tensors[bias_name]
+    def kernel_and_bias(self, weight_name: str, bias_name: str) -> tuple[int, int]:
+        """Constant tensors of a kernel (TF layout in, TFLite layout out) and its bias: float32, or the
+        quantized kernel and int32 bias of a quantized model."""
+        if self.model.quant is None:
+            kernel = self.model.weights[weight_name].astype(np.float32).transpose(_TF_TO_TFLITE_AXES)
+            bias = self.model.weights[bias_name].astype(np.float32)
+            return (self.add_tensor(weight_name, list(kernel.shape), "FLOAT32", data=kernel),
+                    self.add_tensor(bias_name, list(bias.shape), "FLOAT32", data=bias))
+        kernel, bias = self.model.quant.tensors[weight_name], self.model.quant.tensors[bias_name]
         data = kernel.values.transpose(_TF_TO_TFLITE_AXES)
         # Per-channel scales run along the output channel: axis 0 of OHWI, axis 3 of a depthwise 1HWC
         # (per-tensor kernels keep 0: XNNPACK takes a nonzero dimension for a per-channel kernel).
@@ -487,28 +554,38 @@ class _GraphWriter:
             return self.operator("DEPTHWISE_CONV_2D", inputs, output, "DepthwiseConv2DOptions", depthMultiplier=1, **options)
         return self.operator("CONV_2D", inputs, output, "Conv2DOptions", **options)
 
-    def average_pool(self, tensor: int, geometry: tuple[int, int], shape: list[int], params: QuantParams) -> int:
-        """VALID AVERAGE_POOL_2D of (kernel, stride) `geometry` to an output of `shape`."""
+    def average_pool(self, tensor: int, geometry: tuple[int, int], shape: list[int]) -> int:
+        """VALID AVERAGE_POOL_2D of (kernel, stride) `geometry` to an output of `shape` (batch left out)."""
         kernel, stride = geometry
-        output = self.activation(f"{SCOPE}/{POOL_ACTIVATION}/AvgPool", shape, params)
+        output = self.activation(f"{SCOPE}/{POOL_ACTIVATION}/AvgPool", shape, POOL_ACTIVATION)
         return self.operator("AVERAGE_POOL_2D", [tensor], output, "Pool2DOptions", padding=self.schema.Padding.VALID,
                              strideH=stride, strideW=stride, filterHeight=kernel, filterWidth=kernel)
 
-    def squeeze(self, tensor: int, classes: int, params: QuantParams) -> int:
+    def squeeze(self, tensor: int, classes: int) -> int:
         """Reshape N x 1 x 1 x classes to N x classes (batch left free with -1)."""
         new_shape = np.asarray([-1, classes], np.int32)
-        shape = self.add_tensor(f"{SCOPE}/Logits/SpatialSqueeze/shape", [2], "INT32", None, new_shape)
-        output = self.activation(f"{SCOPE}/Logits/SpatialSqueeze", [1, classes], params)
+        shape = self.add_tensor(f"{SCOPE}/Logits/SpatialSqueeze/shape", [2], "INT32", data=new_shape)
+        output = self.activation(f"{SCOPE}/Logits/SpatialSqueeze", [classes], LOGITS_ACTIVATION)
         return self.operator("RESHAPE", [tensor, shape], output, "ReshapeOptions", newShape=new_shape)
 
-    def finish(self, inputs: list[int], outputs: list[int], description: str) -> bytes:
-        flatbuffers = require("flatbuffers")
-        subgraph = self.schema.SubGraphT()
+    def finish(self, image: int, outputs: dict[str, int], description: str, metadata: dict[str, str]) -> bytes:
+        """The model: one subgraph from `image` to `outputs` (by signature name, in subgraph order), the
+        SIGNATURE_KEY signature, and `metadata` as JSON in the METADATA_NAME buffer."""
+        flatbuffers, schema = require("flatbuffers"), self.schema
+        subgraph = schema.SubGraphT()
         subgraph.tensors, subgraph.operators, subgraph.name = self.tensors, self.operators, "main"
-        subgraph.inputs, subgraph.outputs = np.asarray(inputs, np.int32), np.asarray(outputs, np.int32)
-        model = self.schema.ModelT()
+        subgraph.inputs, subgraph.outputs = np.asarray([image], np.int32), np.asarray(list(outputs.values()), np.int32)
+        signature = schema.SignatureDefT()
+        signature.signatureKey, signature.subgraphIndex = SIGNATURE_KEY, 0
+        signature.inputs = [_tensor_map(schema, INPUT_NAME, image)]
+        signature.outputs = [_tensor_map(schema, name, index) for name, index in outputs.items()]
+        buffer, entry = schema.BufferT(), schema.MetadataT()
+        buffer.data = np.frombuffer(json.dumps(metadata).encode(), np.uint8)
+        entry.name, entry.buffer = METADATA_NAME, len(self.buffers)
+        model = schema.ModelT()
         model.version, model.description = SCHEMA_VERSION, description
-        model.subgraphs, model.buffers = [subgraph], self.buffers
+        model.subgraphs, model.buffers, model.metadata = [subgraph], [*self.buffers, buffer], [entry]
+        model.signatureDefs = [signature]
         model.operatorCodes = [self._opcode_table(name) for name in self.opcodes]
         builder = flatbuffers.Builder(1024)
         builder.Finish(model.Pack(builder), file_identifier=FILE_IDENTIFIER)
@@ -523,3 +600,9 @@ class _GraphWriter:
         code.deprecatedBuiltinCode = min(code.builtinCode, self.schema.BuiltinOperator.PLACEHOLDER_FOR_GREATER_OP_CODES)
         code.version = 1
         return code
+
+
+def _tensor_map(schema: ModuleType, name: str, index: int):
+    entry = schema.TensorMapT()
+    entry.name, entry.tensorIndex = name, index
+    return entry
