@@ -19,10 +19,10 @@ from typing import Any
 from mobilenet_zoo.arch import Backbone
 from mobilenet_zoo.conversion import BuildOptions, Converted
 from mobilenet_zoo.model import MobileNetV1Model
-from mobilenet_zoo.prediction import Prediction
-from mobilenet_zoo.variants import Registry
-from mobilenet_zoo.sources import Named, Source
 from mobilenet_zoo.parity import Thresholds, VerifyResult
+from mobilenet_zoo.prediction import Prediction
+from mobilenet_zoo.sources import Named, Source
+from mobilenet_zoo.variants import Registry
 
 __all__ = ["load", "open_source", "resolve", "convert", "verify", "predict", "pull", "registry"]
 

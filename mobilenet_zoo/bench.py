@@ -35,7 +35,6 @@ from mobilenet_zoo.errors import ZooError
 from mobilenet_zoo.formats import detect_format, load_runner
 
 
-
 class Runtime(NamedTuple):
     format: str  # the model format it runs
     module: str  # importable when the runtime is installed

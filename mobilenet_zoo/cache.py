@@ -20,10 +20,10 @@ from typing import Any
 
 from filelock import FileLock
 
+from mobilenet_zoo.constants import HOME_ENV
 from mobilenet_zoo.errors import ZooError
 from mobilenet_zoo.fsutil import atomic_file
 
-HOME_ENV = "MOBILENET_ZOO_HOME"
 APP_NAME = "mobilenet-zoo"
 PART_SUFFIX = ".part"
 

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from types import ModuleType
 
+from mobilenet_zoo.constants import VERBOSE_ENV
 from mobilenet_zoo.errors import MissingDependencyError
 
 # module to import -> (pip extra, human name)
@@ -34,7 +35,6 @@ _EXTRAS = {
 }
 
 
-VERBOSE_ENV = "MOBILENET_ZOO_VERBOSE"
 VERBOSE = False  # True: let frameworks print their start-up logs (also $MOBILENET_ZOO_VERBOSE=1)
 # Modules whose import prints C++ start-up lines on stderr.
 _NOISY_IMPORTS = ("tensorflow", "tf2onnx")

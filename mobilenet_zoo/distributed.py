@@ -18,10 +18,19 @@ from pathlib import Path
 from typing import Any
 
 from mobilenet_zoo.conversion import BuildOptions, Converted, convert
-from mobilenet_zoo.manifest import read_manifest, updating_manifest
 from mobilenet_zoo.deps import require
 from mobilenet_zoo.errors import ZooError
-from mobilenet_zoo.evaluate import BatchOutcome, Counts, EvalResult, Progress, Sample, decode_batch, plan_evaluation, score_batch
+from mobilenet_zoo.evaluate import (
+    BatchOutcome,
+    Counts,
+    EvalResult,
+    Progress,
+    Sample,
+    decode_batch,
+    plan_evaluation,
+    score_batch,
+)
+from mobilenet_zoo.manifest import read_manifest, updating_manifest
 from mobilenet_zoo.parity import TargetReport, Thresholds, group_by_reference, verify_group
 
 

@@ -24,12 +24,9 @@ from urllib.parse import urlsplit
 import requests
 
 from mobilenet_zoo.cache import PART_SUFFIX
+from mobilenet_zoo.constants import ATTEMPTS_ENV, BACKOFF_ENV, OFFLINE_ENV, TIMEOUT_ENV
 from mobilenet_zoo.errors import ChecksumError, DownloadError, OfflineError, ZooError
 
-ATTEMPTS_ENV = "MOBILENET_ZOO_ATTEMPTS"
-BACKOFF_ENV = "MOBILENET_ZOO_BACKOFF"
-TIMEOUT_ENV = "MOBILENET_ZOO_TIMEOUT"
-OFFLINE_ENV = "MOBILENET_ZOO_OFFLINE"
 QUIET = False  # True: retries are not announced on stderr (the default of `download(quiet=None)`)
 CHUNK_SIZE = 1 << 16
 TRANSIENT_STATUS = (408, 429, 500, 502, 503, 504)

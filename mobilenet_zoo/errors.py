@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-DEBUG_ENV = "MOBILENET_ZOO_DEBUG"
+from mobilenet_zoo.constants import DEBUG_ENV
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2  # click's own, for usage errors

@@ -25,10 +25,10 @@ import numpy as np
 
 from mobilenet_zoo.errors import UnknownVariantError, ZooError
 from mobilenet_zoo.formats import Runner
-from mobilenet_zoo.preprocess import load_image, load_image_uint8
-from mobilenet_zoo.variants import Published, Variant, load_registry
-from mobilenet_zoo.synsets import synset_classes
 from mobilenet_zoo.parity import top_k
+from mobilenet_zoo.preprocess import load_image, load_image_uint8
+from mobilenet_zoo.synsets import synset_classes
+from mobilenet_zoo.variants import Published, Variant, load_registry
 
 Z_95 = 1.959963984540054  # two-sided 95% normal quantile
 NUM_CLASSES = 1001

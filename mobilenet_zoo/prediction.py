@@ -10,8 +10,8 @@ import numpy as np
 from mobilenet_zoo.errors import ZooError
 from mobilenet_zoo.formats import Runner, detect_format, format_module, load_runner
 from mobilenet_zoo.labels import imagenet_labels
-from mobilenet_zoo.preprocess import load_batch
 from mobilenet_zoo.parity import OUTPUT_SCALE, run_batched
+from mobilenet_zoo.preprocess import load_batch
 
 
 @dataclass

@@ -17,7 +17,8 @@ from typing import Any
 
 from mobilenet_zoo.archive import extract
 from mobilenet_zoo.cache import Cache
-from mobilenet_zoo.download import OFFLINE_ENV, ProgressCallback, RetryPolicy, download, offline
+from mobilenet_zoo.constants import OFFLINE_ENV
+from mobilenet_zoo.download import ProgressCallback, RetryPolicy, download, offline
 from mobilenet_zoo.errors import ChecksumError, OfflineError, ZooError
 from mobilenet_zoo.variants import Variant
 

@@ -34,10 +34,10 @@ from mobilenet_zoo.model import (
     QuantParams,
     image_batch,
 )
+from mobilenet_zoo.numpy_forward import average_pool, conv, depthwise_conv
 from mobilenet_zoo.preprocess import load_batch
 from mobilenet_zoo.quant_math import RELU6_LIMIT, UINT8_MAX, UINT8_MIN
 from mobilenet_zoo.samples import image_files
-from mobilenet_zoo.numpy_forward import average_pool, conv, depthwise_conv
 
 INPUT_PARAMS = QuantParams(np.float32(1 / 128), np.int64(128))
 OUTPUT_PARAMS = QuantParams(np.float32(1 / 256), np.int64(0))

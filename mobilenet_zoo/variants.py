@@ -13,10 +13,9 @@ from typing import Any, Iterable
 import yaml
 
 from mobilenet_zoo.arch import ModelConfig, count_macs, count_parameters
+from mobilenet_zoo.constants import MIRROR_ENV, REGISTRY_ENV
 from mobilenet_zoo.errors import RegistryError, UnknownVariantError
 
-REGISTRY_ENV = "MOBILENET_ZOO_REGISTRY"
-MIRROR_ENV = "MOBILENET_ZOO_MIRROR"
 CHECKSUM_ALGORITHMS = ("sha256", "sha384", "sha512")
 OFFICIAL_VARIANT_COUNT = 32
 MEMBER_SUFFIXES = (".ckpt.data-00000-of-00001", ".ckpt.index", ".ckpt.meta", "_eval.pbtxt", "_frozen.pb", "_info.txt", ".tflite")

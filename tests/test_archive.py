@@ -8,8 +8,8 @@ import tarfile
 from pathlib import Path
 
 import pytest
-
 from http_server import official_files, write_tarball
+
 from mobilenet_zoo.archive import extract, extract_to_cache
 from mobilenet_zoo.errors import ArchiveError
 from mobilenet_zoo.variants import load_registry

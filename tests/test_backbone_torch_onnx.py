@@ -12,6 +12,7 @@ import itertools
 import numpy as np
 import pytest
 
+from mobilenet_zoo import numpy_forward as numpy_reference
 from mobilenet_zoo.arch import (
     OUTPUT_STRIDES,
     POOLINGS,
@@ -23,7 +24,6 @@ from mobilenet_zoo.arch import (
 from mobilenet_zoo.formats import onnx as onnx_format
 from mobilenet_zoo.formats import torch as torch_format
 from mobilenet_zoo.model import MobileNetV1Model, random_model
-from mobilenet_zoo import numpy_forward as numpy_reference
 
 torch = pytest.importorskip("torch")
 onnx = pytest.importorskip("onnx")

@@ -7,10 +7,9 @@ import json
 import os
 
 import pytest
+from conftest import DATA
 
 from mobilenet_zoo.bench import RUNTIMES, BenchResult, Timing, append_csv, bench, load_results, runtime_installed
-
-from conftest import DATA
 
 REAL_QUANT = DATA / "mobilenet_v1_0.25_128_quant.tflite"
 QUICK = Timing(warmup=1, min_time=0.0, min_runs=3, max_runs=3)

@@ -13,9 +13,9 @@ import pytest
 from mobilenet_zoo.constants import MANIFEST
 from mobilenet_zoo.conversion import convert
 from mobilenet_zoo.formats import FORMATS
+from mobilenet_zoo.parity import Reference, Thresholds, compute_reference, verify_target
 from mobilenet_zoo.samples import sample_images
 from mobilenet_zoo.sources import open_source
-from mobilenet_zoo.parity import Reference, Thresholds, compute_reference, verify_target
 
 pytest.importorskip("tensorflow")
 pytest.importorskip("torch")

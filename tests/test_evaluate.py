@@ -228,10 +228,10 @@ def test_convert_many_on_ray_writes_what_a_sequential_loop_writes(ray_session, f
 @pytest.mark.slow
 def test_verify_many_on_ray_reports_what_sequential_verify_reports(ray_session, fixture_tarballs, tmp_path):
     from mobilenet_zoo.conversion import convert
-    from mobilenet_zoo.manifest import manifest_entry
     from mobilenet_zoo.distributed import verify_many
-    from mobilenet_zoo.sources import open_source
+    from mobilenet_zoo.manifest import manifest_entry
     from mobilenet_zoo.parity import Thresholds, compute_reference, verify_target
+    from mobilenet_zoo.sources import open_source
 
     targets = [c.path for tarball in fixture_tarballs for c in convert(open_source(str(tarball)), ["onnx"], tmp_path)]
     images = [DATA / "cat.bmp"]

@@ -15,13 +15,13 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from http_server import official_files, write_tarball
-from mobilenet_zoo.cache import HOME_ENV, Cache
-from mobilenet_zoo.constants import MANIFEST
+from realdata import FROZEN_1_0_224, realdata
+
+from mobilenet_zoo.cache import Cache
+from mobilenet_zoo.constants import HOME_ENV, MANIFEST
 from mobilenet_zoo.fsutil import atomic_file, atomic_folder
 from mobilenet_zoo.samples import BUNDLED_MODEL
-from realdata import FROZEN_1_0_224, realdata
 
 ROOT = Path(__file__).parent.parent
 DATA = Path(__file__).parent / "data"

@@ -15,9 +15,9 @@ from mobilenet_zoo.arch import ModelConfig
 from mobilenet_zoo.conversion import convert
 from mobilenet_zoo.formats import FORMATS, format_module
 from mobilenet_zoo.model import QuantParams, random_model
+from mobilenet_zoo.parity import Reference, TargetReport, Thresholds, compute_reference, verify_target
 from mobilenet_zoo.samples import sample_images
 from mobilenet_zoo.sources import Source, from_path
-from mobilenet_zoo.parity import Reference, TargetReport, Thresholds, compute_reference, verify_target
 
 pytest.importorskip("tensorflow")
 pytest.importorskip("torch")

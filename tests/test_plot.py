@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import pytest
+from conftest import DATA
 from PIL import Image
 
 from mobilenet_zoo.bench import Timing, append_csv, bench
 from mobilenet_zoo.cli import main
 from mobilenet_zoo.plot import plot_zoo
 from mobilenet_zoo.variants import load_registry
-
-from conftest import DATA
 
 pytest.importorskip("matplotlib")
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

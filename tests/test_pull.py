@@ -19,13 +19,22 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from http_server import FileServer, official_files, write_tarball
-from mobilenet_zoo.cache import HOME_ENV, Cache
-from mobilenet_zoo.download import ATTEMPTS_ENV, BACKOFF_ENV, OFFLINE_ENV, TIMEOUT_ENV, RetryPolicy
+
+from mobilenet_zoo.cache import Cache
+from mobilenet_zoo.constants import (
+    ATTEMPTS_ENV,
+    BACKOFF_ENV,
+    HOME_ENV,
+    MIRROR_ENV,
+    OFFLINE_ENV,
+    REGISTRY_ENV,
+    TIMEOUT_ENV,
+)
+from mobilenet_zoo.download import RetryPolicy
 from mobilenet_zoo.errors import ChecksumError
 from mobilenet_zoo.pulling import pull_variant
-from mobilenet_zoo.variants import MIRROR_ENV, REGISTRY_ENV, load_registry
+from mobilenet_zoo.variants import load_registry
 
 NAME = "mobilenet_v1_0.25_128"  # has a published checksum in the built-in registry, so tests override it
 UNCHECKED = "mobilenet_v1_1.0_192"  # no published checksum: the first download's hash is recorded

@@ -22,6 +22,7 @@ import pytest
 from quant_data import DATA, IMAGES, tflite_path
 
 from mobilenet_zoo import formats, quant_math
+from mobilenet_zoo import numpy_forward as numpy_reference
 from mobilenet_zoo.errors import ModelFormatError, ZooError
 from mobilenet_zoo.formats import tflite
 from mobilenet_zoo.model import (
@@ -32,7 +33,6 @@ from mobilenet_zoo.model import (
 )
 from mobilenet_zoo.preprocess import load_batch
 from mobilenet_zoo.quantize import choose_params, load_calibration, quantize_uint8
-from mobilenet_zoo import numpy_forward as numpy_reference
 
 VARIANT, RESOLUTION = "0.5_160", 160
 EXPECTED_TOP1 = {"bird.bmp": 20, "cat.bmp": 286, "grace_hopper.bmp": 401, "parrot.jpg": 89}

@@ -13,11 +13,11 @@ import tarfile
 import numpy as np
 import pytest
 
+from mobilenet_zoo import numpy_forward as numpy_reference
 from mobilenet_zoo.arch import INPUT_NODE, LOGITS_NODE, OUTPUT_NODE, ModelConfig
 from mobilenet_zoo.errors import ModelFormatError
 from mobilenet_zoo.formats import tensorflow as tf_format
 from mobilenet_zoo.model import random_model
-from mobilenet_zoo import numpy_forward as numpy_reference
 from mobilenet_zoo.testing.tarball import info_text, member_names, write_official_tarball
 
 tf = pytest.importorskip("tensorflow")

@@ -16,11 +16,11 @@ import time
 import numpy as np
 import pytest
 
+from mobilenet_zoo import numpy_forward as numpy_reference
 from mobilenet_zoo.arch import ModelConfig
 from mobilenet_zoo.errors import ModelFormatError
 from mobilenet_zoo.formats import torch as torch_format
 from mobilenet_zoo.model import MobileNetV1Model, random_model
-from mobilenet_zoo import numpy_forward as numpy_reference
 
 torch = pytest.importorskip("torch")
 safetensors_numpy = pytest.importorskip("safetensors.numpy")

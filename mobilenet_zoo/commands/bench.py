@@ -10,10 +10,11 @@ from rich import box
 from rich.table import Table
 
 from mobilenet_zoo.commands.options import OfflineOption
+from mobilenet_zoo.constants import MIRROR_ENV, REGISTRY_ENV
 from mobilenet_zoo.errors import ZooError
 from mobilenet_zoo.output import console, err_console, fmt, print_json
 
-RegistryOption = typer.Option(None, "--registry", envvar="MOBILENET_ZOO_REGISTRY", help="User registry YAML.")
+RegistryOption = typer.Option(None, "--registry", envvar=REGISTRY_ENV, help="User registry YAML.")
 
 
 def _split(values: list[str]) -> list[str]:
@@ -54,7 +55,7 @@ def bench_command(
     max_runs: int = typer.Option(1000, "--max-runs", help="...but never more than this many runs."),
     csv_file: Optional[Path] = typer.Option(None, "--csv", help="Append the results to this CSV file (header written once)."),
     registry: Optional[Path] = RegistryOption,
-    mirror: Optional[str] = typer.Option(None, "--mirror", envvar="MOBILENET_ZOO_MIRROR", help="Base URL replacing the official one."),
+    mirror: Optional[str] = typer.Option(None, "--mirror", envvar=MIRROR_ENV, help="Base URL replacing the official one."),
     offline: bool = OfflineOption,
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:

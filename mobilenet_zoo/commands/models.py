@@ -10,13 +10,18 @@ from rich import box
 from rich.markup import escape
 from rich.table import Table
 
-from mobilenet_zoo.commands.options import JsonOption, MirrorOption, OfflineOption, RayAddressOption, RayOption, RegistryOption
+from mobilenet_zoo.commands.options import (
+    JsonOption,
+    MirrorOption,
+    OfflineOption,
+    RayAddressOption,
+    RayOption,
+    RegistryOption,
+)
 from mobilenet_zoo.errors import VerificationError, ZooError
-
 from mobilenet_zoo.output import console, print_json
 from mobilenet_zoo.output import progress as output_progress
 from mobilenet_zoo.output import status as output_status
-
 
 
 def _split(values: list[str]) -> list[str]:
@@ -63,8 +68,8 @@ def convert_command(
     from mobilenet_zoo.arch import Backbone
     from mobilenet_zoo.conversion import BuildOptions, convert, names_a_file
     from mobilenet_zoo.formats import FORMATS
-    from mobilenet_zoo.variants import load_registry
     from mobilenet_zoo.sources import open_source
+    from mobilenet_zoo.variants import load_registry
 
     names = [v.name for v in load_registry(registry)] if all_variants else list(sources or [])
     if not names or (all_variants and sources):

@@ -2,8 +2,10 @@
 
 import typer
 
-RegistryOption = typer.Option(None, "--registry", envvar="MOBILENET_ZOO_REGISTRY", help="User registry YAML that replaces or extends the built-in one.")
-MirrorOption = typer.Option(None, "--mirror", envvar="MOBILENET_ZOO_MIRROR", help="Base URL replacing the official download folder.")
+from mobilenet_zoo.constants import MIRROR_ENV, OFFLINE_ENV, REGISTRY_ENV
+
+RegistryOption = typer.Option(None, "--registry", envvar=REGISTRY_ENV, help="User registry YAML that replaces or extends the built-in one.")
+MirrorOption = typer.Option(None, "--mirror", envvar=MIRROR_ENV, help="Base URL replacing the official download folder.")
 JsonOption = typer.Option(False, "--json", help="Machine-readable output.")
 RayOption = typer.Option(False, "--ray", help="Run on Ray: a local instance on this machine's CPUs (or the cluster $RAY_ADDRESS names).")
 RayAddressOption = typer.Option(None, "--ray-address", help="Run on the Ray cluster at this address (implies --ray), e.g. ray://head:10001 or auto.")
@@ -13,8 +15,6 @@ def _go_offline(value: bool) -> bool:
     """`--offline`: the same as $MOBILENET_ZOO_OFFLINE=1 for this run (and the processes it starts)."""
     if value:
         import os
-
-        from mobilenet_zoo.download import OFFLINE_ENV
 
         os.environ[OFFLINE_ENV] = "1"
     return value
