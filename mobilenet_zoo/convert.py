@@ -19,13 +19,13 @@ from filelock import FileLock
 
 from mobilenet_zoo.arch import Backbone
 from mobilenet_zoo.errors import ZooError
-from mobilenet_zoo.formats import FORMATS, format_module
+from mobilenet_zoo.formats import TARGET_FORMATS, format_module
 from mobilenet_zoo.fsutil import atomic_file
 from mobilenet_zoo.sources import Source
 
 MANIFEST = "mobilenet_zoo.json"
 # How each format names its output beside the variant name.
-TARGET_SUFFIXES = {"onnx": ".onnx", "tflite": ".tflite", "torch": "_torch", "tf": "_saved_model"}
+TARGET_SUFFIXES = {"onnx": ".onnx", "tflite": ".tflite", "torch": "_torch", "tf": "_saved_model", "keras": ".keras"}
 
 
 @dataclass
@@ -44,9 +44,10 @@ def target_path(source: Source, fmt: str, out: Path, single: bool) -> Path:
 
 @dataclass(frozen=True)
 class BuildOptions:
-    """How the source model is built before it is written: backbone options, post-training quantization."""
+    """How the source model is built before it is written: backbone options, post-training quantization, class names."""
 
     backbone: Backbone = Backbone()
+    labels: tuple[str, ...] | None = None  # one name per class (`convert --labels FILE`)
     quantize: str | None = None  # "uint8"
     calibration: Path | None = None  # folder of calibration images for `quantize`
 
@@ -54,6 +55,8 @@ class BuildOptions:
 def prepare(source: Source, build: BuildOptions) -> Source:
     """The source with the build options applied to its model (quantized ones have no reference yet)."""
     model = source.model.with_backbone(build.backbone)
+    if build.labels is not None:
+        model = model.with_labels(build.labels)
     if build.quantize is None:
         return replace(source, model=model)
     from mobilenet_zoo.quantize import quantize_with_calibration
@@ -66,9 +69,9 @@ def convert(source: Source, formats: list[str], out: Path, format_options: dict[
             build: BuildOptions = BuildOptions()) -> list[Converted]:
     """Write `source.model`, built as `build` says, in every format asked for (with per-format writer options),
     then record them. A post-training quantized model's reference is its TFLite target, when one is written."""
-    unknown = [f for f in formats if f not in FORMATS]
+    unknown = [f for f in formats if f not in TARGET_FORMATS]
     if unknown:
-        raise ZooError(f"unknown target format {unknown[0]!r}; choose from {', '.join(FORMATS)}")
+        raise ZooError(f"unknown target format {unknown[0]!r}; choose from {', '.join(TARGET_FORMATS)}")
     source = prepare(source, build)
     ordered = sorted(formats, key=lambda fmt: fmt != "tflite") if build.quantize else formats
     results = []
