@@ -54,6 +54,7 @@ class BuildOptions:
 
 def prepare(source: Source, build: BuildOptions) -> Source:
     """The source with the build options applied to its model (quantized ones have no reference yet)."""
+    _check_pooling(source.model, build.backbone)
     model = source.model.with_backbone(build.backbone)
     if build.labels is not None:
         model = model.with_labels(build.labels)
@@ -63,6 +64,18 @@ def prepare(source: Source, build: BuildOptions) -> Source:
 
     quantized = quantize_with_calibration(model, build.quantize, build.calibration)
     return Source(quantized, None, quantized.config.name)
+
+
+def _check_pooling(model, backbone: Backbone) -> None:
+    """Refuse slim pooling for a model that pools globally (a Keras model on inputs over 224) where the two differ."""
+    from mobilenet_zoo.arch import placed_layers, pool_geometry
+
+    if model.backbone.pooling != "global" or backbone.pooling == "global":
+        return
+    feature_size = placed_layers(model.config, replace(model.backbone, pooling=backbone.pooling, input_size=backbone.input_size))[-1].output_size
+    if pool_geometry(feature_size, backbone.pooling)[0] != feature_size:
+        raise ZooError(f"{model.config.name} pools its {feature_size}x{feature_size} map globally (as Keras does); "
+                       f"slim's 7x7 stride-2 pool would change its outputs: convert it with --pooling global")
 
 
 def convert(source: Source, formats: list[str], out: Path, format_options: dict[str, dict] | None = None,

@@ -217,6 +217,22 @@ class MobileNetV1Model:
         folded[self.config.logits_bias_name] = self.weights[self.config.logits_bias_name]
         return replace(self, weights=folded)
 
+    def unfold(self) -> MobileNetV1Model:
+        """An unfolded equivalent (BatchNorm variables everywhere): a folded model gets identity BatchNorms
+        (gamma 1, beta = bias, mean 0, variance 1 - eps) around its biases."""
+        if not self.is_folded:
+            return self
+        config = self.config
+        weights = {name: self.weights[name] for name in (config.logits_weight_name, config.logits_bias_name)}
+        for layer in config.layers():
+            bias = self.weights[layer.bias_name]
+            weights[layer.weight_name] = self.weights[layer.weight_name]
+            weights[layer.bn_name("gamma")] = np.ones_like(bias)
+            weights[layer.bn_name("beta")] = bias
+            weights[layer.bn_name("moving_mean")] = np.zeros_like(bias)
+            weights[layer.bn_name("moving_variance")] = np.full_like(bias, 1.0 - BN_EPSILON)
+        return replace(self, weights=weights)
+
     def parameter_count(self) -> int:
         """Number of stored float values (folded or not)."""
         return int(sum(v.size for v in self.weights.values()))

@@ -61,7 +61,10 @@ def from_path(path: Path) -> Source:
     fmt = detect_format(path)
     model = format_module(fmt).read(path)
     is_reference = path.name.endswith("_frozen.pb") or (fmt == "tflite" and model.config.quantized)
-    return Source(model, path if is_reference else recorded_reference(path), model.config.name)
+    reference = path if is_reference else recorded_reference(path)
+    if reference is None and fmt == "keras":  # a Keras model not converted by us is its own reference
+        reference = path
+    return Source(model, reference, model.config.name)
 
 
 def recorded_reference(path: Path) -> Path | None:
