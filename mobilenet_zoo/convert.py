@@ -72,7 +72,7 @@ def _check_pooling(model, backbone: Backbone) -> None:
 
     if model.backbone.pooling != "global" or backbone.pooling == "global":
         return
-    feature_size = placed_layers(model.config, replace(model.backbone, pooling=backbone.pooling, input_size=backbone.input_size))[-1].output_size
+    feature_size = placed_layers(model.config, backbone)[-1].output_size
     if pool_geometry(feature_size, backbone.pooling)[0] != feature_size:
         raise ZooError(f"{model.config.name} pools its {feature_size}x{feature_size} map globally (as Keras does); "
                        f"slim's 7x7 stride-2 pool would change its outputs: convert it with --pooling global")
