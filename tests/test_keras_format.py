@@ -234,3 +234,17 @@ def test_genuine_graph_through_keras_predicts_the_same(tmp_path, cli):
     print(f"top-1 of the real images through .keras: {tops[written]}")
     assert tops[written] == tops[frozen]
     assert all(label != "background" for _, label in tops[written])
+
+
+@pytest.mark.slow
+def test_large_input_pools_globally(tmp_path, cli):
+    """At 256x256 Keras' global pool of the 8x8 map is not slim's 7x7 stride-2 pool: the model pools globally,
+    convert refuses slim pooling in one line and converts with --pooling global, matching Keras."""
+    source = keras_mobilenet(tmp_path / "large.keras", 0.25, 256, 3)
+    assert keras_format.read(source).backbone.pooling == "global"
+    code, _, err = cli("convert", source, "--to", "onnx", "-o", tmp_path / "slim")
+    assert code != 0 and "--pooling global" in err and len(err.strip().splitlines()) == 1
+    code, _, err = cli("convert", source, "--to", "onnx", "--pooling", "global", "-o", tmp_path / "global")
+    assert code == 0, err
+    [report] = verify_against(source, [tmp_path / "global" / "mobilenet_v1_0.25_256.onnx"], [], 2, 0, Thresholds(logits_atol=KERAS_TOLERANCE))
+    assert report.passed, report.failures
