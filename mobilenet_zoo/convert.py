@@ -47,9 +47,9 @@ class BuildOptions:
     """How the source model is built before it is written: backbone options, post-training quantization, class names."""
 
     backbone: Backbone = Backbone()
-    labels: tuple[str, ...] | None = None  # one name per class (`convert --labels FILE`)
     quantize: str | None = None  # "uint8"
     calibration: Path | None = None  # folder of calibration images for `quantize`
+    labels: tuple[str, ...] | None = None  # one name per class (`convert --labels FILE`)
 
 
 def prepare(source: Source, build: BuildOptions) -> Source:
