@@ -105,19 +105,24 @@ class Classes:
         return cls(background=num_classes == NUM_CLASSES)
 
     def metadata(self) -> dict[str, str]:
-        """`background` ("true"/"false") and, when known, `labels`: a JSON list, or "imagenet" for the ImageNet names."""
+        """`background` ("true"/"false") and, when known, `labels`: a JSON list, or "imagenet" for the ImageNet
+        names."""
         out = {"background": str(self.background).lower()}
         if self.labels is not None:
-            out["labels"] = IMAGENET_LABELS if self.labels == imagenet_names(self.background) else json.dumps(list(self.labels))
+            imagenet = self.labels == imagenet_names(self.background)
+            out["labels"] = IMAGENET_LABELS if imagenet else json.dumps(list(self.labels))
         return out
 
     @classmethod
     def from_metadata(cls, metadata: dict[str, str], num_classes: int) -> Classes:
         """The inverse of `metadata` (absent keys: `default`)."""
-        background = metadata["background"] == "true" if "background" in metadata else cls.default(num_classes).background
+        background = metadata.get("background", str(cls.default(num_classes).background).lower()) == "true"
         text = metadata.get("labels")
         try:
-            labels = None if text is None else imagenet_names(background) if text == IMAGENET_LABELS else tuple(map(str, json.loads(text)))
+            if text is None or text == IMAGENET_LABELS:
+                labels = None if text is None else imagenet_names(background)
+            else:
+                labels = tuple(map(str, json.loads(text)))
         except (ValueError, TypeError) as exc:
             raise ModelFormatError(f"unreadable class names in the metadata ({exc})") from None
         return cls(background, labels)
@@ -162,7 +167,8 @@ class MobileNetV1Model:
         """The same model with these class names (one per output), refused unless there are as many as classes."""
         labels = tuple(labels)
         if len(labels) != self.config.num_classes:
-            raise ModelFormatError(f"{len(labels)} class names for the {self.config.num_classes} outputs of {self.config.name}")
+            raise ModelFormatError(
+                f"{len(labels)} class names for the {self.config.num_classes} outputs of {self.config.name}")
         return replace(self, classes=replace(self.classes, labels=labels))
 
     def with_recorded(self, metadata: dict[str, str]) -> MobileNetV1Model:
@@ -192,10 +198,11 @@ class MobileNetV1Model:
         if self.config.quantized and self.quant is None:
             raise ModelFormatError(f"{self.config.name} is quantized but carries no quantization parameters")
         if self.classes.labels is not None and len(self.classes.labels) != self.config.num_classes:
-            raise ModelFormatError(f"{self.config.name} names {len(self.classes.labels)} classes but has {self.config.num_classes}")
+            raise ModelFormatError(
+                f"{self.config.name} names {len(self.classes.labels)} classes but has {self.config.num_classes}")
         if self.config.quantized and any(placed.valid for placed in placed_layers(self.config, self.backbone)):
-            raise ModelFormatError(f"{self.config.name} pads as Keras does on odd maps at {self.input_size}x{self.input_size}: "
-                                   "quantized models are built with TF SAME padding only")
+            raise ModelFormatError(f"{self.config.name} pads as Keras does on odd maps at {self.input_size}x"
+                                   f"{self.input_size}: quantized models are built with TF SAME padding only")
         return self
 
     def fold(self) -> MobileNetV1Model:

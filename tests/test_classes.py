@@ -96,7 +96,9 @@ def test_five_classes_in_every_format(fine_tuned_tarball, tmp_path):
         report = verify_target(target.path, reference, Thresholds(logits_atol=TOLERANCE))
         figures[target.format] = report.max_abs_logits
         assert report.passed, (target.format, report.failures)
-    print("N=5 slim fixture, max |dlogits| vs the frozen graph: " + ", ".join(f"{k} {v:.2e}" for k, v in figures.items()))
+    print(
+        "N=5 slim fixture, max |dlogits| vs the frozen graph: " + ", ".join(f"{k} {v:.2e}" for k, v in figures.items())
+    )
     hf = json.loads((tmp_path / "mobilenet_v1_0.25_128_torch" / "config.json").read_text())
     assert [hf["id2label"][str(i)] for i in range(5)] == list(FLOWERS)
 

@@ -35,11 +35,20 @@ def randomize(model, seed: int = 0) -> None:
         kind, weights = type(layer).__name__, layer.get_weights()
         if kind == "BatchNormalization":
             shape = weights[0].shape
-            layer.set_weights([rng.uniform(0.5, 1.5, shape), rng.normal(0, 0.1, shape), rng.normal(0, 0.1, shape), rng.uniform(0.5, 1.5, shape)])
+            layer.set_weights(
+                [
+                    rng.uniform(0.5, 1.5, shape),
+                    rng.normal(0, 0.1, shape),
+                    rng.normal(0, 0.1, shape),
+                    rng.uniform(0.5, 1.5, shape),
+                ]
+            )
         elif kind in ("Conv2D", "DepthwiseConv2D", "Dense"):
             kernel = weights[0]
             fan_in = int(np.prod(kernel.shape[:-1])) if kind != "DepthwiseConv2D" else int(np.prod(kernel.shape[:2]))
-            layer.set_weights([rng.normal(0, np.sqrt(2 / fan_in), kernel.shape), *(rng.normal(0, 0.01, w.shape) for w in weights[1:])])
+            layer.set_weights(
+                [rng.normal(0, np.sqrt(2 / fan_in), kernel.shape), *(rng.normal(0, 0.01, w.shape) for w in weights[1:])]
+            )
 
 
 def keras_mobilenet(path: Path, alpha: float, size: int, classes: int = 1000, seed: int = 0) -> Path:
@@ -54,10 +63,19 @@ def keras_mobilenet(path: Path, alpha: float, size: int, classes: int = 1000, se
 def fine_tuned(path: Path, alpha: float, size: int, classes: int, nested: bool, seed: int = 0) -> Path:
     """The usual fine-tuning layout: MobileNet(include_top=False, pooling="avg") + Dropout + Dense(N, softmax)."""
     keras.utils.set_random_seed(seed)
-    base = keras.applications.MobileNet(weights=None, alpha=alpha, input_shape=(size, size, 3), include_top=False, pooling="avg")
+    base = keras.applications.MobileNet(
+        weights=None, alpha=alpha, input_shape=(size, size, 3), include_top=False, pooling="avg"
+    )
     randomize(base, seed)
     if nested:
-        model = keras.Sequential([keras.Input((size, size, 3)), base, keras.layers.Dropout(0.2), keras.layers.Dense(classes, activation="softmax")])
+        model = keras.Sequential(
+            [
+                keras.Input((size, size, 3)),
+                base,
+                keras.layers.Dropout(0.2),
+                keras.layers.Dense(classes, activation="softmax"),
+            ]
+        )
     else:
         x = keras.layers.Dropout(0.2)(base.output)
         model = keras.Model(base.input, keras.layers.Dense(classes, activation="softmax")(x))
@@ -82,7 +100,9 @@ def every_format_against_keras(source: Path, out: Path) -> dict[str, float]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("alpha", "size", "classes"), [(1.0, 224, 1000), (0.5, 160, 10), (0.25, 128, 1000), (0.25, 131, 3)])
+@pytest.mark.parametrize(
+    ("alpha", "size", "classes"), [(1.0, 224, 1000), (0.5, 160, 10), (0.25, 128, 1000), (0.25, 131, 3)]
+)
 def test_keras_applications_mobilenet_to_every_format(tmp_path, alpha, size, classes):
     source = keras_mobilenet(tmp_path / "source.keras", alpha, size, classes)
     model = keras_format.read(source)
@@ -120,8 +140,14 @@ def test_written_keras_is_keras_applications_mobilenet(tmp_path):
         ignored = {"name", "trainable", "dtype", "kernel_initializer", "bias_initializer", "seed"}
         # Keras numbers the names it makes up (input_layer_3, ...) within a session; MobileNet sets the others
         unnamed = ("InputLayer", "GlobalAveragePooling2D")
-        return [(re.sub(r"_\d+$", "", layer.name) if type(layer).__name__ in unnamed else layer.name, type(layer).__name__,
-                 {k: v for k, v in layer.get_config().items() if k not in ignored}) for layer in m.layers]
+        return [
+            (
+                re.sub(r"_\d+$", "", layer.name) if type(layer).__name__ in unnamed else layer.name,
+                type(layer).__name__,
+                {k: v for k, v in layer.get_config().items() if k not in ignored},
+            )
+            for layer in m.layers
+        ]
 
     assert layer_settings(loaded) == layer_settings(reference)
     batch = images(128)
@@ -142,7 +168,9 @@ def test_labels_and_metadata_survive_keras(tmp_path):
     h5 = keras_format.write(model, tmp_path / "flowers.h5")
     assert keras_format.read(h5).classes.labels == tuple(labels)
     batch = images(128)
-    np.testing.assert_allclose(keras_format.load_runner(h5)(batch)["logits"], keras_format.load_runner(path)(batch)["logits"], atol=1e-6)
+    np.testing.assert_allclose(
+        keras_format.load_runner(h5)(batch)["logits"], keras_format.load_runner(path)(batch)["logits"], atol=1e-6
+    )
 
 
 def test_legacy_h5_from_keras_reads(tmp_path):
@@ -192,7 +220,12 @@ def test_refusals_are_one_line(tmp_path, cli):
     extra = keras.Model(base.input, keras.layers.Dense(3, name="extra_head")(base.output))
     extra.save(tmp_path / "extra.keras")
     code, _, err = cli("convert", tmp_path / "extra.keras", "--to", "onnx", "-o", tmp_path / "out")
-    assert code != 0 and err.strip().startswith("error: ") and "extra_head (Dense)" in err and len(err.strip().splitlines()) == 1
+    assert (
+        code != 0
+        and err.strip().startswith("error: ")
+        and "extra_head (Dense)" in err
+        and len(err.strip().splitlines()) == 1
+    )
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
     quantized = format_module("tflite").read(Path(__file__).parent / "data" / "mobilenet_v1_0.25_128_quant.tflite")
@@ -246,5 +279,7 @@ def test_large_input_pools_globally(tmp_path, cli):
     assert code != 0 and "--pooling global" in err and len(err.strip().splitlines()) == 1
     code, _, err = cli("convert", source, "--to", "onnx", "--pooling", "global", "-o", tmp_path / "global")
     assert code == 0, err
-    [report] = verify_against(source, [tmp_path / "global" / "mobilenet_v1_0.25_256.onnx"], [], 2, 0, Thresholds(logits_atol=KERAS_TOLERANCE))
+    [report] = verify_against(
+        source, [tmp_path / "global" / "mobilenet_v1_0.25_256.onnx"], [], 2, 0, Thresholds(logits_atol=KERAS_TOLERANCE)
+    )
     assert report.passed, report.failures

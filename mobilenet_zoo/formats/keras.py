@@ -58,7 +58,9 @@ def write(model: MobileNetV1Model, out: Path) -> Path:
     """Write `model` as a `.keras` archive (or a legacy `.h5` when `out` ends so) with our metadata; returns `out`."""
     out = Path(out)
     if out.suffix not in (KERAS_SUFFIX, H5_SUFFIX):
-        raise ModelFormatError(f"{out}: a Keras model file ends in {KERAS_SUFFIX} (or {H5_SUFFIX} for the legacy format)")
+        raise ModelFormatError(
+            f"{out}: a Keras model file ends in {KERAS_SUFFIX} (or {H5_SUFFIX} for the legacy format)"
+        )
     keras_model = build_keras_model(model)
     metadata = model.metadata()
     with tempfile.TemporaryDirectory(prefix="mobilenet-zoo-keras-") as scratch, atomic_file(out) as temporary:
@@ -111,12 +113,16 @@ def _check_writable(model: MobileNetV1Model) -> None:
     if model.config.quantized:
         raise ModelFormatError(f"{name} is quantized: Keras holds float models only (convert the float variant)")
     if backbone.features or backbone.output_stride != 32:
-        raise ModelFormatError(f"{name}: the Keras writer builds keras.applications.MobileNet, without feature outputs "
-                               "or an output stride below 32")
+        raise ModelFormatError(
+            f"{name}: the Keras writer builds keras.applications.MobileNet, without feature outputs "
+            "or an output stride below 32"
+        )
     feature_size = placed_layers(model.config, backbone)[-1].output_size
     if pool_geometry(feature_size, backbone.pooling)[0] != feature_size:
-        raise ModelFormatError(f"{name}: slim's 7x7 stride-2 pool of the {feature_size}x{feature_size} map is not Keras' global "
-                               "average pool; write it with --pooling global")
+        raise ModelFormatError(
+            f"{name}: slim's 7x7 stride-2 pool of the {feature_size}x{feature_size} map is not Keras' global "
+            "average pool; write it with --pooling global"
+        )
 
 
 def _conv_block(layers: ModuleType, x, placed: PlacedLayer, padding: str, weights: dict[str, np.ndarray]):
@@ -132,11 +138,15 @@ def _conv_block(layers: ModuleType, x, placed: PlacedLayer, padding: str, weight
         block = _block_id(layer.scope)
         name = f"conv_dw_{block}"
         if placed.stride == 1:
-            conv = layers.DepthwiseConv2D((3, 3), padding="same", depth_multiplier=1, strides=(1, 1), use_bias=False, name=name)
+            conv = layers.DepthwiseConv2D(
+                (3, 3), padding="same", depth_multiplier=1, strides=(1, 1), use_bias=False, name=name
+            )
         else:
             pads = KERAS_PADS if padding == "keras" else placed.padding
             x = layers.ZeroPadding2D((pads, pads), name=f"conv_pad_{block}")(x)
-            conv = layers.DepthwiseConv2D((3, 3), padding="valid", depth_multiplier=1, strides=(2, 2), use_bias=False, name=name)
+            conv = layers.DepthwiseConv2D(
+                (3, 3), padding="valid", depth_multiplier=1, strides=(2, 2), use_bias=False, name=name
+            )
     x = conv(x)
     conv.set_weights([weights[layer.weight_name]])
     norm = layers.BatchNormalization(axis=-1, name=f"{name}_bn")
@@ -162,9 +172,19 @@ def read(path: Path) -> MobileNetV1Model:
     config = ModelConfig(parsed.alpha, parsed.resolution, num_classes=parsed.num_classes, padding=parsed.padding)
     feature_size = placed_layers(config)[-1].output_size
     backbone = Backbone(pooling="global") if pool_geometry(feature_size, "slim")[0] != feature_size else Backbone()
-    if ours and int(metadata.get("resolution", config.resolution)) != config.resolution:  # written at another input size
-        config, backbone = replace(config, resolution=int(metadata["resolution"])), replace(backbone, input_size=config.resolution)
-    model = MobileNetV1Model(config, parsed.weights(config), source=metadata.get("source", str(path)) if ours else str(path), backbone=backbone)
+    if (
+        ours and int(metadata.get("resolution", config.resolution)) != config.resolution
+    ):  # written at another input size
+        config, backbone = (
+            replace(config, resolution=int(metadata["resolution"])),
+            replace(backbone, input_size=config.resolution),
+        )
+    model = MobileNetV1Model(
+        config,
+        parsed.weights(config),
+        source=metadata.get("source", str(path)) if ours else str(path),
+        backbone=backbone,
+    )
     return (model.with_recorded(metadata) if ours else model).validate()
 
 
@@ -234,14 +254,18 @@ class ParsedKeras:
 def parse(keras_model, path: Path) -> ParsedKeras:
     """Find the MobileNet V1 layers of a Keras model, refusing any layer that is not one of them."""
     if len(keras_model.inputs) != 1 or len(keras_model.outputs) != 1:
-        raise ModelFormatError(f"{path}: a MobileNet V1 has one input and one output, this Keras model "
-                               f"{len(keras_model.inputs)} and {len(keras_model.outputs)}")
+        raise ModelFormatError(
+            f"{path}: a MobileNet V1 has one input and one output, this Keras model "
+            f"{len(keras_model.inputs)} and {len(keras_model.outputs)}"
+        )
     resolution = _input_side(keras_model, path)
     cursor = _Cursor([layer for layer in _flat_layers(keras_model) if _kind(layer) != "InputLayer"], str(path))
     convs, pads = _body(cursor)
     classifier, logits_index, softmax = _head(cursor)
     if cursor.peek() is not None:
-        raise ModelFormatError(f"{path}: layer {cursor.describe(cursor.peek())} after the classifier is not part of MobileNet V1")
+        raise ModelFormatError(
+            f"{path}: layer {cursor.describe(cursor.peek())} after the classifier is not part of MobileNet V1"
+        )
     padding = _padding(infer_alpha(int(convs[0][0].get_weights()[0].shape[-1])), resolution, pads, path)
     return ParsedKeras(cursor.layers, convs, classifier, logits_index, softmax, resolution, padding)
 
@@ -262,8 +286,10 @@ def _kind(layer) -> str:
 def _input_side(keras_model, path: Path) -> int:
     shape = tuple(keras_model.inputs[0].shape)
     if len(shape) != 4 or shape[3] != 3 or shape[1] is None or shape[1] != shape[2]:
-        raise ModelFormatError(f"{path}: input shape {shape}; mobilenet-zoo reads Keras models with a fixed square "
-                               "RGB input (channels last): build it with input_shape=(S, S, 3)")
+        raise ModelFormatError(
+            f"{path}: input shape {shape}; mobilenet-zoo reads Keras models with a fixed square "
+            "RGB input (channels last): build it with input_shape=(S, S, 3)"
+        )
     return int(shape[1])
 
 
@@ -292,7 +318,9 @@ class _Cursor:
             got = config.get(key)
             got = tuple(got) if isinstance(got, list) else got
             if not (np.isclose(got, wanted) if isinstance(wanted, float) else got == wanted):
-                raise ModelFormatError(f"{self.path}: {self.describe(layer)} has {key}={got!r} where MobileNet V1's {expected} has {wanted!r}")
+                raise ModelFormatError(
+                    f"{self.path}: {self.describe(layer)} has {key}={got!r} where MobileNet V1's {expected} has {wanted!r}"
+                )
         self.index += 1
         return layer
 
@@ -306,8 +334,18 @@ def _body(cursor: _Cursor) -> tuple[list, list]:
     from mobilenet_zoo.arch import BLOCK_STRIDES
 
     convs, pads = [], []
-    conv = cursor.take("conv1: Conv2D 3x3 stride 2", ("Conv2D",), kernel_size=(3, 3), strides=(2, 2), padding="same",
-                       use_bias=False, dilation_rate=(1, 1), groups=1, activation="linear", data_format="channels_last")
+    conv = cursor.take(
+        "conv1: Conv2D 3x3 stride 2",
+        ("Conv2D",),
+        kernel_size=(3, 3),
+        strides=(2, 2),
+        padding="same",
+        use_bias=False,
+        dilation_rate=(1, 1),
+        groups=1,
+        activation="linear",
+        data_format="channels_last",
+    )
     convs.append((conv, _norm_relu6(cursor, "conv1")))
     for block, stride in enumerate(BLOCK_STRIDES, start=1):
         name = f"conv_dw_{block}"
@@ -315,24 +353,48 @@ def _body(cursor: _Cursor) -> tuple[list, list]:
             padded = cursor.take(f"conv_pad_{block}: ZeroPadding2D", ("ZeroPadding2D",), data_format="channels_last")
             (top, bottom), (left, right) = (tuple(side) for side in padded.get_config()["padding"])
             if (top, bottom) != (left, right):
-                raise ModelFormatError(f"{cursor.path}: {cursor.describe(padded)} pads rows {(top, bottom)} and columns {(left, right)} differently")
+                raise ModelFormatError(
+                    f"{cursor.path}: {cursor.describe(padded)} pads rows {(top, bottom)} and columns {(left, right)} differently"
+                )
             pads.append((top, bottom))
-        conv = cursor.take(f"{name}: DepthwiseConv2D 3x3 stride {stride}", ("DepthwiseConv2D",), kernel_size=(3, 3), strides=(stride, stride),
-                           padding="valid" if stride == 2 else "same", depth_multiplier=1, use_bias=False, dilation_rate=(1, 1),
-                           activation="linear", data_format="channels_last")
+        conv = cursor.take(
+            f"{name}: DepthwiseConv2D 3x3 stride {stride}",
+            ("DepthwiseConv2D",),
+            kernel_size=(3, 3),
+            strides=(stride, stride),
+            padding="valid" if stride == 2 else "same",
+            depth_multiplier=1,
+            use_bias=False,
+            dilation_rate=(1, 1),
+            activation="linear",
+            data_format="channels_last",
+        )
         convs.append((conv, _norm_relu6(cursor, name)))
         name = f"conv_pw_{block}"
-        conv = cursor.take(f"{name}: Conv2D 1x1", ("Conv2D",), kernel_size=(1, 1), strides=(1, 1), use_bias=False, dilation_rate=(1, 1),
-                           groups=1, activation="linear", data_format="channels_last")
+        conv = cursor.take(
+            f"{name}: Conv2D 1x1",
+            ("Conv2D",),
+            kernel_size=(1, 1),
+            strides=(1, 1),
+            use_bias=False,
+            dilation_rate=(1, 1),
+            groups=1,
+            activation="linear",
+            data_format="channels_last",
+        )
         convs.append((conv, _norm_relu6(cursor, name)))
     return convs, pads
 
 
 def _norm_relu6(cursor: _Cursor, name: str):
     """BatchNormalization (slim's epsilon, scale and center, channels last) then ReLU6; returns the BatchNormalization."""
-    norm = cursor.take(f"{name}_bn: BatchNormalization", ("BatchNormalization",), epsilon=BN_EPSILON_KERAS, center=True, scale=True)
+    norm = cursor.take(
+        f"{name}_bn: BatchNormalization", ("BatchNormalization",), epsilon=BN_EPSILON_KERAS, center=True, scale=True
+    )
     if norm.get_config().get("axis") not in (-1, 3, [-1], [3]):
-        raise ModelFormatError(f"{cursor.path}: {cursor.describe(norm)} normalizes axis {norm.get_config().get('axis')}, not the channels")
+        raise ModelFormatError(
+            f"{cursor.path}: {cursor.describe(norm)} normalizes axis {norm.get_config().get('axis')}, not the channels"
+        )
     layer = cursor.peek()
     if layer is not None and _kind(layer) == "Activation":
         cursor.take(f"{name}_relu: ReLU6", ("Activation",), activation="relu6")
@@ -346,8 +408,15 @@ def _head(cursor: _Cursor) -> tuple[Any, int, bool]:
     pool = cursor.take("GlobalAveragePooling2D", ("GlobalAveragePooling2D",), data_format="channels_last")
     cursor.skip("Dropout")
     if pool.get_config().get("keepdims"):
-        classifier = cursor.take("conv_preds: Conv2D 1x1", ("Conv2D",), kernel_size=(1, 1), strides=(1, 1), dilation_rate=(1, 1), groups=1,
-                                 activation="linear")
+        classifier = cursor.take(
+            "conv_preds: Conv2D 1x1",
+            ("Conv2D",),
+            kernel_size=(1, 1),
+            strides=(1, 1),
+            dilation_rate=(1, 1),
+            groups=1,
+            activation="linear",
+        )
         reshape = cursor.take("a Reshape to N classes", ("Reshape",))
         if tuple(reshape.get_config()["target_shape"]) != (classifier.get_config()["filters"],):
             raise ModelFormatError(f"{cursor.path}: {cursor.describe(reshape)} does not flatten the 1x1 logits")
@@ -356,7 +425,9 @@ def _head(cursor: _Cursor) -> tuple[Any, int, bool]:
         classifier = cursor.take("Dense(N) on the pooled features", ("Dense",))
         activation = classifier.get_config().get("activation")
         if activation not in ("linear", "softmax"):
-            raise ModelFormatError(f"{cursor.path}: {cursor.describe(classifier)} has activation {activation!r}; MobileNet V1's head is a softmax")
+            raise ModelFormatError(
+                f"{cursor.path}: {cursor.describe(classifier)} has activation {activation!r}; MobileNet V1's head is a softmax"
+            )
         logits_index, softmax = cursor.index - 1, activation == "softmax"
     final = cursor.peek()
     if not softmax and final is not None and _kind(final) == "Softmax":
@@ -370,13 +441,19 @@ def _head(cursor: _Cursor) -> tuple[Any, int, bool]:
 
 
 def _padding(alpha: float, resolution: int, pads: list[tuple[int, int]], path: Path) -> str:
-    """"keras" when the stride-2 depthwise convolutions pad as Keras does ((0, 1) on every map), "same" when they
+    """ "keras" when the stride-2 depthwise convolutions pad as Keras does ((0, 1) on every map), "same" when they
     pad as TF SAME (which differs on odd maps only); anything else is refused."""
     for padding in ("keras", "same"):
-        placed = [p for p in placed_layers(ModelConfig(alpha, resolution, padding=padding)) if p.layer.kind == "depthwise" and p.stride == 2]
+        placed = [
+            p
+            for p in placed_layers(ModelConfig(alpha, resolution, padding=padding))
+            if p.layer.kind == "depthwise" and p.stride == 2
+        ]
         if pads == [KERAS_PADS if padding == "keras" else p.padding for p in placed]:
             return padding
-    raise ModelFormatError(f"{path}: its stride-2 depthwise convolutions pad {pads}: neither Keras' (0, 1) nor TF SAME at {resolution}x{resolution}")
+    raise ModelFormatError(
+        f"{path}: its stride-2 depthwise convolutions pad {pads}: neither Keras' (0, 1) nor TF SAME at {resolution}x{resolution}"
+    )
 
 
 # ---------------------------------------------------------------------------------------------- running
@@ -448,4 +525,3 @@ def quiet() -> Iterator[None]:
             yield
     finally:
         logger.setLevel(level)
-

@@ -207,7 +207,8 @@ class MobileNetGraph:
         classes = int(self.tensor(self.logits_conv.inputs[1]).shape[0])
         quantized = self.type_name(self.input_tensor) == "UINT8"
         # a VALID depthwise convolution is Keras' padding on an odd map (`check_placement` checks each one)
-        padding = "keras" if any(op.builtinOptions.padding == self.schema.Padding.VALID for op in self.convs[1::2]) else "same"
+        valid = any(op.builtinOptions.padding == self.schema.Padding.VALID for op in self.convs[1::2])
+        padding = "keras" if valid else "same"
         return ModelConfig(alpha=infer_alpha(int(first_kernel[0])), resolution=height, quantized=quantized, num_classes=classes,
                            padding=padding)
 
@@ -232,8 +233,9 @@ class MobileNetGraph:
         got = (options.strideH, options.strideW, options.dilationHFactor, options.dilationWFactor)
         if got != (stride, stride, rate, rate):
             raise ModelFormatError(f"{self.name}: {scope} has stride {got[:2]} and dilation {got[2:]}, expected {stride} and {rate}")
-        if not scope.endswith("_pointwise") and options.padding != (self.schema.Padding.VALID if valid else self.schema.Padding.SAME):
-            raise ModelFormatError(f"{self.name}: {scope} pads {'SAME' if valid else 'VALID'}, expected {'VALID' if valid else 'SAME'}")
+        expected = "VALID" if valid else "SAME"
+        if not scope.endswith("_pointwise") and options.padding != getattr(self.schema.Padding, expected):
+            raise ModelFormatError(f"{self.name}: {scope} does not pad {expected} as the backbone places it")
 
     def check_pool(self, feature_size: int, pooling: str) -> None:
         options = self.pool.builtinOptions
