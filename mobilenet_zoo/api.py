@@ -50,10 +50,11 @@ def load(source: PathLike, *, registry_file: PathLike | None = None, mirror: str
 
 def convert(source: PathLike | Source | MobileNetV1Model, to: str | list[str], output: PathLike = ".", *,
             backbone: Backbone | None = None, quantize: str | None = None, calibration: PathLike | None = None,
-            format_options: dict[str, dict[str, Any]] | None = None, force: bool = False,
+            labels: list[str] | None = None, format_options: dict[str, dict[str, Any]] | None = None, force: bool = False,
             registry_file: PathLike | None = None, mirror: str | None = None) -> list[Converted]:
-    """Write `source` in each format of `to` ("onnx", "torch", "tflite", "tf") under `output` (a folder, or a
-    file path for one target) and record them in the folder's manifest. Returns what was written."""
+    """Write `source` in each format of `to` ("onnx", "torch", "tflite", "tf", "keras") under `output` (a folder,
+    or a file path for one target) and record them in the folder's manifest; `labels` names the classes.
+    Returns what was written."""
     from mobilenet_zoo.conversion import convert as _convert
 
     if isinstance(source, MobileNetV1Model):
@@ -61,7 +62,8 @@ def convert(source: PathLike | Source | MobileNetV1Model, to: str | list[str], o
     elif not isinstance(source, Source):
         source = open_source(source, registry_file=registry_file, mirror=mirror)
     formats = [to] if isinstance(to, str) else list(to)
-    build = BuildOptions(backbone or Backbone(), quantize, Path(calibration) if calibration else None)
+    build = BuildOptions(backbone or Backbone(), quantize, Path(calibration) if calibration else None,
+                         tuple(labels) if labels is not None else None)
     return _convert(source, formats, Path(output), format_options, build, force=force)
 
 
@@ -82,10 +84,11 @@ def predict(model: PathLike, images: list[PathLike] | None = None, top_k: int = 
             registry_file: PathLike | None = None, mirror: str | None = None) -> list[Prediction]:
     """Top-k classes of each image (default: the bundled photos) with any model, slim eval preprocessing."""
     from mobilenet_zoo.prediction import predict as _predict
-    from mobilenet_zoo.prediction import runner_for
+    from mobilenet_zoo.prediction import recorded_classes, runner_for
     from mobilenet_zoo.samples import resolve_images
 
-    return _predict(runner_for(str(model), registry_file, mirror), resolve_images([Path(p) for p in images or []]), top_k)
+    runner = runner_for(str(model), registry_file, mirror)
+    return _predict(runner, resolve_images([Path(p) for p in images or []]), top_k, classes=recorded_classes(model))
 
 
 def pull(name: str, *, mirror: str | None = None, sha256: str | None = None, registry_file: PathLike | None = None) -> Path:

@@ -23,6 +23,9 @@ INPUT_NODE = "input"
 OUTPUT_NODE = "MobilenetV1/Predictions/Reshape_1"
 LOGITS_NODE = "MobilenetV1/Logits/SpatialSqueeze"
 POOLINGS = ("slim", "global")
+# How the stride-2 depthwise convolutions pad: "same" is TF's SAME (slim); "keras" is keras.applications.MobileNet's
+# ZeroPadding2D(((0, 1), (0, 1))) + "valid": SAME on even maps, no padding at all (VALID) on odd ones.
+PADDINGS = ("same", "keras")
 OUTPUT_STRIDES = (8, 16, 32)
 MIN_INPUT_SIZE = 32
 SLIM_POOL_KERNEL = 7
@@ -86,6 +89,13 @@ class ModelConfig:
     resolution: int
     quantized: bool = False
     num_classes: int = NUM_CLASSES
+    padding: str = "same"  # one of PADDINGS: "keras" for networks trained with keras.applications.MobileNet
+
+    def __post_init__(self) -> None:
+        if self.num_classes < 1:
+            raise ZooError(f"a classifier needs at least one class, not {self.num_classes}")
+        if self.padding not in PADDINGS:
+            raise ZooError(f"unknown padding {self.padding!r}; choose {' or '.join(PADDINGS)}")
 
     @property
     def name(self) -> str:
@@ -233,20 +243,27 @@ class PlacedLayer:
     stride: int
     rate: int
     input_size: int
+    valid: bool = False  # no padding: a stride-2 depthwise convolution of a Keras-padded network on an odd map
 
     @property
     def padding(self) -> tuple[int, int]:
-        """TF SAME padding (before, after), the same on both spatial axes."""
+        """Padding (before, after), the same on both spatial axes: TF SAME, or none when `valid`."""
+        if self.valid:
+            return 0, 0
         return same_padding(self.input_size, self.layer.kernel, self.stride, self.rate)
 
     @property
     def output_size(self) -> int:
+        if self.valid:
+            return (self.input_size - self.layer.kernel) // self.stride + 1
         return same_output_size(self.input_size, self.stride)
 
 
 def placed_layers(config: ModelConfig, backbone: Backbone = Backbone()) -> list[PlacedLayer]:
     """The 27 layers with slim's output-stride plan: once the stride so far reaches `output_stride`,
-    later strides become 1 and multiply the dilation rate of the depthwise convolutions after them."""
+    later strides become 1 and multiply the dilation rate of the depthwise convolutions after them.
+    Under Keras padding a stride-2 depthwise convolution on an odd map is `valid` (Keras pads (0, 1) then
+    convolves "valid": the padded column is never reached)."""
     size = backbone.input_size or config.resolution
     current_stride, rate, placed = 1, 1, []
     for layer in config.layers():
@@ -258,7 +275,8 @@ def placed_layers(config: ModelConfig, backbone: Backbone = Backbone()) -> list[
         else:
             stride, layer_rate = layer.stride, 1
             current_stride *= layer.stride
-        placed.append(PlacedLayer(layer, stride, layer_rate, size))
+        valid = config.padding == "keras" and layer.kind == "depthwise" and stride == 2 and size % 2 == 1
+        placed.append(PlacedLayer(layer, stride, layer_rate, size, valid))
         size = placed[-1].output_size
     return placed
 

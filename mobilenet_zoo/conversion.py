@@ -15,13 +15,13 @@ from pathlib import Path
 
 from mobilenet_zoo.arch import Backbone
 from mobilenet_zoo.errors import ZooError
-from mobilenet_zoo.formats import FORMATS, format_module
+from mobilenet_zoo.formats import TARGET_FORMATS, format_module
 from mobilenet_zoo.fsutil import ensure_folder, refuse_overwriting
 from mobilenet_zoo.manifest import recorded_path, updating_manifest
 from mobilenet_zoo.sources import Source
 
 # How each format names its output beside the variant name.
-TARGET_SUFFIXES = {"onnx": ".onnx", "tflite": ".tflite", "torch": "_torch", "tf": "_saved_model"}
+TARGET_SUFFIXES = {"onnx": ".onnx", "tflite": ".tflite", "torch": "_torch", "tf": "_saved_model", "keras": ".keras"}
 
 
 @dataclass
@@ -60,17 +60,21 @@ def check_target(target: Path, source: Source, force: bool) -> None:
 
 @dataclass(frozen=True)
 class BuildOptions:
-    """How the source model is built before it is written: backbone options, post-training quantization."""
+    """How the source model is built before it is written: backbone options, post-training quantization, class names."""
 
     backbone: Backbone = Backbone()
     quantize: str | None = None  # "uint8"
     calibration: Path | None = None  # folder of calibration images for `quantize`
+    labels: tuple[str, ...] | None = None  # one name per class (`convert --labels FILE`)
 
 
 def prepare(source: Source, build: BuildOptions) -> Source:
     """The source with the build options applied to its model. A post-training quantized model has no original
     artifact: its reference becomes the integer numpy forward pass of the written model (see `convert`)."""
+    _check_pooling(source.model, build.backbone)
     model = source.model.with_backbone(build.backbone)
+    if build.labels is not None:
+        model = model.with_labels(build.labels)
     if build.quantize is None:
         return replace(source, model=model)
     from mobilenet_zoo.quantize import quantize_with_calibration
@@ -79,14 +83,26 @@ def prepare(source: Source, build: BuildOptions) -> Source:
     return Source(quantized, None, quantized.config.name, source.origin)
 
 
+def _check_pooling(model, backbone: Backbone) -> None:
+    """Refuse slim pooling for a model that pools globally (a Keras model on inputs over 224) where the two differ."""
+    from mobilenet_zoo.arch import placed_layers, pool_geometry
+
+    if model.backbone.pooling != "global" or backbone.pooling == "global":
+        return
+    feature_size = placed_layers(model.config, backbone)[-1].output_size
+    if pool_geometry(feature_size, backbone.pooling)[0] != feature_size:
+        raise ZooError(f"{model.config.name} pools its {feature_size}x{feature_size} map globally (as Keras does); "
+                       f"slim's 7x7 stride-2 pool would change its outputs: convert it with --pooling global")
+
+
 def convert(source: Source, formats: list[str], out: Path, format_options: dict[str, dict] | None = None,
             build: BuildOptions = BuildOptions(), *, force: bool = False,
             on_written: Callable[[Converted], None] | None = None) -> list[Converted]:
     """Write `source.model`, built as `build` says, in every format asked for (with per-format writer options),
     then record them. Nothing is written when any target path is refused."""
-    unknown = [f for f in formats if f not in FORMATS]
+    unknown = [f for f in formats if f not in TARGET_FORMATS]
     if unknown:
-        raise ZooError(f"unknown target format {unknown[0]!r}; choose from {', '.join(FORMATS)}")
+        raise ZooError(f"unknown target format {unknown[0]!r}; choose from {', '.join(TARGET_FORMATS)}")
     source = prepare(source, build)
     out = Path(out)
     paths = {fmt: target_path(source, fmt, out, len(formats) == 1) for fmt in formats}

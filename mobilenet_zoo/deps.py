@@ -28,6 +28,8 @@ _EXTRAS = {
     "ai_edge_litert.interpreter": ("tflite", "the TFLite interpreter (ai-edge-litert)"),
     "ai_edge_litert.schema_py_generated": ("tflite", "the TFLite schema (ai-edge-litert)"),
     "flatbuffers": ("tflite", "flatbuffers"),
+    "keras": ("keras", "Keras 3"),
+    "h5py": ("keras", "h5py"),
     "transformers": ("hf", "Hugging Face transformers"),
     "tf2onnx": ("dev", "tf2onnx"),
     "ray": ("ray", "Ray"),

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from mobilenet_zoo.arch import BN_EPSILON, NUM_CLASSES, Backbone, ModelConfig
-from mobilenet_zoo.errors import ModelFormatError
+from mobilenet_zoo.arch import BN_EPSILON, NUM_CLASSES, Backbone, ModelConfig, placed_layers
+from mobilenet_zoo.errors import ModelFormatError, ZooError
 
 PRODUCER = "mobilenet-zoo"  # recorded in the metadata of every file this project writes
 
@@ -88,12 +88,59 @@ def quant_info_from_json(text: str, values: dict[str, np.ndarray]) -> QuantInfo:
         raise ModelFormatError(f"unreadable quantization record ({exc})") from None
 
 
+IMAGENET_LABELS = "imagenet"  # the compact metadata form of the ImageNet class names (`labels.imagenet_labels`)
+
+
+@dataclass(frozen=True)
+class Classes:
+    """What the classifier's outputs mean: whether output 0 is slim's "background" class, and the class names
+    (None when unknown). The 1001-class slim models have the background; Keras' 1000 ImageNet classes do not."""
+
+    background: bool = False
+    labels: tuple[str, ...] | None = None
+
+    @classmethod
+    def default(cls, num_classes: int) -> Classes:
+        """What a head of this many classes means when nothing says otherwise: slim's background for 1001."""
+        return cls(background=num_classes == NUM_CLASSES)
+
+    def metadata(self) -> dict[str, str]:
+        """`background` ("true"/"false") and, when known, `labels`: a JSON list, or "imagenet" for the ImageNet
+        names."""
+        out = {"background": str(self.background).lower()}
+        if self.labels is not None:
+            imagenet = self.labels == imagenet_names(self.background)
+            out["labels"] = IMAGENET_LABELS if imagenet else json.dumps(list(self.labels))
+        return out
+
+    @classmethod
+    def from_metadata(cls, metadata: dict[str, str], num_classes: int) -> Classes:
+        """The inverse of `metadata` (absent keys: `default`)."""
+        background = metadata.get("background", str(cls.default(num_classes).background).lower()) == "true"
+        text = metadata.get("labels")
+        try:
+            if text is None or text == IMAGENET_LABELS:
+                labels = None if text is None else imagenet_names(background)
+            else:
+                labels = tuple(map(str, json.loads(text)))
+        except (ValueError, TypeError) as exc:
+            raise ModelFormatError(f"unreadable class names in the metadata ({exc})") from None
+        return cls(background, labels)
+
+
+def imagenet_names(background: bool) -> tuple[str, ...]:
+    """The ImageNet class names: 1001 with "background" first, or the 1000 without it."""
+    from mobilenet_zoo.labels import imagenet_labels
+
+    return imagenet_labels() if background else imagenet_labels()[1:]
+
+
 @dataclass
 class MobileNetV1Model:
     """A MobileNet V1 network: its config, its slim-named weights and, when quantized, its quantization.
 
     `backbone` says how writers build the graph (extra feature outputs, pooling, output stride, input size);
-    the default is the released network.
+    the default is the released network. `classes` says what the outputs mean (default: `Classes.default`).
     """
 
     config: ModelConfig
@@ -101,6 +148,11 @@ class MobileNetV1Model:
     quant: QuantInfo | None = None
     source: str = ""
     backbone: Backbone = Backbone()
+    classes: Classes | None = None
+
+    def __post_init__(self) -> None:
+        if self.classes is None:
+            self.classes = Classes.default(self.config.num_classes)
 
     @property
     def input_size(self) -> int:
@@ -110,6 +162,19 @@ class MobileNetV1Model:
     def with_backbone(self, backbone: Backbone) -> MobileNetV1Model:
         """The same weights built with other backbone options."""
         return replace(self, backbone=backbone)
+
+    def with_labels(self, labels: list[str] | tuple[str, ...]) -> MobileNetV1Model:
+        """The same model with these class names (one per output), refused unless there are as many as classes."""
+        labels = tuple(labels)
+        if len(labels) != self.config.num_classes:
+            raise ModelFormatError(
+                f"{len(labels)} class names for the {self.config.num_classes} outputs of {self.config.name}")
+        return replace(self, classes=replace(self.classes, labels=labels))
+
+    def with_recorded(self, metadata: dict[str, str]) -> MobileNetV1Model:
+        """The model with what our files record beyond the weights restored: the classes and the padding."""
+        config = replace(self.config, padding=metadata.get("padding", self.config.padding))
+        return replace(self, config=config, classes=Classes.from_metadata(metadata, config.num_classes))
 
     @property
     def is_folded(self) -> bool:
@@ -132,6 +197,12 @@ class MobileNetV1Model:
                 raise ModelFormatError(f"{name} has shape {got}, expected {shape} for {self.config.name}")
         if self.config.quantized and self.quant is None:
             raise ModelFormatError(f"{self.config.name} is quantized but carries no quantization parameters")
+        if self.classes.labels is not None and len(self.classes.labels) != self.config.num_classes:
+            raise ModelFormatError(
+                f"{self.config.name} names {len(self.classes.labels)} classes but has {self.config.num_classes}")
+        if self.config.quantized and any(placed.valid for placed in placed_layers(self.config, self.backbone)):
+            raise ModelFormatError(f"{self.config.name} pads as Keras does on odd maps at {self.input_size}x"
+                                   f"{self.input_size}: quantized models are built with TF SAME padding only")
         return self
 
     def fold(self) -> MobileNetV1Model:
@@ -153,24 +224,44 @@ class MobileNetV1Model:
         folded[self.config.logits_bias_name] = self.weights[self.config.logits_bias_name]
         return replace(self, weights=folded)
 
+    def unfold(self) -> MobileNetV1Model:
+        """An unfolded equivalent (BatchNorm variables everywhere): a folded model gets identity BatchNorms
+        (gamma 1, beta = bias, mean 0, variance 1 - eps) around its biases."""
+        if not self.is_folded:
+            return self
+        config = self.config
+        weights = {name: self.weights[name] for name in (config.logits_weight_name, config.logits_bias_name)}
+        for layer in config.layers():
+            bias = self.weights[layer.bias_name]
+            weights[layer.weight_name] = self.weights[layer.weight_name]
+            weights[layer.bn_name("gamma")] = np.ones_like(bias)
+            weights[layer.bn_name("beta")] = bias
+            weights[layer.bn_name("moving_mean")] = np.zeros_like(bias)
+            weights[layer.bn_name("moving_variance")] = np.full_like(bias, 1.0 - BN_EPSILON)
+        return replace(self, weights=weights)
+
     def parameter_count(self) -> int:
         """Number of stored float values (folded or not)."""
         return int(sum(v.size for v in self.weights.values()))
 
     def metadata(self) -> dict[str, str]:
-        """String metadata our files record: the variant, where its weights came from, and the producer."""
+        """String metadata our files record: the variant, where its weights came from, the producer, the classes
+        (count, background, names), the padding when it is Keras', and the backbone options."""
         return {
             "name": self.config.name,
             "alpha": str(self.config.alpha),
             "resolution": str(self.config.resolution),
             "source": self.source,
             "producer": PRODUCER,
+            "num_classes": str(self.config.num_classes),
+            **self.classes.metadata(),
+            **({"padding": self.config.padding} if self.config.padding != "same" else {}),
             **self.backbone.metadata(),
         }
 
 
 def config_from_metadata(metadata: dict[str, str], source: object) -> ModelConfig:
-    """The variant recorded by `MobileNetV1Model.metadata` (plus optional `quantized` and `num_classes`)."""
+    """The variant recorded by `MobileNetV1Model.metadata` (plus optional `quantized`, `num_classes` and `padding`)."""
     producer = metadata.get("producer")
     if producer != PRODUCER:
         raise ModelFormatError(f"{source}: not written by {PRODUCER} (metadata producer {producer!r}); only its own files can be read")
@@ -180,8 +271,9 @@ def config_from_metadata(metadata: dict[str, str], source: object) -> ModelConfi
             resolution=int(metadata["resolution"]),
             quantized=metadata.get("quantized") == "true",
             num_classes=int(metadata.get("num_classes", NUM_CLASSES)),
+            padding=metadata.get("padding", "same"),
         )
-    except (KeyError, ValueError) as exc:
+    except (KeyError, ValueError, ZooError) as exc:
         raise ModelFormatError(f"{source}: metadata lacks a valid alpha and resolution ({exc})") from exc
     if metadata.get("name") != config.name:
         raise ModelFormatError(f"{source}: metadata name {metadata.get('name')!r} does not match {config.name}")

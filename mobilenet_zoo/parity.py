@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mobilenet_zoo.arch import Backbone
+from mobilenet_zoo.arch import NUM_CLASSES, Backbone
 from mobilenet_zoo.errors import ModelFormatError, VerificationError, ZooError
 from mobilenet_zoo.formats import Runner, detect_format, format_module
 from mobilenet_zoo.model import MobileNetV1Model
@@ -292,7 +292,7 @@ def check_parameters(report: TargetReport, target: Path, fmt: str) -> None:
     report.parameters = model.parameter_count()
     variants = {v.name: v for v in load_registry()}
     variant = variants.get(model.config.name)
-    if variant is None or variant.published is None:
+    if variant is None or variant.published is None or model.config.num_classes != NUM_CLASSES:  # published: 1001 classes
         return
     report.published_parameters = round(variant.published.params_millions * 1e6)
     if abs(report.parameters - report.published_parameters) > PARAMETER_TOLERANCE * report.published_parameters:

@@ -1,4 +1,5 @@
-"""Top-k ImageNet labels for images, with any model in any format."""
+"""Top-k classes of images with any model in any format, named by the model's own class names when it records
+them, by the ImageNet names for an ImageNet head (1001 classes with slim's background, or Keras' 1000 without)."""
 
 from __future__ import annotations
 
@@ -7,9 +8,9 @@ from pathlib import Path
 
 import numpy as np
 
-from mobilenet_zoo.errors import ZooError
+from mobilenet_zoo.errors import ModelFormatError, ZooError
 from mobilenet_zoo.formats import Runner, detect_format, format_module, load_runner
-from mobilenet_zoo.labels import imagenet_labels
+from mobilenet_zoo.model import Classes, imagenet_names
 from mobilenet_zoo.parity import OUTPUT_SCALE, run_batched
 from mobilenet_zoo.preprocess import load_batch
 
@@ -28,9 +29,7 @@ class Prediction:
 def runner_for(model: str | Path, registry: Path | None = None, mirror: str | None = None) -> Runner:
     """A runner for a model file, or for the original artifact of a registry name / tarball / official folder."""
     path = Path(model).expanduser()
-    if (path.is_file() and not path.name.endswith((".tgz", ".tar.gz"))) or (
-        path.is_dir() and not (path / "mobilenet_zoo.json").exists() and not any(path.glob("*_info.txt"))
-    ):
+    if _is_model_file(path):
         require_mobilenet(path)
         return load_runner(path)
     from mobilenet_zoo.sources import open_source
@@ -46,8 +45,39 @@ def require_mobilenet(path: Path) -> None:
     format_module(detect_format(path)).read(path)
 
 
-def predict(runner: Runner, images: list[Path], top_k: int = 5, resolution: int | None = None) -> list[Prediction]:
-    """Top-k classes of each image, with the slim eval preprocessing at the model's resolution."""
+def _is_model_file(path: Path) -> bool:
+    """A model file or folder of some format (not a tarball, an official folder or an output folder of `convert`)."""
+    if path.is_file():
+        return not path.name.endswith((".tgz", ".tar.gz"))
+    return path.is_dir() and not (path / "mobilenet_zoo.json").exists() and not any(path.glob("*_info.txt"))
+
+
+def recorded_classes(model: str | Path) -> Classes | None:
+    """What a model file says its outputs mean (`MobileNetV1Model.classes`); None for what it cannot tell
+    (registry names and tarballs are the official ImageNet models)."""
+    path = Path(model).expanduser()
+    if not _is_model_file(path):
+        return None
+    try:
+        return format_module(detect_format(path)).read(path).classes
+    except ModelFormatError:  # a model that runs but that our readers do not map (its runner said so already)
+        return None
+
+
+def class_names(classes: Classes | None, num_classes: int) -> tuple[str, ...]:
+    """Names for the outputs: the model's own; for an ImageNet head (1001 with background, 1000 without; by the
+    width alone when the model records nothing) the ImageNet names; else "class 0", "class 1"..."""
+    if classes is not None and classes.labels is not None:
+        return classes.labels
+    background = classes.background if classes is not None else num_classes == len(imagenet_names(True))
+    imagenet = imagenet_names(background)
+    return imagenet if len(imagenet) == num_classes else tuple(f"class {index}" for index in range(num_classes))
+
+
+def predict(runner: Runner, images: list[Path], top_k: int = 5, resolution: int | None = None,
+            classes: Classes | None = None) -> list[Prediction]:
+    """Top-k classes of each image, with the slim eval preprocessing at the model's resolution; `classes` names
+    them (see `class_names`)."""
     size = resolution or runner.resolution
     if size is None:
         raise ZooError("the model does not fix its input size: give --resolution")
@@ -57,7 +87,7 @@ def predict(runner: Runner, images: list[Path], top_k: int = 5, resolution: int 
         probabilities = probabilities.mean(axis=(1, 2))
     if runner.quantized:
         probabilities *= OUTPUT_SCALE
-    labels = imagenet_labels()
+    labels = class_names(classes, probabilities.shape[-1])
     results = []
     for image, row in zip(images, probabilities):
         top = np.argsort(-row, kind="stable")[:top_k]

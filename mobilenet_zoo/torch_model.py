@@ -58,12 +58,14 @@ class ConvBlock(nn.Module):
     def __init__(self, placed: PlacedLayer, folded: bool) -> None:
         super().__init__()
         layer = placed.layer
-        self.kernel, self.stride, self.rate = layer.kernel, placed.stride, placed.rate
+        self.kernel, self.stride, self.rate, self.valid = layer.kernel, placed.stride, placed.rate, placed.valid
         groups = layer.in_channels if layer.kind == "depthwise" else 1
         self.conv = nn.Conv2d(layer.in_channels, layer.out_channels, layer.kernel, placed.stride, dilation=placed.rate, groups=groups, bias=folded)
         self.bn = nn.Identity() if folded else nn.BatchNorm2d(layer.out_channels, eps=BN_EPSILON)
 
     def forward(self, x):
+        if self.valid:  # Keras padding on an odd map: no padding
+            return F.relu6(self.bn(self.conv(x)))
         top, bottom = same_padding(x.shape[2], self.kernel, self.stride, self.rate)
         left, right = same_padding(x.shape[3], self.kernel, self.stride, self.rate)
         x = F.pad(x, (left, right, top, bottom))

@@ -247,9 +247,10 @@ def test_truncated_or_foreign_models_refused(models, written, tmp_path):
 
 
 def test_failed_write_leaves_nothing_and_rewrite_replaces(models, tmp_path):
-    ten_classes = random_model(ModelConfig(0.25, 128, num_classes=10))  # Hugging Face config names 1001 classes
-    with pytest.raises(ModelFormatError, match="1001"):
-        torch_format.write(ten_classes, tmp_path / "ten_torch")
+    incomplete = random_model(ModelConfig(0.25, 128, num_classes=10))
+    del incomplete.weights[incomplete.config.logits_bias_name]
+    with pytest.raises(ModelFormatError, match="missing"):
+        torch_format.write(incomplete, tmp_path / "ten_torch")
     assert list(tmp_path.iterdir()) == []
     out = tmp_path / "model_torch"
     torch_format.write(models[SMALL.name], out)

@@ -44,7 +44,7 @@ def _images(paths: list[Path]) -> list[Path]:
 
 def convert_command(
     sources: List[str] = typer.Argument(None, help="Registry names (pulled on demand), tarballs, extracted folders, or model files."),
-    to: List[str] = typer.Option([], "--to", help="Target format(s): onnx, torch, tflite, tf (repeat or comma-separate)."),
+    to: List[str] = typer.Option([], "--to", help="Target format(s): onnx, torch, tflite, tf, keras (repeat or comma-separate)."),
     all_formats: bool = typer.Option(False, "--all-formats", help="Write every target format."),
     all_variants: bool = typer.Option(False, "--all", help="Convert every variant of the registry (pulled on demand)."),
     output: Path = typer.Option(Path("."), "-o", "--output", help="Output folder, or a file path for a single source and target."),
@@ -55,6 +55,7 @@ def convert_command(
     input_size: Optional[int] = typer.Option(None, "--input-size", help="Input height and width (default: the variant's resolution; at least 32)."),
     quantize: Optional[str] = typer.Option(None, "--quantize", help="Post-training quantization of a float model: uint8 (needs --calibration)."),
     calibration: Optional[Path] = typer.Option(None, "--calibration", help="--quantize: folder of calibration images."),
+    labels: Optional[Path] = typer.Option(None, "--labels", help="Class names, one per line (as many as the model has classes): recorded in every target."),
     verify: bool = typer.Option(False, "--verify", help="Verify every written target against its reference."),
     force: bool = typer.Option(False, "--force", "-f", help="Replace targets that exist already."),
     ray: bool = RayOption,
@@ -64,7 +65,7 @@ def convert_command(
     offline: bool = OfflineOption,
     as_json: bool = JsonOption,
 ) -> None:
-    """Convert models to ONNX, PyTorch, TFLite or a TensorFlow SavedModel."""
+    """Convert models to ONNX, PyTorch, TFLite, a TensorFlow SavedModel or Keras."""
     from mobilenet_zoo.arch import Backbone
     from mobilenet_zoo.conversion import BuildOptions, convert, names_a_file
     from mobilenet_zoo.formats import FORMATS
@@ -76,13 +77,16 @@ def convert_command(
         raise ZooError("name the models to convert, or pass --all (not both)")
     formats = list(FORMATS) if all_formats else _split(to)
     if not formats:
-        raise ZooError("say which format to write: --to onnx|torch|tflite|tf, or --all-formats")
+        raise ZooError("say which format to write: --to onnx|torch|tflite|tf|keras, or --all-formats")
     if len(names) > 1 and names_a_file(output):
         raise ZooError(f"-o {output} names one file, but {len(names)} models are converted: give a folder")
     if layout.upper() not in ("NCHW", "NHWC"):
         raise ZooError(f"--layout must be NCHW or NHWC, not {layout!r}")
     options = {"onnx": {"layout": layout.upper()}}
-    build = BuildOptions(Backbone(_feature_layers(features), pooling.lower(), output_stride, input_size), quantize, calibration)
+    from mobilenet_zoo.labels import read_labels_file
+
+    build = BuildOptions(Backbone(_feature_layers(features), pooling.lower(), output_stride, input_size), quantize, calibration,
+                         read_labels_file(labels) if labels else None)
     if ray or ray_address:
         from mobilenet_zoo.distributed import convert_many
 
@@ -202,10 +206,11 @@ def predict_command(
     offline: bool = OfflineOption,
     as_json: bool = JsonOption,
 ) -> None:
-    """Top-k ImageNet classes of images."""
-    from mobilenet_zoo.prediction import predict, runner_for
+    """Top-k classes of images (the model's own class names, or ImageNet's)."""
+    from mobilenet_zoo.prediction import predict, recorded_classes, runner_for
 
-    _print_predictions(predict(runner_for(model, registry, mirror), _images(images or []), top_k), as_json)
+    runner = runner_for(model, registry, mirror)
+    _print_predictions(predict(runner, _images(images or []), top_k, classes=recorded_classes(model)), as_json)
 
 
 DEMO_FOLDER = Path("mobilenet-zoo-demo")

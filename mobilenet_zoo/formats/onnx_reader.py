@@ -72,7 +72,8 @@ def read(path: Path) -> MobileNetV1Model:
     reader = {"integer": _read_integer, "qdq": _read_qdq, "float": _read_float}[graph.flavour(convs[0])]
     weights, quant = reader(graph, convs, config)
     source = metadata.get("source", str(path)) if ours else str(path)
-    return MobileNetV1Model(config, weights, quant=quant, source=source, backbone=backbone).validate()
+    model = MobileNetV1Model(config, weights, quant=quant, source=source, backbone=backbone)
+    return (model.with_recorded(metadata) if ours else model).validate()
 
 
 # ---------------------------------------------------------------------------------------------- the graph
@@ -222,7 +223,8 @@ def _config(graph: OnnxGraph, convs: list, metadata: dict[str, str], backbone: B
     classes = _kernel_shape(graph, convs[-1])[0]
     resolution = int(metadata["resolution"]) if backbone.input_size else _input_side(graph)
     quantized = graph.flavour(convs[0]) != "float"
-    return ModelConfig(alpha=infer_alpha(first_kernel[0]), resolution=resolution, quantized=quantized, num_classes=classes)
+    padding = metadata.get("padding", "same") if metadata.get("producer") == PRODUCER else "same"  # ours: Keras' or SAME
+    return ModelConfig(alpha=infer_alpha(first_kernel[0]), resolution=resolution, quantized=quantized, num_classes=classes, padding=padding)
 
 
 def _kernel_shape(graph: OnnxGraph, conv) -> tuple[int, ...]:

@@ -183,7 +183,8 @@ def _conv_block(tf: ModuleType, inputs, placed: PlacedLayer, folded: bool):
         if layer.kind == "depthwise":
             kernel = _variable(tf, "depthwise_weights", layer.weight_shape)
             rate = [placed.rate, placed.rate]
-            net = tf.compat.v1.nn.depthwise_conv2d(inputs, kernel, strides, "SAME", rate=rate, name="depthwise")
+            padding = "VALID" if placed.valid else "SAME"  # VALID: Keras padding on an odd map
+            net = tf.compat.v1.nn.depthwise_conv2d(inputs, kernel, strides, padding, rate=rate, name="depthwise")
         else:
             kernel = _variable(tf, "weights", layer.weight_shape)
             net = tf.nn.conv2d(inputs, kernel, strides, "SAME", name="Conv2D")
@@ -316,7 +317,7 @@ def _read_saved_model(folder: Path) -> MobileNetV1Model:
     resolution = int(metadata["resolution"]) if "resolution" in metadata else _signature_resolution(_serving_signature(folder), folder)
     reader = _checkpoint_reader(folder / "variables" / "variables")
     model = _canonical_model(set(reader.get_variable_to_shape_map()), reader.get_tensor, resolution, folder)
-    return model.with_backbone(Backbone.from_metadata(metadata))
+    return model.with_backbone(Backbone.from_metadata(metadata)).with_recorded(metadata)
 
 
 def _canonical_model(names: set[str], fetch: Callable[[str], np.ndarray], resolution: int, source: Path) -> MobileNetV1Model:

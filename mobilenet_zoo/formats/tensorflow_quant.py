@@ -202,7 +202,7 @@ def read(path: Path) -> MobileNetV1Model:
     quant = QuantInfo({name: _stored_integers(name, tensor, shapes[name]) for name, tensor in offset.tensors.items()}, offset.activations)
     weights = {name: tensor.dequantize() for name, tensor in quant.tensors.items()}
     return MobileNetV1Model(config, weights, quant=quant, source=metadata.get("source", str(folder)),
-                            backbone=Backbone.from_metadata(metadata)).validate()
+                            backbone=Backbone.from_metadata(metadata)).with_recorded(metadata).validate()
 
 
 def _variable(reader: Any, folder: Path, attribute: str) -> np.ndarray:

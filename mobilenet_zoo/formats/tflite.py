@@ -95,7 +95,7 @@ def read(path: Path) -> MobileNetV1Model:
     quant = QuantInfo() if config.quantized else None
     for placed, op in zip(placed_layers(config, backbone), graph.convs):
         layer = placed.layer
-        graph.check_placement(op, layer.scope, placed.stride, placed.rate)
+        graph.check_placement(op, layer.scope, placed.stride, placed.rate, placed.valid)
         graph.collect_conv(op, layer.weight_name, layer.bias_name, weights, quant)
         if quant is not None:
             quant.activations[layer.scope] = graph.quant_params(op.outputs[0])
@@ -103,7 +103,8 @@ def read(path: Path) -> MobileNetV1Model:
     if quant is not None:
         for activation, tensor in graph.head_activations().items():
             quant.activations[activation] = graph.quant_params(tensor)
-    return MobileNetV1Model(config, weights, quant=quant, source=recorded.get("source", str(path)), backbone=backbone).validate()
+    model = MobileNetV1Model(config, weights, quant=quant, source=recorded.get("source", str(path)), backbone=backbone)
+    return (model.with_recorded(recorded) if recorded.get("producer") == PRODUCER else model).validate()
 
 
 @dataclass
@@ -214,7 +215,11 @@ class MobileNetGraph:
         first_kernel = self.tensor(self.convs[0].inputs[1]).shape
         classes = int(self.tensor(self.logits_conv.inputs[1]).shape[0])
         quantized = self.type_name(self.input_tensor) == "UINT8"
-        return ModelConfig(alpha=infer_alpha(int(first_kernel[0])), resolution=height, quantized=quantized, num_classes=classes)
+        # a VALID depthwise convolution is Keras' padding on an odd map (`check_placement` checks each one)
+        valid = any(op.builtinOptions.padding == self.schema.Padding.VALID for op in self.convs[1::2])
+        padding = "keras" if valid else "same"
+        return ModelConfig(alpha=infer_alpha(int(first_kernel[0])), resolution=height, quantized=quantized, num_classes=classes,
+                           padding=padding)
 
     def backbone(self, config: ModelConfig) -> Backbone:
         """The backbone options the graph's structure shows (its input size is the config's resolution)."""
@@ -231,12 +236,15 @@ class MobileNetGraph:
         self.check_pool(placed_layers(config, backbone)[-1].output_size, pooling)
         return backbone
 
-    def check_placement(self, op, scope: str, stride: int, rate: int) -> None:
-        """Refuse a convolution whose stride or dilation is not the one the backbone places there."""
+    def check_placement(self, op, scope: str, stride: int, rate: int, valid: bool = False) -> None:
+        """Refuse a convolution whose stride, dilation or padding is not the one the backbone places there."""
         options = op.builtinOptions
         got = (options.strideH, options.strideW, options.dilationHFactor, options.dilationWFactor)
         if got != (stride, stride, rate, rate):
             raise ModelFormatError(f"{self.name}: {scope} has stride {got[:2]} and dilation {got[2:]}, expected {stride} and {rate}")
+        expected = "VALID" if valid else "SAME"
+        if not scope.endswith("_pointwise") and options.padding != getattr(self.schema.Padding, expected):
+            raise ModelFormatError(f"{self.name}: {scope} does not pad {expected} as the backbone places it")
 
     def check_pool(self, feature_size: int, pooling: str) -> None:
         options = self.pool.builtinOptions

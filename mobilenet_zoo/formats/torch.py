@@ -27,12 +27,11 @@ from typing import Any
 
 import numpy as np
 
-from mobilenet_zoo.arch import BN_EPSILON, Backbone, ModelConfig
+from mobilenet_zoo.arch import BN_EPSILON, Backbone, ModelConfig, placed_layers
 from mobilenet_zoo.deps import require
 from mobilenet_zoo.errors import ModelFormatError
 from mobilenet_zoo.fsutil import atomic_folder
-from mobilenet_zoo.labels import imagenet_labels
-from mobilenet_zoo.model import PRODUCER, MobileNetV1Model, config_from_metadata
+from mobilenet_zoo.model import PRODUCER, Classes, MobileNetV1Model, config_from_metadata, imagenet_names
 
 WEIGHTS_SUFFIX = ".safetensors"
 PROGRAM_SUFFIX = ".pt2"
@@ -57,7 +56,7 @@ def write(model: MobileNetV1Model, out: Path, **options: Any) -> Path:
     with atomic_folder(out) as staging:
         name, metadata = model.config.name, model_metadata(model)
         save_safetensors(model.weights, staging / f"{name}{WEIGHTS_SUFFIX}", metadata)
-        if model.backbone.is_default:
+        if model.backbone.is_default and not any(placed.valid for placed in placed_layers(model.config)):  # transformers pads SAME
             write_hf_files(model, staging)
         save_program(build_module(model), model.input_size, "float32", staging / f"{name}{PROGRAM_SUFFIX}", metadata)
     return out
@@ -216,7 +215,8 @@ def _read_program(path: Path) -> MobileNetV1Model:
 def _model(config: ModelConfig, weights: dict[str, np.ndarray], metadata: dict[str, str], path: Path) -> MobileNetV1Model:
     """The validated canonical model of our file, with the source and backbone its metadata records."""
     source = metadata.get("source", str(path))
-    return MobileNetV1Model(config, weights, source=source, backbone=backbone_from_metadata(metadata, path)).validate()
+    model = MobileNetV1Model(config, weights, source=source, backbone=backbone_from_metadata(metadata, path))
+    return model.with_recorded(metadata).validate()
 
 
 def safetensors_numpy() -> ModuleType:
@@ -280,15 +280,23 @@ def _quant_module() -> ModuleType:
 
 def write_hf_files(model: MobileNetV1Model, folder: Path) -> None:
     """Write `config.json` and `model.safetensors` of a transformers MobileNetV1ForImageClassification."""
-    (folder / HF_CONFIG).write_text(json.dumps(hf_config(model.config), indent=2) + "\n", encoding="utf-8")
+    (folder / HF_CONFIG).write_text(json.dumps(hf_config(model.config, model.classes), indent=2) + "\n", encoding="utf-8")
     save_safetensors(hf_state_dict(model), folder / HF_WEIGHTS, {"format": "pt"})
 
 
-def hf_config(config: ModelConfig) -> dict[str, Any]:
-    """The transformers MobileNetV1Config of the variant, with the slim models' 1001 class names."""
-    labels = imagenet_labels()
-    if config.num_classes != len(labels):
-        raise ModelFormatError(f"{config.name} has {config.num_classes} classes; the Hugging Face config names {len(labels)}")
+def hf_labels(config: ModelConfig, classes: Classes | None = None) -> tuple[str, ...]:
+    """The class names `id2label` holds: the model's own, the ImageNet names of an ImageNet head, else LABEL_i
+    (transformers' default)."""
+    classes = classes or Classes.default(config.num_classes)
+    if classes.labels is not None:
+        return classes.labels
+    imagenet = imagenet_names(classes.background)
+    return imagenet if len(imagenet) == config.num_classes else tuple(f"LABEL_{index}" for index in range(config.num_classes))
+
+
+def hf_config(config: ModelConfig, classes: Classes | None = None) -> dict[str, Any]:
+    """The transformers MobileNetV1Config of the variant, with its class names (`hf_labels`)."""
+    labels = hf_labels(config, classes)
     return {
         "architectures": ["MobileNetV1ForImageClassification"],
         "model_type": HF_MODEL_TYPE,
@@ -346,7 +354,20 @@ def read_hf_folder(folder: Path) -> MobileNetV1Model:
         if hf not in state:
             raise ModelFormatError(f"{weights_path}: missing {hf}, not a MobileNet V1 {config.name}")
         weights[slim] = to_tf_layout(state[hf], kind)
-    return MobileNetV1Model(config, weights, source=str(folder)).validate()
+    return MobileNetV1Model(config, weights, source=str(folder), classes=_classes_from_hf(_load_hf_config(folder), config)).validate()
+
+
+def _classes_from_hf(hf: dict[str, Any], config: ModelConfig) -> Classes:
+    """The class names of `id2label` (none when they are transformers' LABEL_i defaults or do not cover the classes);
+    slim's background when the first name is "background"."""
+    id2label = hf.get("id2label") or {}
+    try:
+        labels = tuple(str(id2label[key]) for key in sorted(id2label, key=int))
+    except ValueError:
+        labels = ()
+    if len(labels) != config.num_classes or labels == tuple(f"LABEL_{index}" for index in range(config.num_classes)):
+        return Classes.default(config.num_classes)
+    return Classes(labels[0] == "background", labels)
 
 
 def _load_hf_config(folder: Path) -> dict[str, Any]:

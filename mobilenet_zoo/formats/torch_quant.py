@@ -188,7 +188,7 @@ def read(path: Path) -> MobileNetV1Model:
     quant = quant_info(safetensors_numpy().load_file(str(weights_file)))
     weights = {name: tensor.dequantize() for name, tensor in quant.tensors.items()}
     return MobileNetV1Model(config, weights, quant=quant, source=metadata.get("source", str(path)),
-                            backbone=torch_format.backbone_from_metadata(metadata, weights_file)).validate()
+                            backbone=torch_format.backbone_from_metadata(metadata, weights_file)).with_recorded(metadata).validate()
 
 
 def quant_info(tensors: dict[str, np.ndarray]) -> QuantInfo:
