@@ -76,7 +76,8 @@ def verify(targets: PathLike | list[PathLike], *, source: PathLike | None = None
     from mobilenet_zoo.parity import verify as _verify
 
     targets = [targets] if isinstance(targets, (str, Path)) else list(targets)
-    return _verify(targets, source=source, reference=reference, images=[Path(p) for p in images or []], n_random=n_random,
+    images = None if images is None else [Path(p) for p in images]  # None: the bundled photos; []: random inputs only
+    return _verify(targets, source=source, reference=reference, images=images, n_random=n_random,
                    seed=seed, thresholds=thresholds, save_reference=Path(save_reference) if save_reference else None)
 
 

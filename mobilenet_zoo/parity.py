@@ -454,7 +454,7 @@ def verify(targets: list[Path | str], *, source: str | Path | None = None, refer
     if save_reference and not Path(save_reference).parent.is_dir():
         raise ZooError(f"--save-reference {save_reference}: the folder {Path(save_reference).parent} does not exist")
     thresholds = thresholds or Thresholds()
-    images = resolve_images(images)
+    images = resolve_images(images) if images is None or images else []  # None: the bundled photos; []: none
     given = reference or source
     if given and str(given).endswith(".npz"):
         saved = Reference.load(Path(given))

@@ -11,16 +11,16 @@ import numpy as np
 import pytest
 
 from mobilenet_zoo.arch import ModelConfig
-from mobilenet_zoo.convert import BuildOptions, convert
+from mobilenet_zoo.conversion import BuildOptions, convert
 from mobilenet_zoo.errors import ModelFormatError, ZooError
 from mobilenet_zoo.formats import FORMATS, format_module
 from mobilenet_zoo.formats.torch import hf_config
 from mobilenet_zoo.labels import imagenet_labels, read_labels_file
 from mobilenet_zoo.model import Classes, random_model
-from mobilenet_zoo.predict import class_names
+from mobilenet_zoo.prediction import class_names
 from mobilenet_zoo.samples import sample_images
 from mobilenet_zoo.sources import open_source
-from mobilenet_zoo.verify import Thresholds, compute_reference, verify_target
+from mobilenet_zoo.parity import Thresholds, compute_reference, verify_target
 
 FLOWERS = ("daisy", "dandelion", "roses", "sunflowers", "tulips")
 FINE_TUNED = ModelConfig(0.25, 128, num_classes=5)
@@ -93,7 +93,7 @@ def test_five_classes_in_every_format(fine_tuned_tarball, tmp_path):
         model = format_module(target.format).read(target.path)
         assert model.config.num_classes == 5, target.format
         assert model.classes == Classes(False, FLOWERS), target.format
-        report = verify_target(target.path, reference, Thresholds(logits_atol=TOLERANCE))
+        report = verify_target(target.path, reference, Thresholds(rtol=0, atol=TOLERANCE))
         figures[target.format] = report.max_abs_logits
         assert report.passed, (target.format, report.failures)
     print(
@@ -111,7 +111,7 @@ def test_a_broken_five_class_model_fails(fine_tuned_tarball, tmp_path):
     weights[name] = weights[name] + np.float32(0.01) * np.arange(5, dtype=np.float32)
     broken = format_module("onnx").write(replace(source.model, weights=weights), tmp_path / "broken.onnx")
     reference = compute_reference(source.reference, [], n_random=2, seed=0)
-    report = verify_target(broken, reference, Thresholds(logits_atol=TOLERANCE))
+    report = verify_target(broken, reference, Thresholds(rtol=0, atol=TOLERANCE))
     assert not report.passed and report.max_abs_logits > 1e-3
 
 

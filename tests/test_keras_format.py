@@ -13,13 +13,13 @@ import pytest
 from realdata import FROZEN_1_0_224, real_images, realdata
 
 from mobilenet_zoo.arch import ModelConfig
-from mobilenet_zoo.convert import convert
+from mobilenet_zoo.conversion import convert
 from mobilenet_zoo.errors import ModelFormatError
 from mobilenet_zoo.formats import FORMATS, format_module
 from mobilenet_zoo.formats import keras as keras_format
 from mobilenet_zoo.model import random_model
 from mobilenet_zoo.sources import from_path
-from mobilenet_zoo.verify import Thresholds, verify_against
+from mobilenet_zoo.parity import Thresholds, verify
 
 keras = pytest.importorskip("keras")
 
@@ -90,7 +90,7 @@ def images(size: int, n: int = 4, seed: int = 1) -> np.ndarray:
 def every_format_against_keras(source: Path, out: Path) -> dict[str, float]:
     """Convert a Keras file to every format and verify each against the Keras model: max |dlogits| per format."""
     written = convert(from_path(source), TARGETS, out)
-    reports = verify_against(source, [w.path for w in written], [], 4, 0, Thresholds(logits_atol=KERAS_TOLERANCE))
+    reports = verify([w.path for w in written], source=source, images=[], n_random=4, seed=0, thresholds=Thresholds(rtol=0, atol=KERAS_TOLERANCE)).reports
     figures = {r.format: r.max_abs_logits for r in reports}
     print(f"{source.name}: max |dlogits| vs Keras " + ", ".join(f"{fmt} {value:.2e}" for fmt, value in figures.items()))
     for report in reports:
@@ -211,7 +211,7 @@ def test_odd_input_size_keeps_keras_padding(tmp_path):
 def test_a_broken_keras_target_fails_parity(tmp_path):
     source = keras_mobilenet(tmp_path / "source.keras", 0.25, 128, 1000, seed=0)
     other = keras_mobilenet(tmp_path / "other.keras", 0.25, 128, 1000, seed=1)
-    [report] = verify_against(source, [other], [], 2, 0, Thresholds())
+    [report] = verify([other], source=source, images=[], n_random=2, seed=0, thresholds=Thresholds()).reports
     assert not report.passed and report.max_abs_logits > 1e-2
 
 
@@ -279,7 +279,6 @@ def test_large_input_pools_globally(tmp_path, cli):
     assert code != 0 and "--pooling global" in err and len(err.strip().splitlines()) == 1
     code, _, err = cli("convert", source, "--to", "onnx", "--pooling", "global", "-o", tmp_path / "global")
     assert code == 0, err
-    [report] = verify_against(
-        source, [tmp_path / "global" / "mobilenet_v1_0.25_256.onnx"], [], 2, 0, Thresholds(logits_atol=KERAS_TOLERANCE)
-    )
+    [report] = verify([tmp_path / "global" / "mobilenet_v1_0.25_256_global.onnx"], source=source, images=[], n_random=2, seed=0,
+                      thresholds=Thresholds(rtol=0, atol=KERAS_TOLERANCE)).reports
     assert report.passed, report.failures

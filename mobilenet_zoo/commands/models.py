@@ -140,7 +140,7 @@ def _verify_and_report(targets, *, as_json: bool, use_ray: bool = False, ray_add
 
         if options.get("source") or options.get("reference") or options.get("save_reference"):
             raise ZooError("--ray verifies against the recorded references: drop --source, --reference and --save-reference")
-        images, n_random, seed = resolve_images(options.get("images")), options.get("n_random", 8), options.get("seed", 0)
+        images, n_random, seed = resolve_images(options.get("images") or []), options.get("n_random", 8), options.get("seed", 0)
         with output_status(f"verifying {len(present)} targets on Ray"):
             reports = verify_many(present, images, n_random, seed, options.get("thresholds"), ray_address)
         result = VerifyResult(input_names(images, n_random), reports, missing)
@@ -179,7 +179,7 @@ def verify_command(
         thresholds.lsb = {f: max_lsb for f in thresholds.lsb}
     if source and reference:
         raise ZooError("give --source or --reference, not both")
-    _verify_and_report(targets, as_json=as_json, source=source, reference=reference, images=list(images),
+    _verify_and_report(targets, as_json=as_json, source=source, reference=reference, images=list(images) or None,
                        n_random=n_random, seed=seed, thresholds=thresholds, save_reference=save_reference,
                        use_ray=ray or bool(ray_address), ray_address=ray_address)
 
