@@ -48,7 +48,6 @@ LINEAR = "linear"
 BN_TENSORS = {"gamma": "weight", "beta": "bias", "moving_mean": "running_mean", "moving_variance": "running_var"}
 
 HEAD_OUTPUTS = ("logits", "probabilities")
-LAYOUTS = ("NCHW", "NHWC")
 
 
 def output_names(backbone: Backbone) -> tuple[str, ...]:

@@ -105,7 +105,7 @@ def test_eager_and_onnx_match_numpy(backbone, models, tmp_path):
 def test_program_matches_numpy_and_records_the_backbone(backbone, models, tmp_path):
     model = models[SMALL].with_backbone(backbone)
     folder = torch_format.write(model, tmp_path / "torch")
-    assert sorted(p.name for p in folder.iterdir()) == [f"{SMALL.name}.pt2", "model.safetensors"], "no Hugging Face configs"
+    assert sorted(p.name for p in folder.iterdir()) == [f"{SMALL.name}.pt2", "model.safetensors"], "no HF configs"
     runner = torch_format.load_runner(folder)
     assert runner.resolution == backbone.input_size
     assert_matches_reference(".pt2", runner, model, reference(model))

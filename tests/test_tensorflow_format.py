@@ -262,13 +262,15 @@ def test_tf1_saved_models_still_read_and_run(tmp_path):
         signature = v1.predict_signature_def(inputs={INPUT_NODE: slim.images}, outputs=slim.outputs)
         builder = v1.Builder(str(folder))
         with slim.graph.as_default():
-            builder.add_meta_graph_and_variables(slim.session, [v1.SERVING], signature_def_map={"serving_default": signature})
+            signatures = {"serving_default": signature}
+            builder.add_meta_graph_and_variables(slim.session, [v1.SERVING], signature_def_map=signatures)
         builder.save()
     back = tf_format.read(folder)
     for name, value in model.weights.items():
         np.testing.assert_array_equal(back.weights[name], value, err_msg=name)
     images = seeded_images(SMALL)
-    assert max_abs_diff(tf_format.load_runner(folder)(images)["logits"], numpy_reference.forward(model, images)) <= LOGITS_TOLERANCE
+    logits = tf_format.load_runner(folder)(images)["logits"]
+    assert max_abs_diff(logits, numpy_reference.forward(model, images)) <= LOGITS_TOLERANCE
 
 
 def test_write_replaces_an_existing_folder_and_leaves_no_temporaries(tmp_path):

@@ -58,7 +58,7 @@ def written(models, tmp_path_factory):
     for name, model in models.items():
         start = time.perf_counter()
         folders[name] = torch_format.write(model, root / f"{name}_torch")
-        print(f"write {name}: {time.perf_counter() - start:.1f} s (torch.export .pt2, model.safetensors, Hugging Face configs)")
+        print(f"write {name}: {time.perf_counter() - start:.1f} s (.pt2, model.safetensors, Hugging Face configs)")
     return folders
 
 
@@ -276,7 +276,8 @@ def test_folder_layout_and_metadata(written):
     config = json.loads((folder / "config.json").read_text())
     assert (config["model_type"], config["depth_multiplier"], config["image_size"]) == ("mobilenet_v1", 0.25, 128)
     preprocessor = json.loads((folder / "preprocessor_config.json").read_text())
-    assert preprocessor["size"] == {"height": 146, "width": 146} and preprocessor["crop_size"] == {"height": 128, "width": 128}
+    assert preprocessor["size"] == {"height": 146, "width": 146}
+    assert preprocessor["crop_size"] == {"height": 128, "width": 128}
     assert not list(folder.parent.glob(".*")), "no staging folder left behind"
 
 
@@ -324,7 +325,8 @@ def test_other_class_counts_get_a_config_without_imagenet_names(tmp_path):
 
 def test_failed_write_leaves_nothing_and_rewrite_replaces(models, tmp_path):
     model = models[SMALL.name]
-    bad = dataclasses.replace(model, weights={**model.weights, SMALL.layers()[3].weight_name: np.zeros((3, 3, 5, 1), np.float32)})
+    wrong_shape = {SMALL.layers()[3].weight_name: np.zeros((3, 3, 5, 1), np.float32)}
+    bad = dataclasses.replace(model, weights={**model.weights, **wrong_shape})
     with pytest.raises(ModelFormatError, match=SMALL.layers()[3].scope):
         torch_format.write(bad, tmp_path / "bad_torch")
     assert list(tmp_path.iterdir()) == []

@@ -251,7 +251,8 @@ def saved_model_module(model: MobileNetV1Model):
     tf = require("tensorflow")
     config, backbone, folded, size = model.config, model.backbone, model.is_folded, model.input_size
     variables = {
-        name: tf.Variable(value, name=name, trainable=not name.endswith(_MOVING_STATISTICS)) for name, value in model.weights.items()
+        name: tf.Variable(value, name=name, trainable=not name.endswith(_MOVING_STATISTICS))
+        for name, value in model.weights.items()
     }
 
     def slim_variable(getter, name, *args, **kwargs):

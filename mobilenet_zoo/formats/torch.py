@@ -56,7 +56,7 @@ HF_MODEL_TYPE = "mobilenet_v1"
 HF_MIN_DEPTH = 8  # the channel floor of arch.depth
 HF_BILINEAR = 2  # PIL.Image.BILINEAR, transformers' PILImageResampling.BILINEAR
 EXPORT_EXAMPLE_BATCH = 2  # a batch of 1 would let torch.export specialize the batch dimension
-LAYOUTS = ("NCHW", "NHWC")  # input layouts of the program (torch_model.LAYOUTS; that module imports torch)
+LAYOUTS = ("NCHW", "NHWC")  # input layouts of the program
 DEFAULT_LAYOUT = "NCHW"
 PROGRAM_NETWORK_PREFIX = "network."  # state-dict names in a program: ProgramInterface's submodule
 INPUT_LAYOUT_KEY = "input_layout"  # in the program's metadata; absent in files older than the layout option (NHWC)
@@ -89,7 +89,8 @@ def write(model: MobileNetV1Model, out: Path, *, layout: str = DEFAULT_LAYOUT, s
             write_hf_configs(model.config, staging)
         if slim_weights:
             save_safetensors(model.weights, staging / f"{name}{WEIGHTS_SUFFIX}", metadata)
-        save_program(build_module(model), model.input_size, "float32", staging / f"{name}{PROGRAM_SUFFIX}", metadata, layout)
+        program = staging / f"{name}{PROGRAM_SUFFIX}"
+        save_program(build_module(model), model.input_size, "float32", program, metadata, layout)
     return out
 
 
@@ -203,7 +204,9 @@ def backbone_from_metadata(metadata: dict[str, str], source: object) -> Backbone
 # --------------------------------------------------------------------------------------- our own files
 
 
-def save_program(module, resolution: int, dtype: str, out: Path, metadata: dict[str, str], layout: str | None = None) -> None:
+def save_program(
+    module, resolution: int, dtype: str, out: Path, metadata: dict[str, str], layout: str | None = None
+) -> None:
     """`torch.export` the NHWC, tuple-returning `module` behind a `ProgramInterface` (images in `layout`, NCHW
     unless told, any batch size; a dict of outputs named as `metadata`'s backbone says) and save it with
     `metadata` and the layout as its extra file."""
@@ -216,11 +219,12 @@ def save_program(module, resolution: int, dtype: str, out: Path, metadata: dict[
     example = torch.zeros(EXPORT_EXAMPLE_BATCH, *shape, dtype=getattr(torch, dtype))
     batch = torch.export.Dim("batch", min=1)
     program = torch.export.export(interface, (example,), dynamic_shapes={"images": {0: batch}})
-    torch.export.save(program, str(out), extra_files={PROGRAM_METADATA: json.dumps({**metadata, INPUT_LAYOUT_KEY: layout})})
+    extra = {PROGRAM_METADATA: json.dumps({**metadata, INPUT_LAYOUT_KEY: layout})}
+    torch.export.save(program, str(out), extra_files=extra)
 
 
 def program_module(path: Path) -> tuple[ProgramCall, int] | None:
-    """Our `.pt2` program (the file `path`, or the one in the folder `path`) called the runners' way, and its input size.
+    """Our `.pt2` program (the file `path`, or the one in the folder `path`) called as runners call, and its input size.
 
     None when `path` is no program and its folder holds none.
     """
@@ -472,7 +476,9 @@ def read_hf_folder(folder: Path) -> MobileNetV1Model:
     return MobileNetV1Model(config, weights, source=str(folder)).validate()
 
 
-def weights_from_hf(state: dict[str, np.ndarray], config: ModelConfig, *, folded: bool, source: Path) -> dict[str, np.ndarray]:
+def weights_from_hf(
+    state: dict[str, np.ndarray], config: ModelConfig, *, folded: bool, source: Path
+) -> dict[str, np.ndarray]:
     """Canonical weights from a transformers state dict; `folded`: the BatchNorms are the identities
     `hf_state_dict` wrote for a folded model, whose betas are its biases."""
     from mobilenet_zoo.torch_model import to_tf_layout
