@@ -251,7 +251,7 @@ class ProgramCall:
 
     def __call__(self, images):
         nchw = self.layout == "NCHW"
-        outputs = self.module(images.permute(0, 3, 1, 2).contiguous() if nchw else images)
+        outputs = self.module(images.permute(0, 3, 1, 2) if nchw else images)  # a view: the program copies it NHWC
         if isinstance(outputs, dict):
             outputs = tuple(outputs[name] for name in self.names)
         return tuple(output.permute(0, 2, 3, 1) if nchw and output.dim() == 4 else output for output in outputs)
