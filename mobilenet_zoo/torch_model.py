@@ -11,6 +11,9 @@ The module builds the network its `arch.Backbone` describes: strides and dilatio
 `output_names`: logits and probabilities (N x classes, or N x S x S x classes when the pool leaves a map
 larger than 1x1, softmax over the last axis), then the chosen feature maps, NHWC.
 
+`ProgramInterface` is what our `.pt2` programs export around such a network (float or quantized): images in
+the file's layout (NCHW by default), a dict of named outputs with maps in that layout.
+
 This module imports torch at its top level: only the torch format imports it, and only when used.
 """
 
@@ -101,6 +104,24 @@ class MobileNetV1(nn.Module):
         if logits_map.shape[2:] == (1, 1):
             return torch.squeeze(logits_map, (2, 3))
         return logits_map.permute(0, 2, 3, 1)
+
+
+class ProgramInterface(nn.Module):
+    """An NHWC network returning a tuple (`MobileNetV1`, or the quantized module) as a torch user calls it:
+    images in `layout` (N x 3 x H x W for NCHW), a dict {name: output} in `names` order, maps (4-D outputs) in
+    `layout` too. Its only submodule is `network`, so its state dict names are the network's behind `network.`."""
+
+    def __init__(self, network: nn.Module, names: tuple[str, ...], layout: str) -> None:
+        super().__init__()
+        self.network, self.names, self.nchw = network, tuple(names), layout == "NCHW"
+
+    def forward(self, images):
+        # NCHW images are copied NHWC (channels-last memory): PyTorch's CPU convolutions run faster on it
+        outputs = self.network(images.permute(0, 2, 3, 1).contiguous() if self.nchw else images)
+        return {name: self._in_layout(output) for name, output in zip(self.names, outputs, strict=True)}
+
+    def _in_layout(self, output):
+        return output.permute(0, 3, 1, 2) if self.nchw and output.dim() == 4 else output
 
 
 def build_module(model: MobileNetV1Model) -> MobileNetV1:

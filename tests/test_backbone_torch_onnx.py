@@ -105,13 +105,13 @@ def test_eager_and_onnx_match_numpy(backbone, models, tmp_path):
 def test_program_matches_numpy_and_records_the_backbone(backbone, models, tmp_path):
     model = models[SMALL].with_backbone(backbone)
     folder = torch_format.write(model, tmp_path / "torch")
-    assert sorted(p.name for p in folder.iterdir()) == [f"{SMALL.name}.pt2", f"{SMALL.name}.safetensors"], "no Hugging Face files"
+    assert sorted(p.name for p in folder.iterdir()) == [f"{SMALL.name}.pt2", "model.safetensors"], "no HF configs"
     runner = torch_format.load_runner(folder)
     assert runner.resolution == backbone.input_size
     assert_matches_reference(".pt2", runner, model, reference(model))
     images = seeded_images(backbone.input_size)
     np.testing.assert_allclose(runner(images[:1])["logits"], runner(images)["logits"][:1], atol=1e-5)  # dynamic batch
-    for path in (folder, folder / f"{SMALL.name}.pt2", folder / f"{SMALL.name}.safetensors"):
+    for path in (folder, folder / f"{SMALL.name}.pt2", folder / "model.safetensors"):
         assert torch_format.read(path).backbone == backbone
 
 

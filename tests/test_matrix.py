@@ -52,10 +52,14 @@ def tf2onnx_of_tflite(tflite: Path, out: Path) -> Path:
 
 
 def hugging_face_only(torch_folder: Path, out: Path) -> Path:
-    """A folder holding only the Hugging Face files (config.json, model.safetensors) of a written torch folder."""
+    """The Hugging Face files (config.json, model.safetensors) of a written torch folder as transformers'
+    save_pretrained writes them: without our metadata, so they are read as anyone's Hugging Face folder."""
+    import safetensors.numpy
+
     out.mkdir()
-    for name in ("config.json", "model.safetensors"):
-        shutil.copy(torch_folder / name, out / name)
+    shutil.copy(torch_folder / "config.json", out / "config.json")
+    weights = safetensors.numpy.load_file(str(torch_folder / "model.safetensors"))
+    safetensors.numpy.save_file(weights, str(out / "model.safetensors"), metadata={"format": "pt"})
     return out
 
 
@@ -95,7 +99,8 @@ def test_float_matrix(extracted_variant, written_sources, tmp_path):
         "tf checkpoint": folder,
         "tf frozen graph": frozen,
         "tf SavedModel": ours["tf"],
-        "torch safetensors": ours["torch"],
+        "torch folder": ours["torch"],
+        "torch safetensors": ours["torch"] / "model.safetensors",
         "torch .pt2": next(ours["torch"].glob("*.pt2")),
         "hugging face": hugging_face_only(ours["torch"], written_sources / "hf"),
         "onnx": ours["onnx"],

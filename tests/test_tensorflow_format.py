@@ -12,17 +12,15 @@ import tarfile
 
 import numpy as np
 import pytest
+import tensorflow as tf
+from conftest import DATA, FIXTURE_SEED
 
 from mobilenet_zoo import numpy_forward as numpy_reference
-from mobilenet_zoo.arch import INPUT_NODE, LOGITS_NODE, OUTPUT_NODE, ModelConfig
+from mobilenet_zoo.arch import INPUT_NODE, LOGITS_NODE, OUTPUT_NODE, Backbone, ModelConfig
 from mobilenet_zoo.errors import ModelFormatError
 from mobilenet_zoo.formats import tensorflow as tf_format
 from mobilenet_zoo.model import random_model
 from mobilenet_zoo.testing.tarball import info_text, member_names, write_official_tarball
-
-tf = pytest.importorskip("tensorflow")
-
-from conftest import DATA, FIXTURE_SEED  # noqa: E402
 
 LOGITS_TOLERANCE = 1e-5
 SMALL = ModelConfig(0.25, 128)
@@ -237,6 +235,42 @@ def test_saved_model_signature_is_named_with_dynamic_batch(saved_models):
     (spec,) = signature.structured_input_signature[1].values()
     assert spec.name == INPUT_NODE and spec.dtype == tf.float32 and spec.shape.as_list() == [None, 128, 128, 3]
     assert set(signature.structured_outputs) == {"logits", "probabilities"}
+
+
+def test_loaded_saved_model_is_callable_and_returns_the_outputs_by_name(tmp_path):
+    """`tf.saved_model.load(path)(images)` as TF users call it: the signature's dict, the numpy reference's numbers."""
+    model = random_model(SMALL, seed=4).with_backbone(Backbone(features=(5, 13)))
+    loaded = tf.saved_model.load(str(tf_format.write(model, tmp_path / "saved_model")))
+    images = seeded_images(SMALL)
+    outputs = {name: value.numpy() for name, value in loaded(tf.constant(images)).items()}
+    expected = numpy_reference.outputs(model, images)
+    assert set(outputs) == set(expected) == {"logits", "probabilities", "Conv2d_5_pointwise", "Conv2d_13_pointwise"}
+    for name, value in expected.items():
+        np.testing.assert_allclose(outputs[name], value, rtol=1e-4, atol=1e-5, err_msg=name)
+    served = loaded.signatures["serving_default"](input=tf.constant(images))
+    np.testing.assert_array_equal(served["logits"].numpy(), outputs["logits"])
+    frozen = sorted(name for name, variable in loaded.slim_variables.items() if not variable.trainable)
+    assert frozen == sorted(name for name in model.weights if name.endswith(("moving_mean", "moving_variance")))
+
+
+def test_tf1_saved_models_still_read_and_run(tmp_path):
+    """SavedModels as we wrote them before (the TF1 Builder, variables keyed by slim name) read and run."""
+    model = random_model(SMALL, seed=5)
+    folder = tmp_path / "tf1_saved_model"
+    with tf_format.slim_session(model) as slim:
+        v1 = tf.compat.v1.saved_model
+        signature = v1.predict_signature_def(inputs={INPUT_NODE: slim.images}, outputs=slim.outputs)
+        builder = v1.Builder(str(folder))
+        with slim.graph.as_default():
+            signatures = {"serving_default": signature}
+            builder.add_meta_graph_and_variables(slim.session, [v1.SERVING], signature_def_map=signatures)
+        builder.save()
+    back = tf_format.read(folder)
+    for name, value in model.weights.items():
+        np.testing.assert_array_equal(back.weights[name], value, err_msg=name)
+    images = seeded_images(SMALL)
+    logits = tf_format.load_runner(folder)(images)["logits"]
+    assert max_abs_diff(logits, numpy_reference.forward(model, images)) <= LOGITS_TOLERANCE
 
 
 def test_write_replaces_an_existing_folder_and_leaves_no_temporaries(tmp_path):

@@ -1,7 +1,8 @@
-"""The PyTorch module, the torch format folder (.safetensors, .pt2, Hugging Face files) against TensorFlow.
+"""The PyTorch module, the torch format folder (.pt2, model.safetensors, Hugging Face configs) against TensorFlow.
 
 The reference is the slim graph built and run in TensorFlow (`formats.tensorflow.slim_session`); inputs
-of other sizes are checked against the framework-free numpy reference.
+of other sizes are checked against the framework-free numpy reference. Loading the files with torch's and
+transformers' own APIs on real images is in test_ecosystem.py.
 """
 
 from __future__ import annotations
@@ -15,18 +16,16 @@ import time
 
 import numpy as np
 import pytest
+import safetensors.numpy as safetensors_numpy
+import torch
+import transformers
 
 from mobilenet_zoo import numpy_forward as numpy_reference
-from mobilenet_zoo.arch import ModelConfig
+from mobilenet_zoo.arch import Backbone, ModelConfig
 from mobilenet_zoo.errors import ModelFormatError
 from mobilenet_zoo.formats import torch as torch_format
 from mobilenet_zoo.model import MobileNetV1Model, random_model
-
-torch = pytest.importorskip("torch")
-safetensors_numpy = pytest.importorskip("safetensors.numpy")
-pytest.importorskip("tensorflow")
-
-from mobilenet_zoo.torch_model import MobileNetV1, build_module  # noqa: E402  (needs torch)
+from mobilenet_zoo.torch_model import MobileNetV1, build_module
 
 CONFIGS = [ModelConfig(0.25, 128), ModelConfig(0.5, 160), ModelConfig(1.0, 224)]
 SMALL = CONFIGS[0]
@@ -59,7 +58,7 @@ def written(models, tmp_path_factory):
     for name, model in models.items():
         start = time.perf_counter()
         folders[name] = torch_format.write(model, root / f"{name}_torch")
-        print(f"write {name}: {time.perf_counter() - start:.1f} s (safetensors, torch.export .pt2, Hugging Face files)")
+        print(f"write {name}: {time.perf_counter() - start:.1f} s (.pt2, model.safetensors, Hugging Face configs)")
     return folders
 
 
@@ -108,7 +107,6 @@ def test_pt2_runner_matches_tensorflow(config, written, reference_logits):
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda c: c.name)
 def test_transformers_loads_the_folder_and_matches_tensorflow(config, written, reference_logits):
-    transformers = pytest.importorskip("transformers", reason="transformers is not installed: pip install 'mobilenet-zoo[hf]'")
     hf_model = transformers.MobileNetV1ForImageClassification.from_pretrained(written[config.name]).eval()
     assert hf_model.config.tf_padding and hf_model.config.depth_multiplier == config.alpha
     assert hf_model.config.image_size == config.resolution and hf_model.config.num_labels == 1001
@@ -120,7 +118,6 @@ def test_transformers_loads_the_folder_and_matches_tensorflow(config, written, r
 
 
 def test_transformers_loads_a_folded_model(models, reference_logits, tmp_path):
-    transformers = pytest.importorskip("transformers", reason="transformers is not installed: pip install 'mobilenet-zoo[hf]'")
     folder = torch_format.write(models[SMALL.name].fold(), tmp_path / "folded_torch")
     hf_model = transformers.MobileNetV1ForImageClassification.from_pretrained(folder).eval()
     with torch.inference_mode():
@@ -173,25 +170,89 @@ def test_one_changed_weight_fails_parity(models, reference_logits, tmp_path):
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda c: c.name)
 def test_read_round_trips_bit_exactly(config, models, written, tmp_path):
-    """The folder, its .safetensors, its .pt2 and its Hugging Face files alone all give the model back."""
+    """The folder, its model.safetensors, its .pt2 and its Hugging Face files alone all give the model back."""
     model, folder = models[config.name], written[config.name]
     hf_only = tmp_path / "hf"
     hf_only.mkdir()
     for file in (torch_format.HF_CONFIG, torch_format.HF_WEIGHTS):
         shutil.copy(folder / file, hf_only / file)
-    for path in (folder, folder / f"{config.name}.safetensors", folder / f"{config.name}.pt2", hf_only):
+    for path in (folder, folder / torch_format.HF_WEIGHTS, folder / f"{config.name}.pt2", hf_only):
         assert_same_model(torch_format.read(path), model)
 
 
 def test_folded_model_round_trips(models, tmp_path):
+    """A folded model's biases travel as identity BatchNorms' betas in model.safetensors and come back as biases."""
     folded = models[SMALL.name].fold()
     folder = torch_format.write(folded, tmp_path / "folded_torch")
-    for path in (folder, folder / f"{SMALL.name}.pt2"):
+    for path in (folder, folder / f"{SMALL.name}.pt2", folder / torch_format.HF_WEIGHTS):
         back = torch_format.read(path)
         assert back.is_folded
         assert_same_model(back, folded)
-    runner = torch_format.load_runner(folder / f"{SMALL.name}.safetensors")
+    runner = torch_format.load_runner(folder / torch_format.HF_WEIGHTS)
     assert isinstance(runner.forward, MobileNetV1)
+
+
+def test_slim_weights_on_request(models, tmp_path):
+    """`slim_weights=True` adds NAME.safetensors (slim names, TF layouts), which reads back alone too."""
+    model = models[SMALL.name]
+    folder = torch_format.write(model, tmp_path / "slim_torch", slim_weights=True)
+    slim_file = folder / f"{SMALL.name}.safetensors"
+    assert set(safetensors_numpy.load_file(str(slim_file))) == set(model.weights)
+    for path in (folder, slim_file):
+        assert_same_model(torch_format.read(path), model)
+
+
+def test_a_hugging_face_save_pretrained_folder_reads(written, models, tmp_path):
+    """A folder transformers itself wrote (no metadata of ours) reads through config.json, unfolded."""
+    hf_model = transformers.MobileNetV1ForImageClassification.from_pretrained(written[SMALL.name])
+    hf_model.save_pretrained(tmp_path / "saved")
+    assert torch_format.recorded_metadata(tmp_path / "saved") == {}
+    assert_same_model(torch_format.read(tmp_path / "saved"), models[SMALL.name])
+
+
+def test_folders_written_before_the_layout_option_read_and_run(models, reference_logits, tmp_path):
+    """The old folder: NAME.safetensors (slim layout), an NHWC `.pt2` returning a tuple, config.json and a
+    model.safetensors without our metadata."""
+    model = models[SMALL.name]
+    folder = tmp_path / "old_torch"
+    folder.mkdir()
+    metadata = torch_format.model_metadata(model)
+    torch_format.save_safetensors(model.weights, folder / f"{SMALL.name}.safetensors", metadata)
+    (folder / torch_format.HF_CONFIG).write_text(json.dumps(torch_format.hf_config(model.config)))
+    torch_format.save_safetensors(torch_format.hf_state_dict(model), folder / torch_format.HF_WEIGHTS, {"format": "pt"})
+    save_old_program(build_module(model), SMALL.resolution, folder / f"{SMALL.name}.pt2", metadata)
+    for path in (folder, folder / f"{SMALL.name}.pt2", folder / f"{SMALL.name}.safetensors"):
+        assert_same_model(torch_format.read(path), model)
+    runner = torch_format.load_runner(folder)
+    assert not isinstance(runner.forward, MobileNetV1)
+    assert_parity(f"{SMALL.name} old NHWC .pt2", runner(seeded_images(SMALL))["logits"], reference_logits[SMALL.name])
+
+
+def save_old_program(module, resolution: int, out, metadata: dict[str, str]) -> None:
+    """What `save_program` wrote before the layout option: the bare NHWC network, no input layout recorded."""
+    example = torch.zeros(2, resolution, resolution, 3)
+    program = torch.export.export(module, (example,), dynamic_shapes={"images": {0: torch.export.Dim("batch", min=1)}})
+    torch.export.save(program, str(out), extra_files={torch_format.PROGRAM_METADATA: json.dumps(metadata)})
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+def test_runner_of_either_layout_takes_nhwc_and_returns_nhwc_maps(layout, models, tmp_path):
+    """Whatever the file's layout, the runner gives the rest of the code NHWC maps (a logits map here)."""
+    model = models[SMALL.name].with_backbone(Backbone(features=(5,), input_size=320))  # 2x2 logits map
+    folder = torch_format.write(model, tmp_path / f"{layout}_torch", layout=layout)
+    assert torch_format.recorded_metadata(folder / f"{SMALL.name}.pt2")[torch_format.INPUT_LAYOUT_KEY] == layout
+    images = np.random.default_rng(5).uniform(-1, 1, (2, 320, 320, 3)).astype(np.float32)
+    outputs, expected = torch_format.load_runner(folder)(images), numpy_reference.outputs(model, images)
+    assert set(outputs) == set(expected) == {"logits", "probabilities", "Conv2d_5_pointwise"}
+    for name, value in expected.items():
+        assert outputs[name].shape == value.shape, name
+        np.testing.assert_allclose(outputs[name], value, rtol=1e-4, atol=1e-5, err_msg=name)
+
+
+def test_unknown_layout_refused(models, tmp_path):
+    with pytest.raises(ModelFormatError, match="unknown PyTorch input layout 'NCWH'"):
+        torch_format.write(models[SMALL.name], tmp_path / "bad_torch", layout="NCWH")
+    assert list(tmp_path.iterdir()) == []
 
 
 def assert_same_model(back: MobileNetV1Model, expected: MobileNetV1Model) -> None:
@@ -203,14 +264,20 @@ def assert_same_model(back: MobileNetV1Model, expected: MobileNetV1Model) -> Non
 
 
 def test_folder_layout_and_metadata(written):
+    """One copy of the weights besides the program: model.safetensors, with our metadata and transformers' "format"."""
     folder = written[SMALL.name]
     assert sorted(p.name for p in folder.iterdir()) == sorted(
-        [f"{SMALL.name}.safetensors", f"{SMALL.name}.pt2", "config.json", "model.safetensors"])
+        [f"{SMALL.name}.pt2", "config.json", "model.safetensors", "preprocessor_config.json"])
     metadata = torch_format.recorded_metadata(folder)
     assert metadata["producer"] == "mobilenet-zoo" and metadata["name"] == SMALL.name
-    assert torch_format.recorded_metadata(folder / f"{SMALL.name}.pt2") == metadata
+    assert (metadata["format"], metadata["layout"]) == ("pt", "transformers")
+    program_metadata = torch_format.recorded_metadata(folder / f"{SMALL.name}.pt2")
+    assert program_metadata == {**torch_format.model_metadata(torch_format.read(folder)), "input_layout": "NCHW"}
     config = json.loads((folder / "config.json").read_text())
     assert (config["model_type"], config["depth_multiplier"], config["image_size"]) == ("mobilenet_v1", 0.25, 128)
+    preprocessor = json.loads((folder / "preprocessor_config.json").read_text())
+    assert preprocessor["size"] == {"height": 146, "width": 146}
+    assert preprocessor["crop_size"] == {"height": 128, "width": 128}
     assert not list(folder.parent.glob(".*")), "no staging folder left behind"
 
 
@@ -237,6 +304,8 @@ def test_truncated_or_foreign_models_refused(models, written, tmp_path):
         torch_format.read(path)
     hf_folder = tmp_path / "symmetric"
     shutil.copytree(written[SMALL.name], hf_folder, ignore=shutil.ignore_patterns("mobilenet_v1_*"))
+    foreign_weights = safetensors_numpy.load_file(str(hf_folder / "model.safetensors"))  # without our metadata
+    safetensors_numpy.save_file(foreign_weights, str(hf_folder / "model.safetensors"), metadata={"format": "pt"})
     config = json.loads((hf_folder / "config.json").read_text())
     (hf_folder / "config.json").write_text(json.dumps({**config, "tf_padding": False}))
     with pytest.raises(ModelFormatError, match="tf_padding is false"):
@@ -246,11 +315,20 @@ def test_truncated_or_foreign_models_refused(models, written, tmp_path):
         torch_format.read(tmp_path / "garbage.pt2")
 
 
+def test_other_class_counts_get_a_config_without_imagenet_names(tmp_path):
+    ten_classes = random_model(ModelConfig(0.25, 128, num_classes=10))
+    folder = torch_format.write(ten_classes, tmp_path / "ten_torch")
+    config = transformers.AutoConfig.from_pretrained(folder)
+    assert config.num_labels == 10 and config.id2label[3] == "LABEL_3"
+    assert_same_model(torch_format.read(folder), ten_classes)
+
+
 def test_failed_write_leaves_nothing_and_rewrite_replaces(models, tmp_path):
-    incomplete = random_model(ModelConfig(0.25, 128, num_classes=10))
-    del incomplete.weights[incomplete.config.logits_bias_name]
-    with pytest.raises(ModelFormatError, match="missing"):
-        torch_format.write(incomplete, tmp_path / "ten_torch")
+    model = models[SMALL.name]
+    wrong_shape = {SMALL.layers()[3].weight_name: np.zeros((3, 3, 5, 1), np.float32)}
+    bad = dataclasses.replace(model, weights={**model.weights, **wrong_shape})
+    with pytest.raises(ModelFormatError, match=SMALL.layers()[3].scope):
+        torch_format.write(bad, tmp_path / "bad_torch")
     assert list(tmp_path.iterdir()) == []
     out = tmp_path / "model_torch"
     torch_format.write(models[SMALL.name], out)

@@ -48,7 +48,7 @@ def convert_command(
     all_formats: bool = typer.Option(False, "--all-formats", help="Write every target format."),
     all_variants: bool = typer.Option(False, "--all", help="Convert every variant of the registry (pulled on demand)."),
     output: Path = typer.Option(Path("."), "-o", "--output", help="Output folder, or a file path for a single source and target."),
-    layout: str = typer.Option("NCHW", "--layout", help="ONNX input layout: NCHW or NHWC."),
+    layout: str = typer.Option("NCHW", "--layout", help="Input layout of ONNX and PyTorch .pt2 files: NCHW or NHWC."),
     features: Optional[str] = typer.Option(None, "--features", help="Also output these layers' activations, e.g. 5,11,12,13 (0 = Conv2d_0, i = Conv2d_i_pointwise)."),
     pooling: str = typer.Option("slim", "--pooling", help="Head pooling: slim (7x7 stride 2 VALID as released: a map for large inputs) or global."),
     output_stride: int = typer.Option(32, "--output-stride", help="8, 16 or 32: below 32 the later depthwise convolutions are dilated, as slim does."),
@@ -82,7 +82,7 @@ def convert_command(
         raise ZooError(f"-o {output} names one file, but {len(names)} models are converted: give a folder")
     if layout.upper() not in ("NCHW", "NHWC"):
         raise ZooError(f"--layout must be NCHW or NHWC, not {layout!r}")
-    options = {"onnx": {"layout": layout.upper()}}
+    options = {"onnx": {"layout": layout.upper()}, "torch": {"layout": layout.upper()}}
     from mobilenet_zoo.labels import read_labels_file
 
     build = BuildOptions(Backbone(_feature_layers(features), pooling.lower(), output_stride, input_size), quantize, calibration,

@@ -4,8 +4,9 @@
 `nets/mobilenet_v1.py` does (variable names, scopes, op names, FusedBatchNorm, ReLU6, SAME padding,
 the `Logits` head and the `Predictions` softmax), with the canonical weights loaded into its variables,
 under the model's backbone options (feature end points, pooling, output stride, input size).
-From that one graph come the checkpoint, the eval graph, the frozen graph, the SavedModel, the float
-TFLite flatbuffer and `graph_runner`. `read` maps any of them back to the canonical model by slim variable name.
+From that one graph come the checkpoint, the eval graph, the frozen graph, the float TFLite flatbuffer and
+`graph_runner`; the SavedModel traces the same builder in a `tf.function` over variables of the slim names
+(`saved_model_module`). `read` maps any of them back to the canonical model by slim variable name.
 """
 
 from __future__ import annotations
@@ -41,6 +42,9 @@ from mobilenet_zoo.model import MobileNetV1Model, image_batch, infer_alpha
 
 SIGNATURE_KEY = "serving_default"
 METADATA_FILE = Path("assets.extra") / "mobilenet_zoo.json"  # our SavedModels' `MobileNetV1Model.metadata()`
+SAVED_VARIABLES = "slim_variables"  # the saved module's dict of variables by slim name
+_SAVED_VARIABLE_KEY = re.compile(rf"^{SAVED_VARIABLES}/(.+)/\.ATTRIBUTES/VARIABLE_VALUE$")  # its checkpoint keys
+_MOVING_STATISTICS = ("moving_mean", "moving_variance")
 LOGITS = "logits"
 PROBABILITIES = "probabilities"
 _BN_LEAVES = ("gamma", "beta", "moving_mean", "moving_variance")
@@ -92,15 +96,6 @@ class SlimGraph:
         with self.graph.as_default():
             saver = self.tf.compat.v1.train.Saver(self.tf.compat.v1.global_variables())
         saver.save(self.session, str(prefix), write_state=False)
-
-    def save_saved_model(self, folder: Path) -> None:
-        """A SavedModel whose serving signature maps `input` to `logits`, `probabilities` and the features."""
-        saved_model = self.tf.compat.v1.saved_model
-        signature = saved_model.predict_signature_def(inputs={INPUT_NODE: self.images}, outputs=self.outputs)
-        builder = saved_model.Builder(str(folder))
-        with self.graph.as_default():
-            builder.add_meta_graph_and_variables(self.session, [saved_model.SERVING], signature_def_map={SIGNATURE_KEY: signature})
-        builder.save()
 
     def tflite(self) -> bytes:
         """A float TFLite flatbuffer of the frozen graph with input fixed at batch 1, as the released models.
@@ -233,18 +228,47 @@ def _load_variables(session, variables: list, weights: dict[str, np.ndarray]) ->
 
 
 def write(model: MobileNetV1Model, out: Path) -> Path:
-    """Write a SavedModel folder (serving signature: `input` -> `logits`, `probabilities` and the features)
-    with `model.metadata()` in METADATA_FILE (so `read` restores the variant and backbone options); returns `out`."""
+    """Write a TF2 SavedModel folder: `tf.saved_model.load(out)(images)` and its `serving_default` signature map
+    `input` (float32 NHWC in [-1, 1], any batch) to {`logits`, `probabilities`, feature name...}; METADATA_FILE
+    holds `model.metadata()` (so `read` restores the variant and backbone options). Returns `out`."""
     if model.config.quantized:
         from mobilenet_zoo.formats import tensorflow_quant
 
         return tensorflow_quant.write(model, out)
+    tf = require("tensorflow")
     out = Path(out)
-    with atomic_folder(out) as staging, slim_session(model) as slim:
-        slim.save_saved_model(staging)
+    module = saved_model_module(model.validate())
+    with atomic_folder(out) as staging, _errors_only(tf):
+        tf.saved_model.save(module, str(staging), signatures={SIGNATURE_KEY: module.__call__})
         (staging / METADATA_FILE).parent.mkdir()
         (staging / METADATA_FILE).write_text(json.dumps(model.metadata()), encoding="utf-8")
     return out
+
+
+def saved_model_module(model: MobileNetV1Model):
+    """A `tf.Module` holding the weights as variables by slim name (`SAVED_VARIABLES`; moving statistics not
+    trainable) whose `__call__` (a `tf.function` on float32 NHWC batches named `input`) runs slim's graph
+    (`build_mobilenet_v1`, taking those variables through a custom getter) and returns the outputs by name."""
+    tf = require("tensorflow")
+    config, backbone, folded, size = model.config, model.backbone, model.is_folded, model.input_size
+    variables = {
+        name: tf.Variable(value, name=name, trainable=not name.endswith(_MOVING_STATISTICS))
+        for name, value in model.weights.items()
+    }
+
+    def slim_variable(getter, name, *args, **kwargs):
+        return variables[name]
+
+    @tf.function(input_signature=[tf.TensorSpec([None, size, size, 3], tf.float32, name=INPUT_NODE)])
+    def call(images):
+        with tf.compat.v1.variable_scope("", custom_getter=slim_variable):
+            logits, probabilities, features = build_mobilenet_v1(tf, images, config, backbone, folded=folded)
+        return {LOGITS: logits, PROBABILITIES: probabilities, **features}
+
+    module = tf.Module(name=SCOPE)
+    setattr(module, SAVED_VARIABLES, variables)
+    module.__call__ = call
+    return module
 
 
 def tflite_bytes(model: MobileNetV1Model) -> bytes:
@@ -315,9 +339,24 @@ def _read_saved_model(folder: Path) -> MobileNetV1Model:
     metadata_path = folder / METADATA_FILE
     metadata = json.loads(metadata_path.read_text(encoding="utf-8")) if metadata_path.exists() else {}
     resolution = int(metadata["resolution"]) if "resolution" in metadata else _signature_resolution(_serving_signature(folder), folder)
-    reader = _checkpoint_reader(folder / "variables" / "variables")
-    model = _canonical_model(set(reader.get_variable_to_shape_map()), reader.get_tensor, resolution, folder)
+    names, fetch = _saved_variables(_checkpoint_reader(folder / "variables" / "variables"))
+    model = _canonical_model(names, fetch, resolution, folder)
     return model.with_backbone(Backbone.from_metadata(metadata)).with_recorded(metadata)
+
+
+def _saved_variables(reader) -> tuple[set[str], Callable[[str], np.ndarray]]:
+    """The variable names of a SavedModel's checkpoint and a fetch by name. Ours since `saved_model_module` keep
+    them in a dict, so the keys are object paths (`slim_variables/<name, '.' as '..', '/' as '.S'>/.ATTRIBUTES/
+    VARIABLE_VALUE`); TF1 SavedModels (ours before, the v1 Builder's) are keyed by the names themselves."""
+    keys = {key: key for key in reader.get_variable_to_shape_map()}
+    saved = {_unescape_object_name(match.group(1)): key for key in keys if (match := _SAVED_VARIABLE_KEY.match(key))}
+    keys = saved or keys
+    return set(keys), lambda name: reader.get_tensor(keys[name])
+
+
+def _unescape_object_name(name: str) -> str:
+    """Undo TensorFlow's escaping of a name in a checkpoint's object path ('.' -> '..', '/' -> '.S')."""
+    return re.sub(r"\.(S|\.)", lambda match: "/" if match.group(1) == "S" else ".", name)
 
 
 def _canonical_model(names: set[str], fetch: Callable[[str], np.ndarray], resolution: int, source: Path) -> MobileNetV1Model:

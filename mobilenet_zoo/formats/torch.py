@@ -1,17 +1,26 @@
-"""PyTorch format: a folder with the weights, an exported program and a Hugging Face transformers model.
+"""PyTorch format: a folder with one copy of the weights, an exported program, and a Hugging Face model.
 
-`write(model, out)` builds the folder `out` (e.g. `mobilenet_v1_0.25_128_torch/`) holding:
-    NAME.safetensors   the canonical model verbatim (slim names, TF layouts), so `read` is lossless;
-    NAME.pt2           a `torch.export` program of `torch_model.MobileNetV1` (NHWC float32 input, dynamic batch);
-    config.json + model.safetensors
-                       what `transformers.MobileNetV1ForImageClassification.from_pretrained(out)` loads.
-Both of our own files record the variant and its backbone options (`model_metadata`): as safetensors
-metadata and as the `.pt2` archive's extra file `mobilenet_zoo.json`; `read` restores `model.backbone`
-from them. The program is built as `model.backbone` says (features, pooling, output stride, input size).
-A transformers config cannot express those options (global pooling only, no output stride, no chosen
-feature outputs), so the Hugging Face files are written for the default backbone only.
-Writing the Hugging Face files needs numpy and safetensors only.
-Quantized models are written and run by `mobilenet_zoo.formats.torch_quant`.
+`write(model, out, layout="NCHW")` builds the folder `out` (e.g. `mobilenet_v1_0.25_128_torch/`) holding:
+    NAME.pt2           a `torch.export` program: `torch.export.load(path).module()(images)` takes float32 images in
+                       [-1, 1], N x 3 x H x W (`layout="NHWC"`: N x H x W x 3), any batch size, and returns a dict
+                       {"logits", "probabilities", feature name...}; maps (feature maps, logits maps) in the
+                       file's layout (`torch_model.ProgramInterface`);
+    model.safetensors  the weights once, as transformers names and lays them out, with our metadata: `read` gives
+                       the canonical model back bit for bit (a folded model's biases are the betas of identity
+                       BatchNorms, restored as biases);
+    config.json + preprocessor_config.json
+                       with model.safetensors, what `transformers.MobileNetV1ForImageClassification`,
+                       `AutoImageProcessor` and `pipeline("image-classification")` load (default backbone only);
+    NAME.safetensors   only with `slim_weights=True`: the canonical weights verbatim (slim names, TF layouts).
+Our files record the variant and its backbone options (`model_metadata`): as safetensors metadata and as the
+`.pt2` archive's extra file `mobilenet_zoo.json` (which also records the program's `input_layout`); `read`
+restores `model.backbone` from them. The program is built as `model.backbone` says (features, pooling, output
+stride, input size). A transformers config cannot express those options (global pooling only, no output
+stride, no chosen feature outputs), so config.json and preprocessor_config.json are written for the default
+backbone only. Folders written before (NAME.safetensors + an NHWC `.pt2` returning a tuple, plus Hugging Face
+files) read and run as they did.
+Quantized models are written by `mobilenet_zoo.formats.torch_quant` (NAME.safetensors holds the integers), their
+program wrapped by `save_program` as the float one is: uint8 images in the file's layout, a dict of uint8 outputs.
 """
 
 from __future__ import annotations
@@ -19,7 +28,9 @@ from __future__ import annotations
 import importlib
 import json
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, replace
 from pathlib import Path
 from types import ModuleType
@@ -32,34 +43,70 @@ from mobilenet_zoo.deps import require
 from mobilenet_zoo.errors import ModelFormatError
 from mobilenet_zoo.fsutil import atomic_folder
 from mobilenet_zoo.model import PRODUCER, Classes, MobileNetV1Model, config_from_metadata, imagenet_names
+from mobilenet_zoo.preprocess import CENTRAL_FRACTION
 
 WEIGHTS_SUFFIX = ".safetensors"
 PROGRAM_SUFFIX = ".pt2"
 PROGRAM_METADATA = "mobilenet_zoo.json"  # extra file inside the .pt2 archive
 HF_CONFIG = "config.json"
+HF_PREPROCESSOR = "preprocessor_config.json"
 HF_WEIGHTS = "model.safetensors"
 HF_MODEL_TYPE = "mobilenet_v1"
 HF_MIN_DEPTH = 8  # the channel floor of arch.depth
+HF_BILINEAR = 2  # PIL.Image.BILINEAR, transformers' PILImageResampling.BILINEAR
 EXPORT_EXAMPLE_BATCH = 2  # a batch of 1 would let torch.export specialize the batch dimension
+LAYOUTS = ("NCHW", "NHWC")  # input layouts of the program
+DEFAULT_LAYOUT = "NCHW"
+PROGRAM_NETWORK_PREFIX = "network."  # state-dict names in a program: ProgramInterface's submodule
+INPUT_LAYOUT_KEY = "input_layout"  # in the program's metadata; absent in files older than the layout option (NHWC)
+WEIGHT_LAYOUT_KEY = "layout"  # in safetensors metadata: how the weights are named and laid out
+TF_WEIGHTS, HF_WEIGHTS_LAYOUT = "tf", "transformers"
+
+# The layout `save_program` exports when not told: the quantized writer (`torch_quant.write`) takes no layout
+# option, so `write` hands the requested one to `save_program` through this variable.
+_program_layout: ContextVar[str] = ContextVar("program_layout", default=DEFAULT_LAYOUT)
 
 
-def write(model: MobileNetV1Model, out: Path, **options: Any) -> Path:
-    """Write `model` as the folder `out` (built in a temporary folder beside it, then renamed); returns `out`."""
+def write(model: MobileNetV1Model, out: Path, *, layout: str = DEFAULT_LAYOUT, slim_weights: bool = False) -> Path:
+    """Write `model` as the folder `out` (built in a temporary folder beside it, then renamed); returns `out`.
+
+    `layout`: the program's input layout, NCHW or NHWC. `slim_weights`: also write NAME.safetensors, the
+    canonical weights (slim names, TF layouts); quantized folders always hold theirs.
+    """
+    layout = checked_layout(layout)
     if model.config.quantized:
-        return _quant_module().write(model, out, **options)
-    if options:
-        raise ModelFormatError(f"the float PyTorch writer takes no options (got {', '.join(options)})")
+        with _exported_layout(layout):
+            return _quant_module().write(model, out)
     model = model.validate()
     out = Path(out)
     from mobilenet_zoo.torch_model import build_module
 
     with atomic_folder(out) as staging:
         name, metadata = model.config.name, model_metadata(model)
-        save_safetensors(model.weights, staging / f"{name}{WEIGHTS_SUFFIX}", metadata)
+        save_safetensors(hf_state_dict(model), staging / HF_WEIGHTS, hf_weights_metadata(model))
         if model.backbone.is_default and not any(placed.valid for placed in placed_layers(model.config)):  # transformers pads SAME
-            write_hf_files(model, staging)
-        save_program(build_module(model), model.input_size, "float32", staging / f"{name}{PROGRAM_SUFFIX}", metadata)
+            write_hf_configs(model, staging)
+        if slim_weights:
+            save_safetensors(model.weights, staging / f"{name}{WEIGHTS_SUFFIX}", metadata)
+        program = staging / f"{name}{PROGRAM_SUFFIX}"
+        save_program(build_module(model), model.input_size, "float32", program, metadata, layout)
     return out
+
+
+def checked_layout(layout: str) -> str:
+    """The input layout in capitals; unknown layouts are refused."""
+    if str(layout).upper() not in LAYOUTS:
+        raise ModelFormatError(f"unknown PyTorch input layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
+    return str(layout).upper()
+
+
+@contextmanager
+def _exported_layout(layout: str) -> Iterator[None]:
+    token = _program_layout.set(layout)
+    try:
+        yield
+    finally:
+        _program_layout.reset(token)
 
 
 def read(path: Path) -> MobileNetV1Model:
@@ -94,7 +141,8 @@ def load_runner(path: Path) -> TorchRunner:
 class TorchRunner:
     """Calls a MobileNetV1 module or exported program on NHWC float32 batches under inference mode.
 
-    The module returns a tuple; `output_names` names its members (`torch_model.output_names`).
+    `forward` takes an NHWC batch and returns a tuple (`torch_model.MobileNetV1`, or `program_module`'s
+    `ProgramCall`); `output_names` names its members (`torch_model.output_names`).
     """
 
     forward: Callable
@@ -117,15 +165,20 @@ def model_metadata(model: MobileNetV1Model) -> dict[str, str]:
         "num_classes": str(model.config.num_classes),
         "quantized": str(model.config.quantized).lower(),
         "folded": str(model.is_folded).lower(),
-        "layout": "tf",
+        WEIGHT_LAYOUT_KEY: TF_WEIGHTS,
     }
+
+
+def hf_weights_metadata(model: MobileNetV1Model) -> dict[str, str]:
+    """The metadata of our model.safetensors: ours, its layout, and the "format" transformers requires."""
+    return {**model_metadata(model), WEIGHT_LAYOUT_KEY: HF_WEIGHTS_LAYOUT, "format": "pt"}
 
 
 def recorded_metadata(path: Path) -> dict[str, str]:
     """The metadata of our safetensors or `.pt2` file, or of the folder holding them; {} when none is recorded."""
     path = Path(path)
     if path.is_dir():
-        own = own_file(path, WEIGHTS_SUFFIX) or own_file(path, PROGRAM_SUFFIX)
+        own = _our_weights_file(path) or own_file(path, PROGRAM_SUFFIX)
         return recorded_metadata(own) if own else {}
     if path.suffix == PROGRAM_SUFFIX:
         return _program_metadata(path)
@@ -150,26 +203,57 @@ def backbone_from_metadata(metadata: dict[str, str], source: object) -> Backbone
 # --------------------------------------------------------------------------------------- our own files
 
 
-def save_program(module, resolution: int, dtype: str, out: Path, metadata: dict[str, str]) -> None:
-    """`torch.export` `module` for NHWC `dtype` images of any batch size and save it with `metadata` as its extra file."""
+def save_program(
+    module, resolution: int, dtype: str, out: Path, metadata: dict[str, str], layout: str | None = None
+) -> None:
+    """`torch.export` the NHWC, tuple-returning `module` behind a `ProgramInterface` (images in `layout`, NCHW
+    unless told, any batch size; a dict of outputs named as `metadata`'s backbone says) and save it with
+    `metadata` and the layout as its extra file."""
     torch = require("torch")
-    example = torch.zeros(EXPORT_EXAMPLE_BATCH, resolution, resolution, 3, dtype=getattr(torch, dtype))
+    from mobilenet_zoo.torch_model import ProgramInterface, output_names
+
+    layout = checked_layout(layout or _program_layout.get())
+    interface = ProgramInterface(module, output_names(backbone_from_metadata(metadata, out)), layout)
+    shape = (resolution, resolution, 3) if layout == "NHWC" else (3, resolution, resolution)
+    example = torch.zeros(EXPORT_EXAMPLE_BATCH, *shape, dtype=getattr(torch, dtype))
     batch = torch.export.Dim("batch", min=1)
-    program = torch.export.export(module, (example,), dynamic_shapes={"images": {0: batch}})
-    torch.export.save(program, str(out), extra_files={PROGRAM_METADATA: json.dumps(metadata)})
+    program = torch.export.export(interface, (example,), dynamic_shapes={"images": {0: batch}})
+    extra = {PROGRAM_METADATA: json.dumps({**metadata, INPUT_LAYOUT_KEY: layout})}
+    torch.export.save(program, str(out), extra_files=extra)
 
 
-def program_module(path: Path) -> tuple[Callable, int] | None:
-    """The module of our `.pt2` program (the file `path`, or the one in the folder `path`) and its input size.
+def program_module(path: Path) -> tuple[ProgramCall, int] | None:
+    """Our `.pt2` program (the file `path`, or the one in the folder `path`) called as runners call, and its input size.
 
     None when `path` is no program and its folder holds none.
     """
+    from mobilenet_zoo.torch_model import output_names
+
     program = own_file(path, PROGRAM_SUFFIX) if path.is_dir() else path
     if program is None or program.suffix != PROGRAM_SUFFIX:
         return None
     metadata = recorded_metadata(program)
     config = config_from_metadata(metadata, program)
-    return _load_program(program).module(), backbone_from_metadata(metadata, program).input_size or config.resolution
+    backbone = backbone_from_metadata(metadata, program)
+    call = ProgramCall(_load_program(program).module(), metadata.get(INPUT_LAYOUT_KEY, "NHWC"), output_names(backbone))
+    return call, backbone.input_size or config.resolution
+
+
+@dataclass
+class ProgramCall:
+    """A loaded `.pt2` module called as the runners call networks: an NHWC batch in, a tuple in `names` order out,
+    maps NHWC. Programs before the layout option take NHWC and return that tuple already."""
+
+    module: Callable
+    layout: str  # the program's recorded input layout
+    names: tuple[str, ...]
+
+    def __call__(self, images):
+        nchw = self.layout == "NCHW"
+        outputs = self.module(images.permute(0, 3, 1, 2) if nchw else images)  # a view: the program copies it NHWC
+        if isinstance(outputs, dict):
+            outputs = tuple(outputs[name] for name in self.names)
+        return tuple(output.permute(0, 2, 3, 1) if nchw and output.dim() == 4 else output for output in outputs)
 
 
 def save_safetensors(tensors: dict[str, np.ndarray], out: Path, metadata: dict[str, str]) -> None:
@@ -178,13 +262,28 @@ def save_safetensors(tensors: dict[str, np.ndarray], out: Path, metadata: dict[s
 
 
 def _read_folder(folder: Path) -> MobileNetV1Model:
-    for suffix, reader in ((WEIGHTS_SUFFIX, _read_safetensors), (PROGRAM_SUFFIX, _read_program)):
-        own = own_file(folder, suffix)
-        if own is not None:
-            return reader(own)
+    """Our weights (NAME.safetensors, else model.safetensors with our metadata), else our program, else a
+    Hugging Face folder of anyone's."""
+    weights = _our_weights_file(folder)
+    if weights is not None:
+        return _read_safetensors(weights)
+    program = own_file(folder, PROGRAM_SUFFIX)
+    if program is not None:
+        return _read_program(program)
     if (folder / HF_CONFIG).exists():
         return read_hf_folder(folder)
     raise ModelFormatError(f"{folder}: holds no {WEIGHTS_SUFFIX} or {PROGRAM_SUFFIX} of ours and no Hugging Face {HF_CONFIG}")
+
+
+def _our_weights_file(folder: Path) -> Path | None:
+    """NAME.safetensors (slim layout), else model.safetensors when it records our metadata; None otherwise."""
+    own = own_file(folder, WEIGHTS_SUFFIX)
+    if own is not None:
+        return own
+    hf_weights = folder / HF_WEIGHTS
+    if hf_weights.is_file() and _safetensors_metadata(hf_weights).get("producer") == PRODUCER:
+        return hf_weights
+    return None
 
 
 def _read_safetensors(path: Path) -> MobileNetV1Model:
@@ -194,8 +293,10 @@ def _read_safetensors(path: Path) -> MobileNetV1Model:
             return read_hf_folder(path.parent)
         raise ModelFormatError(f"{path}: not a MobileNet V1 safetensors file (no {PRODUCER} metadata, no Hugging Face {HF_CONFIG} beside it)")
     config = config_from_metadata(metadata, path)
-    weights = safetensors_numpy().load_file(str(path))
-    return _model(config, weights, metadata, path)
+    tensors = safetensors_numpy().load_file(str(path))
+    if metadata.get(WEIGHT_LAYOUT_KEY) == HF_WEIGHTS_LAYOUT:
+        tensors = weights_from_hf(tensors, config, folded=metadata.get("folded") == "true", source=path)
+    return _model(config, tensors, metadata, path)
 
 
 def _read_program(path: Path) -> MobileNetV1Model:
@@ -204,7 +305,8 @@ def _read_program(path: Path) -> MobileNetV1Model:
 
     metadata = recorded_metadata(path)
     config = config_from_metadata(metadata, path)
-    state = _load_program(path).state_dict
+    prefix = PROGRAM_NETWORK_PREFIX if INPUT_LAYOUT_KEY in metadata else ""  # older programs export the bare network
+    state = {name.removeprefix(prefix): tensor for name, tensor in _load_program(path).state_dict.items()}
     try:
         weights = weights_from_state_dict(state, config, folded=metadata.get("folded") == "true")
     except KeyError as exc:
@@ -278,10 +380,12 @@ def _quant_module() -> ModuleType:
 # two are equal; they differ only for inputs larger than the model was trained on.
 
 
-def write_hf_files(model: MobileNetV1Model, folder: Path) -> None:
-    """Write `config.json` and `model.safetensors` of a transformers MobileNetV1ForImageClassification."""
-    (folder / HF_CONFIG).write_text(json.dumps(hf_config(model.config, model.classes), indent=2) + "\n", encoding="utf-8")
-    save_safetensors(hf_state_dict(model), folder / HF_WEIGHTS, {"format": "pt"})
+def write_hf_configs(model: MobileNetV1Model, folder: Path) -> None:
+    """Write the `config.json` (with the model's class names) and `preprocessor_config.json` that go with
+    model.safetensors."""
+    config = model.config
+    for name, content in ((HF_CONFIG, hf_config(config, model.classes)), (HF_PREPROCESSOR, hf_preprocessor_config(config))):
+        (folder / name).write_text(json.dumps(content, indent=2) + "\n", encoding="utf-8")
 
 
 def hf_labels(config: ModelConfig, classes: Classes | None = None) -> tuple[str, ...]:
@@ -297,6 +401,10 @@ def hf_labels(config: ModelConfig, classes: Classes | None = None) -> tuple[str,
 def hf_config(config: ModelConfig, classes: Classes | None = None) -> dict[str, Any]:
     """The transformers MobileNetV1Config of the variant, with its class names (`hf_labels`)."""
     labels = hf_labels(config, classes)
+    names = {
+        "id2label": {str(index): label for index, label in enumerate(labels)},
+        "label2id": {label: index for index, label in enumerate(labels)},
+    }
     return {
         "architectures": ["MobileNetV1ForImageClassification"],
         "model_type": HF_MODEL_TYPE,
@@ -307,10 +415,37 @@ def hf_config(config: ModelConfig, classes: Classes | None = None) -> dict[str, 
         "hidden_act": "relu6",
         "tf_padding": True,
         "layer_norm_eps": BN_EPSILON,
-        "num_labels": len(labels),
-        "id2label": {str(index): label for index, label in enumerate(labels)},
-        "label2id": {label: index for index, label in enumerate(labels)},
+        "num_labels": config.num_classes,
+        **names,
         "dtype": "float32",
+    }
+
+
+def hf_preprocessor_config(config: ModelConfig) -> dict[str, Any]:
+    """transformers' MobileNetV1ImageProcessor set as close to slim's eval preprocessing as it goes.
+
+    Slim crops the central 87.5% of height and width, resizes that bilinearly to R x R (squashing non-square
+    images) and maps pixels to x / 127.5 - 1. The processor resizes first, then crops: the whole image is
+    resized to S x S (S = round(R / 0.875), squashing as slim does), the central R x R kept, pixels mapped by
+    (x / 255 - 0.5) / 0.5 = x / 127.5 - 1. What differs: PIL's (or torchvision's) bilinear filter averages over
+    the whole footprint when it shrinks (antialiasing) where TensorFlow samples two pixels per axis; the kept
+    fraction is R / S (exactly 0.875 for 224, 0.877 for 128 and 192, 0.874 for 160); crop offsets round to whole
+    pixels of the resized image instead of the original.
+    """
+    resized = round(config.resolution / CENTRAL_FRACTION)
+    return {
+        "image_processor_type": "MobileNetV1ImageProcessor",
+        "do_convert_rgb": True,
+        "do_resize": True,
+        "size": {"height": resized, "width": resized},
+        "resample": HF_BILINEAR,
+        "do_center_crop": True,
+        "crop_size": {"height": config.resolution, "width": config.resolution},
+        "do_rescale": True,
+        "rescale_factor": 1 / 255,
+        "do_normalize": True,
+        "image_mean": [0.5, 0.5, 0.5],
+        "image_std": [0.5, 0.5, 0.5],
     }
 
 
@@ -340,8 +475,6 @@ def hf_tensor_names(config: ModelConfig) -> dict[str, tuple[str, str]]:
 
 def read_hf_folder(folder: Path) -> MobileNetV1Model:
     """The (unfolded) canonical model of a transformers MobileNetV1ForImageClassification folder."""
-    from mobilenet_zoo.torch_model import to_tf_layout
-
     weights_path = folder / HF_WEIGHTS
     if not weights_path.exists():
         raise ModelFormatError(f"{folder}: Hugging Face folder without {HF_WEIGHTS} (only safetensors weights are read)")
@@ -349,12 +482,29 @@ def read_hf_folder(folder: Path) -> MobileNetV1Model:
     if "classifier.weight" not in state:
         raise ModelFormatError(f"{weights_path}: no classifier.weight, not a MobileNetV1ForImageClassification")
     config = _config_from_hf(_load_hf_config(folder), num_classes=state["classifier.weight"].shape[0], folder=folder)
+    weights = weights_from_hf(state, config, folded=False, source=weights_path)
+    classes = _classes_from_hf(_load_hf_config(folder), config)
+    return MobileNetV1Model(config, weights, source=str(folder), classes=classes).validate()
+
+
+def weights_from_hf(
+    state: dict[str, np.ndarray], config: ModelConfig, *, folded: bool, source: Path
+) -> dict[str, np.ndarray]:
+    """Canonical weights from a transformers state dict; `folded`: the BatchNorms are the identities
+    `hf_state_dict` wrote for a folded model, whose betas are its biases."""
+    from mobilenet_zoo.torch_model import to_tf_layout
+
     weights = {}
     for slim, (hf, kind) in hf_tensor_names(config).items():
         if hf not in state:
-            raise ModelFormatError(f"{weights_path}: missing {hf}, not a MobileNet V1 {config.name}")
+            raise ModelFormatError(f"{source}: missing {hf}, not a MobileNet V1 {config.name}")
         weights[slim] = to_tf_layout(state[hf], kind)
-    return MobileNetV1Model(config, weights, source=str(folder), classes=_classes_from_hf(_load_hf_config(folder), config)).validate()
+    if folded:
+        for layer in config.layers():
+            weights[layer.bias_name] = weights.pop(layer.bn_name("beta"))
+            for leaf in ("gamma", "moving_mean", "moving_variance"):
+                del weights[layer.bn_name(leaf)]
+    return weights
 
 
 def _classes_from_hf(hf: dict[str, Any], config: ModelConfig) -> Classes:
