@@ -272,3 +272,121 @@ def run(network: IntegerNetwork, images: np.ndarray) -> dict[str, np.ndarray]:
 def forward(model: MobileNetV1Model, images: np.ndarray) -> dict[str, np.ndarray]:
     """The TFLite uint8 forward pass of a quantized model as its backbone builds it: raw uint8 outputs."""
     return run(integer_network(model), images)
+
+
+# ------------------------------------------------------------------ the exact float plan (fast framework ports)
+
+FLOAT32_EXACT = 1 << 24  # integers below this in magnitude add exactly in float32, in any order
+FLOAT64_EXACT = 1 << 53
+
+
+@dataclass(frozen=True)
+class FloatConvPlan:
+    """How a framework runs one `IntegerConv` exactly on float convolutions, in the offset domain.
+
+    Activations travel as integer-valued floats minus their zero point, so SAME padding is zero padding.
+    The convolution of those offsets with the offset kernel is an integer sum that float32 adds exactly, in
+    any order, while every partial sum stays below 2^24: `accumulator_bound` (sum of |kernel| times the
+    largest |input offset|, per output channel) decides `conv_dtype` ("float32", else "float64").
+    The requantization folds TFLite's two roundings (see the module docstring) into one floor, since
+    floor((floor(a) + h) / 2^e) = floor((a + h) / 2^e) for integer h:
+        out = floor((acc * multiplier + addend) / 2^shift),   multiplier = M << left,  shift = 31 + right,
+        addend = bias * multiplier + 2^30 + half * 2^31,      half = 2^(right - 1) (0 when right is 0),
+    then clamped to [low, high] (the activation range minus the output zero point). `requantize_dtype`
+    "float64" computes floor(acc * scale + offset) with scale = multiplier / 2^shift and offset =
+    addend / 2^shift: exact while |acc * multiplier + addend| < 2^53 for every reachable accumulator
+    (then the product and the sum are representable); otherwise "int64" computes the shift itself.
+    """
+
+    layer: IntegerConv
+    accumulator_bound: np.ndarray  # int64 per output channel: max |partial sum| of the convolution (bias excluded)
+    conv_dtype: str  # "float32" | "float64"
+    requantize_dtype: str  # "float64" | "int64"
+    multiplier: np.ndarray  # int64 per output channel
+    addend: np.ndarray  # int64 per output channel
+    shift: np.ndarray  # int64 per output channel
+    low: int  # clamp bounds in the output's offset domain
+    high: int
+
+    @property
+    def scale(self) -> np.ndarray:
+        """float64 multiplier / 2^shift (exact: the multiplier has at most 32 significant bits)."""
+        return np.ldexp(self.multiplier.astype(np.float64), -self.shift.astype(np.int32))
+
+    @property
+    def offset(self) -> np.ndarray:
+        """float64 addend / 2^shift (exact when `requantize_dtype` is float64)."""
+        return np.ldexp(self.addend.astype(np.float64), -self.shift.astype(np.int32))
+
+    @property
+    def input_zero_point(self) -> int:
+        return self.layer.input_zero_point
+
+    @property
+    def output_zero_point(self) -> int:
+        return self.layer.requantization.zero_point
+
+
+@dataclass(frozen=True)
+class FloatPlan:
+    """The exact float plan of an `IntegerNetwork`: one `FloatConvPlan` per backbone convolution and the logits."""
+
+    network: IntegerNetwork
+    convs: tuple[FloatConvPlan, ...]
+    logits: FloatConvPlan
+
+    @property
+    def pool_rounding(self) -> int:
+        """What the uint8 average pool adds to a window sum before its floor division (count / 2)."""
+        height, width = self.network.pool_kernel
+        return height * width // 2
+
+
+def float_plan(network: IntegerNetwork) -> FloatPlan:
+    """The per-layer dtypes and constants that run `network` exactly on float convolutions."""
+    input_range, convs = (UINT8_MIN, UINT8_MAX), []
+    for layer in network.convs:
+        convs.append(float_conv_plan(layer, input_range))
+        input_range = (layer.requantization.low, layer.requantization.high)
+    pool_count = network.pool_kernel[0] * network.pool_kernel[1]
+    if pool_count * UINT8_MAX >= FLOAT64_EXACT:
+        raise ModelFormatError(f"a {network.pool_kernel} average pool overflows the exact float range")
+    return FloatPlan(network, tuple(convs), float_conv_plan(network.logits, input_range))  # the pool keeps the range
+
+
+def float_conv_plan(layer: IntegerConv, input_range: tuple[int, int]) -> FloatConvPlan:
+    """The plan of one convolution whose uint8 input lies in `input_range`."""
+    bound = accumulator_bound(layer, input_range)
+    if int(bound.max()) >= FLOAT64_EXACT:
+        raise ModelFormatError(f"{layer.scope}: its accumulators can exceed 2^53; no exact float convolution")
+    requantization, channels = layer.requantization, layer.bias.shape[0]
+    right = np.broadcast_to(requantization.right_shift, (channels,)).astype(np.int64)
+    multiplier = np.broadcast_to(requantization.multiplier << requantization.left_shift, (channels,)).astype(np.int64)
+    addend = layer.bias.astype(np.int64) * multiplier + (1 << 30) + (((1 << right) >> 1) << 31)
+    largest = max(int(b) * int(m) + abs(int(a)) for b, m, a in zip(bound, multiplier, addend, strict=True))  # Python ints
+    if largest >= 1 << 63:
+        raise ModelFormatError(f"{layer.scope}: its requantization overflows int64")
+    zero_point = requantization.zero_point
+    return FloatConvPlan(
+        layer, bound,
+        conv_dtype="float32" if int(bound.max()) < FLOAT32_EXACT else "float64",
+        requantize_dtype="float64" if largest < FLOAT64_EXACT else "int64",
+        multiplier=multiplier, addend=addend, shift=31 + right,
+        low=requantization.low - zero_point, high=requantization.high - zero_point)
+
+
+def accumulator_bound(layer: IntegerConv, input_range: tuple[int, int]) -> np.ndarray:
+    """Per output channel, the largest |partial sum| of (x - input zero point) * kernel over x in `input_range`."""
+    largest_input = max(abs(value - layer.input_zero_point) for value in input_range)
+    kernel = np.abs(layer.kernel.astype(np.int64))
+    per_channel = kernel.sum(axis=(0, 1, 3)) if layer.depthwise else kernel.sum(axis=(0, 1, 2))
+    return per_channel * largest_input
+
+
+def float_requantize(accumulator: np.ndarray, plan: FloatConvPlan) -> np.ndarray:
+    """The plan's requantization in numpy (offset domain, channels last), as the framework ports compute it."""
+    if plan.requantize_dtype == "float64":
+        scaled = np.floor(accumulator.astype(np.float64) * plan.scale + plan.offset)
+    else:
+        scaled = (accumulator.astype(np.int64) * plan.multiplier + plan.addend) >> plan.shift
+    return np.clip(scaled, plan.low, plan.high)
