@@ -88,14 +88,14 @@ def build_module(network: IntegerNetwork, plan: FloatPlan | None = None):
     plan = plan or float_plan(network)
 
     class FloatConv2d(tf.Module):
-        """(Depthwise) convolution of NHWC offsets in float32 or float64 (exact, see `FloatConvPlan`), then the
-        requantization to the next layer's offsets (float32). Stores the offset kernel and the int32 bias."""
+        """(Depthwise) convolution plus bias of NHWC offsets in float32 or float64 (exact, see `FloatConvPlan`), then
+        the requantization to the next layer's offsets (float32). Stores the offset kernel and the int32 bias."""
 
         def __init__(self, conv: FloatConvPlan) -> None:
             super().__init__(name=conv.layer.scope.replace("/", "_"))
             self.plan, layer = conv, conv.layer
             self.kernel = tf.Variable(layer.kernel.astype(conv.conv_dtype), trainable=False, name="kernel")  # HWIO / HWC1
-            self.bias = tf.Variable(layer.bias.astype(np.int32), trainable=False, name="bias")  # folded into `offset`
+            self.bias = tf.Variable(layer.bias.astype(np.int32), trainable=False, name="bias")  # for `read`; runs as a constant
 
         def __call__(self, offsets):
             conv, layer = self.plan, self.plan.layer
@@ -106,18 +106,18 @@ def build_module(network: IntegerNetwork, plan: FloatPlan | None = None):
                                                      dilations=[layer.rate, layer.rate])
             else:
                 accumulator = tf.nn.conv2d(offsets, self.kernel, layer.stride, "SAME", dilations=layer.rate)
-            return self.requantize(accumulator)
+            return self.requantize(tf.nn.bias_add(accumulator, tf.constant(layer.bias.astype(conv.conv_dtype))))
 
         def requantize(self, accumulator):
-            """floor(acc * scale + offset) in float64 (or the int64 shift), clamped: the output's offsets as float32."""
+            """floor(acc * scale + offset) in float32 or float64 (or the int64 shift), clamped: the output's offsets as float32."""
             conv = self.plan
-            if conv.requantize_dtype == "float64":
-                scaled = tf.cast(accumulator, tf.float64) * tf.constant(conv.scale) + tf.constant(conv.offset)
-                scaled = tf.floor(tf.clip_by_value(scaled, float(conv.low), float(conv.high)))
-            else:
-                product = tf.cast(accumulator, tf.int64) * tf.constant(conv.multiplier) + tf.constant(conv.addend)
+            if conv.requantize_dtype == "int64":
+                product = tf.cast(accumulator, tf.int64) * tf.constant(conv.multiplier) + tf.constant(conv.rounding)
                 scaled = tf.clip_by_value(tf.bitwise.right_shift(product, tf.constant(conv.shift)), conv.low, conv.high)
-            return tf.cast(scaled, tf.float32)
+                return tf.cast(scaled, tf.float32)
+            scale, offset = (conv.scale32, conv.offset32) if conv.requantize_dtype == "float32" else (conv.scale, conv.offset)
+            scaled = tf.cast(accumulator, scale.dtype) * tf.constant(scale) + tf.constant(offset)
+            return tf.cast(tf.floor(tf.clip_by_value(scaled, float(conv.low), float(conv.high))), tf.float32)
 
     def to_uint8(offsets, zero_point: int):
         return tf.cast(offsets + zero_point if zero_point else offsets, tf.uint8)

@@ -71,8 +71,8 @@ def build_module(network: IntegerNetwork, plan: FloatPlan | None = None):
     plan = plan or float_plan(network)
 
     class FloatConv2d(nn.Module):
-        """(Depthwise) convolution of NHWC offsets in float32 or float64 (exact, see `FloatConvPlan`), then the
-        requantization to the next layer's offsets (float32): 1x1 layers are matmuls, the others oneDNN convolutions
+        """(Depthwise) convolution plus bias of NHWC offsets in float32 or float64 (exact, see `FloatConvPlan`), then
+        the requantization to the next layer's offsets (float32): 1x1 layers are GEMMs, the others oneDNN convolutions
         on a channels-last view."""
 
         def __init__(self, conv: FloatConvPlan) -> None:
@@ -82,46 +82,47 @@ def build_module(network: IntegerNetwork, plan: FloatPlan | None = None):
             self.groups = layer.kernel.shape[2] if layer.depthwise else 1
             self.stride, self.rate, (self.pad_before, self.pad_after) = layer.stride, layer.rate, layer.padding
             self.cast_input = conv.conv_dtype != "float32"
-            self.requantize_in_float = conv.requantize_dtype == "float64"
-            self.cast_accumulator = self.requantize_in_float and conv.conv_dtype != "float64"
-            self.low, self.high = conv.low, conv.high
+            self.requantize_dtype, self.low, self.high = conv.requantize_dtype, conv.low, conv.high
             self.register_buffer("weight", self.torch_weight(layer, conv.conv_dtype))
-            if self.requantize_in_float:
+            self.register_buffer("bias", torch.from_numpy(layer.bias.astype(conv.conv_dtype)))
+            if conv.requantize_dtype == "float32":
+                self.register_buffer("scale", torch.from_numpy(conv.scale32))
+                self.register_buffer("offset", torch.from_numpy(conv.offset32))
+            elif conv.requantize_dtype == "float64":
                 self.register_buffer("scale", torch.from_numpy(conv.scale))
                 self.register_buffer("offset", torch.from_numpy(conv.offset))
             else:
                 self.register_buffer("multiplier", torch.from_numpy(conv.multiplier))
-                self.register_buffer("addend", torch.from_numpy(conv.addend))
+                self.register_buffer("rounding", torch.from_numpy(conv.rounding))
                 self.register_buffer("shift", torch.from_numpy(conv.shift))
 
         def torch_weight(self, layer: IntegerConv, dtype: str):
-            """(in, out) for a matmul, else OIHW (depthwise: C x 1 x H x W) in channels-last memory as oneDNN likes it."""
+            """(out, in) for a GEMM, else OIHW (depthwise: C x 1 x H x W); contiguous, which `torch.export.save` keeps whole."""
             if self.pointwise:
-                return torch.from_numpy(np.ascontiguousarray(layer.kernel[0, 0], dtype))
+                return torch.from_numpy(np.ascontiguousarray(layer.kernel[0, 0].T, dtype))
             oihw = layer.kernel.transpose(2, 3, 0, 1) if layer.depthwise else layer.kernel.transpose(3, 2, 0, 1)
-            return torch.from_numpy(np.ascontiguousarray(oihw, dtype)).contiguous(memory_format=torch.channels_last)
+            return torch.from_numpy(np.ascontiguousarray(oihw, dtype))
 
         def forward(self, offsets):
             if self.cast_input:
                 offsets = offsets.to(self.weight.dtype)
             if self.pointwise:
-                return self.requantize(torch.matmul(offsets, self.weight))
+                return self.requantize(functional.linear(offsets, self.weight, self.bias))
             padding = self.pad_before
             if self.pad_before != self.pad_after:
                 offsets, padding = functional.pad(offsets, (0, 0, self.pad_before, self.pad_after, self.pad_before, self.pad_after)), 0
-            accumulator = functional.conv2d(offsets.permute(0, 3, 1, 2), self.weight, None, self.stride, padding, self.rate, self.groups)
+            accumulator = functional.conv2d(offsets.permute(0, 3, 1, 2), self.weight, self.bias, self.stride, padding, self.rate, self.groups)
             return self.requantize(accumulator.permute(0, 2, 3, 1))
 
         def requantize(self, accumulator):
-            """floor(acc * scale + offset) in float64 (or the int64 shift), clamped: the output's offsets as float32."""
-            if self.requantize_in_float:
-                if self.cast_accumulator:
-                    accumulator = accumulator.to(torch.float64)
-                scaled = torch.addcmul(self.offset, accumulator, self.scale).clamp_(self.low, self.high).floor_()
-            else:
-                product = accumulator.to(torch.int64) * self.multiplier + self.addend
-                scaled = torch.bitwise_right_shift(product, self.shift).clamp_(self.low, self.high)
-            return scaled.to(torch.float32)
+            """floor(acc * scale + offset) in float32 or float64 (or the int64 shift), clamped: the output's offsets as float32."""
+            if self.requantize_dtype == "int64":
+                product = accumulator.to(torch.int64) * self.multiplier + self.rounding
+                return torch.bitwise_right_shift(product, self.shift).clamp_(self.low, self.high).to(torch.float32)
+            if self.requantize_dtype == "float32":
+                return torch.addcmul(self.offset, accumulator, self.scale).clamp_(self.low, self.high).floor_()
+            accumulator = accumulator.to(torch.float64) if accumulator.dtype != torch.float64 else accumulator
+            return torch.addcmul(self.offset, accumulator, self.scale).clamp_(self.low, self.high).floor_().to(torch.float32)
 
     class QuantizedMobileNetV1(nn.Module):
         """MobileNet V1 in TFLite's uint8 arithmetic: uint8 NHWC images -> uint8 logits, probabilities and feature maps."""
@@ -163,10 +164,14 @@ def build_module(network: IntegerNetwork, plan: FloatPlan | None = None):
             return pooled.permute(0, 2, 3, 1).to(torch.float32)
 
         def softmax(self, logits):
-            """TFLite's uint8 softmax over the last axis: table lookup, float32 normalizer, add 0.5 and truncate."""
+            """TFLite's uint8 softmax over the last axis: table lookup, float32 normalizer, add 0.5 and truncate.
+
+            The normalizer is TFLite's left-to-right float32 sum: `scatter_add_` into one slot adds in index order on
+            CPU (`sum` and `cumsum` do not: pairwise, or in float64)."""
             values = logits.to(torch.int64)
             exps = self.softmax_table[UINT8_MAX - values.amax(dim=-1, keepdim=True) + values]
-            inverse = 1.0 / (exps.sum(dim=-1, keepdim=True) * self.output_scale)
+            total = exps.new_zeros((*exps.shape[:-1], 1)).scatter_add_(-1, torch.zeros_like(values), exps)
+            inverse = 1.0 / (total * self.output_scale)
             quantized = (exps * inverse + 0.5).to(torch.int32) + self.output_zero_point
             return torch.clamp(quantized, 0, UINT8_MAX).to(torch.uint8)
 
