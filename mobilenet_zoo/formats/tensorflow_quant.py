@@ -1,14 +1,18 @@
-"""Quantized TensorFlow: a SavedModel computing TFLite's uint8 MobileNet V1 arithmetic with TF integer ops.
+"""Quantized TensorFlow: a SavedModel computing TFLite's uint8 MobileNet V1 arithmetic bit for bit, at float speed.
 
 The serving signature takes uint8 NHWC `input` (any batch) and returns uint8 `logits` and `probabilities`
 (N x classes, or N x S x S x classes maps) and the chosen feature maps (by `arch.feature_scope`), built as
 `model.backbone` says (dilated depthwise convolutions, the head pool of `arch.pool_geometry`).
-Convolutions are int32 matmuls over SAME-padded windows (padding = input zero point), requantization is
-`mobilenet_zoo.quant_math`'s fixed-point multiply in tf.int64 with TFLite's rounding, the average pool an
-integer window sum, and the softmax TFLite's lookup table with a float32 cumulative sum (TensorFlow's CPU
-cumsum adds left to right like TFLite's loop). The folder also holds `assets.extra/mobilenet_zoo.json`, the
-variant's metadata with `"quantized": "true"`, which is how `is_quantized` recognises it.
-"""
+It runs `mobilenet_zoo.quant_math.float_plan`: activations are integer-valued float32 offsets from their zero
+point (so SAME zero padding pads with the zero point), convolutions are float32 (float64 where a layer's sums
+could pass 2^24) `conv2d` / `depthwise_conv2d` plus the bias, exact because every partial sum is an integer
+the float type holds, and each requantization one floor of acc * scale + offset in float32 where checked
+exact, else float64 or int64. The average pool is an integer window sum, the softmax TFLite's lookup table
+with a float32 cumulative sum (TensorFlow's CPU cumsum adds left to right like TFLite's loop). Variables hold
+the offset kernels (as floats) and the int32 biases, which `read` turns back into the uint8 model. The folder
+also holds `assets.extra/mobilenet_zoo.json`, the variant's metadata with `"quantized": "true"`, which is how
+`is_quantized` recognises it.
+""""""
 
 from __future__ import annotations
 

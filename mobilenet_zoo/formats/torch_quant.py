@@ -1,4 +1,4 @@
-"""Quantized PyTorch: TFLite's uint8 MobileNet V1 arithmetic (`mobilenet_zoo.quant_math`) on integer tensors.
+"""Quantized PyTorch: TFLite's uint8 MobileNet V1 arithmetic (`mobilenet_zoo.quant_math`), bit for bit, at float speed.
 
 `write(model, out)` builds the folder `out` holding:
     NAME.safetensors   the integer truth under slim names: uint8 kernels (TF layout) and int32 biases, each with
@@ -10,10 +10,14 @@
 Both record the backbone options (`model.metadata()`); the module is built as they say: dilated depthwise
 convolutions, the head pool of `arch.pool_geometry`, a logits map when it is larger than 1x1, and the chosen
 feature maps as extra uint8 outputs after the logits and probabilities (named by `torch_model.output_names`).
-The module computes convolutions as int32 matmuls over SAME-padded windows, requantizes in int64 with TFLite's
-fixed-point multiplier and rounding, and replays TFLite's uint8 softmax; only the softmax normalizer is a float32
-sum, which torch reduces in another order than TFLite's sequential loop (the one source of a possible 1 LSB).
-"""
+The module runs `quant_math.float_plan`: activations travel as integer-valued float32 offsets from their zero
+point; convolutions are float32 oneDNN convolutions and GEMMs (float64 where a layer's sums could pass 2^24),
+exact because every partial sum is an integer the float type holds; each requantization is one floor of
+acc * scale + offset in float32 (where checked exact for every accumulator), else float64 or int64. The
+softmax replays TFLite's lookup table and its left-to-right float32 sum. Every output equals TFLite's builtin
+kernels (0 LSB), provided float32 matmuls stay at full precision (`torch.get_float32_matmul_precision()` is
+"highest", the default: "high" or "medium" let oneDNN round the operands to bfloat16).
+""""""
 
 from __future__ import annotations
 
