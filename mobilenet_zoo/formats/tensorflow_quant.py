@@ -12,7 +12,7 @@ with a float32 cumulative sum (TensorFlow's CPU cumsum adds left to right like T
 the offset kernels (as floats) and the int32 biases, which `read` turns back into the uint8 model. The folder
 also holds `assets.extra/mobilenet_zoo.json`, the variant's metadata with `"quantized": "true"`, which is how
 `is_quantized` recognises it.
-""""""
+"""
 
 from __future__ import annotations
 

@@ -17,7 +17,7 @@ acc * scale + offset in float32 (where checked exact for every accumulator), els
 softmax replays TFLite's lookup table and its left-to-right float32 sum. Every output equals TFLite's builtin
 kernels (0 LSB), provided float32 matmuls stay at full precision (`torch.get_float32_matmul_precision()` is
 "highest", the default: "high" or "medium" let oneDNN round the operands to bfloat16).
-""""""
+"""
 
 from __future__ import annotations
 
