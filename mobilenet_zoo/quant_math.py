@@ -272,3 +272,183 @@ def run(network: IntegerNetwork, images: np.ndarray) -> dict[str, np.ndarray]:
 def forward(model: MobileNetV1Model, images: np.ndarray) -> dict[str, np.ndarray]:
     """The TFLite uint8 forward pass of a quantized model as its backbone builds it: raw uint8 outputs."""
     return run(integer_network(model), images)
+
+
+# ------------------------------------------------------------------ the exact float plan (fast framework ports)
+
+FLOAT32_EXACT = 1 << 24  # integers below this in magnitude add exactly in float32, in any order
+FLOAT64_EXACT = 1 << 53
+FLOAT32_SEARCH_LIMIT = 1 << 20  # widest accumulator window `float32_requantization` checks exhaustively
+
+
+@dataclass(frozen=True)
+class FloatConvPlan:
+    """How a framework runs one `IntegerConv` exactly with float convolutions, in the offset domain.
+
+    Activations travel as integer-valued floats minus their zero point, so SAME padding is zero padding.
+    The convolution of those offsets with the offset kernel, plus the bias, is an integer sum that float32
+    adds exactly, in any order, while every partial sum stays below 2^24: `accumulator_bound` (|bias| plus
+    sum of |kernel| times the largest |input offset|, per output channel) decides `conv_dtype` ("float32",
+    else "float64"). The requantization folds TFLite's two roundings (see the module docstring) into one
+    floor, since floor((floor(a) + h) / 2^e) = floor((a + h) / 2^e) for an integer h:
+        out = floor((acc * multiplier + rounding) / 2^shift),  multiplier = M << left,  shift = 31 + right,
+        rounding = 2^30 + half * 2^31,  half = 2^(right - 1) (0 when right is 0),
+    clamped to [low, high] (the activation range minus the output zero point). `requantize_dtype` says how:
+    - "float32": floor(acc * scale32 + offset32) with float32 constants that give the exact result (with or
+      without a fused multiply-add) for every accumulator of the window where the output is not clamped,
+      checked exhaustively by `float32_requantization`; by monotonicity the clamped ones follow;
+    - "float64": floor(acc * scale + offset), scale = multiplier / 2^shift, offset = rounding / 2^shift:
+      exact while |acc * multiplier + rounding| < 2^53 (then the product and the sum are representable);
+    - "int64": the shift itself.
+    """
+
+    layer: IntegerConv
+    accumulator_bound: np.ndarray  # int64 per output channel: max |partial sum| of the convolution plus |bias|
+    conv_dtype: str  # "float32" | "float64"
+    requantize_dtype: str  # "float32" | "float64" | "int64"
+    multiplier: np.ndarray  # int64 per output channel
+    rounding: np.ndarray  # int64 per output channel
+    shift: np.ndarray  # int64 per output channel
+    low: int  # clamp bounds in the output's offset domain
+    high: int
+    scale32: np.ndarray | None = None  # float32 per output channel when requantize_dtype is float32
+    offset32: np.ndarray | None = None
+
+    @property
+    def scale(self) -> np.ndarray:
+        """float64 multiplier / 2^shift (exact: the multiplier has at most 32 significant bits)."""
+        return np.ldexp(self.multiplier.astype(np.float64), -self.shift.astype(np.int32))
+
+    @property
+    def offset(self) -> np.ndarray:
+        """float64 rounding / 2^shift (exact)."""
+        return np.ldexp(self.rounding.astype(np.float64), -self.shift.astype(np.int32))
+
+    @property
+    def input_zero_point(self) -> int:
+        return self.layer.input_zero_point
+
+    @property
+    def output_zero_point(self) -> int:
+        return self.layer.requantization.zero_point
+
+
+@dataclass(frozen=True)
+class FloatPlan:
+    """The exact float plan of an `IntegerNetwork`: one `FloatConvPlan` per backbone convolution and the logits."""
+
+    network: IntegerNetwork
+    convs: tuple[FloatConvPlan, ...]
+    logits: FloatConvPlan
+
+    @property
+    def pool_rounding(self) -> int:
+        """What the uint8 average pool adds to a window sum before its floor division (count / 2)."""
+        height, width = self.network.pool_kernel
+        return height * width // 2
+
+
+def float_plan(network: IntegerNetwork) -> FloatPlan:
+    """The per-layer dtypes and constants that run `network` exactly on float convolutions."""
+    input_range, convs = (UINT8_MIN, UINT8_MAX), []
+    for layer in network.convs:
+        convs.append(float_conv_plan(layer, input_range))
+        input_range = (layer.requantization.low, layer.requantization.high)
+    pool_count = network.pool_kernel[0] * network.pool_kernel[1]
+    if pool_count * UINT8_MAX >= FLOAT32_EXACT:
+        raise ModelFormatError(f"a {network.pool_kernel} average pool can overflow the exact float32 range")
+    return FloatPlan(network, tuple(convs), float_conv_plan(network.logits, input_range))  # the pool keeps the range
+
+
+def float_conv_plan(layer: IntegerConv, input_range: tuple[int, int]) -> FloatConvPlan:
+    """The plan of one convolution whose uint8 input lies in `input_range`."""
+    bound = accumulator_bound(layer, input_range)
+    if int(bound.max()) >= FLOAT64_EXACT:
+        raise ModelFormatError(f"{layer.scope}: its accumulators can exceed 2^53; no exact float convolution")
+    requantization, channels = layer.requantization, layer.bias.shape[0]
+    right = np.broadcast_to(requantization.right_shift, (channels,)).astype(np.int64)
+    multiplier = np.broadcast_to(requantization.multiplier << requantization.left_shift, (channels,)).astype(np.int64)
+    rounding, shift = (1 << 30) + (((1 << right) >> 1) << 31), 31 + right
+    largest = max(int(b) * int(m) + int(r) for b, m, r in zip(bound, multiplier, rounding, strict=True))  # Python ints
+    if largest >= 1 << 63:
+        raise ModelFormatError(f"{layer.scope}: its requantization overflows int64")
+    zero_point = requantization.zero_point
+    low, high = requantization.low - zero_point, requantization.high - zero_point
+    conv_dtype = "float32" if int(bound.max()) < FLOAT32_EXACT else "float64"
+    constants = float32_requantization(multiplier, rounding, shift, low, high) if conv_dtype == "float32" else None
+    if constants is not None:
+        requantize_dtype = "float32"
+    else:
+        requantize_dtype = "float64" if largest < FLOAT64_EXACT else "int64"
+    scale32, offset32 = constants or (None, None)
+    return FloatConvPlan(layer, bound, conv_dtype, requantize_dtype, multiplier, rounding, shift, low, high, scale32, offset32)
+
+
+def accumulator_bound(layer: IntegerConv, input_range: tuple[int, int]) -> np.ndarray:
+    """Per output channel, |bias| plus the largest |partial sum| of (x - input zero point) * kernel, x in `input_range`."""
+    largest_input = max(abs(value - layer.input_zero_point) for value in input_range)
+    kernel = np.abs(layer.kernel.astype(np.int64))
+    per_channel = kernel.sum(axis=(0, 1, 3)) if layer.depthwise else kernel.sum(axis=(0, 1, 2))
+    return per_channel * largest_input + np.abs(layer.bias.astype(np.int64))
+
+
+def float32_requantization(multiplier: np.ndarray, rounding: np.ndarray, shift: np.ndarray, low: int, high: int
+                           ) -> tuple[np.ndarray, np.ndarray] | None:
+    """float32 (scale, offset) per channel with floor(acc * scale + offset) exact on every accumulator, or None.
+
+    For each distinct (multiplier, rounding, shift) it tries the float32 values nearest to the exact ones
+    and their neighbours, and checks every integer accumulator from the last one below `low` to the first
+    one above `high` (float32 exact below 2^24), rounding the product and the sum apart and fused:
+    both are monotonic in the accumulator, so the accumulators beyond the window clamp alike.
+    """
+    scales, offsets = np.empty(multiplier.shape, np.float32), np.empty(multiplier.shape, np.float32)
+    found: dict[tuple[int, int, int], tuple[np.float32, np.float32] | None] = {}
+    for index, key in enumerate(zip(multiplier.tolist(), rounding.tolist(), shift.tolist(), strict=True)):
+        if key not in found:
+            found[key] = _float32_constants(*key, low, high)
+        if found[key] is None:
+            return None
+        scales[index], offsets[index] = found[key]
+    return scales, offsets
+
+
+def _float32_constants(multiplier: int, rounding: int, shift: int, low: int, high: int) -> tuple[np.float32, np.float32] | None:
+    def first_reaching(value: int) -> int:  # the smallest accumulator whose output is at least `value`
+        return -((rounding - (value << shift)) // multiplier)
+
+    first, last = first_reaching(low) - 1, first_reaching(high + 1)
+    if last - first > FLOAT32_SEARCH_LIMIT or max(abs(first), abs(last)) >= FLOAT32_EXACT:
+        return None
+    accumulators = np.arange(first, last + 1, dtype=np.int64)
+    expected = ((accumulators * multiplier + rounding) >> shift).astype(np.float32)
+    as_float32, as_float64 = accumulators.astype(np.float32), accumulators.astype(np.float64)
+    nearest_scale, nearest_offset = np.float32(multiplier / 2.0**shift), np.float32(rounding / 2.0**shift)
+    for scale in _neighbours(nearest_scale):
+        for offset in _neighbours(nearest_offset):
+            if not np.array_equal(np.floor(as_float32 * scale + offset), expected):
+                continue
+            fused = (as_float64 * np.float64(scale) + np.float64(offset)).astype(np.float32)  # exact in float64, one rounding
+            if np.array_equal(np.floor(fused), expected):
+                return scale, offset
+    return None
+
+
+def _neighbours(value: np.float32, steps: int = 1) -> list[np.float32]:
+    """`value` and the float32 values up to `steps` apart from it, nearest first."""
+    out = [value]
+    below = above = value
+    for _ in range(steps):
+        below, above = np.nextafter(below, np.float32(-np.inf)), np.nextafter(above, np.float32(np.inf))
+        out += [below, above]
+    return out
+
+
+def float_requantize(accumulator: np.ndarray, plan: FloatConvPlan) -> np.ndarray:
+    """The plan's requantization of accumulators (bias included, channels last) in numpy, as the framework ports do it."""
+    if plan.requantize_dtype == "float32":
+        scaled = np.floor(accumulator.astype(np.float32) * plan.scale32 + plan.offset32)
+    elif plan.requantize_dtype == "float64":
+        scaled = np.floor(accumulator.astype(np.float64) * plan.scale + plan.offset)
+    else:
+        scaled = (accumulator.astype(np.int64) * plan.multiplier + plan.rounding) >> plan.shift
+    return np.clip(scaled, plan.low, plan.high)

@@ -1,13 +1,17 @@
-"""Quantized TensorFlow: a SavedModel computing TFLite's uint8 MobileNet V1 arithmetic with TF integer ops.
+"""Quantized TensorFlow: a SavedModel computing TFLite's uint8 MobileNet V1 arithmetic bit for bit, at float speed.
 
 The serving signature takes uint8 NHWC `input` (any batch) and returns uint8 `logits` and `probabilities`
 (N x classes, or N x S x S x classes maps) and the chosen feature maps (by `arch.feature_scope`), built as
 `model.backbone` says (dilated depthwise convolutions, the head pool of `arch.pool_geometry`).
-Convolutions are int32 matmuls over SAME-padded windows (padding = input zero point), requantization is
-`mobilenet_zoo.quant_math`'s fixed-point multiply in tf.int64 with TFLite's rounding, the average pool an
-integer window sum, and the softmax TFLite's lookup table with a float32 cumulative sum (TensorFlow's CPU
-cumsum adds left to right like TFLite's loop). The folder also holds `assets.extra/mobilenet_zoo.json`, the
-variant's metadata with `"quantized": "true"`, which is how `is_quantized` recognises it.
+It runs `mobilenet_zoo.quant_math.float_plan`: activations are integer-valued float32 offsets from their zero
+point (so SAME zero padding pads with the zero point), convolutions are float32 (float64 where a layer's sums
+could pass 2^24) `conv2d` / `depthwise_conv2d` plus the bias, exact because every partial sum is an integer
+the float type holds, and each requantization one floor of acc * scale + offset in float32 where checked
+exact, else float64 or int64. The average pool is an integer window sum, the softmax TFLite's lookup table
+with a float32 cumulative sum (TensorFlow's CPU cumsum adds left to right like TFLite's loop). Variables hold
+the offset kernels (as floats) and the int32 biases, which `read` turns back into the uint8 model. The folder
+also holds `assets.extra/mobilenet_zoo.json`, the variant's metadata with `"quantized": "true"`, which is how
+`is_quantized` recognises it.
 """
 
 from __future__ import annotations
@@ -36,8 +40,10 @@ from mobilenet_zoo.model import (
 )
 from mobilenet_zoo.quant_math import (
     UINT8_MAX,
-    IntegerConv,
+    FloatConvPlan,
+    FloatPlan,
     IntegerNetwork,
+    float_plan,
     integer_network,
 )
 
@@ -77,72 +83,76 @@ def _recorded_metadata(folder: Path) -> dict:
         raise ModelFormatError(f"{folder}: unreadable {METADATA_FILE} ({exc})") from None
 
 
-def build_module(network: IntegerNetwork):
-    """A `tf.Module` whose `serve` maps uint8 NHWC `input` to uint8 {"logits", "probabilities", *feature scopes}."""
+def build_module(network: IntegerNetwork, plan: FloatPlan | None = None):
+    """A `tf.Module` whose `serve` maps uint8 NHWC `input` to uint8 {"logits", "probabilities", *feature scopes}.
+
+    `plan` (default: `float_plan(network)`) says which convolutions run in float32 or float64 and how each requantizes.
+    """
     tf = require("tensorflow")
+    plan = plan or float_plan(network)
 
-    class IntegerConv2d(tf.Module):
-        """(Depthwise) convolution with int32 accumulators, then TFLite's fixed-point requantization."""
+    class FloatConv2d(tf.Module):
+        """(Depthwise) convolution plus bias of NHWC offsets in float32 or float64 (exact, see `FloatConvPlan`), then
+        the requantization to the next layer's offsets (float32). Stores the offset kernel and the int32 bias."""
 
-        def __init__(self, layer: IntegerConv) -> None:
-            super().__init__(name=layer.scope.replace("/", "_"))
-            self.layer = layer
-            kernel = layer.kernel[:, :, :, 0] if layer.depthwise else layer.kernel
-            self.kernel = tf.Variable(kernel.astype(np.int32), trainable=False, name="kernel")
-            self.bias = tf.Variable(layer.bias.astype(np.int32), trainable=False, name="bias")
-            self.multiplier = tf.Variable(layer.requantization.multiplier, trainable=False, name="multiplier")
+        def __init__(self, conv: FloatConvPlan) -> None:
+            super().__init__(name=conv.layer.scope.replace("/", "_"))
+            self.plan, layer = conv, conv.layer
+            self.kernel = tf.Variable(layer.kernel.astype(conv.conv_dtype), trainable=False, name="kernel")  # HWIO / HWC1
+            self.bias = tf.Variable(layer.bias.astype(np.int32), trainable=False, name="bias")  # for `read`; runs as a constant
 
-        def __call__(self, images):
-            layer = self.layer
-            before, after = layer.padding
-            offset = tf.cast(images, tf.int32) - layer.input_zero_point
-            padded = tf.pad(offset, [[0, 0], [before, after], [before, after], [0, 0]])
-            span = layer.stride * (layer.output_size - 1) + 1
-            accumulator = self.bias
-            for dy in range(layer.kernel.shape[0]):
-                for dx in range(layer.kernel.shape[1]):
-                    top, left = dy * layer.rate, dx * layer.rate
-                    window = padded[:, top : top + span : layer.stride, left : left + span : layer.stride]
-                    tap = self.kernel[dy, dx]
-                    accumulator = accumulator + (window * tap if layer.depthwise else tf.matmul(window, tap))
-            return self.requantize(accumulator)
+        def __call__(self, offsets):
+            conv, layer = self.plan, self.plan.layer
+            if conv.conv_dtype != "float32":
+                offsets = tf.cast(offsets, self.kernel.dtype)
+            if layer.depthwise:
+                accumulator = tf.nn.depthwise_conv2d(offsets, self.kernel, [1, layer.stride, layer.stride, 1], "SAME",
+                                                     dilations=[layer.rate, layer.rate])
+            else:
+                accumulator = tf.nn.conv2d(offsets, self.kernel, layer.stride, "SAME", dilations=layer.rate)
+            return self.requantize(tf.nn.bias_add(accumulator, tf.constant(layer.bias.astype(conv.conv_dtype))))
 
         def requantize(self, accumulator):
-            requantization = self.layer.requantization
-            shifted = tf.bitwise.left_shift(tf.cast(accumulator, tf.int64), tf.constant(requantization.left_shift))
-            high = tf.bitwise.right_shift(shifted * self.multiplier + (1 << 30), tf.constant(31, tf.int64))
-            right_shift = requantization.right_shift
-            scaled = tf.bitwise.right_shift(high + tf.constant((1 << right_shift) >> 1), tf.constant(right_shift))
-            clamped = tf.clip_by_value(scaled + requantization.zero_point, requantization.low, requantization.high)
-            return tf.cast(clamped, tf.uint8)
+            """floor(acc * scale + offset) in float32 or float64 (or the int64 shift), clamped: the output's offsets as float32."""
+            conv = self.plan
+            if conv.requantize_dtype == "int64":
+                product = tf.cast(accumulator, tf.int64) * tf.constant(conv.multiplier) + tf.constant(conv.rounding)
+                scaled = tf.clip_by_value(tf.bitwise.right_shift(product, tf.constant(conv.shift)), conv.low, conv.high)
+                return tf.cast(scaled, tf.float32)
+            scale, offset = (conv.scale32, conv.offset32) if conv.requantize_dtype == "float32" else (conv.scale, conv.offset)
+            scaled = tf.cast(accumulator, scale.dtype) * tf.constant(scale) + tf.constant(offset)
+            return tf.cast(tf.floor(tf.clip_by_value(scaled, float(conv.low), float(conv.high))), tf.float32)
+
+    def to_uint8(offsets, zero_point: int):
+        return tf.cast(offsets + zero_point if zero_point else offsets, tf.uint8)
 
     class QuantizedMobileNetV1(tf.Module):
         def __init__(self) -> None:
             super().__init__(name="MobilenetV1")
-            self.layers = [IntegerConv2d(layer) for layer in network.convs]
-            self.logits = IntegerConv2d(network.logits)
+            self.layers = [FloatConv2d(conv) for conv in plan.convs]
+            self.logits = FloatConv2d(plan.logits)
             self.softmax_table = tf.Variable(network.softmax_table, trainable=False, name="softmax_table")
 
         @tf.function(input_signature=[tf.TensorSpec([None, network.resolution, network.resolution, 3], tf.uint8, name=INPUT_NODE)])
         def serve(self, images):
-            net, features = images, {}
+            net, features = tf.cast(images, tf.float32) - network.convs[0].input_zero_point, {}
             for layer in self.layers:
                 net = layer(net)
-                if layer.layer.scope in network.features:
-                    features[layer.layer.scope] = net
-            logits = self.logits(self.average_pool(net))
+                if layer.plan.layer.scope in network.features:
+                    features[layer.plan.layer.scope] = to_uint8(net, layer.plan.output_zero_point)
+            logits = to_uint8(self.logits(self.average_pool(net)), plan.logits.output_zero_point)
             if network.logits_map_size == 1:
-                logits = tf.reshape(logits, [-1, self.logits.kernel.shape[-1]])
+                logits = tf.reshape(logits, [-1, network.logits.bias.shape[0]])
             return {tf_format.LOGITS: logits, tf_format.PROBABILITIES: self.softmax(logits), **features}
 
-        def average_pool(self, features):
-            """uint8 VALID average pool: (window sum + count / 2) // count."""
+        def average_pool(self, offsets):
+            """uint8 VALID average pool on offsets: (window sum + count / 2) // count in integers."""
             (height, width), stride = network.pool_kernel, network.pool_stride
-            count = height * width
-            rows = [tf.stack([tf.reduce_sum(tf.cast(features[:, i : i + height, j : j + width], tf.int32), axis=[1, 2])
-                              for j in range(0, features.shape[2] - width + 1, stride)], axis=1)
-                    for i in range(0, features.shape[1] - height + 1, stride)]
-            return tf.cast((tf.stack(rows, axis=1) + count // 2) // count, tf.uint8)
+            integers = tf.cast(offsets, tf.int32)
+            rows = [tf.stack([tf.reduce_sum(integers[:, i : i + height, j : j + width], axis=[1, 2])
+                              for j in range(0, integers.shape[2] - width + 1, stride)], axis=1)
+                    for i in range(0, integers.shape[1] - height + 1, stride)]
+            return tf.cast((tf.stack(rows, axis=1) + plan.pool_rounding) // (height * width), tf.float32)
 
         def softmax(self, logits):
             """TFLite's uint8 softmax over the last axis: table lookup, sequential float32 normalizer, add 0.5 and truncate."""
@@ -214,9 +224,10 @@ def _variable(reader: Any, folder: Path, attribute: str) -> np.ndarray:
 
 
 def _stored_integers(name: str, stored: QuantizedTensor, shape: tuple[int, ...]) -> QuantizedTensor:
-    """Undo what `IntegerConv2d` stores: the zero point subtracted in int32, the depthwise kernel's last axis dropped."""
+    """Undo what `FloatConv2d` stores: the zero point subtracted (as integer-valued floats; int32 in older folders)."""
+    integral = np.array_equal(stored.values, np.round(stored.values))
     values = stored.values.astype(np.int64) + stored.params.zero_point
     limits = np.iinfo(stored.params.dtype)
-    if values.size != np.prod(shape) or values.min() < limits.min or values.max() > limits.max:
+    if not integral or values.size != np.prod(shape) or values.min() < limits.min or values.max() > limits.max:
         raise ModelFormatError(f"{name}: saved values do not fit {shape} {stored.params.dtype}")
     return QuantizedTensor(values.reshape(shape).astype(stored.params.dtype), stored.params)

@@ -1,4 +1,4 @@
-"""Quantized PyTorch: TFLite's uint8 MobileNet V1 arithmetic (`mobilenet_zoo.quant_math`) on integer tensors.
+"""Quantized PyTorch: TFLite's uint8 MobileNet V1 arithmetic (`mobilenet_zoo.quant_math`), bit for bit, at float speed.
 
 `write(model, out)` builds the folder `out` holding:
     NAME.safetensors   the integer truth under slim names: uint8 kernels (TF layout) and int32 biases, each with
@@ -10,9 +10,13 @@
 Both record the backbone options (`model.metadata()`); the module is built as they say: dilated depthwise
 convolutions, the head pool of `arch.pool_geometry`, a logits map when it is larger than 1x1, and the chosen
 feature maps as extra uint8 outputs after the logits and probabilities (named by `torch_model.output_names`).
-The module computes convolutions as int32 matmuls over SAME-padded windows, requantizes in int64 with TFLite's
-fixed-point multiplier and rounding, and replays TFLite's uint8 softmax; only the softmax normalizer is a float32
-sum, which torch reduces in another order than TFLite's sequential loop (the one source of a possible 1 LSB).
+The module runs `quant_math.float_plan`: activations travel as integer-valued float32 offsets from their zero
+point; convolutions are float32 oneDNN convolutions and GEMMs (float64 where a layer's sums could pass 2^24),
+exact because every partial sum is an integer the float type holds; each requantization is one floor of
+acc * scale + offset in float32 (where checked exact for every accumulator), else float64 or int64. The
+softmax replays TFLite's lookup table and its left-to-right float32 sum. Every output equals TFLite's builtin
+kernels (0 LSB), provided float32 matmuls stay at full precision (`torch.get_float32_matmul_precision()` is
+"highest", the default: "high" or "medium" let oneDNN round the operands to bfloat16).
 """
 
 from __future__ import annotations
@@ -45,8 +49,11 @@ from mobilenet_zoo.model import (
 )
 from mobilenet_zoo.quant_math import (
     UINT8_MAX,
+    FloatConvPlan,
+    FloatPlan,
     IntegerConv,
     IntegerNetwork,
+    float_plan,
     integer_network,
 )
 
@@ -58,86 +65,117 @@ SCALE, ZERO_POINT = "scale", "zero_point"
 # ---------------------------------------------------------------------------------------------- the module
 
 
-def build_module(network: IntegerNetwork):
-    """A `torch.nn.Module` running `network` on uint8 NHWC batches; returns (logits, probabilities, *features), all uint8."""
+def build_module(network: IntegerNetwork, plan: FloatPlan | None = None):
+    """A `torch.nn.Module` running `network` on uint8 NHWC batches; returns (logits, probabilities, *features), all uint8.
+
+    `plan` (default: `float_plan(network)`) says which convolutions run in float32 or float64 and how each requantizes.
+    """
     torch = require("torch")
-    nn = torch.nn
+    nn, functional = torch.nn, torch.nn.functional
+    plan = plan or float_plan(network)
 
-    class IntegerConv2d(nn.Module):
-        """(Depthwise) convolution with int32 accumulators, then TFLite's fixed-point requantization."""
+    class FloatConv2d(nn.Module):
+        """(Depthwise) convolution plus bias of NHWC offsets in float32 or float64 (exact, see `FloatConvPlan`), then
+        the requantization to the next layer's offsets (float32): 1x1 layers are GEMMs, the others oneDNN convolutions
+        on a channels-last view."""
 
-        def __init__(self, layer: IntegerConv) -> None:
+        def __init__(self, conv: FloatConvPlan) -> None:
             super().__init__()
-            requantization = layer.requantization
-            self.depthwise, self.stride, self.rate, self.output_size = layer.depthwise, layer.stride, layer.rate, layer.output_size
-            self.input_zero_point, (self.pad_before, self.pad_after) = layer.input_zero_point, layer.padding
-            self.output_zero_point, self.low, self.high = requantization.zero_point, requantization.low, requantization.high
-            kernel = layer.kernel[:, :, :, 0] if layer.depthwise else layer.kernel
-            self.register_buffer("kernel", torch.from_numpy(np.ascontiguousarray(kernel, np.int32)))
-            self.register_buffer("bias", torch.from_numpy(layer.bias.astype(np.int32)))
-            self.register_buffer("multiplier", torch.from_numpy(requantization.multiplier))
-            self.register_buffer("left_shift", torch.from_numpy(requantization.left_shift))
-            self.register_buffer("right_shift", torch.from_numpy(requantization.right_shift))
+            layer = conv.layer
+            self.pointwise = not layer.depthwise and layer.kernel.shape[:2] == (1, 1) and layer.stride == 1
+            self.groups = layer.kernel.shape[2] if layer.depthwise else 1
+            self.stride, self.rate, (self.pad_before, self.pad_after) = layer.stride, layer.rate, layer.padding
+            self.cast_input = conv.conv_dtype != "float32"
+            self.requantize_dtype, self.low, self.high = conv.requantize_dtype, conv.low, conv.high
+            self.register_buffer("weight", self.torch_weight(layer, conv.conv_dtype))
+            self.register_buffer("bias", torch.from_numpy(layer.bias.astype(conv.conv_dtype)))
+            if conv.requantize_dtype == "float32":
+                self.register_buffer("scale", torch.from_numpy(conv.scale32))
+                self.register_buffer("offset", torch.from_numpy(conv.offset32))
+            elif conv.requantize_dtype == "float64":
+                self.register_buffer("scale", torch.from_numpy(conv.scale))
+                self.register_buffer("offset", torch.from_numpy(conv.offset))
+            else:
+                self.register_buffer("multiplier", torch.from_numpy(conv.multiplier))
+                self.register_buffer("rounding", torch.from_numpy(conv.rounding))
+                self.register_buffer("shift", torch.from_numpy(conv.shift))
 
-        def forward(self, images):
-            offset = images.to(torch.int32) - self.input_zero_point
-            padded = nn.functional.pad(offset, (0, 0, self.pad_before, self.pad_after, self.pad_before, self.pad_after))
-            span = self.stride * (self.output_size - 1) + 1
-            accumulator = self.bias
-            for dy in range(self.kernel.shape[0]):
-                for dx in range(self.kernel.shape[1]):
-                    top, left = dy * self.rate, dx * self.rate
-                    window = padded[:, top : top + span : self.stride, left : left + span : self.stride]
-                    tap = self.kernel[dy, dx]
-                    accumulator = accumulator + (window * tap if self.depthwise else torch.matmul(window, tap))
-            return self.requantize(accumulator)
+        def torch_weight(self, layer: IntegerConv, dtype: str):
+            """(out, in) for a GEMM, else OIHW (depthwise: C x 1 x H x W); contiguous, which `torch.export.save` keeps whole."""
+            if self.pointwise:
+                return torch.from_numpy(np.ascontiguousarray(layer.kernel[0, 0].T, dtype))
+            oihw = layer.kernel.transpose(2, 3, 0, 1) if layer.depthwise else layer.kernel.transpose(3, 2, 0, 1)
+            return torch.from_numpy(np.ascontiguousarray(oihw, dtype))
+
+        def forward(self, offsets):
+            if self.cast_input:
+                offsets = offsets.to(self.weight.dtype)
+            if self.pointwise:
+                return self.requantize(functional.linear(offsets, self.weight, self.bias))
+            padding = self.pad_before
+            if self.pad_before != self.pad_after:
+                offsets, padding = functional.pad(offsets, (0, 0, self.pad_before, self.pad_after, self.pad_before, self.pad_after)), 0
+            accumulator = functional.conv2d(offsets.permute(0, 3, 1, 2), self.weight, self.bias, self.stride, padding, self.rate, self.groups)
+            return self.requantize(accumulator.permute(0, 2, 3, 1))
 
         def requantize(self, accumulator):
-            product = torch.bitwise_left_shift(accumulator.to(torch.int64), self.left_shift) * self.multiplier
-            high = torch.bitwise_right_shift(product + (1 << 30), 31)
-            half = torch.bitwise_right_shift(torch.bitwise_left_shift(torch.ones_like(self.right_shift), self.right_shift), 1)
-            scaled = torch.bitwise_right_shift(high + half, self.right_shift)
-            return torch.clamp(scaled + self.output_zero_point, self.low, self.high).to(torch.uint8)
+            """floor(acc * scale + offset) in float32 or float64 (or the int64 shift), clamped: the output's offsets as float32."""
+            if self.requantize_dtype == "int64":
+                product = accumulator.to(torch.int64) * self.multiplier + self.rounding
+                return torch.bitwise_right_shift(product, self.shift).clamp_(self.low, self.high).to(torch.float32)
+            if self.requantize_dtype == "float32":
+                return torch.addcmul(self.offset, accumulator, self.scale).clamp_(self.low, self.high).floor_()
+            accumulator = accumulator.to(torch.float64) if accumulator.dtype != torch.float64 else accumulator
+            return torch.addcmul(self.offset, accumulator, self.scale).clamp_(self.low, self.high).floor_().to(torch.float32)
 
     class QuantizedMobileNetV1(nn.Module):
         """MobileNet V1 in TFLite's uint8 arithmetic: uint8 NHWC images -> uint8 logits, probabilities and feature maps."""
 
         def __init__(self) -> None:
             super().__init__()
-            self.layers = nn.ModuleList(IntegerConv2d(layer) for layer in network.convs)
-            self.logits = IntegerConv2d(network.logits)
-            self.pool_kernel, self.pool_stride = network.pool_kernel, network.pool_stride
+            self.layers = nn.ModuleList(FloatConv2d(conv) for conv in plan.convs)
+            self.logits = FloatConv2d(plan.logits)
+            self.input_zero_point = network.convs[0].input_zero_point
+            self.zero_points = [conv.output_zero_point for conv in plan.convs]
+            self.logits_zero_point = plan.logits.output_zero_point
+            self.pool_kernel, self.pool_stride, self.pool_rounding = network.pool_kernel, network.pool_stride, plan.pool_rounding
             self.squeeze = network.logits_map_size == 1
             self.feature_layers = [layer.scope in network.features for layer in network.convs]
             self.output_scale, self.output_zero_point = float(network.output_scale), network.output_zero_point
             self.register_buffer("softmax_table", torch.from_numpy(network.softmax_table))
 
         def forward(self, images):
-            net, features = images, []
-            for layer, is_feature in zip(self.layers, self.feature_layers):
+            net, features = images.to(torch.float32) - self.input_zero_point, []
+            for layer, zero_point, is_feature in zip(self.layers, self.zero_points, self.feature_layers):
                 net = layer(net)
                 if is_feature:
-                    features.append(net)
-            logits = self.logits(self.average_pool(net))
+                    features.append(self.to_uint8(net, zero_point))
+            logits = self.to_uint8(self.logits(self.average_pool(net)), self.logits_zero_point)
             if self.squeeze:
                 logits = logits.flatten(1)
             return (logits, self.softmax(logits), *features)
 
-        def average_pool(self, features):
-            """uint8 VALID average pool: (window sum + count / 2) // count."""
+        @staticmethod
+        def to_uint8(offsets, zero_point: int):
+            return (offsets + zero_point if zero_point else offsets).to(torch.uint8)
+
+        def average_pool(self, offsets):
+            """uint8 VALID average pool on offsets: floor((window sum + count / 2) / count), exact in float64."""
             height, width = self.pool_kernel
-            count, stride = height * width, self.pool_stride
-            sums = torch.stack([
-                torch.stack([features[:, i : i + height, j : j + width].to(torch.int32).sum(dim=(1, 2))
-                             for j in range(0, features.shape[2] - width + 1, stride)], dim=1)
-                for i in range(0, features.shape[1] - height + 1, stride)], dim=1)
-            return torch.div(sums + count // 2, count, rounding_mode="floor").to(torch.uint8)
+            sums = functional.avg_pool2d(offsets.permute(0, 3, 1, 2).to(torch.float64), self.pool_kernel, self.pool_stride,
+                                         divisor_override=1)
+            pooled = torch.div(sums + self.pool_rounding, height * width, rounding_mode="floor")
+            return pooled.permute(0, 2, 3, 1).to(torch.float32)
 
         def softmax(self, logits):
-            """TFLite's uint8 softmax over the last axis: table lookup, float32 normalizer, add 0.5 and truncate."""
+            """TFLite's uint8 softmax over the last axis: table lookup, float32 normalizer, add 0.5 and truncate.
+
+            The normalizer is TFLite's left-to-right float32 sum: `scatter_add_` into one slot adds in index order on
+            CPU (`sum` and `cumsum` do not: pairwise, or in float64)."""
             values = logits.to(torch.int64)
             exps = self.softmax_table[UINT8_MAX - values.amax(dim=-1, keepdim=True) + values]
-            inverse = 1.0 / (exps.sum(dim=-1, keepdim=True) * self.output_scale)
+            total = exps.new_zeros((*exps.shape[:-1], 1)).scatter_add_(-1, torch.zeros_like(values), exps)
+            inverse = 1.0 / (total * self.output_scale)
             quantized = (exps * inverse + 0.5).to(torch.int32) + self.output_zero_point
             return torch.clamp(quantized, 0, UINT8_MAX).to(torch.uint8)
 
