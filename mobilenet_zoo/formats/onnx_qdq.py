@@ -5,7 +5,7 @@ Every tensor between layers is uint8 behind a QuantizeLinear / DequantizeLinear 
 point; kernels are DequantizeLinear of the integer weights (stored as int8, shifted by 128 with their zero point, which
 dequantizes to the same reals and takes onnxruntime's faster u8s8 kernels), biases DequantizeLinear of the int32 biases.
 onnxruntime requantizes in float32 with round-half-even where TFLite uses a Q31 fixed-point multiplier, so outputs land a
-few LSB from TFLite's builtin kernels (`verify` allows `QDQ_TOLERANCE_LSB`); the exact form is `onnx_quant`.
+few LSB from TFLite's builtin kernels (`verify` allows `verify.QDQ_MAX_LSB`); the exact form is `onnx_quant`.
 
 The integers and scales are the graph's own constants, so `onnx_reader` reads the file back to the exact model; the
 metadata records `quant_format: qdq` (plus `model.metadata()`), which `verify` reads to apply the QDQ tolerance.
@@ -22,6 +22,7 @@ from mobilenet_zoo.deps import require
 from mobilenet_zoo.errors import ModelFormatError
 from mobilenet_zoo.formats import onnx as onnx_format
 from mobilenet_zoo.formats.onnx import LOGITS, MIN_OPSET, PROBABILITIES
+from mobilenet_zoo.formats.onnx_quant import QUANT_FORMAT_KEY
 from mobilenet_zoo.model import (
     INPUT_ACTIVATION,
     LOGITS_ACTIVATION,
@@ -34,16 +35,18 @@ from mobilenet_zoo.model import (
 )
 from mobilenet_zoo.quant_math import RELU6_LIMIT, activation_range, integer_network
 
-QUANT_FORMAT_KEY = "quant_format"  # metadata_props entry naming the quantized form: "qdq" here, "exact" in onnx_quant
-QDQ = "qdq"
+QDQ = "qdq"  # the value of `onnx_quant.QUANT_FORMAT_KEY` in these files
 INT8_OFFSET = 128  # uint8 kernel q and zero point z stored as int8 q - 128, z - 128: the same reals
-# verify's allowance for QDQ files, in uint8 LSB of the output (see README, "Two quantized ONNX forms").
-QDQ_TOLERANCE_LSB = 8
 
 
 def write(model: MobileNetV1Model, out: Path, *, layout: str = "NHWC", opset: int = MIN_OPSET) -> Path:
     """Write a quantized model as a QDQ ONNX file with uint8 NHWC (or NCHW) input; returns `out`."""
     return onnx_format.save_checked(build_model(model, layout=layout, opset=opset), Path(out))
+
+
+def is_qdq(runner: onnx_format.OnnxRunner) -> bool:
+    """True when a loaded ONNX file records that it is in QDQ form."""
+    return runner.session.get_modelmeta().custom_metadata_map.get(QUANT_FORMAT_KEY) == QDQ
 
 
 def build_model(model: MobileNetV1Model, *, layout: str = "NHWC", opset: int = MIN_OPSET):
