@@ -211,7 +211,7 @@ def verify_command(
     n_random: int = typer.Option(8, "--random", help="Seeded random inputs besides the images."),
     seed: int = typer.Option(0, "--seed"),
     logits_atol: float = typer.Option(1e-4, "--logits-atol", help="Float models: allowed max abs logits difference."),
-    max_lsb: Optional[int] = typer.Option(None, "--max-lsb", help="Quantized models: allowed uint8 difference (default 0 for exact ONNX, 1 for the other formats, 29 for QDQ ONNX and 6 on its logits)."),
+    max_lsb: Optional[int] = typer.Option(None, "--max-lsb", help="Quantized models: allowed uint8 difference (default 0 for exact ONNX, 1 for the other formats, 29 for QDQ ONNX: 6 on its logits, 137 on feature maps)."),
     top5: bool = typer.Option(True, "--top5/--no-top5", help="Float models: require identical top-5 sets."),
     save_reference: Optional[Path] = typer.Option(None, "--save-reference", help="Save the reference inputs/outputs to an .npz for later runs."),
     ray: bool = RayOption,
@@ -234,6 +234,7 @@ def verify_command(
     if max_lsb is not None:
         thresholds.lsb = {f: max_lsb for f in thresholds.lsb}
         thresholds.logits_lsb = {f: max_lsb for f in thresholds.logits_lsb}
+        thresholds.feature_lsb = {f: max_lsb for f in thresholds.feature_lsb}
     if source and reference:
         raise ZooError("give --source or --reference, not both")
     _verify_and_report(expanded, reference, images, n_random, seed, save_reference, as_json, thresholds,
