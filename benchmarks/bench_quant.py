@@ -129,7 +129,9 @@ def measure(model_path: Path, folder: Path, threads: int, rounds: int, warmup: i
         top1 = float(np.mean(got_real.argmax(-1) == expected_real.argmax(-1)))
         median = statistics.median(timings[name])
         p90 = float(np.percentile(timings[name], 90))
-        rows.append(Row(model_path.stem, name, 1 if "1 thread" in name else threads, median, p90, median / baseline, lsb, top1))
+        rows.append(
+            Row(model_path.stem, name, 1 if "1 thread" in name else threads, median, p90, median / baseline, lsb, top1)
+        )
     return rows
 
 
@@ -154,17 +156,29 @@ def profile_table(path: Path, threads: int, runs: int = 100, warmup: int = 10) -
             totals[event["args"]["op_name"]] += event["dur"]
             counts[event["args"]["op_name"]] += 1
     total = sum(totals.values())
-    lines = [f"{path.name}: {threads} threads, {runs} runs (profiled; absolute times include the profiler's overhead)",
-             "| op type | nodes | ms per run | share |", "|---|---:|---:|---:|"]
-    lines += [f"| {op} | {counts[op] // runs} | {us / runs / 1000:.3f} | {100 * us / total:.1f}% |" for op, us in totals.most_common()]
+    lines = [
+        f"{path.name}: {threads} threads, {runs} runs (profiled; absolute times include the profiler's overhead)",
+        "| op type | nodes | ms per run | share |",
+        "|---|---:|---:|---:|",
+    ]
+    lines += [
+        f"| {op} | {counts[op] // runs} | {us / runs / 1000:.3f} | {100 * us / total:.1f}% |"
+        for op, us in totals.most_common()
+    ]
     return "\n".join(lines)
 
 
 def markdown(rows: list[Row]) -> str:
-    lines = ["| model | runtime | threads | median ms | p90 ms | x TFLite builtin | max LSB vs builtin | top-1 = builtin |",
-             "|---|---|---:|---:|---:|---:|---:|---:|"]
-    lines += [f"| {r.model} | {r.runtime} | {r.threads} | {r.median_ms:.3f} | {r.p90_ms:.3f} | {r.ratio_to_builtin:.2f} | {r.max_lsb} | "
-              f"{r.top1_equal:.0%} |" for r in rows]
+    lines = [
+        "| model | runtime | threads | median ms | p90 ms | x TFLite builtin | max LSB vs builtin | top-1 = builtin |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    lines += [
+        f"| {r.model} | {r.runtime} | {r.threads} | {r.median_ms:.3f} | {r.p90_ms:.3f} | {r.ratio_to_builtin:.2f} "
+        f"| {r.max_lsb} | "
+        f"{r.top1_equal:.0%} |"
+        for r in rows
+    ]
     return "\n".join(lines)
 
 
@@ -173,8 +187,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=300, help="timed calls per runtime (round robin)")
     parser.add_argument("--warmup", type=int, default=30)
-    parser.add_argument("--profile", action="store_true", help="also print onnxruntime's per-op-type profile of both ONNX forms")
-    parser.add_argument("--profile-file", type=Path, action="append", default=[], help="profile this ONNX file too (repeatable)")
+    parser.add_argument(
+        "--profile", action="store_true", help="also print onnxruntime's per-op-type profile of both ONNX forms"
+    )
+    parser.add_argument(
+        "--profile-file", type=Path, action="append", default=[], help="profile this ONNX file too (repeatable)"
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     missing = [name for name in MODELS if not (REALDATA / name).exists()]
@@ -183,8 +201,14 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     warnings.filterwarnings("ignore")
     with tempfile.TemporaryDirectory(prefix="mobilenet-zoo-bench-quant-") as scratch:
-        rows = [row for name in MODELS for row in measure(REALDATA / name, Path(scratch), args.threads, args.rounds, args.warmup)]
-        profiles = [profile_table(path, args.threads) for path in sorted(Path(scratch).glob("*.onnx"))] if args.profile else []
+        rows = [
+            row
+            for name in MODELS
+            for row in measure(REALDATA / name, Path(scratch), args.threads, args.rounds, args.warmup)
+        ]
+        profiles = (
+            [profile_table(path, args.threads) for path in sorted(Path(scratch).glob("*.onnx"))] if args.profile else []
+        )
     profiles += [profile_table(path, args.threads) for path in args.profile_file]
     if args.json:
         print(json.dumps({"rows": [asdict(r) for r in rows], "profiles": profiles}, indent=2))

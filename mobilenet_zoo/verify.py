@@ -28,11 +28,11 @@ MAIN_OUTPUTS = ("logits", "probabilities")
 
 OUTPUT_SCALE = 1 / 256  # uint8 softmax output quantization of the quantized models
 ONNX_QDQ = "onnx-qdq"  # threshold key of ONNX files in QDQ form (their metadata says quant_format: qdq)
-# QDQ files requantize in onnxruntime's float32 (round half to even), not TFLite's Q31 fixed point. Measured on the two
-# real uint8 models over 8 real photos + 1000 seeded random inputs each: output at most 19 LSB (TFLite's own XNNPACK: 20),
-# logits at most 4 LSB; feature maps (any layer, output stride 8 to 32, 108 inputs) at most 91 LSB on single elements,
-# exactly where TFLite's XNNPACK lands too. The allowances are 1.5x those. The logits bound is the sharp one: one weight
-# scale 3% off moves the logits by 10 LSB and more, the output often by less than XNNPACK's own distance.
+# QDQ files requantize in onnxruntime's float32 (round half to even), not TFLite's Q31 fixed point. Measured on the
+# two real uint8 models over 8 real photos + 1000 seeded random inputs each: output at most 19 LSB (TFLite's own
+# XNNPACK: 20), logits at most 4 LSB; feature maps (any layer, output stride 8 to 32, 108 inputs) at most 91 LSB on
+# single elements, exactly where TFLite's XNNPACK lands too. The allowances are 1.5x those. The logits bound is the
+# sharp one: one weight scale 3% off moves the logits by 10 LSB and more, the output often less than XNNPACK does.
 QDQ_MAX_LSB = 29
 QDQ_MAX_LOGITS_LSB = 6
 QDQ_MAX_FEATURE_LSB = 137
@@ -44,9 +44,10 @@ class Thresholds:
 
     logits_atol: float = 1e-4
     top5_identical: bool = True
-    lsb: dict[str, int] = field(default_factory=lambda: {"onnx": 0, ONNX_QDQ: QDQ_MAX_LSB, "tflite": 1, "torch": 1, "tf": 1})
-    logits_lsb: dict[str, int] = field(default_factory=lambda: {ONNX_QDQ: QDQ_MAX_LOGITS_LSB})  # uint8 logits, where bounded
-    feature_lsb: dict[str, int] = field(default_factory=lambda: {ONNX_QDQ: QDQ_MAX_FEATURE_LSB})  # feature maps, where not `lsb`
+    lsb: dict[str, int] = field(
+        default_factory=lambda: {"onnx": 0, ONNX_QDQ: QDQ_MAX_LSB, "tflite": 1, "torch": 1, "tf": 1})
+    logits_lsb: dict[str, int] = field(default_factory=lambda: {ONNX_QDQ: QDQ_MAX_LOGITS_LSB})  # where bounded
+    feature_lsb: dict[str, int] = field(default_factory=lambda: {ONNX_QDQ: QDQ_MAX_FEATURE_LSB})  # else `lsb`
 
     def max_lsb(self, fmt: str) -> int:
         return self.lsb.get(fmt, 1)
@@ -64,11 +65,12 @@ class Reference:
     outputs: dict[str, np.ndarray]
     quantized: bool
     origin: str
-    xnnpack_lsb: int | None = None  # quantized .tflite references: TFLite's default runtime (XNNPACK) vs its builtin kernels
+    xnnpack_lsb: int | None = None  # quantized .tflite references: TFLite's XNNPACK runtime vs its builtin kernels
 
     def save(self, path: Path) -> Path:
         """Write to an .npz that `load` reads back, so verification needs no TensorFlow later."""
-        meta = json.dumps({"input_names": self.input_names, "quantized": self.quantized, "origin": self.origin, "xnnpack_lsb": self.xnnpack_lsb})
+        meta = json.dumps({"input_names": self.input_names, "quantized": self.quantized, "origin": self.origin,
+                           "xnnpack_lsb": self.xnnpack_lsb})
         with open(path, "wb") as stream:
             np.savez_compressed(stream, inputs=self.inputs, meta=np.array(meta), **{f"out_{k}": v for k, v in self.outputs.items()})
         return path
@@ -79,7 +81,8 @@ class Reference:
             with np.load(path, allow_pickle=False) as data:
                 meta = json.loads(str(data["meta"]))
                 outputs = {k.removeprefix("out_"): data[k] for k in data.files if k.startswith("out_")}
-                return cls(data["inputs"], meta["input_names"], outputs, meta["quantized"], meta["origin"], meta.get("xnnpack_lsb"))
+                return cls(data["inputs"], meta["input_names"], outputs, meta["quantized"], meta["origin"],
+                           meta.get("xnnpack_lsb"))
         except (OSError, KeyError, ValueError) as exc:
             raise ZooError(f"{path}: not a saved reference ({exc})") from None
 
@@ -149,14 +152,15 @@ def _reference_run(reference: ReferenceModel) -> Iterator[tuple[Runner, Path | N
 
 
 def compute_reference(reference: Path | ReferenceModel, images: list[Path], n_random: int = 8, seed: int = 0) -> Reference:
-    """Run the reference model on images plus random inputs (and, for a quantized .tflite, TFLite's XNNPACK runtime beside it)."""
+    """Run the reference model on images plus random inputs (for a quantized .tflite, TFLite's XNNPACK beside it)."""
     reference = reference if isinstance(reference, ReferenceModel) else ReferenceModel(Path(reference))
     with _reference_run(reference) as (runner, tflite_file):
         if runner.resolution is None:
             raise ModelFormatError(f"{reference.path}: the reference must have a fixed input size")
         inputs, names = make_inputs(runner.resolution, runner.quantized, images, n_random, seed)
         outputs = run_batched(runner, inputs)
-        xnnpack = xnnpack_lsb(tflite_file, inputs, outputs["probabilities"]) if runner.quantized and tflite_file else None
+        quantized_tflite = runner.quantized and tflite_file is not None
+        xnnpack = xnnpack_lsb(tflite_file, inputs, outputs["probabilities"]) if quantized_tflite else None
         return Reference(inputs, names, outputs, runner.quantized, reference.origin, xnnpack)
 
 
@@ -232,7 +236,8 @@ def compare(target: str, fmt: str, reference: Reference, outputs: dict[str, np.n
             failures.append(f"logits differ by {max_logits:.3g} (allowed {thresholds.logits_atol:g})")
         if thresholds.top5_identical and top5 < 1.0:
             failures.append(f"top-5 sets differ on {round((1 - top5) * len(top))} of {len(top)} inputs")
-    features = compare_features(reference, outputs, thresholds.max_feature_lsb(fmt) if reference.quantized else thresholds.logits_atol, failures)
+    allowed = thresholds.max_feature_lsb(fmt) if reference.quantized else thresholds.logits_atol
+    features = compare_features(reference, outputs, allowed, failures)
     return TargetReport(target, fmt, reference.origin, reference.quantized, max_logits, max_probs, max_lsb, top1, top5, not failures,
                         failures, features, xnnpack_lsb=reference.xnnpack_lsb, max_logits_lsb=max_logits_lsb)
 
@@ -273,7 +278,8 @@ def verify_target(target: Path, reference: Reference, thresholds: Thresholds) ->
         raise ModelFormatError(f"{target} is a {kinds[runner.quantized]} model but the reference is {kinds[reference.quantized]}")
     if runner.resolution not in (None, reference.resolution):
         raise ModelFormatError(f"{target} takes {runner.resolution}x{runner.resolution} inputs, the reference {reference.resolution}")
-    report = compare(str(target), threshold_key(fmt, runner), reference, run_batched(runner, reference.inputs), thresholds)
+    outputs = run_batched(runner, reference.inputs)
+    report = compare(str(target), threshold_key(fmt, runner), reference, outputs, thresholds)
     check_parameters(report, target, fmt)
     return report
 

@@ -67,8 +67,13 @@ def models():
 def inputs():
     """The four real photos (slim preprocessing) and seeded random uint8 images, per variant."""
     rng = np.random.default_rng(13)
-    return {variant: {"real images": np.stack([load_image_uint8(path, size) for path in real_images()]),
-                      "random": rng.integers(0, 256, (N_RANDOM, size, size, 3), dtype=np.uint8)} for variant, size in VARIANTS.items()}
+    return {
+        variant: {
+            "real images": np.stack([load_image_uint8(path, size) for path in real_images()]),
+            "random": rng.integers(0, 256, (N_RANDOM, size, size, 3), dtype=np.uint8),
+        }
+        for variant, size in VARIANTS.items()
+    }
 
 
 @pytest.fixture(scope="session")
@@ -106,14 +111,17 @@ def all_layers(model):
 
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_requantization_steps_are_tflites_integer_arithmetic(models, variant):
-    """Every layer's step map equals quant_math's fixed-point requantization on its span and 100 accumulators beyond it."""
+    """Every layer's step map equals quant_math's fixed-point requantization on its span and 100 values beyond it."""
     for conv in all_layers(models[variant]):
         requantization = conv.requantization
         steps = onnx_quant.requantization_steps(requantization)
         first, last = steps.span
         accumulators = np.arange(first - 100, last + 101, dtype=np.int64)
         scaled = multiply_by_quantized_multiplier(accumulators, requantization.multiplier, requantization.shift)
-        expected = np.clip(scaled + requantization.zero_point, requantization.low, requantization.high) - requantization.zero_point
+        expected = (
+            np.clip(scaled + requantization.zero_point, requantization.low, requantization.high)
+            - requantization.zero_point
+        )
         np.testing.assert_array_equal(steps(accumulators), expected, err_msg=conv.scope)
 
 
@@ -128,7 +136,8 @@ def test_pool_steps_are_tflites_average(count, zero_point):
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_float_requantization_is_exact_on_every_accumulator(models, variant):
     """The threshold proof, checked by brute force: floor(a * scale + offset) in float32 (float64 where float32 has no
-    proof) equals the step map for every accumulator of the span. Every backbone layer of the real models gets float32."""
+    proof) equals the step map for every accumulator of the span. Every backbone layer of the real models has
+    float32."""
     for conv in all_layers(models[variant]):
         bound = onnx_quant.accumulator_bound(conv)
         assert bound < onnx_quant.FLOAT32_EXACT, conv.scope
@@ -157,7 +166,7 @@ def test_a_wrong_offset_fails_the_proof(models):
 
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_accumulator_bound_covers_the_real_accumulators(models, inputs, variant):
-    """The bound is at least every accumulator the real photos produce, layer by layer (quant_math's int64 convolutions)."""
+    """The bound covers every accumulator the real photos produce, layer by layer (quant_math's int64 convolutions)."""
     from mobilenet_zoo.quant_math import integer_conv
     from mobilenet_zoo.testing.numpy_reference import conv as conv2d
     from mobilenet_zoo.testing.numpy_reference import depthwise_conv
@@ -165,7 +174,9 @@ def test_accumulator_bound_covers_the_real_accumulators(models, inputs, variant)
     x = inputs[variant]["real images"][:1]
     for layer in integer_network(models[variant]).convs:
         offset = x.astype(np.int64) - layer.input_zero_point
-        accumulator = (depthwise_conv if layer.depthwise else conv2d)(offset, layer.kernel.astype(np.int64), layer.stride, layer.rate) + layer.bias
+        accumulator = (depthwise_conv if layer.depthwise else conv2d)(
+            offset, layer.kernel.astype(np.int64), layer.stride, layer.rate
+        ) + layer.bias
         assert np.abs(accumulator).max() <= onnx_quant.accumulator_bound(layer) < onnx_quant.FLOAT32_EXACT, layer.scope
         x = integer_conv(x, layer)
 
@@ -186,9 +197,14 @@ def test_exact_form_is_bit_identical_on_real_photos_and_random_inputs(exact_file
 
 @pytest.mark.parametrize("level", OPTIMIZATION_LEVELS)
 def test_exact_under_every_onnxruntime_optimization_level(exact_files, inputs, references, level):
-    """onnxruntime's graph rewrites (constant folding, Conv fusions, NCHWc layout) keep the integers, on 1 and 2 threads."""
+    """onnxruntime's rewrites (constant folding, Conv fusions, NCHWc layout) keep the integers, 1 and 2 threads."""
     for threads in (1, 2):
-        assert_exact(session_runner(exact_files["0.5_160"], level, threads), inputs["0.5_160"], references["0.5_160"], f"{level} {threads}")
+        assert_exact(
+            session_runner(exact_files["0.5_160"], level, threads),
+            inputs["0.5_160"],
+            references["0.5_160"],
+            f"{level} {threads}",
+        )
 
 
 @pytest.mark.parametrize("arithmetic", [a for a in onnx_quant.ARITHMETIC if a != "fastest"])
@@ -211,15 +227,26 @@ def test_exact_graph_spends_its_time_in_convolutions(exact_files, variant):
 
 
 def test_backbone_options_stay_bit_identical(models, tmp_path):
-    """Feature outputs, output stride 16 (dilated depthwise) and global pooling, NCHW file, against TFLite built the same way."""
-    model = models["0.5_160"].with_backbone(Backbone(features=(0, 5, 11, 13), pooling="global", output_stride=16, input_size=192))
+    """Features, output stride 16 (dilated depthwise), global pooling, NCHW file, against TFLite built the same way."""
+    model = models["0.5_160"].with_backbone(
+        Backbone(features=(0, 5, 11, 13), pooling="global", output_stride=16, input_size=192)
+    )
     reference = tflite.load_runner(tflite.write(model, tmp_path / "reference.tflite"))
     path = onnx_quant.write(model, tmp_path / "backbone.onnx", layout="NCHW")
     rng = np.random.default_rng(5)
-    images = {"real images": np.stack([load_image_uint8(p, 192) for p in real_images()]),
-              "random": rng.integers(0, 256, (4, 192, 192, 3), dtype=np.uint8)}
+    images = {
+        "real images": np.stack([load_image_uint8(p, 192) for p in real_images()]),
+        "random": rng.integers(0, 256, (4, 192, 192, 3), dtype=np.uint8),
+    }
     expected = {name: reference(batch) for name, batch in images.items()}
-    assert set(expected["random"]) == {"logits", "probabilities", "Conv2d_0", "Conv2d_5_pointwise", "Conv2d_11_pointwise", "Conv2d_13_pointwise"}
+    assert set(expected["random"]) == {
+        "logits",
+        "probabilities",
+        "Conv2d_0",
+        "Conv2d_5_pointwise",
+        "Conv2d_11_pointwise",
+        "Conv2d_13_pointwise",
+    }
     assert_exact(onnx_quant.load_runner(path), images, expected, "backbone")
 
 
@@ -237,11 +264,13 @@ def test_a_layer_too_wide_for_float32_runs_as_conv_integer(models, inputs, tmp_p
     assert f"{SCOPE}/{WIDE_LAYER}/ConvInteger" in {node.name for node in onnx.load(str(path)).graph.node}
     reference = tflite.load_runner(tflite.write(model, tmp_path / "wide.tflite"))
     images = inputs["0.5_160"]
-    assert_exact(onnx_quant.load_runner(path), images, {name: reference(batch) for name, batch in images.items()}, "wide")
+    assert_exact(
+        onnx_quant.load_runner(path), images, {name: reference(batch) for name, batch in images.items()}, "wide"
+    )
 
 
 def test_per_channel_scales_stay_exact(models, inputs, tmp_path):
-    """Per-channel weight scales in one layer (per-channel multipliers, spans, scales and offsets) against quant_math."""
+    """Per-channel weight scales in one layer (per-channel multipliers, spans, scales, offsets) against quant_math."""
     model = models["0.25_128"]
     name = f"{SCOPE}/Conv2d_3_pointwise/weights"
     kernel = model.quant.tensors[name]
@@ -262,7 +291,10 @@ def test_per_channel_scales_stay_exact(models, inputs, tmp_path):
 @pytest.fixture(scope="session")
 def qdq_files(models, tmp_path_factory):
     folder = tmp_path_factory.mktemp("onnx_qdq")
-    return {variant: onnx_format.write(model, folder / f"{variant}.onnx", quant_format="qdq") for variant, model in models.items()}
+    return {
+        variant: onnx_format.write(model, folder / f"{variant}.onnx", quant_format="qdq")
+        for variant, model in models.items()
+    }
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -301,7 +333,11 @@ def test_qdq_passes_verify_with_the_xnnpack_distance_beside_it(qdq_files, exact_
     assert reference.xnnpack_lsb is not None and 0 < reference.xnnpack_lsb <= QDQ_MAX_LSB
     report = verify_target(qdq_files[variant], reference, Thresholds())
     assert report.passed, report.failures
-    assert report.format == ONNX_QDQ and report.xnnpack_lsb == reference.xnnpack_lsb and report.max_logits_lsb <= QDQ_MAX_LOGITS_LSB
+    assert (
+        report.format == ONNX_QDQ
+        and report.xnnpack_lsb == reference.xnnpack_lsb
+        and report.max_logits_lsb <= QDQ_MAX_LOGITS_LSB
+    )
     exact = verify_target(exact_files[variant], reference, Thresholds())
     assert exact.passed and exact.format == "onnx" and exact.max_lsb == 0
     saved = Reference.load(reference.save(tmp_path / "reference.npz"))
@@ -310,7 +346,7 @@ def test_qdq_passes_verify_with_the_xnnpack_distance_beside_it(qdq_files, exact_
 
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_damaged_qdq_fails_verify(qdq_files, variant, tmp_path):
-    """One kernel's scale 3% off: verify fails it on the logits, though its output may stay within XNNPACK's distance."""
+    """One kernel's scale 3% off: verify fails it on the logits, though its output may stay within XNNPACK's reach."""
     proto = onnx.load(str(qdq_files[variant]))
     name = f"{DAMAGED_KERNEL}/quant/scale"
     scale = next(tensor for tensor in proto.graph.initializer if tensor.name == name)
@@ -338,8 +374,20 @@ def test_qdq_with_backbone_options_passes_verify(models, tmp_path):
 
 def test_cli_convert_quant_format_qdq_with_verify(cli, tmp_path):
     out = tmp_path / "out"
-    code, stdout, stderr = cli("convert", model_path("0.5_160"), "--to", "onnx", "--quant-format", "qdq", "-o", out, "--verify",
-                               "--layout", "NHWC", "--json")
+    code, stdout, stderr = cli(
+        "convert",
+        model_path("0.5_160"),
+        "--to",
+        "onnx",
+        "--quant-format",
+        "qdq",
+        "-o",
+        out,
+        "--verify",
+        "--layout",
+        "NHWC",
+        "--json",
+    )
     assert code == 0, stderr
     (target,) = json.loads(stdout)["targets"]
     assert target["format"] == ONNX_QDQ and target["passed"] and target["max_lsb"] <= QDQ_MAX_LSB
@@ -355,11 +403,13 @@ def test_cli_verify_fails_a_damaged_qdq_file(cli, qdq_files, tmp_path):
     scale.CopyFrom(onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(scale) * np.float32(1.03), name))
     damaged = tmp_path / "damaged.onnx"
     onnx.save(proto, str(damaged))
-    code, stdout, stderr = cli("verify", damaged, "--reference", model_path("0.25_128"))
+    code, _stdout, stderr = cli("verify", damaged, "--reference", model_path("0.25_128"))
     assert code == 2 and "logits differ" in stderr
 
 
 def test_cli_refuses_an_unknown_quant_format(cli, tmp_path):
-    code, stdout, stderr = cli("convert", model_path("0.25_128"), "--to", "onnx", "--quant-format", "int4", "-o", tmp_path / "out")
+    code, _stdout, stderr = cli(
+        "convert", model_path("0.25_128"), "--to", "onnx", "--quant-format", "int4", "-o", tmp_path / "out"
+    )
     assert code == 1 and stderr.startswith("error: --quant-format") and len(stderr.strip().splitlines()) == 1
     assert not (tmp_path / "out").exists()

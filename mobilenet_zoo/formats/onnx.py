@@ -50,14 +50,15 @@ _RELU6_MIN = f"{SCOPE}/Relu6/min"
 _RELU6_MAX = f"{SCOPE}/Relu6/max"
 
 
-def write(model: MobileNetV1Model, out: Path, *, layout: str = "NCHW", opset: int = MIN_OPSET, quant_format: str = "exact") -> Path:
+def write(model: MobileNetV1Model, out: Path, *, layout: str = "NCHW", opset: int = MIN_OPSET,
+          quant_format: str = "exact") -> Path:
     """Write `model` (folded on the way) as an ONNX file with NCHW or NHWC input; returns `out`.
 
     Quantized models take `quant_format`: "exact" (TFLite's integer arithmetic, bit-exact: `onnx_quant`) or "qdq"
     (onnxruntime's quantized kernels, a few LSB off: `onnx_qdq`); float models ignore it.
     """
     if quant_format not in QUANT_FORMATS:
-        raise ModelFormatError(f"unknown quantized ONNX form {quant_format!r}; choose one of {', '.join(QUANT_FORMATS)}")
+        raise ModelFormatError(f"unknown quantized ONNX form {quant_format!r}; choose {', '.join(QUANT_FORMATS)}")
     if model.config.quantized:
         from mobilenet_zoo.formats import onnx_qdq, onnx_quant
 

@@ -4,8 +4,8 @@ QLinearSoftmax), for speed first.
 Every tensor between layers is uint8 behind a QuantizeLinear / DequantizeLinear pair with the model's own scale and zero
 point; kernels are DequantizeLinear of the integer weights (stored as int8, shifted by 128 with their zero point, which
 dequantizes to the same reals and takes onnxruntime's faster u8s8 kernels), biases DequantizeLinear of the int32 biases.
-onnxruntime requantizes in float32 with round-half-even where TFLite uses a Q31 fixed-point multiplier, so outputs land a
-few LSB from TFLite's builtin kernels (`verify` allows `verify.QDQ_MAX_LSB`); the exact form is `onnx_quant`.
+onnxruntime requantizes in float32 with round-half-even where TFLite uses a Q31 fixed-point multiplier, so outputs
+land a few LSB from TFLite's builtin kernels (`verify` allows `verify.QDQ_MAX_LSB`); the exact form is `onnx_quant`.
 
 The integers and scales are the graph's own constants, so `onnx_reader` reads the file back to the exact model; the
 metadata records `quant_format: qdq` (plus `model.metadata()`), which `verify` reads to apply the QDQ tolerance.
@@ -61,34 +61,76 @@ def build_model(model: MobileNetV1Model, *, layout: str = "NHWC", opset: int = M
     for layer, conv in zip(config.layers(), network.convs):
         real = _dequantize(builder, tensor, params, f"{SCOPE}/{layer.scope}/input")
         output = quant.activations[layer.scope]
-        tensor = _conv(builder, real, quant.tensors[layer.weight_name], quant.tensors[layer.bias_name], layer.weight_name, layer.bias_name,
-                       output, conv, layer.scope, relu6=True)
+        tensor = _conv(
+            builder,
+            real,
+            quant.tensors[layer.weight_name],
+            quant.tensors[layer.bias_name],
+            layer.weight_name,
+            layer.bias_name,
+            output,
+            conv,
+            layer.scope,
+            relu6=True,
+        )
         params = output
         if conv.scope in network.features:
             onnx_format.output_in_layout(builder, tensor, conv.scope, layout)
     tensor = _average_pool(builder, tensor, params, quant.activations[POOL_ACTIVATION], network)
     real = _dequantize(builder, tensor, quant.activations[POOL_ACTIVATION], f"{SCOPE}/Logits/input")
-    logits = _conv(builder, real, quant.tensors[config.logits_weight_name], quant.tensors[config.logits_bias_name], config.logits_weight_name,
-                   config.logits_bias_name, quant.activations[LOGITS_ACTIVATION], network.logits, LOGITS_ACTIVATION, relu6=False)
+    logits = _conv(
+        builder,
+        real,
+        quant.tensors[config.logits_weight_name],
+        quant.tensors[config.logits_bias_name],
+        config.logits_weight_name,
+        config.logits_bias_name,
+        quant.activations[LOGITS_ACTIVATION],
+        network.logits,
+        LOGITS_ACTIVATION,
+        relu6=False,
+    )
     class_axis = onnx_format.logits_output(builder, logits, network.logits_map_size, layout)
     _softmax(builder, quant.activations[LOGITS_ACTIVATION], quant.activations[OUTPUT_ACTIVATION], class_axis)
-    description = f"MobileNet V1 {config.name}: uint8 QDQ for onnxruntime's quantized kernels, input {layout} uint8 0..255"
+    description = (
+        f"MobileNet V1 {config.name}: uint8 QDQ for onnxruntime's quantized kernels, input {layout} uint8 0..255"
+    )
     proto = onnx_format.model_proto(builder, model, layout, opset, "UINT8", description)
     for key, value in (("quantized", "true"), (QUANT_FORMAT_KEY, QDQ)):
         proto.metadata_props.add(key=key, value=value)
     return proto
 
 
-def _conv(builder, real: str, weights: QuantizedTensor, bias: QuantizedTensor, weight_name: str, bias_name: str, output: QuantParams,
-          conv, scope: str, relu6: bool) -> str:
-    """DequantizeLinear kernel and bias -> Conv -> (ReLU6 when the output range does not already clamp it) -> QuantizeLinear."""
+def _conv(
+    builder,
+    real: str,
+    weights: QuantizedTensor,
+    bias: QuantizedTensor,
+    weight_name: str,
+    bias_name: str,
+    output: QuantParams,
+    conv,
+    scope: str,
+    relu6: bool,
+) -> str:
+    """DequantizeLinear kernel and bias -> Conv -> (ReLU6 when the output range does not clamp it) -> QuantizeLinear."""
     prefix = f"{SCOPE}/{scope}"
     kind = "depthwise" if conv.depthwise else "conv"
-    kernel = _dequantize_constant(builder, weight_name, _as_int8(to_oihw(weights.values, kind)), _int8_params(weights.params))
+    kernel = _dequantize_constant(
+        builder, weight_name, _as_int8(to_oihw(weights.values, kind)), _int8_params(weights.params)
+    )
     biases = _dequantize_constant(builder, bias_name, bias.values.astype(np.int32), bias.params)
     before, after = conv.padding
-    value = builder.node("Conv", [real, kernel, biases], f"{prefix}/Conv", kernel_shape=[conv.kernel.shape[0]] * 2, strides=[conv.stride] * 2,
-                         dilations=[conv.rate] * 2, pads=[before, before, after, after], group=conv.kernel.shape[2] if conv.depthwise else 1)
+    value = builder.node(
+        "Conv",
+        [real, kernel, biases],
+        f"{prefix}/Conv",
+        kernel_shape=[conv.kernel.shape[0]] * 2,
+        strides=[conv.stride] * 2,
+        dilations=[conv.rate] * 2,
+        pads=[before, before, after, after],
+        group=conv.kernel.shape[2] if conv.depthwise else 1,
+    )
     if relu6 and activation_range(output, relu6=True) != activation_range(output, relu6=False):
         low = builder.constant(f"{prefix}/Relu6/min", np.array(0.0, np.float32))
         high = builder.constant(f"{prefix}/Relu6/max", np.array(RELU6_LIMIT, np.float32))
@@ -101,7 +143,9 @@ def _average_pool(builder, tensor: str, params: QuantParams, pool_params: QuantP
     prefix = f"{SCOPE}/{POOL_ACTIVATION}"
     real = _dequantize(builder, tensor, params, f"{prefix}/input")
     height, width = network.pool_kernel
-    pooled = builder.node("AveragePool", [real], f"{prefix}/AvgPool", kernel_shape=[height, width], strides=[network.pool_stride] * 2)
+    pooled = builder.node(
+        "AveragePool", [real], f"{prefix}/AvgPool", kernel_shape=[height, width], strides=[network.pool_stride] * 2
+    )
     return _quantize(builder, pooled, pool_params, prefix)
 
 
@@ -130,7 +174,12 @@ def _dequantize_constant(builder, name: str, values: np.ndarray, params: QuantPa
     """The integer initializer `name` behind a DequantizeLinear (per channel along axis 0 when the scales are)."""
     scale, zero_point = _scale_and_zero_point(builder, params, f"{name}/quant")
     per_channel = {"axis": 0} if np.size(params.scale) > 1 else {}
-    return builder.node("DequantizeLinear", [builder.constant(name, values), scale, zero_point], f"{name}/DequantizeLinear", **per_channel)
+    return builder.node(
+        "DequantizeLinear",
+        [builder.constant(name, values), scale, zero_point],
+        f"{name}/DequantizeLinear",
+        **per_channel,
+    )
 
 
 def _scale_and_zero_point(builder, params: QuantParams, prefix: str) -> tuple[str, str]:

@@ -1,35 +1,37 @@
-"""Quantized ONNX, exact form: TFLite's uint8 integer arithmetic (bit-identical to its builtin kernels), spent in float convolutions.
+"""Quantized ONNX, exact form: TFLite's uint8 integer arithmetic, bit-identical to its builtin kernels, spent in
+float convolutions.
 
 QLinearConv is not bit-exact against TFLite: onnxruntime requantizes in float32 with round-half-even, while TFLite
-multiplies the int32 accumulator by a Q31 fixed-point multiplier and rounds twice. This writer keeps TFLite's integers
-and proves, at write time and layer by layer, that cheaper arithmetic gives exactly the same integers:
+multiplies the int32 accumulator by a Q31 fixed-point multiplier and rounds twice. This writer keeps TFLite's
+integers and proves, at write time and layer by layer, that cheaper arithmetic gives exactly the same integers:
 
-- Convolutions run as float32 Conv on zero-point-shifted values (q - zero point, and the kernel minus its zero point).
+- Convolutions run as float32 Conv on zero-point-shifted values (q - zero point, the kernel minus its zero point).
   Every product and partial sum is an integer, and `accumulator_bound` bounds every partial sum by
-  sum |kernel - zero point| * max |input - zero point| + |bias| over the layer's actual weights; when that bound is below
-  2^24 every float32 partial sum (in any order, with or without FMA) is exact, so the float accumulator IS the int32 one.
+  sum |kernel - zero point| * max |input - zero point| + |bias| over the layer's actual weights; below 2^24 every
+  float32 partial sum (in any order, with or without FMA) is exact, so the float accumulator IS the int32 one.
   A layer whose bound reaches 2^24 runs as ConvInteger with int32 accumulators instead.
-- Requantization (MultiplyByQuantizedMultiplier: two roundings, both half toward +infinity, then zero point and clamp)
-  is a non-decreasing step function of the accumulator: `requantization_steps` gives its exact thresholds with integer
-  arithmetic (floor((a * M + 2^30 + 2^(30+e)) / 2^(31+e)) folds the two roundings into one). After a Clip of the
-  accumulator to the span where the output moves, the graph computes floor(a * scale + offset) with float32 Mul, Add and
-  Floor; `exact_affine` searches float32 (scale, offset) and proves the result equals the step function at every
-  threshold and both ends, which by monotonicity proves it for every accumulator. A layer where no float32 pair passes
-  uses float64 (same proof); `table` (a Gather over the span) is the last resort.
-- The uint8 average pool ((window sum + count / 2) / count) is a window-sum Conv with an all-ones kernel and the same step
-  map; the softmax replays TFLite's uint8 kernel (lookup table of exp, a sequential float32 sum via CumSum, round half up).
-- Between layers the graph carries q - zero point as float32 (the next layer's input offset); feature outputs and the
-  logits are cast back to uint8.
+- Requantization (MultiplyByQuantizedMultiplier: two roundings, both half toward +infinity, then zero point and
+  clamp) is a non-decreasing step function of the accumulator: `requantization_steps` gives its exact thresholds in
+  integer arithmetic (floor((a * M + 2^30 + 2^(30+e)) / 2^(31+e)) folds the two roundings into one). After a Clip of
+  the accumulator to the span where the output moves, the graph computes floor(a * scale + offset) with float32 Mul,
+  Add and Floor; `exact_affine` searches float32 (scale, offset) and proves the result equals the step function at
+  every threshold and both ends, which by monotonicity proves it for every accumulator. A layer where no float32 pair
+  passes uses float64 (same proof); a Gather table over the span is the last resort.
+- The uint8 average pool ((window sum + count / 2) / count) is a window-sum Conv with an all-ones kernel and the
+  same kind of step map; the softmax replays TFLite's uint8 kernel (lookup table of exp, a sequential float32 sum
+  via CumSum, round half up).
+- Between layers the graph carries q - zero point as float32 (the next layer's input offset); feature outputs and
+  the logits are cast back to uint8.
 
-The graph follows `model.backbone` as the float writer does: strides, `dilations` and pads from `arch.placed_layers`, the
-pool of `arch.pool_geometry`, a logits map (softmax over the class axis) when it is larger than 1x1, one uint8 output
-per chosen feature map; 4-D outputs are in the file's input layout.
+The graph follows `model.backbone` as the float writer does: strides, `dilations` and pads from
+`arch.placed_layers`, the pool of `arch.pool_geometry`, a logits map (softmax over the class axis) when it is larger
+than 1x1, one uint8 output per chosen feature map; 4-D outputs are in the file's input layout.
 
 Reading it back: `metadata_props` hold `model.metadata()`, `quantized: "true"`, `quant_format: "exact"` and, under
 `quantization`, `model.quant_params_json` (scale, zero point and dtype of every integer tensor and activation). The
-integers are initializers named by slim name: `.../weights` and `.../depthwise_weights` uint8 kernels in OIHW (depthwise
-C x 1 x H x W: `model.from_oihw` restores TF layout), `.../biases` int32; the float kernel and bias each Conv takes are
-Cast/Sub of them, which onnxruntime folds once at load.
+integers are initializers named by slim name: `.../weights` and `.../depthwise_weights` uint8 kernels in OIHW
+(depthwise C x 1 x H x W: `model.from_oihw` restores TF layout), `.../biases` int32; the float kernel and bias each
+Conv takes are Cast/Sub of them, which onnxruntime folds once at load.
 """
 
 from __future__ import annotations
@@ -65,13 +67,46 @@ QUANTIZATION_KEY = "quantization"  # metadata_props entry holding `model.quant_p
 QUANT_FORMAT_KEY = "quant_format"  # metadata_props entry naming the quantized form
 EXACT = "exact"
 FLOAT32_EXACT = 1 << 24  # float32 holds every integer of magnitude up to 2^24
-ARITHMETIC = ("fastest", "float64", "table", "integer")  # `build_model(arithmetic=...)`: the per-layer choice, or one forced
-_AFFINE_SEARCH_ULPS = (0, 1, -1, 2, -2, 3, -3, 4, -4, 6, -6, 8, -8, 12, -12, 16, -16, 24, -24, 32, -32, 48, -48, 64, -64)
+ARITHMETIC = (
+    "fastest",
+    "float64",
+    "table",
+    "integer",
+)  # `build_model(arithmetic=...)`: the per-layer choice, or one forced
+_AFFINE_SEARCH_ULPS = (
+    0,
+    1,
+    -1,
+    2,
+    -2,
+    3,
+    -3,
+    4,
+    -4,
+    6,
+    -6,
+    8,
+    -8,
+    12,
+    -12,
+    16,
+    -16,
+    24,
+    -24,
+    32,
+    -32,
+    48,
+    -48,
+    64,
+    -64,
+)
 _AFFINE_OFFSET_FRACTIONS = (0.5, 0.25, 0.75, 0.125, 0.875, 0.0625, 0.9375)
 _MAX_TABLE = 1 << 22  # entries of a Gather table (the last-resort requantization)
 
 
-def write(model: MobileNetV1Model, out: Path, *, layout: str = "NHWC", opset: int = MIN_OPSET, arithmetic: str = "fastest") -> Path:
+def write(
+    model: MobileNetV1Model, out: Path, *, layout: str = "NHWC", opset: int = MIN_OPSET, arithmetic: str = "fastest"
+) -> Path:
     """Write a quantized model as an exact ONNX file with uint8 NHWC (or NCHW) input; returns `out`."""
     return onnx_format.save_checked(build_model(model, layout=layout, opset=opset, arithmetic=arithmetic), Path(out))
 
@@ -84,8 +119,8 @@ def load_runner(path: Path) -> onnx_format.OnnxRunner:
 def build_model(model: MobileNetV1Model, *, layout: str = "NHWC", opset: int = MIN_OPSET, arithmetic: str = "fastest"):
     """The exact quantized ONNX ModelProto of `model` (not yet checked or saved).
 
-    `arithmetic` is "fastest" (per layer, the cheapest arithmetic proven exact) or forces one slower exact path for every
-    layer: "float64" requantization, "table" (Gather) requantization, or "integer" (ConvInteger convolutions).
+    `arithmetic` is "fastest" (per layer, the cheapest arithmetic proven exact) or forces one slower exact path on
+    every layer: "float64" requantization, "table" (Gather) requantization, or "integer" (ConvInteger convolutions).
     """
     layout = onnx_format.checked_layout(layout, opset)
     if arithmetic not in ARITHMETIC:
@@ -96,18 +131,33 @@ def build_model(model: MobileNetV1Model, *, layout: str = "NHWC", opset: int = M
     builder = onnx_format.GraphBuilder(require("onnx"))
     activation = Activation(network.convs[0].input_zero_point, uint8=onnx_format.input_as_nchw(builder, layout))
     for layer, conv in zip(config.layers(), network.convs):
-        activation = _conv(builder, activation, conv, layer.weight_name, kernels[layer.weight_name], layer.bias_name, arithmetic)
+        activation = _conv(
+            builder, activation, conv, layer.weight_name, kernels[layer.weight_name], layer.bias_name, arithmetic
+        )
         if conv.scope in network.features:
-            onnx_format.output_in_layout(builder, activation.as_uint8(builder, f"{SCOPE}/{conv.scope}"), conv.scope, layout)
+            onnx_format.output_in_layout(
+                builder, activation.as_uint8(builder, f"{SCOPE}/{conv.scope}"), conv.scope, layout
+            )
     activation = _average_pool(builder, activation, network, config.feature_channels, arithmetic)
-    logits = _conv(builder, activation, network.logits, config.logits_weight_name, kernels[config.logits_weight_name],
-                   config.logits_bias_name, arithmetic)
+    logits = _conv(
+        builder,
+        activation,
+        network.logits,
+        config.logits_weight_name,
+        kernels[config.logits_weight_name],
+        config.logits_bias_name,
+        arithmetic,
+    )
     logits_map = logits.as_uint8(builder, f"{SCOPE}/{network.logits.scope}")
     class_axis = onnx_format.logits_output(builder, logits_map, network.logits_map_size, layout)
     _softmax(builder, LOGITS, network, class_axis, opset)
     description = f"MobileNet V1 {config.name}: TFLite uint8 arithmetic (exact), input {layout} uint8 0..255"
     proto = onnx_format.model_proto(builder, model, layout, opset, "UINT8", description)
-    for key, value in (("quantized", "true"), (QUANT_FORMAT_KEY, EXACT), (QUANTIZATION_KEY, quant_params_json(model.quant))):
+    for key, value in (
+        ("quantized", "true"),
+        (QUANT_FORMAT_KEY, EXACT),
+        (QUANTIZATION_KEY, quant_params_json(model.quant)),
+    ):
         proto.metadata_props.add(key=key, value=value)
     return proto
 
@@ -127,7 +177,8 @@ def accumulator_bound(conv: IntegerConv) -> int:
 @dataclass(frozen=True)
 class StepMap:
     """A non-decreasing integer function of an integer: `low` + the number of `thresholds` at or below the argument
-    (a repeated threshold is a step of 2). `slope` and `intercept` give its real-valued line: value = floor(a * slope + intercept)."""
+    (a repeated threshold is a step of 2). `slope` and `intercept` give its real-valued line:
+    value = floor(a * slope + intercept)."""
 
     low: int
     thresholds: np.ndarray  # int64, sorted
@@ -156,13 +207,15 @@ class StepMap:
 
 
 def requantization_steps(requantization: Requantization, channel: int = 0) -> StepMap:
-    """The output (minus the zero point, clamped) of TFLite's requantization of one channel, as a step map of the accumulator.
+    """TFLite's requantization of one channel (output minus zero point, clamped) as a step map of the accumulator.
 
     MultiplyByQuantizedMultiplier with the kernels' rounding (see quant_math) is floor((a * M' + C) / 2^S) with
     M' = M * 2^left, S = 31 + right and C = 2^30 (+ 2^(30 + right) when right > 0): the two floors fold into one.
     """
-    multiplier, left, right = (_of_channel(values, channel) for values in
-                               (requantization.multiplier, requantization.left_shift, requantization.right_shift))
+    multiplier, left, right = (
+        _of_channel(values, channel)
+        for values in (requantization.multiplier, requantization.left_shift, requantization.right_shift)
+    )
     low, high = requantization.low - requantization.zero_point, requantization.high - requantization.zero_point
     if multiplier <= 0:  # the product is 0: the rounded value is 0 for every accumulator
         return StepMap(min(max(0, low), high), np.zeros(0, np.int64), 0.0, 0.0)
@@ -198,9 +251,9 @@ class Affine:
 def exact_affine(steps: StepMap, dtype: type) -> Affine | None:
     """A (scale, offset) pair of `dtype` whose Mul, Add, Floor gives `steps` exactly on its span, or None.
 
-    Proof: a -> floor(fl(fl(a * scale) + offset)) is non-decreasing for scale > 0 (rounding is monotone), so it equals the
-    step map on the whole span when it does at both ends and on both sides of every threshold; those are the points checked,
-    in the same IEEE arithmetic onnxruntime's elementwise kernels use.
+    Proof: a -> floor(fl(fl(a * scale) + offset)) is non-decreasing for scale > 0 (rounding is monotone), so it equals
+    the step map on the whole span when it does at both ends and on both sides of every threshold; those are the
+    points checked, in the IEEE arithmetic onnxruntime's elementwise kernels use.
     """
     first, last = steps.span
     limit = FLOAT32_EXACT if dtype == np.float32 else 1 << 53
@@ -242,8 +295,11 @@ class Activation:
         if self.offsets is None:
             value = builder.node("Cast", [self.uint8], f"{prefix}/to_float", to=_onnx_type(builder, "FLOAT"))
             if self.zero_point:
-                value = builder.node("Sub", [value, builder.constant(f"{prefix}/zero_point", np.array(self.zero_point, np.float32))],
-                                     f"{prefix}/minus_zero_point")
+                value = builder.node(
+                    "Sub",
+                    [value, builder.constant(f"{prefix}/zero_point", np.array(self.zero_point, np.float32))],
+                    f"{prefix}/minus_zero_point",
+                )
             self.offsets = value
         return self.offsets
 
@@ -251,63 +307,113 @@ class Activation:
         if self.uint8 is None:
             value = self.offsets
             if self.zero_point:
-                value = builder.node("Add", [value, builder.constant(f"{prefix}/output_zero_point", np.array(self.zero_point, np.float32))],
-                                     f"{prefix}/plus_zero_point")
+                value = builder.node(
+                    "Add",
+                    [value, builder.constant(f"{prefix}/output_zero_point", np.array(self.zero_point, np.float32))],
+                    f"{prefix}/plus_zero_point",
+                )
             self.uint8 = builder.node("Cast", [value], f"{prefix}/to_uint8", to=_onnx_type(builder, "UINT8"))
         return self.uint8
 
 
-def _conv(builder, activation: Activation, conv: IntegerConv, weight_name: str, weights: QuantizedTensor, bias_name: str,
-          arithmetic: str) -> Activation:
+def _conv(
+    builder,
+    activation: Activation,
+    conv: IntegerConv,
+    weight_name: str,
+    weights: QuantizedTensor,
+    bias_name: str,
+    arithmetic: str,
+) -> Activation:
     """One quantized convolution: exact accumulator, clipped to where the output moves, then the proven step map."""
     prefix = f"{SCOPE}/{conv.scope}"
     channels = np.size(conv.requantization.multiplier)
     bound = accumulator_bound(conv)
-    steps = [requantization_steps(conv.requantization, channel).restricted(-bound, bound) for channel in range(channels)]
+    steps = [
+        requantization_steps(conv.requantization, channel).restricted(-bound, bound) for channel in range(channels)
+    ]
     kernel = builder.constant(weight_name, to_oihw(weights.values, "depthwise" if conv.depthwise else "conv"))
     attributes = _conv_attributes(conv)
     if bound < FLOAT32_EXACT and arithmetic != "integer":
         float_kernel = _float_of(builder, kernel, int(weights.params.zero_point), f"{weight_name}/minus_zero_point")
-        float_bias = _float_of(builder, builder.constant(bias_name, conv.bias.astype(np.int32)), 0, f"{bias_name}/as_float")
-        accumulator = builder.node("Conv", [activation.as_offsets(builder, f"{prefix}/input"), float_kernel, float_bias], f"{prefix}/Conv", **attributes)
+        float_bias = _float_of(
+            builder, builder.constant(bias_name, conv.bias.astype(np.int32)), 0, f"{bias_name}/as_float"
+        )
+        accumulator = builder.node(
+            "Conv",
+            [activation.as_offsets(builder, f"{prefix}/input"), float_kernel, float_bias],
+            f"{prefix}/Conv",
+            **attributes,
+        )
         clipped = _clip(builder, accumulator, steps, np.float32, f"{prefix}/span")
-        values = _step_map(builder, clipped, steps, f"{prefix}/requantize", "float32" if arithmetic == "fastest" else arithmetic)
+        values = _step_map(
+            builder, clipped, steps, f"{prefix}/requantize", "float32" if arithmetic == "fastest" else arithmetic
+        )
     else:
-        inputs = [activation.as_uint8(builder, f"{prefix}/input"), kernel,
-                  builder.constant(f"{prefix}/input_zero_point", np.array(conv.input_zero_point, np.uint8)),
-                  builder.constant(f"{weight_name}/zero_point", np.array(weights.params.zero_point, np.uint8))]
+        inputs = [
+            activation.as_uint8(builder, f"{prefix}/input"),
+            kernel,
+            builder.constant(f"{prefix}/input_zero_point", np.array(conv.input_zero_point, np.uint8)),
+            builder.constant(f"{weight_name}/zero_point", np.array(weights.params.zero_point, np.uint8)),
+        ]
         accumulator = builder.node("ConvInteger", inputs, f"{prefix}/ConvInteger", **attributes)
-        biased = builder.node("Add", [accumulator, builder.constant(bias_name, _channels_first(conv.bias, np.int32))], f"{prefix}/BiasAdd")
+        biased = builder.node(
+            "Add", [accumulator, builder.constant(bias_name, _channels_first(conv.bias, np.int32))], f"{prefix}/BiasAdd"
+        )
         clipped = _clip(builder, biased, steps, np.int32, f"{prefix}/span")
         wide = builder.node("Cast", [clipped], f"{prefix}/to_double", to=_onnx_type(builder, "DOUBLE"))
-        values = _step_map(builder, wide, steps, f"{prefix}/requantize", "table" if arithmetic == "table" else "float64")
+        values = _step_map(
+            builder, wide, steps, f"{prefix}/requantize", "table" if arithmetic == "table" else "float64", np.float64
+        )
     return Activation(conv.requantization.zero_point, offsets=values)
 
 
 def _conv_attributes(conv: IntegerConv) -> dict:
     before, after = conv.padding
-    return {"kernel_shape": [conv.kernel.shape[0]] * 2, "strides": [conv.stride] * 2, "dilations": [conv.rate] * 2,
-            "pads": [before, before, after, after], "group": conv.kernel.shape[2] if conv.depthwise else 1}
+    return {
+        "kernel_shape": [conv.kernel.shape[0]] * 2,
+        "strides": [conv.stride] * 2,
+        "dilations": [conv.rate] * 2,
+        "pads": [before, before, after, after],
+        "group": conv.kernel.shape[2] if conv.depthwise else 1,
+    }
 
 
-def _average_pool(builder, activation: Activation, network: IntegerNetwork, channels: int, arithmetic: str) -> Activation:
-    """TFLite's uint8 AVERAGE_POOL_2D (VALID): a window-sum Conv (all-ones kernel, exact: the sum is at most count * 255)
-    and the step map (sum + count / 2) // count; scale and zero point pass through."""
+def _average_pool(
+    builder, activation: Activation, network: IntegerNetwork, channels: int, arithmetic: str
+) -> Activation:
+    """TFLite's uint8 AVERAGE_POOL_2D (VALID): a window-sum Conv (all-ones kernel, exact: the sum is at most
+    count * 255) and the step map (sum + count / 2) // count; scale and zero point pass through."""
     name = f"{SCOPE}/{POOL_ACTIVATION}"
     height, width = network.pool_kernel
-    ones = _float_of(builder, builder.constant(f"{name}/window", np.ones((channels, 1, height, width), np.uint8)), 0, f"{name}/window_as_float")
-    window_sum = builder.node("Conv", [activation.as_offsets(builder, f"{name}/input"), ones], f"{name}/window_sum",
-                              kernel_shape=[height, width], strides=[network.pool_stride] * 2, group=channels)
+    ones = _float_of(
+        builder,
+        builder.constant(f"{name}/window", np.ones((channels, 1, height, width), np.uint8)),
+        0,
+        f"{name}/window_as_float",
+    )
+    window_sum = builder.node(
+        "Conv",
+        [activation.as_offsets(builder, f"{name}/input"), ones],
+        f"{name}/window_sum",
+        kernel_shape=[height, width],
+        strides=[network.pool_stride] * 2,
+        group=channels,
+    )
     steps = [pool_steps(height * width, activation.zero_point)]
     clipped = _clip(builder, window_sum, steps, np.float32, f"{name}/span")
-    values = _step_map(builder, clipped, steps, f"{name}/average", "float32" if arithmetic in ("fastest", "integer") else arithmetic)
+    values = _step_map(
+        builder, clipped, steps, f"{name}/average", "float32" if arithmetic in ("fastest", "integer") else arithmetic
+    )
     return Activation(activation.zero_point, offsets=values)
 
 
-def _step_map(builder, accumulator: str, steps: list[StepMap], prefix: str, arithmetic: str) -> str:
-    """float32 values of the step maps (one, or one per channel) of a clipped accumulator (float32, or float64 when wide):
-    float32 Mul/Add/Floor when proven exact, else float64, else a Gather table."""
-    if arithmetic == "float32":
+def _step_map(
+    builder, accumulator: str, steps: list[StepMap], prefix: str, arithmetic: str, dtype: type = np.float32
+) -> str:
+    """float32 values of the step maps (one, or one per channel) of a clipped `dtype` accumulator: float32 Mul/Add/Floor
+    when proven exact, else float64, else a Gather table."""
+    if arithmetic == "float32" and dtype == np.float32:
         affine = [exact_affine(step, np.float32) for step in steps]
         if all(affine):
             return _affine(builder, accumulator, affine, np.float32, prefix)
@@ -315,11 +421,13 @@ def _step_map(builder, accumulator: str, steps: list[StepMap], prefix: str, arit
     if arithmetic == "float64":
         affine = [exact_affine(step, np.float64) for step in steps]
         if all(affine):
-            wide = accumulator if _is_double(builder, accumulator) else builder.node("Cast", [accumulator], f"{prefix}/to_double",
-                                                                                       to=_onnx_type(builder, "DOUBLE"))
-            values = _affine(builder, wide, affine, np.float64, prefix)
+            if dtype != np.float64:
+                accumulator = builder.node(
+                    "Cast", [accumulator], f"{prefix}/to_double", to=_onnx_type(builder, "DOUBLE")
+                )
+            values = _affine(builder, accumulator, affine, np.float64, prefix)
             return builder.node("Cast", [values], f"{prefix}/to_float", to=_onnx_type(builder, "FLOAT"))
-    return _table(builder, accumulator, steps, prefix)
+    return _table(builder, accumulator, steps, prefix, dtype)
 
 
 def _affine(builder, accumulator: str, affine: list[Affine], dtype: type, prefix: str) -> str:
@@ -330,16 +438,20 @@ def _affine(builder, accumulator: str, affine: list[Affine], dtype: type, prefix
     return builder.node("Floor", [shifted], f"{prefix}/floor")
 
 
-def _table(builder, accumulator: str, steps: list[StepMap], prefix: str) -> str:
-    """The step maps as one float32 Gather table over their spans, channel after channel (index = a - first + channel * width)."""
+def _table(builder, accumulator: str, steps: list[StepMap], prefix: str, dtype: type) -> str:
+    """The step maps as one float32 Gather table over their spans, channel after channel
+    (index = a - first + channel * width)."""
     spans = [step.span for step in steps]
     width = max(last - first + 1 for first, last in spans)
     if width * len(steps) > _MAX_TABLE:
         raise ModelFormatError(f"{prefix}: no exact requantization fits (the accumulator span has {width} values)")
-    table = np.concatenate([step(np.arange(first, first + width)) for step, (first, _) in zip(steps, spans)]).astype(np.float32)
+    table = np.concatenate([step(np.arange(first, first + width)) for step, (first, _) in zip(steps, spans)]).astype(
+        np.float32
+    )
     base = np.array([channel * width - first for channel, (first, _) in enumerate(spans)], np.float64)
-    dtype = np.float64 if _is_double(builder, accumulator) else np.float32
-    index = builder.node("Add", [accumulator, builder.constant(f"{prefix}/table_base", _channels_first(base, dtype))], f"{prefix}/index")
+    index = builder.node(
+        "Add", [accumulator, builder.constant(f"{prefix}/table_base", _channels_first(base, dtype))], f"{prefix}/index"
+    )
     index = builder.node("Cast", [index], f"{prefix}/index_int32", to=_onnx_type(builder, "INT32"))
     return builder.node("Gather", [builder.constant(f"{prefix}/table", table), index], f"{prefix}/lookup")
 
@@ -349,7 +461,11 @@ def _clip(builder, accumulator: str, steps: list[StepMap], dtype: type, prefix: 
     first = _channels_first([step.span[0] for step in steps], dtype)
     last = _channels_first([step.span[1] for step in steps], dtype)
     if first.ndim == 0:
-        return builder.node("Clip", [accumulator, builder.constant(f"{prefix}/min", first), builder.constant(f"{prefix}/max", last)], prefix)
+        return builder.node(
+            "Clip",
+            [accumulator, builder.constant(f"{prefix}/min", first), builder.constant(f"{prefix}/max", last)],
+            prefix,
+        )
     raised = builder.node("Max", [accumulator, builder.constant(f"{prefix}/min", first)], f"{prefix}/at_least")
     return builder.node("Min", [raised, builder.constant(f"{prefix}/max", last)], prefix)
 
@@ -362,16 +478,14 @@ def _float_of(builder, integers: str, zero_point: int, name: str) -> str:
     return builder.node("Sub", [value, builder.constant(f"{name}/zero_point", np.array(zero_point, np.float32))], name)
 
 
-def _is_double(builder, tensor: str) -> bool:
-    producer = next((node for node in builder.nodes if tensor in node.output), None)
-    return producer is not None and producer.op_type == "Cast" and any(
-        attribute.name == "to" and attribute.i == _onnx_type(builder, "DOUBLE") for attribute in producer.attribute)
-
-
 def _to_uint8(builder, tensor: str, zero_point: int, bounds: tuple[int, int], name: str, int_type: str) -> str:
     """Add the output zero point, clamp to `bounds` and cast to uint8."""
     dtype = np.int64 if int_type == "INT64" else np.int32
-    shifted = builder.node("Add", [tensor, builder.constant(f"{name}/output_zero_point", np.array(zero_point, dtype))], f"{name}/add_zero_point")
+    shifted = builder.node(
+        "Add",
+        [tensor, builder.constant(f"{name}/output_zero_point", np.array(zero_point, dtype))],
+        f"{name}/add_zero_point",
+    )
     low = builder.constant(f"{name}/min", np.array(bounds[0], dtype))
     high = builder.constant(f"{name}/max", np.array(bounds[1], dtype))
     clamped = builder.node("Clip", [shifted, low, high], f"{name}/clamp")
@@ -379,20 +493,35 @@ def _to_uint8(builder, tensor: str, zero_point: int, bounds: tuple[int, int], na
 
 
 def _softmax(builder, logits: str, network: IntegerNetwork, axis: int, opset: int) -> str:
-    """TFLite's uint8 SOFTMAX over the class `axis`: table[255 - max + x] / (sequential float32 sum * output scale), rounded half up."""
+    """TFLite's uint8 SOFTMAX over the class `axis`: table[255 - max + x] / (sequential float32 sum * output scale),
+    rounded half up."""
     name = f"{SCOPE}/Predictions/Softmax"
     as_int = builder.node("Cast", [logits], f"{name}/to_int64", to=_onnx_type(builder, "INT64"))
     maximum = _class_max(builder, as_int, axis, f"{name}/class_max", opset)
     offset = builder.node("Sub", [as_int, maximum], f"{name}/minus_max")
-    index = builder.node("Add", [offset, builder.constant(f"{name}/table_end", np.array(UINT8_MAX, np.int64))], f"{name}/index")
+    index = builder.node(
+        "Add", [offset, builder.constant(f"{name}/table_end", np.array(UINT8_MAX, np.int64))], f"{name}/index"
+    )
     exps = builder.node("Gather", [builder.constant(f"{name}/exp_table", network.softmax_table), index], f"{name}/exp")
     # CumSum adds left to right in float32 like TFLite's loop; its last column is the normalizer.
-    running = builder.node("CumSum", [exps, builder.constant(f"{name}/axis", np.array(axis, np.int64))], f"{name}/running_sum")
-    total = builder.node("Gather", [running, builder.constant(f"{name}/last", np.array([-1], np.int64))], f"{name}/sum", axis=axis)
-    scaled_total = builder.node("Mul", [total, builder.constant(f"{name}/output_scale", np.array(network.output_scale, np.float32))], f"{name}/scaled_sum")
-    inverse = builder.node("Div", [builder.constant(f"{name}/one", np.array(1.0, np.float32)), scaled_total], f"{name}/inverse")
+    running = builder.node(
+        "CumSum", [exps, builder.constant(f"{name}/axis", np.array(axis, np.int64))], f"{name}/running_sum"
+    )
+    total = builder.node(
+        "Gather", [running, builder.constant(f"{name}/last", np.array([-1], np.int64))], f"{name}/sum", axis=axis
+    )
+    scaled_total = builder.node(
+        "Mul",
+        [total, builder.constant(f"{name}/output_scale", np.array(network.output_scale, np.float32))],
+        f"{name}/scaled_sum",
+    )
+    inverse = builder.node(
+        "Div", [builder.constant(f"{name}/one", np.array(1.0, np.float32)), scaled_total], f"{name}/inverse"
+    )
     rescaled = builder.node("Mul", [exps, inverse], f"{name}/rescaled")
-    rounded = builder.node("Add", [rescaled, builder.constant(f"{name}/half", np.array(0.5, np.float32))], f"{name}/add_half")
+    rounded = builder.node(
+        "Add", [rescaled, builder.constant(f"{name}/half", np.array(0.5, np.float32))], f"{name}/add_half"
+    )
     truncated = builder.node("Cast", [rounded], f"{name}/truncate", to=_onnx_type(builder, "INT32"))
     bounds = (UINT8_MIN, UINT8_MAX)
     quantized = _to_uint8(builder, truncated, network.output_zero_point, bounds, name, "INT32")
@@ -402,7 +531,9 @@ def _softmax(builder, logits: str, network: IntegerNetwork, axis: int, opset: in
 def _class_max(builder, tensor: str, axis: int, name: str, opset: int) -> str:
     """ReduceMax over `axis`, keeping it (axes became an input in opset 18)."""
     if opset >= _REDUCE_AXES_AS_INPUT_OPSET:
-        return builder.node("ReduceMax", [tensor, builder.constant(f"{name}/axes", np.array([axis], np.int64))], name, keepdims=1)
+        return builder.node(
+            "ReduceMax", [tensor, builder.constant(f"{name}/axes", np.array([axis], np.int64))], name, keepdims=1
+        )
     return builder.node("ReduceMax", [tensor], name, axes=[axis], keepdims=1)
 
 

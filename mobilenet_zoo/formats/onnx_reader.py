@@ -230,7 +230,8 @@ class OnnxGraph:
         return convs
 
     def flavour(self, conv) -> str:
-        """'integer' (ConvInteger, or Conv on a kernel computed from uint8 integers), 'qdq' (DequantizeLinear kernels) or 'float'."""
+        """'integer' (ConvInteger, or Conv on a kernel computed from uint8 integers), 'qdq' (DequantizeLinear
+        kernels) or 'float'."""
         if conv.op_type == "ConvInteger" or self.integer_root(conv.input[1]) is not None:
             return "integer"
         producer = self.producers.get(conv.input[1])
@@ -484,7 +485,8 @@ def _read_integer(graph: OnnxGraph, convs: list, config: ModelConfig) -> tuple[d
 
 
 def _integer_bias(graph: OnnxGraph, conv, scope: str) -> np.ndarray:
-    """The int32 bias: a Conv's bias input computed from int32 integers, or the constant added to a ConvInteger's accumulator."""
+    """The int32 bias: a Conv's bias input computed from int32 integers, or the constant added to a ConvInteger's
+    accumulator."""
     if conv.op_type == "Conv":
         bias = graph.integer_root(conv.input[2]) if len(conv.input) > 2 and conv.input[2] else None
         if bias is None:
