@@ -6,8 +6,9 @@ For each real uint8 model in ../shared/realdata (MOBILENET_ZOO_REALDATA override
   tflite builtin   the original .tflite, interpreter with OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES (the spec)
   tflite xnnpack   the original .tflite, the interpreter's default (XNNPACK delegate)
 all with the same thread count (onnxruntime intra_op_num_threads, TFLite num_threads), batch 1. The runtimes take turns
-call by call (round robin) so a busy machine slows them alike; the table shows time.perf_counter medians, the ratio to
-TFLite builtin, and the max uint8 output distance from TFLite builtin on the 4 real images and seeded random inputs.
+in blocks of 50 calls (each after a few untimed ones) so a busy machine slows them alike; the table shows
+time.perf_counter medians, the ratio to TFLite builtin, and the max uint8 output distance from TFLite builtin on the
+4 real images and seeded random inputs.
 On a 2-core machine TFLite's builtin kernels can run far slower with 2 threads than with 1 (their thread pool contends):
 `--threads 1` shows that case; the row "tflite builtin (1 thread)" is always added for comparison.
 
@@ -99,7 +100,7 @@ def inputs(resolution: int, n_random: int = 16) -> tuple[np.ndarray, np.ndarray]
 
 
 def measure(model_path: Path, folder: Path, threads: int, rounds: int, warmup: int) -> list[Row]:
-    """Write both ONNX forms, then time the four runtimes round robin; distances on real and random inputs."""
+    """Write both ONNX forms, then time the runtimes in turns; distances on real and random inputs."""
     model = tflite.read(model_path)
     exact = onnx_quant.write(model, folder / f"{model_path.stem}_exact.onnx")
     qdq = onnx_qdq.write(model, folder / f"{model_path.stem}_qdq.onnx")
@@ -112,14 +113,7 @@ def measure(model_path: Path, folder: Path, threads: int, rounds: int, warmup: i
     if threads != 1:
         runners["tflite builtin (1 thread)"] = tflite_call(model_path, 1, builtin=True)
     real, noise = inputs(model.input_size)
-    batch = real[:1]
-    timings: dict[str, list[float]] = {name: [] for name in runners}
-    for round_ in range(warmup + rounds):
-        for name, (call, _) in runners.items():
-            start = time.perf_counter()
-            call(batch)
-            if round_ >= warmup:
-                timings[name].append(1000 * (time.perf_counter() - start))
+    timings = time_blocks({name: call for name, (call, _) in runners.items()}, real[:1], rounds, warmup)
     expected_real, expected_noise = runners[BASELINE][1](real), runners[BASELINE][1](noise)
     baseline = statistics.median(timings[BASELINE])
     rows = []
@@ -133,6 +127,21 @@ def measure(model_path: Path, folder: Path, threads: int, rounds: int, warmup: i
             Row(model_path.stem, name, 1 if "1 thread" in name else threads, median, p90, median / baseline, lsb, top1)
         )
     return rows
+
+
+def time_blocks(calls: dict, batch: np.ndarray, rounds: int, warmup: int, block: int = 50) -> dict[str, list[float]]:
+    """Milliseconds of `rounds` calls per runtime, in blocks of `block` calls that take turns, each block after
+    `warmup` untimed calls: a drifting machine load reaches every runtime alike, and one runtime's idle threads
+    (TFLite's thread pool spins after an invoke) do not land on another's timed calls."""
+    timings: dict[str, list[float]] = {name: [] for name in calls}
+    while any(len(times) < rounds for times in timings.values()):
+        for name, call in calls.items():
+            for index in range(warmup + min(block, rounds - len(timings[name]))):
+                start = time.perf_counter()
+                call(batch)
+                if index >= warmup:
+                    timings[name].append(1000 * (time.perf_counter() - start))
+    return timings
 
 
 def _lsb(a: np.ndarray, b: np.ndarray) -> int:
@@ -185,8 +194,8 @@ def markdown(rows: list[Row]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--rounds", type=int, default=300, help="timed calls per runtime (round robin)")
-    parser.add_argument("--warmup", type=int, default=30)
+    parser.add_argument("--rounds", type=int, default=300, help="timed calls per runtime")
+    parser.add_argument("--warmup", type=int, default=5, help="untimed calls before each block of 50")
     parser.add_argument(
         "--profile", action="store_true", help="also print onnxruntime's per-op-type profile of both ONNX forms"
     )
