@@ -16,6 +16,8 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import onnx
+import onnxruntime as ort
 import pytest
 from realdata import real_images, realdata
 from test_onnx_reader import assert_quant_equal
@@ -38,10 +40,6 @@ from mobilenet_zoo.verify import (
     compute_reference,
     verify_target,
 )
-
-onnx = pytest.importorskip("onnx")
-ort = pytest.importorskip("onnxruntime")
-pytest.importorskip("ai_edge_litert")
 
 VARIANTS = {"0.25_128": 128, "0.5_160": 160}
 N_RANDOM = 16

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 from quant_data import VARIANTS, sample_inputs, tflite_path
 
@@ -13,8 +14,6 @@ from mobilenet_zoo.arch import ModelConfig
 from mobilenet_zoo.errors import ModelFormatError
 from mobilenet_zoo.formats import onnx_quant, tflite
 from mobilenet_zoo.model import random_model
-
-pytest.importorskip("onnxruntime")
 
 BROKEN_SCALE = "MobilenetV1/Conv2d_5_pointwise/requantize/scale"  # the float32 Mul of its proven requantization
 
@@ -58,7 +57,6 @@ def test_nchw_layout_is_bit_identical(references, tmp_path):
 
 
 def test_changed_requantization_scale_is_caught(onnx_files, references, tmp_path):
-    onnx = pytest.importorskip("onnx")
     proto = onnx.load(str(onnx_files["0.25_128"]))
     initializer = next(tensor for tensor in proto.graph.initializer if tensor.name == BROKEN_SCALE)
     scale = onnx.numpy_helper.to_array(initializer)
@@ -70,7 +68,6 @@ def test_changed_requantization_scale_is_caught(onnx_files, references, tmp_path
 
 
 def test_exact_file_records_its_form(onnx_files):
-    onnx = pytest.importorskip("onnx")
     metadata = {prop.key: prop.value for prop in onnx.load(str(onnx_files["0.5_160"])).metadata_props}
     assert metadata[onnx_quant.QUANT_FORMAT_KEY] == onnx_quant.EXACT and metadata["quantized"] == "true"
 
