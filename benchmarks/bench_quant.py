@@ -7,8 +7,8 @@ For each real uint8 model in ../shared/realdata (MOBILENET_ZOO_REALDATA override
   tflite xnnpack   the original .tflite, the interpreter's default (XNNPACK delegate)
 all with the same thread count (onnxruntime intra_op_num_threads, TFLite num_threads), batch 1. The runtimes take turns
 in blocks of 50 calls (each after a few untimed ones) so a busy machine slows them alike; the table shows
-time.perf_counter medians, the ratio to TFLite builtin, and the max uint8 output distance from TFLite builtin on the
-4 real images and seeded random inputs.
+time.perf_counter medians (and the median process CPU time per call, which a busy machine disturbs less), the ratio
+to TFLite builtin, and the max uint8 output distance from TFLite builtin on the 4 real images and seeded random inputs.
 On a 2-core machine TFLite's builtin kernels can run far slower with 2 threads than with 1 (their thread pool contends):
 `--threads 1` shows that case; the row "tflite builtin (1 thread)" is always added for comparison.
 
@@ -52,6 +52,7 @@ class Row:
     threads: int
     median_ms: float
     p90_ms: float
+    cpu_ms: float  # median process CPU time per call (all threads): what the call costs, whatever else runs
     ratio_to_builtin: float
     max_lsb: int  # probabilities, vs TFLite builtin kernels on the same inputs
     top1_equal: float  # share of the real images whose top-1 class is TFLite builtin's
@@ -115,32 +116,31 @@ def measure(model_path: Path, folder: Path, threads: int, rounds: int, warmup: i
     real, noise = inputs(model.input_size)
     timings = time_blocks({name: call for name, (call, _) in runners.items()}, real[:1], rounds, warmup)
     expected_real, expected_noise = runners[BASELINE][1](real), runners[BASELINE][1](noise)
-    baseline = statistics.median(timings[BASELINE])
+    baseline = statistics.median(wall for wall, _ in timings[BASELINE])
     rows = []
     for name, (_, run) in runners.items():
         got_real, got_noise = run(real), run(noise)
         lsb = max(_lsb(got_real, expected_real), _lsb(got_noise, expected_noise))
         top1 = float(np.mean(got_real.argmax(-1) == expected_real.argmax(-1)))
-        median = statistics.median(timings[name])
-        p90 = float(np.percentile(timings[name], 90))
-        rows.append(
-            Row(model_path.stem, name, 1 if "1 thread" in name else threads, median, p90, median / baseline, lsb, top1)
-        )
+        wall, cpu = np.array(timings[name]).T
+        median, p90, cpu_ms = float(np.median(wall)), float(np.percentile(wall, 90)), float(np.median(cpu))
+        threads_used = 1 if "1 thread" in name else threads
+        rows.append(Row(model_path.stem, name, threads_used, median, p90, cpu_ms, median / baseline, lsb, top1))
     return rows
 
 
-def time_blocks(calls: dict, batch: np.ndarray, rounds: int, warmup: int, block: int = 50) -> dict[str, list[float]]:
-    """Milliseconds of `rounds` calls per runtime, in blocks of `block` calls that take turns, each block after
-    `warmup` untimed calls: a drifting machine load reaches every runtime alike, and one runtime's idle threads
+def time_blocks(calls: dict, batch: np.ndarray, rounds: int, warmup: int, block: int = 50) -> dict[str, list[tuple]]:
+    """(wall, CPU) milliseconds of `rounds` calls per runtime, in blocks of `block` calls that take turns, each block
+    after `warmup` untimed calls: a drifting machine load reaches every runtime alike, and one runtime's idle threads
     (TFLite's thread pool spins after an invoke) do not land on another's timed calls."""
-    timings: dict[str, list[float]] = {name: [] for name in calls}
+    timings: dict[str, list[tuple]] = {name: [] for name in calls}
     while any(len(times) < rounds for times in timings.values()):
         for name, call in calls.items():
             for index in range(warmup + min(block, rounds - len(timings[name]))):
-                start = time.perf_counter()
+                start, cpu = time.perf_counter(), time.process_time()
                 call(batch)
                 if index >= warmup:
-                    timings[name].append(1000 * (time.perf_counter() - start))
+                    timings[name].append((1000 * (time.perf_counter() - start), 1000 * (time.process_time() - cpu)))
     return timings
 
 
@@ -179,11 +179,15 @@ def profile_table(path: Path, threads: int, runs: int = 100, warmup: int = 10) -
 
 def markdown(rows: list[Row]) -> str:
     lines = [
-        "| model | runtime | threads | median ms | p90 ms | x TFLite builtin | max LSB vs builtin | top-1 = builtin |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
+        (
+            "| model | runtime | threads | median ms | p90 ms | CPU ms | x TFLite builtin | max LSB vs builtin "
+            "| top-1 = builtin |"
+        ),
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     lines += [
-        f"| {r.model} | {r.runtime} | {r.threads} | {r.median_ms:.3f} | {r.p90_ms:.3f} | {r.ratio_to_builtin:.2f} "
+        f"| {r.model} | {r.runtime} | {r.threads} | {r.median_ms:.3f} | {r.p90_ms:.3f} | {r.cpu_ms:.3f} "
+        f"| {r.ratio_to_builtin:.2f} "
         f"| {r.max_lsb} | "
         f"{r.top1_equal:.0%} |"
         for r in rows
