@@ -131,24 +131,59 @@ def test_pool_steps_are_tflites_average(count, zero_point):
     np.testing.assert_array_equal(onnx_quant.pool_steps(count, zero_point)(sums - count * zero_point), expected)
 
 
+def batchnorm_rounding(accumulators: np.ndarray, affine: onnx_quant.Affine, fused: bool) -> np.ndarray:
+    """What the batchnorm form computes: a * scale + offset with two roundings (or one, fused, from the float64 sum,
+    which is exact here), then + MAGIC - MAGIC in float32."""
+    if fused:
+        products = accumulators.astype(np.float64) * np.float64(affine.scale)  # exact: at most 24 + 24 bits
+        sums = products + np.float64(affine.offset)
+        assert np.array_equal(sums - products, np.full_like(sums, affine.offset)), "the float64 sum is not exact"
+        values = sums.astype(np.float32)
+    else:
+        values = accumulators.astype(np.float32) * affine.scale + affine.offset
+    return (values + onnx_quant.MAGIC) - onnx_quant.MAGIC
+
+
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_float_requantization_is_exact_on_every_accumulator(models, variant):
-    """The threshold proof, checked by brute force: floor(a * scale + offset) in float32 (float64 where float32 has no
-    proof) equals the step map for every accumulator of the span. Every backbone layer of the real models has
-    float32."""
+    """The threshold proofs, checked by brute force on every accumulator of every span: the batchnorm form (with and
+    without a fused multiply-add) on every backbone layer of the real models, float32 or float64 Mul/Add/Floor on the
+    classifier, whose span is 10x wider."""
     for conv in all_layers(models[variant]):
         bound = onnx_quant.accumulator_bound(conv)
         assert bound < onnx_quant.FLOAT32_EXACT, conv.scope
         steps = onnx_quant.requantization_steps(conv.requantization).restricted(-bound, bound)
-        affine = onnx_quant.exact_affine(steps, np.float32)
-        dtype = np.float32
-        if affine is None:
-            assert conv.scope == "Logits/Conv2d_1c_1x1", f"{conv.scope} has no float32 proof"
-            affine, dtype = onnx_quant.exact_affine(steps, np.float64), np.float64
         first, last = steps.span
         accumulators = np.arange(first, last + 1, dtype=np.int64)
+        expected = steps(accumulators)
+        affine = onnx_quant.exact_affine(steps, np.float32, "batchnorm")
+        if affine is not None:
+            for fused in (False, True):
+                got = batchnorm_rounding(accumulators, affine, fused)
+                np.testing.assert_array_equal(got, expected, err_msg=f"{conv.scope} fused={fused}")
+            continue
+        assert conv.scope == "Logits/Conv2d_1c_1x1", f"{conv.scope} has no batchnorm proof"
+        dtype = np.float32 if onnx_quant.exact_affine(steps, np.float32) else np.float64
+        affine = onnx_quant.exact_affine(steps, dtype)
         got = np.floor(accumulators.astype(dtype) * affine.scale + affine.offset)
-        np.testing.assert_array_equal(got, steps(accumulators), err_msg=conv.scope)
+        np.testing.assert_array_equal(got, expected, err_msg=conv.scope)
+
+
+def test_fused_multiply_add_rounds_once_half_to_even():
+    """The proof's model of a fused multiply-add: exact value, one rounding to float32, ties to even."""
+    scale, offset = np.float32(0.5), np.float32(2.0**24)  # above 2^24 float32 spacing is 2
+    assert onnx_quant.fused_multiply_add32(3, scale, offset) == np.float32(2.0**24 + 2)  # +1.5 -> nearest, +2
+    assert onnx_quant.fused_multiply_add32(2, scale, offset) == np.float32(2.0**24)  # +1: a tie, to the even 2^24
+    assert onnx_quant.fused_multiply_add32(6, scale, offset) == np.float32(2.0**24 + 4)  # +3: a tie, to the even +4
+    assert onnx_quant.fused_multiply_add32(-6, scale, -offset) == np.float32(-(2.0**24) - 4)
+    rng = np.random.default_rng(3)
+    for a, scale, offset in zip(
+        rng.integers(-(2**20), 2**20, 200), rng.uniform(1e-4, 1, 200), rng.uniform(-300, 300, 200)
+    ):
+        scale, offset = np.float32(scale), np.float32(offset)
+        assert onnx_quant.fused_multiply_add32(int(a), scale, offset) == np.float32(
+            int(a) * np.float64(scale) + np.float64(offset)
+        )
 
 
 def test_a_wrong_offset_fails_the_proof(models):
@@ -210,17 +245,20 @@ def test_every_fallback_arithmetic_is_bit_identical(models, inputs, references, 
     path = onnx_quant.write(models["0.25_128"], tmp_path / f"{arithmetic}.onnx", arithmetic=arithmetic)
     assert_exact(onnx_quant.load_runner(path), inputs["0.25_128"], references["0.25_128"], arithmetic)
     ops = {node.op_type for node in onnx.load(str(path)).graph.node}
-    assert {"float64": "Floor", "table": "Gather", "integer": "ConvInteger"}[arithmetic] in ops
+    assert {"float32": "Floor", "float64": "Floor", "table": "Gather", "integer": "ConvInteger"}[arithmetic] in ops
+    assert "BatchNormalization" not in ops
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_exact_graph_spends_its_time_in_convolutions(exact_files, variant):
-    """Every layer is a float Conv, then Clip, Mul, Add, Floor: no ConvInteger, no int64 Mod or Div chains (the only Div
-    is the softmax's one over the class sums)."""
+    """Every layer is a float Conv, its Clip, and three BatchNormalization (scale and offset, then round) that
+    onnxruntime runs as convolutions in its blocked layout; the classifier rounds with Floor. No ConvInteger, no int64
+    Mod or Div chains (the only Div is the softmax's one over the class sums)."""
     counts: dict[str, int] = {}
     for node in onnx.load(str(exact_files[variant])).graph.node:
         counts[node.op_type] = counts.get(node.op_type, 0) + 1
-    assert counts["Conv"] == 29 and counts["Floor"] == 29  # 27 layers, the pool's window sum, the classifier
+    assert counts["Conv"] == 29  # 27 layers, the pool's window sum, the classifier
+    assert counts["BatchNormalization"] == 3 * 28 and counts["Floor"] == 1  # all but the classifier
     assert "ConvInteger" not in counts and "Mod" not in counts and counts["Div"] == 1
 
 

@@ -15,7 +15,7 @@ from mobilenet_zoo.errors import ModelFormatError
 from mobilenet_zoo.formats import onnx_quant, tflite
 from mobilenet_zoo.model import random_model
 
-BROKEN_SCALE = "MobilenetV1/Conv2d_5_pointwise/requantize/scale"  # the float32 Mul of its proven requantization
+BROKEN_SCALE = "MobilenetV1/Conv2d_5_pointwise/requantize/scale_and_offset/scale"  # its proven requantization
 
 
 def max_lsb(a: np.ndarray, b: np.ndarray) -> int:

@@ -13,10 +13,13 @@ integers and proves, at write time and layer by layer, that cheaper arithmetic g
 - Requantization (MultiplyByQuantizedMultiplier: two roundings, both half toward +infinity, then zero point and
   clamp) is a non-decreasing step function of the accumulator: `requantization_steps` gives its exact thresholds in
   integer arithmetic (floor((a * M + 2^30 + 2^(30+e)) / 2^(31+e)) folds the two roundings into one). After a Clip of
-  the accumulator to the span where the output moves, the graph computes floor(a * scale + offset) with float32 Mul,
-  Add and Floor; `exact_affine` searches float32 (scale, offset) and proves the result equals the step function at
-  every threshold and both ends, which by monotonicity proves it for every accumulator. A layer where no float32 pair
-  passes uses float64 (same proof); a Gather table over the span is the last resort.
+  the accumulator to the span where the output moves (fused into the Conv by onnxruntime), the graph rounds
+  a * scale + offset to an integer: a BatchNormalization computes a * scale + offset and two more add and subtract
+  1.5 * 2^23 (round half to even), all three run by onnxruntime as 1x1 convolutions in its blocked (NCHWc) layout,
+  so the tensor never leaves it between convolutions. `exact_affine` searches float32 (scale, offset) and proves the
+  result equals the step function at every threshold and both ends, with and without a fused multiply-add, which by
+  monotonicity proves it for every accumulator. Where no pair passes (a classifier with a 10x wider span), float32
+  or float64 Mul, Add and Floor (same proof); a Gather table over the span is the last resort.
 - The uint8 average pool ((window sum + count / 2) / count) is a window-sum Conv with an all-ones kernel and the
   same kind of step map; the softmax replays TFLite's uint8 kernel (lookup table of exp, a sequential float32 sum
   via CumSum, round half up).
@@ -67,12 +70,11 @@ QUANTIZATION_KEY = "quantization"  # metadata_props entry holding `model.quant_p
 QUANT_FORMAT_KEY = "quant_format"  # metadata_props entry naming the quantized form
 EXACT = "exact"
 FLOAT32_EXACT = 1 << 24  # float32 holds every integer of magnitude up to 2^24
-ARITHMETIC = (
-    "fastest",
-    "float64",
-    "table",
-    "integer",
-)  # `build_model(arithmetic=...)`: the per-layer choice, or one forced
+# `build_model(arithmetic=...)`: the per-layer choice, or one forced on every layer
+ARITHMETIC = ("fastest", "float32", "float64", "table", "integer")
+MAGIC = np.float32(
+    1.5 * 2**23
+)  # x + MAGIC - MAGIC rounds a float32 below 2^22 in magnitude to an integer, half to even
 _AFFINE_SEARCH_ULPS = (
     0,
     1,
@@ -242,18 +244,23 @@ def pool_steps(count: int, zero_point: int) -> StepMap:
 
 @dataclass(frozen=True)
 class Affine:
-    """floor(a * scale + offset) in `dtype` arithmetic (Mul, Add, Floor), proven equal to a step map on its span."""
+    """a * scale + offset rounded to an integer, proven equal to a step map on its span. `form` "floor": Mul, Add,
+    Floor in the scale's dtype; "batchnorm" (float32): a BatchNormalization computing a * scale + offset, then two
+    more adding and subtracting MAGIC (round half to even), which onnxruntime runs as 1x1 convolutions in its blocked
+    layout, next to the convolutions."""
 
     scale: np.floating
     offset: np.floating
+    form: str = "floor"
 
 
-def exact_affine(steps: StepMap, dtype: type) -> Affine | None:
-    """A (scale, offset) pair of `dtype` whose Mul, Add, Floor gives `steps` exactly on its span, or None.
+def exact_affine(steps: StepMap, dtype: type, form: str = "floor") -> Affine | None:
+    """A (scale, offset) pair of `dtype` whose `form` (see `Affine`) gives `steps` exactly on its span, or None.
 
-    Proof: a -> floor(fl(fl(a * scale) + offset)) is non-decreasing for scale > 0 (rounding is monotone), so it equals
+    Proof: a -> round(fl(fl(a * scale) + offset)) is non-decreasing for scale > 0 (rounding is monotone), so it equals
     the step map on the whole span when it does at both ends and on both sides of every threshold; those are the
-    points checked, in the IEEE arithmetic onnxruntime's elementwise kernels use.
+    points checked, in the IEEE arithmetic onnxruntime's kernels use. The batchnorm form passes only if it also holds
+    with a fused multiply-add (one rounding of a * scale + offset), which onnxruntime's blocked kernels may use.
     """
     first, last = steps.span
     limit = FLOAT32_EXACT if dtype == np.float32 else 1 << 53
@@ -263,6 +270,7 @@ def exact_affine(steps: StepMap, dtype: type) -> Affine | None:
     expected = steps(points).astype(np.float64)
     values = points.astype(dtype)
     base = dtype(steps.slope)
+    low, high = (0.0, 1.0) if form == "floor" else (-0.5, 0.5)  # where the real sum may fall around its value
     for ulps in _AFFINE_SEARCH_ULPS:
         scale = base
         for _ in range(abs(ulps)):
@@ -270,14 +278,40 @@ def exact_affine(steps: StepMap, dtype: type) -> Affine | None:
         if not scale > 0 and len(steps.thresholds):
             continue
         products = (values * scale).astype(np.float64)
-        smallest, largest = np.max(expected - products), np.min(expected + 1 - products)  # offsets the real sum allows
+        smallest, largest = np.max(expected + low - products), np.min(expected + high - products)
         if not smallest < largest:
             continue
         for fraction in _AFFINE_OFFSET_FRACTIONS:
-            offset = dtype(smallest + (largest - smallest) * fraction)
-            if np.array_equal(np.floor(values * scale + offset), expected.astype(dtype)):
-                return Affine(scale, offset)
+            affine = Affine(scale, dtype(smallest + (largest - smallest) * fraction), form)
+            if _gives(affine, points, values, expected):
+                return affine
     return None
+
+
+def _gives(affine: Affine, points: np.ndarray, values: np.ndarray, expected: np.ndarray) -> bool:
+    """Whether `affine` evaluates to `expected` at the integer `points` (`values`: the same in its dtype)."""
+    two_roundings = values * affine.scale + affine.offset
+    if affine.form == "floor":
+        return np.array_equal(np.floor(two_roundings), expected)
+    fused = np.array([fused_multiply_add32(int(a), affine.scale, affine.offset) for a in points], np.float32)
+    return all(np.array_equal((value + MAGIC) - MAGIC, expected) for value in (two_roundings, fused))
+
+
+def fused_multiply_add32(a: int, scale: np.float32, offset: np.float32) -> np.float32:
+    """a * scale + offset rounded once to float32 (half to even), from the exact value."""
+    scale_numerator, scale_denominator = float(scale).as_integer_ratio()
+    offset_numerator, offset_denominator = float(offset).as_integer_ratio()
+    denominator = max(scale_denominator, offset_denominator)  # both powers of two
+    numerator = a * scale_numerator * (denominator // scale_denominator)
+    numerator += offset_numerator * (denominator // offset_denominator)
+    magnitude = abs(numerator)
+    extra_bits = magnitude.bit_length() - 24  # float32 keeps 24 significant bits
+    if extra_bits > 0:
+        kept, rest = divmod(magnitude, 1 << extra_bits)
+        half = 1 << (extra_bits - 1)
+        kept += rest > half or (rest == half and kept & 1)
+        magnitude = kept << extra_bits
+    return np.float32((magnitude if numerator >= 0 else -magnitude) / denominator)  # exact: at most 25 bits
 
 
 # -------------------------------------------------------------------------------------------- graph
@@ -346,9 +380,7 @@ def _conv(
             **attributes,
         )
         clipped = _clip(builder, accumulator, steps, np.float32, f"{prefix}/span")
-        values = _step_map(
-            builder, clipped, steps, f"{prefix}/requantize", "float32" if arithmetic == "fastest" else arithmetic
-        )
+        values = _step_map(builder, clipped, steps, f"{prefix}/requantize", arithmetic, len(conv.bias))
     else:
         inputs = [
             activation.as_uint8(builder, f"{prefix}/input"),
@@ -362,9 +394,8 @@ def _conv(
         )
         clipped = _clip(builder, biased, steps, np.int32, f"{prefix}/span")
         wide = builder.node("Cast", [clipped], f"{prefix}/to_double", to=_onnx_type(builder, "DOUBLE"))
-        values = _step_map(
-            builder, wide, steps, f"{prefix}/requantize", "table" if arithmetic == "table" else "float64", np.float64
-        )
+        floating = "table" if arithmetic == "table" else "float64"
+        values = _step_map(builder, wide, steps, f"{prefix}/requantize", floating, len(conv.bias), np.float64)
     return Activation(conv.requantization.zero_point, offsets=values)
 
 
@@ -403,16 +434,22 @@ def _average_pool(
     steps = [pool_steps(height * width, activation.zero_point)]
     clipped = _clip(builder, window_sum, steps, np.float32, f"{name}/span")
     values = _step_map(
-        builder, clipped, steps, f"{name}/average", "float32" if arithmetic in ("fastest", "integer") else arithmetic
+        builder, clipped, steps, f"{name}/average", "float32" if arithmetic == "integer" else arithmetic, channels
     )
     return Activation(activation.zero_point, offsets=values)
 
 
 def _step_map(
-    builder, accumulator: str, steps: list[StepMap], prefix: str, arithmetic: str, dtype: type = np.float32
+    builder, accumulator: str, steps: list[StepMap], prefix: str, arithmetic: str, channels: int, dtype=np.float32
 ) -> str:
-    """float32 values of the step maps (one, or one per channel) of a clipped `dtype` accumulator: float32 Mul/Add/Floor
-    when proven exact, else float64, else a Gather table."""
+    """float32 values of the step maps (one, or one per channel) of a clipped `dtype` accumulator: the first proven
+    exact of BatchNormalization rounding ("fastest" only), float32 Mul/Add/Floor, float64 Mul/Add/Floor, else a
+    Gather table."""
+    if arithmetic == "fastest" and dtype == np.float32:
+        affine = [exact_affine(step, np.float32, "batchnorm") for step in steps]
+        if all(affine):
+            return _batchnorm_affine(builder, accumulator, affine, channels, prefix)
+        arithmetic = "float32"
     if arithmetic == "float32" and dtype == np.float32:
         affine = [exact_affine(step, np.float32) for step in steps]
         if all(affine):
@@ -436,6 +473,23 @@ def _affine(builder, accumulator: str, affine: list[Affine], dtype: type, prefix
     scaled = builder.node("Mul", [accumulator, scale], f"{prefix}/multiply")
     shifted = builder.node("Add", [scaled, offset], f"{prefix}/add_offset")
     return builder.node("Floor", [shifted], f"{prefix}/floor")
+
+
+def _batchnorm_affine(builder, accumulator: str, affine: list[Affine], channels: int, prefix: str) -> str:
+    """a * scale + offset as a BatchNormalization (mean 0, variance 1, epsilon 0), then rounded by two more that add
+    and subtract MAGIC."""
+
+    def batchnorm(tensor: str, scale, bias, name: str) -> str:
+        vectors = {"scale": scale, "bias": bias, "mean": 0.0, "variance": 1.0}
+        inputs = [
+            builder.constant(f"{name}/{leaf}", np.broadcast_to(np.asarray(value, np.float32), channels))
+            for leaf, value in vectors.items()
+        ]
+        return builder.node("BatchNormalization", [tensor, *inputs], name, epsilon=0.0)
+
+    scaled = batchnorm(accumulator, [a.scale for a in affine], [a.offset for a in affine], f"{prefix}/scale_and_offset")
+    rounded = batchnorm(scaled, 1.0, MAGIC, f"{prefix}/round")
+    return batchnorm(rounded, 1.0, -MAGIC, f"{prefix}/unround")
 
 
 def _table(builder, accumulator: str, steps: list[StepMap], prefix: str, dtype: type) -> str:
