@@ -72,35 +72,11 @@ EXACT = "exact"
 FLOAT32_EXACT = 1 << 24  # float32 holds every integer of magnitude up to 2^24
 # `build_model(arithmetic=...)`: the per-layer choice, or one forced on every layer
 ARITHMETIC = ("fastest", "float32", "float64", "table", "integer")
-MAGIC = np.float32(
-    1.5 * 2**23
-)  # x + MAGIC - MAGIC rounds a float32 below 2^22 in magnitude to an integer, half to even
-_AFFINE_SEARCH_ULPS = (
-    0,
-    1,
-    -1,
-    2,
-    -2,
-    3,
-    -3,
-    4,
-    -4,
-    6,
-    -6,
-    8,
-    -8,
-    12,
-    -12,
-    16,
-    -16,
-    24,
-    -24,
-    32,
-    -32,
-    48,
-    -48,
-    64,
-    -64,
+# x + MAGIC - MAGIC rounds a float32 below 2^22 in magnitude to an integer, half to even
+MAGIC = np.float32(1.5 * 2**23)
+# how many ulps away from the real scale `exact_affine` tries float scales, each way
+_AFFINE_SEARCH_ULPS = tuple(
+    dict.fromkeys(sign * ulps for ulps in (0, 1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64) for sign in (1, -1))
 )
 _AFFINE_OFFSET_FRACTIONS = (0.5, 0.25, 0.75, 0.125, 0.875, 0.0625, 0.9375)
 _MAX_TABLE = 1 << 22  # entries of a Gather table (the last-resort requantization)
@@ -122,7 +98,8 @@ def build_model(model: MobileNetV1Model, *, layout: str = "NHWC", opset: int = M
     """The exact quantized ONNX ModelProto of `model` (not yet checked or saved).
 
     `arithmetic` is "fastest" (per layer, the cheapest arithmetic proven exact) or forces one slower exact path on
-    every layer: "float64" requantization, "table" (Gather) requantization, or "integer" (ConvInteger convolutions).
+    every layer: "float32" or "float64" Mul/Add/Floor requantization, "table" (Gather) requantization, or "integer"
+    (ConvInteger convolutions).
     """
     layout = onnx_format.checked_layout(layout, opset)
     if arithmetic not in ARITHMETIC:
@@ -179,24 +156,18 @@ def accumulator_bound(conv: IntegerConv) -> int:
 @dataclass(frozen=True)
 class StepMap:
     """A non-decreasing integer function of an integer: `low` + the number of `thresholds` at or below the argument
-    (a repeated threshold is a step of 2). `slope` and `intercept` give its real-valued line:
-    value = floor(a * slope + intercept)."""
+    (a repeated threshold is a step of 2). `slope` is the slope of the real line it rounds."""
 
     low: int
     thresholds: np.ndarray  # int64, sorted
     slope: float
-    intercept: float
 
     @property
     def span(self) -> tuple[int, int]:
-        """The accumulators where the value moves: below the first it is `low`, above the last `high`."""
+        """The accumulators where the value moves: below the first it is `low`, above the last its highest."""
         if not len(self.thresholds):
             return 0, 0
         return int(self.thresholds[0]) - 1, int(self.thresholds[-1])
-
-    @property
-    def high(self) -> int:
-        return self.low + len(self.thresholds)
 
     def __call__(self, accumulators: np.ndarray) -> np.ndarray:
         return self.low + np.searchsorted(self.thresholds, np.asarray(accumulators, np.int64), side="right")
@@ -205,7 +176,7 @@ class StepMap:
         """The same map on accumulators in [smallest, largest] only (those a layer can reach)."""
         below = int(np.searchsorted(self.thresholds, smallest, side="right"))
         above = int(np.searchsorted(self.thresholds, largest, side="right"))
-        return StepMap(self.low + below, self.thresholds[below:above], self.slope, self.intercept)
+        return StepMap(self.low + below, self.thresholds[below:above], self.slope)
 
 
 def requantization_steps(requantization: Requantization, channel: int = 0) -> StepMap:
@@ -220,12 +191,12 @@ def requantization_steps(requantization: Requantization, channel: int = 0) -> St
     )
     low, high = requantization.low - requantization.zero_point, requantization.high - requantization.zero_point
     if multiplier <= 0:  # the product is 0: the rounded value is 0 for every accumulator
-        return StepMap(min(max(0, low), high), np.zeros(0, np.int64), 0.0, 0.0)
+        return StepMap(min(max(0, low), high), np.zeros(0, np.int64), 0.0)
     scaled, exponent = multiplier << left, 31 + right
     nudge = (1 << 30) + ((1 << (30 + right)) if right else 0)
     # value >= k  <=>  a * scaled + nudge >= k * 2^S  <=>  a >= ceil((k * 2^S - nudge) / scaled)
     thresholds = [-((nudge - k * (1 << exponent)) // scaled) for k in range(low + 1, high + 1)]
-    return StepMap(low, np.array(thresholds, np.int64), scaled / 2.0**exponent, nudge / 2.0**exponent)
+    return StepMap(low, np.array(thresholds, np.int64), scaled / 2.0**exponent)
 
 
 def _of_channel(values: np.ndarray, channel: int) -> int:
@@ -239,7 +210,7 @@ def pool_steps(count: int, zero_point: int) -> StepMap:
     q - zero point: value >= k <=> sum >= k * count - count // 2."""
     levels = range(UINT8_MIN - zero_point + 1, UINT8_MAX - zero_point + 1)
     thresholds = np.array([k * count - count // 2 for k in levels], np.int64)
-    return StepMap(UINT8_MIN - zero_point, thresholds, 1.0 / count, (count // 2) / count)
+    return StepMap(UINT8_MIN - zero_point, thresholds, 1.0 / count)
 
 
 @dataclass(frozen=True)
