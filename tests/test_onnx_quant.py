@@ -1,10 +1,12 @@
-"""Quantized ONNX: bit-identical (0 LSB) to the TFLite interpreter on the real uint8 models, and a broken one is caught."""
+"""Quantized ONNX (exact form): bit-identical (0 LSB) to the TFLite interpreter on the real uint8 models, and a broken one
+is caught. The exact form's proofs, its fallbacks and the QDQ form are in test_onnx_fast.py."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 from quant_data import VARIANTS, sample_inputs, tflite_path
 
@@ -13,11 +15,7 @@ from mobilenet_zoo.errors import ModelFormatError
 from mobilenet_zoo.formats import onnx_quant, tflite
 from mobilenet_zoo.model import random_model
 
-pytest.importorskip("onnxruntime")
-
-BROKEN_MULTIPLIER = "MobilenetV1/Conv2d_5_pointwise/requantize/multiplier"
-
-
+BROKEN_SCALE = "MobilenetV1/Conv2d_5_pointwise/requantize/scale_and_offset/scale"  # its proven requantization
 
 
 def max_lsb(a: np.ndarray, b: np.ndarray) -> int:
@@ -59,15 +57,19 @@ def test_nchw_layout_is_bit_identical(references, tmp_path):
 
 
 def test_changed_requantization_scale_is_caught(onnx_files, references, tmp_path):
-    onnx = pytest.importorskip("onnx")
     proto = onnx.load(str(onnx_files["0.25_128"]))
-    initializer = next(tensor for tensor in proto.graph.initializer if tensor.name == BROKEN_MULTIPLIER)
-    multiplier = onnx.numpy_helper.to_array(initializer)
-    initializer.CopyFrom(onnx.numpy_helper.from_array((multiplier * 1.02).astype(np.int64), BROKEN_MULTIPLIER))
+    initializer = next(tensor for tensor in proto.graph.initializer if tensor.name == BROKEN_SCALE)
+    scale = onnx.numpy_helper.to_array(initializer)
+    initializer.CopyFrom(onnx.numpy_helper.from_array((scale * 1.02).astype(np.float32), BROKEN_SCALE))
     broken = tmp_path / "broken.onnx"
     onnx.save(proto, str(broken))
     got = onnx_quant.load_runner(broken)(sample_inputs(128, 8)["real images"])
     assert max_lsb(got["probabilities"], references["0.25_128"]["real images"]["probabilities"]) > 0
+
+
+def test_exact_file_records_its_form(onnx_files):
+    metadata = {prop.key: prop.value for prop in onnx.load(str(onnx_files["0.5_160"])).metadata_props}
+    assert metadata[onnx_quant.QUANT_FORMAT_KEY] == onnx_quant.EXACT and metadata["quantized"] == "true"
 
 
 def test_float_model_is_refused(tmp_path):

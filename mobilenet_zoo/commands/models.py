@@ -49,6 +49,7 @@ def convert_command(
     all_variants: bool = typer.Option(False, "--all", help="Convert every variant of the registry (pulled on demand)."),
     output: Path = typer.Option(Path("."), "-o", "--output", help="Output folder, or a file path for a single source and target."),
     layout: str = typer.Option("NCHW", "--layout", help="Input layout of ONNX and PyTorch .pt2 files: NCHW or NHWC."),
+    quant_format: str = typer.Option("exact", "--quant-format", help="Quantized ONNX: exact (TFLite's integer arithmetic, bit-exact; the default) or qdq (onnxruntime's quantized kernels: faster, a few LSB off). Float models ignore it."),
     features: Optional[str] = typer.Option(None, "--features", help="Also output these layers' activations, e.g. 5,11,12,13 (0 = Conv2d_0, i = Conv2d_i_pointwise)."),
     pooling: str = typer.Option("slim", "--pooling", help="Head pooling: slim (7x7 stride 2 VALID as released: a map for large inputs) or global."),
     output_stride: int = typer.Option(32, "--output-stride", help="8, 16 or 32: below 32 the later depthwise convolutions are dilated, as slim does."),
@@ -82,7 +83,9 @@ def convert_command(
         raise ZooError(f"-o {output} names one file, but {len(names)} models are converted: give a folder")
     if layout.upper() not in ("NCHW", "NHWC"):
         raise ZooError(f"--layout must be NCHW or NHWC, not {layout!r}")
-    options = {"onnx": {"layout": layout.upper()}, "torch": {"layout": layout.upper()}}
+    if quant_format.lower() not in ("exact", "qdq"):
+        raise ZooError(f"--quant-format must be exact or qdq, not {quant_format!r}")
+    options = {"onnx": {"layout": layout.upper(), "quant_format": quant_format.lower()}, "torch": {"layout": layout.upper()}}
     from mobilenet_zoo.labels import read_labels_file
 
     build = BuildOptions(Backbone(_feature_layers(features), pooling.lower(), output_stride, input_size), quantize, calibration,
@@ -112,10 +115,12 @@ def _parity_table(reports, n_inputs: int) -> Table:
     """One row per target: the differences that matter for its kind (float logits or uint8 LSB)."""
     references = sorted({Path(r.reference).name for r in reports})
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False, title=escape(f"parity against {', '.join(references)} on {n_inputs} inputs"),
-                  caption="max abs differences (Δlogits for float, uint8 LSB for quantized); top-k: share of inputs that agree")
+                  caption="max abs differences (Δlogits for float, uint8 LSB for quantized); xnnpack: TFLite's default runtime vs the "
+                          "same reference; top-k: share of inputs that agree")
     table.add_column("target", no_wrap=True)
     with_features = any(r.features for r in reports)
-    for header in ("Δ", "Δprob") + (("Δfeatures",) if with_features else ()) + ("top1", "top5"):
+    with_xnnpack = any(r.xnnpack_lsb is not None for r in reports)  # the reference's own TFLite XNNPACK vs builtin distance
+    for header in ("Δ", "Δprob") + (("Δfeatures",) if with_features else ()) + (("xnnpack",) if with_xnnpack else ()) + ("top1", "top5"):
         table.add_column(header, justify="right", no_wrap=True)
     table.add_column("result", min_width=4)
     for r in reports:
@@ -124,7 +129,9 @@ def _parity_table(reports, n_inputs: int) -> Table:
         difference = r.max_lsb if r.quantized else r.max_abs_logits
         diff = "-" if difference is None else f"{difference}{unit}" if r.quantized else f"{difference:.3g}"
         features = (f"{max(r.features.values()):.3g}{unit}" if r.features else "-",) if with_features else ()
-        table.add_row(Path(r.target).name, diff, f"{r.max_abs_probabilities:.3g}", *features, f"{r.top1_agreement:.0%}", f"{r.top5_agreement:.0%}", result)
+        xnnpack = (f"{r.xnnpack_lsb} LSB" if r.xnnpack_lsb is not None else "-",) if with_xnnpack else ()
+        table.add_row(Path(r.target).name, diff, f"{r.max_abs_probabilities:.3g}", *features, *xnnpack, f"{r.top1_agreement:.0%}",
+                      f"{r.top5_agreement:.0%}", result)
     return table
 
 
@@ -164,7 +171,7 @@ def verify_command(
     seed: int = typer.Option(0, "--seed"),
     atol: float = typer.Option(1e-4, "--atol", "--logits-atol", help="Float models: absolute tolerance per output value."),
     rtol: float = typer.Option(1e-4, "--rtol", help="Float models: tolerance relative to the reference value (|d| <= atol + rtol x |ref|)."),
-    max_lsb: Optional[int] = typer.Option(None, "--max-lsb", help="Quantized models: allowed uint8 difference (default 0 for ONNX, 1 otherwise)."),
+    max_lsb: Optional[int] = typer.Option(None, "--max-lsb", help="Quantized models: allowed uint8 difference (default 0 for exact ONNX, 1 for the other formats, 29 for QDQ ONNX: 6 on its logits, 137 on feature maps)."),
     top5: bool = typer.Option(True, "--top5/--no-top5", help="Float models: require identical top-5 sets."),
     save_reference: Optional[Path] = typer.Option(None, "--save-reference", help="Save the reference inputs/outputs to an .npz for later runs."),
     ray: bool = RayOption,
@@ -177,6 +184,8 @@ def verify_command(
     thresholds = Thresholds(atol=atol, rtol=rtol, top5_identical=top5)
     if max_lsb is not None:
         thresholds.lsb = {f: max_lsb for f in thresholds.lsb}
+        thresholds.logits_lsb = {f: max_lsb for f in thresholds.logits_lsb}
+        thresholds.feature_lsb = {f: max_lsb for f in thresholds.feature_lsb}
     if source and reference:
         raise ZooError("give --source or --reference, not both")
     _verify_and_report(targets, as_json=as_json, source=source, reference=reference, images=list(images) or None,

@@ -44,17 +44,26 @@ LOGITS = "logits"
 PROBABILITIES = "probabilities"
 BATCH_DIM = "N"
 LAYOUTS = ("NCHW", "NHWC")
+QUANT_FORMATS = ("exact", "qdq")  # the forms of quantized files: `write(quant_format=...)`
 MIN_OPSET = 17
 _RELU6_MIN = f"{SCOPE}/Relu6/min"
 _RELU6_MAX = f"{SCOPE}/Relu6/max"
 
 
-def write(model: MobileNetV1Model, out: Path, *, layout: str = "NCHW", opset: int = MIN_OPSET) -> Path:
-    """Write `model` (folded on the way) as an ONNX file with NCHW or NHWC input; returns `out`."""
-    if model.config.quantized:
-        from mobilenet_zoo.formats import onnx_quant
+def write(model: MobileNetV1Model, out: Path, *, layout: str = "NCHW", opset: int = MIN_OPSET,
+          quant_format: str = "exact") -> Path:
+    """Write `model` (folded on the way) as an ONNX file with NCHW or NHWC input; returns `out`.
 
-        return onnx_quant.write(model, out, layout=layout, opset=opset)
+    Quantized models take `quant_format`: "exact" (TFLite's integer arithmetic, bit-exact: `onnx_quant`) or "qdq"
+    (onnxruntime's quantized kernels, a few LSB off: `onnx_qdq`); float models ignore it.
+    """
+    if quant_format not in QUANT_FORMATS:
+        raise ModelFormatError(f"unknown quantized ONNX form {quant_format!r}; choose {', '.join(QUANT_FORMATS)}")
+    if model.config.quantized:
+        from mobilenet_zoo.formats import onnx_qdq, onnx_quant
+
+        writer = onnx_qdq if quant_format == "qdq" else onnx_quant
+        return writer.write(model, out, layout=layout, opset=opset)
     return save_checked(build_model(model, layout=layout, opset=opset), Path(out))
 
 

@@ -1,28 +1,45 @@
-"""Quantized ONNX: the uint8 network with TFLite's integer arithmetic spelled out in standard ONNX ops.
+"""Quantized ONNX, exact form: TFLite's uint8 integer arithmetic, bit-identical to its builtin kernels, spent in
+float convolutions.
 
-QLinearConv is not bit-exact against TFLite: onnxruntime requantizes in float32 with round-half-even,
-while TFLite multiplies the int32 accumulator by a Q31 fixed-point multiplier and rounds twice (the
-high half of the product, then a rounding right shift). A QDQ graph
-(what tf2onnx 1.17 writes) lands several LSB off the TFLite builtin kernels on these models. Here every
-convolution is ConvInteger (exact int32 accumulators, padding with the input zero point) plus the int32
-bias, followed by that fixed-point requantization in int64 arithmetic; the average pool is an integer
-window sum with TFLite's rounding; the softmax replays TFLite's uint8 kernel (lookup table of exp, a
-sequential float32 sum via CumSum, round half up). The uint8 output is then bit-identical to the TFLite
-interpreter's builtin kernels.
+QLinearConv is not bit-exact against TFLite: onnxruntime requantizes in float32 with round-half-even, while TFLite
+multiplies the int32 accumulator by a Q31 fixed-point multiplier and rounds twice. This writer keeps TFLite's
+integers and proves, at write time and layer by layer, that cheaper arithmetic gives exactly the same integers:
 
-The graph follows `model.backbone` as the float writer does: ConvInteger strides, `dilations` and pads from
-`arch.placed_layers`, the pool of `arch.pool_geometry`, a logits map (softmax over the class axis) when it is
-larger than 1x1, one uint8 output per chosen feature map; 4-D outputs are in the file's input layout.
+- Convolutions run as float32 Conv on zero-point-shifted values (q - zero point, the kernel minus its zero point).
+  Every product and partial sum is an integer, and `accumulator_bound` bounds every partial sum by
+  sum |kernel - zero point| * max |input - zero point| + |bias| over the layer's actual weights; below 2^24 every
+  float32 partial sum (in any order, with or without FMA) is exact, so the float accumulator IS the int32 one.
+  A layer whose bound reaches 2^24 runs as ConvInteger with int32 accumulators instead.
+- Requantization (MultiplyByQuantizedMultiplier: two roundings, both half toward +infinity, then zero point and
+  clamp) is a non-decreasing step function of the accumulator: `requantization_steps` gives its exact thresholds in
+  integer arithmetic (floor((a * M + 2^30 + 2^(30+e)) / 2^(31+e)) folds the two roundings into one). After a Clip of
+  the accumulator to the span where the output moves (fused into the Conv by onnxruntime), the graph rounds
+  a * scale + offset to an integer: a BatchNormalization computes a * scale + offset and two more add and subtract
+  1.5 * 2^23 (round half to even), all three run by onnxruntime as 1x1 convolutions in its blocked (NCHWc) layout,
+  so the tensor never leaves it between convolutions. `exact_affine` searches float32 (scale, offset) and proves the
+  result equals the step function at every threshold and both ends, with and without a fused multiply-add, which by
+  monotonicity proves it for every accumulator. Where no pair passes (a classifier with a 10x wider span), float32
+  or float64 Mul, Add and Floor (same proof); a Gather table over the span is the last resort.
+- The uint8 average pool ((window sum + count / 2) / count) is a window-sum Conv with an all-ones kernel and the
+  same kind of step map; the softmax replays TFLite's uint8 kernel (lookup table of exp, a sequential float32 sum
+  via CumSum, round half up).
+- Between layers the graph carries q - zero point as float32 (the next layer's input offset); feature outputs and
+  the logits are cast back to uint8.
 
-Reading it back: `metadata_props` hold `model.metadata()`, `quantized: "true"` and, under `quantization`,
-`model.quant_params_json` (scale, zero point and dtype of every integer tensor and activation). The integers
-are initializers named by slim name: `.../weights` and `.../depthwise_weights` uint8 kernels in OIHW (depthwise
-C x 1 x H x W: `model.from_oihw` restores TF layout), `.../biases` int32 shaped C x 1 x 1 (to broadcast over
-NCHW; flatten them).
+The graph follows `model.backbone` as the float writer does: strides, `dilations` and pads from
+`arch.placed_layers`, the pool of `arch.pool_geometry`, a logits map (softmax over the class axis) when it is larger
+than 1x1, one uint8 output per chosen feature map; 4-D outputs are in the file's input layout.
+
+Reading it back: `metadata_props` hold `model.metadata()`, `quantized: "true"`, `quant_format: "exact"` and, under
+`quantization`, `model.quant_params_json` (scale, zero point and dtype of every integer tensor and activation). The
+integers are initializers named by slim name: `.../weights` and `.../depthwise_weights` uint8 kernels in OIHW
+(depthwise C x 1 x H x W: `model.from_oihw` restores TF layout), `.../biases` int32; the float kernel and bias each
+Conv takes are Cast/Sub of them, which onnxruntime folds once at load.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -40,7 +57,6 @@ from mobilenet_zoo.model import (
     to_oihw,
 )
 from mobilenet_zoo.quant_math import (
-    Q31,
     UINT8_MAX,
     UINT8_MIN,
     IntegerConv,
@@ -51,11 +67,26 @@ from mobilenet_zoo.quant_math import (
 
 _REDUCE_AXES_AS_INPUT_OPSET = 18
 QUANTIZATION_KEY = "quantization"  # metadata_props entry holding `model.quant_params_json(model.quant)`
+QUANT_FORMAT_KEY = "quant_format"  # metadata_props entry naming the quantized form
+EXACT = "exact"
+FLOAT32_EXACT = 1 << 24  # float32 holds every integer of magnitude up to 2^24
+# `build_model(arithmetic=...)`: the per-layer choice, or one forced on every layer
+ARITHMETIC = ("fastest", "float32", "float64", "table", "integer")
+# x + MAGIC - MAGIC rounds a float32 below 2^22 in magnitude to an integer, half to even
+MAGIC = np.float32(1.5 * 2**23)
+# how many ulps away from the real scale `exact_affine` tries float scales, each way
+_AFFINE_SEARCH_ULPS = tuple(
+    dict.fromkeys(sign * ulps for ulps in (0, 1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64) for sign in (1, -1))
+)
+_AFFINE_OFFSET_FRACTIONS = (0.5, 0.25, 0.75, 0.125, 0.875, 0.0625, 0.9375)
+_MAX_TABLE = 1 << 22  # entries of a Gather table (the last-resort requantization)
 
 
-def write(model: MobileNetV1Model, out: Path, *, layout: str = "NHWC", opset: int = MIN_OPSET) -> Path:
-    """Write a quantized model as an ONNX file with uint8 NHWC (or NCHW) input; returns `out`."""
-    return onnx_format.save_checked(build_model(model, layout=layout, opset=opset), Path(out))
+def write(
+    model: MobileNetV1Model, out: Path, *, layout: str = "NHWC", opset: int = MIN_OPSET, arithmetic: str = "fastest"
+) -> Path:
+    """Write a quantized model as an exact ONNX file with uint8 NHWC (or NCHW) input; returns `out`."""
+    return onnx_format.save_checked(build_model(model, layout=layout, opset=opset, arithmetic=arithmetic), Path(out))
 
 
 def load_runner(path: Path) -> onnx_format.OnnxRunner:
@@ -63,119 +94,459 @@ def load_runner(path: Path) -> onnx_format.OnnxRunner:
     return onnx_format.load_runner(path)
 
 
-def build_model(model: MobileNetV1Model, *, layout: str = "NHWC", opset: int = MIN_OPSET):
-    """The quantized ONNX ModelProto of `model` (not yet checked or saved)."""
+def build_model(model: MobileNetV1Model, *, layout: str = "NHWC", opset: int = MIN_OPSET, arithmetic: str = "fastest"):
+    """The exact quantized ONNX ModelProto of `model` (not yet checked or saved).
+
+    `arithmetic` is "fastest" (per layer, the cheapest arithmetic proven exact) or forces one slower exact path on
+    every layer: "float32" or "float64" Mul/Add/Floor requantization, "table" (Gather) requantization, or "integer"
+    (ConvInteger convolutions).
+    """
     layout = onnx_format.checked_layout(layout, opset)
+    if arithmetic not in ARITHMETIC:
+        raise ModelFormatError(f"unknown arithmetic {arithmetic!r}; choose one of {', '.join(ARITHMETIC)}")
     if not model.config.quantized or model.quant is None:
         raise ModelFormatError(f"{model.config.name} is not quantized: write it with the float ONNX writer")
     network, config, kernels = integer_network(model), model.config, model.quant.tensors
     builder = onnx_format.GraphBuilder(require("onnx"))
-    tensor = onnx_format.input_as_nchw(builder, layout)
+    activation = Activation(network.convs[0].input_zero_point, uint8=onnx_format.input_as_nchw(builder, layout))
     for layer, conv in zip(config.layers(), network.convs):
-        tensor = _conv(builder, tensor, conv, layer.weight_name, kernels[layer.weight_name], layer.bias_name)
+        activation = _conv(
+            builder, activation, conv, layer.weight_name, kernels[layer.weight_name], layer.bias_name, arithmetic
+        )
         if conv.scope in network.features:
-            onnx_format.output_in_layout(builder, tensor, conv.scope, layout)
-    tensor = _average_pool(builder, tensor, network, config.feature_channels)
-    tensor = _conv(builder, tensor, network.logits, config.logits_weight_name, kernels[config.logits_weight_name], config.logits_bias_name)
-    class_axis = onnx_format.logits_output(builder, tensor, network.logits_map_size, layout)
+            onnx_format.output_in_layout(
+                builder, activation.as_uint8(builder, f"{SCOPE}/{conv.scope}"), conv.scope, layout
+            )
+    activation = _average_pool(builder, activation, network, config.feature_channels, arithmetic)
+    logits = _conv(
+        builder,
+        activation,
+        network.logits,
+        config.logits_weight_name,
+        kernels[config.logits_weight_name],
+        config.logits_bias_name,
+        arithmetic,
+    )
+    logits_map = logits.as_uint8(builder, f"{SCOPE}/{network.logits.scope}")
+    class_axis = onnx_format.logits_output(builder, logits_map, network.logits_map_size, layout)
     _softmax(builder, LOGITS, network, class_axis, opset)
-    description = f"MobileNet V1 {config.name}: TFLite uint8 arithmetic, input {layout} uint8 0..255"
+    description = f"MobileNet V1 {config.name}: TFLite uint8 arithmetic (exact), input {layout} uint8 0..255"
     proto = onnx_format.model_proto(builder, model, layout, opset, "UINT8", description)
-    for key, value in (("quantized", "true"), (QUANTIZATION_KEY, quant_params_json(model.quant))):
+    for key, value in (
+        ("quantized", "true"),
+        (QUANT_FORMAT_KEY, EXACT),
+        (QUANTIZATION_KEY, quant_params_json(model.quant)),
+    ):
         proto.metadata_props.add(key=key, value=value)
     return proto
+
+
+# ------------------------------------------------------------------------------------ exactness proofs
+
+
+def accumulator_bound(conv: IntegerConv) -> int:
+    """The largest |partial sum| any input can give in any summation order: per output channel,
+    sum |kernel - zero point| * max |input - zero point| + |bias| (input values are uint8)."""
+    widest_input = max(conv.input_zero_point - UINT8_MIN, UINT8_MAX - conv.input_zero_point)
+    axes = (0, 1) if conv.depthwise else (0, 1, 2)
+    kernel_sums = np.abs(conv.kernel.astype(np.int64)).sum(axis=axes).reshape(-1)
+    return int((kernel_sums * widest_input + np.abs(conv.bias.astype(np.int64))).max())
+
+
+@dataclass(frozen=True)
+class StepMap:
+    """A non-decreasing integer function of an integer: `low` + the number of `thresholds` at or below the argument
+    (a repeated threshold is a step of 2). `slope` is the slope of the real line it rounds."""
+
+    low: int
+    thresholds: np.ndarray  # int64, sorted
+    slope: float
+
+    @property
+    def span(self) -> tuple[int, int]:
+        """The accumulators where the value moves: below the first it is `low`, above the last its highest."""
+        if not len(self.thresholds):
+            return 0, 0
+        return int(self.thresholds[0]) - 1, int(self.thresholds[-1])
+
+    def __call__(self, accumulators: np.ndarray) -> np.ndarray:
+        return self.low + np.searchsorted(self.thresholds, np.asarray(accumulators, np.int64), side="right")
+
+    def restricted(self, smallest: int, largest: int) -> StepMap:
+        """The same map on accumulators in [smallest, largest] only (those a layer can reach)."""
+        below = int(np.searchsorted(self.thresholds, smallest, side="right"))
+        above = int(np.searchsorted(self.thresholds, largest, side="right"))
+        return StepMap(self.low + below, self.thresholds[below:above], self.slope)
+
+
+def requantization_steps(requantization: Requantization, channel: int = 0) -> StepMap:
+    """TFLite's requantization of one channel (output minus zero point, clamped) as a step map of the accumulator.
+
+    MultiplyByQuantizedMultiplier with the kernels' rounding (see quant_math) is floor((a * M' + C) / 2^S) with
+    M' = M * 2^left, S = 31 + right and C = 2^30 (+ 2^(30 + right) when right > 0): the two floors fold into one.
+    """
+    multiplier, left, right = (
+        _of_channel(values, channel)
+        for values in (requantization.multiplier, requantization.left_shift, requantization.right_shift)
+    )
+    low, high = requantization.low - requantization.zero_point, requantization.high - requantization.zero_point
+    if multiplier <= 0:  # the product is 0: the rounded value is 0 for every accumulator
+        return StepMap(min(max(0, low), high), np.zeros(0, np.int64), 0.0)
+    scaled, exponent = multiplier << left, 31 + right
+    nudge = (1 << 30) + ((1 << (30 + right)) if right else 0)
+    # value >= k  <=>  a * scaled + nudge >= k * 2^S  <=>  a >= ceil((k * 2^S - nudge) / scaled)
+    thresholds = [-((nudge - k * (1 << exponent)) // scaled) for k in range(low + 1, high + 1)]
+    return StepMap(low, np.array(thresholds, np.int64), scaled / 2.0**exponent)
+
+
+def _of_channel(values: np.ndarray, channel: int) -> int:
+    """One channel's entry of a per-channel vector, or the per-tensor scalar."""
+    flat = np.ravel(values)
+    return int(flat[channel if flat.size > 1 else 0])
+
+
+def pool_steps(count: int, zero_point: int) -> StepMap:
+    """TFLite's uint8 average ((sum + count / 2) // count) minus the zero point, as a step map of the window sum of
+    q - zero point: value >= k <=> sum >= k * count - count // 2."""
+    levels = range(UINT8_MIN - zero_point + 1, UINT8_MAX - zero_point + 1)
+    thresholds = np.array([k * count - count // 2 for k in levels], np.int64)
+    return StepMap(UINT8_MIN - zero_point, thresholds, 1.0 / count)
+
+
+@dataclass(frozen=True)
+class Affine:
+    """a * scale + offset rounded to an integer, proven equal to a step map on its span. `form` "floor": Mul, Add,
+    Floor in the scale's dtype; "batchnorm" (float32): a BatchNormalization computing a * scale + offset, then two
+    more adding and subtracting MAGIC (round half to even), which onnxruntime runs as 1x1 convolutions in its blocked
+    layout, next to the convolutions."""
+
+    scale: np.floating
+    offset: np.floating
+    form: str = "floor"
+
+
+def exact_affine(steps: StepMap, dtype: type, form: str = "floor") -> Affine | None:
+    """A (scale, offset) pair of `dtype` whose `form` (see `Affine`) gives `steps` exactly on its span, or None.
+
+    Proof: a -> round(fl(fl(a * scale) + offset)) is non-decreasing for scale > 0 (rounding is monotone), so it equals
+    the step map on the whole span when it does at both ends and on both sides of every threshold; those are the
+    points checked, in the IEEE arithmetic onnxruntime's kernels use. The batchnorm form passes only if it also holds
+    with a fused multiply-add (one rounding of a * scale + offset), which onnxruntime's blocked kernels may use.
+    """
+    first, last = steps.span
+    limit = FLOAT32_EXACT if dtype == np.float32 else 1 << 53
+    if max(abs(first), abs(last)) >= limit:
+        return None
+    points = np.concatenate([[first, last], steps.thresholds, steps.thresholds - 1]).astype(np.int64)
+    expected = steps(points).astype(np.float64)
+    values = points.astype(dtype)
+    base = dtype(steps.slope)
+    low, high = (0.0, 1.0) if form == "floor" else (-0.5, 0.5)  # where the real sum may fall around its value
+    for ulps in _AFFINE_SEARCH_ULPS:
+        scale = base
+        for _ in range(abs(ulps)):
+            scale = np.nextafter(scale, dtype(np.inf if ulps > 0 else -np.inf))
+        if not scale > 0 and len(steps.thresholds):
+            continue
+        products = (values * scale).astype(np.float64)
+        smallest, largest = np.max(expected + low - products), np.min(expected + high - products)
+        if not smallest < largest:
+            continue
+        for fraction in _AFFINE_OFFSET_FRACTIONS:
+            affine = Affine(scale, dtype(smallest + (largest - smallest) * fraction), form)
+            if _gives(affine, points, values, expected):
+                return affine
+    return None
+
+
+def _gives(affine: Affine, points: np.ndarray, values: np.ndarray, expected: np.ndarray) -> bool:
+    """Whether `affine` evaluates to `expected` at the integer `points` (`values`: the same in its dtype)."""
+    two_roundings = values * affine.scale + affine.offset
+    if affine.form == "floor":
+        return np.array_equal(np.floor(two_roundings), expected)
+    fused = np.array([fused_multiply_add32(int(a), affine.scale, affine.offset) for a in points], np.float32)
+    return all(np.array_equal((value + MAGIC) - MAGIC, expected) for value in (two_roundings, fused))
+
+
+def fused_multiply_add32(a: int, scale: np.float32, offset: np.float32) -> np.float32:
+    """a * scale + offset rounded once to float32 (half to even), from the exact value."""
+    scale_numerator, scale_denominator = float(scale).as_integer_ratio()
+    offset_numerator, offset_denominator = float(offset).as_integer_ratio()
+    denominator = max(scale_denominator, offset_denominator)  # both powers of two
+    numerator = a * scale_numerator * (denominator // scale_denominator)
+    numerator += offset_numerator * (denominator // offset_denominator)
+    magnitude = abs(numerator)
+    extra_bits = magnitude.bit_length() - 24  # float32 keeps 24 significant bits
+    if extra_bits > 0:
+        kept, rest = divmod(magnitude, 1 << extra_bits)
+        half = 1 << (extra_bits - 1)
+        kept += rest > half or (rest == half and kept & 1)
+        magnitude = kept << extra_bits
+    return np.float32((magnitude if numerator >= 0 else -magnitude) / denominator)  # exact: at most 25 bits
 
 
 # -------------------------------------------------------------------------------------------- graph
 
 
-def _conv(builder, tensor: str, conv: IntegerConv, weight_name: str, weights: QuantizedTensor, bias_name: str) -> str:
-    """One quantized convolution: ConvInteger on the uint8 kernel + int32 bias, then TFLite's fixed-point requantization."""
+@dataclass
+class Activation:
+    """A uint8 activation in the graph: as uint8 and/or as float32 q - zero point (each made on first use)."""
+
+    zero_point: int
+    uint8: str | None = None
+    offsets: str | None = None
+
+    def as_offsets(self, builder, prefix: str) -> str:
+        if self.offsets is None:
+            value = builder.node("Cast", [self.uint8], f"{prefix}/to_float", to=_onnx_type(builder, "FLOAT"))
+            if self.zero_point:
+                value = builder.node(
+                    "Sub",
+                    [value, builder.constant(f"{prefix}/zero_point", np.array(self.zero_point, np.float32))],
+                    f"{prefix}/minus_zero_point",
+                )
+            self.offsets = value
+        return self.offsets
+
+    def as_uint8(self, builder, prefix: str) -> str:
+        if self.uint8 is None:
+            value = self.offsets
+            if self.zero_point:
+                value = builder.node(
+                    "Add",
+                    [value, builder.constant(f"{prefix}/output_zero_point", np.array(self.zero_point, np.float32))],
+                    f"{prefix}/plus_zero_point",
+                )
+            self.uint8 = builder.node("Cast", [value], f"{prefix}/to_uint8", to=_onnx_type(builder, "UINT8"))
+        return self.uint8
+
+
+def _conv(
+    builder,
+    activation: Activation,
+    conv: IntegerConv,
+    weight_name: str,
+    weights: QuantizedTensor,
+    bias_name: str,
+    arithmetic: str,
+) -> Activation:
+    """One quantized convolution: exact accumulator, clipped to where the output moves, then the proven step map."""
     prefix = f"{SCOPE}/{conv.scope}"
-    before, after = conv.padding
-    inputs = [
-        tensor,
-        builder.constant(weight_name, to_oihw(weights.values, "depthwise" if conv.depthwise else "conv")),
-        builder.constant(f"{prefix}/input_zero_point", np.array(conv.input_zero_point, np.uint8)),
-        builder.constant(f"{weight_name}/zero_point", np.array(weights.params.zero_point, np.uint8)),
+    channels = np.size(conv.requantization.multiplier)
+    bound = accumulator_bound(conv)
+    steps = [
+        requantization_steps(conv.requantization, channel).restricted(-bound, bound) for channel in range(channels)
     ]
-    accumulator = builder.node("ConvInteger", inputs, f"{prefix}/ConvInteger", kernel_shape=[conv.kernel.shape[0]] * 2,
-                               strides=[conv.stride] * 2, dilations=[conv.rate] * 2, pads=[before, before, after, after],
-                               group=conv.kernel.shape[2] if conv.depthwise else 1)
-    biased = builder.node("Add", [accumulator, builder.constant(bias_name, _channels_first(conv.bias, np.int32))], f"{prefix}/BiasAdd")
-    return _requantize(builder, biased, conv.requantization, prefix)
+    kernel = builder.constant(weight_name, to_oihw(weights.values, "depthwise" if conv.depthwise else "conv"))
+    attributes = _conv_attributes(conv)
+    if bound < FLOAT32_EXACT and arithmetic != "integer":
+        float_kernel = _float_of(builder, kernel, int(weights.params.zero_point), f"{weight_name}/minus_zero_point")
+        float_bias = _float_of(
+            builder, builder.constant(bias_name, conv.bias.astype(np.int32)), 0, f"{bias_name}/as_float"
+        )
+        accumulator = builder.node(
+            "Conv",
+            [activation.as_offsets(builder, f"{prefix}/input"), float_kernel, float_bias],
+            f"{prefix}/Conv",
+            **attributes,
+        )
+        clipped = _clip(builder, accumulator, steps, np.float32, f"{prefix}/span")
+        values = _step_map(builder, clipped, steps, f"{prefix}/requantize", arithmetic, len(conv.bias))
+    else:
+        inputs = [
+            activation.as_uint8(builder, f"{prefix}/input"),
+            kernel,
+            builder.constant(f"{prefix}/input_zero_point", np.array(conv.input_zero_point, np.uint8)),
+            builder.constant(f"{weight_name}/zero_point", np.array(weights.params.zero_point, np.uint8)),
+        ]
+        accumulator = builder.node("ConvInteger", inputs, f"{prefix}/ConvInteger", **attributes)
+        biased = builder.node(
+            "Add", [accumulator, builder.constant(bias_name, _channels_first(conv.bias, np.int32))], f"{prefix}/BiasAdd"
+        )
+        clipped = _clip(builder, biased, steps, np.int32, f"{prefix}/span")
+        wide = builder.node("Cast", [clipped], f"{prefix}/to_double", to=_onnx_type(builder, "DOUBLE"))
+        floating = "table" if arithmetic == "table" else "float64"
+        values = _step_map(builder, wide, steps, f"{prefix}/requantize", floating, len(conv.bias), np.float64)
+    return Activation(conv.requantization.zero_point, offsets=values)
 
 
-def _requantize(builder, accumulator: str, requantization: Requantization, prefix: str) -> str:
-    """MultiplyByQuantizedMultiplier as TFLite's optimized (ruy) kernels compute it, + zero point + clamp.
-
-    Two roundings, both half toward +infinity: high = (x * M + 2^30) >> 31, then (high + 2^(e-1)) >> e.
-    (gemmlowp's reference rounds the second one half away from zero; the kernels TFLite runs do not,
-    which shows on the logits, the only requantized values that can be negative.)
-    """
-    name = f"{prefix}/requantize"
-
-    def const(leaf: str, values) -> str:
-        return builder.constant(f"{name}/{leaf}", _channels_first(values, np.int64))
-
-    value = builder.node("Cast", [accumulator], f"{name}/to_int64", to=_onnx_type(builder, "INT64"))
-    left_shift, right_shift = requantization.left_shift, requantization.right_shift
-    if left_shift.any():
-        value = builder.node("Mul", [value, const("left_shift", 1 << left_shift)], f"{name}/shift_left")
-    product = builder.node("Mul", [value, const("multiplier", requantization.multiplier)], f"{name}/multiply")
-    nudged = builder.node("Add", [product, const("half_q31", 1 << 30)], f"{name}/add_half_q31")
-    high = _floor_divide(builder, nudged, const("q31", Q31), f"{name}/high_mul")
-    halved = builder.node("Add", [high, const("half", (1 << right_shift) >> 1)], f"{name}/add_half")
-    shifted = _floor_divide(builder, halved, const("right_shift", 1 << right_shift), f"{name}/shift_right")
-    return _to_uint8(builder, shifted, requantization.zero_point, (requantization.low, requantization.high), name, "INT64")
+def _conv_attributes(conv: IntegerConv) -> dict:
+    before, after = conv.padding
+    return {
+        "kernel_shape": [conv.kernel.shape[0]] * 2,
+        "strides": [conv.stride] * 2,
+        "dilations": [conv.rate] * 2,
+        "pads": [before, before, after, after],
+        "group": conv.kernel.shape[2] if conv.depthwise else 1,
+    }
 
 
-def _floor_divide(builder, tensor: str, divisor: str, name: str) -> str:
-    """Arithmetic right shift for a positive power-of-two divisor: ONNX Div truncates, so drop the Mod first."""
-    remainder = builder.node("Mod", [tensor, divisor], f"{name}/remainder", fmod=0)
-    exact = builder.node("Sub", [tensor, remainder], f"{name}/exact")
-    return builder.node("Div", [exact, divisor], name)
+def _average_pool(
+    builder, activation: Activation, network: IntegerNetwork, channels: int, arithmetic: str
+) -> Activation:
+    """TFLite's uint8 AVERAGE_POOL_2D (VALID): a window-sum Conv (all-ones kernel, exact: the sum is at most
+    count * 255) and the step map (sum + count / 2) // count; scale and zero point pass through."""
+    name = f"{SCOPE}/{POOL_ACTIVATION}"
+    height, width = network.pool_kernel
+    ones = _float_of(
+        builder,
+        builder.constant(f"{name}/window", np.ones((channels, 1, height, width), np.uint8)),
+        0,
+        f"{name}/window_as_float",
+    )
+    window_sum = builder.node(
+        "Conv",
+        [activation.as_offsets(builder, f"{name}/input"), ones],
+        f"{name}/window_sum",
+        kernel_shape=[height, width],
+        strides=[network.pool_stride] * 2,
+        group=channels,
+    )
+    steps = [pool_steps(height * width, activation.zero_point)]
+    clipped = _clip(builder, window_sum, steps, np.float32, f"{name}/span")
+    values = _step_map(
+        builder, clipped, steps, f"{name}/average", "float32" if arithmetic == "integer" else arithmetic, channels
+    )
+    return Activation(activation.zero_point, offsets=values)
+
+
+def _step_map(
+    builder, accumulator: str, steps: list[StepMap], prefix: str, arithmetic: str, channels: int, dtype=np.float32
+) -> str:
+    """float32 values of the step maps (one, or one per channel) of a clipped `dtype` accumulator: the first proven
+    exact of BatchNormalization rounding ("fastest" only), float32 Mul/Add/Floor, float64 Mul/Add/Floor, else a
+    Gather table."""
+    if arithmetic == "fastest" and dtype == np.float32:
+        affine = [exact_affine(step, np.float32, "batchnorm") for step in steps]
+        if all(affine):
+            return _batchnorm_affine(builder, accumulator, affine, channels, prefix)
+        arithmetic = "float32"
+    if arithmetic == "float32" and dtype == np.float32:
+        affine = [exact_affine(step, np.float32) for step in steps]
+        if all(affine):
+            return _affine(builder, accumulator, affine, np.float32, prefix)
+        arithmetic = "float64"
+    if arithmetic == "float64":
+        affine = [exact_affine(step, np.float64) for step in steps]
+        if all(affine):
+            if dtype != np.float64:
+                accumulator = builder.node(
+                    "Cast", [accumulator], f"{prefix}/to_double", to=_onnx_type(builder, "DOUBLE")
+                )
+            values = _affine(builder, accumulator, affine, np.float64, prefix)
+            return builder.node("Cast", [values], f"{prefix}/to_float", to=_onnx_type(builder, "FLOAT"))
+    return _table(builder, accumulator, steps, prefix, dtype)
+
+
+def _affine(builder, accumulator: str, affine: list[Affine], dtype: type, prefix: str) -> str:
+    scale = builder.constant(f"{prefix}/scale", _channels_first([a.scale for a in affine], dtype))
+    offset = builder.constant(f"{prefix}/offset", _channels_first([a.offset for a in affine], dtype))
+    scaled = builder.node("Mul", [accumulator, scale], f"{prefix}/multiply")
+    shifted = builder.node("Add", [scaled, offset], f"{prefix}/add_offset")
+    return builder.node("Floor", [shifted], f"{prefix}/floor")
+
+
+def _batchnorm_affine(builder, accumulator: str, affine: list[Affine], channels: int, prefix: str) -> str:
+    """a * scale + offset as a BatchNormalization (mean 0, variance 1, epsilon 0), then rounded by two more that add
+    and subtract MAGIC."""
+
+    def batchnorm(tensor: str, scale, bias, name: str) -> str:
+        vectors = {"scale": scale, "bias": bias, "mean": 0.0, "variance": 1.0}
+        inputs = [
+            builder.constant(f"{name}/{leaf}", np.broadcast_to(np.asarray(value, np.float32), channels))
+            for leaf, value in vectors.items()
+        ]
+        return builder.node("BatchNormalization", [tensor, *inputs], name, epsilon=0.0)
+
+    scaled = batchnorm(accumulator, [a.scale for a in affine], [a.offset for a in affine], f"{prefix}/scale_and_offset")
+    rounded = batchnorm(scaled, 1.0, MAGIC, f"{prefix}/round")
+    return batchnorm(rounded, 1.0, -MAGIC, f"{prefix}/unround")
+
+
+def _table(builder, accumulator: str, steps: list[StepMap], prefix: str, dtype: type) -> str:
+    """The step maps as one float32 Gather table over their spans, channel after channel
+    (index = a - first + channel * width)."""
+    spans = [step.span for step in steps]
+    width = max(last - first + 1 for first, last in spans)
+    if width * len(steps) > _MAX_TABLE:
+        raise ModelFormatError(f"{prefix}: no exact requantization fits (the accumulator span has {width} values)")
+    table = np.concatenate([step(np.arange(first, first + width)) for step, (first, _) in zip(steps, spans)]).astype(
+        np.float32
+    )
+    base = np.array([channel * width - first for channel, (first, _) in enumerate(spans)], np.float64)
+    index = builder.node(
+        "Add", [accumulator, builder.constant(f"{prefix}/table_base", _channels_first(base, dtype))], f"{prefix}/index"
+    )
+    index = builder.node("Cast", [index], f"{prefix}/index_int32", to=_onnx_type(builder, "INT32"))
+    return builder.node("Gather", [builder.constant(f"{prefix}/table", table), index], f"{prefix}/lookup")
+
+
+def _clip(builder, accumulator: str, steps: list[StepMap], dtype: type, prefix: str) -> str:
+    """Clamp the accumulator to each map's span (one Clip per tensor; Max and Min when the spans are per channel)."""
+    first = _channels_first([step.span[0] for step in steps], dtype)
+    last = _channels_first([step.span[1] for step in steps], dtype)
+    if first.ndim == 0:
+        return builder.node(
+            "Clip",
+            [accumulator, builder.constant(f"{prefix}/min", first), builder.constant(f"{prefix}/max", last)],
+            prefix,
+        )
+    raised = builder.node("Max", [accumulator, builder.constant(f"{prefix}/min", first)], f"{prefix}/at_least")
+    return builder.node("Min", [raised, builder.constant(f"{prefix}/max", last)], prefix)
+
+
+def _float_of(builder, integers: str, zero_point: int, name: str) -> str:
+    """float32 of an integer constant minus its zero point (a constant subgraph onnxruntime folds at load)."""
+    value = builder.node("Cast", [integers], f"{name}/cast", to=_onnx_type(builder, "FLOAT"))
+    if not zero_point:
+        return value
+    return builder.node("Sub", [value, builder.constant(f"{name}/zero_point", np.array(zero_point, np.float32))], name)
 
 
 def _to_uint8(builder, tensor: str, zero_point: int, bounds: tuple[int, int], name: str, int_type: str) -> str:
     """Add the output zero point, clamp to `bounds` and cast to uint8."""
     dtype = np.int64 if int_type == "INT64" else np.int32
-    shifted = builder.node("Add", [tensor, builder.constant(f"{name}/output_zero_point", np.array(zero_point, dtype))], f"{name}/add_zero_point")
+    shifted = builder.node(
+        "Add",
+        [tensor, builder.constant(f"{name}/output_zero_point", np.array(zero_point, dtype))],
+        f"{name}/add_zero_point",
+    )
     low = builder.constant(f"{name}/min", np.array(bounds[0], dtype))
     high = builder.constant(f"{name}/max", np.array(bounds[1], dtype))
     clamped = builder.node("Clip", [shifted, low, high], f"{name}/clamp")
     return builder.node("Cast", [clamped], f"{name}/to_uint8", to=_onnx_type(builder, "UINT8"))
 
 
-def _average_pool(builder, tensor: str, network: IntegerNetwork, channels: int) -> str:
-    """TFLite's uint8 AVERAGE_POOL_2D (VALID): (window sum + count / 2) / count, no rescaling."""
-    name = f"{SCOPE}/{POOL_ACTIVATION}"
-    height, width = network.pool_kernel
-    count = height * width
-    ones = builder.constant(f"{name}/window", np.ones((channels, 1, height, width), np.uint8))
-    zero = builder.constant(f"{name}/zero_point", np.array(0, np.uint8))
-    window_sum = builder.node("ConvInteger", [tensor, ones, zero, zero], f"{name}/window_sum",
-                              kernel_shape=[height, width], strides=[network.pool_stride] * 2, group=channels)
-    rounded = builder.node("Add", [window_sum, builder.constant(f"{name}/half_count", np.array(count // 2, np.int32))], f"{name}/add_half")
-    average = builder.node("Div", [rounded, builder.constant(f"{name}/count", np.array(count, np.int32))], f"{name}/divide")
-    return _to_uint8(builder, average, 0, (UINT8_MIN, UINT8_MAX), name, "INT32")
-
-
 def _softmax(builder, logits: str, network: IntegerNetwork, axis: int, opset: int) -> str:
-    """TFLite's uint8 SOFTMAX over the class `axis`: table[255 - max + x] / (sequential float32 sum * output scale), rounded half up."""
+    """TFLite's uint8 SOFTMAX over the class `axis`: table[255 - max + x] / (sequential float32 sum * output scale),
+    rounded half up."""
     name = f"{SCOPE}/Predictions/Softmax"
     as_int = builder.node("Cast", [logits], f"{name}/to_int64", to=_onnx_type(builder, "INT64"))
     maximum = _class_max(builder, as_int, axis, f"{name}/class_max", opset)
     offset = builder.node("Sub", [as_int, maximum], f"{name}/minus_max")
-    index = builder.node("Add", [offset, builder.constant(f"{name}/table_end", np.array(UINT8_MAX, np.int64))], f"{name}/index")
+    index = builder.node(
+        "Add", [offset, builder.constant(f"{name}/table_end", np.array(UINT8_MAX, np.int64))], f"{name}/index"
+    )
     exps = builder.node("Gather", [builder.constant(f"{name}/exp_table", network.softmax_table), index], f"{name}/exp")
     # CumSum adds left to right in float32 like TFLite's loop; its last column is the normalizer.
-    running = builder.node("CumSum", [exps, builder.constant(f"{name}/axis", np.array(axis, np.int64))], f"{name}/running_sum")
-    total = builder.node("Gather", [running, builder.constant(f"{name}/last", np.array([-1], np.int64))], f"{name}/sum", axis=axis)
-    scaled_total = builder.node("Mul", [total, builder.constant(f"{name}/output_scale", np.array(network.output_scale, np.float32))], f"{name}/scaled_sum")
-    inverse = builder.node("Div", [builder.constant(f"{name}/one", np.array(1.0, np.float32)), scaled_total], f"{name}/inverse")
+    running = builder.node(
+        "CumSum", [exps, builder.constant(f"{name}/axis", np.array(axis, np.int64))], f"{name}/running_sum"
+    )
+    total = builder.node(
+        "Gather", [running, builder.constant(f"{name}/last", np.array([-1], np.int64))], f"{name}/sum", axis=axis
+    )
+    scaled_total = builder.node(
+        "Mul",
+        [total, builder.constant(f"{name}/output_scale", np.array(network.output_scale, np.float32))],
+        f"{name}/scaled_sum",
+    )
+    inverse = builder.node(
+        "Div", [builder.constant(f"{name}/one", np.array(1.0, np.float32)), scaled_total], f"{name}/inverse"
+    )
     rescaled = builder.node("Mul", [exps, inverse], f"{name}/rescaled")
-    rounded = builder.node("Add", [rescaled, builder.constant(f"{name}/half", np.array(0.5, np.float32))], f"{name}/add_half")
+    rounded = builder.node(
+        "Add", [rescaled, builder.constant(f"{name}/half", np.array(0.5, np.float32))], f"{name}/add_half"
+    )
     truncated = builder.node("Cast", [rounded], f"{name}/truncate", to=_onnx_type(builder, "INT32"))
     bounds = (UINT8_MIN, UINT8_MAX)
     quantized = _to_uint8(builder, truncated, network.output_zero_point, bounds, name, "INT32")
@@ -185,7 +556,9 @@ def _softmax(builder, logits: str, network: IntegerNetwork, axis: int, opset: in
 def _class_max(builder, tensor: str, axis: int, name: str, opset: int) -> str:
     """ReduceMax over `axis`, keeping it (axes became an input in opset 18)."""
     if opset >= _REDUCE_AXES_AS_INPUT_OPSET:
-        return builder.node("ReduceMax", [tensor, builder.constant(f"{name}/axes", np.array([axis], np.int64))], name, keepdims=1)
+        return builder.node(
+            "ReduceMax", [tensor, builder.constant(f"{name}/axes", np.array([axis], np.int64))], name, keepdims=1
+        )
     return builder.node("ReduceMax", [tensor], name, axes=[axis], keepdims=1)
 
 

@@ -10,8 +10,9 @@ resolution (the input), classes (the classifier) and precision (the kernels). Gr
                 NCHW input or NHWC input behind a Transpose: our float files and tf2onnx's.
     QDQ         DequantizeLinear kernels (uint8, or int8 shifted back to uint8) and int32 biases, the scale and
                 zero point of every activation from its QuantizeLinear: tf2onnx's conversion of a uint8 TFLite.
-    integer     ConvInteger on uint8 kernels + an int32 bias Add, with the quantization parameters recorded in
-                the `quantization` metadata entry: our quantized files.
+    integer     our exact quantized files: Conv on float kernels and biases computed (Cast, Sub) from uint8 kernel and
+                int32 bias initializers, or ConvInteger on uint8 kernels + an int32 bias Add, with the quantization
+                parameters recorded in the `quantization` metadata entry.
 
 Files this project wrote get their backbone options (`arch.Backbone`) and source back from the metadata.
 """
@@ -54,6 +55,7 @@ from mobilenet_zoo.model import (
 CONV_OPS = ("Conv", "ConvInteger")
 POOL_OPS = ("AveragePool", "GlobalAveragePool")
 RELU6_BOUNDS = (0.0, 6.0)
+_INTEGER_TO_FLOAT_OPS = ("Cast", "Sub", "Add")  # how our exact files turn integer initializers into Conv inputs
 UINT8_OFFSET = 128  # int8 storage of uint8 values: q_int8 = q_uint8 - 128, same for the zero point
 _SCOPES = [layer.scope for layer in ModelConfig(1.0, 224).layers()] + [LOGITS_SCOPE]
 EXPECTED_CONVS = len(_SCOPES)
@@ -176,6 +178,16 @@ class OnnxGraph:
             yield node
             tensor = node.output[0]
 
+    def reachable(self, tensor: str) -> Iterator:
+        """Every node the data can flow to from `tensor`, also past branches and graph outputs, breadth first."""
+        queue, seen = [tensor], set()
+        while queue:
+            for node in self.consumers.get(queue.pop(0), []):
+                if id(node) not in seen:
+                    seen.add(id(node))
+                    yield node
+                    queue.extend(node.output)
+
     def anchor_kind(self, node) -> str | None:
         """'conv' for a convolution on the data path, 'pool' for an average pool (or an integer window sum)."""
         if node.op_type in POOL_OPS:
@@ -185,8 +197,21 @@ class OnnxGraph:
         return None
 
     def is_window_sum(self, node) -> bool:
-        """A depthwise ConvInteger with an all-ones kernel: the integer average pool of our quantized files."""
-        return node.op_type == "ConvInteger" and self.attributes(node).get("group", 1) > 1 and bool(np.all(self.value(node.input[1]) == 1))
+        """A depthwise convolution with an all-ones integer kernel: the integer average pool of our quantized files."""
+        if self.attributes(node).get("group", 1) <= 1:
+            return False
+        kernel = self.value(node.input[1]) if node.op_type == "ConvInteger" else self.integer_root(node.input[1])
+        return kernel is not None and bool(np.all(kernel == 1))
+
+    def integer_root(self, tensor: str) -> np.ndarray | None:
+        """The integer initializer a constant is computed from through Cast and Sub/Add (our exact files' float kernels
+        and biases), or None when it is not."""
+        while tensor not in self.constants or not np.issubdtype(self.constants[tensor].dtype, np.integer):
+            node = self.producers.get(tensor)
+            if node is None or node.op_type not in _INTEGER_TO_FLOAT_OPS or not self.is_constant(tensor):
+                return None
+            tensor = node.input[0]
+        return self.constants[tensor]
 
     def mobilenet_convs(self) -> list:
         """The 28 convolutions in order (27 layers, the classifier after the pool), each consuming the one before."""
@@ -206,8 +231,9 @@ class OnnxGraph:
         return convs
 
     def flavour(self, conv) -> str:
-        """'integer' (ConvInteger), 'qdq' (DequantizeLinear kernels) or 'float'."""
-        if conv.op_type == "ConvInteger":
+        """'integer' (ConvInteger, or Conv on a kernel computed from uint8 integers), 'qdq' (DequantizeLinear
+        kernels) or 'float'."""
+        if conv.op_type == "ConvInteger" or self.integer_root(conv.input[1]) is not None:
             return "integer"
         producer = self.producers.get(conv.input[1])
         return "qdq" if producer is not None and producer.op_type == "DequantizeLinear" else "float"
@@ -378,7 +404,7 @@ def _read_qdq(graph: OnnxGraph, convs: list, config: ModelConfig) -> tuple[dict[
         quant.activations[LOGITS_ACTIVATION if scope == LOGITS_SCOPE else scope] = _quantize_after(graph, conv.output[0], scope)
     pool = next(node for node in graph.upstream(convs[-1].input[0]) if graph.anchor_kind(node) == "pool")
     quant.activations[POOL_ACTIVATION] = _quantize_after(graph, pool.output[0], POOL_ACTIVATION)
-    softmax = next((node for node in graph.downstream(convs[-1].output[0]) if node.op_type == "Softmax"), None)
+    softmax = next((node for node in graph.reachable(convs[-1].output[0]) if node.op_type == "Softmax"), None)
     if softmax is None:
         raise graph.error("no Softmax after the classifier")
     quant.activations[OUTPUT_ACTIVATION] = _quantize_after(graph, softmax.output[0], OUTPUT_ACTIVATION)
@@ -451,14 +477,23 @@ def _read_integer(graph: OnnxGraph, convs: list, config: ModelConfig) -> tuple[d
         raise ModelFormatError(f"{graph.name}: ConvInteger graph without a {QUANTIZATION_KEY!r} metadata record: its scales cannot be recovered")
     values: dict[str, np.ndarray] = {}
     for conv, (scope, weight_name, bias_name, kind) in zip(convs, _names(config)):
-        values[weight_name] = from_oihw(graph.value(conv.input[1]), kind)
+        kernel = graph.value(conv.input[1]) if conv.op_type == "ConvInteger" else graph.integer_root(conv.input[1])
+        if kernel is None:
+            raise graph.error(f"the kernel of {scope} is not computed from integers")
+        values[weight_name] = from_oihw(kernel, kind)
         values[bias_name] = _integer_bias(graph, conv, scope)
     quant = quant_info_from_json(record, values)
     return _dequantized(quant), quant
 
 
 def _integer_bias(graph: OnnxGraph, conv, scope: str) -> np.ndarray:
-    """The int32 constant added to a ConvInteger's accumulator."""
+    """The int32 bias: a Conv's bias input computed from int32 integers, or the constant added to a ConvInteger's
+    accumulator."""
+    if conv.op_type == "Conv":
+        bias = graph.integer_root(conv.input[2]) if len(conv.input) > 2 and conv.input[2] else None
+        if bias is None:
+            raise graph.error(f"the bias of {scope} is not computed from integers")
+        return np.ascontiguousarray(bias.reshape(-1))
     node = graph.sole_consumer(conv.output[0])
     bias = next((name for name in node.input if name != conv.output[0]), None) if node is not None and node.op_type == "Add" else None
     if bias is None or not graph.is_constant(bias):
