@@ -13,11 +13,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-
-import requests
+from typing import TYPE_CHECKING
 
 from mobilenet_zoo.cache import PART_SUFFIX
 from mobilenet_zoo.errors import ChecksumError, DownloadError
+
+if TYPE_CHECKING:  # requests is imported where a download happens: `info` and `cache` start faster without it
+    import requests
 
 ATTEMPTS_ENV = "MOBILENET_ZOO_ATTEMPTS"
 BACKOFF_ENV = "MOBILENET_ZOO_BACKOFF"
@@ -82,6 +84,8 @@ def download(
 
 
 def _fetch_with_retries(url: str, partial: Path, policy: RetryPolicy, progress: ProgressCallback | None) -> None:
+    import requests
+
     with requests.Session() as session:
         for attempt in range(1, policy.attempts + 1):
             try:
@@ -95,6 +99,8 @@ def _fetch_with_retries(url: str, partial: Path, policy: RetryPolicy, progress: 
 
 def _fetch(session: requests.Session, url: str, partial: Path, timeout: float, progress: ProgressCallback | None) -> None:
     """One attempt: GET the rest of the file (Range from the partial file's size) and append it."""
+    import requests
+
     offset = partial.stat().st_size if partial.exists() else 0
     headers = {"Accept-Encoding": "identity"}
     if offset:
@@ -163,6 +169,8 @@ def _total_size(response: requests.Response, start: int) -> int | None:
 
 def _reason(exc: requests.RequestException) -> str:
     """A short human reason for a requests failure (its own messages nest several reprs)."""
+    import requests
+
     if isinstance(exc, requests.Timeout):
         return "timed out"
     if isinstance(exc, requests.exceptions.ChunkedEncodingError):

@@ -8,7 +8,6 @@ from typing import Iterator, Optional
 
 import typer
 from rich import box
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from mobilenet_zoo.commands.options import JsonOption, MirrorOption, RayAddressOption, RayOption, RegistryOption
@@ -18,6 +17,8 @@ from mobilenet_zoo.output import console, err_console, print_json
 @contextmanager
 def _progress_bar(description: str) -> Iterator:
     """A progress bar on stderr, yielding the `progress(done, total)` callback that advances it."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     with Progress(*columns, console=err_console, transient=True) as bar:
         task = bar.add_task(description, total=None)
