@@ -11,6 +11,7 @@ from rich import box
 from rich.table import Table
 
 from mobilenet_zoo.commands.options import JsonOption, MirrorOption, RayAddressOption, RayOption, RegistryOption
+from mobilenet_zoo.errors import ZooError
 from mobilenet_zoo.output import console, err_console, print_json
 
 
@@ -51,6 +52,7 @@ def eval_command(
     batch: int = typer.Option(32, "--batch", help="Images per inference batch."),
     resolution: Optional[int] = typer.Option(None, "--resolution", help="Input size, for models that do not fix it."),
     workers: Optional[int] = typer.Option(None, "--workers", help="Threads decoding images ahead of inference (default: one per CPU)."),
+    fast_decode: bool = typer.Option(False, "--fast-decode", help="Approximate JPEG decoding at a reduced DCT scale: faster on large photos, slightly different pixels (not the slim preprocessing)."),
     ray: bool = RayOption,
     ray_address: Optional[str] = RayAddressOption,
     registry: Optional[Path] = RegistryOption,
@@ -58,6 +60,8 @@ def eval_command(
     as_json: bool = JsonOption,
 ) -> None:
     """Top-1 and top-5 accuracy with 95% confidence intervals, beside the published figures of the variant."""
+    if fast_decode and (ray or ray_address):
+        raise ZooError("--fast-decode runs in this process only, not with --ray")
     with _progress_bar(f"evaluating {Path(source).name}") as progress:
         if ray or ray_address:
             from mobilenet_zoo.distributed import evaluate_on_ray
@@ -68,7 +72,7 @@ def eval_command(
             from mobilenet_zoo.evaluate import evaluate
 
             result = evaluate(source, data, limit, batch, resolution=resolution, workers=workers,
-                              registry=registry, mirror=mirror, progress=progress)
+                              registry=registry, mirror=mirror, progress=progress, draft=fast_decode)
     if as_json:
         print_json(result.as_dict())
     else:
