@@ -77,7 +77,9 @@ def resize_bilinear(pixels: np.ndarray, size: int, method: str = "bilinear") -> 
     top_i, bottom_i, y_weight = _bilinear_axis(pixels.shape[0], size, half_pixel)
     left_i, right_i, x_weight = _bilinear_axis(pixels.shape[1], size, half_pixel)
     rows = np.take(pixels, np.concatenate([top_i, bottom_i]), axis=0)  # top rows, then bottom rows
-    corners = np.take(rows, np.concatenate([left_i, right_i]), axis=1).astype(np.float32)  # left, then right
+    channels = pixels.shape[2]
+    columns = (np.concatenate([left_i, right_i])[:, None] * channels + np.arange(channels)).ravel()  # left, then right
+    corners = np.take(rows.reshape(len(rows), -1), columns, axis=1).reshape(len(rows), 2 * size, channels).astype(np.float32)
     left = corners[:, :size]
     across = corners[:, size:] - left  # left + (right - left) * x_weight, for the top and bottom rows at once
     across *= x_weight[None, :, None]
