@@ -25,7 +25,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tarfile
 import tempfile
@@ -35,7 +34,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-
 from bench_startup import ProcessStats, run_measured
 
 from mobilenet_zoo.arch import INPUT_NODE, OUTPUT_NODE, ModelConfig
@@ -72,20 +70,48 @@ def convert_tf2onnx(frozen: Path, out: Path) -> object:
     tf2onnx_convert = require("tf2onnx.convert")
     graph_def = tf.compat.v1.GraphDef()
     graph_def.ParseFromString(frozen.read_bytes())
-    return tf2onnx_convert.from_graph_def(graph_def, input_names=[TF_INPUT], output_names=[TF_OUTPUT], opset=OPSET, output_path=str(out))
+    return tf2onnx_convert.from_graph_def(
+        graph_def, input_names=[TF_INPUT], output_names=[TF_OUTPUT], opset=OPSET, output_path=str(out)
+    )
 
 
 def converters(config: ModelConfig) -> list[Converter]:
     """The contenders for a variant (the same two for float and quantized models, for now)."""
     return [
-        Converter("mobilenet-zoo", convert_ours,
-                  lambda frozen, out: [sys.executable, "-m", "mobilenet_zoo", "convert", str(frozen), "--to", "onnx", "-o", str(out)],
-                  onnx_format.PROBABILITIES),
+        Converter(
+            "mobilenet-zoo",
+            convert_ours,
+            lambda frozen, out: [
+                sys.executable,
+                "-m",
+                "mobilenet_zoo",
+                "convert",
+                str(frozen),
+                "--to",
+                "onnx",
+                "-o",
+                str(out),
+            ],
+            onnx_format.PROBABILITIES,
+        ),
         Converter(
             "tf2onnx",
             convert_tf2onnx,
-            lambda frozen, out: [sys.executable, "-m", "tf2onnx.convert", "--graphdef", str(frozen), "--output", str(out),
-                                 "--inputs", TF_INPUT, "--outputs", TF_OUTPUT, "--opset", str(OPSET)],
+            lambda frozen, out: [
+                sys.executable,
+                "-m",
+                "tf2onnx.convert",
+                "--graphdef",
+                str(frozen),
+                "--output",
+                str(out),
+                "--inputs",
+                TF_INPUT,
+                "--outputs",
+                TF_OUTPUT,
+                "--opset",
+                str(OPSET),
+            ],
             TF_OUTPUT,
         ),
     ]
@@ -156,9 +182,14 @@ def onnxruntime_latencies(files: dict[str, Path], resolution: int, runs: int, wa
             start = time.perf_counter()
             runner.session.run(None, feeds[name])
             milliseconds[name].append(1000 * (time.perf_counter() - start))
-    latencies = {name: {"median_ms": statistics.median(ms), "p90_ms": float(np.percentile(ms, 90))} for name, ms in milliseconds.items()}
-    outputs = {name: dict(zip([o.name for o in runner.session.get_outputs()], runner.session.run(None, feeds[name])))
-               for name, runner in runners.items()}
+    latencies = {
+        name: {"median_ms": statistics.median(ms), "p90_ms": float(np.percentile(ms, 90))}
+        for name, ms in milliseconds.items()
+    }
+    outputs = {
+        name: dict(zip([o.name for o in runner.session.get_outputs()], runner.session.run(None, feeds[name])))
+        for name, runner in runners.items()
+    }
     return latencies, outputs
 
 
@@ -168,7 +199,11 @@ def convert_warm(converter: Converter, frozen: Path, work_dir: Path, repeats: in
     converter.convert(frozen, out)  # untimed: pays the lazy imports of the warm runs
     warm = wall_times(lambda: converter.convert(frozen, out), repeats)
     onnx = require("onnx")
-    return out, {"convert_warm_s": statistics.median(warm), "onnx_bytes": out.stat().st_size, "onnx_nodes": len(onnx.load(str(out)).graph.node)}
+    return out, {
+        "convert_warm_s": statistics.median(warm),
+        "onnx_bytes": out.stat().st_size,
+        "onnx_nodes": len(onnx.load(str(out)).graph.node),
+    }
 
 
 def run(args) -> dict:
@@ -196,8 +231,10 @@ def run(args) -> dict:
     for converter in contenders:
         results[converter.name].update(ort_batch1=latencies[converter.name], vs_ours=parity[converter.name])
     ours, theirs = results[contenders[0].name], results[contenders[1].name]
-    ratios = {"wall": ours["convert_cold_s"] / theirs["convert_cold_s"],
-              "peak_rss": ours["convert_cold_peak_rss_mib"] / theirs["convert_cold_peak_rss_mib"]}
+    ratios = {
+        "wall": ours["convert_cold_s"] / theirs["convert_cold_s"],
+        "peak_rss": ours["convert_cold_peak_rss_mib"] / theirs["convert_cold_peak_rss_mib"],
+    }
     return {
         "variant": config.name,
         "frozen_graph": str(frozen_graph or f"fixture {config.name}_frozen.pb (seed 0)"),
@@ -234,30 +271,67 @@ def print_table(report: dict) -> None:
 
     table = Table(title=f"{report['variant']}: frozen graph -> ONNX ({report['frozen_graph']})")
     table.add_column("converter", no_wrap=True)
-    for column in ("cold s", "cold CPU s", "peak RSS MiB", "warm s", "MB", "nodes", "p50 ms", "p90 ms", "max Δp", "top-5"):
+    for column in (
+        "cold s",
+        "cold CPU s",
+        "peak RSS MiB",
+        "warm s",
+        "MB",
+        "nodes",
+        "p50 ms",
+        "p90 ms",
+        "max Δp",
+        "top-5",
+    ):
         table.add_column(column, justify="right")
     for name, result in report["converters"].items():
         latency, parity = result["ort_batch1"], result["vs_ours"]
-        table.add_row(name, f"{result['convert_cold_s']:.2f}", f"{result['convert_cold_cpu_s']:.2f}", f"{result['convert_cold_peak_rss_mib']:.0f}",
-                      f"{result['convert_warm_s']:.3f}", f"{result['onnx_bytes'] / 1e6:.2f}", str(result["onnx_nodes"]),
-                      f"{latency['median_ms']:.3f}", f"{latency['p90_ms']:.3f}",
-                      f"{parity['max_abs_diff_probabilities']:.1e}", "same" if parity["same_top5"] else "DIFFERENT")
+        table.add_row(
+            name,
+            f"{result['convert_cold_s']:.2f}",
+            f"{result['convert_cold_cpu_s']:.2f}",
+            f"{result['convert_cold_peak_rss_mib']:.0f}",
+            f"{result['convert_warm_s']:.3f}",
+            f"{result['onnx_bytes'] / 1e6:.2f}",
+            str(result["onnx_nodes"]),
+            f"{latency['median_ms']:.3f}",
+            f"{latency['p90_ms']:.3f}",
+            f"{parity['max_abs_diff_probabilities']:.1e}",
+            "same" if parity["same_top5"] else "DIFFERENT",
+        )
     console = Console(width=max(Console().width, 130))
     console.print(table)
     ratios, targets = report["cold_ratio_ours_to_tf2onnx"], report["targets"]
-    console.print("ours / tf2onnx, cold: " + ", ".join(
-        f"{name} {ratio:.2f}x (target <= {targets[name]['at_most']}x: {'met' if targets[name]['met'] else 'NOT met'})" for name, ratio in ratios.items()))
-    console.print(f"cold: a fresh process per conversion (imports included), converters alternating, median of {report['repeats']}; "
-                  "peak RSS from os.wait4; warm: the conversion in this process")
-    console.print(f"p50/p90 ms: onnxruntime batch-1 latency over {report['runs']} runs after {report['warmup']} warm-up")
+    console.print(
+        "ours / tf2onnx, cold: "
+        + ", ".join(
+            f"{name} {ratio:.2f}x (target <= {targets[name]['at_most']}x: "
+            f"{'met' if targets[name]['met'] else 'NOT met'})"
+            for name, ratio in ratios.items()
+        )
+    )
+    console.print(
+        "cold: a fresh process per conversion (imports included), converters alternating, "
+        f"median of {report['repeats']}; "
+        "peak RSS from os.wait4; warm: the conversion in this process"
+    )
+    console.print(
+        f"p50/p90 ms: onnxruntime batch-1 latency over {report['runs']} runs after {report['warmup']} warm-up"
+    )
     console.print("max Δp, top-5: probabilities against ours on one seeded input")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--frozen-graph", type=Path, help=f"the frozen graph to convert (default: {GENUINE_FROZEN_GRAPH})")
-    parser.add_argument("--variant", help="convert the seed-0 official-layout fixture of this registry variant instead, e.g. 0.25_128")
-    parser.add_argument("--repeats", type=int, default=5, help="conversions timed per converter and mode (median reported)")
+    parser.add_argument(
+        "--frozen-graph", type=Path, help=f"the frozen graph to convert (default: {GENUINE_FROZEN_GRAPH})"
+    )
+    parser.add_argument(
+        "--variant", help="convert the seed-0 official-layout fixture of this registry variant instead, e.g. 0.25_128"
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=5, help="conversions timed per converter and mode (median reported)"
+    )
     parser.add_argument("--runs", type=int, default=200, help="timed onnxruntime runs")
     parser.add_argument("--warmup", type=int, default=20, help="untimed onnxruntime runs first")
     parser.add_argument("--json", action="store_true", help="print the report as JSON instead of a table")

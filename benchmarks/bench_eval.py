@@ -129,10 +129,15 @@ def run(args) -> dict:
         effect = draft_effect(model, csv, args.batch)
     runtime = statistics.median(rates["runtime"])
     report = {
-        "images": args.images, "batch": args.batch, "rounds": args.rounds, "cpus": os.cpu_count(),
+        "images": args.images,
+        "batch": args.batch,
+        "rounds": args.rounds,
+        "cpus": os.cpu_count(),
         "images_per_s": {name: statistics.median(values) for name, values in rates.items()},
         "ratio_to_runtime": {name: statistics.median(values) / runtime for name, values in rates.items()},
-        "accuracy": {name: {"top1": r["top1"]["accuracy"], "top5": r["top5"]["accuracy"]} for name, r in results.items()},
+        "accuracy": {
+            name: {"top1": r["top1"]["accuracy"], "top5": r["top5"]["accuracy"]} for name, r in results.items()
+        },
         "draft_effect": effect,
     }
     return report
@@ -158,9 +163,14 @@ def main(argv: list[str] | None = None) -> None:
         figures = f"{accuracy['top1']:>7.1%} {accuracy['top5']:>7.1%}" if accuracy else ""
         print(f"{name:<12} {rate:>9.1f} {report['ratio_to_runtime'][name]:>10.0%} {figures}")
     effect = report["draft_effect"]
-    print(f"draft decoding: top-1 equal to the exact decode's on {effect['top1_agreement']:.1%} of {effect['images']} photos")
-    print(f"{report['images']} photos 1280x720 (JPEG and BMP), batch {report['batch']}, {report['cpus']} CPUs, "
-          f"medians of {report['rounds']} interleaved rounds; target: eval >= {TARGET_RATIO:.0%} of the runtime")
+    print(
+        f"draft decoding: top-1 equal to the exact decode's on {effect['top1_agreement']:.1%} "
+        f"of {effect['images']} photos"
+    )
+    print(
+        f"{report['images']} photos 1280x720 (JPEG and BMP), batch {report['batch']}, {report['cpus']} CPUs, "
+        f"medians of {report['rounds']} interleaved rounds; target: eval >= {TARGET_RATIO:.0%} of the runtime"
+    )
 
 
 if __name__ == "__main__":

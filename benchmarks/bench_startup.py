@@ -45,7 +45,9 @@ def run_measured(command: list[str], env: dict[str, str] | None = None) -> Proce
     wall = time.perf_counter() - start
     process.returncode = os.waitstatus_to_exitcode(status)
     if process.returncode != 0:
-        raise SystemExit(f"{' '.join(command)} failed ({process.returncode}):\n{stderr.decode(errors='replace')[-2000:]}")
+        raise SystemExit(
+            f"{' '.join(command)} failed ({process.returncode}):\n{stderr.decode(errors='replace')[-2000:]}"
+        )
     return ProcessStats(wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss * 1024)  # ru_maxrss: KiB on Linux
 
 
@@ -84,8 +86,10 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{'command':<16} {'wall s':>8} {'p90 s':>8} {'cpu s':>8} {'RSS MiB':>8}  target <= {TARGET_S} s")
     for name, row in report.items():
         verdict = "" if name.startswith("python") else ("ok" if row["median_wall_s"] <= TARGET_S else "OVER")
-        print(f"{name:<16} {row['median_wall_s']:>8.3f} {row['p90_wall_s']:>8.3f} {row['median_cpu_s']:>8.3f} "
-              f"{row['median_peak_rss_mib']:>8.1f}  {verdict}")
+        print(
+            f"{name:<16} {row['median_wall_s']:>8.3f} {row['p90_wall_s']:>8.3f} {row['median_cpu_s']:>8.3f} "
+            f"{row['median_peak_rss_mib']:>8.1f}  {verdict}"
+        )
     print(f"medians of {args.runs} cold processes each ({sys.executable}), commands interleaved")
 
 

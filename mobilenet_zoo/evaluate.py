@@ -320,7 +320,8 @@ def evaluate(model: str | Path, data: str | Path, limit: int | None = None, batc
         raise ZooError(f"--batch must be at least 1, not {batch}")
     plan, runner = plan_evaluation(model, data, limit, resolution, registry, mirror)
     counts = Counts()
-    for decoded in prefetched_batches(plan.samples, batch, plan.resolution, plan.quantized, workers or os.cpu_count() or 1, draft):
+    workers = workers or os.cpu_count() or 1
+    for decoded in prefetched_batches(plan.samples, batch, plan.resolution, plan.quantized, workers, draft):
         counts.add(score_batch(runner, decoded))
         if progress:
             progress(counts.seen, len(plan.samples))

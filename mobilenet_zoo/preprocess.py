@@ -79,7 +79,8 @@ def resize_bilinear(pixels: np.ndarray, size: int, method: str = "bilinear") -> 
     rows = np.take(pixels, np.concatenate([top_i, bottom_i]), axis=0)  # top rows, then bottom rows
     channels = pixels.shape[2]
     columns = (np.concatenate([left_i, right_i])[:, None] * channels + np.arange(channels)).ravel()  # left, then right
-    corners = np.take(rows.reshape(len(rows), -1), columns, axis=1).reshape(len(rows), 2 * size, channels).astype(np.float32)
+    corners = np.take(rows.reshape(len(rows), -1), columns, axis=1).reshape(len(rows), 2 * size, channels)
+    corners = corners.astype(np.float32)
     left = corners[:, :size]
     across = corners[:, size:] - left  # left + (right - left) * x_weight, for the top and bottom rows at once
     across *= x_weight[None, :, None]

@@ -114,7 +114,9 @@ class ReferenceModel:
 def runnable_reference(reference: ReferenceModel) -> ReferenceModel:
     """The reference itself, or, for an official float frozen graph when TensorFlow is not installed, the official
     float `.tflite` beside it (same release, same weights), run in LiteRT."""
-    if reference.stands_in_for is not None or not reference.backbone.is_default or detect_format(reference.path) != "tf":
+    if reference.stands_in_for is not None or not reference.backbone.is_default:
+        return reference
+    if detect_format(reference.path) != "tf":
         return reference
     stand_in = format_module("tf").tflite_stand_in(reference.path)
     return ReferenceModel(stand_in, reference.backbone, reference.path) if stand_in else reference
@@ -140,7 +142,8 @@ def reference_runner(reference: ReferenceModel) -> Iterator[Runner]:
 
 def compute_reference(reference: Path | ReferenceModel, images: list[Path], n_random: int = 8, seed: int = 0) -> Reference:
     """Run the reference model on images plus random inputs."""
-    reference = runnable_reference(reference if isinstance(reference, ReferenceModel) else ReferenceModel(Path(reference)))
+    reference = reference if isinstance(reference, ReferenceModel) else ReferenceModel(Path(reference))
+    reference = runnable_reference(reference)
     with reference_runner(reference) as runner:
         if runner.resolution is None:
             raise ModelFormatError(f"{reference.path}: the reference must have a fixed input size")

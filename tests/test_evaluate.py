@@ -272,8 +272,9 @@ def reference_resize(pixels: np.ndarray, size: int, method: str) -> np.ndarray:
     image = pixels.astype(np.float32)
     top_i, bottom_i, y_weight = _bilinear_axis(image.shape[0], size, method == "bilinear")
     left_i, right_i, x_weight = _bilinear_axis(image.shape[1], size, method == "bilinear")
-    top = image[top_i][:, left_i] + (image[top_i][:, right_i] - image[top_i][:, left_i]) * x_weight[None, :, None]
-    bottom = image[bottom_i][:, left_i] + (image[bottom_i][:, right_i] - image[bottom_i][:, left_i]) * x_weight[None, :, None]
+    weight = x_weight[None, :, None]
+    top = image[top_i][:, left_i] + (image[top_i][:, right_i] - image[top_i][:, left_i]) * weight
+    bottom = image[bottom_i][:, left_i] + (image[bottom_i][:, right_i] - image[bottom_i][:, left_i]) * weight
     return top + (bottom - top) * y_weight[:, None, None]
 
 
@@ -309,7 +310,8 @@ def test_fast_preprocessing_gives_exactly_the_reference_numbers(size, method, od
         resized = resize_bilinear(central_crop(pixels), size, method)
         assert resized.dtype == np.float32 and np.array_equal(resized, expected), path.name
         np.testing.assert_array_equal(load_image(path, size, method), expected / 127.5 - 1.0)
-        np.testing.assert_array_equal(load_image_uint8(path, size, method), np.clip(np.round(expected), 0, 255).astype(np.uint8))
+        expected_uint8 = np.clip(np.round(expected), 0, 255).astype(np.uint8)
+        np.testing.assert_array_equal(load_image_uint8(path, size, method), expected_uint8)
 
 
 def test_fast_resize_of_other_dtypes_and_shapes():
@@ -340,8 +342,9 @@ def test_eval_fast_decode_on_the_real_model(labelled_csv):
     exact = evaluate(model_path("0.5_160"), labelled_csv)
     drafted = evaluate(model_path("0.5_160"), labelled_csv, draft=True)
     assert (drafted.images, drafted.top1, drafted.top5) == (exact.images, exact.top1, exact.top5) == (4, 4, 4)
-    outcome = CliRunner().invoke(app, ["eval", str(model_path("0.5_160")), str(labelled_csv), "--json", "--fast-decode"])
+    model = str(model_path("0.5_160"))
+    outcome = CliRunner().invoke(app, ["eval", model, str(labelled_csv), "--json", "--fast-decode"])
     assert outcome.exit_code == 0, outcome.output
     assert json.loads(outcome.stdout)["top1"]["hits"] == 4
-    refused = CliRunner().invoke(app, ["eval", str(model_path("0.5_160")), str(labelled_csv), "--fast-decode", "--ray"])
+    refused = CliRunner().invoke(app, ["eval", model, str(labelled_csv), "--fast-decode", "--ray"])
     assert refused.exit_code == 1 and "not with --ray" in str(refused.exception)

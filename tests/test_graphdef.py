@@ -5,13 +5,20 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import tensorflow as tf
-from tensorflow.core.framework import attr_value_pb2, graph_pb2, node_def_pb2, tensor_pb2, tensor_shape_pb2, types_pb2
+from realdata import FROZEN_1_0_224, realdata
+from tensorflow.core.framework import (
+    attr_value_pb2,
+    graph_pb2,
+    node_def_pb2,
+    tensor_pb2,
+    tensor_shape_pb2,
+    types_pb2,
+)
 
 from mobilenet_zoo.arch import ModelConfig
 from mobilenet_zoo.errors import ModelFormatError
 from mobilenet_zoo.formats import graphdef
 from mobilenet_zoo.formats import tensorflow as tf_format
-from realdata import FROZEN_1_0_224, realdata
 
 SMALL = ModelConfig(0.25, 128)
 TF_MESSAGES = {
@@ -31,7 +38,9 @@ def tf_read_frozen_graph(path) -> object:
     graph_def.ParseFromString(path.read_bytes())
     constants = {node.name: node for node in graph_def.node if node.op == "Const"}
     resolution = tf_format._input_resolution(graph_def, path)
-    return tf_format._canonical_model(set(constants), lambda name: tf.make_ndarray(constants[name].attr["value"].tensor), resolution, path)
+    return tf_format._canonical_model(
+        set(constants), lambda name: tf.make_ndarray(constants[name].attr["value"].tensor), resolution, path
+    )
 
 
 def assert_same_model(ours, theirs) -> None:
@@ -48,7 +57,11 @@ def test_declared_fields_match_tensorflows_protos(message):
     theirs = TF_MESSAGES[message].DESCRIPTOR
     for field in ours.fields:
         reference = theirs.fields_by_name[field.name]
-        assert (field.number, field.type, field.is_repeated) == (reference.number, reference.type, reference.is_repeated), field.name
+        assert (field.number, field.type, field.is_repeated) == (
+            reference.number,
+            reference.type,
+            reference.is_repeated,
+        ), field.name
         if field.message_type is not None:
             assert field.message_type.name == reference.message_type.name, field.name
         assert (field.containing_oneof is None) == (reference.containing_oneof is None), field.name
@@ -61,16 +74,19 @@ def test_data_types_match_tensorflows_enum():
             assert types_pb2.DataType.Value(f"{name}_REF") == value + 100
 
 
-@pytest.mark.parametrize("values", [
-    np.arange(24, dtype=np.float32).reshape(2, 3, 4),
-    np.float32(0.5),
-    np.array([[1, 2], [3, 4]], np.int32),
-    np.array([7, -1], np.int64),
-    np.array([True, False, True]),
-    np.array([1.5, -2.25], np.float16),
-    np.array([0, 255, 17], np.uint8),
-    np.array([-3.0, 0.125], np.float64),
-])
+@pytest.mark.parametrize(
+    "values",
+    [
+        np.arange(24, dtype=np.float32).reshape(2, 3, 4),
+        np.float32(0.5),
+        np.array([[1, 2], [3, 4]], np.int32),
+        np.array([7, -1], np.int64),
+        np.array([True, False, True]),
+        np.array([1.5, -2.25], np.float16),
+        np.array([0, 255, 17], np.uint8),
+        np.array([-3.0, 0.125], np.float64),
+    ],
+)
 def test_tensor_values_as_make_ndarray_gives_them(values):
     proto = tf.make_tensor_proto(values)
     ours = graphdef.tensor_array(graphdef.message_classes()["TensorProto"].FromString(proto.SerializeToString()))
@@ -79,11 +95,21 @@ def test_tensor_values_as_make_ndarray_gives_them(values):
     np.testing.assert_array_equal(ours, expected)
 
 
-@pytest.mark.parametrize("field,values,dtype", [("float_val", [0.25], "DT_FLOAT"), ("float_val", [1.0, 2.0], "DT_FLOAT"),
-                                                ("int_val", [3, 4], "DT_INT32"), ("half_val", [15360], "DT_HALF"), ("float_val", [], "DT_FLOAT")])
+@pytest.mark.parametrize(
+    "field,values,dtype",
+    [
+        ("float_val", [0.25], "DT_FLOAT"),
+        ("float_val", [1.0, 2.0], "DT_FLOAT"),
+        ("int_val", [3, 4], "DT_INT32"),
+        ("half_val", [15360], "DT_HALF"),
+        ("float_val", [], "DT_FLOAT"),
+    ],
+)
 def test_short_value_lists_repeat_their_last_value(field, values, dtype):
     """Constants that store fewer values than their shape holds (a splat): TensorFlow repeats the last value."""
-    proto = tensor_pb2.TensorProto(dtype=types_pb2.DataType.Value(dtype), tensor_shape=tf.TensorShape([2, 3]).as_proto())
+    proto = tensor_pb2.TensorProto(
+        dtype=types_pb2.DataType.Value(dtype), tensor_shape=tf.TensorShape([2, 3]).as_proto()
+    )
     getattr(proto, field).extend(values)
     ours = graphdef.tensor_array(graphdef.message_classes()["TensorProto"].FromString(proto.SerializeToString()))
     expected = tf.make_ndarray(proto)

@@ -33,7 +33,8 @@ except SystemExit as exc:
     code = exc.code or 0
 with open(report, "w") as stream:
     frameworks = ("tensorflow", "torch", "onnx", "onnxruntime", "ai_edge_litert", "tf2onnx")
-    json.dump({"code": code, "tensorflow": "tensorflow" in sys.modules, "frameworks": [m for m in frameworks if m in sys.modules]}, stream)
+    imported = [m for m in frameworks if m in sys.modules]
+    json.dump({"code": code, "tensorflow": "tensorflow" in sys.modules, "frameworks": imported}, stream)
 sys.exit(code)
 """
 
@@ -65,7 +66,13 @@ def run_cli(tmp_path: Path, *args, hide_tensorflow: bool = False) -> tuple[subpr
         (tmp_path / "hide" / "sitecustomize.py").write_text(HIDE_TENSORFLOW)
         paths.insert(0, str(tmp_path / "hide"))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths + [os.environ.get("PYTHONPATH", "")])}
-    process = subprocess.run([sys.executable, str(script), str(report), *map(str, args)], env=env, capture_output=True, text=True, timeout=600)
+    process = subprocess.run(
+        [sys.executable, str(script), str(report), *map(str, args)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     return process, json.loads(report.read_text()) if report.exists() else {}
 
 
@@ -79,7 +86,9 @@ def test_convert_frozen_graph_to_onnx_never_imports_tensorflow(tmp_path):
 
 def test_the_hiding_works(tmp_path):
     """The check below can fail: under the hiding sitecustomize, TensorFlow cannot be imported."""
-    process, report = run_cli(tmp_path, "convert", realdata(FROZEN_1_0_224), "--to", "tf", "-o", tmp_path / "out", hide_tensorflow=True)
+    process, report = run_cli(
+        tmp_path, "convert", realdata(FROZEN_1_0_224), "--to", "tf", "-o", tmp_path / "out", hide_tensorflow=True
+    )
     assert process.returncode == 3 and report["code"] == 3
     assert process.stderr.startswith("error: TensorFlow is not installed: pip install 'mobilenet-zoo[tf]'")
     assert "Traceback" not in process.stderr
@@ -88,7 +97,9 @@ def test_the_hiding_works(tmp_path):
 def test_official_tarball_converts_and_verifies_without_tensorflow(tmp_path, official_tarball):
     tarball = official_tarball(SMALL.alpha, SMALL.resolution)
     out = tmp_path / "out"
-    process, report = run_cli(tmp_path, "convert", tarball, "--to", "onnx,torch", "-o", out, "--verify", "--json", hide_tensorflow=True)
+    process, report = run_cli(
+        tmp_path, "convert", tarball, "--to", "onnx,torch", "-o", out, "--verify", "--json", hide_tensorflow=True
+    )
     assert process.returncode == 0, process.stderr
     assert (report["code"], report["tensorflow"]) == (0, False)
     targets = json.loads(process.stdout)["targets"]
@@ -96,7 +107,9 @@ def test_official_tarball_converts_and_verifies_without_tensorflow(tmp_path, off
     for target in targets:
         assert target["passed"] and target["max_abs_logits"] <= 1e-4 and target["top5_agreement"] == 1.0
         assert target["reference"].startswith(str(Path(target["reference"]).parent / f"{SMALL.name}.tflite"))
-        assert target["reference"].endswith(f"(float TFLite in LiteRT for {SMALL.name}_frozen.pb: TensorFlow is not installed)")
+        assert target["reference"].endswith(
+            f"(float TFLite in LiteRT for {SMALL.name}_frozen.pb: TensorFlow is not installed)"
+        )
 
 
 def test_tensorflow_installed_keeps_the_frozen_graph_as_reference(tmp_path, official_tarball):
@@ -110,7 +123,9 @@ def test_tensorflow_installed_keeps_the_frozen_graph_as_reference(tmp_path, offi
 def test_a_bare_frozen_graph_needs_tensorflow_to_verify(tmp_path):
     """No float .tflite beside it: the reference cannot run, and the error says what to install."""
     out = tmp_path / "out"
-    process, report = run_cli(tmp_path, "convert", realdata(FROZEN_1_0_224), "--to", "onnx", "-o", out, "--verify", hide_tensorflow=True)
+    process, report = run_cli(
+        tmp_path, "convert", realdata(FROZEN_1_0_224), "--to", "onnx", "-o", out, "--verify", hide_tensorflow=True
+    )
     assert report["code"] == 3, process.stderr
     assert process.stderr.startswith("error: TensorFlow is not installed")
     assert (out / "mobilenet_v1_1.0_224.onnx").exists()

@@ -52,7 +52,8 @@ def eval_command(
     batch: int = typer.Option(32, "--batch", help="Images per inference batch."),
     resolution: Optional[int] = typer.Option(None, "--resolution", help="Input size, for models that do not fix it."),
     workers: Optional[int] = typer.Option(None, "--workers", help="Threads decoding images ahead of inference (default: one per CPU)."),
-    fast_decode: bool = typer.Option(False, "--fast-decode", help="Approximate JPEG decoding at a reduced DCT scale: faster on large photos, slightly different pixels (not the slim preprocessing)."),
+    fast_decode: bool = typer.Option(False, "--fast-decode", help="Approximate JPEG decoding at a reduced DCT scale: "
+                                     "faster on large photos, slightly different pixels (not the slim preprocessing)."),
     ray: bool = RayOption,
     ray_address: Optional[str] = RayAddressOption,
     registry: Optional[Path] = RegistryOption,

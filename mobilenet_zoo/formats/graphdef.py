@@ -45,7 +45,19 @@ _NUMPY = {
 
 # message -> fields (name, number, type, label, message or enum type); types and labels as in descriptor.proto
 _OPTIONAL, _REPEATED = 1, 3
-_DOUBLE, _FLOAT, _INT64, _UINT64, _INT32, _BOOL, _STRING, _MESSAGE, _BYTES, _UINT32, _ENUM = 1, 2, 3, 4, 5, 8, 9, 11, 12, 13, 14
+_DOUBLE, _FLOAT, _INT64, _UINT64, _INT32, _BOOL, _STRING, _MESSAGE, _BYTES, _UINT32, _ENUM = (
+    1,
+    2,
+    3,
+    4,
+    5,
+    8,
+    9,
+    11,
+    12,
+    13,
+    14,
+)
 _MESSAGES: dict[str, list[tuple[str, int, int, int, str | None]]] = {
     "GraphDef": [("node", 1, _MESSAGE, _REPEATED, "NodeDef"), ("versions", 4, _MESSAGE, _OPTIONAL, "VersionDef")],
     "VersionDef": [("producer", 1, _INT32, _OPTIONAL, None), ("min_consumer", 2, _INT32, _OPTIONAL, None)],
@@ -91,7 +103,10 @@ _MESSAGES: dict[str, list[tuple[str, int, int, int, str | None]]] = {
         ("uint32_val", 16, _UINT32, _REPEATED, None),
         ("uint64_val", 17, _UINT64, _REPEATED, None),
     ],
-    "TensorShapeProto": [("dim", 2, _MESSAGE, _REPEATED, "TensorShapeProto.Dim"), ("unknown_rank", 3, _BOOL, _OPTIONAL, None)],
+    "TensorShapeProto": [
+        ("dim", 2, _MESSAGE, _REPEATED, "TensorShapeProto.Dim"),
+        ("unknown_rank", 3, _BOOL, _OPTIONAL, None),
+    ],
     "TensorShapeProto.Dim": [("size", 1, _INT64, _OPTIONAL, None), ("name", 2, _STRING, _OPTIONAL, None)],
 }
 
@@ -126,7 +141,9 @@ def message_classes() -> dict[str, type]:
     attr_entry.field.add(name="value", number=2, type=_MESSAGE, label=_OPTIONAL, type_name=f".{_PACKAGE}.AttrValue")
     pool = descriptor_pool.DescriptorPool()
     pool.Add(file)
-    return {name: message_factory.GetMessageClass(pool.FindMessageTypeByName(f"{_PACKAGE}.{name}")) for name in _MESSAGES}
+    return {
+        name: message_factory.GetMessageClass(pool.FindMessageTypeByName(f"{_PACKAGE}.{name}")) for name in _MESSAGES
+    }
 
 
 def read_graph_def(path: Path):
