@@ -19,13 +19,15 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
-
-import requests
 
 from mobilenet_zoo.cache import PART_SUFFIX
 from mobilenet_zoo.constants import ATTEMPTS_ENV, BACKOFF_ENV, OFFLINE_ENV, TIMEOUT_ENV
 from mobilenet_zoo.errors import ChecksumError, DownloadError, OfflineError, ZooError
+
+if TYPE_CHECKING:  # requests is imported where a download happens: `info` and `cache` start faster without it
+    import requests
 
 QUIET = False  # True: retries are not announced on stderr (the default of `download(quiet=None)`)
 CHUNK_SIZE = 1 << 16
@@ -116,6 +118,8 @@ def download(
 
 
 def _fetch_with_retries(url: str, partial: Path, policy: RetryPolicy, progress: ProgressCallback | None, quiet: bool) -> None:
+    import requests
+
     with requests.Session() as session:
         for attempt in range(1, policy.attempts + 1):
             try:
@@ -133,6 +137,8 @@ def _fetch_with_retries(url: str, partial: Path, policy: RetryPolicy, progress: 
 
 def _fetch(session: requests.Session, url: str, partial: Path, timeout: float, progress: ProgressCallback | None) -> None:
     """One attempt: GET the rest of the file (Range from the partial file's size) and append it."""
+    import requests
+
     offset = partial.stat().st_size if partial.exists() else 0
     headers = {"Accept-Encoding": "identity"}
     if offset:
@@ -226,6 +232,8 @@ def _name_not_resolved(exc: BaseException) -> bool:
 
 def _reason(exc: requests.RequestException, url: str, timeout: float) -> str:
     """A short human reason for a requests failure (its own messages nest several reprs)."""
+    import requests
+
     causes = _causes(exc)
     if isinstance(exc, requests.ConnectTimeout) or any(type(e).__name__ == "ConnectTimeoutError" for e in causes):
         return f"no connection to {_host(url)} within {timeout:g} s"

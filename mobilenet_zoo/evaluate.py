@@ -130,13 +130,14 @@ class DecodedBatch:
     errors: list[str]  # per sample: "" when read, else the reason it was skipped
 
 
-def decode_batch(samples: list[Sample], resolution: int, quantized: bool) -> DecodedBatch:
-    """Decode and preprocess samples for a float ([-1, 1] float32) or quantized (uint8) model."""
+def decode_batch(samples: list[Sample], resolution: int, quantized: bool, draft: bool = False) -> DecodedBatch:
+    """Decode and preprocess samples for a float ([-1, 1] float32) or quantized (uint8) model
+    (`draft`: approximate, faster JPEG decoding; see `preprocess.decode_image`)."""
     load = load_image_uint8 if quantized else load_image
     images, errors = [], []
     for sample in samples:
         try:
-            images.append(load(sample.path, resolution))
+            images.append(load(sample.path, resolution, draft=draft))
             errors.append("")
         except ZooError as exc:
             errors.append(str(exc))
@@ -315,13 +316,14 @@ def _recognised_variant(path: Path) -> list[str]:
 # ---------------------------------------------------------------------------------------------- running
 
 
-def prefetched_batches(samples: list[Sample], batch: int, resolution: int, quantized: bool, workers: int) -> Iterator[DecodedBatch]:
+def prefetched_batches(samples: list[Sample], batch: int, resolution: int, quantized: bool, workers: int,
+                       draft: bool = False) -> Iterator[DecodedBatch]:
     """Decoded batches in order, `workers` threads decoding up to `workers` batches ahead of the consumer."""
     chunks = (samples[start : start + batch] for start in range(0, len(samples), batch))
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode") as pool:
         pending: deque = deque()
         for chunk in chunks:
-            pending.append(pool.submit(decode_batch, chunk, resolution, quantized))
+            pending.append(pool.submit(decode_batch, chunk, resolution, quantized, draft))
             if len(pending) > workers:
                 yield pending.popleft().result()
         while pending:
@@ -330,13 +332,15 @@ def prefetched_batches(samples: list[Sample], batch: int, resolution: int, quant
 
 def evaluate(model: str | Path, data: str | Path, limit: int | None = None, batch: int = 32, *, resolution: int | None = None,
              workers: int | None = None, registry: Path | None = None, mirror: str | None = None,
-             progress: Progress | None = None) -> EvalResult:
-    """Top-1/top-5 accuracy of `model` over `data` in this process; `progress(done, total)` after each batch."""
+             progress: Progress | None = None, draft: bool = False) -> EvalResult:
+    """Top-1/top-5 accuracy of `model` over `data` in this process; `progress(done, total)` after each batch
+    (`draft`: approximate, faster JPEG decoding, off by default)."""
     if batch < 1:
         raise ZooError(f"--batch must be at least 1, not {batch}")
     plan, runner = plan_evaluation(model, data, limit, resolution, registry, mirror)
     counts = Counts()
-    for decoded in prefetched_batches(plan.samples, batch, plan.resolution, plan.quantized, workers or os.cpu_count() or 1):
+    workers = workers or os.cpu_count() or 1
+    for decoded in prefetched_batches(plan.samples, batch, plan.resolution, plan.quantized, workers, draft):
         counts.add(score_batch(runner, decoded))
         if progress:
             progress(counts.seen, len(plan.samples))

@@ -139,6 +139,7 @@ class ReferenceModel:
     path: Path
     backbone: Backbone = Backbone()
     engine: str = RUNTIME
+    stands_in_for: Path | None = None  # the frozen graph whose official float .tflite runs instead (no TensorFlow)
 
     @property
     def runs_in_numpy(self) -> bool:
@@ -148,7 +149,20 @@ class ReferenceModel:
     def origin(self) -> str:
         options = " ".join(f"{key}={value}" for key, value in self.backbone.metadata().items())
         how = " (numpy forward pass)" if self.runs_in_numpy else ""
+        if self.stands_in_for is not None:
+            how += f" (float TFLite in LiteRT for {self.stands_in_for.name}: TensorFlow is not installed)"
         return f"{self.path}{how} [{options}]" if options else f"{self.path}{how}"
+
+
+def runnable_reference(reference: ReferenceModel) -> ReferenceModel:
+    """The reference itself, or, for an official float frozen graph when TensorFlow is not installed, the official
+    float `.tflite` beside it (same release, same weights), run in LiteRT."""
+    if reference.stands_in_for is not None or reference.runs_in_numpy:
+        return reference
+    if detect_format(reference.path) != "tf":
+        return reference
+    stand_in = format_module("tf").tflite_stand_in(reference.path)
+    return ReferenceModel(stand_in, reference.backbone, RUNTIME, reference.path) if stand_in else reference
 
 
 @dataclass
@@ -189,6 +203,7 @@ def reference_runner(reference: ReferenceModel) -> Iterator[Runner]:
 def compute_reference(reference: Path | ReferenceModel, images: list[Path], n_random: int = 8, seed: int = 0) -> Reference:
     """Run the reference model on images plus random inputs."""
     reference = reference if isinstance(reference, ReferenceModel) else ReferenceModel(Path(reference))
+    reference = runnable_reference(reference)
     with reference_runner(reference) as runner:
         if runner.resolution is None:
             raise ModelFormatError(f"{reference.path}: the reference must have a fixed input size")

@@ -9,6 +9,7 @@ They differ by a fraction of a pixel value, enough to swap close classes: on gra
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -18,13 +19,24 @@ from mobilenet_zoo.errors import ZooError
 CENTRAL_FRACTION = 0.875
 
 
-def decode_image(path: str | Path) -> np.ndarray:
-    """RGB uint8 HWC pixels of an image file."""
+def decode_image(path: str | Path, draft_size: int | None = None) -> np.ndarray:
+    """RGB uint8 HWC pixels of an image file.
+
+    `draft_size` (approximate, only on request): a JPEG is decoded at the smallest of its DCT scales (1/2, 1/4,
+    1/8) whose central crop still covers `draft_size` pixels, which is several times faster for large photos
+    but changes the pixels (libjpeg's scaled IDCT instead of the full decode and our bilinear resize).
+    """
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as image:
-            return np.asarray(image.convert("RGB"), dtype=np.uint8)
+            if draft_size and image.format == "JPEG":
+                scale = draft_size / CENTRAL_FRACTION / min(image.size)
+                image.draft("RGB", (math.ceil(image.width * scale), math.ceil(image.height * scale)))
+            if image.mode != "RGB":  # an RGB image needs no converted copy
+                image = image.convert("RGB")
+            # one tobytes() copy: np.asarray(image) packs the pixels twice (Pillow's __array_interface__)
+            return np.frombuffer(image.tobytes(), np.uint8).reshape(image.height, image.width, 3)
     except FileNotFoundError:
         raise ZooError(f"image not found: {path}") from None
     except (UnidentifiedImageError, OSError) as exc:
@@ -54,31 +66,45 @@ def _bilinear_axis(in_size: int, out_size: int, half_pixel: bool) -> tuple[np.nd
 
 
 def resize_bilinear(pixels: np.ndarray, size: int, method: str = "bilinear") -> np.ndarray:
-    """Float32 HWC resized to size x size as TensorFlow does (see the module docstring for `method`)."""
+    """Float32 HWC resized to size x size as TensorFlow does (see the module docstring for `method`).
+
+    Only the 2 x size rows and columns the interpolation reads are gathered (in the input's dtype) and made
+    float32, never the whole image: the same float32 arithmetic, so the same numbers, at a fraction of the work.
+    """
     if method not in RESIZE_METHODS:
         raise ZooError(f"unknown resize method {method!r}; choose one of {', '.join(RESIZE_METHODS)}")
-    image = pixels.astype(np.float32)
     half_pixel = method == "bilinear"
-    top_i, bottom_i, y_weight = _bilinear_axis(image.shape[0], size, half_pixel)
-    left_i, right_i, x_weight = _bilinear_axis(image.shape[1], size, half_pixel)
-    top = image[top_i][:, left_i] + (image[top_i][:, right_i] - image[top_i][:, left_i]) * x_weight[None, :, None]
-    bottom = image[bottom_i][:, left_i] + (image[bottom_i][:, right_i] - image[bottom_i][:, left_i]) * x_weight[None, :, None]
-    return top + (bottom - top) * y_weight[:, None, None]
+    top_i, bottom_i, y_weight = _bilinear_axis(pixels.shape[0], size, half_pixel)
+    left_i, right_i, x_weight = _bilinear_axis(pixels.shape[1], size, half_pixel)
+    rows = np.take(pixels, np.concatenate([top_i, bottom_i]), axis=0)  # top rows, then bottom rows
+    channels = pixels.shape[2]
+    columns = (np.concatenate([left_i, right_i])[:, None] * channels + np.arange(channels)).ravel()  # left, then right
+    corners = np.take(rows.reshape(len(rows), -1), columns, axis=1).reshape(len(rows), 2 * size, channels)
+    corners = corners.astype(np.float32)
+    left = corners[:, :size]
+    across = corners[:, size:] - left  # left + (right - left) * x_weight, for the top and bottom rows at once
+    across *= x_weight[None, :, None]
+    across += left
+    top = across[:size]
+    resized = across[size:] - top  # top + (bottom - top) * y_weight
+    resized *= y_weight[:, None, None]
+    resized += top
+    return resized
 
 
-def resized_pixels(path: str | Path, resolution: int, method: str = "bilinear") -> np.ndarray:
-    """Cropped and resized pixels, float32 in 0..255."""
-    return resize_bilinear(central_crop(decode_image(path)), resolution, method)
+def resized_pixels(path: str | Path, resolution: int, method: str = "bilinear", draft: bool = False) -> np.ndarray:
+    """Cropped and resized pixels, float32 in 0..255 (`draft`: approximate JPEG decoding, see `decode_image`)."""
+    return resize_bilinear(central_crop(decode_image(path, resolution if draft else None)), resolution, method)
 
 
-def load_image(path: str | Path, resolution: int, method: str = "bilinear") -> np.ndarray:
+def load_image(path: str | Path, resolution: int, method: str = "bilinear", draft: bool = False) -> np.ndarray:
     """Float32 HWC in [-1, 1]: the input of the float models."""
-    return resized_pixels(path, resolution, method) / 127.5 - 1.0
+    return resized_pixels(path, resolution, method, draft) / 127.5 - 1.0
 
 
-def load_image_uint8(path: str | Path, resolution: int, method: str = "bilinear") -> np.ndarray:
+def load_image_uint8(path: str | Path, resolution: int, method: str = "bilinear", draft: bool = False) -> np.ndarray:
     """Uint8 HWC 0..255: the input of the quantized models (scale 1/128, zero point 128)."""
-    return np.clip(np.round(resized_pixels(path, resolution, method)), 0, 255).astype(np.uint8)
+    return np.clip(np.round(resized_pixels(path, resolution, method, draft)), 0, 255).astype(np.uint8)
 
 
 def load_batch(paths: list[str | Path], resolution: int, quantized: bool, method: str = "bilinear") -> np.ndarray:

@@ -75,7 +75,8 @@ def official_members(folder: Path) -> tuple[str, Path | None, Path | None]:
 
 
 def from_official_folder(folder: Path) -> Source:
-    """An extracted official tarball: quantized variants read from their uint8 `.tflite`, float from the checkpoint."""
+    """An extracted official tarball: quantized variants read from their uint8 `.tflite`, float ones from the frozen
+    graph (plain protobuf, no TensorFlow; the same weights as the checkpoint), else from the checkpoint."""
     name, checkpoint, frozen = official_members(folder)
     tflite = folder / f"{name}.tflite"
     if name.endswith("_quant"):
@@ -84,7 +85,7 @@ def from_official_folder(folder: Path) -> Source:
         return Source(format_module("tflite").read(tflite), tflite, name, folder)
     if checkpoint is None and frozen is None:
         raise ModelFormatError(f"{folder}: neither {name}.ckpt nor {name}_frozen.pb is there")
-    model = format_module("tf").read(checkpoint or frozen)
+    model = format_module("tf").read(frozen or checkpoint)
     return Source(model, frozen, name, folder)
 
 

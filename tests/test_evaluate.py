@@ -253,3 +253,99 @@ def test_a_failing_ray_task_raises_its_error_and_writes_nothing(ray_session, fix
 def test_a_resolution_the_model_does_not_take_is_an_error(labelled_csv):
     with pytest.raises(ZooError, match="takes 160x160 inputs, not --resolution 128"):
         evaluate(model_path("0.5_160"), labelled_csv, resolution=128)
+
+
+# ---------------------------------------------------------------------------------------------- fast preprocessing
+
+
+def reference_decode(path: Path) -> np.ndarray:
+    """The pixels as the slim preprocessing always decoded them: the whole image, converted to RGB."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        return np.asarray(image.convert("RGB"), dtype=np.uint8)
+
+
+def reference_resize(pixels: np.ndarray, size: int, method: str) -> np.ndarray:
+    """The bilinear resize in its plain form: the whole image in float32, then the four gathers."""
+    from mobilenet_zoo.preprocess import _bilinear_axis
+
+    image = pixels.astype(np.float32)
+    top_i, bottom_i, y_weight = _bilinear_axis(image.shape[0], size, method == "bilinear")
+    left_i, right_i, x_weight = _bilinear_axis(image.shape[1], size, method == "bilinear")
+    weight = x_weight[None, :, None]
+    top = image[top_i][:, left_i] + (image[top_i][:, right_i] - image[top_i][:, left_i]) * weight
+    bottom = image[bottom_i][:, left_i] + (image[bottom_i][:, right_i] - image[bottom_i][:, left_i]) * weight
+    return top + (bottom - top) * y_weight[:, None, None]
+
+
+@pytest.fixture(scope="module")
+def odd_images(tmp_path_factory) -> list[Path]:
+    """Images in the other modes the decoder converts (grey, palette, RGBA, CMYK JPEG) and odd sizes."""
+    from PIL import Image
+
+    folder = tmp_path_factory.mktemp("odd_images")
+    photo = Image.open(DATA / "parrot.jpg").convert("RGB")
+    images = {
+        "grey.png": photo.convert("L"),
+        "palette.png": photo.convert("P"),
+        "rgba.png": photo.convert("RGBA").resize((97, 131)),
+        "cmyk.jpg": photo.convert("CMYK"),
+        "tiny.bmp": photo.resize((3, 2)),
+        "wide.jpg": photo.resize((1280, 90)),
+    }
+    for name, image in images.items():
+        image.save(folder / name)
+    return sorted(folder.iterdir())
+
+
+@pytest.mark.parametrize("size", [96, 128, 224, 320])
+@pytest.mark.parametrize("method", ["bilinear", "legacy"])
+def test_fast_preprocessing_gives_exactly_the_reference_numbers(size, method, odd_images):
+    from mobilenet_zoo.preprocess import central_crop, decode_image, load_image, resize_bilinear
+
+    for path in [DATA / name for name in IMAGES] + odd_images:
+        pixels = decode_image(path)
+        assert pixels.dtype == np.uint8 and np.array_equal(pixels, reference_decode(path)), path.name
+        expected = reference_resize(central_crop(pixels), size, method)
+        resized = resize_bilinear(central_crop(pixels), size, method)
+        assert resized.dtype == np.float32 and np.array_equal(resized, expected), path.name
+        np.testing.assert_array_equal(load_image(path, size, method), expected / 127.5 - 1.0)
+        expected_uint8 = np.clip(np.round(expected), 0, 255).astype(np.uint8)
+        np.testing.assert_array_equal(load_image_uint8(path, size, method), expected_uint8)
+
+
+def test_fast_resize_of_other_dtypes_and_shapes():
+    from mobilenet_zoo.preprocess import resize_bilinear
+
+    rng = np.random.default_rng(0)
+    for shape in [(1, 1, 3), (5, 7, 3), (720, 1280, 3), (300, 200, 1)]:
+        for pixels in (rng.integers(0, 256, shape, dtype=np.uint8), rng.uniform(0, 255, shape)):
+            for size in (1, 4, 224):
+                np.testing.assert_array_equal(resize_bilinear(pixels, size), reference_resize(pixels, size, "bilinear"))
+
+
+def test_draft_decoding_is_approximate_and_only_on_request():
+    from mobilenet_zoo.preprocess import decode_image, load_image
+
+    jpeg, bmp = DATA / "parrot.jpg", DATA / "bird.bmp"
+    assert decode_image(jpeg, draft_size=128).shape[:2] == (465, 256)  # 929 x 512 decoded at the 1/2 DCT scale
+    assert not np.array_equal(load_image(jpeg, 128, draft=True), load_image(jpeg, 128))
+    assert np.array_equal(load_image(bmp, 128, draft=True), load_image(bmp, 128))  # not a JPEG: decoded exactly
+    assert decode_image(jpeg, draft_size=600).shape[:2] == (929, 512)  # no scale is large enough: full size
+
+
+def test_eval_fast_decode_on_the_real_model(labelled_csv):
+    from typer.testing import CliRunner
+
+    from mobilenet_zoo.cli import app
+
+    exact = evaluate(model_path("0.5_160"), labelled_csv)
+    drafted = evaluate(model_path("0.5_160"), labelled_csv, draft=True)
+    assert (drafted.images, drafted.top1, drafted.top5) == (exact.images, exact.top1, exact.top5) == (4, 4, 4)
+    model = str(model_path("0.5_160"))
+    outcome = CliRunner().invoke(app, ["eval", model, str(labelled_csv), "--json", "--fast-decode"])
+    assert outcome.exit_code == 0, outcome.output
+    assert json.loads(outcome.stdout)["top1"]["hits"] == 4
+    refused = CliRunner().invoke(app, ["eval", model, str(labelled_csv), "--fast-decode", "--ray"])
+    assert refused.exit_code == 1 and "not with --ray" in str(refused.exception)

@@ -3,22 +3,26 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional
+from typing import TYPE_CHECKING, List, Optional
 
 import typer
 from rich import box
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 from rich.table import Table
 
 from mobilenet_zoo.commands.options import JsonOption, MirrorOption, OfflineOption, RegistryOption
 from mobilenet_zoo.errors import ZooError
 from mobilenet_zoo.output import console, err_console, print_json
 
+if TYPE_CHECKING:
+    from rich.progress import Progress
+
 cache_app = typer.Typer(help="Show or clear the download cache ($MOBILENET_ZOO_HOME).", no_args_is_help=True)
 
 
 def _progress_bar(disabled: bool) -> Progress:
     """A download bar on stderr, shown only on a terminal."""
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+
     return Progress(
         TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn(),
         console=err_console, disable=disabled or not err_console.is_terminal,

@@ -36,7 +36,7 @@ from mobilenet_zoo.arch import (
     pool_geometry,
 )
 from mobilenet_zoo.deps import require
-from mobilenet_zoo.errors import ModelFormatError
+from mobilenet_zoo.errors import MissingDependencyError, ModelFormatError
 from mobilenet_zoo.fsutil import atomic_folder
 from mobilenet_zoo.model import MobileNetV1Model, image_batch, infer_alpha
 
@@ -324,12 +324,14 @@ def _checkpoint_reader(prefix: Path):
 
 
 def _read_frozen_graph(path: Path) -> MobileNetV1Model:
-    tf = require("tensorflow")
-    graph_def = _load_graph_def(path)
-    constants = {node.name: node for node in graph_def.node if node.op == "Const"}
+    """The Const nodes of a frozen graph, read with plain protobuf (`graphdef`): no TensorFlow needed."""
+    from mobilenet_zoo.formats import graphdef
+
+    graph_def = graphdef.read_graph_def(path)
+    constants = graphdef.constant_nodes(graph_def)
 
     def fetch(name: str) -> np.ndarray:
-        return tf.make_ndarray(constants[name].attr["value"].tensor)
+        return graphdef.constant_array(constants[name])
 
     return _canonical_model(set(constants), fetch, _input_resolution(graph_def, path), path)
 
@@ -378,7 +380,7 @@ def _canonical_model(names: set[str], fetch: Callable[[str], np.ndarray], resolu
 
 
 def _load_graph_def(path: Path):
-    """A GraphDef from a binary `.pb` or a text `.pbtxt`."""
+    """TensorFlow's own GraphDef of a binary `.pb` or a text `.pbtxt` (to import into a TensorFlow graph)."""
     tf = require("tensorflow")
     from google.protobuf import text_format
     from google.protobuf.message import DecodeError
@@ -418,7 +420,9 @@ def _checkpoint_resolution(prefix: Path) -> int:
     name = prefix.name.removesuffix(".ckpt")
     for graph_file in (prefix.with_name(f"{name}_frozen.pb"), prefix.with_name(f"{name}_eval.pbtxt")):
         if graph_file.exists():
-            return _input_resolution(_load_graph_def(graph_file), graph_file)
+            from mobilenet_zoo.formats import graphdef
+
+            return _input_resolution(graphdef.read_graph_def(graph_file), graph_file)
     for info in [prefix.with_name(f"{name}_info.txt")] + sorted(prefix.parent.glob("*_info.txt")):
         if info.exists():
             name = info.read_text().partition("Model:")[2].split("\n")[0].strip() or name
@@ -467,6 +471,21 @@ def load_runner(path: Path) -> TensorFlowRunner:
     if path.suffix == ".pb":
         return _frozen_graph_runner(path)
     raise ModelFormatError(f"{path}: only a frozen .pb graph or a SavedModel folder can run in TensorFlow")
+
+
+def tflite_stand_in(path: Path) -> Path | None:
+    """The official float `NAME.tflite` beside `NAME_frozen.pb`, to run as the float reference when TensorFlow is
+    not installed; None when TensorFlow is installed (the frozen graph runs as ever) or there is no such file
+    (a `_quant` release's `.tflite` is uint8, not a stand-in for its float graph)."""
+    path = Path(path)
+    tflite = path.with_name(path.name.removesuffix("_frozen.pb") + ".tflite")
+    if not path.name.endswith("_frozen.pb") or path.name.endswith("_quant_frozen.pb") or not tflite.is_file():
+        return None
+    try:
+        require("tensorflow")
+    except MissingDependencyError:
+        return tflite
+    return None
 
 
 @dataclass
