@@ -466,7 +466,7 @@ def flatbuffer(model: MobileNetV1Model) -> bytes:
         layer, size = placed.layer, placed.output_size
         output = writer.activation(f"{SCOPE}/{layer.scope}/Relu6", [size, size, layer.out_channels], layer.scope)
         inputs = [tensor, *writer.kernel_and_bias(layer.weight_name, layer.bias_name)]
-        tensor = writer.conv(layer.kind == "depthwise", inputs, output, placed.stride, "RELU6", placed.rate)
+        tensor = writer.conv(layer.kind == "depthwise", inputs, output, placed.stride, "RELU6", placed.rate, placed.valid)
         if layer.scope in backbone.feature_names:
             features[layer.scope] = tensor
     map_size = logits_map_size(config, backbone)
@@ -555,8 +555,11 @@ class _GraphWriter:
         self.operators.append(op)
         return output
 
-    def conv(self, depthwise: bool, inputs: list[int], output: int, stride: int, activation: str, rate: int = 1) -> int:
-        options = {"padding": self.schema.Padding.SAME, "strideH": stride, "strideW": stride, "dilationHFactor": rate, "dilationWFactor": rate,
+    def conv(self, depthwise: bool, inputs: list[int], output: int, stride: int, activation: str, rate: int = 1,
+             valid: bool = False) -> int:
+        """CONV_2D or DEPTHWISE_CONV_2D, SAME padded (VALID: Keras' padding on an odd map, see `PlacedLayer.valid`)."""
+        padding = self.schema.Padding.VALID if valid else self.schema.Padding.SAME
+        options = {"padding": padding, "strideH": stride, "strideW": stride, "dilationHFactor": rate, "dilationWFactor": rate,
                    "fusedActivationFunction": getattr(self.schema.ActivationFunctionType, activation)}
         if depthwise:
             return self.operator("DEPTHWISE_CONV_2D", inputs, output, "DepthwiseConv2DOptions", depthMultiplier=1, **options)
