@@ -223,10 +223,19 @@ def verify_target(target: Path, reference: Reference, thresholds: Thresholds) ->
         raise ModelFormatError(f"{target} takes {runner.resolution}x{runner.resolution} inputs, the reference {reference.resolution}")
     report = compare(str(target), fmt, reference, run_batched(runner, reference.inputs), thresholds)
     if is_self_reference(reference.origin, target):
-        report.failures.insert(0, "reference: self (the target was compared with itself)")
+        report.failures.insert(0, SELF_REFERENCE)
         report.passed = False
     check_parameters(report, target, fmt)
     return report
+
+
+SELF_REFERENCE = "reference: self (compared with itself: not a check)"
+
+
+def only_self_referenced(report: TargetReport) -> bool:
+    """True when the report's only "failure" is that its reference is the target itself: neither a pass nor a
+    parity failure, it checked nothing."""
+    return report.failures == [SELF_REFERENCE]
 
 
 def is_self_reference(origin: str, target: Path) -> bool:

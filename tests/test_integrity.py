@@ -147,9 +147,18 @@ def test_a_reference_that_is_the_target_itself_is_not_a_pass(model, tmp_path, ho
     if how == "manifest":  # what convert recorded when it overwrote its own input
         write_manifest(tmp_path, {model.name: str(model)})
     result = run_cli("verify", model, "--random", "2", *args, env={**os.environ, "COLUMNS": "200"})
-    assert_one_error(result, rf"1 of 1 targets failed parity: {model.name}: reference: self \(the target was compared with itself\)", code=4)
+    assert_one_error(result, rf"nothing verified: {model.name} compared with itself", code=4)
     row = next(line for line in result.stdout.splitlines() if line.strip().startswith(model.name))
-    assert "FAIL reference: self" in row and "pass" not in row
+    assert row.rstrip().endswith("reference: self (compared with itself: not a check)") and "pass" not in row
+
+
+def test_a_self_referenced_row_is_not_counted_beside_real_checks(model, tmp_path):
+    copy = Path(shutil.copy(model, tmp_path / "copy.tflite"))
+    result = run_cli("verify", model, copy, "--reference", model, "--random", "2", "--json")
+    assert result.returncode == 0, result.stderr
+    reports = {Path(r["target"]).name: r for r in json.loads(result.stdout)["targets"]}
+    assert reports["copy.tflite"]["passed"] is True
+    assert (reports[model.name]["passed"], reports[model.name]["failures"]) == (False, ["reference: self (compared with itself: not a check)"])
 
 
 # --- item 5: written files get the umask's modes ---------------------------------------------------------------
