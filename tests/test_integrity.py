@@ -168,6 +168,7 @@ def modes(folder: Path) -> dict[str, int]:
     return {str(p.relative_to(folder)): stat.S_IMODE(p.stat().st_mode) for p in sorted(folder.rglob("*"))}
 
 
+@pytest.mark.slow
 def test_converted_files_and_the_manifest_get_the_umask_modes(model, tmp_path):
     out = tmp_path / "out"
     result = run_cli("convert", model, "--to", "onnx,tflite,torch", "-o", out, umask=0o027)
@@ -237,6 +238,7 @@ def test_verify_save_reference_into_a_missing_folder(model, tmp_path):
     assert_one_error(result, rf"--save-reference {re.escape(str(target))}: the folder {re.escape(str(target.parent))} does not exist")
 
 
+@pytest.mark.slow
 def test_tensorflow_start_up_lines_stay_off_the_terminal_unless_verbose():
     frozen = realdata(FROZEN_1_0_224)
     args = ("predict", frozen, DATA / "bird.bmp", "--top", "1", "--json")
