@@ -11,7 +11,9 @@ from rich import box
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from mobilenet_zoo.commands.options import JsonOption, MirrorOption, OfflineOption, RayAddressOption, RayOption, RegistryOption
+from mobilenet_zoo.commands.options import (
+    JsonOption, MirrorOption, OfflineOption, RayAddressOption, RayOption, RegistryOption,
+)
 from mobilenet_zoo.output import console, err_console, print_json
 
 

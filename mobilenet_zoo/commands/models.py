@@ -11,7 +11,9 @@ from rich import box
 from rich.markup import escape
 from rich.table import Table
 
-from mobilenet_zoo.commands.options import JsonOption, MirrorOption, OfflineOption, RayAddressOption, RayOption, RegistryOption
+from mobilenet_zoo.commands.options import (
+    JsonOption, MirrorOption, OfflineOption, RayAddressOption, RayOption, RegistryOption,
+)
 from mobilenet_zoo.errors import VerificationError, ZooError
 from mobilenet_zoo.output import console, err_console, print_json
 
@@ -98,7 +100,8 @@ def convert_command(
         for name in names:
             with err_console.status(f"converting {name} to {', '.join(formats)}"):
                 inputs = (Path(name).expanduser(),) if Path(name).expanduser().exists() else ()
-                written.extend(convert(open_source(name, registry=registry, mirror=mirror), formats, output, options, build, inputs))
+                source = open_source(name, registry=registry, mirror=mirror)
+                written.extend(convert(source, formats, output, options, build, inputs))
     if verify:
         _verify_and_report([w.path for w in written], None, [], 8, 0, None, as_json, use_ray=ray or bool(ray_address), ray_address=ray_address)
     elif as_json:
@@ -167,7 +170,9 @@ def _parity_table(reports, n_inputs: int) -> Table:
 def _verify_and_report(targets, reference, images, n_random, seed, save_reference, as_json, thresholds=None,
                        use_ray: bool = False, ray_address: Optional[str] = None, source: Optional[str] = None) -> None:
     """Verify targets (against `reference`, or what convert recorded), print the report, raise on failure."""
-    from mobilenet_zoo.verify import Thresholds, input_names, only_self_referenced, verify_against, verify_recorded, verify_target
+    from mobilenet_zoo.verify import (
+        Thresholds, input_names, only_self_referenced, verify_against, verify_recorded, verify_target,
+    )
 
     thresholds = thresholds or Thresholds()
     images = _images(images)
@@ -199,7 +204,8 @@ def _verify_and_report(targets, reference, images, n_random, seed, save_referenc
         console.print(_parity_table(reports, len(names)))
     failed = [r for r in reports if not r.passed and not only_self_referenced(r)]
     if reports and not failed and all(map(only_self_referenced, reports)):
-        raise VerificationError("nothing verified: " + ", ".join(Path(r.target).name for r in reports) + " compared with itself")
+        names = ", ".join(Path(r.target).name for r in reports)
+        raise VerificationError(f"nothing verified: {names} compared with itself")
     if failed:
         raise VerificationError(f"{len(failed)} of {len(reports)} targets failed parity: " + "; ".join(f"{Path(r.target).name}: {r.failures[0]}" for r in failed))
 
