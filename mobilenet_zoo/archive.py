@@ -72,7 +72,8 @@ def require_official_layout(tarball: Path, folder: Path) -> None:
     infos = sorted(p.name for p in folder.glob("*_info.txt"))
     if len(infos) != 1:
         found = f"{len(infos)} of them" if infos else "none"
-        raise ArchiveError(f"{tarball.name}: not an official MobileNet V1 tarball (expected one NAME_info.txt at the top, found {found})")
+        raise ArchiveError(f"{tarball.name}: not an official MobileNet V1 tarball "
+                           f"(expected one NAME_info.txt at the top, found {found})")
     name = infos[0].removesuffix("_info.txt")
     _require_members(tarball, folder, [name + suffix for suffix in MEMBER_SUFFIXES])
 

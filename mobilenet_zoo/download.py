@@ -52,7 +52,8 @@ class RetryPolicy:
         """
         default = cls()
         return cls(
-            attempts=int(_setting(ATTEMPTS_ENV, default.attempts, "a whole number of at least 1", integer=True, minimum=1)),
+            attempts=int(_setting(ATTEMPTS_ENV, default.attempts, "a whole number of at least 1", minimum=1,
+                                  integer=True)),
             backoff=_setting(BACKOFF_ENV, default.backoff, "a number of seconds, 0 or more", minimum=0),
             timeout=_setting(TIMEOUT_ENV, default.timeout, "a number of seconds above 0", minimum=0, exclusive=True),
         )
@@ -62,7 +63,8 @@ class RetryPolicy:
         return self.backoff * 2 ** (failures - 1)
 
 
-def _setting(variable: str, default: float, expected: str, *, minimum: float, integer: bool = False, exclusive: bool = False) -> float:
+def _setting(variable: str, default: float, expected: str, *, minimum: float, integer: bool = False,
+             exclusive: bool = False) -> float:
     """The number in $variable (else `default`), checked against `minimum`."""
     text = os.environ.get(variable, "").strip()
     if not text:
@@ -221,7 +223,8 @@ def _causes(exc: BaseException) -> list[BaseException]:
             continue
         found.append(current)
         pending.extend(arg for arg in current.args if isinstance(arg, BaseException))
-        pending.extend(e for e in (getattr(current, "reason", None), current.__cause__, current.__context__) if isinstance(e, BaseException))
+        nested = (getattr(current, "reason", None), current.__cause__, current.__context__)
+        pending.extend(e for e in nested if isinstance(e, BaseException))
     return found
 
 
@@ -237,7 +240,8 @@ def _reason(exc: requests.RequestException, url: str, timeout: float) -> str:
     causes = _causes(exc)
     if isinstance(exc, requests.ConnectTimeout) or any(type(e).__name__ == "ConnectTimeoutError" for e in causes):
         return f"no connection to {_host(url)} within {timeout:g} s"
-    if isinstance(exc, requests.Timeout) or any(type(e).__name__ in ("ReadTimeoutError", "TimeoutError") for e in causes):
+    read_timeout = any(type(e).__name__ in ("ReadTimeoutError", "TimeoutError") for e in causes)
+    if isinstance(exc, requests.Timeout) or read_timeout:
         return f"no data for {timeout:g} s from {_host(url)}"
     if isinstance(exc, requests.exceptions.ChunkedEncodingError):
         return "connection broken during the transfer"

@@ -95,7 +95,8 @@ def _csv_samples(table: Path) -> list[Sample]:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         line = data[: exc.start].count(b"\n") + 1
-        raise ZooError(f"{table}:{line}: not UTF-8 text (byte 0x{data[exc.start]:02x}); save the CSV as UTF-8") from None
+        byte = data[exc.start]
+        raise ZooError(f"{table}:{line}: not UTF-8 text (byte 0x{byte:02x}); save the CSV as UTF-8") from None
     rows = list(csv.reader(io.StringIO(text, newline="")))
     samples = []
     for number, row in enumerate(rows, start=1):

@@ -84,7 +84,7 @@ def atomic_folder(target: Path) -> Iterator[Path]:
 
 
 def ensure_folder(folder: Path) -> Path:
-    """Create `folder` (and its parents) if needed; a ZooError naming it when a file is in the way or it cannot be made."""
+    """Create `folder` (and its parents) if needed; a ZooError naming it when a file is in the way or it fails."""
     folder = Path(folder)
     blocker = next((p for p in (folder, *folder.parents) if p.exists() or p.is_symlink()), None)
     if blocker == folder and not folder.is_dir():
@@ -112,4 +112,5 @@ def refuse_overwriting(target: Path, inputs: Iterable[Path]) -> None:
         if origin.is_dir() and origin in resolved.parents:
             raise ZooError(f"{target} is inside the source folder {source}: write the output somewhere else (-o)")
         if origin.is_relative_to(resolved):
-            raise ZooError(f"{target} would replace the folder holding the source {source}: write the output somewhere else (-o)")
+            raise ZooError(f"{target} would replace the folder holding the source {source}: "
+                           "write the output somewhere else (-o)")

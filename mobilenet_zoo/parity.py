@@ -30,6 +30,7 @@ from mobilenet_zoo.preprocess import load_batch
 MAIN_OUTPUTS = ("logits", "probabilities")
 
 OUTPUT_SCALE = 1 / 256  # uint8 softmax output quantization of the quantized models
+SELF_REFERENCE = "reference: self (compared with itself: not a check)"
 ONNX_QDQ = "onnx-qdq"  # threshold key of ONNX files in QDQ form (their metadata says quant_format: qdq)
 # QDQ files requantize in onnxruntime's float32 (round half to even), not TFLite's Q31 fixed point. Measured on the
 # two real uint8 models over 8 real photos + 1000 seeded random inputs each: output at most 19 LSB (TFLite's own
@@ -478,6 +479,9 @@ class VerifyResult:
     def summary(self) -> str:
         """One line: how many targets failed (the first reason of each) and which are missing."""
         parts = []
+        if self.reports and all(r.failures == [SELF_REFERENCE] for r in self.reports):
+            names = ", ".join(Path(r.target).name for r in self.reports)
+            return f"nothing verified: {names} compared with itself"
         if self.failed:
             reasons = "; ".join(f"{Path(r.target).name}: {r.failures[0]}" for r in self.failed)
             parts.append(f"{len(self.failed)} of {len(self.reports)} targets failed parity: {reasons}")
@@ -498,7 +502,7 @@ def _self_report(target: Path) -> TargetReport:
 
     quantized = bool((manifest_entry(target) or {}).get("quantized", False))
     return TargetReport(str(target), detect_format(target), "self", quantized, None, 0.0, None, 1.0, 1.0, False,
-                        ["reference: self (the target was compared with itself)"])
+                        [SELF_REFERENCE])
 
 
 def _checked(target: Path, reference: Reference, thresholds: Thresholds, reference_path: Path | None) -> TargetReport:

@@ -61,8 +61,9 @@ def pull_variant(
     target = cache.model_dir(variant.name)
     if not target.is_dir():
         if offline():
-            raise OfflineError(f"{variant.name} is not in the cache ({cache.models}) and offline mode is on ({OFFLINE_ENV}=1 "
-                               "or --offline): pull it once online, or see `mobilenet-zoo cache list`")
+            raise OfflineError(f"{variant.name} is not in the cache ({cache.models}) and offline mode is on "
+                               f"({OFFLINE_ENV}=1 or --offline): pull it once online, "
+                               "or see `mobilenet-zoo cache list`")
         with cache.lock(variant.name):
             if not target.is_dir():
                 return _download_and_extract(variant, cache, pin, mirror, progress, policy, quiet)
@@ -80,15 +81,15 @@ def _cache_hit(variant: Variant, cache: Cache, pin: str | None) -> PullResult:
 
 
 def _download_and_extract(
-    variant: Variant, cache: Cache, pin: str | None, mirror: str | None, progress: ProgressCallback | None, policy: RetryPolicy,
-    quiet: bool | None,
+    variant: Variant, cache: Cache, pin: str | None, mirror: str | None, progress: ProgressCallback | None,
+    policy: RetryPolicy, quiet: bool | None,
 ) -> PullResult:
     recorded = cache.recorded_sha256(variant.name)
     checksum, origin = expected_checksum(variant, pin, recorded)
     tarball = cache.download_path(variant.name)
     try:
-        digest = download(variant.url_for(mirror), tarball, size=variant.size, checksum=checksum, policy=policy, progress=progress,
-                          quiet=quiet)
+        digest = download(variant.url_for(mirror), tarball, size=variant.size, checksum=checksum, policy=policy,
+                          progress=progress, quiet=quiet)
     except ChecksumError as exc:
         raise ChecksumError(f"{exc}; checked against {origin}") from None
     try:

@@ -101,7 +101,8 @@ def test_a_missing_optional_dependency_exits_3(tmp_path):
         main(["plot", "-o", {str(tmp_path / "zoo.png")!r}])
     """)
     assert result.returncode == 3, result.stderr
-    assert re.fullmatch(r"error: matplotlib is not installed: pip install 'mobilenet-zoo\[plot\]' \(.+\)\n", result.stderr)
+    expected = r"error: matplotlib is not installed: pip install 'mobilenet-zoo\[plot\]' \(.+\)\n"
+    assert re.fullmatch(expected, result.stderr), result.stderr
     assert not (tmp_path / "zoo.png").exists()
 
 

@@ -110,8 +110,8 @@ def test_a_target_inside_a_source_folder_is_refused(tmp_path):
     shutil.copy(BUNDLED_MODEL, folder / f"{QUANT}.tflite")
     (folder / f"{QUANT}_info.txt").write_text(f"Model: {QUANT}\n")  # an extracted official release folder
     result = run_cli("convert", folder, "--to", "onnx", "-o", folder / "out.onnx")
-    assert_one_error(result, rf"{re.escape(str(folder / 'out.onnx'))} is inside the source folder {re.escape(str(folder))}: "
-                             r"write the output somewhere else \(-o\)")
+    assert_one_error(result, rf"{re.escape(str(folder / 'out.onnx'))} is inside the source folder "
+                             rf"{re.escape(str(folder))}: write the output somewhere else \(-o\)")
     assert sorted(p.name for p in folder.iterdir()) == [f"{QUANT}.tflite", f"{QUANT}_info.txt"]
 
 
@@ -138,7 +138,8 @@ def test_verify_fails_when_some_targets_of_the_manifest_are_missing(tmp_path):
     write_manifest(tmp_path, {f"{QUANT}.onnx": str(BUNDLED_MODEL), f"{QUANT}.tflite": str(BUNDLED_MODEL)})
     result = run_cli("verify", tmp_path, "--random", "2", "--json")
     assert [t["passed"] for t in json.loads(result.stdout)["targets"]] == [True]  # the one present was compared
-    assert_one_error(result, rf"1 target\(s\) the manifest lists are missing: {re.escape(str(tmp_path / f'{QUANT}.onnx'))}", code=4)
+    missing = re.escape(str(tmp_path / f"{QUANT}.onnx"))
+    assert_one_error(result, rf"1 target\(s\) the manifest lists are missing: {missing}", code=4)
 
 
 @pytest.mark.parametrize("how", ["reference", "source", "manifest"])
@@ -147,9 +148,19 @@ def test_a_reference_that_is_the_target_itself_is_not_a_pass(model, tmp_path, ho
     if how == "manifest":  # what convert recorded when it overwrote its own input
         write_manifest(tmp_path, {model.name: str(model)})
     result = run_cli("verify", model, "--random", "2", *args, env={**os.environ, "COLUMNS": "200"})
-    assert_one_error(result, rf"1 of 1 targets failed parity: {model.name}: reference: self \(the target was compared with itself\)", code=4)
+    assert_one_error(result, rf"nothing verified: {model.name} compared with itself", code=4)
     row = next(line for line in result.stdout.splitlines() if line.strip().startswith(model.name))
-    assert "FAIL reference: self" in row and "pass" not in row
+    assert row.rstrip().endswith("reference: self (compared with itself: not a check)") and "pass" not in row
+
+
+def test_a_self_referenced_row_fails_beside_real_checks(model, tmp_path):
+    copy = Path(shutil.copy(model, tmp_path / "copy.tflite"))
+    result = run_cli("verify", model, copy, "--reference", model, "--random", "2", "--json")
+    assert_one_error(result, rf"1 of 2 targets failed parity: {model.name}: reference: self \(compared with itself: not a check\)", code=4)
+    reports = {Path(r["target"]).name: r for r in json.loads(result.stdout)["targets"]}
+    assert reports["copy.tflite"]["passed"] is True
+    own = reports[model.name]
+    assert (own["passed"], own["failures"]) == (False, ["reference: self (compared with itself: not a check)"])
 
 
 # --- item 5: written files get the umask's modes ---------------------------------------------------------------
@@ -159,12 +170,13 @@ def modes(folder: Path) -> dict[str, int]:
     return {str(p.relative_to(folder)): stat.S_IMODE(p.stat().st_mode) for p in sorted(folder.rglob("*"))}
 
 
+@pytest.mark.slow
 def test_converted_files_and_the_manifest_get_the_umask_modes(model, tmp_path):
     out = tmp_path / "out"
     result = run_cli("convert", model, "--to", "onnx,tflite,torch", "-o", out, umask=0o027)
     assert result.returncode == 0, result.stderr
     found = modes(out)
-    assert {name for name in found} >= {MANIFEST, f"{QUANT}.onnx", f"{QUANT}.tflite", f"{QUANT}_torch/{QUANT}.safetensors"}
+    assert set(found) >= {MANIFEST, f"{QUANT}.onnx", f"{QUANT}.tflite", f"{QUANT}_torch/{QUANT}.safetensors"}
     assert found == {name: 0o750 if (out / name).is_dir() else 0o640 for name in found}
 
 
@@ -207,13 +219,15 @@ def test_a_model_that_is_not_mobilenet_is_refused_by_every_command(not_mobilenet
     labels.write_text(f"{DATA / 'bird.bmp'},20\n")
     args = {"predict": [not_mobilenet, DATA / "bird.bmp"], "eval": [not_mobilenet, labels],
             "bench": [not_mobilenet, "--min-time", "0", "--min-runs", "1", "--warmup", "0"]}[command]
-    assert_one_error(run_cli(command, *args), rf"{re.escape(str(not_mobilenet))}: not a MobileNet V1 graph: found 1 convolutions .+")
+    assert_one_error(run_cli(command, *args),
+                     rf"{re.escape(str(not_mobilenet))}: not a MobileNet V1 graph: found 1 convolutions .+")
 
 
 def test_an_eval_csv_that_is_not_utf8(model, tmp_path):
     labels = tmp_path / "labels.csv"
     labels.write_bytes(f"path,label\n{DATA / 'bird.bmp'},20\ncaf\xe9.jpg,20\n".encode("latin-1"))
-    assert_one_error(run_cli("eval", model, labels), rf"{re.escape(str(labels))}:3: not UTF-8 text \(byte 0xe9\); save the CSV as UTF-8")
+    assert_one_error(run_cli("eval", model, labels),
+                     rf"{re.escape(str(labels))}:3: not UTF-8 text \(byte 0xe9\); save the CSV as UTF-8")
 
 
 def test_bench_csv_into_a_missing_folder(model, tmp_path):
@@ -225,9 +239,11 @@ def test_bench_csv_into_a_missing_folder(model, tmp_path):
 def test_verify_save_reference_into_a_missing_folder(model, tmp_path):
     target = tmp_path / "missing" / "reference.npz"
     result = run_cli("verify", model, "--reference", BUNDLED_MODEL, "--save-reference", target)
-    assert_one_error(result, rf"--save-reference {re.escape(str(target))}: the folder {re.escape(str(target.parent))} does not exist")
+    assert_one_error(result, rf"--save-reference {re.escape(str(target))}: "
+                             rf"the folder {re.escape(str(target.parent))} does not exist")
 
 
+@pytest.mark.slow
 def test_tensorflow_start_up_lines_stay_off_the_terminal_unless_verbose():
     frozen = realdata(FROZEN_1_0_224)
     args = ("predict", frozen, DATA / "bird.bmp", "--top", "1", "--json")

@@ -351,14 +351,16 @@ def test_server_error_after_retries(server, publish, home, tmp_path):
     registry = user_registry(tmp_path, {"url": publish(official_files(NAME))})
     server.faults.errors = 100
     assert_clean_failure(run_cli("pull", NAME, "--registry", str(registry)), home,
-                         rf"http://127\.0\.0\.1:\d+/\S+/{NAME}\.tgz: HTTP 500 Internal Server Error \(gave up after 3 attempts\)", retries=2)
+                         rf"http://127\.0\.0\.1:\d+/\S+/{NAME}\.tgz: HTTP 500 Internal Server Error "
+                         r"\(gave up after 3 attempts\)", retries=2)
     assert len(server.requests) == FAST.attempts
 
 
 def test_connection_refused_after_retries(home):
     mirror = f"http://127.0.0.1:{closed_port()}/models"
     assert_clean_failure(run_cli("pull", NAME, "--mirror", mirror), home,
-                         rf"{re.escape(mirror)}/{NAME}\.tgz: connection refused \(gave up after 3 attempts\)", retries=2)
+                         rf"{re.escape(mirror)}/{NAME}\.tgz: connection refused \(gave up after 3 attempts\)",
+                         retries=2)
 
 
 def test_missing_file_is_not_retried(server, home, tmp_path):
@@ -472,7 +474,8 @@ def seeded_files(name: str, seed: int) -> dict[str, bytes]:
     """Member contents from a seeded generator: random (stored deflate blocks) and repetitive (Huffman-coded)."""
     rng = random.Random(seed)
     files = {member: rng.randbytes(6000) for member in official_files(name, 1)}
-    files[f"./{name}_frozen.pb"] = b"".join(rng.choice([b"conv ", b"relu6 ", b"depthwise ", b"batchnorm "]) for _ in range(8000))
+    words = [b"conv ", b"relu6 ", b"depthwise ", b"batchnorm "]
+    files[f"./{name}_frozen.pb"] = b"".join(rng.choice(words) for _ in range(8000))
     return files
 
 
@@ -498,7 +501,8 @@ def test_a_bit_flipped_in_transit_is_refused_and_the_genuine_tarball_still_pulls
     genuine = served_bytes(server, url)
     mirror = url.rsplit("/", 1)[0]
     server.faults.flip_bits = [(len(genuine) - 100, 2)]  # inside the compressed data, the tar headers still parse
-    assert_clean_failure(run_cli("pull", UNCHECKED, "--mirror", mirror), home, rf"{UNCHECKED}\.tgz: corrupt archive \(gzip CRC\)")
+    assert_clean_failure(run_cli("pull", UNCHECKED, "--mirror", mirror), home,
+                         rf"{UNCHECKED}\.tgz: corrupt archive \(gzip CRC\)")
     assert recorded(home) == {}  # nothing trusted
 
     server.reset()
@@ -534,7 +538,8 @@ def test_no_single_bit_flip_is_ever_pulled(server, publish, home, cli):
             assert cached_files(home / "models" / UNCHECKED) == files, f"flip at {offset} pulled different files"
             assert offset < gzip_header_size(data), f"flip at {offset} (past the header) was not detected"
         else:
-            assert code == 1 and re.fullmatch(rf"error: {UNCHECKED}\.tgz: (corrupt|truncated) archive \(.+\)\n", stderr), stderr
+            assert code == 1, stderr
+            assert re.fullmatch(rf"error: {UNCHECKED}\.tgz: (corrupt|truncated) archive \(.+\)\n", stderr), stderr
             assert leftovers(home) == [] and recorded(home) == {}, f"flip at {offset} left something behind"
         outcomes.append((offset, code))
         shutil.rmtree(home, ignore_errors=True)
@@ -547,8 +552,10 @@ def test_no_single_bit_flip_is_ever_pulled(server, publish, home, cli):
 def test_a_stalled_download_says_how_long_and_from_where(server, publish, home, tmp_path):
     registry = user_registry(tmp_path, {"url": publish(official_files(NAME, 100_000))})
     server.faults.stall_after, server.faults.stall_for = 50_000, 5
-    result = run_cli("pull", NAME, "--registry", str(registry), env={**os.environ, TIMEOUT_ENV: "0.5", ATTEMPTS_ENV: "1"})
-    assert_error_line(result, r"http://127\.0\.0\.1:\d+/\S+\.tgz: no data for 0\.5 s from 127\.0\.0\.1 \(gave up after 1 attempt\)")
+    env = {**os.environ, TIMEOUT_ENV: "0.5", ATTEMPTS_ENV: "1"}
+    result = run_cli("pull", NAME, "--registry", str(registry), env=env)
+    assert_error_line(result, r"http://127\.0\.0\.1:\d+/\S+\.tgz: no data for 0\.5 s from 127\.0\.0\.1 "
+                              r"\(gave up after 1 attempt\)")
     assert leftovers(home) == [f"downloads/{NAME}.tgz.part"]  # kept to resume
 
 
@@ -557,8 +564,8 @@ def test_a_host_name_that_does_not_resolve_is_not_retried(server, home):
     started = time.monotonic()
     result = run_cli("pull", NAME, "--mirror", mirror, env={**os.environ, BACKOFF_ENV: "30"})
     assert time.monotonic() - started < 25  # one 30 s backoff would exceed it
-    assert_clean_failure(result, home, rf"{re.escape(mirror)}/{NAME}\.tgz: cannot resolve the host name mobilenet-zoo-test\.invalid "
-                                       r"\(no network\? not retried\)")
+    assert_clean_failure(result, home, rf"{re.escape(mirror)}/{NAME}\.tgz: cannot resolve the host name "
+                                       r"mobilenet-zoo-test\.invalid \(no network\? not retried\)")
 
 
 OFFLINE_ERROR = (rf"{NAME} is not in the cache \(\S+/models\) and offline mode is on \({OFFLINE_ENV}=1 or --offline\): "

@@ -20,4 +20,8 @@ def _go_offline(value: bool) -> bool:
     return value
 
 
-OfflineOption = typer.Option(False, "--offline", callback=_go_offline, help="Use only the cache: a registry name that is not cached fails at once instead of downloading (as $MOBILENET_ZOO_OFFLINE=1).")
+OfflineOption = typer.Option(
+    False, "--offline", callback=_go_offline,
+    help="Use only the cache: a registry name that is not cached fails at once instead of downloading "
+    "(as $MOBILENET_ZOO_OFFLINE=1).",
+)

@@ -49,7 +49,9 @@ def pull_command(
     sha256: Optional[str] = typer.Option(None, "--sha256", help="Expected sha256 of the tarball (one variant only)."),
     registry: Optional[Path] = RegistryOption,
     as_json: bool = JsonOption,
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or retry notes; print only the extracted folders."),
+    quiet: bool = typer.Option(
+        False, "--quiet", "-q", help="No progress bar or retry notes; print only the extracted folders."
+    ),
     offline: bool = OfflineOption,
 ) -> None:
     """Download, verify and extract variants into the cache (a cached variant is not downloaded again)."""
@@ -65,7 +67,8 @@ def pull_command(
     results = []
     with _progress_bar(disabled=quiet or as_json) as bar:
         for variant in variants:
-            result = pull_variant(variant, mirror=mirror, sha256=sha256, progress=_reporter(bar, variant.filename), quiet=quiet or None)
+            progress = _reporter(bar, variant.filename)
+            result = pull_variant(variant, mirror=mirror, sha256=sha256, progress=progress, quiet=quiet or None)
             results.append(result)
             if quiet:
                 print(result.path)
