@@ -70,6 +70,14 @@ def available(module: str) -> bool:
         return False
 
 
+def native_logs_silenced():
+    """A block in which C++ code's lines on stderr (TensorFlow's, LiteRT's "Created TensorFlow Lite XNNPACK
+    delegate") are dropped, unless verbose."""
+    from contextlib import nullcontext
+
+    return nullcontext() if verbose() else _stderr_silenced()
+
+
 @contextmanager
 def _stderr_silenced() -> Iterator[None]:
     """File descriptor 2 points at /dev/null inside the block (C++ code writes there, below Python)."""

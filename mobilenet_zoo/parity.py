@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -217,13 +217,7 @@ def compute_reference(reference: Path | ReferenceModel, images: list[Path], n_ra
 
 def xnnpack_lsb(path: Path, inputs: np.ndarray, probabilities: np.ndarray) -> int:
     """How far TFLite's default runtime (the XNNPACK delegate) lands from the builtin kernels' uint8 output, in LSB."""
-    from mobilenet_zoo.deps import require
-
-    litert = require("ai_edge_litert.interpreter")
-    builtin = format_module("tflite").load_runner(path)  # the same file: the same tensor indices
-    interpreter = litert.Interpreter(model_path=str(path))  # the default op resolver applies XNNPACK
-    interpreter.allocate_tensors()
-    runner = replace(builtin, interpreter=interpreter, outputs={"probabilities": builtin.outputs["probabilities"]})
+    runner = format_module("tflite").load_runner(path, xnnpack=True)
     got = run_batched(runner, inputs)["probabilities"]
     return int(np.abs(got.astype(np.int32) - probabilities.astype(np.int32)).max())
 

@@ -113,7 +113,7 @@ def convert_command(
 
 def _parity_table(reports, n_inputs: int) -> Table:
     """One row per target: the differences that matter for its kind (float logits or uint8 LSB)."""
-    from mobilenet_zoo.parity import only_self_referenced
+    from mobilenet_zoo.parity import SELF_REFERENCE
 
     references = sorted({Path(r.reference).name for r in reports})
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False, title=escape(f"parity against {', '.join(references)} on {n_inputs} inputs"),
@@ -127,7 +127,7 @@ def _parity_table(reports, n_inputs: int) -> Table:
     table.add_column("result", min_width=4)
     for r in reports:
         result = "[green]pass[/green]" if r.passed else "[red]FAIL[/red] " + "; ".join(r.failures)
-        if only_self_referenced(r):
+        if r.failures == [SELF_REFERENCE]:
             result = f"[yellow]{r.failures[0]}[/yellow]"
         unit = " LSB" if r.quantized else ""
         difference = r.max_lsb if r.quantized else r.max_abs_logits

@@ -40,7 +40,7 @@ from mobilenet_zoo.arch import (
     placed_layers,
     pool_geometry,
 )
-from mobilenet_zoo.deps import require
+from mobilenet_zoo.deps import native_logs_silenced, require
 from mobilenet_zoo.errors import ModelFormatError
 from mobilenet_zoo.fsutil import atomic_file
 from mobilenet_zoo.model import (
@@ -359,8 +359,9 @@ def _text(name: bytes | str | None) -> str:
 # ---------------------------------------------------------------------------------------------- running
 
 
-def load_runner(path: Path) -> TFLiteRunner:
-    """The TFLite interpreter on a MobileNet V1 .tflite, float or uint8.
+def load_runner(path: Path, *, xnnpack: bool = False) -> TFLiteRunner:
+    """The TFLite interpreter on a MobileNet V1 .tflite, float or uint8 (`xnnpack`: uint8 too on TFLite's default
+    runtime, the XNNPACK delegate, to measure how far it lands from the builtin kernels).
 
     A file with a signature holding the input and every output runs through that signature, the whole
     batch in one call when its batch is free (our files); other files (the released ones) run one image
@@ -373,17 +374,18 @@ def load_runner(path: Path) -> TFLiteRunner:
     path = Path(path)
     graph = MobileNetGraph.load(path)
     quantized = graph.type_name(graph.input_tensor) == "UINT8"
-    resolver = litert.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES if quantized else litert.OpResolverType.AUTO
+    builtin = quantized and not xnnpack
+    resolver = litert.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES if builtin else litert.OpResolverType.AUTO
     outputs = {**graph.head_outputs(), **graph.feature_outputs(graph.config())}
     signature = graph.signature(outputs)
-    with warnings.catch_warnings():  # preserving tensors (to read the logits) warns that it is for debugging
+    resolution = int(graph.tensor(graph.input_tensor).shape[1])
+    with warnings.catch_warnings(), native_logs_silenced():  # preserving tensors warns that it is for debugging
         warnings.simplefilter("ignore", UserWarning)
         interpreter = litert.Interpreter(model_path=str(path), experimental_op_resolver_type=resolver,
                                          experimental_preserve_all_tensors=signature is None)
-    resolution = int(graph.tensor(graph.input_tensor).shape[1])
-    if signature is None:
-        return TFLiteRunner(_tensor_forward(interpreter, graph.input_tensor, outputs), quantized, resolution, batch_size=1)
-    return TFLiteRunner(_signature_forward(interpreter, signature), quantized, resolution, graph.fixed_batch())
+        if signature is None:
+            return TFLiteRunner(_tensor_forward(interpreter, graph.input_tensor, outputs), quantized, resolution, batch_size=1)
+        return TFLiteRunner(_signature_forward(interpreter, signature), quantized, resolution, graph.fixed_batch())
 
 
 @dataclass
