@@ -354,9 +354,6 @@ def float_plan(network: IntegerNetwork) -> FloatPlan:
     for layer in network.convs:
         convs.append(float_conv_plan(layer, input_range))
         input_range = (layer.requantization.low, layer.requantization.high)
-    pool_count = network.pool_kernel[0] * network.pool_kernel[1]
-    if pool_count * UINT8_MAX >= FLOAT32_EXACT:
-        raise ModelFormatError(f"a {network.pool_kernel} average pool can overflow the exact float32 range")
     return FloatPlan(network, tuple(convs), float_conv_plan(network.logits, input_range))  # the pool keeps the range
 
 
