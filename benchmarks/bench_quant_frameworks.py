@@ -47,7 +47,7 @@ def build_call(runtime: str, model_path: Path, threads: int, scratch: Path):
     if runtime.startswith("torch"):
         return torch_call(runtime, model, image, threads, scratch)
     apply_threads("tf", threads)
-    from mobilenet_zoo.formats import tensorflow_quant
+    from mobilenet_zoo.formats.tensorflow import _quant as tensorflow_quant
 
     runner = tensorflow_quant.load_runner(tensorflow_quant.write(model, scratch / "saved_model"))
     tensor = require_tf().constant(image)
@@ -75,7 +75,7 @@ def torch_call(runtime: str, model, image: np.ndarray, threads: int, scratch: Pa
     from mobilenet_zoo.bench import apply_threads
     from mobilenet_zoo.deps import require
     from mobilenet_zoo.formats import torch as torch_format
-    from mobilenet_zoo.formats import torch_quant
+    from mobilenet_zoo.formats.torch import _quant as torch_quant
     from mobilenet_zoo.quant_math import integer_network
 
     torch = require("torch")

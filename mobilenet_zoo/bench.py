@@ -41,13 +41,22 @@ class Runtime(NamedTuple):
     extra: str  # pip extra that installs it
 
 
-RUNTIMES = {
-    "tf": Runtime("tf", "tensorflow", "tf"),
-    "tflite": Runtime("tflite", "ai_edge_litert", "tflite"),
-    "onnxruntime": Runtime("onnx", "onnxruntime", "onnx"),
-    "torch": Runtime("torch", "torch", "torch"),
-}
-FORMAT_RUNTIMES = {runtime.format: name for name, runtime in RUNTIMES.items()}
+def registered_runtimes() -> dict[str, Runtime]:
+    """Every registered format's runtime, by its `--runtimes` name (from the format registry)."""
+    from mobilenet_zoo.formats import specs
+
+    return {spec.runtime: Runtime(spec.name, spec.runtime_module, spec.extra) for spec in specs() if spec.runtime}
+
+
+def __getattr__(name: str):
+    """`RUNTIMES` and `FORMAT_RUNTIMES` (format -> runtime name), computed from the format registry on first use."""
+    if name == "RUNTIMES":
+        return registered_runtimes()
+    if name == "FORMAT_RUNTIMES":
+        return {runtime.format: key for key, runtime in registered_runtimes().items()}
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 # runtimes whose thread count bench can set (the TFLite runner builds its interpreter without one)
 THREADED_RUNTIMES = ("tf", "onnxruntime", "torch")
 
@@ -127,9 +136,10 @@ def bench(
     mirror: str | None = None,
 ) -> list[BenchResult]:
     """Measure every source in every runtime asked for (default: a model file's own runtime, else all)."""
-    unknown = [r for r in runtimes or [] if r not in RUNTIMES]
+    known = registered_runtimes()
+    unknown = [r for r in runtimes or [] if r not in known]
     if unknown:
-        raise ZooError(f"unknown runtime {unknown[0]!r}; choose from {', '.join(RUNTIMES)}")
+        raise ZooError(f"unknown runtime {unknown[0]!r}; choose from {', '.join(known)}")
     if not batches or min(batches) < 1:
         raise ZooError("batch sizes must be positive integers")
     if threads is not None and threads < 1:
@@ -152,8 +162,8 @@ def prepare_targets(source: str, runtimes: list[str] | None, scratch: Path, *, r
     is_model_file = path.exists() and not path.name.endswith(TARBALL_SUFFIXES) and not (path.is_dir() and official_members(path)[0])
     if not is_model_file:
         opened = open_source(source, registry=registry, mirror=mirror)
-        return [_converted_target(opened, runtime, scratch) for runtime in runtimes or list(RUNTIMES)]
-    own_runtime = FORMAT_RUNTIMES[detect_format(path)]
+        return [_converted_target(opened, runtime, scratch) for runtime in runtimes or _runtimes_for(opened.model)]
+    own_runtime = {runtime.format: key for key, runtime in registered_runtimes().items()}[detect_format(path)]
     opened = from_path(path)  # refuses a file that is not MobileNet V1, as convert and predict do
     targets = []
     for runtime in runtimes or [own_runtime]:
@@ -172,7 +182,11 @@ def _converted_target(source, runtime: str, scratch: Path) -> Target:
     target = Target(source.name, runtime, None, config, macs_millions(config))
     if not runtime_installed(runtime):
         return target
-    fmt = RUNTIMES[runtime].format
+    fmt = registered_runtimes()[runtime].format
+    from mobilenet_zoo.formats import can_write
+
+    if not can_write(fmt, config.quantized):
+        return dataclasses.replace(target, error=f"the {fmt} format holds no {'uint8' if config.quantized else 'float'} models")
     try:
         written = convert(source, [fmt], scratch / f"{source.name}-{fmt}")
     except Exception as exc:  # writers surface framework errors too; report them against the runtime
@@ -192,8 +206,15 @@ def macs_millions(config: ModelConfig | None) -> float | None:
     return round(count_macs(config) / 1e6, 1)
 
 
+def _runtimes_for(model) -> list[str]:
+    """The runtimes whose format can hold `model` (float or uint8): bench's default."""
+    from mobilenet_zoo.formats import can_write
+
+    return [key for key, runtime in registered_runtimes().items() if can_write(runtime.format, model.config.quantized)]
+
+
 def runtime_installed(runtime: str) -> bool:
-    return available(RUNTIMES[runtime].module)
+    return available(registered_runtimes()[runtime].module)
 
 
 def measure_target(target: Target, batches: tuple[int, ...], threads: int | None, timing: Timing) -> list[BenchResult]:
@@ -201,7 +222,7 @@ def measure_target(target: Target, batches: tuple[int, ...], threads: int | None
     base = BenchResult(target.model, target.runtime, 0, path=str(target.path or ""), macs_millions=target.macs_millions,
                        quantized=target.config.quantized if target.config else None)
     if not runtime_installed(target.runtime):
-        note = f"{target.runtime} is not installed: pip install 'mobilenet-zoo[{RUNTIMES[target.runtime].extra}]'"
+        note = f"{target.runtime} is not installed: pip install 'mobilenet-zoo[{registered_runtimes()[target.runtime].extra}]'"
         return [dataclasses.replace(base, batch=b, status="skipped", note=note) for b in batches]
     if target.error:
         return [dataclasses.replace(base, batch=b, status="failed", note=target.error) for b in batches]
@@ -287,7 +308,7 @@ def threaded_runner(runtime: str, path: Path, threads: int | None):
     """The model's runner; onnxruntime takes its thread count per session, so bench builds that one."""
     if runtime != "onnxruntime" or threads is None:
         return load_runner(path)
-    from mobilenet_zoo.formats.onnx import OnnxRunner
+    from mobilenet_zoo.formats.onnx._float import OnnxRunner
 
     ort = require("onnxruntime")
     options = ort.SessionOptions()

@@ -15,13 +15,13 @@ from pathlib import Path
 
 from mobilenet_zoo.arch import Backbone
 from mobilenet_zoo.errors import ZooError
-from mobilenet_zoo.formats import TARGET_FORMATS, format_module
+from mobilenet_zoo.formats import names as format_names
+from mobilenet_zoo.formats import spec as format_spec
+from mobilenet_zoo.formats import write as write_format
 from mobilenet_zoo.fsutil import ensure_folder, refuse_overwriting
 from mobilenet_zoo.manifest import recorded_path, updating_manifest
 from mobilenet_zoo.sources import Source
 
-# How each format names its output beside the variant name.
-TARGET_SUFFIXES = {"onnx": ".onnx", "tflite": ".tflite", "torch": "_torch", "tf": "_saved_model", "keras": ".keras"}
 
 
 @dataclass
@@ -32,13 +32,15 @@ class Converted:
 
 def names_a_file(out: Path) -> bool:
     """True when `-o` looks like one model file (a suffix a format writes), not a folder."""
-    return bool(out.suffix) and out.suffix in {suffix for suffix in TARGET_SUFFIXES.values() if suffix.startswith(".")}
+    from mobilenet_zoo.formats import specs
+
+    return bool(out.suffix) and out.suffix in {s.target_suffix for s in specs() if s.target_suffix.startswith(".")}
 
 
 def target_path(source: Source, fmt: str, out: Path, single: bool) -> Path:
     """`out` itself when it names a file of the target's suffix (single target), else
     out/NAME+backbone options+suffix."""
-    suffix = TARGET_SUFFIXES[fmt]
+    suffix = format_spec(fmt).target_suffix
     if single and out.suffix and out.suffix == suffix:
         return out
     if names_a_file(out):
@@ -100,9 +102,9 @@ def convert(source: Source, formats: list[str], out: Path, format_options: dict[
             on_written: Callable[[Converted], None] | None = None) -> list[Converted]:
     """Write `source.model`, built as `build` says, in every format asked for (with per-format writer options),
     then record them. Nothing is written when any target path is refused."""
-    unknown = [f for f in formats if f not in TARGET_FORMATS]
+    unknown = [f for f in formats if f not in format_names()]
     if unknown:
-        raise ZooError(f"unknown target format {unknown[0]!r}; choose from {', '.join(TARGET_FORMATS)}")
+        raise ZooError(f"unknown target format {unknown[0]!r}; choose from {', '.join(format_names())}")
     source = prepare(source, build)
     out = Path(out)
     paths = {fmt: target_path(source, fmt, out, len(formats) == 1) for fmt in formats}
@@ -111,7 +113,7 @@ def convert(source: Source, formats: list[str], out: Path, format_options: dict[
     results = []
     for fmt, path in paths.items():
         ensure_folder(path.parent)
-        written = format_module(fmt).write(source.model, path, **(format_options or {}).get(fmt, {}))
+        written = write_format(source.model, path, fmt, **(format_options or {}).get(fmt, {}))
         results.append(Converted(fmt, written))
         if on_written:
             on_written(results[-1])

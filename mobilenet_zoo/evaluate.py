@@ -14,7 +14,6 @@ import csv
 import io
 import math
 import os
-import re
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -34,8 +33,6 @@ Z_95 = 1.959963984540054  # two-sided 95% normal quantile
 NUM_CLASSES = 1001
 TOP_K = 5
 CSV_HEADER = ["path", "label"]
-# What model files, folders and tarballs append to their variant's name.
-_MODEL_SUFFIXES = re.compile(r"(\.tgz|\.tar\.gz|_frozen\.pb|\.tflite|\.onnx|\.pt2|\.safetensors|_torch|_saved_model)$")
 
 Progress = Callable[[int, int], None]
 
@@ -292,7 +289,7 @@ def known_variant(model: str, quantized: bool, registry: Path | None = None) -> 
     candidates = [entry["variant"]] if entry else []
     if path.exists() and not path.name.endswith((".tgz", ".tar.gz", ".tar")):
         candidates.extend(_recognised_variant(path))
-    candidates.append(_MODEL_SUFFIXES.sub("", path.name) if path.exists() else model)
+    candidates.append(_without_model_suffix(path.name) if path.exists() else model)
     variants = load_registry(registry)
     for name in candidates:
         try:
@@ -302,6 +299,16 @@ def known_variant(model: str, quantized: bool, registry: Path | None = None) -> 
         if variant.quantized == quantized:
             return variant
     return None
+
+
+def _without_model_suffix(name: str) -> str:
+    """A file or folder name without what model files, folders and tarballs append to their variant's name."""
+    from mobilenet_zoo.archive import TARBALL_SUFFIXES
+    from mobilenet_zoo.formats import specs
+
+    endings = sorted({*TARBALL_SUFFIXES, "_frozen.pb", *(s.target_suffix for s in specs()), *(x for s in specs() for x in s.suffixes)},
+                     key=len, reverse=True)
+    return next((name.removesuffix(ending) for ending in endings if name.endswith(ending)), name)
 
 
 def _recognised_variant(path: Path) -> list[str]:

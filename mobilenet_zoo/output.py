@@ -50,6 +50,14 @@ def progress(total: int, description: str) -> Iterator[Callable[[str], None]]:
         yield lambda label: bar.update(task, advance=1, label=label)
 
 
+def rule(title: str) -> None:
+    """A section heading on stdout: a full-width rule on a terminal, a short line in a pipe."""
+    if console.is_terminal:
+        console.rule(title)
+    else:
+        console.print(f"== {title}", highlight=False)
+
+
 def note(message: str) -> None:
     """A line on stderr for the user (not under -q)."""
     if not quiet():

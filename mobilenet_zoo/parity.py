@@ -42,6 +42,13 @@ QDQ_MAX_LOGITS_LSB = 6
 QDQ_MAX_FEATURE_LSB = 137
 
 
+def _default_lsb() -> dict[str, int]:
+    """Each format's own uint8 tolerance (its spec's `max_lsb`: 0 for exact ONNX, 1 elsewhere), QDQ ONNX's."""
+    from mobilenet_zoo.formats import specs
+
+    return {**{spec.name: spec.max_lsb for spec in specs()}, ONNX_QDQ: QDQ_MAX_LSB}
+
+
 @dataclass
 class Thresholds:
     """Pass criteria. Float outputs: |target - reference| <= atol + rtol * |reference| elementwise (as
@@ -50,8 +57,7 @@ class Thresholds:
     atol: float = 1e-4
     rtol: float = 1e-4
     top5_identical: bool = True
-    lsb: dict[str, int] = field(
-        default_factory=lambda: {"onnx": 0, ONNX_QDQ: QDQ_MAX_LSB, "tflite": 1, "torch": 1, "tf": 1})
+    lsb: dict[str, int] = field(default_factory=lambda: _default_lsb())
     logits_lsb: dict[str, int] = field(default_factory=lambda: {ONNX_QDQ: QDQ_MAX_LOGITS_LSB})  # where bounded
     feature_lsb: dict[str, int] = field(default_factory=lambda: {ONNX_QDQ: QDQ_MAX_FEATURE_LSB})  # else `lsb`
 
@@ -337,7 +343,7 @@ def verify_target(target: Path, reference: Reference, thresholds: Thresholds) ->
 def threshold_key(fmt: str, runner: Runner) -> str:
     """The target's key in `Thresholds.lsb`: its format, or `ONNX_QDQ` for an ONNX file in QDQ form."""
     if fmt == "onnx" and runner.quantized:
-        from mobilenet_zoo.formats.onnx_qdq import is_qdq
+        from mobilenet_zoo.formats.onnx._qdq import is_qdq
 
         return ONNX_QDQ if is_qdq(runner) else fmt
     return fmt

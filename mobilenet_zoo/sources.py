@@ -42,7 +42,7 @@ def resolve(text: str | Path, *, registry: Path | None = None) -> Named:
         if path.is_dir() and official_members(path)[0]:
             return Named(text, OFFICIAL_FOLDER, path)
         return Named(text, MODEL_FILE, path, detect_format(path))
-    if any(sep in text for sep in ("/", "\\")) or path.suffix.lower() in (".onnx", ".tflite", ".pb", ".pt2", ".keras", ".h5", ".tgz"):
+    if any(sep in text for sep in ("/", "\\")) or path.suffix.lower() in (*_model_suffixes(), *TARBALL_SUFFIXES):
         raise ModelFormatError(f"no such file or folder: {text}")
     from mobilenet_zoo.variants import load_registry
 
@@ -87,6 +87,12 @@ def from_official_folder(folder: Path) -> Source:
         raise ModelFormatError(f"{folder}: neither {name}.ckpt nor {name}_frozen.pb is there")
     model = format_module("tf").read(frozen or checkpoint)
     return Source(model, frozen, name, folder)
+
+
+def _model_suffixes() -> tuple[str, ...]:
+    from mobilenet_zoo.formats import specs
+
+    return tuple(suffix for s in specs() for suffix in s.suffixes)
 
 
 def from_path(path: Path) -> Source:

@@ -19,7 +19,8 @@ from quant_data import sample_inputs, tflite_path
 
 from mobilenet_zoo import quant_math
 from mobilenet_zoo.arch import Backbone, ModelConfig, feature_scope, logits_map_size
-from mobilenet_zoo.formats import onnx_quant, tflite
+from mobilenet_zoo.formats import tflite
+from mobilenet_zoo.formats.onnx import _exact as onnx_quant
 from mobilenet_zoo.model import from_oihw, quant_info_from_json, random_model
 
 pytest.importorskip("ai_edge_litert")
@@ -129,8 +130,8 @@ def test_onnx_is_bit_identical(models, inputs, references, case, layout, tmp_pat
 @pytest.mark.parametrize("case", CASES)
 def test_torch_module_matches_tflite(models, inputs, references, case):
     pytest.importorskip("torch")
-    from mobilenet_zoo.formats import torch_quant
-    from mobilenet_zoo.torch_model import output_names
+    from mobilenet_zoo.formats.torch import _quant as torch_quant
+    from mobilenet_zoo.formats.torch._module import output_names
 
     model = models[case]
     runner = torch_quant.QuantTorchRunner(torch_quant.build_module(quant_math.integer_network(model)), model.input_size, output_names(model.backbone))
@@ -154,7 +155,7 @@ def test_torch_program_matches_tflite(models, inputs, references, tmp_path):
 @pytest.mark.parametrize("case", CASES)
 def test_tensorflow_saved_model_matches_tflite(models, inputs, references, case, tmp_path):
     pytest.importorskip("tensorflow")
-    from mobilenet_zoo.formats import tensorflow_quant
+    from mobilenet_zoo.formats.tensorflow import _quant as tensorflow_quant
 
     folder = tensorflow_quant.write(models[case], tmp_path / "saved_model")
     runner = tensorflow_quant.load_runner(folder)
@@ -192,8 +193,8 @@ def test_wrong_dilation_in_onnx_is_caught(models, inputs, references, tmp_path):
 def test_wrong_multiplier_shows_in_the_feature_output(models, inputs, references):
     """A 2% larger multiplier in one feature layer: its feature map (quant_math, torch eager, TF) must leave the bar."""
     pytest.importorskip("torch")
-    from mobilenet_zoo.formats import torch_quant
-    from mobilenet_zoo.torch_model import output_names
+    from mobilenet_zoo.formats.torch import _quant as torch_quant
+    from mobilenet_zoo.formats.torch._module import output_names
 
     case = "global, stride 16, 224"
     network = quant_math.integer_network(models[case])
@@ -201,7 +202,7 @@ def test_wrong_multiplier_shows_in_the_feature_output(models, inputs, references
         replace(conv, requantization=replace(conv.requantization, multiplier=(conv.requantization.multiplier * 1.02).astype(np.int64)))
         if conv.scope == BROKEN_LAYER else conv for conv in network.convs))
     pytest.importorskip("tensorflow")
-    from mobilenet_zoo.formats import tensorflow_quant
+    from mobilenet_zoo.formats.tensorflow import _quant as tensorflow_quant
 
     images, expected = inputs[case]["real images"], references[case]["real images"][BROKEN_LAYER]
     tf_module = tensorflow_quant.build_module(broken)

@@ -29,7 +29,7 @@ torch = pytest.importorskip("torch")
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
-from mobilenet_zoo.torch_model import build_module, output_names  # noqa: E402  (needs torch)
+from mobilenet_zoo.formats.torch._module import build_module, output_names  # noqa: E402  (needs torch)
 
 TOLERANCE = 1e-4
 BATCH = 2

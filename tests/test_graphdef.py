@@ -17,7 +17,7 @@ from tensorflow.core.framework import (
 
 from mobilenet_zoo.arch import ModelConfig
 from mobilenet_zoo.errors import ModelFormatError
-from mobilenet_zoo.formats import graphdef
+from mobilenet_zoo.formats.tensorflow import _graphdef as graphdef
 from mobilenet_zoo.formats import tensorflow as tf_format
 
 SMALL = ModelConfig(0.25, 128)

@@ -24,7 +24,10 @@ from test_onnx_reader import assert_quant_equal
 
 from mobilenet_zoo.arch import SCOPE, Backbone
 from mobilenet_zoo.formats import onnx as onnx_format
-from mobilenet_zoo.formats import onnx_qdq, onnx_quant, onnx_reader, tflite
+from mobilenet_zoo.formats import tflite
+from mobilenet_zoo.formats.onnx import _qdq as onnx_qdq
+from mobilenet_zoo.formats.onnx import _exact as onnx_quant
+from mobilenet_zoo.formats.onnx import _reader as onnx_reader
 from mobilenet_zoo.model import QuantInfo, QuantizedTensor, QuantParams
 from mobilenet_zoo.preprocess import load_image_uint8
 from mobilenet_zoo.quant_math import integer_network, multiply_by_quantized_multiplier

@@ -12,7 +12,8 @@ from quant_data import VARIANTS, sample_inputs, tflite_path
 
 from mobilenet_zoo.arch import ModelConfig
 from mobilenet_zoo.errors import ModelFormatError
-from mobilenet_zoo.formats import onnx_quant, tflite
+from mobilenet_zoo.formats import tflite
+from mobilenet_zoo.formats.onnx import _exact as onnx_quant
 from mobilenet_zoo.model import random_model
 
 BROKEN_SCALE = "MobilenetV1/Conv2d_5_pointwise/requantize/scale_and_offset/scale"  # its proven requantization

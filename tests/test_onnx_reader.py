@@ -13,7 +13,9 @@ from quant_data import VARIANTS, tflite_path
 from mobilenet_zoo.arch import INPUT_NODE, OUTPUT_NODE, Backbone, ModelConfig
 from mobilenet_zoo.errors import ModelFormatError
 from mobilenet_zoo.formats import onnx as onnx_format
-from mobilenet_zoo.formats import onnx_quant, onnx_reader, tflite
+from mobilenet_zoo.formats import tflite
+from mobilenet_zoo.formats.onnx import _exact as onnx_quant
+from mobilenet_zoo.formats.onnx import _reader as onnx_reader
 from mobilenet_zoo.model import (
     MobileNetV1Model,
     QuantInfo,

@@ -69,7 +69,7 @@ def test_numpy_reference_matches_tflite(models, references, variant):
 
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_torch_eager_module_matches_tflite(models, references, variant):
-    torch_quant = pytest.importorskip("mobilenet_zoo.formats.torch_quant")
+    torch_quant = pytest.importorskip("mobilenet_zoo.formats.torch._quant")
     pytest.importorskip("torch")
     module = torch_quant.build_module(quant_math.integer_network(models[variant]))
     assert_matches_tflite(torch_quant.QuantTorchRunner(module, VARIANTS[variant]), variant, references, "torch eager")
@@ -116,7 +116,7 @@ def test_torch_folder_reads_back_the_integers(torch_folders, models):
 def test_tensorflow_saved_model_matches_tflite(models, references, variant, tmp_path):
     pytest.importorskip("tensorflow")
     from mobilenet_zoo.formats import tensorflow as tf_format
-    from mobilenet_zoo.formats import tensorflow_quant
+    from mobilenet_zoo.formats.tensorflow import _quant as tensorflow_quant
 
     folder = tf_format.write(models[variant], tmp_path / variant)
     assert tensorflow_quant.is_quantized(folder)
@@ -127,7 +127,7 @@ def test_tensorflow_saved_model_matches_tflite(models, references, variant, tmp_
 
 def tf_module_runner(network: quant_math.IntegerNetwork, plan: quant_math.FloatPlan | None = None):
     """The quantized `tf.Module` (not saved) as a runner; the closure keeps the module alive for its `serve`."""
-    from mobilenet_zoo.formats import tensorflow_quant
+    from mobilenet_zoo.formats.tensorflow import _quant as tensorflow_quant
 
     module = tensorflow_quant.build_module(network, plan)
     return tensorflow_quant.QuantTensorFlowRunner(lambda images: module.serve(images), network.resolution)
@@ -141,7 +141,7 @@ def test_changed_requantization_scale_exceeds_threshold(models, references):
     broken = replace(model, quant=QuantInfo(broken_tensors, model.quant.activations))
     pytest.importorskip("torch")
     pytest.importorskip("tensorflow")
-    from mobilenet_zoo.formats import torch_quant
+    from mobilenet_zoo.formats.torch import _quant as torch_quant
 
     images, expected = sample_inputs(128, 6)["real images"], references["0.25_128"]["real images"]
     network = quant_math.integer_network(broken)
@@ -269,7 +269,7 @@ def test_fallback_paths_match_tflite(models, references, conv_dtype, requantize_
     """The float64 convolution and the float64 / int64 requantization, used where the float32 bounds fail, are exact too."""
     pytest.importorskip("torch")
     pytest.importorskip("tensorflow")
-    from mobilenet_zoo.formats import torch_quant
+    from mobilenet_zoo.formats.torch import _quant as torch_quant
 
     network = quant_math.integer_network(models["0.25_128"])
     plan = fallback_plan(network, conv_dtype, requantize_dtype)
@@ -284,7 +284,7 @@ def test_torch_softmax_sums_left_to_right(models):
     pytest.importorskip("torch")
     import torch
 
-    from mobilenet_zoo.formats import torch_quant
+    from mobilenet_zoo.formats.torch import _quant as torch_quant
 
     network = quant_math.integer_network(models["0.25_128"])
     module = torch_quant.build_module(network)

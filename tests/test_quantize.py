@@ -216,7 +216,7 @@ def test_load_calibration_refuses_missing_and_empty_folders(tmp_path):
 
 def test_quantized_saved_model_reads_back_identical(tmp_path):
     pytest.importorskip("tensorflow")
-    from mobilenet_zoo.formats import tensorflow_quant
+    from mobilenet_zoo.formats.tensorflow import _quant as tensorflow_quant
 
     model = tflite.read(tflite_path("0.25_128"))
     back = tensorflow_quant.read(tensorflow_quant.write(model, tmp_path / "saved"))
@@ -237,7 +237,7 @@ def test_quantized_saved_model_reads_back_identical(tmp_path):
 
 
 def test_quantized_saved_model_reader_refuses_other_folders(tmp_path):
-    from mobilenet_zoo.formats import tensorflow_quant
+    from mobilenet_zoo.formats.tensorflow import _quant as tensorflow_quant
 
     with pytest.raises(ModelFormatError, match="not a quantized MobileNet V1 SavedModel"):
         tensorflow_quant.read(tmp_path)

@@ -25,7 +25,7 @@ from mobilenet_zoo.arch import Backbone, ModelConfig
 from mobilenet_zoo.errors import ModelFormatError
 from mobilenet_zoo.formats import torch as torch_format
 from mobilenet_zoo.model import MobileNetV1Model, random_model
-from mobilenet_zoo.torch_model import MobileNetV1, build_module
+from mobilenet_zoo.formats.torch._module import MobileNetV1, build_module
 
 CONFIGS = [ModelConfig(0.25, 128), ModelConfig(0.5, 160), ModelConfig(1.0, 224)]
 SMALL = CONFIGS[0]

@@ -21,6 +21,7 @@ from mobilenet_zoo.commands.options import (
 from mobilenet_zoo.errors import VerificationError, ZooError
 from mobilenet_zoo.output import console, print_json
 from mobilenet_zoo.output import progress as output_progress
+from mobilenet_zoo.output import rule as output_rule
 from mobilenet_zoo.output import status as output_status
 
 
@@ -44,7 +45,7 @@ def _images(paths: list[Path]) -> list[Path]:
 
 def convert_command(
     sources: List[str] = typer.Argument(None, help="Registry names (pulled on demand), tarballs, extracted folders, or model files."),
-    to: List[str] = typer.Option([], "--to", help="Target format(s): onnx, torch, tflite, tf, keras (repeat or comma-separate)."),
+    to: List[str] = typer.Option([], "--to", help="Target format(s), repeated or comma-separated: onnx, torch, tflite, tf, keras (every registered format)."),
     all_formats: bool = typer.Option(False, "--all-formats", help="Write every target format."),
     all_variants: bool = typer.Option(False, "--all", help="Convert every variant of the registry (pulled on demand)."),
     output: Path = typer.Option(Path("."), "-o", "--output", help="Output folder, or a file path for a single source and target."),
@@ -78,7 +79,9 @@ def convert_command(
         raise ZooError("name the models to convert, or pass --all (not both)")
     formats = list(FORMATS) if all_formats else _split(to)
     if not formats:
-        raise ZooError("say which format to write: --to onnx|torch|tflite|tf|keras, or --all-formats")
+        from mobilenet_zoo.formats import names as format_names
+
+        raise ZooError(f"say which format to write: --to {'|'.join(format_names())}, or --all-formats")
     if len(names) > 1 and names_a_file(output):
         raise ZooError(f"-o {output} names one file, but {len(names)} models are converted: give a folder")
     if layout.upper() not in ("NCHW", "NHWC"):
@@ -239,9 +242,9 @@ def demo_command(
     from mobilenet_zoo.samples import BUNDLED_MODEL, sample_images
     from mobilenet_zoo.sources import open_source
 
-    console.rule(f"predict: {BUNDLED_MODEL.name} on the bundled photos (top 3)")
+    output_rule(f"predict: {BUNDLED_MODEL.name} on the bundled photos (top 3)")
     _print_predictions(predict(load_runner(BUNDLED_MODEL), sample_images(), 3), False)
-    console.rule(f"convert to {', '.join(FORMATS)} in {output}/, then verify")
+    output_rule(f"convert to {', '.join(FORMATS)} in {output}/, then verify")
     with output_progress(len(FORMATS), "converting") as advance:
         written = convert(open_source(BUNDLED_MODEL), list(FORMATS), output, force=True,
                           on_written=lambda done: advance(f"{done.format}: {done.path.name}"))

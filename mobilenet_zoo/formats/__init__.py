@@ -1,52 +1,59 @@
-"""One reader and one writer per format, all over the canonical `MobileNetV1Model`.
+"""The registry of model formats: each format is one subpackage that declares a `FormatSpec` and registers its
+reader, writers and runner with decorators (as tf2onnx registers op handlers and timm its models).
 
-Every format module (`tensorflow`, `torch`, `onnx`, `tflite`, `keras`) exposes the same three functions and is
-imported only when used, so light commands never load a framework:
+    formats/onnx/__init__.py
+        SPEC = register_format(FormatSpec("onnx", "ONNX", suffixes=(".onnx",), target_suffix=".onnx", ...))
 
-    write(model, out: Path, **options) -> Path
-        Write `model` to `out` (a file or folder the module names), atomically: nothing is left at
-        `out` if writing fails. Returns the path written.
-    read(path: Path) -> MobileNetV1Model
-        Map a model file of this format back to the canonical model.
-    load_runner(path: Path) -> Runner
-        Load a written model in its own runtime for a forward pass.
+        @reader("onnx")
+        def read(path: Path) -> MobileNetV1Model: ...
+        @writer("onnx")                       # float models
+        def write(model, out: Path, **options) -> Path: ...
+        @writer("onnx", quantized=True)       # uint8 models
+        def write_quantized(model, out: Path, **options) -> Path: ...
+        @runner("onnx")
+        def load_runner(path: Path) -> Runner: ...
 
-A Runner is called with a batch of NHWC images and returns named outputs:
-    float models: float32 input in [-1, 1]; outputs "logits" and "probabilities" (float32, N x classes).
-    quantized models: uint8 input (0..255); outputs "probabilities" as the raw uint8 tensor
-    (scale 1/256, zero point 0) and, when the runtime exposes it, "logits" as raw uint8.
-Its `quantized` attribute says which, and `resolution` the input size it expects (None if dynamic).
+Every subpackage of `mobilenet_zoo.formats` (a folder with an `__init__.py`) is found and imported on first use,
+so adding a format is one new folder: detection, `convert --to`, `verify`, `bench` and `predict` read this
+registry. A format package imports no framework at import time (its private modules do, inside functions).
+
+Contracts:
+    write(model, out, **options) -> Path
+        Write `model` to `out` (a file or folder named by the spec's `target_suffix`), atomically: nothing is
+        left at `out` if writing fails. Returns the path written.
+    read(path) -> MobileNetV1Model
+        Map a model file of this format back to the canonical model (by structure, not by names).
+    load_runner(path) -> Runner
+        Load a written model in its own runtime. A Runner is called with a batch of NHWC images and returns
+        named outputs: float models take float32 in [-1, 1] and return "logits" and "probabilities" (float32,
+        N x classes); quantized models take uint8 (0..255) and return the raw uint8 "probabilities" (scale
+        1/256) and, where the runtime exposes it, raw uint8 "logits". `quantized` says which, `resolution` the
+        input size it expects (None if dynamic).
 
 Writers build the graph `model.backbone` describes (`arch.Backbone`, default: the released network):
     features      each chosen layer's activation is an extra output named `arch.feature_scope(i)`
-                  ("Conv2d_0", "Conv2d_5_pointwise", ...); runners return it NHWC (float32, or raw uint8
-                  for quantized models, in that activation's quantization);
-    pooling       "slim" (min(7, S) x min(7, S), stride 2, VALID) or "global"; when the pool leaves a map
-                  larger than 1x1 (`arch.logits_map_size` > 1), logits and probabilities are N x S x S x classes
-                  (softmax over the last axis) instead of N x classes;
+                  ("Conv2d_0", "Conv2d_5_pointwise", ...), NHWC in every runner;
+    pooling       "slim" (min(7, S) x min(7, S), stride 2, VALID) or "global"; a slim pool on a large input
+                  gives N x S x S x classes logits and probabilities (softmax over the last axis);
     output_stride 8 or 16: dilated depthwise convolutions as `arch.placed_layers` plans them;
     input_size    the input height and width (`model.input_size`; runners report it as `resolution`).
-Our files record `model.metadata()` (variant, source, classes, padding, backbone options), so reading one back
-restores them (`MobileNetV1Model.with_recorded`);
-readers of other files infer the backbone from the graph's structure where it shows (TFLite: strides,
-dilations, pool, and extra outputs named by the convolution that produces them).
+Our files record `model.metadata()`, so reading one back restores the variant and the backbone options.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import importlib
+import pkgutil
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
 from mobilenet_zoo.errors import ModelFormatError
-
-FORMATS = ("tf", "torch", "onnx", "tflite")  # hold float and uint8 models: what --all-formats writes
-FLOAT_FORMATS = ("keras",)  # float models only, written on request (--to keras)
-TARGET_FORMATS = FORMATS + FLOAT_FORMATS
-_MODULES = {"tf": "tensorflow", "torch": "torch", "onnx": "onnx", "tflite": "tflite", "keras": "keras"}
 
 
 class Runner(Protocol):
@@ -56,37 +63,160 @@ class Runner(Protocol):
     def __call__(self, images: np.ndarray) -> dict[str, np.ndarray]: ...
 
 
-def format_module(fmt: str) -> ModuleType:
-    """The reader/writer module of a format (importing it imports no framework by itself)."""
-    if fmt not in _MODULES:
-        raise ModelFormatError(f"unknown format {fmt!r}; choose one of {', '.join(TARGET_FORMATS)}")
-    return importlib.import_module(f"mobilenet_zoo.formats.{_MODULES[fmt]}")
+@dataclass(frozen=True)
+class FormatSpec:
+    """What the rest of the tool needs to know about a format, as data."""
+
+    name: str  # as on the command line: `convert --to NAME`
+    title: str  # for people: "ONNX", "TensorFlow SavedModel"
+    target_suffix: str  # how a written target is named after the variant: ".onnx", "_torch"
+    suffixes: tuple[str, ...] = ()  # file names this format reads (lower case endings)
+    folder_markers: tuple[str, ...] = ()  # glob patterns of files that make a folder this format's
+    runtime: str = ""  # `bench --runtimes` name of the runtime that runs it
+    runtime_module: str = ""  # importable when that runtime is installed
+    extra: str = ""  # pip extra that installs what the format needs
+    max_lsb: int = 1  # default tolerance of its uint8 outputs against the TFLite builtin kernels
+    priority: int = 0  # detection order when several formats claim a path (higher first)
+
+    def claims(self, path: Path) -> bool:
+        """True when `path` looks like a file or folder of this format."""
+        if path.is_dir():
+            names = [child.name for child in path.iterdir()]
+            return any(fnmatch.filter(names, marker) for marker in self.folder_markers)
+        name = path.name.lower()
+        return any(name.endswith(suffix) or (suffix.startswith(".") and f"{suffix}." in name) for suffix in self.suffixes)
+
+
+_SPECS: dict[str, FormatSpec] = {}
+_HANDLERS: dict[tuple[str, str], Callable[..., Any]] = {}
+_discovered = False
+READ, WRITE, WRITE_QUANTIZED, RUN = "read", "write", "write_quantized", "run"
+
+
+def register_format(spec: FormatSpec) -> FormatSpec:
+    """Declare a format (once per name)."""
+    if spec.name in _SPECS and _SPECS[spec.name] != spec:
+        raise ValueError(f"format {spec.name!r} is registered twice")
+    _SPECS[spec.name] = spec
+    return spec
+
+
+def _handler(kind: str, fmt: str) -> Callable[[Callable], Callable]:
+    def register(function: Callable) -> Callable:
+        _HANDLERS[(fmt, kind)] = function
+        return function
+
+    return register
+
+
+def reader(fmt: str) -> Callable[[Callable], Callable]:
+    """Decorator: `fmt`'s reader, path -> canonical model."""
+    return _handler(READ, fmt)
+
+
+def writer(fmt: str, *, quantized: bool = False) -> Callable[[Callable], Callable]:
+    """Decorator: `fmt`'s writer of float (or, with `quantized=True`, uint8) models."""
+    return _handler(WRITE_QUANTIZED if quantized else WRITE, fmt)
+
+
+def runner(fmt: str) -> Callable[[Callable], Callable]:
+    """Decorator: `fmt`'s runner loader, path -> Runner."""
+    return _handler(RUN, fmt)
+
+
+def discover() -> None:
+    """Import every format subpackage once (each registers itself)."""
+    global _discovered
+    if _discovered:
+        return
+    _discovered = True
+    for package in pkgutil.iter_modules(__path__, f"{__name__}."):
+        if package.ispkg and not package.name.rpartition(".")[2].startswith("_"):
+            importlib.import_module(package.name)
+
+
+def rediscover() -> None:
+    """Look for format subpackages again (after a folder was added to `__path__`, e.g. in a test)."""
+    global _discovered
+    _discovered = False
+    discover()
+
+
+def specs() -> list[FormatSpec]:
+    """Every registered format, in registration order."""
+    discover()
+    return list(_SPECS.values())
+
+
+def names() -> list[str]:
+    """The names `convert --to` accepts."""
+    return [spec.name for spec in specs()]
+
+
+def spec(name: str) -> FormatSpec:
+    """The spec of a format, refused in one line when there is no such format."""
+    discover()
+    if name not in _SPECS:
+        raise ModelFormatError(f"unknown format {name!r}; choose from {', '.join(_SPECS)}")
+    return _SPECS[name]
+
+
+def handler(fmt: str, kind: str) -> Callable[..., Any]:
+    """The registered function of a kind (read, write, write_quantized, run) for a format."""
+    spec(fmt)
+    function = _HANDLERS.get((fmt, kind))
+    if function is None:
+        what = {READ: "read", WRITE: "write float models", WRITE_QUANTIZED: "write uint8 models", RUN: "run"}[kind]
+        raise ModelFormatError(f"the {fmt} format cannot {what}")
+    return function
 
 
 def detect_format(path: Path) -> str:
     """Which format a model path is in, from its name and (for folders) its contents."""
     path = Path(path)
-    name = path.name.lower()
+    for candidate in sorted(specs(), key=lambda s: -s.priority):
+        if candidate.claims(path):
+            return candidate.name
     if path.is_dir():
-        if (path / "saved_model.pb").exists():
-            return "tf"
-        if any(path.glob("*.pt2")) or any(path.glob("*.safetensors")):
-            return "torch"
-        raise ModelFormatError(f"{path}: folder holds neither a SavedModel nor PyTorch files (.pt2, .safetensors)")
-    if name.endswith(".onnx"):
-        return "onnx"
-    if name.endswith(".tflite"):
-        return "tflite"
-    if name.endswith((".keras", ".h5")):
-        return "keras"
-    if name.endswith((".pt2", ".safetensors", ".pt")):
-        return "torch"
-    if name.endswith(".pb") or ".ckpt" in name:
-        return "tf"
-    raise ModelFormatError(f"{path}: cannot tell the model format from the name (expected .onnx, .tflite, .pt2, .safetensors, .pb, .ckpt, "
-                           ".keras, .h5, or a SavedModel folder)")
+        markers = sorted({marker for s in specs() for marker in s.folder_markers})
+        raise ModelFormatError(f"{path}: folder holds no model file of a known format ({', '.join(markers)})")
+    suffixes = sorted({suffix for s in specs() for suffix in s.suffixes})
+    raise ModelFormatError(f"{path}: cannot tell the model format from the name (expected {', '.join(suffixes)}, or a model folder)")
+
+
+def read(path: Path, fmt: str | None = None):
+    """The canonical model of a model file or folder of any format."""
+    path = Path(path)
+    return handler(fmt or detect_format(path), READ)(path)
+
+
+def write(model, path: Path, fmt: str, **options) -> Path:
+    """Write a model (float or quantized: the matching writer) in a format."""
+    return handler(fmt, WRITE_QUANTIZED if model.config.quantized else WRITE)(model, Path(path), **options)
 
 
 def load_runner(path: Path) -> Runner:
     """Load any written model in the runtime of its format."""
-    return format_module(detect_format(path)).load_runner(Path(path))
+    path = Path(path)
+    return handler(detect_format(path), RUN)(path)
+
+
+def can_write(fmt: str, quantized: bool) -> bool:
+    """True when the format has a writer for float (or uint8) models."""
+    spec(fmt)
+    return (fmt, WRITE_QUANTIZED if quantized else WRITE) in _HANDLERS
+
+
+def format_module(fmt: str) -> ModuleType:
+    """The package of a format (its `read`, `write`, `load_runner`, and its internals for tests)."""
+    return importlib.import_module(handler(fmt, READ).__module__)
+
+
+def __getattr__(name: str) -> Any:
+    """`FORMATS`: the formats that hold float and uint8 models (what --all-formats writes); `TARGET_FORMATS`:
+    every registered format. Computed on first use, after discovery."""
+    if name == "FORMATS":
+        return tuple(s.name for s in specs() if (s.name, WRITE) in _HANDLERS and (s.name, WRITE_QUANTIZED) in _HANDLERS)
+    if name == "TARGET_FORMATS":
+        return tuple(names())
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -47,8 +47,8 @@ import numpy as np
 from mobilenet_zoo.arch import SCOPE
 from mobilenet_zoo.deps import require
 from mobilenet_zoo.errors import ModelFormatError
-from mobilenet_zoo.formats import onnx as onnx_format
-from mobilenet_zoo.formats.onnx import LOGITS, MIN_OPSET, PROBABILITIES
+from mobilenet_zoo.formats.onnx import _float as onnx_format
+from mobilenet_zoo.formats.onnx._float import LOGITS, MIN_OPSET, PROBABILITIES
 from mobilenet_zoo.model import (
     POOL_ACTIVATION,
     MobileNetV1Model,

@@ -59,19 +59,7 @@ def write(model: MobileNetV1Model, out: Path, *, layout: str = "NCHW", opset: in
     """
     if quant_format not in QUANT_FORMATS:
         raise ModelFormatError(f"unknown quantized ONNX form {quant_format!r}; choose {', '.join(QUANT_FORMATS)}")
-    if model.config.quantized:
-        from mobilenet_zoo.formats import onnx_qdq, onnx_quant
-
-        writer = onnx_qdq if quant_format == "qdq" else onnx_quant
-        return writer.write(model, out, layout=layout, opset=opset)
     return save_checked(build_model(model, layout=layout, opset=opset), Path(out))
-
-
-def read(path: Path) -> MobileNetV1Model:
-    """Map any MobileNet V1 ONNX graph (ours, tf2onnx's, float or quantized) to the canonical model, by structure."""
-    from mobilenet_zoo.formats import onnx_reader
-
-    return onnx_reader.read(Path(path))
 
 
 def load_runner(path: Path) -> OnnxRunner:

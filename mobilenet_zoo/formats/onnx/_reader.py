@@ -36,7 +36,7 @@ from mobilenet_zoo.arch import (
 )
 from mobilenet_zoo.deps import require
 from mobilenet_zoo.errors import ModelFormatError
-from mobilenet_zoo.formats.onnx_quant import QUANTIZATION_KEY
+from mobilenet_zoo.formats.onnx._exact import QUANTIZATION_KEY
 from mobilenet_zoo.model import (
     INPUT_ACTIVATION,
     LOGITS_ACTIVATION,

@@ -27,7 +27,7 @@ import numpy as np
 from mobilenet_zoo.arch import INPUT_NODE, Backbone
 from mobilenet_zoo.deps import require
 from mobilenet_zoo.errors import ModelFormatError
-from mobilenet_zoo.formats import tensorflow as tf_format
+from mobilenet_zoo.formats.tensorflow import _slim as tf_format
 from mobilenet_zoo.fsutil import atomic_folder
 from mobilenet_zoo.model import (
     MobileNetV1Model,

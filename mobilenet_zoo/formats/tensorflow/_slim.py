@@ -231,10 +231,6 @@ def write(model: MobileNetV1Model, out: Path) -> Path:
     """Write a TF2 SavedModel folder: `tf.saved_model.load(out)(images)` and its `serving_default` signature map
     `input` (float32 NHWC in [-1, 1], any batch) to {`logits`, `probabilities`, feature name...}; METADATA_FILE
     holds `model.metadata()` (so `read` restores the variant and backbone options). Returns `out`."""
-    if model.config.quantized:
-        from mobilenet_zoo.formats import tensorflow_quant
-
-        return tensorflow_quant.write(model, out)
     tf = require("tensorflow")
     out = Path(out)
     module = saved_model_module(model.validate())
@@ -289,12 +285,10 @@ def graph_runner(model: MobileNetV1Model) -> Iterator[TensorFlowRunner]:
 
 
 def read(path: Path) -> MobileNetV1Model:
-    """Read a slim checkpoint (prefix or any of its files), a frozen graph, or a SavedModel folder (float or quantized)."""
+    """Read a slim checkpoint (prefix or any of its files), a frozen graph, or a float SavedModel folder."""
     path = Path(path)
     if path.is_dir():
-        from mobilenet_zoo.formats import tensorflow_quant
-
-        return tensorflow_quant.read(path) if tensorflow_quant.is_quantized(path) else _read_saved_model(path)
+        return _read_saved_model(path)
     if ".ckpt" in path.name:
         return _read_checkpoint(checkpoint_prefix(path))
     if path.suffix == ".pb":
@@ -325,7 +319,7 @@ def _checkpoint_reader(prefix: Path):
 
 def _read_frozen_graph(path: Path) -> MobileNetV1Model:
     """The Const nodes of a frozen graph, read with plain protobuf (`graphdef`): no TensorFlow needed."""
-    from mobilenet_zoo.formats import graphdef
+    from mobilenet_zoo.formats.tensorflow import _graphdef as graphdef
 
     graph_def = graphdef.read_graph_def(path)
     constants = graphdef.constant_nodes(graph_def)
@@ -420,7 +414,7 @@ def _checkpoint_resolution(prefix: Path) -> int:
     name = prefix.name.removesuffix(".ckpt")
     for graph_file in (prefix.with_name(f"{name}_frozen.pb"), prefix.with_name(f"{name}_eval.pbtxt")):
         if graph_file.exists():
-            from mobilenet_zoo.formats import graphdef
+            from mobilenet_zoo.formats.tensorflow import _graphdef as graphdef
 
             return _input_resolution(graphdef.read_graph_def(graph_file), graph_file)
     for info in [prefix.with_name(f"{name}_info.txt")] + sorted(prefix.parent.glob("*_info.txt")):
@@ -463,10 +457,6 @@ def load_runner(path: Path) -> TensorFlowRunner:
     """The original frozen graph (the reference forward pass) or a SavedModel, run in TensorFlow."""
     path = Path(path)
     if path.is_dir():
-        from mobilenet_zoo.formats import tensorflow_quant
-
-        if tensorflow_quant.is_quantized(path):
-            return tensorflow_quant.load_runner(path)
         return _saved_model_runner(path)
     if path.suffix == ".pb":
         return _frozen_graph_runner(path)

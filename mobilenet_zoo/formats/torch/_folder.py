@@ -19,7 +19,7 @@ stride, input size). A transformers config cannot express those options (global 
 stride, no chosen feature outputs), so config.json and preprocessor_config.json are written for the default
 backbone only. Folders written before (NAME.safetensors + an NHWC `.pt2` returning a tuple, plus Hugging Face
 files) read and run as they did.
-Quantized models are written by `mobilenet_zoo.formats.torch_quant` (NAME.safetensors holds the integers), their
+Quantized models are written by `mobilenet_zoo.formats.torch._quant` (NAME.safetensors holds the integers), their
 program wrapped by `save_program` as the float one is: uint8 images in the file's layout, a dict of uint8 outputs.
 """
 
@@ -74,12 +74,9 @@ def write(model: MobileNetV1Model, out: Path, *, layout: str = DEFAULT_LAYOUT, s
     canonical weights (slim names, TF layouts); quantized folders always hold theirs.
     """
     layout = checked_layout(layout)
-    if model.config.quantized:
-        with _exported_layout(layout):
-            return _quant_module().write(model, out)
     model = model.validate()
     out = Path(out)
-    from mobilenet_zoo.torch_model import build_module
+    from mobilenet_zoo.formats.torch._module import build_module
 
     with atomic_folder(out) as staging:
         name, metadata = model.config.name, model_metadata(model)
@@ -101,7 +98,8 @@ def checked_layout(layout: str) -> str:
 
 
 @contextmanager
-def _exported_layout(layout: str) -> Iterator[None]:
+def exported_layout(layout: str) -> Iterator[None]:
+    """Inside the block, `save_program` exports programs with this input layout (the quantized writer's path)."""
     token = _program_layout.set(layout)
     try:
         yield
@@ -112,8 +110,6 @@ def _exported_layout(layout: str) -> Iterator[None]:
 def read(path: Path) -> MobileNetV1Model:
     """The canonical model of a folder `write` made, one of its files, or any Hugging Face MobileNetV1 folder."""
     path = Path(path)
-    if _is_quantized(path):
-        return _quant_module().read(path)
     if path.is_dir():
         return _read_folder(path)
     if path.suffix == PROGRAM_SUFFIX:
@@ -126,9 +122,7 @@ def read(path: Path) -> MobileNetV1Model:
 def load_runner(path: Path) -> TorchRunner:
     """Run the `.pt2` program when there is one, else the module rebuilt from the weights `read` finds."""
     path = Path(path)
-    if _is_quantized(path):
-        return _quant_module().load_runner(path)
-    from mobilenet_zoo.torch_model import build_module, output_names
+    from mobilenet_zoo.formats.torch._module import build_module, output_names
 
     program = program_module(path)
     if program is not None:
@@ -210,7 +204,7 @@ def save_program(
     unless told, any batch size; a dict of outputs named as `metadata`'s backbone says) and save it with
     `metadata` and the layout as its extra file."""
     torch = require("torch")
-    from mobilenet_zoo.torch_model import ProgramInterface, output_names
+    from mobilenet_zoo.formats.torch._module import ProgramInterface, output_names
 
     layout = checked_layout(layout or _program_layout.get())
     interface = ProgramInterface(module, output_names(backbone_from_metadata(metadata, out)), layout)
@@ -227,7 +221,7 @@ def program_module(path: Path) -> tuple[ProgramCall, int] | None:
 
     None when `path` is no program and its folder holds none.
     """
-    from mobilenet_zoo.torch_model import output_names
+    from mobilenet_zoo.formats.torch._module import output_names
 
     program = own_file(path, PROGRAM_SUFFIX) if path.is_dir() else path
     if program is None or program.suffix != PROGRAM_SUFFIX:
@@ -301,7 +295,7 @@ def _read_safetensors(path: Path) -> MobileNetV1Model:
 
 def _read_program(path: Path) -> MobileNetV1Model:
     """Weights from the exported program's state dict, named as `torch_model.MobileNetV1` names them."""
-    from mobilenet_zoo.torch_model import weights_from_state_dict
+    from mobilenet_zoo.formats.torch._module import weights_from_state_dict
 
     metadata = recorded_metadata(path)
     config = config_from_metadata(metadata, path)
@@ -361,14 +355,9 @@ def own_file(folder: Path, suffix: str) -> Path | None:
     return next((p for p in sorted(folder.glob(f"*{suffix}")) if p.name != HF_WEIGHTS), None)
 
 
-def _is_quantized(path: Path) -> bool:
+def is_quantized(path: Path) -> bool:
+    """True when the folder or file holds a quantized model (our metadata says so)."""
     return recorded_metadata(path).get("quantized") == "true"
-
-
-def _quant_module() -> ModuleType:
-    from mobilenet_zoo.formats import torch_quant
-
-    return torch_quant
 
 
 # --------------------------------------------------------------------------------- Hugging Face files
@@ -451,7 +440,7 @@ def hf_preprocessor_config(config: ModelConfig) -> dict[str, Any]:
 
 def hf_state_dict(model: MobileNetV1Model) -> dict[str, np.ndarray]:
     """The transformers state dict of `model` (a folded model gets identity BatchNorms around its biases)."""
-    from mobilenet_zoo.torch_model import to_torch_layout
+    from mobilenet_zoo.formats.torch._module import to_torch_layout
 
     unfolded = _with_identity_batchnorm(model) if model.is_folded else model
     state = {hf: to_torch_layout(unfolded.weights[slim], kind) for slim, (hf, kind) in hf_tensor_names(model.config).items()}
@@ -462,7 +451,7 @@ def hf_state_dict(model: MobileNetV1Model) -> dict[str, np.ndarray]:
 
 def hf_tensor_names(config: ModelConfig) -> dict[str, tuple[str, str]]:
     """Slim name -> (transformers name, layout kind); the mapping of transformers' TF checkpoint converter."""
-    from mobilenet_zoo.torch_model import LINEAR, VECTOR, layer_tensor_names
+    from mobilenet_zoo.formats.torch._module import LINEAR, VECTOR, layer_tensor_names
 
     names: dict[str, tuple[str, str]] = {}
     for index, layer in enumerate(config.layers()):
@@ -492,7 +481,7 @@ def weights_from_hf(
 ) -> dict[str, np.ndarray]:
     """Canonical weights from a transformers state dict; `folded`: the BatchNorms are the identities
     `hf_state_dict` wrote for a folded model, whose betas are its biases."""
-    from mobilenet_zoo.torch_model import to_tf_layout
+    from mobilenet_zoo.formats.torch._module import to_tf_layout
 
     weights = {}
     for slim, (hf, kind) in hf_tensor_names(config).items():

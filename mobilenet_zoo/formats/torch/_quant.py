@@ -31,8 +31,8 @@ import numpy as np
 from mobilenet_zoo.arch import SCOPE, Backbone
 from mobilenet_zoo.deps import require
 from mobilenet_zoo.errors import ModelFormatError
-from mobilenet_zoo.formats import torch as torch_format
-from mobilenet_zoo.formats.torch import (
+from mobilenet_zoo.formats.torch import _folder as torch_format
+from mobilenet_zoo.formats.torch._folder import (
     PROGRAM_SUFFIX,
     WEIGHTS_SUFFIX,
     own_file,
@@ -290,6 +290,6 @@ class QuantTorchRunner:
 
 def _output_names(backbone: Backbone) -> tuple[str, ...]:
     """The module's outputs in order, named as the float module's (`torch_model` imports torch, hence here)."""
-    from mobilenet_zoo.torch_model import output_names
+    from mobilenet_zoo.formats.torch._module import output_names
 
     return output_names(backbone)

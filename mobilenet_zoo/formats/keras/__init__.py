@@ -1,0 +1,51 @@
+"""Keras: the `keras.applications.MobileNet` structure and layer names (`.keras`, legacy `.h5`), with the
+include_top head or the fine-tuning layout (pooling="avg" + Dense); float models only.
+
+Private module: `_model`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from mobilenet_zoo.formats import FormatSpec, reader, register_format, runner, writer
+
+SPEC = register_format(FormatSpec(
+    "keras", "Keras", target_suffix=".keras", suffixes=(".keras", ".h5"), runtime="keras", runtime_module="keras",
+    extra="keras",
+))
+
+
+@reader("keras")
+def read(path: Path):
+    """A Keras MobileNet V1 (include_top, or the fine-tuning layout) as the canonical model, by layer sequence."""
+    from mobilenet_zoo.formats.keras import _model
+
+    return _model.read(Path(path))
+
+
+@writer("keras")
+def write(model, out: Path) -> Path:
+    """The keras.applications.MobileNet structure with the model's weights, head and metadata."""
+    from mobilenet_zoo.formats.keras import _model
+
+    return _model.write(model, Path(out))
+
+
+@runner("keras")
+def load_runner(path: Path):
+    """The Keras model itself, run in TensorFlow: a Keras source's own reference."""
+    from mobilenet_zoo.formats.keras import _model
+
+    return _model.load_runner(Path(path))
+
+
+def __getattr__(name: str) -> Any:
+    """The internals of the private module (for tests and advanced use), imported on first use."""
+    import importlib
+
+    value = getattr(importlib.import_module(f"{__name__}._model"), name, None)
+    if value is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return value

@@ -1,0 +1,71 @@
+"""ONNX: float graphs built node by node (BatchNorm folded, TF SAME pads), uint8 graphs in two forms (`exact`:
+TFLite's integer arithmetic, bit-exact; `qdq`: onnxruntime's quantized kernels), and a reader of any MobileNet V1
+ONNX graph (ours, tf2onnx's float and QDQ graphs) by structure.
+
+Private modules: `_float` (float writer, runner, graph builder), `_exact` and `_qdq` (uint8 writers), `_reader`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from mobilenet_zoo.formats import FormatSpec, reader, register_format, runner, writer
+
+SPEC = register_format(FormatSpec(
+    "onnx", "ONNX", target_suffix=".onnx", suffixes=(".onnx",), runtime="onnxruntime", runtime_module="onnxruntime",
+    extra="onnx", max_lsb=0,
+))
+_PRIVATE = ("_float", "_exact", "_qdq", "_reader")
+
+
+@reader("onnx")
+def read(path: Path):
+    """Any MobileNet V1 ONNX graph (ours, tf2onnx's, float or quantized) as the canonical model, by structure."""
+    from mobilenet_zoo.formats.onnx import _reader
+
+    return _reader.read(Path(path))
+
+
+@writer("onnx")
+def write_float(model, out: Path, *, layout: str = "NCHW", quant_format: str = "exact", **options) -> Path:
+    """A float model as an ONNX file with NCHW or NHWC input (`quant_format` is for uint8 models only)."""
+    from mobilenet_zoo.formats.onnx import _float
+
+    return _float.write(model, out, layout=layout, quant_format=quant_format, **options)
+
+
+@writer("onnx", quantized=True)
+def write_quantized(model, out: Path, *, layout: str = "NCHW", quant_format: str = "exact", **options) -> Path:
+    """A uint8 model as `exact` (bit-exact with TFLite's builtin kernels) or `qdq` ONNX."""
+    from mobilenet_zoo.formats.onnx import _exact, _float, _qdq
+
+    if quant_format not in _float.QUANT_FORMATS:
+        from mobilenet_zoo.errors import ModelFormatError
+
+        raise ModelFormatError(f"unknown quantized ONNX form {quant_format!r}; choose {', '.join(_float.QUANT_FORMATS)}")
+    return (_qdq if quant_format == "qdq" else _exact).write(model, out, layout=layout, **options)
+
+
+def write(model, out: Path, **options) -> Path:
+    """Float or uint8, whichever `model` is."""
+    return write_quantized(model, out, **options) if model.config.quantized else write_float(model, out, **options)
+
+
+@runner("onnx")
+def load_runner(path: Path):
+    """An onnxruntime session (CPU) that takes NHWC batches whatever the file's input layout."""
+    from mobilenet_zoo.formats.onnx import _float
+
+    return _float.load_runner(Path(path))
+
+
+def __getattr__(name: str) -> Any:
+    """The internals of the private modules (for tests and advanced use), imported on first use."""
+    import importlib
+
+    for module in _PRIVATE:
+        value = getattr(importlib.import_module(f"{__name__}.{module}"), name, None)
+        if value is not None:
+            return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,76 @@
+"""TensorFlow: slim checkpoints, frozen graphs (read with plain protobuf, no TensorFlow needed) and SavedModels;
+writes SavedModels (float: the slim graph as a TF2 module; uint8: TFLite's integer arithmetic); runs frozen
+graphs (the float reference) and SavedModels.
+
+Private modules: `_slim` (the slim graph, float reader, writer and runners), `_quant` (uint8 SavedModels),
+`_graphdef` (the GraphDef messages, defined at run time).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from mobilenet_zoo.formats import FormatSpec, reader, register_format, runner, writer
+
+SPEC = register_format(FormatSpec(
+    "tf", "TensorFlow SavedModel", target_suffix="_saved_model", suffixes=(".pb", ".ckpt"),
+    folder_markers=("saved_model.pb",), runtime="tf", runtime_module="tensorflow", extra="tf", priority=1,
+))
+_PRIVATE = ("_slim", "_quant", "_graphdef")
+
+
+def _quantized_saved_model(path: Path) -> bool:
+    from mobilenet_zoo.formats.tensorflow import _quant
+
+    return path.is_dir() and _quant.is_quantized(path)
+
+
+@reader("tf")
+def read(path: Path):
+    """A slim checkpoint (prefix or any of its files), a frozen graph, or a SavedModel folder (float or uint8)."""
+    from mobilenet_zoo.formats.tensorflow import _quant, _slim
+
+    path = Path(path)
+    return _quant.read(path) if _quantized_saved_model(path) else _slim.read(path)
+
+
+@writer("tf")
+def write_float(model, out: Path) -> Path:
+    """A TF2 SavedModel: `tf.saved_model.load(out)(images)` and its `serving_default` signature."""
+    from mobilenet_zoo.formats.tensorflow import _slim
+
+    return _slim.write(model, out)
+
+
+@writer("tf", quantized=True)
+def write_quantized(model, out: Path) -> Path:
+    """A SavedModel running TFLite's uint8 integer arithmetic, bit-exact."""
+    from mobilenet_zoo.formats.tensorflow import _quant
+
+    return _quant.write(model, out)
+
+
+def write(model, out: Path, **options) -> Path:
+    """Float or uint8, whichever `model` is."""
+    return write_quantized(model, out, **options) if model.config.quantized else write_float(model, out, **options)
+
+
+@runner("tf")
+def load_runner(path: Path):
+    """The original frozen graph (the float reference forward pass) or a SavedModel, run in TensorFlow."""
+    from mobilenet_zoo.formats.tensorflow import _quant, _slim
+
+    path = Path(path)
+    return _quant.load_runner(path) if _quantized_saved_model(path) else _slim.load_runner(path)
+
+
+def __getattr__(name: str) -> Any:
+    """The internals of the private modules (for tests and advanced use), imported on first use."""
+    import importlib
+
+    for module in _PRIVATE:
+        value = getattr(importlib.import_module(f"{__name__}.{module}"), name, None)
+        if value is not None:
+            return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,53 @@
+"""TFLite: one flatbuffer writer for float and uint8 models (a `serving_default` signature, a free batch, logits
+and probabilities), a reader by structure (ours, the released files, TF converter files), and the interpreter
+runner (uint8 on the builtin kernels, TFLite's integer spec).
+
+Private module: `_flatbuffer`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from mobilenet_zoo.formats import FormatSpec, reader, register_format, runner, writer
+
+SPEC = register_format(FormatSpec(
+    "tflite", "TFLite", target_suffix=".tflite", suffixes=(".tflite",), runtime="tflite",
+    runtime_module="ai_edge_litert", extra="tflite",
+))
+
+
+@reader("tflite")
+def read(path: Path):
+    """A float or uint8 MobileNet V1 .tflite as the canonical model, by structure."""
+    from mobilenet_zoo.formats.tflite import _flatbuffer
+
+    return _flatbuffer.read(Path(path))
+
+
+@writer("tflite")
+@writer("tflite", quantized=True)
+def write(model, out: Path) -> Path:
+    """Float and uint8 models alike (one flatbuffer writer)."""
+    from mobilenet_zoo.formats.tflite import _flatbuffer
+
+    return _flatbuffer.write(model, Path(out))
+
+
+@runner("tflite")
+def load_runner(path: Path, *, xnnpack: bool = False):
+    """The interpreter (uint8 on its builtin kernels; `xnnpack`: on TFLite's default runtime)."""
+    from mobilenet_zoo.formats.tflite import _flatbuffer
+
+    return _flatbuffer.load_runner(Path(path), xnnpack=xnnpack)
+
+
+def __getattr__(name: str) -> Any:
+    """The internals of the private module (for tests and advanced use), imported on first use."""
+    import importlib
+
+    value = getattr(importlib.import_module(f"{__name__}._flatbuffer"), name, None)
+    if value is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return value

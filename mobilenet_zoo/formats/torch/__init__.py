@@ -1,0 +1,70 @@
+"""PyTorch: a folder with the `torch.export` program (`.pt2`, NCHW by default, dynamic batch, outputs by name)
+and one weights file, `model.safetensors`, in the Hugging Face layout with its `config.json` and
+`preprocessor_config.json`; uint8 models run TFLite's integer arithmetic in torch.
+
+Private modules: `_folder` (files, float writer and reader, runner), `_module` (the nn.Module), `_quant` (uint8).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from mobilenet_zoo.formats import FormatSpec, reader, register_format, runner, writer
+
+SPEC = register_format(FormatSpec(
+    "torch", "PyTorch", target_suffix="_torch", suffixes=(".pt2", ".safetensors", ".pt"),
+    folder_markers=("*.pt2", "*.safetensors"), runtime="torch", runtime_module="torch", extra="torch",
+))
+_PRIVATE = ("_folder", "_quant", "_module")
+
+
+@reader("torch")
+def read(path: Path):
+    """A folder `write` made, one of its files, or any Hugging Face MobileNetV1 folder."""
+    from mobilenet_zoo.formats.torch import _folder, _quant
+
+    path = Path(path)
+    return _quant.read(path) if _folder.is_quantized(path) else _folder.read(path)
+
+
+@writer("torch")
+def write_float(model, out: Path, *, layout: str = "NCHW", slim_weights: bool = False) -> Path:
+    """The `.pt2` program in `layout` and `model.safetensors` (`slim_weights`: also the slim-named weights)."""
+    from mobilenet_zoo.formats.torch import _folder
+
+    return _folder.write(model, out, layout=layout, slim_weights=slim_weights)
+
+
+@writer("torch", quantized=True)
+def write_quantized(model, out: Path, *, layout: str = "NCHW", slim_weights: bool = False) -> Path:
+    """The uint8 program (TFLite's integer arithmetic, bit-exact) and its integer weights."""
+    from mobilenet_zoo.formats.torch import _folder, _quant
+
+    with _folder.exported_layout(_folder.checked_layout(layout)):
+        return _quant.write(model, out)
+
+
+def write(model, out: Path, **options) -> Path:
+    """Float or uint8, whichever `model` is."""
+    return write_quantized(model, out, **options) if model.config.quantized else write_float(model, out, **options)
+
+
+@runner("torch")
+def load_runner(path: Path):
+    """The `.pt2` program when there is one, else the module rebuilt from the weights."""
+    from mobilenet_zoo.formats.torch import _folder, _quant
+
+    path = Path(path)
+    return _quant.load_runner(path) if _folder.is_quantized(path) else _folder.load_runner(path)
+
+
+def __getattr__(name: str) -> Any:
+    """The internals of the private modules (for tests and advanced use), imported on first use."""
+    import importlib
+
+    for module in _PRIVATE:
+        value = getattr(importlib.import_module(f"{__name__}.{module}"), name, None)
+        if value is not None:
+            return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
