@@ -204,8 +204,8 @@ def test_a_wrong_offset_fails_the_proof(models):
 def test_accumulator_bound_covers_the_real_accumulators(models, inputs, variant):
     """The bound covers every accumulator the real photos produce, layer by layer (quant_math's int64 convolutions)."""
     from mobilenet_zoo.quant_math import integer_conv
-    from mobilenet_zoo.testing.numpy_reference import conv as conv2d
-    from mobilenet_zoo.testing.numpy_reference import depthwise_conv
+    from mobilenet_zoo.numpy_forward import conv as conv2d
+    from mobilenet_zoo.numpy_forward import depthwise_conv
 
     x = inputs[variant]["real images"][:1]
     for layer in integer_network(models[variant]).convs:
