@@ -4,8 +4,8 @@ Each runtime runs in its own worker process with the same thread count (default 
 in rounds (a block of timed calls per runtime per round) so that all see the same machine load, and reports the
 median and 90th percentile of `time.perf_counter` per call at batch 1, the ratio of the median to TFLite's, and
 the largest uint8 difference (LSB) of every output from TFLite's builtin kernels on the real images and seeded
-random inputs. TFLite: `OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES`, `invoke()` on a preset input.
-torch: the module on a uint8 tensor under `inference_mode`; TF: the serving signature on a `tf.Tensor`.
+random inputs. TFLite: `OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES`, `invoke()` on a preset input;
+torch and TF: the project's runners (`load_runner`; the eager module in a `QuantTorchRunner`) on a uint8 image.
 
     python benchmarks/bench_quant_frameworks.py [MODEL.tflite ...] [--threads 2] [--rounds 15] [--calls 20] [--json]
 
@@ -50,14 +50,7 @@ def build_call(runtime: str, model_path: Path, threads: int, scratch: Path):
     from mobilenet_zoo.formats.tensorflow import _quant as tensorflow_quant
 
     runner = tensorflow_quant.load_runner(tensorflow_quant.write(model, scratch / "saved_model"))
-    tensor = require_tf().constant(image)
-    return (lambda: runner.function(tensor)), runner
-
-
-def require_tf():
-    from mobilenet_zoo.deps import require
-
-    return require("tensorflow")
+    return (lambda: runner(image)), runner
 
 
 def tflite_call(model_path: Path, image: np.ndarray, threads: int):
@@ -73,25 +66,16 @@ def tflite_call(model_path: Path, image: np.ndarray, threads: int):
 
 def torch_call(runtime: str, model, image: np.ndarray, threads: int, scratch: Path):
     from mobilenet_zoo.bench import apply_threads
-    from mobilenet_zoo.deps import require
     from mobilenet_zoo.formats import torch as torch_format
     from mobilenet_zoo.formats.torch import _quant as torch_quant
     from mobilenet_zoo.quant_math import integer_network
 
-    torch = require("torch")
     apply_threads("torch", threads)
     if runtime == "torch eager":
         runner = torch_quant.QuantTorchRunner(torch_quant.build_module(integer_network(model)), model.input_size)
     else:
-        folder = torch_format.write(model, scratch / "torch")
-        runner = torch_quant.load_runner(next(folder.glob("*.pt2")))
-    tensor = torch.from_numpy(image)
-
-    def call():
-        with torch.inference_mode():
-            runner.forward(tensor)
-
-    return call, runner
+        runner = torch_format.load_runner(next(torch_format.write(model, scratch / "torch").glob("*.pt2")))
+    return (lambda: runner(image)), runner
 
 
 def worker(runtime: str, model_path: str, threads: int, connection) -> None:
@@ -159,6 +143,7 @@ def measure_model(model_path: Path, runtimes: tuple[str, ...], threads: int, rou
             process.join(timeout=60)
     reference = outputs["tflite builtin"]
     base = statistics.median(durations["tflite builtin"])
+    plan = plan_summary(model_path)
     return [{
         "model": model_path.name,
         "runtime": runtime,
@@ -170,14 +155,31 @@ def measure_model(model_path: Path, runtimes: tuple[str, ...], threads: int, rou
         "ratio_to_tflite": statistics.median(durations[runtime]) / base,
         "max_lsb": max(int(np.abs(outputs[runtime][name].astype(np.int32) - reference[name].astype(np.int32)).max())
                        for name in reference),
+        "plan": "" if runtime == "tflite builtin" else plan,
     } for runtime in runtimes]
 
 
+def plan_summary(model_path: Path) -> str:
+    """How many of the model's convolutions `quant_math.float_plan` runs in each convolution / requantization dtype."""
+    from collections import Counter
+
+    from mobilenet_zoo.formats import tflite
+    from mobilenet_zoo.quant_math import float_plan, integer_network
+
+    plan = float_plan(integer_network(tflite.read(model_path)))
+    convs = (*plan.convs, plan.logits)
+
+    def count(attribute: str) -> str:
+        return " ".join(f"{n} {dtype}" for dtype, n in sorted(Counter(getattr(c, attribute) for c in convs).items()))
+
+    return f"conv {count('conv_dtype')}; requantize {count('requantize_dtype')}"
+
+
 def print_table(rows: list[dict]) -> None:
-    print(f"{'model':38} {'runtime':15} {'median ms':>10} {'p90 ms':>8} {'min ms':>8} {'x TFLite':>9} {'LSB':>4}")
+    print(f"{'model':38} {'runtime':15} {'median ms':>10} {'p90 ms':>8} {'min ms':>8} {'x TFLite':>9} {'LSB':>4}  float plan")
     for row in rows:
         print(f"{row['model']:38} {row['runtime']:15} {row['median_ms']:10.2f} {row['p90_ms']:8.2f} {row['min_ms']:8.2f} "
-              f"{row['ratio_to_tflite']:9.2f} {row['max_lsb']:4d}")
+              f"{row['ratio_to_tflite']:9.2f} {row['max_lsb']:4d}  {row['plan']}")
     print(f"threads {rows[0]['threads']}, batch 1, {rows[0]['calls']} timed calls per runtime; LSB: max over logits, "
           f"probabilities and features, {len(IMAGES)} real + {N_RANDOM} random images, against TFLite builtin kernels")
 
