@@ -33,6 +33,14 @@ def pytest_runtest_makereport(item, call):
         report.longrepr = f"skipped in CI, where nothing may skip: {reason}"
 
 
+def pytest_collectreport(report):
+    """The same for a whole module skipped at collection (a module-level `importorskip`)."""
+    if report.skipped and os.environ.get("MOBILENET_ZOO_NO_SKIP") == "1":
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        report.outcome = "failed"
+        report.longrepr = f"skipped in CI, where nothing may skip: {reason}"
+
+
 @pytest.fixture(scope="session", autouse=True)
 def isolated_cache(tmp_path_factory) -> Path:
     """Every test runs with its own cache ($MOBILENET_ZOO_HOME), never the user's."""

@@ -69,8 +69,7 @@ def test_numpy_reference_matches_tflite(models, references, variant):
 
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_torch_eager_module_matches_tflite(models, references, variant):
-    torch_quant = pytest.importorskip("mobilenet_zoo.formats.torch._quant")
-    pytest.importorskip("torch")
+    from mobilenet_zoo.formats.torch import _quant as torch_quant
     module = torch_quant.build_module(quant_math.integer_network(models[variant]))
     assert_matches_tflite(torch_quant.QuantTorchRunner(module, VARIANTS[variant]), variant, references, "torch eager")
 
