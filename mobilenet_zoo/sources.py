@@ -96,7 +96,7 @@ def from_path(path: Path) -> Source:
 
 def _from_model_file(path: Path, fmt: str) -> Source:
     model = format_module(fmt).read(path)
-    is_reference = path.name.endswith("_frozen.pb") or (fmt in ("tflite", "keras") and not _written_by_us(path)
+    is_reference = path.suffix == ".pb" or (fmt in ("tflite", "keras") and not _written_by_us(path)
                                                          and (fmt == "keras" or model.config.quantized))
     return Source(model, path if is_reference else recorded_reference(path), model.config.name, path)
 

@@ -1,0 +1,140 @@
+"""Dense heads in frozen graphs: a TensorFlow `retrain.py`-style graph (the slim network, then `final_training_ops`
+on the 2-D logits and a softmax `final_result`) is read with its head folded into the classifier, converts to every
+format matching `final_result`'s logits run in TensorFlow, refuses unknown extra nodes by name, and drops the head
+only on purpose (`convert --backbone-only`, with a warning)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mobilenet_zoo.arch import ModelConfig
+from mobilenet_zoo.model import random_model
+
+pytest.importorskip("tensorflow")
+
+HEAD_CLASSES = 3
+FORMATS = ("tf", "torch", "onnx", "tflite", "keras")
+TOLERANCE = 1e-5  # per the issue: every format <= 1e-5 vs final_result's logits in TensorFlow
+
+
+def write_retrain_graph(path: Path, *, extra_branch: bool = False, seed: int = 3) -> Path:
+    """The slim 0.25_128 network (random weights, randomized BatchNorm statistics) plus retrain.py's head, frozen
+    to `final_result` (and `extra_branch/scaled`, an unknown branch on the logits, when asked)."""
+    import tensorflow as tf
+
+    from mobilenet_zoo.formats.tensorflow import slim_session
+
+    rng = np.random.default_rng(seed)
+    model = random_model(ModelConfig(0.25, 128), seed=seed)
+    v1 = tf.compat.v1
+    with slim_session(model, resource_variables=False) as slim, slim.graph.as_default():
+        bottleneck = slim.graph.get_tensor_by_name("MobilenetV1/Predictions/Reshape:0")
+        inputs = v1.placeholder_with_default(bottleneck, shape=[None, 1001], name="BottleneckInputPlaceholder")
+        with v1.name_scope("final_training_ops"):
+            with v1.name_scope("weights"):
+                weights = v1.Variable(rng.normal(0, 0.05, (1001, HEAD_CLASSES)).astype(np.float32), name="final_weights")
+            with v1.name_scope("biases"):
+                biases = v1.Variable(rng.normal(0, 0.1, HEAD_CLASSES).astype(np.float32), name="final_biases")
+            with v1.name_scope("Wx_plus_b"):
+                logits = tf.matmul(inputs, weights) + biases
+        tf.nn.softmax(logits, name="final_result")
+        outputs = ["final_result"]
+        if extra_branch:
+            tf.identity(slim.logits * 2.0, name="extra_branch/scaled")
+            outputs.append("extra_branch/scaled")
+        slim.session.run(v1.variables_initializer([weights, biases]))
+        frozen = v1.graph_util.convert_variables_to_constants(slim.session, slim.graph.as_graph_def(), outputs)
+    path.write_bytes(frozen.SerializeToString())
+    return path
+
+
+@pytest.fixture(scope="module")
+def retrain_graph(tmp_path_factory) -> Path:
+    return write_retrain_graph(tmp_path_factory.mktemp("retrain") / "output_graph.pb")
+
+
+def test_head_is_read_as_part_of_the_model(retrain_graph):
+    from mobilenet_zoo.formats import graphdef
+    from mobilenet_zoo.formats import tensorflow as tf_format
+
+    head = tf_format.dense_head(graphdef.read_graph_def(retrain_graph), retrain_graph)
+    assert head.weights == "final_training_ops/weights/final_weights"
+    assert head.biases == "final_training_ops/biases/final_biases"
+    assert head.logits == "final_training_ops/Wx_plus_b/add"
+    assert head.probabilities == "final_result"
+    model = tf_format.read(retrain_graph)
+    assert model.config.num_classes == HEAD_CLASSES and model.classes.background is False
+    assert model.classes.labels is None
+
+
+def test_runner_outputs_the_heads_logits_and_final_result(retrain_graph):
+    import tensorflow as tf
+
+    from mobilenet_zoo.formats.tensorflow import load_runner
+
+    images = np.random.default_rng(1).uniform(-1, 1, (2, 128, 128, 3)).astype(np.float32)
+    outputs = load_runner(retrain_graph)(images)
+    graph_def = tf.compat.v1.GraphDef.FromString(retrain_graph.read_bytes())
+    with tf.Graph().as_default() as graph:
+        tf.compat.v1.import_graph_def(graph_def, name="")
+        with tf.compat.v1.Session(graph=graph) as session:
+            add, final = session.run(["final_training_ops/Wx_plus_b/add:0", "final_result:0"], {"input:0": images})
+    np.testing.assert_array_equal(outputs["logits"], add)
+    np.testing.assert_array_equal(outputs["probabilities"], final)
+    assert add.shape == (2, HEAD_CLASSES)
+
+
+def test_every_format_matches_final_result(retrain_graph, tmp_path):
+    from mobilenet_zoo.conversion import convert
+    from mobilenet_zoo.parity import Thresholds, verify
+    from mobilenet_zoo.sources import open_source
+
+    written = convert(open_source(retrain_graph), list(FORMATS), tmp_path)
+    result = verify([w.path for w in written], n_random=4, thresholds=Thresholds(atol=TOLERANCE, rtol=0.0))
+    figures = {r.format: (r.max_abs_logits, r.max_abs_probabilities) for r in result.reports}
+    print("max |logits diff|, |probabilities diff| vs final_result:", figures)
+    assert result.passed, result.summary()
+    assert sorted(figures) == sorted(FORMATS)
+    assert all(logits <= TOLERANCE for logits, _ in figures.values())
+
+
+def test_unknown_branch_is_refused_naming_it(tmp_path, cli):
+    graph = write_retrain_graph(tmp_path / "branched.pb", extra_branch=True)
+    code, out, err = cli("convert", graph, "--to", "onnx", "-o", tmp_path / "out")
+    assert code != 0 and "Traceback" not in err
+    assert err.startswith("error:") and len(err.strip().splitlines()) == 1
+    assert "extra_branch/" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_backbone_only_drops_the_head_with_a_warning(retrain_graph, tmp_path, cli):
+    code, out, err = cli("convert", retrain_graph, "--to", "onnx", "--backbone-only", "-o", tmp_path, "--verify")
+    assert code == 0, err
+    warnings = [line for line in err.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and "final_training_ops/Wx_plus_b/MatMul" in warnings[0] and "final_result" in warnings[0]
+    from mobilenet_zoo.formats import format_module
+
+    written = next(tmp_path.glob("*.onnx"))
+    assert format_module("onnx").read(written).config.num_classes == 1001
+
+
+def test_a_broken_head_fails_verify(retrain_graph, tmp_path):
+    """One weight of the folded classifier changed in the written model: verify against final_result fails."""
+    from mobilenet_zoo.conversion import convert
+    from mobilenet_zoo.formats import format_module
+    from mobilenet_zoo.parity import verify
+    from mobilenet_zoo.sources import open_source
+
+    source = open_source(retrain_graph)
+    kernel = source.model.config.logits_weight_name
+    broken = dict(source.model.weights)
+    broken[kernel] = broken[kernel].copy()
+    broken[kernel][0, 0, 0, 1] += 0.5
+    source.model.weights = broken
+    written = convert(source, ["onnx"], tmp_path)
+    assert format_module("onnx").read(written[0].path).config.num_classes == HEAD_CLASSES
+    result = verify([written[0].path], n_random=4)
+    assert not result.passed and "logits" in result.summary()
