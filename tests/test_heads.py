@@ -138,3 +138,24 @@ def test_a_broken_head_fails_verify(retrain_graph, tmp_path):
     assert format_module("onnx").read(written[0].path).config.num_classes == HEAD_CLASSES
     result = verify([written[0].path], n_random=4)
     assert not result.passed and "logits" in result.summary()
+
+
+def test_onnx_reader_refuses_a_layer_after_the_classifier(tmp_path):
+    """A MatMul on an ONNX file's logits is no part of the canonical model: read refuses it by name."""
+    import onnx
+
+    from mobilenet_zoo.errors import ModelFormatError
+    from mobilenet_zoo.formats import format_module
+
+    path = format_module("onnx").write(random_model(ModelConfig(0.25, 128), seed=1), tmp_path / "plain.onnx")
+    proto = onnx.load(str(path))
+    logits = next(output for output in proto.graph.output if "logits" in output.name)
+    weights = onnx.numpy_helper.from_array(np.ones((1001, 2), np.float32), "extra_head_weights")
+    proto.graph.initializer.append(weights)
+    proto.graph.node.append(onnx.helper.make_node("MatMul", [logits.name, "extra_head_weights"], ["extra"],
+                                                  name="extra_head/MatMul"))
+    proto.graph.output.append(onnx.helper.make_tensor_value_info("extra", onnx.TensorProto.FLOAT, None))
+    onnx.save(proto, str(tmp_path / "headed.onnx"))
+    with pytest.raises(ModelFormatError, match=r"extra_head/MatMul \(MatMul\)"):
+        format_module("onnx").read(tmp_path / "headed.onnx")
+    assert format_module("onnx").read(path).config.num_classes == 1001
