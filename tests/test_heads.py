@@ -159,3 +159,46 @@ def test_onnx_reader_refuses_a_layer_after_the_classifier(tmp_path):
     with pytest.raises(ModelFormatError, match=r"extra_head/MatMul \(MatMul\)"):
         format_module("onnx").read(tmp_path / "headed.onnx")
     assert format_module("onnx").read(path).config.num_classes == 1001
+
+
+QUANT_ROWS = [1, 2, 285, 500, 999]  # the classifier rows the 5-class quantized head keeps
+
+
+def write_quantized_five_class(path: Path) -> Path:
+    """The real uint8 0.25_128 `.tflite` with its classifier cut to 5 of its rows: the uint8 kernel and int32 bias
+    sliced, their quantization and the logits' and softmax's kept (the sliced logits lie in the same range)."""
+    from dataclasses import replace
+
+    from mobilenet_zoo.formats import tflite
+    from mobilenet_zoo.model import Classes, QuantizedTensor
+
+    model = tflite.read(Path(__file__).parent / "data" / "mobilenet_v1_0.25_128_quant.tflite")
+    config = replace(model.config, num_classes=len(QUANT_ROWS))
+    weights, tensors = dict(model.weights), dict(model.quant.tensors)
+    for name, axis in ((config.logits_weight_name, 3), (config.logits_bias_name, 0)):
+        tensors[name] = QuantizedTensor(np.take(tensors[name].values, QUANT_ROWS, axis=axis), tensors[name].params)
+        weights[name] = tensors[name].dequantize()
+    quant = replace(model.quant, tensors=tensors)
+    five = replace(model, config=config, weights=weights, quant=quant, classes=Classes(background=False)).validate()
+    return tflite.write(five, path)
+
+
+def test_quantized_five_class_tflite_converts_at_zero_lsb(tmp_path):
+    from mobilenet_zoo.conversion import convert
+    from mobilenet_zoo.formats import format_module
+    from mobilenet_zoo.parity import verify
+    from mobilenet_zoo.sources import open_source
+
+    source_path = write_quantized_five_class(tmp_path / "source" / "five_quant.tflite")
+    source = open_source(source_path)
+    assert source.model.config.quantized and source.model.config.num_classes == 5
+    assert source.reference == source_path  # the uint8 file itself, run by TFLite's builtin kernels
+    formats = ["onnx", "torch", "tf", "tflite"]
+    written = convert(source, formats, tmp_path / "out")
+    for converted in written:
+        assert format_module(converted.format).read(converted.path).config.num_classes == 5
+    result = verify([w.path for w in written], n_random=4)
+    print("max LSB vs the builtin kernels:", {r.format: r.max_lsb for r in result.reports})
+    assert result.passed, result.summary()
+    assert sorted(r.format for r in result.reports) == sorted(formats)
+    assert all(r.max_lsb == 0 for r in result.reports)
