@@ -127,10 +127,13 @@ def open_source(source: str | Path, *, registry: Path | None = None, mirror: str
         return from_official_folder(named.path)
     if named.kind == MODEL_FILE:
         return _from_model_file(named.path, named.format)
-    from mobilenet_zoo.pulling import pull
+    from mobilenet_zoo.pulling import open_private, pull
     from mobilenet_zoo.variants import load_registry
 
-    return from_official_folder(pull(load_registry(registry).get(named.text), mirror=mirror))
+    variant = load_registry(registry).get(named.text)
+    if variant.private:
+        return open_private(variant, mirror=mirror)
+    return from_official_folder(pull(variant, mirror=mirror))
 
 
 def reference_artifact(source: str | Path, *, registry: Path | None = None, mirror: str | None = None) -> Path:
