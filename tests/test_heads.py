@@ -20,9 +20,11 @@ FORMATS = ("tf", "torch", "onnx", "tflite", "keras")
 TOLERANCE = 1e-5  # per the issue: every format <= 1e-5 vs final_result's logits in TensorFlow
 
 
-def write_retrain_graph(path: Path, *, extra_branch: bool = False, seed: int = 3) -> Path:
+def write_retrain_graph(path: Path, *, extra_branch: bool = False, seed: int = 3, on_features: bool = False,
+                        softmax: bool = True) -> Path:
     """The slim 0.25_128 network (random weights, randomized BatchNorm statistics) plus retrain.py's head, frozen
-    to `final_result` (and `extra_branch/scaled`, an unknown branch on the logits, when asked)."""
+    to `final_result` (and `extra_branch/scaled`, an unknown branch on the logits, when asked). `on_features`: the
+    head takes the squeezed pooled features instead of the logits; `softmax=False`: frozen to the head's Add."""
     import tensorflow as tf
 
     from mobilenet_zoo.formats.tensorflow import slim_session
@@ -31,17 +33,22 @@ def write_retrain_graph(path: Path, *, extra_branch: bool = False, seed: int = 3
     model = random_model(ModelConfig(0.25, 128), seed=seed)
     v1 = tf.compat.v1
     with slim_session(model, resource_variables=False) as slim, slim.graph.as_default():
-        bottleneck = slim.graph.get_tensor_by_name("MobilenetV1/Predictions/Reshape:0")
-        inputs = v1.placeholder_with_default(bottleneck, shape=[None, 1001], name="BottleneckInputPlaceholder")
+        if on_features:
+            pooled = slim.graph.get_tensor_by_name("MobilenetV1/Logits/AvgPool_1a/AvgPool:0")
+            bottleneck = tf.squeeze(pooled, [1, 2], name="pooled_features")
+        else:
+            bottleneck = slim.graph.get_tensor_by_name("MobilenetV1/Predictions/Reshape:0")
+        width = int(bottleneck.shape[1])
+        inputs = v1.placeholder_with_default(bottleneck, shape=[None, width], name="BottleneckInputPlaceholder")
         with v1.name_scope("final_training_ops"):
             with v1.name_scope("weights"):
-                weights = v1.Variable(rng.normal(0, 0.05, (1001, HEAD_CLASSES)).astype(np.float32), name="final_weights")
+                weights = v1.Variable(rng.normal(0, 0.05, (width, HEAD_CLASSES)).astype(np.float32), name="final_weights")
             with v1.name_scope("biases"):
                 biases = v1.Variable(rng.normal(0, 0.1, HEAD_CLASSES).astype(np.float32), name="final_biases")
             with v1.name_scope("Wx_plus_b"):
                 logits = tf.matmul(inputs, weights) + biases
         tf.nn.softmax(logits, name="final_result")
-        outputs = ["final_result"]
+        outputs = ["final_result" if softmax else logits.op.name]
         if extra_branch:
             tf.identity(slim.logits * 2.0, name="extra_branch/scaled")
             outputs.append("extra_branch/scaled")
@@ -138,6 +145,25 @@ def test_a_broken_head_fails_verify(retrain_graph, tmp_path):
     assert format_module("onnx").read(written[0].path).config.num_classes == HEAD_CLASSES
     result = verify([written[0].path], n_random=4)
     assert not result.passed and "logits" in result.summary()
+
+
+@pytest.mark.parametrize(("variant", "formats"), [
+    ({"on_features": True}, ["onnx", "keras"]),
+    ({"softmax": False}, ["tflite", "torch"]),
+], ids=["head-on-pooled-features", "head-without-softmax"])
+def test_other_dense_heads_convert(tmp_path, variant, formats):
+    """A head on the pooled features is the classifier itself; a head without softmax is read all the same (its
+    reference probabilities: TensorFlow's softmax of the head's logits)."""
+    from mobilenet_zoo.conversion import convert
+    from mobilenet_zoo.parity import Thresholds, verify
+    from mobilenet_zoo.sources import open_source
+
+    source = open_source(write_retrain_graph(tmp_path / "graph.pb", **variant))
+    assert source.model.config.num_classes == HEAD_CLASSES and not source.model.classes.background
+    written = convert(source, formats, tmp_path / "out")
+    result = verify([w.path for w in written], n_random=4, thresholds=Thresholds(atol=TOLERANCE, rtol=0.0))
+    print(variant, {r.format: r.max_abs_logits for r in result.reports})
+    assert result.passed, result.summary()
 
 
 def test_onnx_reader_refuses_a_layer_after_the_classifier(tmp_path):

@@ -26,6 +26,7 @@ from mobilenet_zoo.arch import (
     BN_EPSILON,
     INPUT_NODE,
     LOGITS_NODE,
+    LOGITS_SCOPE,
     NUM_CLASSES,
     OUTPUT_NODE,
     SCOPE,
@@ -333,9 +334,32 @@ def _read_frozen_graph(path: Path) -> MobileNetV1Model:
     def fetch(name: str) -> np.ndarray:
         return graphdef.constant_array(constants[name])
 
-    model = _canonical_model(set(constants), fetch, _input_resolution(graph_def, path), path)
-    head = dense_head(graph_def, path)
-    return model if head is None else with_dense_head(model, fetch(head.weights), fetch(head.biases), path)
+    names, head, beyond = set(constants), None, None
+    try:
+        head = dense_head(graph_def, path)
+    except ModelFormatError as exc:  # raised once the network itself is read: what it lacks is the first error
+        beyond = exc
+    if head is not None and head.on_features:
+        names, fetch = _head_as_classifier(names, fetch, head, path)
+    model = _canonical_model(names, fetch, _input_resolution(graph_def, path), path)
+    if beyond is not None:
+        raise beyond
+    if head is None:
+        return model
+    if head.on_features:
+        return replace(model, classes=Classes(background=False))
+    return with_dense_head(model, fetch(head.weights), fetch(head.biases), path)
+
+
+def _head_as_classifier(names: set[str], fetch: Callable[[str], np.ndarray], head: DenseHead,
+                        path: Path) -> tuple[set[str], Callable[[str], np.ndarray]]:
+    """A dense head on the pooled features is the classifier: its C x N weights as the 1x1 kernel, its bias."""
+    kernel, bias = f"{SCOPE}/{LOGITS_SCOPE}/weights", f"{SCOPE}/{LOGITS_SCOPE}/biases"
+    if kernel in names:
+        raise ModelFormatError(f"{path}: holds both the network's classifier and a dense head ({head.logits}) on the "
+                               "pooled features: convert --backbone-only keeps the network's")
+    arrays = {kernel: np.asarray(fetch(head.weights))[None, None], bias: np.asarray(fetch(head.biases))}
+    return names | set(arrays), lambda name: arrays[name] if name in arrays else fetch(name)
 
 
 def read_backbone(path: Path) -> tuple[MobileNetV1Model, list[str], bytes]:
@@ -371,7 +395,9 @@ def _restore_predictions(graph_def) -> None:
 # ---------------------------------------------------------------------------------------------- dense heads
 
 HEAD_INPUTS = ("MobilenetV1/Predictions/Reshape", LOGITS_NODE)  # the 2-D logits a head may take (retrain.py: the first)
+POOLED_INPUTS = (f"{SCOPE}/Logits/AvgPool_1a/AvgPool", f"{SCOPE}/Logits/Dropout_1b/Identity")  # or the pooled features
 _PASS_THROUGH = ("Identity", "PlaceholderWithDefault")  # `read` identities, retrain.py's BottleneckInputPlaceholder
+_FLATTENS = ("Squeeze", "Reshape")  # N x 1 x 1 x C pooled features to N x C
 _ADDS = ("Add", "AddV2", "BiasAdd")
 
 
@@ -385,6 +411,7 @@ class DenseHead:
     logits: str
     probabilities: str | None
     nodes: tuple[str, ...]
+    on_features: bool = False  # on the pooled features (then it is the classifier), not on the logits
 
 
 def _input_name(text: str) -> str:
@@ -419,9 +446,11 @@ def _find_dense_head(nodes: dict[str, Any], extras: list) -> DenseHead | None:
             consumers.setdefault(_input_name(name), []).append(node)
 
     def source(name: str, passed: list[str]) -> str:
-        """Follow pass-through nodes back from `name`, collecting them in `passed`."""
-        while name in nodes and nodes[name].op in _PASS_THROUGH and nodes[name].input and not _is_network_node(name):
+        """Follow pass-through (and flattening) nodes back from `name`, collecting them in `passed`."""
+        while name in nodes and nodes[name].op in _PASS_THROUGH + _FLATTENS and nodes[name].input and not _is_network_node(name):
             passed.append(name)
+            if nodes[name].op == "Reshape" and len(nodes[name].input) == 2:
+                passed.append(_input_name(nodes[name].input[1]))  # its shape constant
             name = _input_name(nodes[name].input[0])
         return name
 
@@ -431,7 +460,8 @@ def _find_dense_head(nodes: dict[str, Any], extras: list) -> DenseHead | None:
 
     for matmul in (node for node in extras if node.op == "MatMul" and len(node.input) == 2):
         passed: list[str] = []
-        if source(_input_name(matmul.input[0]), passed) not in HEAD_INPUTS:
+        taken = source(_input_name(matmul.input[0]), passed)
+        if taken not in HEAD_INPUTS + POOLED_INPUTS:
             continue
         if matmul.attr["transpose_a"].b or matmul.attr["transpose_b"].b:
             continue
@@ -446,7 +476,7 @@ def _find_dense_head(nodes: dict[str, Any], extras: list) -> DenseHead | None:
         probabilities = softmaxes[0].name if len(softmaxes) == 1 else None
         members = {matmul.name, adds[0].name, weights, biases, *passed, *([probabilities] if probabilities else [])}
         order = tuple(node.name for node in extras if node.name in members)
-        return DenseHead(weights, biases, adds[0].name, probabilities, order)
+        return DenseHead(weights, biases, adds[0].name, probabilities, order, taken in POOLED_INPUTS)
     return None
 
 
@@ -641,12 +671,14 @@ def _frozen_graph_runner(path: Path) -> TensorFlowRunner:
     graph_def = _load_graph_def(path)
     resolution = _input_resolution(graph_def, path)
     names = {node.name for node in graph_def.node}
-    if LOGITS_NODE not in names:
+    if not any(name.startswith(f"{SCOPE}/") for name in names):
         raise ModelFormatError(f"{path}: not a MobileNet V1 graph: no node {LOGITS_NODE}")
     head = dense_head(graph_def, path)
-    if head is not None and head.probabilities is None:
-        raise ModelFormatError(f"{path}: the dense head {head.logits} has no softmax to run as the probabilities")
     logits_node, output_node = (head.logits, head.probabilities) if head else (LOGITS_NODE, OUTPUT_NODE)
+    if head is not None and output_node is None:  # a head without softmax: TensorFlow's softmax of its logits
+        output_node = f"{head.logits}/mobilenet_zoo_softmax"
+        graph_def.node.add(name=output_node, op="Softmax", input=[head.logits]).attr["T"].type = 1  # DT_FLOAT
+        names.add(output_node)
     missing = [node for node in (logits_node, output_node) if node not in names]
     if missing:
         raise ModelFormatError(f"{path}: not a MobileNet V1 graph: no node {missing[0]}")
