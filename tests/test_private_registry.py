@@ -123,3 +123,36 @@ def test_invalid_private_entries_are_refused_on_load(tmp_path, cli, fields, mess
         load_registry(registry)
     code, out, err = cli("list", "--registry", registry)
     assert code != 0 and err.startswith("error:") and message in err and len(err.strip().splitlines()) == 1
+
+
+def test_tarball_entries_local_and_served(official_tarball, tmp_path, cli):
+    """A team's slim tarball (official layout) named by a local path, and the same tarball at a URL."""
+    import shutil
+
+    tarball = official_tarball(0.25, 128)
+    served = tmp_path / "served"
+    served.mkdir()
+    shutil.copy(tarball, served / "team_model.tgz")
+    labels = write_labels(tmp_path / "imagenet.txt", [f"c{index}" for index in range(1001)])
+    with FileServer(served) as server:
+        registry = write_registry(tmp_path, f"""  - name: team_local
+    alpha: 0.25
+    resolution: 128
+    path: {tarball}
+  - name: team_served
+    alpha: 0.25
+    resolution: 128
+    num_classes: 1001
+    labels: {labels.name}
+    url: {server.url}team_model.tgz
+""")
+        code, out, err = cli("pull", "team_served", "--registry", registry, "--quiet")
+        assert code == 0, err
+        assert (Path(out.strip()) / "mobilenet_v1_0.25_128_frozen.pb").is_file()
+    for name in ("team_local", "team_served"):
+        code, out, err = cli("convert", name, "--registry", registry, "--to", "onnx", "-o", tmp_path / name, "--verify")
+        assert code == 0, err
+    from mobilenet_zoo.formats import format_module
+
+    model = format_module("onnx").read(next((tmp_path / "team_served").glob("*.onnx")))
+    assert model.classes.labels[:2] == ("c0", "c1")
