@@ -213,6 +213,8 @@ def _private_fields(variant: Variant, entry: dict, where: str, folder: Path | No
         raise RegistryError(f"{where}: num_classes must be an integer >= 1, got {classes!r}")
     if "path" not in entry and "url" not in entry:
         raise RegistryError(f"{where}: a private model needs a path or a url")
+    if "url" in entry and "://" not in variant.url:
+        raise RegistryError(f"{where}: url {variant.url!r} is neither absolute nor under a base_url")
     labels = local("labels")
     if labels is not None:
         from mobilenet_zoo.errors import ZooError

@@ -114,6 +114,7 @@ def test_entry_that_does_not_match_its_model_is_refused(team_folder, tmp_path, c
     ("num_classes: 3\n    path: missing.pb\n", "does not exist"),
     ("num_classes: 3\n    path: model.pb\n    url: http://127.0.0.1/model.pb\n", "a path or a url, not both"),
     ("num_classes: 3\n    labels: http://127.0.0.1/labels.txt\n    path: model.pb\n", "labels must be a local file"),
+    ("num_classes: 3\n    url: models/model.pb\n", "neither absolute nor under a base_url"),
 ])
 def test_invalid_private_entries_are_refused_on_load(tmp_path, cli, fields, message):
     (tmp_path / "model.pb").write_bytes(b"")
