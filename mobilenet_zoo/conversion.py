@@ -68,11 +68,14 @@ class BuildOptions:
     quantize: str | None = None  # "uint8"
     calibration: Path | None = None  # folder of calibration images for `quantize`
     labels: tuple[str, ...] | None = None  # one name per class (`convert --labels FILE`)
+    backbone_only: bool = False  # drop a frozen graph's dense head: the plain network (`convert --backbone-only`)
 
 
 def prepare(source: Source, build: BuildOptions) -> Source:
     """The source with the build options applied to its model. A post-training quantized model has no original
     artifact: its reference becomes the integer numpy forward pass of the written model (see `convert`)."""
+    if build.backbone_only:
+        source = _without_head(source)
     _check_pooling(source.model, build.backbone)
     model = source.model.with_backbone(build.backbone)
     if build.labels is not None:
@@ -83,6 +86,33 @@ def prepare(source: Source, build: BuildOptions) -> Source:
 
     quantized = quantize_with_calibration(model, build.quantize, build.calibration)
     return Source(quantized, None, quantized.config.name, source.origin)
+
+
+def _without_head(source: Source) -> Source:
+    """The source's frozen graph read without its dense head (one warning line on stderr names what is dropped);
+    the reference becomes that graph pruned of the head (in the cache, keyed by its content)."""
+    import hashlib
+    import sys
+
+    from mobilenet_zoo.cache import Cache
+    from mobilenet_zoo.formats import detect_format, format_module
+    from mobilenet_zoo.fsutil import atomic_file
+
+    graph = source.reference if source.reference is not None and detect_format(source.reference) == "tf" else None
+    if graph is None or Path(graph).suffix != ".pb":
+        raise ZooError(f"--backbone-only drops the dense head of a frozen graph; {source.name} is not read from one")
+    model, dropped, pruned = format_module("tf").read_backbone(Path(graph))
+    if not dropped:
+        print(f"warning: --backbone-only: {graph} has no head beyond the network; nothing dropped", file=sys.stderr)
+        return source
+    print(f"warning: --backbone-only: dropped the head of {Path(graph).name}, {source.model.config.num_classes} classes "
+          f"({', '.join(dropped)}): writing the plain {model.config.num_classes}-class network", file=sys.stderr)
+    reference = Cache.at().local / f"{Path(graph).stem}-{hashlib.sha256(pruned).hexdigest()[:16]}" / f"{model.config.name}_frozen.pb"
+    if not reference.exists():
+        ensure_folder(reference.parent)
+        with atomic_file(reference) as staging:
+            Path(staging).write_bytes(pruned)
+    return replace(source, model=model, reference=reference, name=model.config.name)
 
 
 def _check_pooling(model, backbone: Backbone) -> None:

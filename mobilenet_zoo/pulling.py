@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mobilenet_zoo.archive import extract
+from mobilenet_zoo.archive import TARBALL_SUFFIXES, extract
 from mobilenet_zoo.cache import Cache
 from mobilenet_zoo.constants import OFFLINE_ENV
 from mobilenet_zoo.download import ProgressCallback, RetryPolicy, download, offline
@@ -56,6 +56,10 @@ def pull_variant(
     Retries are announced on stderr unless `quiet` (default: `mobilenet_zoo.download.QUIET`).
     """
     pin = _validated_pin(sha256)
+    if variant.path is not None:  # a private model on this machine: nothing to download
+        if pin:
+            raise ZooError(f"{variant.name} is the local {variant.path}: there is no download to pin")
+        return PullResult(variant.name, variant.path, False, None)
     policy = policy or RetryPolicy.from_env()
     cache = Cache.at(cache_root)
     target = cache.model_dir(variant.name)
@@ -87,18 +91,66 @@ def _download_and_extract(
     recorded = cache.recorded_sha256(variant.name)
     checksum, origin = expected_checksum(variant, pin, recorded)
     tarball = cache.download_path(variant.name)
+    url = variant.url if variant.private else variant.url_for(mirror)  # a mirror holds the official release only
     try:
-        digest = download(variant.url_for(mirror), tarball, size=variant.size, checksum=checksum, policy=policy,
-                          progress=progress, quiet=quiet)
+        digest = download(url, tarball, size=variant.size, checksum=checksum, policy=policy, progress=progress, quiet=quiet)
     except ChecksumError as exc:
         raise ChecksumError(f"{exc}; checked against {origin}") from None
     try:
-        extract(tarball, cache.model_dir(variant.name), variant.members)  # reads it to the end: gzip CRC and trailer
+        if variant.private and not variant.filename.lower().endswith(TARBALL_SUFFIXES):
+            _store_model_file(tarball, cache.model_dir(variant.name), variant.filename)
+        else:
+            extract(tarball, cache.model_dir(variant.name), variant.members)  # reads it to the end: gzip CRC and trailer
     finally:
         tarball.unlink(missing_ok=True)
     if digest != recorded:  # only now: a corrupt archive is never recorded as trusted
         cache.record_sha256(variant.name, digest)
     return PullResult(variant.name, cache.model_dir(variant.name), True, digest)
+
+
+def _store_model_file(download: Path, target: Path, filename: str) -> None:
+    """A downloaded model file moved into the new folder `target` under its own name (the folder appears complete)."""
+    import shutil
+
+    staging = target.with_name(f".{target.name}.storing")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    os.replace(download, staging / filename)
+    os.rename(staging, target)
+
+
+def private_model_path(variant: Variant, **options: Any) -> Path:
+    """The model a private registry entry names, pulled first when it is a download: its local file, folder or
+    tarball, the model file a downloaded folder holds, or the extracted folder of a downloaded tarball."""
+    from mobilenet_zoo.sources import official_members
+
+    path = pull(variant, **options)
+    if variant.path is not None or not path.is_dir() or official_members(path)[0]:
+        return path
+    entries = [entry for entry in path.iterdir() if not entry.name.startswith(".")]
+    return entries[0] if len(entries) == 1 else path
+
+
+def open_private(variant: Variant, **options: Any):
+    """The `sources.Source` of a private registry entry: its model (refused unless it is the entry's alpha,
+    resolution, precision and class count) with the entry's class names, and the model's own reference."""
+    from dataclasses import replace
+
+    from mobilenet_zoo.sources import open_source
+
+    path = private_model_path(variant, **options)
+    source = open_source(path)
+    got, expected = source.model.config, variant.config
+    facts = lambda config: (config.alpha, config.resolution, config.quantized, config.num_classes)  # noqa: E731
+    if facts(got) != facts(expected):
+        raise ZooError(f"registry entry {variant.name} says {expected.name} with {expected.num_classes} classes, "
+                       f"but {path} holds {got.name} with {got.num_classes} classes")
+    model = source.model
+    if variant.labels is not None:
+        from mobilenet_zoo.labels import read_labels_file
+
+        model = model.with_labels(read_labels_file(variant.labels))
+    return replace(source, model=model, name=variant.name)
 
 
 def expected_checksum(variant: Variant, pin: str | None, recorded: str | None) -> tuple[tuple[str, str] | None, str]:

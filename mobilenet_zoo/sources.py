@@ -102,7 +102,7 @@ def from_path(path: Path) -> Source:
 
 def _from_model_file(path: Path, fmt: str) -> Source:
     model = format_module(fmt).read(path)
-    is_reference = path.name.endswith("_frozen.pb") or (fmt in ("tflite", "keras") and not _written_by_us(path)
+    is_reference = path.suffix == ".pb" or (fmt in ("tflite", "keras") and not _written_by_us(path)
                                                          and (fmt == "keras" or model.config.quantized))
     return Source(model, path if is_reference else recorded_reference(path), model.config.name, path)
 
@@ -133,10 +133,13 @@ def open_source(source: str | Path, *, registry: Path | None = None, mirror: str
         return from_official_folder(named.path)
     if named.kind == MODEL_FILE:
         return _from_model_file(named.path, named.format)
-    from mobilenet_zoo.pulling import pull
+    from mobilenet_zoo.pulling import open_private, pull
     from mobilenet_zoo.variants import load_registry
 
-    return from_official_folder(pull(load_registry(registry).get(named.text), mirror=mirror))
+    variant = load_registry(registry).get(named.text)
+    if variant.private:
+        return open_private(variant, mirror=mirror)
+    return from_official_folder(pull(variant, mirror=mirror))
 
 
 def reference_artifact(source: str | Path, *, registry: Path | None = None, mirror: str | None = None) -> Path:

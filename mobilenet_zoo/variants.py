@@ -10,7 +10,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, Iterable
 
-from mobilenet_zoo.arch import ModelConfig, count_macs, count_parameters
+from mobilenet_zoo.arch import NUM_CLASSES, ModelConfig, count_macs, count_parameters
 from mobilenet_zoo.constants import MIRROR_ENV, REGISTRY_ENV
 from mobilenet_zoo.errors import RegistryError, UnknownVariantError
 
@@ -47,18 +47,24 @@ class Variant:
     published: Published | None = None
     size: int | None = None
     checksum: tuple[str, str] | None = None  # (algorithm, hex digest)
+    num_classes: int = NUM_CLASSES
+    labels: Path | None = None  # a labels file, one class name per line (private entries)
+    path: Path | None = None  # a local model file, folder or tarball instead of a download (private entries)
+    private: bool = False  # a team's own model (path, num_classes or labels given): any model file, any layout
 
     @property
     def config(self) -> ModelConfig:
-        return ModelConfig(self.alpha, self.resolution, self.quantized)
+        return ModelConfig(self.alpha, self.resolution, self.quantized, num_classes=self.num_classes)
 
     @property
     def filename(self) -> str:
-        return self.url.rsplit("/", 1)[-1]
+        return self.path.name if self.path else self.url.rsplit("/", 1)[-1]
 
     @property
     def members(self) -> tuple[str, ...]:
-        """Files the official tarball holds (flat, under ./)."""
+        """Files the official tarball holds (flat, under ./); none required of a private model's tarball."""
+        if self.private:
+            return ()
         return tuple(self.name + suffix for suffix in MEMBER_SUFFIXES)
 
     @cached_property
@@ -81,7 +87,9 @@ class Variant:
             "alpha": self.alpha,
             "resolution": self.resolution,
             "quantized": self.quantized,
-            "url": self.url,
+            "url": None if self.path else self.url,
+            **({"path": str(self.path), "num_classes": self.num_classes,
+                "labels": str(self.labels) if self.labels else None} if self.private else {}),
             "size": self.size,
             "checksum": f"{self.checksum[0]}:{self.checksum[1]}" if self.checksum else None,
             "computed": {"macs_millions": self.computed_macs_millions, "params_millions": self.computed_params_millions},
@@ -125,10 +133,10 @@ class Registry:
         return list(self.variants)
 
 
-def _parse_variant(entry: Any, base_url: str, where: str) -> Variant:
+def _parse_variant(entry: Any, base_url: str, where: str, folder: Path | None = None) -> Variant:
     if not isinstance(entry, dict):
         raise RegistryError(f"{where}: each variant must be a mapping, got {type(entry).__name__}")
-    known = {"name", "alpha", "resolution", "quantized", "url", "published", "size", *CHECKSUM_ALGORITHMS}
+    known = {"name", "alpha", "resolution", "quantized", "url", "published", "size", *CHECKSUM_ALGORITHMS, *PRIVATE_FIELDS}
     unknown = set(entry) - known
     if unknown:
         raise RegistryError(f"{where}: unknown field {sorted(unknown)[0]!r}")
@@ -174,10 +182,54 @@ def _parse_variant(entry: Any, base_url: str, where: str) -> Variant:
             if not re.fullmatch(f"[0-9a-f]{{{length}}}", digest):
                 raise RegistryError(f"{where}: {algorithm} must be {length} hex digits")
             checksum = (algorithm, digest)
-    return Variant(name, float(alpha), resolution, quantized, url, published, size, checksum)
+    variant = Variant(name, float(alpha), resolution, quantized, url, published, size, checksum)
+    return _private_fields(variant, entry, where, folder) if set(entry) & set(PRIVATE_FIELDS) else variant
 
 
-def parse_registry(data: Any, where: str) -> tuple[list[Variant], bool]:
+PRIVATE_FIELDS = ("path", "num_classes", "labels")
+
+
+def _private_fields(variant: Variant, entry: dict, where: str, folder: Path | None) -> Variant:
+    """A team's own model: `path` (a local model file, folder or tarball; relative to the registry file) or `url`,
+    `num_classes` (default 1001) and `labels` (a local file of as many class names), checked now."""
+    from dataclasses import replace
+
+    def local(key: str) -> Path | None:
+        value = entry.get(key)
+        if value is None:
+            return None
+        if not isinstance(value, str) or not value or "://" in value:
+            raise RegistryError(f"{where}: {key} must be a local file or folder path")
+        path = Path(value).expanduser()
+        path = path if path.is_absolute() or folder is None else folder / path
+        if not path.exists():
+            raise RegistryError(f"{where}: {key} {path} does not exist")
+        return path
+
+    if "path" in entry and "url" in entry:
+        raise RegistryError(f"{where}: give a path or a url, not both")
+    classes = entry.get("num_classes", NUM_CLASSES)
+    if not isinstance(classes, int) or isinstance(classes, bool) or classes < 1:
+        raise RegistryError(f"{where}: num_classes must be an integer >= 1, got {classes!r}")
+    if "path" not in entry and "url" not in entry:
+        raise RegistryError(f"{where}: a private model needs a path or a url")
+    if "url" in entry and "://" not in variant.url:
+        raise RegistryError(f"{where}: url {variant.url!r} is neither absolute nor under a base_url")
+    labels = local("labels")
+    if labels is not None:
+        from mobilenet_zoo.errors import ZooError
+        from mobilenet_zoo.labels import read_labels_file
+
+        try:
+            count = len(read_labels_file(labels))
+        except ZooError as exc:
+            raise RegistryError(f"{where}: {exc}") from None
+        if count != classes:
+            raise RegistryError(f"{where}: labels {labels} holds {count} names for num_classes {classes}")
+    return replace(variant, num_classes=classes, labels=labels, path=local("path"), private=True)
+
+
+def parse_registry(data: Any, where: str, folder: Path | None = None) -> tuple[list[Variant], bool]:
     """Validate one registry document; return its variants and whether it extends the built-in one."""
     if not isinstance(data, dict):
         raise RegistryError(f"{where}: expected a mapping with a 'variants' list")
@@ -189,7 +241,7 @@ def parse_registry(data: Any, where: str) -> tuple[list[Variant], bool]:
     base_url = data.get("base_url", "")
     if not isinstance(base_url, str):
         raise RegistryError(f"{where}: base_url must be a string")
-    variants = [_parse_variant(entry, base_url, f"{where}: variant {i + 1}") for i, entry in enumerate(entries)]
+    variants = [_parse_variant(entry, base_url, f"{where}: variant {i + 1}", folder) for i, entry in enumerate(entries)]
     seen: set[str] = set()
     for variant in variants:
         if variant.name in seen:
@@ -225,7 +277,7 @@ def load_registry(user_registry: str | os.PathLike | None = None) -> Registry:
     user_registry = user_registry or os.environ.get(REGISTRY_ENV)
     if user_registry:
         user_path = Path(user_registry).expanduser()
-        extra, extends = parse_registry(_read_yaml(user_path), str(user_path))
+        extra, extends = parse_registry(_read_yaml(user_path), str(user_path), user_path.parent)
         variants = dict(registry.variants) if extends else {}
         variants.update({v.name: v for v in extra})
         registry = Registry(variants, (builtin_path, user_path) if extends else (user_path,))

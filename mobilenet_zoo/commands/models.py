@@ -58,6 +58,7 @@ def convert_command(
     quantize: Optional[str] = typer.Option(None, "--quantize", help="Post-training quantization of a float model: uint8 (needs --calibration)."),
     calibration: Optional[Path] = typer.Option(None, "--calibration", help="--quantize: folder of calibration images."),
     labels: Optional[Path] = typer.Option(None, "--labels", help="Class names, one per line (as many as the model has classes): recorded in every target."),
+    backbone_only: bool = typer.Option(False, "--backbone-only", help="Drop a frozen graph's dense head (e.g. retrain.py's final_training_ops) and write the plain network."),
     verify: bool = typer.Option(False, "--verify", help="Verify every written target against its reference."),
     force: bool = typer.Option(False, "--force", "-f", help="Replace targets that exist already."),
     ray: bool = RayOption,
@@ -92,7 +93,7 @@ def convert_command(
     from mobilenet_zoo.labels import read_labels_file
 
     build = BuildOptions(Backbone(_feature_layers(features), pooling.lower(), output_stride, input_size), quantize, calibration,
-                         read_labels_file(labels) if labels else None)
+                         read_labels_file(labels) if labels else None, backbone_only)
     if ray or ray_address:
         from mobilenet_zoo.distributed import convert_many
 

@@ -68,6 +68,7 @@ def read(path: Path) -> MobileNetV1Model:
     ours = metadata.get("producer") == PRODUCER
     backbone = Backbone.from_metadata(metadata) if ours else Backbone()
     convs = graph.mobilenet_convs()
+    _refuse_layers_after_classifier(graph, convs[-1])
     config = _config(graph, convs, metadata, backbone)
     for conv, placed in zip(convs, _placed_with_logits(config, backbone)):
         _check_geometry(graph, conv, placed)
@@ -76,6 +77,18 @@ def read(path: Path) -> MobileNetV1Model:
     source = metadata.get("source", str(path)) if ours else str(path)
     model = MobileNetV1Model(config, weights, quant=quant, source=source, backbone=backbone)
     return (model.with_recorded(metadata) if ours else model).validate()
+
+
+_WEIGHTED_OPS = ("Conv", "ConvInteger", "QLinearConv", "MatMul", "MatMulInteger", "QLinearMatMul", "Gemm")
+
+
+def _refuse_layers_after_classifier(graph: OnnxGraph, classifier) -> None:
+    """Refuse a layer with weights (a dense head, a second classifier) past the classifier, naming the first: the
+    canonical model would silently leave it out."""
+    extra = [node for node in graph.reachable(classifier.output[0]) if node.op_type in _WEIGHTED_OPS]
+    if extra:
+        names = ", ".join(f"{node.name or '(unnamed)'} ({node.op_type})" for node in extra[:3])
+        raise graph.error(f"nodes after the MobileNet V1 classifier that are not part of it: {names}")
 
 
 # ---------------------------------------------------------------------------------------------- the graph

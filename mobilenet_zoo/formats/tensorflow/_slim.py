@@ -15,7 +15,7 @@ import json
 import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -26,6 +26,7 @@ from mobilenet_zoo.arch import (
     BN_EPSILON,
     INPUT_NODE,
     LOGITS_NODE,
+    LOGITS_SCOPE,
     NUM_CLASSES,
     OUTPUT_NODE,
     SCOPE,
@@ -38,7 +39,7 @@ from mobilenet_zoo.arch import (
 from mobilenet_zoo.deps import require
 from mobilenet_zoo.errors import MissingDependencyError, ModelFormatError
 from mobilenet_zoo.fsutil import atomic_folder
-from mobilenet_zoo.model import MobileNetV1Model, image_batch, infer_alpha
+from mobilenet_zoo.model import Classes, MobileNetV1Model, image_batch, infer_alpha
 
 SIGNATURE_KEY = "serving_default"
 METADATA_FILE = Path("assets.extra") / "mobilenet_zoo.json"  # our SavedModels' `MobileNetV1Model.metadata()`
@@ -327,7 +328,167 @@ def _read_frozen_graph(path: Path) -> MobileNetV1Model:
     def fetch(name: str) -> np.ndarray:
         return graphdef.constant_array(constants[name])
 
-    return _canonical_model(set(constants), fetch, _input_resolution(graph_def, path), path)
+    names, head, beyond = set(constants), None, None
+    try:
+        head = dense_head(graph_def, path)
+    except ModelFormatError as exc:  # raised once the network itself is read: what it lacks is the first error
+        beyond = exc
+    if head is not None and head.on_features:
+        names, fetch = _head_as_classifier(names, fetch, head, path)
+    model = _canonical_model(names, fetch, _input_resolution(graph_def, path), path)
+    if beyond is not None:
+        raise beyond
+    if head is None:
+        return model
+    if head.on_features:
+        return replace(model, classes=Classes(background=False))
+    return with_dense_head(model, fetch(head.weights), fetch(head.biases), path)
+
+
+def _head_as_classifier(names: set[str], fetch: Callable[[str], np.ndarray], head: DenseHead,
+                        path: Path) -> tuple[set[str], Callable[[str], np.ndarray]]:
+    """A dense head on the pooled features is the classifier: its C x N weights as the 1x1 kernel, its bias."""
+    kernel, bias = f"{SCOPE}/{LOGITS_SCOPE}/weights", f"{SCOPE}/{LOGITS_SCOPE}/biases"
+    if kernel in names:
+        raise ModelFormatError(f"{path}: holds both the network's classifier and a dense head ({head.logits}) on the "
+                               "pooled features: convert --backbone-only keeps the network's")
+    arrays = {kernel: np.asarray(fetch(head.weights))[None, None], bias: np.asarray(fetch(head.biases))}
+    return names | set(arrays), lambda name: arrays[name] if name in arrays else fetch(name)
+
+
+def read_backbone(path: Path) -> tuple[MobileNetV1Model, list[str], bytes]:
+    """A frozen graph's network without its dense head: (the plain model, the head's node names, the graph
+    pruned of the head, serialized: the reference of the plain model). No head: nothing dropped."""
+    from mobilenet_zoo.formats.tensorflow import _graphdef as graphdef
+
+    graph_def = graphdef.read_graph_def(path)
+    head = dense_head(graph_def, path)
+    dropped = list(head.nodes) if head else []
+    pruned = type(graph_def)()
+    pruned.CopyFrom(graph_def)
+    del pruned.node[:]
+    pruned.node.extend(node for node in graph_def.node if node.name not in dropped)
+    _restore_predictions(pruned)
+    constants = graphdef.constant_nodes(pruned)
+    model = _canonical_model(set(constants), lambda name: graphdef.constant_array(constants[name]),
+                             _input_resolution(pruned, path), path)
+    return model, dropped, pruned.SerializeToString()
+
+
+def _restore_predictions(graph_def) -> None:
+    """Add slim's softmax on the 2-D logits (`Predictions/Softmax`, then `Predictions/Reshape_1` as an identity of
+    the same shape) when freezing to a head's output pruned them away."""
+    names = {node.name for node in graph_def.node}
+    softmax = f"{SCOPE}/Predictions/Softmax"
+    for name, op, source in ((softmax, "Softmax", HEAD_INPUTS[0]), (OUTPUT_NODE, "Identity", softmax)):
+        if name not in names and source in names | {softmax}:
+            node = graph_def.node.add(name=name, op=op, input=[source])
+            node.attr["T"].type = 1  # DT_FLOAT
+
+
+# ---------------------------------------------------------------------------------------------- dense heads
+
+HEAD_INPUTS = ("MobilenetV1/Predictions/Reshape", LOGITS_NODE)  # the 2-D logits a head may take (retrain.py: the first)
+POOLED_INPUTS = (f"{SCOPE}/Logits/AvgPool_1a/AvgPool", f"{SCOPE}/Logits/Dropout_1b/Identity")  # or the pooled features
+_PASS_THROUGH = ("Identity", "PlaceholderWithDefault")  # `read` identities, retrain.py's BottleneckInputPlaceholder
+_FLATTENS = ("Squeeze", "Reshape")  # N x 1 x 1 x C pooled features to N x C
+_ADDS = ("Add", "AddV2", "BiasAdd")
+
+
+@dataclass(frozen=True)
+class DenseHead:
+    """A dense layer on a frozen graph's logits, as TensorFlow's `retrain.py` adds it: MatMul by a weight constant,
+    Add of a bias constant (`logits`), optional Softmax (`probabilities`); `nodes` are all its nodes, graph order."""
+
+    weights: str
+    biases: str
+    logits: str
+    probabilities: str | None
+    nodes: tuple[str, ...]
+    on_features: bool = False  # on the pooled features (then it is the classifier), not on the logits
+
+
+def _input_name(text: str) -> str:
+    """A NodeDef input's node name (no `^` control marker, no `:port`)."""
+    return text.lstrip("^").split(":")[0]
+
+
+def _is_network_node(name: str) -> bool:
+    return name == INPUT_NODE or name.startswith(f"{SCOPE}/")
+
+
+def dense_head(graph_def, path: Path) -> DenseHead | None:
+    """The dense head on the network's logits, None when the graph holds the network only. Any other node beyond
+    the network (an unknown branch, a second head, anything after the head's softmax) is refused, naming it."""
+    extras = [node for node in graph_def.node if not _is_network_node(node.name)]
+    if not extras:
+        return None
+    head = _find_dense_head({node.name: node for node in graph_def.node}, extras)
+    unknown = [node.name for node in extras if head is None or node.name not in head.nodes]
+    if unknown:
+        more = f" and {len(unknown) - 3} more" if len(unknown) > 3 else ""
+        raise ModelFormatError(f"{path}: nodes beyond the MobileNet V1 network that are not a dense head on its logits: "
+                               f"{', '.join(unknown[:3])}{more}")
+    return head
+
+
+def _find_dense_head(nodes: dict[str, Any], extras: list) -> DenseHead | None:
+    """The MatMul -> Add (-> Softmax) chain on the logits among `extras`, with constant weights and biases."""
+    consumers: dict[str, list] = {}
+    for node in extras:
+        for name in node.input:
+            consumers.setdefault(_input_name(name), []).append(node)
+
+    def source(name: str, passed: list[str]) -> str:
+        """Follow pass-through (and flattening) nodes back from `name`, collecting them in `passed`."""
+        while name in nodes and nodes[name].op in _PASS_THROUGH + _FLATTENS and nodes[name].input and not _is_network_node(name):
+            passed.append(name)
+            if nodes[name].op == "Reshape" and len(nodes[name].input) == 2:
+                passed.append(_input_name(nodes[name].input[1]))  # its shape constant
+            name = _input_name(nodes[name].input[0])
+        return name
+
+    def constant(name: str, passed: list[str]) -> str | None:
+        name = source(name, passed)
+        return name if name in nodes and nodes[name].op == "Const" and not _is_network_node(name) else None
+
+    for matmul in (node for node in extras if node.op == "MatMul" and len(node.input) == 2):
+        passed: list[str] = []
+        taken = source(_input_name(matmul.input[0]), passed)
+        if taken not in HEAD_INPUTS + POOLED_INPUTS:
+            continue
+        if matmul.attr["transpose_a"].b or matmul.attr["transpose_b"].b:
+            continue
+        weights = constant(_input_name(matmul.input[1]), passed)
+        adds = [node for node in consumers.get(matmul.name, []) if node.op in _ADDS and len(node.input) == 2]
+        if weights is None or len(adds) != 1 or _input_name(adds[0].input[0]) != matmul.name:
+            continue
+        biases = constant(_input_name(adds[0].input[1]), passed)
+        if biases is None:
+            continue
+        softmaxes = [node for node in consumers.get(adds[0].name, []) if node.op == "Softmax"]
+        probabilities = softmaxes[0].name if len(softmaxes) == 1 else None
+        members = {matmul.name, adds[0].name, weights, biases, *passed, *([probabilities] if probabilities else [])}
+        order = tuple(node.name for node in extras if node.name in members)
+        return DenseHead(weights, biases, adds[0].name, probabilities, order, taken in POOLED_INPUTS)
+    return None
+
+
+def with_dense_head(model: MobileNetV1Model, weights: np.ndarray, biases: np.ndarray, source: Path) -> MobileNetV1Model:
+    """`model` with a dense layer on its logits folded into its classifier, in float64:
+    (x K + b) W + c = x (K W) + (b W + c): a C x N classifier, no background class, names unknown."""
+    config = model.config
+    weights, biases = np.asarray(weights, np.float64), np.asarray(biases, np.float64)
+    if weights.ndim != 2 or weights.shape[0] != config.num_classes or biases.shape != (weights.shape[1],):
+        raise ModelFormatError(f"{source}: dense head of shape {list(weights.shape)} + {list(biases.shape)} does not "
+                               f"take the {config.num_classes} logits of {config.name}")
+    kernel = np.asarray(model.weights[config.logits_weight_name], np.float64)[0, 0]
+    bias = np.asarray(model.weights[config.logits_bias_name], np.float64)
+    head_config = replace(config, num_classes=int(weights.shape[1]))
+    folded = dict(model.weights)
+    folded[config.logits_weight_name] = (kernel @ weights)[None, None].astype(np.float32)
+    folded[config.logits_bias_name] = (bias @ weights + biases).astype(np.float32)
+    return replace(model, config=head_config, weights=folded, classes=Classes(background=False)).validate()
 
 
 def _read_saved_model(folder: Path) -> MobileNetV1Model:
@@ -500,12 +661,20 @@ def _frozen_graph_runner(path: Path) -> TensorFlowRunner:
     graph_def = _load_graph_def(path)
     resolution = _input_resolution(graph_def, path)
     names = {node.name for node in graph_def.node}
-    missing = [node for node in (LOGITS_NODE, OUTPUT_NODE) if node not in names]
+    if not any(name.startswith(f"{SCOPE}/") for name in names):
+        raise ModelFormatError(f"{path}: not a MobileNet V1 graph: no node {LOGITS_NODE}")
+    head = dense_head(graph_def, path)
+    logits_node, output_node = (head.logits, head.probabilities) if head else (LOGITS_NODE, OUTPUT_NODE)
+    if head is not None and output_node is None:  # a head without softmax: TensorFlow's softmax of its logits
+        output_node = f"{head.logits}/mobilenet_zoo_softmax"
+        graph_def.node.add(name=output_node, op="Softmax", input=[head.logits]).attr["T"].type = 1  # DT_FLOAT
+        names.add(output_node)
+    missing = [node for node in (logits_node, output_node) if node not in names]
     if missing:
         raise ModelFormatError(f"{path}: not a MobileNet V1 graph: no node {missing[0]}")
     imported = tf.compat.v1.wrap_function(lambda: tf.compat.v1.import_graph_def(graph_def, name=""), [])
     tensor = imported.graph.get_tensor_by_name
-    function = imported.prune(tensor(f"{INPUT_NODE}:0"), {LOGITS: tensor(f"{LOGITS_NODE}:0"), PROBABILITIES: tensor(f"{OUTPUT_NODE}:0")})
+    function = imported.prune(tensor(f"{INPUT_NODE}:0"), {LOGITS: tensor(f"{logits_node}:0"), PROBABILITIES: tensor(f"{output_node}:0")})
     batch_dim = next(node for node in graph_def.node if node.name == INPUT_NODE).attr["shape"].shape.dim[0].size
     return TensorFlowRunner(lambda images: function(tf.constant(images)), resolution, batch_dim if batch_dim > 0 else None)
 
