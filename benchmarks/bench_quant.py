@@ -36,8 +36,8 @@ import numpy as np
 
 from mobilenet_zoo.deps import require
 from mobilenet_zoo.formats import tflite
-from mobilenet_zoo.formats.onnx import _qdq as onnx_qdq
 from mobilenet_zoo.formats.onnx import _exact as onnx_quant
+from mobilenet_zoo.formats.onnx import _qdq as onnx_qdq
 from mobilenet_zoo.preprocess import load_image_uint8
 
 ROOT = Path(__file__).resolve().parents[1]

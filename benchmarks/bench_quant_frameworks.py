@@ -57,8 +57,11 @@ def tflite_call(model_path: Path, image: np.ndarray, threads: int):
     from mobilenet_zoo.deps import require
 
     litert = require("ai_edge_litert.interpreter")
-    interpreter = litert.Interpreter(model_path=str(model_path), num_threads=threads,
-                                     experimental_op_resolver_type=litert.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+    interpreter = litert.Interpreter(
+        model_path=str(model_path),
+        num_threads=threads,
+        experimental_op_resolver_type=litert.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
+    )
     interpreter.allocate_tensors()
     interpreter.set_tensor(interpreter.get_input_details()[0]["index"], image)
     return interpreter.invoke
@@ -144,19 +147,24 @@ def measure_model(model_path: Path, runtimes: tuple[str, ...], threads: int, rou
     reference = outputs["tflite builtin"]
     base = statistics.median(durations["tflite builtin"])
     plan = plan_summary(model_path)
-    return [{
-        "model": model_path.name,
-        "runtime": runtime,
-        "threads": threads,
-        "calls": len(durations[runtime]),
-        "median_ms": statistics.median(durations[runtime]),
-        "p90_ms": float(np.percentile(durations[runtime], 90)),
-        "min_ms": min(durations[runtime]),
-        "ratio_to_tflite": statistics.median(durations[runtime]) / base,
-        "max_lsb": max(int(np.abs(outputs[runtime][name].astype(np.int32) - reference[name].astype(np.int32)).max())
-                       for name in reference),
-        "plan": "" if runtime == "tflite builtin" else plan,
-    } for runtime in runtimes]
+    return [
+        {
+            "model": model_path.name,
+            "runtime": runtime,
+            "threads": threads,
+            "calls": len(durations[runtime]),
+            "median_ms": statistics.median(durations[runtime]),
+            "p90_ms": float(np.percentile(durations[runtime], 90)),
+            "min_ms": min(durations[runtime]),
+            "ratio_to_tflite": statistics.median(durations[runtime]) / base,
+            "max_lsb": max(
+                int(np.abs(outputs[runtime][name].astype(np.int32) - reference[name].astype(np.int32)).max())
+                for name in reference
+            ),
+            "plan": "" if runtime == "tflite builtin" else plan,
+        }
+        for runtime in runtimes
+    ]
 
 
 def plan_summary(model_path: Path) -> str:
@@ -176,12 +184,18 @@ def plan_summary(model_path: Path) -> str:
 
 
 def print_table(rows: list[dict]) -> None:
-    print(f"{'model':38} {'runtime':15} {'median ms':>10} {'p90 ms':>8} {'min ms':>8} {'x TFLite':>9} {'LSB':>4}  float plan")
+    print(
+        f"{'model':38} {'runtime':15} {'median ms':>10} {'p90 ms':>8} {'min ms':>8} {'x TFLite':>9} {'LSB':>4}  float plan"
+    )
     for row in rows:
-        print(f"{row['model']:38} {row['runtime']:15} {row['median_ms']:10.2f} {row['p90_ms']:8.2f} {row['min_ms']:8.2f} "
-              f"{row['ratio_to_tflite']:9.2f} {row['max_lsb']:4d}  {row['plan']}")
-    print(f"threads {rows[0]['threads']}, batch 1, {rows[0]['calls']} timed calls per runtime; LSB: max over logits, "
-          f"probabilities and features, {len(IMAGES)} real + {N_RANDOM} random images, against TFLite builtin kernels")
+        print(
+            f"{row['model']:38} {row['runtime']:15} {row['median_ms']:10.2f} {row['p90_ms']:8.2f} {row['min_ms']:8.2f} "
+            f"{row['ratio_to_tflite']:9.2f} {row['max_lsb']:4d}  {row['plan']}"
+        )
+    print(
+        f"threads {rows[0]['threads']}, batch 1, {rows[0]['calls']} timed calls per runtime; LSB: max over logits, "
+        f"probabilities and features, {len(IMAGES)} real + {N_RANDOM} random images, against TFLite builtin kernels"
+    )
 
 
 def main(argv: list[str] | None = None) -> None:

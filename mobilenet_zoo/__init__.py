@@ -17,7 +17,9 @@ __version__ = "0.1.0"
 
 # public name -> module that defines it
 _LAZY = {
-    **dict.fromkeys(("load", "open_source", "resolve", "convert", "verify", "predict", "pull", "registry"), "mobilenet_zoo.api"),
+    **dict.fromkeys(
+        ("load", "open_source", "resolve", "convert", "verify", "predict", "pull", "registry"), "mobilenet_zoo.api"
+    ),
     "MobileNetV1Model": "mobilenet_zoo.model",
     "Backbone": "mobilenet_zoo.arch",
     "ModelConfig": "mobilenet_zoo.arch",
@@ -31,8 +33,19 @@ _LAZY = {
     "Registry": "mobilenet_zoo.variants",
     "Variant": "mobilenet_zoo.variants",
     **dict.fromkeys(
-        ("ZooError", "UnknownVariantError", "RegistryError", "DownloadError", "ChecksumError", "ArchiveError",
-         "MissingDependencyError", "ModelFormatError", "VerificationError"), "mobilenet_zoo.errors"),
+        (
+            "ZooError",
+            "UnknownVariantError",
+            "RegistryError",
+            "DownloadError",
+            "ChecksumError",
+            "ArchiveError",
+            "MissingDependencyError",
+            "ModelFormatError",
+            "VerificationError",
+        ),
+        "mobilenet_zoo.errors",
+    ),
 }
 
 __all__ = ["__version__", *_LAZY]
@@ -49,4 +62,3 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return sorted(__all__)
-

@@ -48,10 +48,20 @@ def load(source: PathLike, *, registry_file: PathLike | None = None, mirror: str
     return open_source(source, registry_file=registry_file, mirror=mirror).model
 
 
-def convert(source: PathLike | Source | MobileNetV1Model, to: str | list[str], output: PathLike = ".", *,
-            backbone: Backbone | None = None, quantize: str | None = None, calibration: PathLike | None = None,
-            labels: list[str] | None = None, format_options: dict[str, dict[str, Any]] | None = None, force: bool = False,
-            registry_file: PathLike | None = None, mirror: str | None = None) -> list[Converted]:
+def convert(
+    source: PathLike | Source | MobileNetV1Model,
+    to: str | list[str],
+    output: PathLike = ".",
+    *,
+    backbone: Backbone | None = None,
+    quantize: str | None = None,
+    calibration: PathLike | None = None,
+    labels: list[str] | None = None,
+    format_options: dict[str, dict[str, Any]] | None = None,
+    force: bool = False,
+    registry_file: PathLike | None = None,
+    mirror: str | None = None,
+) -> list[Converted]:
     """Write `source` in each format of `to` ("onnx", "torch", "tflite", "tf", "keras") under `output` (a folder,
     or a file path for one target) and record them in the folder's manifest; `labels` names the classes.
     Returns what was written."""
@@ -62,14 +72,26 @@ def convert(source: PathLike | Source | MobileNetV1Model, to: str | list[str], o
     elif not isinstance(source, Source):
         source = open_source(source, registry_file=registry_file, mirror=mirror)
     formats = [to] if isinstance(to, str) else list(to)
-    build = BuildOptions(backbone or Backbone(), quantize, Path(calibration) if calibration else None,
-                         tuple(labels) if labels is not None else None)
+    build = BuildOptions(
+        backbone or Backbone(),
+        quantize,
+        Path(calibration) if calibration else None,
+        tuple(labels) if labels is not None else None,
+    )
     return _convert(source, formats, Path(output), format_options, build, force=force)
 
 
-def verify(targets: PathLike | list[PathLike], *, source: PathLike | None = None, reference: PathLike | None = None,
-           images: list[PathLike] | None = None, n_random: int = 8, seed: int = 0, thresholds: Thresholds | None = None,
-           save_reference: PathLike | None = None) -> VerifyResult:
+def verify(
+    targets: PathLike | list[PathLike],
+    *,
+    source: PathLike | None = None,
+    reference: PathLike | None = None,
+    images: list[PathLike] | None = None,
+    n_random: int = 8,
+    seed: int = 0,
+    thresholds: Thresholds | None = None,
+    save_reference: PathLike | None = None,
+) -> VerifyResult:
     """Check converted models against a reference forward pass: what `convert` recorded (default), the
     original `source` of a conversion chain, or a `reference` (model or saved `.npz`). Never raises for a
     failed check: read `result.passed` and `result.reports`."""
@@ -77,12 +99,26 @@ def verify(targets: PathLike | list[PathLike], *, source: PathLike | None = None
 
     targets = [targets] if isinstance(targets, (str, Path)) else list(targets)
     images = None if images is None else [Path(p) for p in images]  # None: the bundled photos; []: random inputs only
-    return _verify(targets, source=source, reference=reference, images=images, n_random=n_random,
-                   seed=seed, thresholds=thresholds, save_reference=Path(save_reference) if save_reference else None)
+    return _verify(
+        targets,
+        source=source,
+        reference=reference,
+        images=images,
+        n_random=n_random,
+        seed=seed,
+        thresholds=thresholds,
+        save_reference=Path(save_reference) if save_reference else None,
+    )
 
 
-def predict(model: PathLike, images: list[PathLike] | None = None, top_k: int = 5, *,
-            registry_file: PathLike | None = None, mirror: str | None = None) -> list[Prediction]:
+def predict(
+    model: PathLike,
+    images: list[PathLike] | None = None,
+    top_k: int = 5,
+    *,
+    registry_file: PathLike | None = None,
+    mirror: str | None = None,
+) -> list[Prediction]:
     """Top-k classes of each image (default: the bundled photos) with any model, slim eval preprocessing."""
     from mobilenet_zoo.prediction import predict as _predict
     from mobilenet_zoo.prediction import recorded_classes, runner_for
@@ -92,7 +128,9 @@ def predict(model: PathLike, images: list[PathLike] | None = None, top_k: int = 
     return _predict(runner, resolve_images([Path(p) for p in images or []]), top_k, classes=recorded_classes(model))
 
 
-def pull(name: str, *, mirror: str | None = None, sha256: str | None = None, registry_file: PathLike | None = None) -> Path:
+def pull(
+    name: str, *, mirror: str | None = None, sha256: str | None = None, registry_file: PathLike | None = None
+) -> Path:
     """The extracted folder of a registry variant, downloaded, verified and cached on first use."""
     from mobilenet_zoo.pulling import pull as _pull
 

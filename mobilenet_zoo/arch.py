@@ -184,7 +184,9 @@ class Backbone:
         object.__setattr__(self, "features", tuple(sorted({int(i) for i in self.features})))
         bad = [i for i in self.features if not 0 <= i <= len(BLOCK_STRIDES)]
         if bad:
-            raise ZooError(f"feature layer {bad[0]} does not exist: choose from 0 (Conv2d_0) to {len(BLOCK_STRIDES)} (Conv2d_{len(BLOCK_STRIDES)}_pointwise)")
+            raise ZooError(
+                f"feature layer {bad[0]} does not exist: choose from 0 (Conv2d_0) to {len(BLOCK_STRIDES)} (Conv2d_{len(BLOCK_STRIDES)}_pointwise)"
+            )
         if self.pooling not in POOLINGS:
             raise ZooError(f"unknown pooling {self.pooling!r}; choose {' or '.join(POOLINGS)}")
         if self.output_stride not in OUTPUT_STRIDES:

@@ -27,8 +27,9 @@ GZIP_MAGIC = b"\x1f\x8b"
 _READ_ERRORS = (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile)
 
 
-def extract(tarball: Path, target: Path, expected_members: Iterable[str] = (),
-            check: Callable[[Path, Path], None] | None = None) -> Path:
+def extract(
+    tarball: Path, target: Path, expected_members: Iterable[str] = (), check: Callable[[Path, Path], None] | None = None
+) -> Path:
     """Extract `tarball` into the new folder `target` and return it; nothing is left behind on failure.
 
     `check(tarball, folder)` may inspect the extracted folder and raise ArchiveError before it is moved in.
@@ -72,8 +73,10 @@ def require_official_layout(tarball: Path, folder: Path) -> None:
     infos = sorted(p.name for p in folder.glob("*_info.txt"))
     if len(infos) != 1:
         found = f"{len(infos)} of them" if infos else "none"
-        raise ArchiveError(f"{tarball.name}: not an official MobileNet V1 tarball "
-                           f"(expected one NAME_info.txt at the top, found {found})")
+        raise ArchiveError(
+            f"{tarball.name}: not an official MobileNet V1 tarball "
+            f"(expected one NAME_info.txt at the top, found {found})"
+        )
     name = infos[0].removesuffix("_info.txt")
     _require_members(tarball, folder, [name + suffix for suffix in MEMBER_SUFFIXES])
 
@@ -118,7 +121,9 @@ def _open_decompressed(tarball: Path) -> BinaryIO:
 def _require_members(tarball: Path, folder: Path, expected_members: Iterable[str]) -> None:
     missing = [name for name in expected_members if not (folder / name).is_file()]
     if missing:
-        raise ArchiveError(f"{tarball.name}: missing expected member{'s' if len(missing) > 1 else ''} {', '.join(missing)}")
+        raise ArchiveError(
+            f"{tarball.name}: missing expected member{'s' if len(missing) > 1 else ''} {', '.join(missing)}"
+        )
 
 
 def _describe(exc: BaseException) -> str:

@@ -153,13 +153,16 @@ def bench(
     return results
 
 
-def prepare_targets(source: str, runtimes: list[str] | None, scratch: Path, *, registry: Path | None = None,
-                    mirror: str | None = None) -> list[Target]:
+def prepare_targets(
+    source: str, runtimes: list[str] | None, scratch: Path, *, registry: Path | None = None, mirror: str | None = None
+) -> list[Target]:
     """The file each runtime runs for `source`: the file itself in its own runtime, else a conversion."""
     from mobilenet_zoo.sources import TARBALL_SUFFIXES, from_path, official_members, open_source
 
     path = Path(source).expanduser()
-    is_model_file = path.exists() and not path.name.endswith(TARBALL_SUFFIXES) and not (path.is_dir() and official_members(path)[0])
+    is_model_file = (
+        path.exists() and not path.name.endswith(TARBALL_SUFFIXES) and not (path.is_dir() and official_members(path)[0])
+    )
     if not is_model_file:
         opened = open_source(source, registry=registry, mirror=mirror)
         return [_converted_target(opened, runtime, scratch) for runtime in runtimes or _runtimes_for(opened.model)]
@@ -186,7 +189,9 @@ def _converted_target(source, runtime: str, scratch: Path) -> Target:
     from mobilenet_zoo.formats import can_write
 
     if not can_write(fmt, config.quantized):
-        return dataclasses.replace(target, error=f"the {fmt} format holds no {'uint8' if config.quantized else 'float'} models")
+        return dataclasses.replace(
+            target, error=f"the {fmt} format holds no {'uint8' if config.quantized else 'float'} models"
+        )
     try:
         written = convert(source, [fmt], scratch / f"{source.name}-{fmt}")
     except Exception as exc:  # writers surface framework errors too; report them against the runtime
@@ -219,19 +224,29 @@ def runtime_installed(runtime: str) -> bool:
 
 def measure_target(target: Target, batches: tuple[int, ...], threads: int | None, timing: Timing) -> list[BenchResult]:
     """Results for every batch size: measured in a child process, or skipped/failed with the reason."""
-    base = BenchResult(target.model, target.runtime, 0, path=str(target.path or ""), macs_millions=target.macs_millions,
-                       quantized=target.config.quantized if target.config else None)
+    base = BenchResult(
+        target.model,
+        target.runtime,
+        0,
+        path=str(target.path or ""),
+        macs_millions=target.macs_millions,
+        quantized=target.config.quantized if target.config else None,
+    )
     if not runtime_installed(target.runtime):
         note = f"{target.runtime} is not installed: pip install 'mobilenet-zoo[{registered_runtimes()[target.runtime].extra}]'"
         return [dataclasses.replace(base, batch=b, status="skipped", note=note) for b in batches]
     if target.error:
         return [dataclasses.replace(base, batch=b, status="failed", note=target.error) for b in batches]
-    job = Job(target.runtime, target.path, target.config.resolution if target.config else None, batches, threads, timing)
+    job = Job(
+        target.runtime, target.path, target.config.resolution if target.config else None, batches, threads, timing
+    )
     try:
         measured = run_in_child(job)
     except Exception as exc:  # whatever the runtime raised while loading or running the model
         reason = str(exc) or type(exc).__name__
-        return [dataclasses.replace(base, batch=b, status="failed", note=f"{target.runtime}: {reason}") for b in batches]
+        return [
+            dataclasses.replace(base, batch=b, status="failed", note=f"{target.runtime}: {reason}") for b in batches
+        ]
     size = model_size(target.path)
     return [summarize(dataclasses.replace(base, size_bytes=size), m) for m in measured]
 
@@ -252,9 +267,19 @@ def summarize(base: BenchResult, measured: dict) -> BenchResult:
     images_per_s = measured["batch"] * 1000 / median
     gflops = 2 * base.macs_millions * 1e6 * images_per_s / 1e9 if base.macs_millions else None
     return dataclasses.replace(
-        base, batch=measured["batch"], quantized=measured["quantized"], threads=measured["threads"], runs=len(milliseconds),
-        median_ms=median, p90_ms=float(np.percentile(milliseconds, 90)), images_per_s=images_per_s, gflops_per_s=gflops,
-        peak_rss_mb=measured["peak_rss_mb"], note=measured["note"], pid=measured["pid"])
+        base,
+        batch=measured["batch"],
+        quantized=measured["quantized"],
+        threads=measured["threads"],
+        runs=len(milliseconds),
+        median_ms=median,
+        p90_ms=float(np.percentile(milliseconds, 90)),
+        images_per_s=images_per_s,
+        gflops_per_s=gflops,
+        peak_rss_mb=measured["peak_rss_mb"],
+        note=measured["note"],
+        pid=measured["pid"],
+    )
 
 
 def model_size(path: Path) -> int:
@@ -278,16 +303,24 @@ def measure(job: Job) -> list[dict]:
     measured = []
     for batch in job.batches:
         shape = (batch, resolution, resolution, 3)
-        images = rng.integers(0, 256, shape, dtype=np.uint8) if runner.quantized else rng.uniform(-1, 1, shape).astype(np.float32)
-        measured.append({
-            "batch": batch,
-            "quantized": runner.quantized,
-            "threads": threads,
-            "note": f"threads not applied: the {job.runtime} runner takes no thread count" if threads != job.threads else "",
-            "milliseconds": time_calls(lambda: runner(images), job.timing),
-            "peak_rss_mb": peak_rss_mb(),
-            "pid": os.getpid(),
-        })
+        images = (
+            rng.integers(0, 256, shape, dtype=np.uint8)
+            if runner.quantized
+            else rng.uniform(-1, 1, shape).astype(np.float32)
+        )
+        measured.append(
+            {
+                "batch": batch,
+                "quantized": runner.quantized,
+                "threads": threads,
+                "note": f"threads not applied: the {job.runtime} runner takes no thread count"
+                if threads != job.threads
+                else "",
+                "milliseconds": time_calls(lambda batch=images: runner(batch), job.timing),
+                "peak_rss_mb": peak_rss_mb(),
+                "pid": os.getpid(),
+            }
+        )
     return measured
 
 
@@ -323,7 +356,9 @@ def time_calls(call, timing: Timing) -> list[float]:
         call()
     milliseconds: list[float] = []
     started = time.perf_counter()
-    while len(milliseconds) < timing.max_runs and (len(milliseconds) < timing.min_runs or time.perf_counter() - started < timing.min_time):
+    while len(milliseconds) < timing.max_runs and (
+        len(milliseconds) < timing.min_runs or time.perf_counter() - started < timing.min_time
+    ):
         start = time.perf_counter()
         call()
         milliseconds.append(1000 * (time.perf_counter() - start))

@@ -49,7 +49,13 @@ class CacheEntry:
     complete: bool
 
     def as_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "kind": self.kind, "path": str(self.path), "size": self.size, "complete": self.complete}
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "path": str(self.path),
+            "size": self.size,
+            "complete": self.complete,
+        }
 
 
 @dataclass(frozen=True)
@@ -59,7 +65,7 @@ class Cache:
     root: Path
 
     @classmethod
-    def at(cls, root: str | os.PathLike | None = None) -> "Cache":
+    def at(cls, root: str | os.PathLike | None = None) -> Cache:
         return cls(Path(root).expanduser() if root else default_root())
 
     @property

@@ -35,10 +35,18 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _root(
-    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Show the version and exit."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress, spinners or retry notes: results and errors only."),
-    verbose: bool = typer.Option(False, "--verbose", "-v", help="Also show the frameworks' own log lines (TensorFlow's start-up)."),
-    debug: bool = typer.Option(False, "--debug", help="Show the traceback of an error (same as MOBILENET_ZOO_DEBUG=1)."),
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Show the version and exit."
+    ),
+    quiet: bool = typer.Option(
+        False, "--quiet", "-q", help="No progress, spinners or retry notes: results and errors only."
+    ),
+    verbose: bool = typer.Option(
+        False, "--verbose", "-v", help="Also show the frameworks' own log lines (TensorFlow's start-up)."
+    ),
+    debug: bool = typer.Option(
+        False, "--debug", help="Show the traceback of an error (same as MOBILENET_ZOO_DEBUG=1)."
+    ),
 ) -> None:
     """MobileNet V1 model zoo manager and converter.
 

@@ -23,7 +23,6 @@ from mobilenet_zoo.manifest import recorded_path, updating_manifest
 from mobilenet_zoo.sources import Source
 
 
-
 @dataclass
 class Converted:
     format: str
@@ -105,9 +104,16 @@ def _without_head(source: Source) -> Source:
     if not dropped:
         print(f"warning: --backbone-only: {graph} has no head beyond the network; nothing dropped", file=sys.stderr)
         return source
-    print(f"warning: --backbone-only: dropped the head of {Path(graph).name}, {source.model.config.num_classes} classes "
-          f"({', '.join(dropped)}): writing the plain {model.config.num_classes}-class network", file=sys.stderr)
-    reference = Cache.at().local / f"{Path(graph).stem}-{hashlib.sha256(pruned).hexdigest()[:16]}" / f"{model.config.name}_frozen.pb"
+    print(
+        f"warning: --backbone-only: dropped the head of {Path(graph).name}, {source.model.config.num_classes} classes "
+        f"({', '.join(dropped)}): writing the plain {model.config.num_classes}-class network",
+        file=sys.stderr,
+    )
+    reference = (
+        Cache.at().local
+        / f"{Path(graph).stem}-{hashlib.sha256(pruned).hexdigest()[:16]}"
+        / f"{model.config.name}_frozen.pb"
+    )
     if not reference.exists():
         ensure_folder(reference.parent)
         with atomic_file(reference) as staging:
@@ -123,13 +129,22 @@ def _check_pooling(model, backbone: Backbone) -> None:
         return
     feature_size = placed_layers(model.config, backbone)[-1].output_size
     if pool_geometry(feature_size, backbone.pooling)[0] != feature_size:
-        raise ZooError(f"{model.config.name} pools its {feature_size}x{feature_size} map globally (as Keras does); "
-                       f"slim's 7x7 stride-2 pool would change its outputs: convert it with --pooling global")
+        raise ZooError(
+            f"{model.config.name} pools its {feature_size}x{feature_size} map globally (as Keras does); "
+            f"slim's 7x7 stride-2 pool would change its outputs: convert it with --pooling global"
+        )
 
 
-def convert(source: Source, formats: list[str], out: Path, format_options: dict[str, dict] | None = None,
-            build: BuildOptions = BuildOptions(), *, force: bool = False,
-            on_written: Callable[[Converted], None] | None = None) -> list[Converted]:
+def convert(
+    source: Source,
+    formats: list[str],
+    out: Path,
+    format_options: dict[str, dict] | None = None,
+    build: BuildOptions = BuildOptions(),
+    *,
+    force: bool = False,
+    on_written: Callable[[Converted], None] | None = None,
+) -> list[Converted]:
     """Write `source.model`, built as `build` says, in every format asked for (with per-format writer options),
     then record them. Nothing is written when any target path is refused."""
     unknown = [f for f in formats if f not in format_names()]

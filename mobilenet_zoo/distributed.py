@@ -90,9 +90,18 @@ class _BatchScorer:
         return score_batch(self.runner, decode_batch(samples, self.resolution, self.quantized)).columns()
 
 
-def evaluate_on_ray(model: str | Path, data: str | Path, limit: int | None = None, batch: int = 32, *, address: str | None = None,
-                    resolution: int | None = None, registry: Path | None = None, mirror: str | None = None,
-                    progress: Progress | None = None) -> EvalResult:
+def evaluate_on_ray(
+    model: str | Path,
+    data: str | Path,
+    limit: int | None = None,
+    batch: int = 32,
+    *,
+    address: str | None = None,
+    resolution: int | None = None,
+    registry: Path | None = None,
+    mirror: str | None = None,
+    progress: Progress | None = None,
+) -> EvalResult:
     """`evaluate.evaluate` with the images as a Ray Data dataset, `map_batches` running preprocessing and the model."""
     if batch < 1:
         raise ZooError(f"--batch must be at least 1, not {batch}")
@@ -122,17 +131,32 @@ def evaluate_on_ray(model: str | Path, data: str | Path, limit: int | None = Non
 # ---------------------------------------------------------------------------------------------- conversion
 
 
-def _convert_variant(name_or_path: str, formats: list[str], out: Path, registry: Path | None, mirror: str | None,
-                     format_options: dict[str, dict] | None, build: BuildOptions) -> list[Converted]:
+def _convert_variant(
+    name_or_path: str,
+    formats: list[str],
+    out: Path,
+    registry: Path | None,
+    mirror: str | None,
+    format_options: dict[str, dict] | None,
+    build: BuildOptions,
+) -> list[Converted]:
     """A Ray task: open one variant and convert it into `out`."""
     from mobilenet_zoo.sources import open_source
 
     return convert(open_source(name_or_path, registry=registry, mirror=mirror), formats, out, format_options, build)
 
 
-def convert_many(names_or_paths: list[str | Path], formats: list[str], out_dir: Path, address: str | None = None, *,
-                 registry: Path | None = None, mirror: str | None = None,
-                 format_options: dict[str, dict] | None = None, build: BuildOptions = BuildOptions()) -> list[Converted]:
+def convert_many(
+    names_or_paths: list[str | Path],
+    formats: list[str],
+    out_dir: Path,
+    address: str | None = None,
+    *,
+    registry: Path | None = None,
+    mirror: str | None = None,
+    format_options: dict[str, dict] | None = None,
+    build: BuildOptions = BuildOptions(),
+) -> list[Converted]:
     """Convert several variants into `out_dir`, one Ray task each; returns what was written, in input order.
 
     Each task writes into its own staging folder inside `out_dir`; once all succeeded, their files move into
@@ -146,9 +170,14 @@ def convert_many(names_or_paths: list[str | Path], formats: list[str], out_dir: 
     try:
         task = ray.remote(_convert_variant)
         folders = [staging / str(index) for index in range(len(names_or_paths))]
-        refs = [task.remote(str(name), formats, folder, registry, mirror, format_options, build) for name, folder in zip(names_or_paths, folders)]
+        refs = [
+            task.remote(str(name), formats, folder, registry, mirror, format_options, build)
+            for name, folder in zip(names_or_paths, folders)
+        ]
         staged = _run_remote(lambda: ray.get(refs))
-        return [converted for folder, written in zip(folders, staged) for converted in _publish(folder, written, out_dir)]
+        return [
+            converted for folder, written in zip(folders, staged) for converted in _publish(folder, written, out_dir)
+        ]
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
@@ -170,13 +199,21 @@ def _publish(folder: Path, written: list[Converted], out_dir: Path) -> list[Conv
 # ---------------------------------------------------------------------------------------------- verification
 
 
-def verify_many(targets: list[Path], images: list[Path], n_random: int = 8, seed: int = 0, thresholds: Thresholds | None = None,
-                address: str | None = None) -> list[TargetReport]:
+def verify_many(
+    targets: list[Path],
+    images: list[Path],
+    n_random: int = 8,
+    seed: int = 0,
+    thresholds: Thresholds | None = None,
+    address: str | None = None,
+) -> list[TargetReport]:
     """Verify converted models of several variants against the references `convert` recorded, one Ray task per
     reference; the reports come back in the order of `targets`."""
     ray = connect(address)
     task = ray.remote(verify_group)
-    refs = [task.remote(reference, group, list(images), n_random, seed, thresholds or Thresholds())
-            for reference, group in group_by_reference(targets).items()]
+    refs = [
+        task.remote(reference, group, list(images), n_random, seed, thresholds or Thresholds())
+        for reference, group in group_by_reference(targets).items()
+    ]
     reports = {report.target: report for batch in _run_remote(lambda: ray.get(refs)) for report in batch}
     return [reports[str(target)] for target in map(Path, targets)]

@@ -45,15 +45,16 @@ class RetryPolicy:
     timeout: float = 30.0
 
     @classmethod
-    def from_env(cls) -> "RetryPolicy":
+    def from_env(cls) -> RetryPolicy:
         """Defaults, overridden by $MOBILENET_ZOO_ATTEMPTS, $MOBILENET_ZOO_BACKOFF, $MOBILENET_ZOO_TIMEOUT.
 
         A value that is not a number, or out of range, is a ZooError naming the variable and the value.
         """
         default = cls()
         return cls(
-            attempts=int(_setting(ATTEMPTS_ENV, default.attempts, "a whole number of at least 1", minimum=1,
-                                  integer=True)),
+            attempts=int(
+                _setting(ATTEMPTS_ENV, default.attempts, "a whole number of at least 1", minimum=1, integer=True)
+            ),
             backoff=_setting(BACKOFF_ENV, default.backoff, "a number of seconds, 0 or more", minimum=0),
             timeout=_setting(TIMEOUT_ENV, default.timeout, "a number of seconds above 0", minimum=0, exclusive=True),
         )
@@ -63,8 +64,9 @@ class RetryPolicy:
         return self.backoff * 2 ** (failures - 1)
 
 
-def _setting(variable: str, default: float, expected: str, *, minimum: float, integer: bool = False,
-             exclusive: bool = False) -> float:
+def _setting(
+    variable: str, default: float, expected: str, *, minimum: float, integer: bool = False, exclusive: bool = False
+) -> float:
     """The number in $variable (else `default`), checked against `minimum`."""
     text = os.environ.get(variable, "").strip()
     if not text:
@@ -119,7 +121,9 @@ def download(
     return sha256
 
 
-def _fetch_with_retries(url: str, partial: Path, policy: RetryPolicy, progress: ProgressCallback | None, quiet: bool) -> None:
+def _fetch_with_retries(
+    url: str, partial: Path, policy: RetryPolicy, progress: ProgressCallback | None, quiet: bool
+) -> None:
     import requests
 
     with requests.Session() as session:
@@ -129,15 +133,22 @@ def _fetch_with_retries(url: str, partial: Path, policy: RetryPolicy, progress: 
                 return
             except _TransientError as exc:
                 if attempt == policy.attempts:
-                    raise DownloadError(f"{url}: {exc} (gave up after {attempt} attempt{'s' if attempt > 1 else ''})") from None
+                    raise DownloadError(
+                        f"{url}: {exc} (gave up after {attempt} attempt{'s' if attempt > 1 else ''})"
+                    ) from None
                 delay = policy.delay(attempt)
                 if not quiet:
-                    print(f"{_host(url)}: {exc}; retrying in {delay:g} s (attempt {attempt + 1} of {policy.attempts})",
-                          file=sys.stderr, flush=True)
+                    print(
+                        f"{_host(url)}: {exc}; retrying in {delay:g} s (attempt {attempt + 1} of {policy.attempts})",
+                        file=sys.stderr,
+                        flush=True,
+                    )
                 time.sleep(delay)
 
 
-def _fetch(session: requests.Session, url: str, partial: Path, timeout: float, progress: ProgressCallback | None) -> None:
+def _fetch(
+    session: requests.Session, url: str, partial: Path, timeout: float, progress: ProgressCallback | None
+) -> None:
     """One attempt: GET the rest of the file (Range from the partial file's size) and append it."""
     import requests
 
@@ -167,7 +178,9 @@ def _fetch(session: requests.Session, url: str, partial: Path, timeout: float, p
         raise DownloadError(f"{url}: {_reason(exc, url, timeout)}") from None
 
 
-def _copy_body(response: requests.Response, out, done: int, total: int | None, progress: ProgressCallback | None) -> None:
+def _copy_body(
+    response: requests.Response, out, done: int, total: int | None, progress: ProgressCallback | None
+) -> None:
     if progress:
         progress(done, total)
     for chunk in response.iter_content(CHUNK_SIZE):
@@ -251,7 +264,9 @@ def _reason(exc: requests.RequestException, url: str, timeout: float) -> str:
     return str(exc).split("\n", 1)[0] or type(exc).__name__
 
 
-def verify_file(path: Path, *, size: int | None = None, checksum: tuple[str, str] | None = None, name: str | None = None) -> str:
+def verify_file(
+    path: Path, *, size: int | None = None, checksum: tuple[str, str] | None = None, name: str | None = None
+) -> str:
     """Check `path`'s size and (algorithm, hex digest); on mismatch delete it and raise ChecksumError.
 
     Returns the file's sha256 (computed in the same pass).
@@ -265,7 +280,9 @@ def verify_file(path: Path, *, size: int | None = None, checksum: tuple[str, str
     digests = file_digests(path, {"sha256", algorithm})
     if expected is not None and digests[algorithm] != expected.lower():
         path.unlink()
-        raise ChecksumError(f"{name}: {algorithm} {digests[algorithm]} does not match the expected {expected} (file removed)")
+        raise ChecksumError(
+            f"{name}: {algorithm} {digests[algorithm]} does not match the expected {expected} (file removed)"
+        )
     return digests["sha256"]
 
 

@@ -66,7 +66,9 @@ def read_samples(data: str | Path, limit: int | None = None) -> list[Sample]:
     else:
         raise ZooError(f"no such file or folder: {data}")
     if not samples:
-        raise ZooError(f"{data}: no images to evaluate (expected synset subfolders such as n01440764/, or `path,label` CSV lines)")
+        raise ZooError(
+            f"{data}: no images to evaluate (expected synset subfolders such as n01440764/, or `path,label` CSV lines)"
+        )
     return samples[:limit] if limit else samples
 
 
@@ -76,7 +78,9 @@ def _folder_samples(folder: Path) -> list[Sample]:
     subfolders = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
     for subfolder in subfolders:
         if subfolder.name not in classes:
-            raise ZooError(f"{subfolder}: not an ImageNet-1k synset folder (expected one subfolder per synset, e.g. n01440764/)")
+            raise ZooError(
+                f"{subfolder}: not an ImageNet-1k synset folder (expected one subfolder per synset, e.g. n01440764/)"
+            )
     return [
         Sample(path, classes[subfolder.name])
         for subfolder in subfolders
@@ -153,11 +157,18 @@ class BatchOutcome:
 
     def columns(self) -> dict[str, np.ndarray]:
         """As numpy columns (a Ray Data batch)."""
-        return {"path": np.array(self.paths, dtype=object), "error": np.array(self.errors, dtype=object), "top1": self.top1, "top5": self.top5}
+        return {
+            "path": np.array(self.paths, dtype=object),
+            "error": np.array(self.errors, dtype=object),
+            "top1": self.top1,
+            "top5": self.top5,
+        }
 
     @classmethod
     def from_columns(cls, columns: dict[str, np.ndarray]) -> BatchOutcome:
-        return cls([str(p) for p in columns["path"]], [str(e) for e in columns["error"]], columns["top1"], columns["top5"])
+        return cls(
+            [str(p) for p in columns["path"]], [str(e) for e in columns["error"]], columns["top1"], columns["top5"]
+        )
 
 
 def score_batch(runner: Runner, batch: DecodedBatch) -> BatchOutcome:
@@ -231,11 +242,23 @@ class EvalResult:
 
     def as_dict(self) -> dict:
         metrics = {
-            f"top{k}": {"hits": self.hits(k), "accuracy": self.accuracy(k), "ci95": list(self.interval(k)), "published": self.published_accuracy(k)}
+            f"top{k}": {
+                "hits": self.hits(k),
+                "accuracy": self.accuracy(k),
+                "ci95": list(self.interval(k)),
+                "published": self.published_accuracy(k),
+            }
             for k in (1, TOP_K)
         }
         skipped = [{"path": s.path, "reason": s.reason} for s in self.skipped]
-        return {"model": self.model, "data": self.data, "variant": self.variant, "images": self.images, **metrics, "skipped": skipped}
+        return {
+            "model": self.model,
+            "data": self.data,
+            "variant": self.variant,
+            "images": self.images,
+            **metrics,
+            "skipped": skipped,
+        }
 
 
 # ---------------------------------------------------------------------------------------------- planning
@@ -255,14 +278,31 @@ class EvalPlan:
     def result(self, counts: Counts) -> EvalResult:
         """The result of the counts over all samples; an error when no image could be read."""
         if counts.images == 0:
-            raise ZooError(f"{self.data}: none of the {counts.seen} files is a readable image ({counts.skipped[0].reason})")
+            raise ZooError(
+                f"{self.data}: none of the {counts.seen} files is a readable image ({counts.skipped[0].reason})"
+            )
         skipped = sorted(counts.skipped, key=lambda s: s.path)
         published = self.variant.published if self.variant else None
-        return EvalResult(self.model, self.data, self.variant.name if self.variant else None, counts.images, counts.top1, counts.top5, skipped, published)
+        return EvalResult(
+            self.model,
+            self.data,
+            self.variant.name if self.variant else None,
+            counts.images,
+            counts.top1,
+            counts.top5,
+            skipped,
+            published,
+        )
 
 
-def plan_evaluation(model: str | Path, data: str | Path, limit: int | None = None, resolution: int | None = None,
-                    registry: Path | None = None, mirror: str | None = None) -> tuple[EvalPlan, Runner]:
+def plan_evaluation(
+    model: str | Path,
+    data: str | Path,
+    limit: int | None = None,
+    resolution: int | None = None,
+    registry: Path | None = None,
+    mirror: str | None = None,
+) -> tuple[EvalPlan, Runner]:
     """Read the labels and load the model (an error before any work if either is wrong)."""
     from mobilenet_zoo.prediction import runner_for
 
@@ -306,8 +346,16 @@ def _without_model_suffix(name: str) -> str:
     from mobilenet_zoo.archive import TARBALL_SUFFIXES
     from mobilenet_zoo.formats import specs
 
-    endings = sorted({*TARBALL_SUFFIXES, "_frozen.pb", *(s.target_suffix for s in specs()), *(x for s in specs() for x in s.suffixes)},
-                     key=len, reverse=True)
+    endings = sorted(
+        {
+            *TARBALL_SUFFIXES,
+            "_frozen.pb",
+            *(s.target_suffix for s in specs()),
+            *(x for s in specs() for x in s.suffixes),
+        },
+        key=len,
+        reverse=True,
+    )
     return next((name.removesuffix(ending) for ending in endings if name.endswith(ending)), name)
 
 
@@ -324,8 +372,9 @@ def _recognised_variant(path: Path) -> list[str]:
 # ---------------------------------------------------------------------------------------------- running
 
 
-def prefetched_batches(samples: list[Sample], batch: int, resolution: int, quantized: bool, workers: int,
-                       draft: bool = False) -> Iterator[DecodedBatch]:
+def prefetched_batches(
+    samples: list[Sample], batch: int, resolution: int, quantized: bool, workers: int, draft: bool = False
+) -> Iterator[DecodedBatch]:
     """Decoded batches in order, `workers` threads decoding up to `workers` batches ahead of the consumer."""
     chunks = (samples[start : start + batch] for start in range(0, len(samples), batch))
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode") as pool:
@@ -338,9 +387,19 @@ def prefetched_batches(samples: list[Sample], batch: int, resolution: int, quant
             yield pending.popleft().result()
 
 
-def evaluate(model: str | Path, data: str | Path, limit: int | None = None, batch: int = 32, *, resolution: int | None = None,
-             workers: int | None = None, registry: Path | None = None, mirror: str | None = None,
-             progress: Progress | None = None, draft: bool = False) -> EvalResult:
+def evaluate(
+    model: str | Path,
+    data: str | Path,
+    limit: int | None = None,
+    batch: int = 32,
+    *,
+    resolution: int | None = None,
+    workers: int | None = None,
+    registry: Path | None = None,
+    mirror: str | None = None,
+    progress: Progress | None = None,
+    draft: bool = False,
+) -> EvalResult:
     """Top-1/top-5 accuracy of `model` over `data` in this process; `progress(done, total)` after each batch
     (`draft`: approximate, faster JPEG decoding, off by default)."""
     if batch < 1:

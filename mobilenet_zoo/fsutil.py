@@ -112,5 +112,6 @@ def refuse_overwriting(target: Path, inputs: Iterable[Path]) -> None:
         if origin.is_dir() and origin in resolved.parents:
             raise ZooError(f"{target} is inside the source folder {source}: write the output somewhere else (-o)")
         if origin.is_relative_to(resolved):
-            raise ZooError(f"{target} would replace the folder holding the source {source}: "
-                           "write the output somewhere else (-o)")
+            raise ZooError(
+                f"{target} would replace the folder holding the source {source}: write the output somewhere else (-o)"
+            )

@@ -63,17 +63,27 @@ def quant_params_json(quant: QuantInfo) -> str:
     """
 
     def encode(params: QuantParams) -> dict:
-        return {"scale": np.asarray(params.scale, np.float64).tolist(), "zero_point": np.asarray(params.zero_point).tolist(), "dtype": params.dtype}
+        return {
+            "scale": np.asarray(params.scale, np.float64).tolist(),
+            "zero_point": np.asarray(params.zero_point).tolist(),
+            "dtype": params.dtype,
+        }
 
-    return json.dumps({"tensors": {name: encode(t.params) for name, t in quant.tensors.items()},
-                       "activations": {name: encode(params) for name, params in quant.activations.items()}})
+    return json.dumps(
+        {
+            "tensors": {name: encode(t.params) for name, t in quant.tensors.items()},
+            "activations": {name: encode(params) for name, params in quant.activations.items()},
+        }
+    )
 
 
 def quant_info_from_json(text: str, values: dict[str, np.ndarray]) -> QuantInfo:
     """The inverse of `quant_params_json`, given the integer values of every tensor it names."""
 
     def decode(entry: dict) -> QuantParams:
-        return QuantParams(np.asarray(entry["scale"], np.float32), np.asarray(entry["zero_point"], np.int64), entry["dtype"])
+        return QuantParams(
+            np.asarray(entry["scale"], np.float32), np.asarray(entry["zero_point"], np.int64), entry["dtype"]
+        )
 
     try:
         recorded = json.loads(text)
@@ -81,7 +91,10 @@ def quant_info_from_json(text: str, values: dict[str, np.ndarray]) -> QuantInfo:
         if missing:
             raise ModelFormatError(f"quantization is recorded for {missing[0]} but its integer values are missing")
         return QuantInfo(
-            tensors={name: QuantizedTensor(np.asarray(values[name]), decode(entry)) for name, entry in recorded["tensors"].items()},
+            tensors={
+                name: QuantizedTensor(np.asarray(values[name]), decode(entry))
+                for name, entry in recorded["tensors"].items()
+            },
             activations={name: decode(entry) for name, entry in recorded["activations"].items()},
         )
     except (ValueError, KeyError, TypeError) as exc:
@@ -168,7 +181,8 @@ class MobileNetV1Model:
         labels = tuple(labels)
         if len(labels) != self.config.num_classes:
             raise ModelFormatError(
-                f"{len(labels)} class names for the {self.config.num_classes} outputs of {self.config.name}")
+                f"{len(labels)} class names for the {self.config.num_classes} outputs of {self.config.name}"
+            )
         return replace(self, classes=replace(self.classes, labels=labels))
 
     def with_recorded(self, metadata: dict[str, str]) -> MobileNetV1Model:
@@ -189,8 +203,11 @@ class MobileNetV1Model:
         expected = self.expected_shapes()
         missing = sorted(set(expected) - set(self.weights))
         if missing:
-            raise ModelFormatError(f"not a MobileNet V1 {self.config.name}: missing {missing[0]} (and {len(missing) - 1} more)"
-                                   if len(missing) > 1 else f"not a MobileNet V1 {self.config.name}: missing {missing[0]}")
+            raise ModelFormatError(
+                f"not a MobileNet V1 {self.config.name}: missing {missing[0]} (and {len(missing) - 1} more)"
+                if len(missing) > 1
+                else f"not a MobileNet V1 {self.config.name}: missing {missing[0]}"
+            )
         for name, shape in expected.items():
             got = tuple(self.weights[name].shape)
             if got != shape:
@@ -199,10 +216,13 @@ class MobileNetV1Model:
             raise ModelFormatError(f"{self.config.name} is quantized but carries no quantization parameters")
         if self.classes.labels is not None and len(self.classes.labels) != self.config.num_classes:
             raise ModelFormatError(
-                f"{self.config.name} names {len(self.classes.labels)} classes but has {self.config.num_classes}")
+                f"{self.config.name} names {len(self.classes.labels)} classes but has {self.config.num_classes}"
+            )
         if self.config.quantized and any(placed.valid for placed in placed_layers(self.config, self.backbone)):
-            raise ModelFormatError(f"{self.config.name} pads as Keras does on odd maps at {self.input_size}x"
-                                   f"{self.input_size}: quantized models are built with TF SAME padding only")
+            raise ModelFormatError(
+                f"{self.config.name} pads as Keras does on odd maps at {self.input_size}x"
+                f"{self.input_size}: quantized models are built with TF SAME padding only"
+            )
         return self
 
     def fold(self) -> MobileNetV1Model:
@@ -218,7 +238,9 @@ class MobileNetV1Model:
             scale = (gamma / np.sqrt(var + BN_EPSILON)).astype(np.float32)
             kernel = self.weights[layer.weight_name]
             # The output channel is the last axis, except for depthwise (HWC1) where it is axis 2.
-            folded[layer.weight_name] = (kernel * (scale[:, None] if layer.kind == "depthwise" else scale)).astype(np.float32)
+            folded[layer.weight_name] = (kernel * (scale[:, None] if layer.kind == "depthwise" else scale)).astype(
+                np.float32
+            )
             folded[layer.bias_name] = (beta - mean * scale).astype(np.float32)
         folded[self.config.logits_weight_name] = self.weights[self.config.logits_weight_name]
         folded[self.config.logits_bias_name] = self.weights[self.config.logits_bias_name]
@@ -264,7 +286,9 @@ def config_from_metadata(metadata: dict[str, str], source: object) -> ModelConfi
     """The variant recorded by `MobileNetV1Model.metadata` (plus optional `quantized`, `num_classes` and `padding`)."""
     producer = metadata.get("producer")
     if producer != PRODUCER:
-        raise ModelFormatError(f"{source}: not written by {PRODUCER} (metadata producer {producer!r}); only its own files can be read")
+        raise ModelFormatError(
+            f"{source}: not written by {PRODUCER} (metadata producer {producer!r}); only its own files can be read"
+        )
     try:
         config = ModelConfig(
             alpha=float(metadata["alpha"]),
@@ -299,7 +323,9 @@ def image_batch(images: np.ndarray, dtype: type, resolution: int, model_kind: st
     """`images` as an array of `dtype`, refused unless it is an N x resolution x resolution x 3 batch."""
     batch = np.asarray(images, dtype)
     if batch.ndim != 4 or batch.shape[1:] != (resolution, resolution, 3):
-        raise ModelFormatError(f"{model_kind} takes N x {resolution} x {resolution} x 3 {batch.dtype} images, got {batch.shape}")
+        raise ModelFormatError(
+            f"{model_kind} takes N x {resolution} x {resolution} x 3 {batch.dtype} images, got {batch.shape}"
+        )
     return batch
 
 
@@ -310,7 +336,9 @@ def infer_alpha(first_conv_channels: int) -> float:
     for alpha in ALPHAS:
         if depth(FIRST_CONV_DEPTH, alpha) == first_conv_channels:
             return alpha
-    raise ModelFormatError(f"first convolution has {first_conv_channels} channels: no MobileNet V1 width multiplier gives that")
+    raise ModelFormatError(
+        f"first convolution has {first_conv_channels} channels: no MobileNet V1 width multiplier gives that"
+    )
 
 
 def random_model(config: ModelConfig, seed: int = 0) -> MobileNetV1Model:
@@ -320,9 +348,7 @@ def random_model(config: ModelConfig, seed: int = 0) -> MobileNetV1Model:
     for name, shape in config.checkpoint_shapes().items():
         if name.endswith("gamma"):
             value = rng.uniform(0.5, 1.5, shape)
-        elif name.endswith("beta"):
-            value = rng.normal(0.0, 0.1, shape)
-        elif name.endswith("moving_mean"):
+        elif name.endswith("beta") or name.endswith("moving_mean"):
             value = rng.normal(0.0, 0.1, shape)
         elif name.endswith("moving_variance"):
             value = rng.uniform(0.5, 1.5, shape)

@@ -71,7 +71,9 @@ def head_pool(x: np.ndarray, pooling: str) -> np.ndarray:
     """Logits/AvgPool_1a: slim's min(7, H) x min(7, W) stride 2 VALID pool, or the global average."""
     if pooling == "global":
         return x.mean(axis=(1, 2), keepdims=True)
-    return average_pool(x, min(SLIM_POOL_KERNEL, x.shape[1]), min(SLIM_POOL_KERNEL, x.shape[2]), stride=SLIM_POOL_STRIDE)
+    return average_pool(
+        x, min(SLIM_POOL_KERNEL, x.shape[1]), min(SLIM_POOL_KERNEL, x.shape[2]), stride=SLIM_POOL_STRIDE
+    )
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -87,7 +89,9 @@ def conv(x: np.ndarray, kernel_hwio: np.ndarray, stride: int, rate: int = 1) -> 
 
 def depthwise_conv(x: np.ndarray, kernel_hwc1: np.ndarray, stride: int, rate: int = 1) -> np.ndarray:
     """Depthwise convolution (multiplier 1, dilated by `rate`), SAME padding."""
-    return sum(window * kernel_hwc1[dy, dx, :, 0] for dy, dx, window in _windows(x, kernel_hwc1.shape[:2], stride, rate))
+    return sum(
+        window * kernel_hwc1[dy, dx, :, 0] for dy, dx, window in _windows(x, kernel_hwc1.shape[:2], stride, rate)
+    )
 
 
 def average_pool(x: np.ndarray, kernel_h: int, kernel_w: int, stride: int) -> np.ndarray:
@@ -96,7 +100,9 @@ def average_pool(x: np.ndarray, kernel_h: int, kernel_w: int, stride: int) -> np
     out = np.empty((x.shape[0], out_h, out_w, x.shape[3]))
     for i in range(out_h):
         for j in range(out_w):
-            out[:, i, j] = x[:, i * stride : i * stride + kernel_h, j * stride : j * stride + kernel_w].mean(axis=(1, 2))
+            out[:, i, j] = x[:, i * stride : i * stride + kernel_h, j * stride : j * stride + kernel_w].mean(
+                axis=(1, 2)
+            )
     return out
 
 
@@ -108,4 +114,8 @@ def _windows(x: np.ndarray, kernel: tuple[int, int], stride: int, rate: int):
     for dy in range(kernel[0]):
         for dx in range(kernel[1]):
             y0, x0 = dy * rate, dx * rate
-            yield dy, dx, padded[:, y0 : y0 + stride * (out_h - 1) + 1 : stride, x0 : x0 + stride * (out_w - 1) + 1 : stride]
+            yield (
+                dy,
+                dx,
+                padded[:, y0 : y0 + stride * (out_h - 1) + 1 : stride, x0 : x0 + stride * (out_w - 1) + 1 : stride],
+            )

@@ -44,7 +44,13 @@ def progress(total: int, description: str) -> Iterator[Callable[[str], None]]:
         return
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("{task.fields[label]}"))
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[label]}"),
+    )
     with Progress(*columns, console=err_console, transient=True) as bar:
         task = bar.add_task(description, total=total, label="")
         yield lambda label: bar.update(task, advance=1, label=label)

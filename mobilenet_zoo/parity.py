@@ -74,8 +74,10 @@ class Thresholds:
         if not np.all(excess <= 0):  # also catches NaN
             worst = int(np.nanargmax(np.where(np.isnan(excess), np.inf, excess)))
             value, difference = expected.flat[worst], abs(got.flat[worst] - expected.flat[worst])
-            return (f"{name} differs by {difference:.3g} at a value of {value:.3g} "
-                    f"(allowed {self.atol:g} + {self.rtol:g} x |value| = {self.atol + self.rtol * abs(value):.3g})")
+            return (
+                f"{name} differs by {difference:.3g} at a value of {value:.3g} "
+                f"(allowed {self.atol:g} + {self.rtol:g} x |value| = {self.atol + self.rtol * abs(value):.3g})"
+            )
         return None
 
 
@@ -92,10 +94,18 @@ class Reference:
 
     def save(self, path: Path) -> Path:
         """Write to an .npz that `load` reads back, so verification needs no TensorFlow later."""
-        meta = json.dumps({"input_names": self.input_names, "quantized": self.quantized, "origin": self.origin,
-                           "xnnpack_lsb": self.xnnpack_lsb})
+        meta = json.dumps(
+            {
+                "input_names": self.input_names,
+                "quantized": self.quantized,
+                "origin": self.origin,
+                "xnnpack_lsb": self.xnnpack_lsb,
+            }
+        )
         with open(path, "wb") as stream:
-            np.savez_compressed(stream, inputs=self.inputs, meta=np.array(meta), **{f"out_{k}": v for k, v in self.outputs.items()})
+            np.savez_compressed(
+                stream, inputs=self.inputs, meta=np.array(meta), **{f"out_{k}": v for k, v in self.outputs.items()}
+            )
         return path
 
     @classmethod
@@ -104,8 +114,14 @@ class Reference:
             with np.load(path, allow_pickle=False) as data:
                 meta = json.loads(str(data["meta"]))
                 outputs = {k.removeprefix("out_"): data[k] for k in data.files if k.startswith("out_")}
-                return cls(data["inputs"], meta["input_names"], outputs, meta["quantized"], meta["origin"],
-                           meta.get("xnnpack_lsb"))
+                return cls(
+                    data["inputs"],
+                    meta["input_names"],
+                    outputs,
+                    meta["quantized"],
+                    meta["origin"],
+                    meta.get("xnnpack_lsb"),
+                )
         except (OSError, KeyError, ValueError) as exc:
             raise ZooError(f"{path}: not a saved reference ({exc})") from None
 
@@ -119,7 +135,9 @@ def input_names(images: list[Path], n_random: int) -> list[str]:
     return [Path(p).name for p in images] + [f"random[{i}]" for i in range(n_random)]
 
 
-def make_inputs(resolution: int, quantized: bool, images: list[Path], n_random: int, seed: int) -> tuple[np.ndarray, list[str]]:
+def make_inputs(
+    resolution: int, quantized: bool, images: list[Path], n_random: int, seed: int
+) -> tuple[np.ndarray, list[str]]:
     """Real images with the slim eval preprocessing, then seeded random inputs, as one NHWC batch."""
     rng = np.random.default_rng(seed)
     shape = (n_random, resolution, resolution, 3)
@@ -207,7 +225,9 @@ def reference_runner(reference: ReferenceModel) -> Iterator[Runner]:
     yield NumpyRunner(format_module(fmt).read(reference.path).with_backbone(reference.backbone))
 
 
-def compute_reference(reference: Path | ReferenceModel, images: list[Path], n_random: int = 8, seed: int = 0) -> Reference:
+def compute_reference(
+    reference: Path | ReferenceModel, images: list[Path], n_random: int = 8, seed: int = 0
+) -> Reference:
     """Run the reference model on images plus random inputs."""
     reference = reference if isinstance(reference, ReferenceModel) else ReferenceModel(Path(reference))
     reference = runnable_reference(reference)
@@ -217,7 +237,9 @@ def compute_reference(reference: Path | ReferenceModel, images: list[Path], n_ra
         inputs, names = make_inputs(runner.resolution, runner.quantized, images, n_random, seed)
         outputs = run_batched(runner, inputs)
     runs_tflite = not reference.runs_in_numpy and detect_format(reference.path) == "tflite"
-    xnnpack = xnnpack_lsb(reference.path, inputs, outputs["probabilities"]) if runner.quantized and runs_tflite else None
+    xnnpack = (
+        xnnpack_lsb(reference.path, inputs, outputs["probabilities"]) if runner.quantized and runs_tflite else None
+    )
     return Reference(inputs, names, outputs, runner.quantized, reference.origin, xnnpack)
 
 
@@ -250,7 +272,9 @@ class TargetReport:
     top5_agreement: float
     passed: bool
     failures: list[str]
-    features: dict[str, float] = field(default_factory=dict)  # max abs difference (LSB when quantized) per feature output
+    features: dict[str, float] = field(
+        default_factory=dict
+    )  # max abs difference (LSB when quantized) per feature output
     parameters: int | None = None  # values stored in the target, read back by its format's reader
     published_parameters: int | None = None  # the registry's figure for the target's variant
     xnnpack_lsb: int | None = None  # the reference's own distance: TFLite's XNNPACK runtime vs its builtin kernels
@@ -260,7 +284,9 @@ class TargetReport:
         return asdict(self)
 
 
-def compare(target: str, fmt: str, reference: Reference, outputs: dict[str, np.ndarray], thresholds: Thresholds) -> TargetReport:
+def compare(
+    target: str, fmt: str, reference: Reference, outputs: dict[str, np.ndarray], thresholds: Thresholds
+) -> TargetReport:
     """Compare a target's outputs with the reference's under the thresholds."""
     ref_probs, probs = reference.outputs["probabilities"], outputs["probabilities"]
     if probs.shape != ref_probs.shape:
@@ -289,8 +315,22 @@ def compare(target: str, fmt: str, reference: Reference, outputs: dict[str, np.n
         if thresholds.top5_identical and top5 < 1.0:
             failures.append(f"top-5 sets differ on {round((1 - top5) * len(top))} of {len(top)} inputs")
     features = compare_features(reference, outputs, thresholds, fmt, failures)
-    return TargetReport(target, fmt, reference.origin, reference.quantized, max_logits, max_probs, max_lsb, top1, top5, not failures,
-                        failures, features, xnnpack_lsb=reference.xnnpack_lsb, max_logits_lsb=max_logits_lsb)
+    return TargetReport(
+        target,
+        fmt,
+        reference.origin,
+        reference.quantized,
+        max_logits,
+        max_probs,
+        max_lsb,
+        top1,
+        top5,
+        not failures,
+        failures,
+        features,
+        xnnpack_lsb=reference.xnnpack_lsb,
+        max_logits_lsb=max_logits_lsb,
+    )
 
 
 def _logits_lsb(reference: Reference, outputs: dict[str, np.ndarray]) -> int | None:
@@ -301,8 +341,9 @@ def _logits_lsb(reference: Reference, outputs: dict[str, np.ndarray]) -> int | N
     return int(np.abs(got.astype(np.int32) - expected.astype(np.int32)).max())
 
 
-def compare_features(reference: Reference, outputs: dict[str, np.ndarray], thresholds: Thresholds, fmt: str,
-                     failures: list[str]) -> dict[str, float]:
+def compare_features(
+    reference: Reference, outputs: dict[str, np.ndarray], thresholds: Thresholds, fmt: str, failures: list[str]
+) -> dict[str, float]:
     """Max abs difference (LSB when quantized) of every extra (feature) output of the reference; records failures."""
     differences: dict[str, float] = {}
     for name in sorted(set(reference.outputs) - set(MAIN_OUTPUTS)):
@@ -331,9 +372,13 @@ def verify_target(target: Path, reference: Reference, thresholds: Thresholds) ->
     runner = format_module(fmt).load_runner(target)
     if runner.quantized != reference.quantized:
         kinds = {True: "quantized", False: "float"}
-        raise ModelFormatError(f"{target} is a {kinds[runner.quantized]} model but the reference is {kinds[reference.quantized]}")
+        raise ModelFormatError(
+            f"{target} is a {kinds[runner.quantized]} model but the reference is {kinds[reference.quantized]}"
+        )
     if runner.resolution not in (None, reference.resolution):
-        raise ModelFormatError(f"{target} takes {runner.resolution}x{runner.resolution} inputs, the reference {reference.resolution}")
+        raise ModelFormatError(
+            f"{target} takes {runner.resolution}x{runner.resolution} inputs, the reference {reference.resolution}"
+        )
     outputs = run_batched(runner, reference.inputs)
     report = compare(str(target), threshold_key(fmt, runner), reference, outputs, thresholds)
     check_parameters(report, target, fmt)
@@ -366,11 +411,15 @@ def check_parameters(report: TargetReport, target: Path, fmt: str) -> None:
     report.parameters = model.parameter_count()
     variants = {v.name: v for v in load_registry()}
     variant = variants.get(model.config.name)
-    if variant is None or variant.published is None or model.config.num_classes != NUM_CLASSES:  # published: 1001 classes
+    if (
+        variant is None or variant.published is None or model.config.num_classes != NUM_CLASSES
+    ):  # published: 1001 classes
         return
     report.published_parameters = round(variant.published.params_millions * 1e6)
     if abs(report.parameters - report.published_parameters) > PARAMETER_TOLERANCE * report.published_parameters:
-        report.failures.append(f"stores {report.parameters:,} parameters, the registry says {variant.published.params_millions}M")
+        report.failures.append(
+            f"stores {report.parameters:,} parameters, the registry says {variant.published.params_millions}M"
+        )
         report.passed = False
 
 
@@ -389,8 +438,10 @@ def recorded_reference(target: Path) -> ReferenceModel:
     entry = manifest_entry(target) or {}
     reference = manifest_reference(target, entry)
     if reference is None:
-        raise ZooError(f"{target}: no reference is recorded in {target.parent / MANIFEST}; pass --source "
-                       "(the model it was converted from) or --reference (a frozen .pb, an official .tflite or a saved .npz)")
+        raise ZooError(
+            f"{target}: no reference is recorded in {target.parent / MANIFEST}; pass --source "
+            "(the model it was converted from) or --reference (a frozen .pb, an official .tflite or a saved .npz)"
+        )
     return ReferenceModel(reference, recorded_backbone(target), entry.get("reference_engine", RUNTIME))
 
 
@@ -402,8 +453,15 @@ def group_by_reference(targets: list[Path]) -> dict[ReferenceModel, list[Path]]:
     return groups
 
 
-def verify_group(reference: ReferenceModel | Path, targets: list[Path], images: list[Path], n_random: int, seed: int,
-                 thresholds: Thresholds, progress: Callable[[str], None] | None = None) -> list[TargetReport]:
+def verify_group(
+    reference: ReferenceModel | Path,
+    targets: list[Path],
+    images: list[Path],
+    n_random: int,
+    seed: int,
+    thresholds: Thresholds,
+    progress: Callable[[str], None] | None = None,
+) -> list[TargetReport]:
     """Run one reference, then each of its targets on the same inputs (`progress(name)` after each)."""
     model = reference if isinstance(reference, ReferenceModel) else ReferenceModel(Path(reference))
     checked = [t for t in targets if not is_self_reference(t, model)]
@@ -416,10 +474,20 @@ def verify_group(reference: ReferenceModel | Path, targets: list[Path], images: 
     return reports
 
 
-def _verify_groups(groups: dict[ReferenceModel, list[Path]], targets: list[Path], images: list[Path], n_random: int, seed: int,
-                   thresholds: Thresholds, progress: Callable[[str], None] | None = None) -> list[TargetReport]:
-    reports = {r.target: r for reference, group in groups.items()
-               for r in verify_group(reference, group, images, n_random, seed, thresholds, progress)}
+def _verify_groups(
+    groups: dict[ReferenceModel, list[Path]],
+    targets: list[Path],
+    images: list[Path],
+    n_random: int,
+    seed: int,
+    thresholds: Thresholds,
+    progress: Callable[[str], None] | None = None,
+) -> list[TargetReport]:
+    reports = {
+        r.target: r
+        for reference, group in groups.items()
+        for r in verify_group(reference, group, images, n_random, seed, thresholds, progress)
+    }
     return [reports[str(target)] for target in map(Path, targets)]
 
 
@@ -486,14 +554,20 @@ class VerifyResult:
             reasons = "; ".join(f"{Path(r.target).name}: {r.failures[0]}" for r in self.failed)
             parts.append(f"{len(self.failed)} of {len(self.reports)} targets failed parity: {reasons}")
         if self.missing:
-            parts.append(f"{len(self.missing)} target(s) the manifest lists are missing: {', '.join(map(str, self.missing))}")
+            parts.append(
+                f"{len(self.missing)} target(s) the manifest lists are missing: {', '.join(map(str, self.missing))}"
+            )
         if not self.reports:
             parts.append("nothing was compared")
         return "; ".join(parts) or f"{len(self.reports)} targets passed"
 
     def as_dict(self) -> dict:
-        return {"inputs": self.inputs, "passed": self.passed, "targets": [r.as_dict() for r in self.reports],
-                "missing": [str(path) for path in self.missing]}
+        return {
+            "inputs": self.inputs,
+            "passed": self.passed,
+            "targets": [r.as_dict() for r in self.reports],
+            "missing": [str(path) for path in self.missing],
+        }
 
 
 def _self_report(target: Path) -> TargetReport:
@@ -501,8 +575,9 @@ def _self_report(target: Path) -> TargetReport:
     from mobilenet_zoo.manifest import manifest_entry
 
     quantized = bool((manifest_entry(target) or {}).get("quantized", False))
-    return TargetReport(str(target), detect_format(target), "self", quantized, None, 0.0, None, 1.0, 1.0, False,
-                        [SELF_REFERENCE])
+    return TargetReport(
+        str(target), detect_format(target), "self", quantized, None, 0.0, None, 1.0, 1.0, False, [SELF_REFERENCE]
+    )
 
 
 def _checked(target: Path, reference: Reference, thresholds: Thresholds, reference_path: Path | None) -> TargetReport:
@@ -511,9 +586,18 @@ def _checked(target: Path, reference: Reference, thresholds: Thresholds, referen
     return verify_target(target, reference, thresholds)
 
 
-def verify(targets: list[Path | str], *, source: str | Path | None = None, reference: str | Path | None = None,
-           images: list[Path] | None = None, n_random: int = 8, seed: int = 0, thresholds: Thresholds | None = None,
-           save_reference: Path | None = None, progress: Callable[[str], None] | None = None) -> VerifyResult:
+def verify(
+    targets: list[Path | str],
+    *,
+    source: str | Path | None = None,
+    reference: str | Path | None = None,
+    images: list[Path] | None = None,
+    n_random: int = 8,
+    seed: int = 0,
+    thresholds: Thresholds | None = None,
+    save_reference: Path | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> VerifyResult:
     """Check converted models against a reference forward pass, in one of four modes:
 
     - default: the reference `convert` recorded for each target (in its folder's `mobilenet_zoo.json`);
@@ -549,7 +633,9 @@ def verify(targets: list[Path | str], *, source: str | Path | None = None, refer
         model, group = next(iter(groups.items()))
         computed = compute_reference(model, images, n_random, seed)
         computed.save(save_reference)
-        reports = {str(t): _checked(t, computed, thresholds, model.path if not model.runs_in_numpy else None) for t in group}
+        reports = {
+            str(t): _checked(t, computed, thresholds, model.path if not model.runs_in_numpy else None) for t in group
+        }
         return VerifyResult(computed.input_names, [reports[str(t)] for t in targets], missing)
     reports = _verify_groups(groups, targets, images, n_random, seed, thresholds, progress)
     return VerifyResult(input_names(images, n_random), reports, missing)

@@ -30,8 +30,12 @@ class PlotSummary:
     latency_points: int
 
 
-def plot_zoo(path: Path, registry: Registry, measured: Mapping[str, float] | None = None,
-             bench_results: Iterable[BenchResult] | None = None) -> PlotSummary:
+def plot_zoo(
+    path: Path,
+    registry: Registry,
+    measured: Mapping[str, float] | None = None,
+    bench_results: Iterable[BenchResult] | None = None,
+) -> PlotSummary:
     """Draw top-1 vs MACs for every variant with published figures (and `measured` top-1 by variant name,
     in percent), plus top-1 vs latency per image when bench results are given; write it to `path`."""
     require("matplotlib")
@@ -56,13 +60,23 @@ def draw_zoo(ax, registry: Registry, measured: dict[str, float]) -> tuple[int, i
     plotted = [v for v in registry if v.published is not None]
     for quantized in (False, True):
         for alpha in sorted({v.alpha for v in plotted}, reverse=True):
-            series = sorted((v for v in plotted if v.quantized == quantized and v.alpha == alpha), key=lambda v: v.published.macs_millions)
+            series = sorted(
+                (v for v in plotted if v.quantized == quantized and v.alpha == alpha),
+                key=lambda v: v.published.macs_millions,
+            )
             if series:
                 draw_series(ax, series, alpha, quantized)
     measured_variants = [v for v in plotted if v.name in measured]
     if measured_variants:
-        ax.scatter([v.published.macs_millions for v in measured_variants], [measured[v.name] for v in measured_variants],
-                   marker="*", s=120, color="black", zorder=4, label="measured top-1")
+        ax.scatter(
+            [v.published.macs_millions for v in measured_variants],
+            [measured[v.name] for v in measured_variants],
+            marker="*",
+            s=120,
+            color="black",
+            zorder=4,
+            label="measured top-1",
+        )
     log_axis_with_plain_ticks(ax)
     ax.set_xlabel("million multiply-accumulates (log scale)")
     ax.set_ylabel("ImageNet top-1 accuracy (%)")
@@ -79,12 +93,26 @@ def draw_series(ax, series: list[Variant], alpha: float, quantized: bool) -> Non
     top1 = [v.published.top1 for v in series]
     kind = "uint8 quant" if quantized else "float"
     ax.plot(macs, top1, linestyle="--" if quantized else "-", color=color, alpha=0.6)
-    ax.scatter(macs, top1, marker="v" if quantized else "o", s=36, color=color, zorder=3,
-               facecolors="none" if quantized else color, label=f"α={alpha:g} {kind}")
+    ax.scatter(
+        macs,
+        top1,
+        marker="v" if quantized else "o",
+        s=36,
+        color=color,
+        zorder=3,
+        facecolors="none" if quantized else color,
+        label=f"α={alpha:g} {kind}",
+    )
     if not quantized:
         for v in series:
-            ax.annotate(short_name(v.name), (v.published.macs_millions, v.published.top1), textcoords="offset points",
-                        xytext=(-4, 6), fontsize=7, ha="right")
+            ax.annotate(
+                short_name(v.name),
+                (v.published.macs_millions, v.published.top1),
+                textcoords="offset points",
+                xytext=(-4, 6),
+                fontsize=7,
+                ha="right",
+            )
 
 
 def latency_points(results: Iterable[BenchResult], registry: Registry) -> list[BenchResult]:

@@ -23,7 +23,12 @@ class Prediction:
     scores: list[float]
 
     def as_dict(self) -> dict:
-        return {"image": self.image, "top": [{"class": c, "label": l, "score": s} for c, l, s in zip(self.classes, self.labels, self.scores)]}
+        return {
+            "image": self.image,
+            "top": [
+                {"class": c, "label": name, "score": s} for c, name, s in zip(self.classes, self.labels, self.scores)
+            ],
+        }
 
 
 def runner_for(model: str | Path, registry: Path | None = None, mirror: str | None = None) -> Runner:
@@ -74,8 +79,9 @@ def class_names(classes: Classes | None, num_classes: int) -> tuple[str, ...]:
     return imagenet if len(imagenet) == num_classes else tuple(f"class {index}" for index in range(num_classes))
 
 
-def predict(runner: Runner, images: list[Path], top_k: int = 5, resolution: int | None = None,
-            classes: Classes | None = None) -> list[Prediction]:
+def predict(
+    runner: Runner, images: list[Path], top_k: int = 5, resolution: int | None = None, classes: Classes | None = None
+) -> list[Prediction]:
     """Top-k classes of each image, with the slim eval preprocessing at the model's resolution; `classes` names
     them (see `class_names`)."""
     size = resolution or runner.resolution
@@ -91,5 +97,7 @@ def predict(runner: Runner, images: list[Path], top_k: int = 5, resolution: int 
     results = []
     for image, row in zip(images, probabilities):
         top = np.argsort(-row, kind="stable")[:top_k]
-        results.append(Prediction(str(image), top.tolist(), [labels[i] for i in top], [round(float(row[i]), 6) for i in top]))
+        results.append(
+            Prediction(str(image), top.tolist(), [labels[i] for i in top], [round(float(row[i]), 6) for i in top])
+        )
     return results

@@ -65,9 +65,11 @@ def pull_variant(
     target = cache.model_dir(variant.name)
     if not target.is_dir():
         if offline():
-            raise OfflineError(f"{variant.name} is not in the cache ({cache.models}) and offline mode is on "
-                               f"({OFFLINE_ENV}=1 or --offline): pull it once online, "
-                               "or see `mobilenet-zoo cache list`")
+            raise OfflineError(
+                f"{variant.name} is not in the cache ({cache.models}) and offline mode is on "
+                f"({OFFLINE_ENV}=1 or --offline): pull it once online, "
+                "or see `mobilenet-zoo cache list`"
+            )
         with cache.lock(variant.name):
             if not target.is_dir():
                 return _download_and_extract(variant, cache, pin, mirror, progress, policy, quiet)
@@ -85,22 +87,31 @@ def _cache_hit(variant: Variant, cache: Cache, pin: str | None) -> PullResult:
 
 
 def _download_and_extract(
-    variant: Variant, cache: Cache, pin: str | None, mirror: str | None, progress: ProgressCallback | None,
-    policy: RetryPolicy, quiet: bool | None,
+    variant: Variant,
+    cache: Cache,
+    pin: str | None,
+    mirror: str | None,
+    progress: ProgressCallback | None,
+    policy: RetryPolicy,
+    quiet: bool | None,
 ) -> PullResult:
     recorded = cache.recorded_sha256(variant.name)
     checksum, origin = expected_checksum(variant, pin, recorded)
     tarball = cache.download_path(variant.name)
     url = variant.url if variant.private else variant.url_for(mirror)  # a mirror holds the official release only
     try:
-        digest = download(url, tarball, size=variant.size, checksum=checksum, policy=policy, progress=progress, quiet=quiet)
+        digest = download(
+            url, tarball, size=variant.size, checksum=checksum, policy=policy, progress=progress, quiet=quiet
+        )
     except ChecksumError as exc:
         raise ChecksumError(f"{exc}; checked against {origin}") from None
     try:
         if variant.private and not variant.filename.lower().endswith(TARBALL_SUFFIXES):
             _store_model_file(tarball, cache.model_dir(variant.name), variant.filename)
         else:
-            extract(tarball, cache.model_dir(variant.name), variant.members)  # reads it to the end: gzip CRC and trailer
+            extract(
+                tarball, cache.model_dir(variant.name), variant.members
+            )  # reads it to the end: gzip CRC and trailer
     finally:
         tarball.unlink(missing_ok=True)
     if digest != recorded:  # only now: a corrupt archive is never recorded as trusted
@@ -143,8 +154,10 @@ def open_private(variant: Variant, **options: Any):
     got, expected = source.model.config, variant.config
     facts = lambda config: (config.alpha, config.resolution, config.quantized, config.num_classes)  # noqa: E731
     if facts(got) != facts(expected):
-        raise ZooError(f"registry entry {variant.name} says {expected.name} with {expected.num_classes} classes, "
-                       f"but {path} holds {got.name} with {got.num_classes} classes")
+        raise ZooError(
+            f"registry entry {variant.name} says {expected.name} with {expected.num_classes} classes, "
+            f"but {path} holds {got.name} with {got.num_classes} classes"
+        )
     model = source.model
     if variant.labels is not None:
         from mobilenet_zoo.labels import read_labels_file

@@ -66,7 +66,9 @@ def quantize_multiplier(real_multiplier: float) -> tuple[int, int]:
     return int(fixed), exponent
 
 
-def conv_multipliers(input_params: QuantParams, weight_params: QuantParams, output_params: QuantParams) -> tuple[np.ndarray, np.ndarray]:
+def conv_multipliers(
+    input_params: QuantParams, weight_params: QuantParams, output_params: QuantParams
+) -> tuple[np.ndarray, np.ndarray]:
     """Q31 multipliers and exponents of a convolution (per tensor or per channel), as TFLite computes them.
 
     The uint8 path multiplies input and weight scales in float32 before going to double
@@ -177,22 +179,62 @@ def integer_network(model: MobileNetV1Model) -> IntegerNetwork:
     previous, convs = activations[INPUT_ACTIVATION], []
     for placed in placed_layers(config, backbone):
         layer = placed.layer
-        convs.append(_integer_conv(model, layer.scope, layer.weight_name, layer.bias_name, previous, depthwise=layer.kind == "depthwise",
-                                   relu6=True, stride=placed.stride, rate=placed.rate, input_size=placed.input_size))
+        convs.append(
+            _integer_conv(
+                model,
+                layer.scope,
+                layer.weight_name,
+                layer.bias_name,
+                previous,
+                depthwise=layer.kind == "depthwise",
+                relu6=True,
+                stride=placed.stride,
+                rate=placed.rate,
+                input_size=placed.input_size,
+            )
+        )
         previous = activations[layer.scope]
     pool = activations[POOL_ACTIVATION]
     if (float(previous.scale), int(previous.zero_point)) != (float(pool.scale), int(pool.zero_point)):
-        raise ModelFormatError(f"{POOL_ACTIVATION} rescales its input; TFLite's uint8 average pool keeps scale and zero point")
+        raise ModelFormatError(
+            f"{POOL_ACTIVATION} rescales its input; TFLite's uint8 average pool keeps scale and zero point"
+        )
     kernel, stride = pool_geometry(convs[-1].output_size, backbone.pooling)
-    logits = _integer_conv(model, LOGITS_ACTIVATION, config.logits_weight_name, config.logits_bias_name, pool,
-                           input_size=logits_map_size(config, backbone))
+    logits = _integer_conv(
+        model,
+        LOGITS_ACTIVATION,
+        config.logits_weight_name,
+        config.logits_bias_name,
+        pool,
+        input_size=logits_map_size(config, backbone),
+    )
     output = activations[OUTPUT_ACTIVATION]
-    return IntegerNetwork(tuple(convs), (kernel, kernel), stride, logits, softmax_table(float(activations[LOGITS_ACTIVATION].scale)),
-                          np.float32(output.scale), int(output.zero_point), model.input_size, tuple(backbone.feature_names))
+    return IntegerNetwork(
+        tuple(convs),
+        (kernel, kernel),
+        stride,
+        logits,
+        softmax_table(float(activations[LOGITS_ACTIVATION].scale)),
+        np.float32(output.scale),
+        int(output.zero_point),
+        model.input_size,
+        tuple(backbone.feature_names),
+    )
 
 
-def _integer_conv(model: MobileNetV1Model, scope: str, weight_name: str, bias_name: str, input_params: QuantParams, *,
-                  depthwise: bool = False, relu6: bool = False, stride: int = 1, rate: int = 1, input_size: int = 1) -> IntegerConv:
+def _integer_conv(
+    model: MobileNetV1Model,
+    scope: str,
+    weight_name: str,
+    bias_name: str,
+    input_params: QuantParams,
+    *,
+    depthwise: bool = False,
+    relu6: bool = False,
+    stride: int = 1,
+    rate: int = 1,
+    input_size: int = 1,
+) -> IntegerConv:
     """The integer constants of one convolution, placed at its stride, dilation rate and input size."""
     weights, bias = model.quant.tensors[weight_name], model.quant.tensors[bias_name]
     if np.size(weights.params.zero_point) != 1:
@@ -202,7 +244,17 @@ def _integer_conv(model: MobileNetV1Model, scope: str, weight_name: str, bias_na
     low, high = activation_range(output_params, relu6)
     kernel = weights.values.astype(np.int32) - np.int32(weights.params.zero_point)
     requantization = Requantization(multiplier, shift, int(output_params.zero_point), low, high)
-    return IntegerConv(scope, depthwise, stride, rate, input_size, kernel, bias.values.astype(np.int32), int(input_params.zero_point), requantization)
+    return IntegerConv(
+        scope,
+        depthwise,
+        stride,
+        rate,
+        input_size,
+        kernel,
+        bias.values.astype(np.int32),
+        int(input_params.zero_point),
+        requantization,
+    )
 
 
 # ------------------------------------------------------------------------------------------ kernels
@@ -378,7 +430,9 @@ def float_conv_plan(layer: IntegerConv, input_range: tuple[int, int]) -> FloatCo
     else:
         requantize_dtype = "float64" if largest < FLOAT64_EXACT else "int64"
     scale32, offset32 = constants or (None, None)
-    return FloatConvPlan(layer, bound, conv_dtype, requantize_dtype, multiplier, rounding, shift, low, high, scale32, offset32)
+    return FloatConvPlan(
+        layer, bound, conv_dtype, requantize_dtype, multiplier, rounding, shift, low, high, scale32, offset32
+    )
 
 
 def accumulator_bound(layer: IntegerConv, input_range: tuple[int, int]) -> np.ndarray:
@@ -389,8 +443,9 @@ def accumulator_bound(layer: IntegerConv, input_range: tuple[int, int]) -> np.nd
     return per_channel * largest_input + np.abs(layer.bias.astype(np.int64))
 
 
-def float32_requantization(multiplier: np.ndarray, rounding: np.ndarray, shift: np.ndarray, low: int, high: int
-                           ) -> tuple[np.ndarray, np.ndarray] | None:
+def float32_requantization(
+    multiplier: np.ndarray, rounding: np.ndarray, shift: np.ndarray, low: int, high: int
+) -> tuple[np.ndarray, np.ndarray] | None:
     """float32 (scale, offset) per channel with floor(acc * scale + offset) exact on every accumulator, or None.
 
     For each distinct (multiplier, rounding, shift) it tries the float32 values nearest to the exact ones
@@ -409,7 +464,9 @@ def float32_requantization(multiplier: np.ndarray, rounding: np.ndarray, shift: 
     return scales, offsets
 
 
-def _float32_constants(multiplier: int, rounding: int, shift: int, low: int, high: int) -> tuple[np.float32, np.float32] | None:
+def _float32_constants(
+    multiplier: int, rounding: int, shift: int, low: int, high: int
+) -> tuple[np.float32, np.float32] | None:
     def first_reaching(value: int) -> int:  # the smallest accumulator whose output is at least `value`
         return -((rounding - (value << shift)) // multiplier)
 
@@ -424,7 +481,9 @@ def _float32_constants(multiplier: int, rounding: int, shift: int, low: int, hig
         for offset in _neighbours(nearest_offset):
             if not np.array_equal(np.floor(as_float32 * scale + offset), expected):
                 continue
-            fused = (as_float64 * np.float64(scale) + np.float64(offset)).astype(np.float32)  # exact in float64, one rounding
+            fused = (as_float64 * np.float64(scale) + np.float64(offset)).astype(
+                np.float32
+            )  # exact in float64, one rounding
             if np.array_equal(np.floor(fused), expected):
                 return scale, offset
     return None

@@ -77,8 +77,13 @@ def quantize_uint8(model: MobileNetV1Model, calibration: np.ndarray) -> MobileNe
         quant.tensors[weight_name] = kernel
         quant.tensors[bias_name] = quantize_bias(folded.weights[bias_name], activations[input_name], kernel.params)
     weights = {name: tensor.dequantize() for name, tensor in quant.tensors.items()}
-    return replace(folded, config=replace(config, quantized=True), weights=weights, quant=quant,
-                   source=f"{folded.source} (post-training uint8, {len(images)} calibration images)")
+    return replace(
+        folded,
+        config=replace(config, quantized=True),
+        weights=weights,
+        quant=quant,
+        source=f"{folded.source} (post-training uint8, {len(images)} calibration images)",
+    )
 
 
 def _convolutions(config: ModelConfig) -> list[tuple[str, str, str]]:
@@ -121,7 +126,9 @@ def choose_params(low: float, high: float, narrow_range: bool = False, scope: st
     """TFLite's ChooseQuantizationParams for uint8: scale over [min(low, 0), max(high, 0)], nudged zero point."""
     low, high = min(low, 0.0), max(high, 0.0)
     if low == high:
-        raise ZooError(f"{scope} is 0 everywhere on the calibration images: no range to quantize it over; use more varied images")
+        raise ZooError(
+            f"{scope} is 0 everywhere on the calibration images: no range to quantize it over; use more varied images"
+        )
     qmin, qmax = float(WEIGHT_QMIN if narrow_range else UINT8_MIN), float(UINT8_MAX)
     scale = (high - low) / (qmax - qmin)
     from_min, from_max = qmin - low / scale, qmax - high / scale

@@ -71,7 +71,11 @@ def official_members(folder: Path) -> tuple[str, Path | None, Path | None]:
     name = infos[0].name.removesuffix("_info.txt")
     checkpoint = folder / f"{name}.ckpt"
     frozen = folder / f"{name}_frozen.pb"
-    return name, checkpoint if checkpoint.with_suffix(".ckpt.index").exists() else None, frozen if frozen.exists() else None
+    return (
+        name,
+        checkpoint if checkpoint.with_suffix(".ckpt.index").exists() else None,
+        frozen if frozen.exists() else None,
+    )
 
 
 def from_official_folder(folder: Path) -> Source:
@@ -102,8 +106,9 @@ def from_path(path: Path) -> Source:
 
 def _from_model_file(path: Path, fmt: str) -> Source:
     model = format_module(fmt).read(path)
-    is_reference = path.suffix == ".pb" or (fmt in ("tflite", "keras") and not _written_by_us(path)
-                                                         and (fmt == "keras" or model.config.quantized))
+    is_reference = path.suffix == ".pb" or (
+        fmt in ("tflite", "keras") and not _written_by_us(path) and (fmt == "keras" or model.config.quantized)
+    )
     return Source(model, path if is_reference else recorded_reference(path), model.config.name, path)
 
 

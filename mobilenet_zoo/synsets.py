@@ -24,4 +24,3 @@ def imagenet_synsets() -> tuple[str, ...]:
 def synset_classes() -> dict[str, int]:
     """Synset -> class index in 1..1000."""
     return {synset: index + BACKGROUND_OFFSET for index, synset in enumerate(imagenet_synsets())}
-

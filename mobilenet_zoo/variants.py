@@ -16,7 +16,15 @@ from mobilenet_zoo.errors import RegistryError, UnknownVariantError
 
 CHECKSUM_ALGORITHMS = ("sha256", "sha384", "sha512")
 OFFICIAL_VARIANT_COUNT = 32
-MEMBER_SUFFIXES = (".ckpt.data-00000-of-00001", ".ckpt.index", ".ckpt.meta", "_eval.pbtxt", "_frozen.pb", "_info.txt", ".tflite")
+MEMBER_SUFFIXES = (
+    ".ckpt.data-00000-of-00001",
+    ".ckpt.index",
+    ".ckpt.meta",
+    "_eval.pbtxt",
+    "_frozen.pb",
+    "_info.txt",
+    ".tflite",
+)
 
 
 def builtin_registry_path() -> Path:
@@ -88,11 +96,21 @@ class Variant:
             "resolution": self.resolution,
             "quantized": self.quantized,
             "url": None if self.path else self.url,
-            **({"path": str(self.path), "num_classes": self.num_classes,
-                "labels": str(self.labels) if self.labels else None} if self.private else {}),
+            **(
+                {
+                    "path": str(self.path),
+                    "num_classes": self.num_classes,
+                    "labels": str(self.labels) if self.labels else None,
+                }
+                if self.private
+                else {}
+            ),
             "size": self.size,
             "checksum": f"{self.checksum[0]}:{self.checksum[1]}" if self.checksum else None,
-            "computed": {"macs_millions": self.computed_macs_millions, "params_millions": self.computed_params_millions},
+            "computed": {
+                "macs_millions": self.computed_macs_millions,
+                "params_millions": self.computed_params_millions,
+            },
         }
         data["published"] = vars(self.published).copy() if self.published else None
         return data
@@ -136,7 +154,17 @@ class Registry:
 def _parse_variant(entry: Any, base_url: str, where: str, folder: Path | None = None) -> Variant:
     if not isinstance(entry, dict):
         raise RegistryError(f"{where}: each variant must be a mapping, got {type(entry).__name__}")
-    known = {"name", "alpha", "resolution", "quantized", "url", "published", "size", *CHECKSUM_ALGORITHMS, *PRIVATE_FIELDS}
+    known = {
+        "name",
+        "alpha",
+        "resolution",
+        "quantized",
+        "url",
+        "published",
+        "size",
+        *CHECKSUM_ALGORITHMS,
+        *PRIVATE_FIELDS,
+    }
     unknown = set(entry) - known
     if unknown:
         raise RegistryError(f"{where}: unknown field {sorted(unknown)[0]!r}")

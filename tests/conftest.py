@@ -79,7 +79,9 @@ def official_tarball(tmp_path_factory) -> Callable[..., Path]:
 
         config = ModelConfig(alpha, resolution, quantized)
         if config not in built:
-            built[config] = write_official_tarball(config, folder, seed=FIXTURE_SEED, tflite_path=_real_quant_tflite(config))
+            built[config] = write_official_tarball(
+                config, folder, seed=FIXTURE_SEED, tflite_path=_real_quant_tflite(config)
+            )
         return built[config]
 
     return build

@@ -1,14 +1,14 @@
 """A real HTTP file server on 127.0.0.1 for download tests, with switchable faults; and tarball builders.
 
-    with FileServer(folder) as server:          # serves folder's files at server.url + NAME
-        server.faults.cut_after = 1000          # next response closes the connection after 1000 body bytes
-        server.faults.errors = 2                # the next 2 requests get HTTP 500
-        server.faults.ignore_range = True       # answer 200 with the whole file to Range requests
-        server.faults.delay = 0.01              # sleep between chunks (slow transfers for concurrency tests)
-        server.faults.flip_bits = [(100, 3)]    # serve the files with bit 3 of byte 100 flipped (on every request)
-        server.faults.drop_tail = 8             # serve the files without their last 8 bytes (a cut gzip trailer)
-        server.faults.stall_after = 1000        # next response sends 1000 body bytes, then nothing for `stall_for` s
-        server.requests                         # every request seen: (path, Range header or None, time it came)
+with FileServer(folder) as server:          # serves folder's files at server.url + NAME
+    server.faults.cut_after = 1000          # next response closes the connection after 1000 body bytes
+    server.faults.errors = 2                # the next 2 requests get HTTP 500
+    server.faults.ignore_range = True       # answer 200 with the whole file to Range requests
+    server.faults.delay = 0.01              # sleep between chunks (slow transfers for concurrency tests)
+    server.faults.flip_bits = [(100, 3)]    # serve the files with bit 3 of byte 100 flipped (on every request)
+    server.faults.drop_tail = 8             # serve the files without their last 8 bytes (a cut gzip trailer)
+    server.faults.stall_after = 1000        # next response sends 1000 body bytes, then nothing for `stall_for` s
+    server.requests                         # every request seen: (path, Range header or None, time it came)
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ class FileServer:
     def url(self) -> str:
         return f"http://127.0.0.1:{self._httpd.server_address[1]}/"
 
-    def __enter__(self) -> "FileServer":
+    def __enter__(self) -> FileServer:
         self._thread.start()
         return self
 

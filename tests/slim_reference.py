@@ -51,14 +51,16 @@ def slim_plan(output_stride: int | None = None) -> list[PlannedConv]:
     return plan
 
 
-def end_points(weights: dict[str, np.ndarray], images: np.ndarray, *, output_stride: int | None = None,
-               global_pool: bool = False) -> dict[str, np.ndarray]:
+def end_points(
+    weights: dict[str, np.ndarray], images: np.ndarray, *, output_stride: int | None = None, global_pool: bool = False
+) -> dict[str, np.ndarray]:
     """slim's `mobilenet_v1(images, is_training=False, output_stride=..., global_pool=...)` end points."""
     return run_plan(weights, images, slim_plan(output_stride), global_pool=global_pool)
 
 
-def run_plan(weights: dict[str, np.ndarray], images: np.ndarray, plan: list[PlannedConv], *,
-             global_pool: bool = False) -> dict[str, np.ndarray]:
+def run_plan(
+    weights: dict[str, np.ndarray], images: np.ndarray, plan: list[PlannedConv], *, global_pool: bool = False
+) -> dict[str, np.ndarray]:
     """Every convolution's Relu6 output by end point, then "Logits" and "Predictions" (numpy float32)."""
     net = tf.constant(images, tf.float32)
     points = {}
@@ -80,8 +82,12 @@ def _conv_bn_relu6(weights: dict[str, np.ndarray], net: tf.Tensor, conv: Planned
         net = tf.nn.depthwise_conv2d(net, kernel, strides, "SAME", dilations=[conv.rate, conv.rate])
     else:
         net = tf.nn.conv2d(net, weights[f"{prefix}/weights"], strides, "SAME")
-    gamma, beta, mean, variance = (weights[f"{prefix}/BatchNorm/{leaf}"] for leaf in ("gamma", "beta", "moving_mean", "moving_variance"))
-    net, _, _ = tf.compat.v1.nn.fused_batch_norm(net, gamma, beta, mean, variance, epsilon=BATCH_NORM_EPSILON, is_training=False)
+    gamma, beta, mean, variance = (
+        weights[f"{prefix}/BatchNorm/{leaf}"] for leaf in ("gamma", "beta", "moving_mean", "moving_variance")
+    )
+    net, _, _ = tf.compat.v1.nn.fused_batch_norm(
+        net, gamma, beta, mean, variance, epsilon=BATCH_NORM_EPSILON, is_training=False
+    )
     return tf.nn.relu6(net)
 
 

@@ -27,8 +27,13 @@ def _python_example() -> str:
 
 
 def test_the_readme_python_example_runs(tmp_path):
-    result = subprocess.run([sys.executable, "-c", _python_example()], cwd=tmp_path, capture_output=True, text=True,
-                            env={**os.environ, "MOBILENET_ZOO_QUIET": "1"})
+    result = subprocess.run(
+        [sys.executable, "-c", _python_example()],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "MOBILENET_ZOO_QUIET": "1"},
+    )
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines[0] == "model file"
@@ -68,12 +73,16 @@ def test_verify_returns_a_typed_result_and_never_raises_for_a_failed_check(tmp_p
 
 def test_targets_are_named_by_their_backbone_options_and_not_overwritten(tmp_path, cli):
     plain = mz.convert(BUNDLED_MODEL, "onnx", tmp_path)[0].path
-    options = mz.convert(BUNDLED_MODEL, "onnx", tmp_path, backbone=mz.Backbone(features=(5, 11), output_stride=16))[0].path
+    options = mz.convert(BUNDLED_MODEL, "onnx", tmp_path, backbone=mz.Backbone(features=(5, 11), output_stride=16))[
+        0
+    ].path
     assert plain.name == "mobilenet_v1_0.25_128_quant.onnx"
     assert options.name == "mobilenet_v1_0.25_128_quant_os16_f5-11.onnx"
     before = plain.stat().st_mtime_ns
     code, _, err = cli("convert", BUNDLED_MODEL, "--to", "onnx", "-o", tmp_path)
-    assert code == 1 and err.strip().splitlines() == [f"error: {plain} exists: pass --force to replace it, or choose another output"]
+    assert code == 1 and err.strip().splitlines() == [
+        f"error: {plain} exists: pass --force to replace it, or choose another output"
+    ]
     assert plain.stat().st_mtime_ns == before
     assert cli("convert", BUNDLED_MODEL, "--to", "onnx", "-o", tmp_path, "--force")[0] == 0
     entries = json.loads((tmp_path / MANIFEST).read_text())["targets"]
@@ -106,7 +115,8 @@ def test_a_verify_that_compares_nothing_fails(tmp_path, cli):
     code, out, err = cli("verify", tmp_path)
     assert code == 4 and out == ""
     assert err.strip().splitlines() == [
-        f"error: nothing verified: the manifest lists {tmp_path / 'mobilenet_v1_0.25_128_quant.onnx'}, none of which exists"]
+        f"error: nothing verified: the manifest lists {tmp_path / 'mobilenet_v1_0.25_128_quant.onnx'}, none of which exists"
+    ]
 
 
 def test_a_model_checked_against_itself_is_not_a_pass(tmp_path, cli):
@@ -129,14 +139,32 @@ def test_short_help_and_quiet(cli, tmp_path):
     assert code == 0 and "convert" in out
     code, out, _ = cli("convert", "-h")
     assert code == 0 and "--force" in out
-    result = subprocess.run([sys.executable, "-m", "mobilenet_zoo", "-q", "convert", str(BUNDLED_MODEL), "--to", "onnx", "-o", str(tmp_path)],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mobilenet_zoo",
+            "-q",
+            "convert",
+            str(BUNDLED_MODEL),
+            "--to",
+            "onnx",
+            "-o",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 0 and result.stderr == ""
 
 
 def test_piped_tables_keep_whole_lines():
-    result = subprocess.run([sys.executable, "-m", "mobilenet_zoo", "info", "0.75_224"], capture_output=True, text=True,
-                            env={k: v for k, v in os.environ.items() if k != "COLUMNS"})
+    result = subprocess.run(
+        [sys.executable, "-m", "mobilenet_zoo", "info", "0.75_224"],
+        capture_output=True,
+        text=True,
+        env={k: v for k, v in os.environ.items() if k != "COLUMNS"},
+    )
     assert "http://download.tensorflow.org/models/mobilenet_v1_2018_08_02/mobilenet_v1_0.75_224.tgz" in result.stdout
     assert re.search(r"alpha\s+│\s+0\.75\s", result.stdout)
 

@@ -78,7 +78,9 @@ def assert_matches(run, case: str, inputs, references, label: str, limit: int) -
         got, expected = run(images), references[case][input_set]
         assert sorted(got) == sorted(expected), f"{label} {case}: outputs {sorted(got)}"
         for name, reference in expected.items():
-            assert got[name].dtype == np.uint8 and got[name].shape == reference.shape, f"{label} {case} {name}: {got[name].dtype} {got[name].shape}"
+            assert got[name].dtype == np.uint8 and got[name].shape == reference.shape, (
+                f"{label} {case} {name}: {got[name].dtype} {got[name].shape}"
+            )
             worst = max_lsb(got[name], reference)
             print(f"{label} | {case} | {input_set} | {name}: max {worst} LSB")
             assert worst <= limit, f"{label} {case} {input_set} {name}: {worst} LSB"
@@ -99,7 +101,9 @@ def test_tflite_outputs_follow_the_backbone(models, references, case):
     channels = {layer.scope: layer.out_channels for layer in model.config.layers()}
     for index in backbone.features:
         feature = outputs[feature_scope(index)]
-        assert feature.dtype == np.uint8 and feature.shape[0] == 4 and feature.shape[3] == channels[feature_scope(index)]
+        assert (
+            feature.dtype == np.uint8 and feature.shape[0] == 4 and feature.shape[3] == channels[feature_scope(index)]
+        )
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -134,7 +138,9 @@ def test_torch_module_matches_tflite(models, inputs, references, case):
     from mobilenet_zoo.formats.torch._module import output_names
 
     model = models[case]
-    runner = torch_quant.QuantTorchRunner(torch_quant.build_module(quant_math.integer_network(model)), model.input_size, output_names(model.backbone))
+    runner = torch_quant.QuantTorchRunner(
+        torch_quant.build_module(quant_math.integer_network(model)), model.input_size, output_names(model.backbone)
+    )
     assert_matches(runner, case, inputs, references, "torch eager", MAX_LSB)
 
 
@@ -179,7 +185,9 @@ def test_wrong_dilation_in_onnx_is_caught(models, inputs, references, tmp_path):
     onnx = pytest.importorskip("onnx")
     pytest.importorskip("onnxruntime")
     proto = onnx_quant.build_model(models[DILATED_CASE])
-    dilated = [node for node in proto.graph.node if any(a.name == "dilations" and a.ints[0] > 1 for a in node.attribute)]
+    dilated = [
+        node for node in proto.graph.node if any(a.name == "dilations" and a.ints[0] > 1 for a in node.attribute)
+    ]
     assert dilated
     for node in dilated:  # undilated 3x3, stride 1: SAME pads 1 on every side
         attributes = {attribute.name: attribute for attribute in node.attribute}
@@ -198,9 +206,20 @@ def test_wrong_multiplier_shows_in_the_feature_output(models, inputs, references
 
     case = "global, stride 16, 224"
     network = quant_math.integer_network(models[case])
-    broken = replace(network, convs=tuple(
-        replace(conv, requantization=replace(conv.requantization, multiplier=(conv.requantization.multiplier * 1.02).astype(np.int64)))
-        if conv.scope == BROKEN_LAYER else conv for conv in network.convs))
+    broken = replace(
+        network,
+        convs=tuple(
+            replace(
+                conv,
+                requantization=replace(
+                    conv.requantization, multiplier=(conv.requantization.multiplier * 1.02).astype(np.int64)
+                ),
+            )
+            if conv.scope == BROKEN_LAYER
+            else conv
+            for conv in network.convs
+        ),
+    )
     pytest.importorskip("tensorflow")
     from mobilenet_zoo.formats.tensorflow import _quant as tensorflow_quant
 
@@ -208,7 +227,9 @@ def test_wrong_multiplier_shows_in_the_feature_output(models, inputs, references
     tf_module = tensorflow_quant.build_module(broken)
     runs = {
         "quant_math": lambda batch: quant_math.run(broken, batch),
-        "torch eager": torch_quant.QuantTorchRunner(torch_quant.build_module(broken), 224, output_names(models[case].backbone)),
+        "torch eager": torch_quant.QuantTorchRunner(
+            torch_quant.build_module(broken), 224, output_names(models[case].backbone)
+        ),
         "tf module": tensorflow_quant.QuantTensorFlowRunner(tf_module.serve, 224),
     }
     for label, run in runs.items():
@@ -226,9 +247,13 @@ def test_onnx_records_the_quantization(models, tmp_path):
     metadata = {prop.key: prop.value for prop in proto.metadata_props}
     assert metadata["quantized"] == "true" and Backbone.from_metadata(metadata) == model.backbone
     initializers = {tensor.name: onnx.numpy_helper.to_array(tensor) for tensor in proto.graph.initializer}
-    kinds = {layer.weight_name: layer.kind for layer in model.config.layers()} | {model.config.logits_weight_name: "conv"}
-    values = {name: from_oihw(initializers[name], kinds[name]) if name in kinds else initializers[name].reshape(-1)
-              for name in model.quant.tensors}
+    kinds = {layer.weight_name: layer.kind for layer in model.config.layers()} | {
+        model.config.logits_weight_name: "conv"
+    }
+    values = {
+        name: from_oihw(initializers[name], kinds[name]) if name in kinds else initializers[name].reshape(-1)
+        for name in model.quant.tensors
+    }
     restored = quant_info_from_json(metadata[onnx_quant.QUANTIZATION_KEY], values)
     assert restored.activations.keys() == model.quant.activations.keys()
     for name, tensor in model.quant.tensors.items():
@@ -243,10 +268,14 @@ def test_float_tflite_features_are_mapped_by_structure(tmp_path):
     pytest.importorskip("tensorflow")
     from mobilenet_zoo import numpy_forward as numpy_reference
 
-    model = random_model(ModelConfig(0.25, 128)).with_backbone(Backbone(features=(0, 5, 13), output_stride=16, input_size=96))
+    model = random_model(ModelConfig(0.25, 128)).with_backbone(
+        Backbone(features=(0, 5, 13), output_stride=16, input_size=96)
+    )
     runner = tflite.load_runner(tflite.write(model, tmp_path / "float.tflite"))
     images = np.random.default_rng(7).uniform(-1, 1, (2, 96, 96, 3)).astype(np.float32)
     got, expected = runner(images), numpy_reference.outputs(model, images)
     assert sorted(got) == sorted(expected)
     for name, reference in expected.items():
-        np.testing.assert_allclose(got[name], reference, rtol=1e-3, atol=1e-3 * float(np.abs(reference).max()), err_msg=name)
+        np.testing.assert_allclose(
+            got[name], reference, rtol=1e-3, atol=1e-3 * float(np.abs(reference).max()), err_msg=name
+        )

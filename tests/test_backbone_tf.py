@@ -37,7 +37,9 @@ class Case:
 
     @property
     def backbone(self) -> Backbone:
-        return Backbone(features=FEATURES, pooling=self.pooling, output_stride=self.output_stride, input_size=self.input_size)
+        return Backbone(
+            features=FEATURES, pooling=self.pooling, output_stride=self.output_stride, input_size=self.input_size
+        )
 
     def __str__(self) -> str:
         return f"{self.config.name}-{self.pooling}-os{self.output_stride}-in{self.input_size or self.config.resolution}"
@@ -68,7 +70,9 @@ def seeded_images(size: int) -> np.ndarray:
 def reference(model: MobileNetV1Model, images: np.ndarray) -> dict[str, np.ndarray]:
     """slim_reference's end points for `model`'s backbone options."""
     backbone = model.backbone
-    return slim_reference.end_points(model.weights, images, output_stride=backbone.output_stride, global_pool=backbone.pooling == "global")
+    return slim_reference.end_points(
+        model.weights, images, output_stride=backbone.output_stride, global_pool=backbone.pooling == "global"
+    )
 
 
 def differences(outputs: dict[str, np.ndarray], expected: dict[str, np.ndarray]) -> dict[str, float]:

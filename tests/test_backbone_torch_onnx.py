@@ -36,9 +36,17 @@ BATCH = 2
 FEATURES = (0, 5, 11, 12, 13)
 INPUT_SIZES = (96, 128, 224, 320)
 SMALL, HALF = ModelConfig(0.25, 128), ModelConfig(0.5, 160)
-CASES = [Backbone(FEATURES, pooling, stride, size) for pooling, stride, size in itertools.product(POOLINGS, OUTPUT_STRIDES, INPUT_SIZES)]
-PROGRAM_CASES = [Backbone(FEATURES, "slim", 32, 320), Backbone(FEATURES, "slim", 8, 320), Backbone(FEATURES, "global", 8, 96),
-                 Backbone(FEATURES, "slim", 16, 224), Backbone(FEATURES, "global", 16, 128)]
+CASES = [
+    Backbone(FEATURES, pooling, stride, size)
+    for pooling, stride, size in itertools.product(POOLINGS, OUTPUT_STRIDES, INPUT_SIZES)
+]
+PROGRAM_CASES = [
+    Backbone(FEATURES, "slim", 32, 320),
+    Backbone(FEATURES, "slim", 8, 320),
+    Backbone(FEATURES, "global", 8, 96),
+    Backbone(FEATURES, "slim", 16, 224),
+    Backbone(FEATURES, "global", 16, 128),
+]
 HALF_CASE = Backbone(FEATURES, "slim", 8, 224)
 
 
@@ -79,8 +87,10 @@ def eager_runner(model: MobileNetV1Model) -> torch_format.TorchRunner:
 
 
 def onnx_runners(model: MobileNetV1Model, folder) -> dict[str, onnx_format.OnnxRunner]:
-    return {layout: onnx_format.load_runner(onnx_format.write(model, folder / f"{layout}.onnx", layout=layout))
-            for layout in onnx_format.LAYOUTS}
+    return {
+        layout: onnx_format.load_runner(onnx_format.write(model, folder / f"{layout}.onnx", layout=layout))
+        for layout in onnx_format.LAYOUTS
+    }
 
 
 @pytest.mark.parametrize("output_stride", OUTPUT_STRIDES)
@@ -119,7 +129,9 @@ def test_half_width_model_in_every_runtime(models, tmp_path):
     model = models[HALF].with_backbone(HALF_CASE)
     expected = reference(model)
     assert_matches_reference("torch eager", eager_runner(model), model, expected)
-    assert_matches_reference(".pt2", torch_format.load_runner(torch_format.write(model, tmp_path / "torch")), model, expected)
+    assert_matches_reference(
+        ".pt2", torch_format.load_runner(torch_format.write(model, tmp_path / "torch")), model, expected
+    )
     for layout, runner in onnx_runners(model, tmp_path).items():
         assert_matches_reference(f"ONNX {layout}", runner, model, expected)
 
@@ -138,7 +150,9 @@ def test_default_backbone_keeps_the_released_graph(models, tmp_path):
     assert [o.name for o in proto.graph.output] == ["logits", "probabilities"]
     ops = [node.op_type for node in proto.graph.node]
     assert ops.count("Flatten") == 1 and ops.count("Identity") == 0
-    assert all(list(attr.ints) == [1, 1] for node in proto.graph.node for attr in node.attribute if attr.name == "dilations")
+    assert all(
+        list(attr.ints) == [1, 1] for node in proto.graph.node for attr in node.attribute if attr.name == "dilations"
+    )
 
 
 def test_wrong_dilation_fails_parity(models, tmp_path):
@@ -153,7 +167,9 @@ def test_wrong_dilation_fails_parity(models, tmp_path):
             attributes["dilations"].ints[:] = [1, 1]
             attributes["pads"].ints[:] = [1, 1, 1, 1]  # SAME for a 3x3 stride-1 kernel
             undilated += 1
-    assert undilated == 7  # Conv2d_7..12_depthwise at rate 2, Conv2d_13_depthwise at rate 4 (Conv2d_6 only loses its stride)
+    assert (
+        undilated == 7
+    )  # Conv2d_7..12_depthwise at rate 2, Conv2d_13_depthwise at rate 4 (Conv2d_6 only loses its stride)
     onnx.save(proto, str(path))
     diff = worst_difference(onnx_format.load_runner(path)(seeded_images(128)), reference(model))
     print(f"{SMALL.name} os8 undilated: max |output - numpy| = {diff:.2e}")

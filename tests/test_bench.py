@@ -7,18 +7,24 @@ import json
 import os
 
 import pytest
-
-from mobilenet_zoo.formats import can_write
 from conftest import DATA
 
-from mobilenet_zoo.bench import RUNTIMES, THREADED_RUNTIMES, BenchResult, Timing, append_csv, bench, load_results, runtime_installed
+from mobilenet_zoo.bench import (
+    RUNTIMES,
+    THREADED_RUNTIMES,
+    BenchResult,
+    Timing,
+    append_csv,
+    bench,
+    load_results,
+    runtime_installed,
+)
+from mobilenet_zoo.formats import can_write
 
 REAL_QUANT = DATA / "mobilenet_v1_0.25_128_quant.tflite"
 QUICK = Timing(warmup=1, min_time=0.0, min_runs=3, max_runs=3)
 QUICK_OPTIONS = ["--warmup", "1", "--min-time", "0", "--min-runs", "3", "--max-runs", "3"]
 INSTALLED = [runtime for runtime in RUNTIMES if runtime_installed(runtime)]
-
-
 
 
 def assert_sane(result: BenchResult) -> None:
@@ -39,22 +45,32 @@ def float_results(official_tarball) -> list[BenchResult]:
 
 @pytest.mark.slow
 def test_float_tarball_runs_in_every_installed_runtime(float_results):
-    assert sorted({(r.runtime, r.batch) for r in float_results}) == sorted((runtime, b) for runtime in RUNTIMES for b in (1, 2))
+    assert sorted({(r.runtime, r.batch) for r in float_results}) == sorted(
+        (runtime, b) for runtime in RUNTIMES for b in (1, 2)
+    )
     for result in (r for r in float_results if r.runtime in INSTALLED):
         assert_sane(result)
         assert result.model == "mobilenet_v1_0.25_128" and result.quantized is False
         assert result.macs_millions == 14  # the registry's published figure
         assert result.threads == (1 if result.runtime in THREADED_RUNTIMES else None)
-    pids = {r.runtime: {x.pid for x in float_results if x.runtime == r.runtime} for r in float_results if r.runtime in INSTALLED}
+    pids = {
+        r.runtime: {x.pid for x in float_results if x.runtime == r.runtime}
+        for r in float_results
+        if r.runtime in INSTALLED
+    }
     assert all(len(found) == 1 for found in pids.values()), "a runtime's batch sizes run in one process"
     processes = [found.pop() for found in pids.values()]
-    assert len(set(processes)) == len(processes) and os.getpid() not in processes, "each runtime runs in its own process"
+    assert len(set(processes)) == len(processes) and os.getpid() not in processes, (
+        "each runtime runs in its own process"
+    )
 
 
 @pytest.mark.slow
 def test_real_quant_model_json_reports_every_installed_runtime(cli):
     uint8_runtimes = [runtime for runtime, spec in RUNTIMES.items() if can_write(spec.format, quantized=True)]
-    code, out, err = cli("bench", str(REAL_QUANT), "--runtimes", ",".join(uint8_runtimes), "--batch", "1,8", "--json", *QUICK_OPTIONS)
+    code, out, err = cli(
+        "bench", str(REAL_QUANT), "--runtimes", ",".join(uint8_runtimes), "--batch", "1,8", "--json", *QUICK_OPTIONS
+    )
     reports = [BenchResult(**row) for row in json.loads(out)]
     assert {(r.runtime, r.batch) for r in reports} == {(runtime, b) for runtime in uint8_runtimes for b in (1, 8)}
     for report in (r for r in reports if r.runtime in INSTALLED):
@@ -95,5 +111,8 @@ def test_a_broken_model_is_refused_before_it_is_measured(tmp_path, cli):
 
 
 def test_bad_options_are_one_line_errors(cli):
-    assert cli("bench", str(REAL_QUANT), "--runtimes", "tensorrt")[2] == f"error: unknown runtime 'tensorrt'; choose from {', '.join(RUNTIMES)}\n"
+    assert (
+        cli("bench", str(REAL_QUANT), "--runtimes", "tensorrt")[2]
+        == f"error: unknown runtime 'tensorrt'; choose from {', '.join(RUNTIMES)}\n"
+    )
     assert "--batch takes integers" in cli("bench", str(REAL_QUANT), "--batch", "one")[2]

@@ -17,10 +17,10 @@ from mobilenet_zoo.formats import FORMATS, format_module
 from mobilenet_zoo.formats.torch import hf_config
 from mobilenet_zoo.labels import imagenet_labels, read_labels_file
 from mobilenet_zoo.model import Classes, random_model
+from mobilenet_zoo.parity import Thresholds, compute_reference, verify_target
 from mobilenet_zoo.prediction import class_names
 from mobilenet_zoo.samples import sample_images
 from mobilenet_zoo.sources import open_source
-from mobilenet_zoo.parity import Thresholds, compute_reference, verify_target
 
 FLOWERS = ("daisy", "dandelion", "roses", "sunflowers", "tulips")
 FINE_TUNED = ModelConfig(0.25, 128, num_classes=5)

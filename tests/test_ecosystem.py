@@ -22,6 +22,7 @@ from PIL import Image
 from quant_data import tflite_path
 from realdata import FROZEN_1_0_224, realdata
 
+from mobilenet_zoo import numpy_forward as numpy_reference
 from mobilenet_zoo.arch import Backbone, ModelConfig
 from mobilenet_zoo.formats import tensorflow as tf_format
 from mobilenet_zoo.formats import tflite
@@ -29,7 +30,6 @@ from mobilenet_zoo.formats import torch as torch_format
 from mobilenet_zoo.labels import imagenet_labels
 from mobilenet_zoo.model import MobileNetV1Model, random_model
 from mobilenet_zoo.preprocess import load_image, load_image_uint8
-from mobilenet_zoo import numpy_forward as numpy_reference
 
 # grace_hopper.bmp is left out: the frozen graph itself says 653 or 458 depending on the bilinear resize variant.
 IMAGES = ("bird.bmp", "cat.bmp", "parrot.jpg")

@@ -59,8 +59,14 @@ def test_the_codes_are_distinct_from_clicks_usage_error():
 
 
 def run_python(code: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, cwd=ROOT,
-                          env={**os.environ, **(env or {})}, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+        timeout=120,
+    )
 
 
 # A real command whose body fails in a way no mapping knows.
@@ -88,8 +94,13 @@ def test_debug_shows_the_traceback_then_the_line():
 
 
 def test_a_usage_error_keeps_clicks_code_2():
-    result = subprocess.run([sys.executable, "-m", "mobilenet_zoo", "pull", "--no-such-option"], capture_output=True,
-                            text=True, cwd=ROOT, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "mobilenet_zoo", "pull", "--no-such-option"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+    )
     assert result.returncode == 2 and "No such option" in result.stderr
 
 
@@ -109,7 +120,23 @@ def test_a_missing_optional_dependency_exits_3(tmp_path):
 def test_a_file_system_error_is_one_line_naming_the_path(tmp_path):
     folder = tmp_path / "reference.npz"
     folder.mkdir()  # a folder where the file should go
-    result = subprocess.run([sys.executable, "-m", "mobilenet_zoo", "verify", str(BUNDLED_MODEL), "--reference",
-                             str(BUNDLED_MODEL), "--random", "1", "--save-reference", str(folder)],
-                            capture_output=True, text=True, cwd=ROOT, timeout=120)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mobilenet_zoo",
+            "verify",
+            str(BUNDLED_MODEL),
+            "--reference",
+            str(BUNDLED_MODEL),
+            "--random",
+            "1",
+            "--save-reference",
+            str(folder),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+    )
     assert (result.returncode, result.stderr) == (1, f"error: {folder}: is a directory\n")

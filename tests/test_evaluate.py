@@ -19,7 +19,12 @@ from mobilenet_zoo.synsets import synset_classes
 DATA = Path(__file__).parent / "data"
 REAL_MODELS = {"0.25_128": 128, "0.5_160": 160}
 # image -> (label, its synset); the label is the top-1 the real 0.5_160 model gives it (shared/facts.md)
-IMAGES = {"bird.bmp": (20, "n01592084"), "cat.bmp": (286, "n02124075"), "parrot.jpg": (89, "n01818515"), "grace_hopper.bmp": (401, "n02669723")}
+IMAGES = {
+    "bird.bmp": (20, "n01592084"),
+    "cat.bmp": (286, "n02124075"),
+    "parrot.jpg": (89, "n01818515"),
+    "grace_hopper.bmp": (401, "n02669723"),
+}
 
 
 def model_path(variant: str) -> Path:
@@ -30,7 +35,10 @@ def interpreter_ranking(variant: str) -> dict[str, np.ndarray]:
     """Each image's classes by decreasing uint8 probability (ties: lower class first), straight from the interpreter."""
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
-    interpreter = Interpreter(model_path=str(model_path(variant)), experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+    interpreter = Interpreter(
+        model_path=str(model_path(variant)),
+        experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
+    )
     interpreter.allocate_tensors()
     (inputs,), (outputs,) = interpreter.get_input_details(), interpreter.get_output_details()
     ranking = {}
@@ -49,8 +57,10 @@ def expected_hits() -> dict[str, tuple[int, int]]:
     hits = {}
     for variant in REAL_MODELS:
         ranking = interpreter_ranking(variant)
-        hits[variant] = (sum(int(ranking[n][0] == label) for n, (label, _) in IMAGES.items()),
-                         sum(int(label in ranking[n][:5]) for n, (label, _) in IMAGES.items()))
+        hits[variant] = (
+            sum(int(ranking[n][0] == label) for n, (label, _) in IMAGES.items()),
+            sum(int(label in ranking[n][:5]) for n, (label, _) in IMAGES.items()),
+        )
     return hits
 
 
@@ -106,14 +116,18 @@ def test_wilson_interval():
 
 def test_the_interpreter_gives_the_known_classes():
     ranking = interpreter_ranking("0.5_160")
-    assert {name: int(order[0]) for name, order in ranking.items()} == {name: label for name, (label, _) in IMAGES.items()}
+    assert {name: int(order[0]) for name, order in ranking.items()} == {
+        name: label for name, (label, _) in IMAGES.items()
+    }
     assert 653 in ranking["grace_hopper.bmp"][:5]  # military uniform
 
 
 @pytest.mark.parametrize("variant", REAL_MODELS)
 def test_csv_counts_match_the_interpreter(variant, labelled_csv, expected_hits):
     progress = []
-    result = evaluate(model_path(variant), labelled_csv, batch=3, progress=lambda done, total: progress.append((done, total)))
+    result = evaluate(
+        model_path(variant), labelled_csv, batch=3, progress=lambda done, total: progress.append((done, total))
+    )
     assert (result.top1, result.top5) == expected_hits[variant]
     assert result.images == 4 and not result.skipped
     assert progress == [(3, 4), (4, 4)]
@@ -127,7 +141,11 @@ def test_csv_counts_match_the_interpreter(variant, labelled_csv, expected_hits):
 def test_synset_folder_counts_and_skips_non_images(synset_folder, labelled_csv):
     from_folder = evaluate(model_path("0.5_160"), synset_folder, batch=2)
     from_csv = evaluate(model_path("0.5_160"), labelled_csv)
-    assert (from_folder.images, from_folder.top1, from_folder.top5) == (from_csv.images, from_csv.top1, from_csv.top5) == (4, 4, 4)
+    assert (
+        (from_folder.images, from_folder.top1, from_folder.top5)
+        == (from_csv.images, from_csv.top1, from_csv.top5)
+        == (4, 4, 4)
+    )
     assert [Path(s.path).name for s in from_folder.skipped] == ["README.txt"]
     assert "README.txt" in from_folder.skipped[0].reason and "not a readable image" in from_folder.skipped[0].reason
     assert from_folder.as_dict()["skipped"][0]["path"].endswith("README.txt")
@@ -179,7 +197,9 @@ def test_cli_eval_json(synset_folder):
 
     from mobilenet_zoo.cli import app
 
-    outcome = CliRunner().invoke(app, ["eval", str(model_path("0.5_160")), str(synset_folder), "--json", "--batch", "3"])
+    outcome = CliRunner().invoke(
+        app, ["eval", str(model_path("0.5_160")), str(synset_folder), "--json", "--batch", "3"]
+    )
     assert outcome.exit_code == 0, outcome.output
     report = json.loads(outcome.stdout)
     assert (report["images"], report["top1"]["hits"], report["top5"]["hits"], len(report["skipped"])) == (4, 4, 4, 1)
@@ -217,11 +237,15 @@ def test_convert_many_on_ray_writes_what_a_sequential_loop_writes(ray_session, f
     from mobilenet_zoo.distributed import convert_many
     from mobilenet_zoo.sources import open_source
 
-    sequential = [c for tarball in fixture_tarballs for c in convert(open_source(str(tarball)), ["onnx"], tmp_path / "sequential")]
+    sequential = [
+        c for tarball in fixture_tarballs for c in convert(open_source(str(tarball)), ["onnx"], tmp_path / "sequential")
+    ]
     on_ray = convert_many(fixture_tarballs, ["onnx"], tmp_path / "ray")
     assert [(c.format, c.path.name) for c in on_ray] == [(c.format, c.path.name) for c in sequential]
     assert all(c.path.parent == tmp_path / "ray" for c in on_ray)
-    assert sorted(p.name for p in (tmp_path / "ray").iterdir()) == sorted(p.name for p in (tmp_path / "sequential").iterdir())
+    assert sorted(p.name for p in (tmp_path / "ray").iterdir()) == sorted(
+        p.name for p in (tmp_path / "sequential").iterdir()
+    )
     assert _files(tmp_path / "ray") == _files(tmp_path / "sequential")  # the ONNX files and the manifest, byte for byte
 
 
@@ -235,7 +259,10 @@ def test_verify_many_on_ray_reports_what_sequential_verify_reports(ray_session, 
 
     targets = [c.path for tarball in fixture_tarballs for c in convert(open_source(str(tarball)), ["onnx"], tmp_path)]
     images = [DATA / "cat.bmp"]
-    sequential = [verify_target(t, compute_reference(Path(manifest_entry(t)["reference"]), images, 2, 0), Thresholds()) for t in targets]
+    sequential = [
+        verify_target(t, compute_reference(Path(manifest_entry(t)["reference"]), images, 2, 0), Thresholds())
+        for t in targets
+    ]
     on_ray = verify_many(targets, images, n_random=2, seed=0)
     assert [r.as_dict() for r in on_ray] == [r.as_dict() for r in sequential]
     assert all(r.passed for r in on_ray)

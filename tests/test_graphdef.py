@@ -17,8 +17,8 @@ from tensorflow.core.framework import (
 
 from mobilenet_zoo.arch import ModelConfig
 from mobilenet_zoo.errors import ModelFormatError
-from mobilenet_zoo.formats.tensorflow import _graphdef as graphdef
 from mobilenet_zoo.formats import tensorflow as tf_format
+from mobilenet_zoo.formats.tensorflow import _graphdef as graphdef
 
 SMALL = ModelConfig(0.25, 128)
 TF_MESSAGES = {

@@ -20,8 +20,9 @@ FORMATS = ("tf", "torch", "onnx", "tflite", "keras")
 TOLERANCE = 1e-5  # per the issue: every format <= 1e-5 vs final_result's logits in TensorFlow
 
 
-def write_retrain_graph(path: Path, *, extra_branch: bool = False, seed: int = 3, on_features: bool = False,
-                        softmax: bool = True) -> Path:
+def write_retrain_graph(
+    path: Path, *, extra_branch: bool = False, seed: int = 3, on_features: bool = False, softmax: bool = True
+) -> Path:
     """The slim 0.25_128 network (random weights, randomized BatchNorm statistics) plus retrain.py's head, frozen
     to `final_result` (and `extra_branch/scaled`, an unknown branch on the logits, when asked). `on_features`: the
     head takes the squeezed pooled features instead of the logits; `softmax=False`: frozen to the head's Add."""
@@ -42,7 +43,9 @@ def write_retrain_graph(path: Path, *, extra_branch: bool = False, seed: int = 3
         inputs = v1.placeholder_with_default(bottleneck, shape=[None, width], name="BottleneckInputPlaceholder")
         with v1.name_scope("final_training_ops"):
             with v1.name_scope("weights"):
-                weights = v1.Variable(rng.normal(0, 0.05, (width, HEAD_CLASSES)).astype(np.float32), name="final_weights")
+                weights = v1.Variable(
+                    rng.normal(0, 0.05, (width, HEAD_CLASSES)).astype(np.float32), name="final_weights"
+                )
             with v1.name_scope("biases"):
                 biases = v1.Variable(rng.normal(0, 0.1, HEAD_CLASSES).astype(np.float32), name="final_biases")
             with v1.name_scope("Wx_plus_b"):
@@ -64,8 +67,8 @@ def retrain_graph(tmp_path_factory) -> Path:
 
 
 def test_head_is_read_as_part_of_the_model(retrain_graph):
-    from mobilenet_zoo.formats.tensorflow import _graphdef as graphdef
     from mobilenet_zoo.formats import tensorflow as tf_format
+    from mobilenet_zoo.formats.tensorflow import _graphdef as graphdef
 
     head = tf_format.dense_head(graphdef.read_graph_def(retrain_graph), retrain_graph)
     assert head.weights == "final_training_ops/weights/final_weights"
@@ -147,10 +150,14 @@ def test_a_broken_head_fails_verify(retrain_graph, tmp_path):
     assert not result.passed and "logits" in result.summary()
 
 
-@pytest.mark.parametrize(("variant", "formats"), [
-    ({"on_features": True}, ["onnx", "keras"]),
-    ({"softmax": False}, ["tflite", "torch"]),
-], ids=["head-on-pooled-features", "head-without-softmax"])
+@pytest.mark.parametrize(
+    ("variant", "formats"),
+    [
+        ({"on_features": True}, ["onnx", "keras"]),
+        ({"softmax": False}, ["tflite", "torch"]),
+    ],
+    ids=["head-on-pooled-features", "head-without-softmax"],
+)
 def test_other_dense_heads_convert(tmp_path, variant, formats):
     """A head on the pooled features is the classifier itself; a head without softmax is read all the same (its
     reference probabilities: TensorFlow's softmax of the head's logits)."""
@@ -178,8 +185,9 @@ def test_onnx_reader_refuses_a_layer_after_the_classifier(tmp_path):
     logits = next(output for output in proto.graph.output if "logits" in output.name)
     weights = onnx.numpy_helper.from_array(np.ones((1001, 2), np.float32), "extra_head_weights")
     proto.graph.initializer.append(weights)
-    proto.graph.node.append(onnx.helper.make_node("MatMul", [logits.name, "extra_head_weights"], ["extra"],
-                                                  name="extra_head/MatMul"))
+    proto.graph.node.append(
+        onnx.helper.make_node("MatMul", [logits.name, "extra_head_weights"], ["extra"], name="extra_head/MatMul")
+    )
     proto.graph.output.append(onnx.helper.make_tensor_value_info("extra", onnx.TensorProto.FLOAT, None))
     onnx.save(proto, str(tmp_path / "headed.onnx"))
     with pytest.raises(ModelFormatError, match=r"extra_head/MatMul \(MatMul\)"):

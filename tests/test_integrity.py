@@ -31,8 +31,15 @@ TF_STARTUP_LINES = ("absl::InitializeLog()", "oneDNN custom operations", "cpu_fe
 
 def run_cli(*args, env: dict[str, str] | None = None, umask: int | None = None) -> subprocess.CompletedProcess:
     preexec = (lambda: os.umask(umask)) if umask is not None else None
-    return subprocess.run([sys.executable, "-m", "mobilenet_zoo", *map(str, args)], capture_output=True, text=True,
-                          cwd=ROOT, env=env, timeout=300, preexec_fn=preexec)
+    return subprocess.run(
+        [sys.executable, "-m", "mobilenet_zoo", *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=300,
+        preexec_fn=preexec,
+    )
 
 
 def assert_one_error(result: subprocess.CompletedProcess, pattern: str, code: int = 1) -> None:
@@ -61,11 +68,16 @@ def not_mobilenet(tmp_path) -> Path:
 
     kernel = numpy_helper.from_array(np.ones((8, 3, 3, 3), np.float32), "kernel")
     graph = helper.make_graph(
-        [helper.make_node("Conv", ["images", "kernel"], ["features"], pads=[1, 1, 1, 1]),
-         helper.make_node("GlobalAveragePool", ["features"], ["pooled"]),
-         helper.make_node("Flatten", ["pooled"], ["logits"])],
-        "tiny", [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, 128, 128])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 8])], [kernel])
+        [
+            helper.make_node("Conv", ["images", "kernel"], ["features"], pads=[1, 1, 1, 1]),
+            helper.make_node("GlobalAveragePool", ["features"], ["pooled"]),
+            helper.make_node("Flatten", ["pooled"], ["logits"]),
+        ],
+        "tiny",
+        [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, 128, 128])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 8])],
+        [kernel],
+    )
     path = tmp_path / "tiny.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
     return path
@@ -80,8 +92,10 @@ def test_converting_a_corrupt_local_tarball_names_it_and_caches_nothing(tmp_path
     bad.write_bytes(data[:-8] + bytes([data[-8] ^ 1]) + data[-7:])  # the gzip CRC no longer matches
     env = {**os.environ, HOME_ENV: str(tmp_path / "home")}
     for _ in range(2):  # the rerun says the same, about the archive (not a cache folder)
-        assert_one_error(run_cli("convert", bad, "--to", "onnx", "-o", tmp_path / "out", env=env),
-                         r"bad\.tgz: corrupt archive \(gzip CRC\)")
+        assert_one_error(
+            run_cli("convert", bad, "--to", "onnx", "-o", tmp_path / "out", env=env),
+            r"bad\.tgz: corrupt archive \(gzip CRC\)",
+        )
         assert json.loads(run_cli("cache", "list", "--json", env=env).stdout) == []
         assert not (tmp_path / "out").exists()
 
@@ -98,8 +112,11 @@ def test_a_target_that_is_the_source_is_refused(model, tmp_path, link):
         os.link(model, target)
     before = digest(model)
     result = run_cli("convert", model, "--to", "tflite", "-o", target)
-    assert_one_error(result, rf"{re.escape(str(target))} is the source {re.escape(str(model))} itself: "
-                             r"write the output somewhere else \(-o\)")
+    assert_one_error(
+        result,
+        rf"{re.escape(str(target))} is the source {re.escape(str(model))} itself: "
+        r"write the output somewhere else \(-o\)",
+    )
     assert digest(model) == before
     assert not (tmp_path / MANIFEST).exists()
 
@@ -110,8 +127,11 @@ def test_a_target_inside_a_source_folder_is_refused(tmp_path):
     shutil.copy(BUNDLED_MODEL, folder / f"{QUANT}.tflite")
     (folder / f"{QUANT}_info.txt").write_text(f"Model: {QUANT}\n")  # an extracted official release folder
     result = run_cli("convert", folder, "--to", "onnx", "-o", folder / "out.onnx")
-    assert_one_error(result, rf"{re.escape(str(folder / 'out.onnx'))} is inside the source folder "
-                             rf"{re.escape(str(folder))}: write the output somewhere else \(-o\)")
+    assert_one_error(
+        result,
+        rf"{re.escape(str(folder / 'out.onnx'))} is inside the source folder "
+        rf"{re.escape(str(folder))}: write the output somewhere else \(-o\)",
+    )
     assert sorted(p.name for p in folder.iterdir()) == [f"{QUANT}.tflite", f"{QUANT}_info.txt"]
 
 
@@ -120,16 +140,28 @@ def test_a_target_inside_a_source_folder_is_refused(tmp_path):
 
 def write_manifest(folder: Path, targets: dict[str, str | None]) -> None:
     """A manifest as `convert` writes it: target name -> its reference."""
-    entries = {name: {"format": Path(name).suffix.lstrip("."), "variant": QUANT, "quantized": True, "backbone": {},
-                      "reference": reference} for name, reference in targets.items()}
+    entries = {
+        name: {
+            "format": Path(name).suffix.lstrip("."),
+            "variant": QUANT,
+            "quantized": True,
+            "backbone": {},
+            "reference": reference,
+        }
+        for name, reference in targets.items()
+    }
     (folder / MANIFEST).write_text(json.dumps({"targets": entries}))
 
 
 def test_verify_of_a_folder_whose_targets_are_all_missing_fails(tmp_path):
     write_manifest(tmp_path, {f"{QUANT}.onnx": str(BUNDLED_MODEL), f"{QUANT}.tflite": str(BUNDLED_MODEL)})
     result = run_cli("verify", tmp_path)
-    assert_one_error(result, rf"nothing verified: the manifest lists {re.escape(str(tmp_path / f'{QUANT}.onnx'))}, "
-                             rf"{re.escape(str(tmp_path / f'{QUANT}.tflite'))}, none of which exists", code=4)
+    assert_one_error(
+        result,
+        rf"nothing verified: the manifest lists {re.escape(str(tmp_path / f'{QUANT}.onnx'))}, "
+        rf"{re.escape(str(tmp_path / f'{QUANT}.tflite'))}, none of which exists",
+        code=4,
+    )
     assert result.stdout == ""
 
 
@@ -156,7 +188,11 @@ def test_a_reference_that_is_the_target_itself_is_not_a_pass(model, tmp_path, ho
 def test_a_self_referenced_row_fails_beside_real_checks(model, tmp_path):
     copy = Path(shutil.copy(model, tmp_path / "copy.tflite"))
     result = run_cli("verify", model, copy, "--reference", model, "--random", "2", "--json")
-    assert_one_error(result, rf"1 of 2 targets failed parity: {model.name}: reference: self \(compared with itself: not a check\)", code=4)
+    assert_one_error(
+        result,
+        rf"1 of 2 targets failed parity: {model.name}: reference: self \(compared with itself: not a check\)",
+        code=4,
+    )
     reports = {Path(r["target"]).name: r for r in json.loads(result.stdout)["targets"]}
     assert reports["copy.tflite"]["passed"] is True
     own = reports[model.name]
@@ -208,8 +244,10 @@ def test_atomic_writes_get_the_modes_of_a_plain_open(tmp_path, umask):
 def test_convert_into_an_existing_file_as_a_folder(model, tmp_path):
     existing = tmp_path / "notes.txt"
     existing.write_text("keep me")
-    assert_one_error(run_cli("convert", model, "--to", "torch", "-o", existing),
-                     rf"cannot write into {re.escape(str(existing))}: it is a file, not a folder")
+    assert_one_error(
+        run_cli("convert", model, "--to", "torch", "-o", existing),
+        rf"cannot write into {re.escape(str(existing))}: it is a file, not a folder",
+    )
     assert existing.read_text() == "keep me"
 
 
@@ -217,30 +255,41 @@ def test_convert_into_an_existing_file_as_a_folder(model, tmp_path):
 def test_a_model_that_is_not_mobilenet_is_refused_by_every_command(not_mobilenet, tmp_path, command):
     labels = tmp_path / "labels.csv"
     labels.write_text(f"{DATA / 'bird.bmp'},20\n")
-    args = {"predict": [not_mobilenet, DATA / "bird.bmp"], "eval": [not_mobilenet, labels],
-            "bench": [not_mobilenet, "--min-time", "0", "--min-runs", "1", "--warmup", "0"]}[command]
-    assert_one_error(run_cli(command, *args),
-                     rf"{re.escape(str(not_mobilenet))}: not a MobileNet V1 graph: found 1 convolutions .+")
+    args = {
+        "predict": [not_mobilenet, DATA / "bird.bmp"],
+        "eval": [not_mobilenet, labels],
+        "bench": [not_mobilenet, "--min-time", "0", "--min-runs", "1", "--warmup", "0"],
+    }[command]
+    assert_one_error(
+        run_cli(command, *args), rf"{re.escape(str(not_mobilenet))}: not a MobileNet V1 graph: found 1 convolutions .+"
+    )
 
 
 def test_an_eval_csv_that_is_not_utf8(model, tmp_path):
     labels = tmp_path / "labels.csv"
     labels.write_bytes(f"path,label\n{DATA / 'bird.bmp'},20\ncaf\xe9.jpg,20\n".encode("latin-1"))
-    assert_one_error(run_cli("eval", model, labels),
-                     rf"{re.escape(str(labels))}:3: not UTF-8 text \(byte 0xe9\); save the CSV as UTF-8")
+    assert_one_error(
+        run_cli("eval", model, labels),
+        rf"{re.escape(str(labels))}:3: not UTF-8 text \(byte 0xe9\); save the CSV as UTF-8",
+    )
 
 
 def test_bench_csv_into_a_missing_folder(model, tmp_path):
     target = tmp_path / "missing" / "results.csv"
-    assert_one_error(run_cli("bench", model, "--csv", target),
-                     rf"--csv {re.escape(str(target))}: the folder {re.escape(str(target.parent))} does not exist")
+    assert_one_error(
+        run_cli("bench", model, "--csv", target),
+        rf"--csv {re.escape(str(target))}: the folder {re.escape(str(target.parent))} does not exist",
+    )
 
 
 def test_verify_save_reference_into_a_missing_folder(model, tmp_path):
     target = tmp_path / "missing" / "reference.npz"
     result = run_cli("verify", model, "--reference", BUNDLED_MODEL, "--save-reference", target)
-    assert_one_error(result, rf"--save-reference {re.escape(str(target))}: "
-                             rf"the folder {re.escape(str(target.parent))} does not exist")
+    assert_one_error(
+        result,
+        rf"--save-reference {re.escape(str(target))}: "
+        rf"the folder {re.escape(str(target.parent))} does not exist",
+    )
 
 
 @pytest.mark.slow

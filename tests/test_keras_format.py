@@ -18,8 +18,8 @@ from mobilenet_zoo.errors import ModelFormatError
 from mobilenet_zoo.formats import FORMATS, format_module
 from mobilenet_zoo.formats import keras as keras_format
 from mobilenet_zoo.model import random_model
-from mobilenet_zoo.sources import from_path
 from mobilenet_zoo.parity import Thresholds, verify
+from mobilenet_zoo.sources import from_path
 
 keras = pytest.importorskip("keras")
 
@@ -90,7 +90,14 @@ def images(size: int, n: int = 4, seed: int = 1) -> np.ndarray:
 def every_format_against_keras(source: Path, out: Path) -> dict[str, float]:
     """Convert a Keras file to every format and verify each against the Keras model: max |dlogits| per format."""
     written = convert(from_path(source), TARGETS, out)
-    reports = verify([w.path for w in written], source=source, images=[], n_random=4, seed=0, thresholds=Thresholds(rtol=0, atol=KERAS_TOLERANCE)).reports
+    reports = verify(
+        [w.path for w in written],
+        source=source,
+        images=[],
+        n_random=4,
+        seed=0,
+        thresholds=Thresholds(rtol=0, atol=KERAS_TOLERANCE),
+    ).reports
     figures = {r.format: r.max_abs_logits for r in reports}
     print(f"{source.name}: max |dlogits| vs Keras " + ", ".join(f"{fmt} {value:.2e}" for fmt, value in figures.items()))
     for report in reports:
@@ -279,6 +286,12 @@ def test_large_input_pools_globally(tmp_path, cli):
     assert code != 0 and "--pooling global" in err and len(err.strip().splitlines()) == 1
     code, _, err = cli("convert", source, "--to", "onnx", "--pooling", "global", "-o", tmp_path / "global")
     assert code == 0, err
-    [report] = verify([tmp_path / "global" / "mobilenet_v1_0.25_256_global.onnx"], source=source, images=[], n_random=2, seed=0,
-                      thresholds=Thresholds(rtol=0, atol=KERAS_TOLERANCE)).reports
+    [report] = verify(
+        [tmp_path / "global" / "mobilenet_v1_0.25_256_global.onnx"],
+        source=source,
+        images=[],
+        n_random=2,
+        seed=0,
+        thresholds=Thresholds(rtol=0, atol=KERAS_TOLERANCE),
+    ).reports
     assert report.passed, report.failures

@@ -95,17 +95,22 @@ def test_function_level_imports_are_edges(tmp_path):
 
 def test_production_code_never_imports_the_test_helpers():
     graph = import_graph()
-    offenders = {name: sorted(m for m in imported if m.startswith("mobilenet_zoo.testing"))
-                 for name, imported in graph.items() if not name.startswith("mobilenet_zoo.testing")}
+    offenders = {
+        name: sorted(m for m in imported if m.startswith("mobilenet_zoo.testing"))
+        for name, imported in graph.items()
+        if not name.startswith("mobilenet_zoo.testing")
+    }
     assert {name: found for name, found in offenders.items() if found} == {}
 
 
 def test_import_and_light_commands_load_no_framework():
-    code = ("import sys, mobilenet_zoo as mz; from mobilenet_zoo.cli import main\n"
-            "for argv in (['list'], ['info', '0.5_160'], ['--help'], ['convert', '--help']):\n"
-            "    try: main(argv)\n"
-            "    except SystemExit: pass\n"
-            "mz.Backbone, mz.ZooError\n"
-            "print(sorted(m for m in ('tensorflow', 'torch', 'onnxruntime', 'onnx', 'keras') if m in sys.modules))")
+    code = (
+        "import sys, mobilenet_zoo as mz; from mobilenet_zoo.cli import main\n"
+        "for argv in (['list'], ['info', '0.5_160'], ['--help'], ['convert', '--help']):\n"
+        "    try: main(argv)\n"
+        "    except SystemExit: pass\n"
+        "mz.Backbone, mz.ZooError\n"
+        "print(sorted(m for m in ('tensorflow', 'torch', 'onnxruntime', 'onnx', 'keras') if m in sys.modules))"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip().splitlines()[-1] == "[]"

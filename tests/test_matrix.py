@@ -40,8 +40,13 @@ def tf2onnx_of_frozen_graph(frozen: Path, out: Path) -> Path:
 
     graph_def = tf.compat.v1.GraphDef()
     graph_def.ParseFromString(frozen.read_bytes())
-    tf2onnx.convert.from_graph_def(graph_def, input_names=["input:0"], output_names=["MobilenetV1/Predictions/Reshape_1:0"],
-                                   opset=17, output_path=str(out))
+    tf2onnx.convert.from_graph_def(
+        graph_def,
+        input_names=["input:0"],
+        output_names=["MobilenetV1/Predictions/Reshape_1:0"],
+        opset=17,
+        output_path=str(out),
+    )
     return out
 
 
@@ -80,7 +85,9 @@ def parity_table(title: str, cells: list[Cell]) -> str:
     for cell in cells:
         r = cell.report
         difference = f"{r.max_lsb} LSB" if r.quantized else f"{r.max_abs_logits:.2e}"
-        lines.append(f"{cell.source:<22}{r.format:<8}{difference:>14}{r.top1_agreement:>7.0%}  {'pass' if r.passed else 'FAIL ' + '; '.join(r.failures)}")
+        lines.append(
+            f"{cell.source:<22}{r.format:<8}{difference:>14}{r.top1_agreement:>7.0%}  {'pass' if r.passed else 'FAIL ' + '; '.join(r.failures)}"
+        )
     return "\n".join(lines)
 
 
@@ -151,7 +158,12 @@ def test_verify_source_checks_a_conversion_chain(cli, official_tarball, tmp_path
     """TF -> ONNX -> PyTorch -> TFLite, verified end to end against the tarball it started from."""
     tarball = official_tarball(0.25, 128)
     name = "mobilenet_v1_0.25_128"
-    steps = [(str(tarball), "tf"), (f"{name}_saved_model", "onnx"), (f"{name}.onnx", "torch"), (f"{name}_torch", "tflite")]
+    steps = [
+        (str(tarball), "tf"),
+        (f"{name}_saved_model", "onnx"),
+        (f"{name}.onnx", "torch"),
+        (f"{name}_torch", "tflite"),
+    ]
     for index, (source, fmt) in enumerate(steps):
         source_path = source if index == 0 else str(tmp_path / f"step{index - 1}" / source)
         code, _, err = cli("convert", source_path, "--to", fmt, "-o", tmp_path / f"step{index}")
@@ -175,11 +187,29 @@ def test_verify_source_checks_a_conversion_chain(cli, official_tarball, tmp_path
 def test_backbone_options_through_the_cli(cli, official_tarball, tmp_path, source):
     """Every writer builds the backbone options; verify rebuilds the reference with them and checks the features."""
     model = str(official_tarball(0.25, 128)) if source == "float" else str(REAL_QUANT)
-    code, out, err = cli("convert", model, "--all-formats", "--features", "5,11,12,13", "--output-stride", "16",
-                         "--input-size", "160", "-o", tmp_path, "--verify", "--json")
+    code, out, err = cli(
+        "convert",
+        model,
+        "--all-formats",
+        "--features",
+        "5,11,12,13",
+        "--output-stride",
+        "16",
+        "--input-size",
+        "160",
+        "-o",
+        tmp_path,
+        "--verify",
+        "--json",
+    )
     assert code == 0, err
     reports = json.loads(out)["targets"]
     assert sorted(r["format"] for r in reports) == sorted(FORMATS)
     for r in reports:
-        assert sorted(r["features"]) == ["Conv2d_11_pointwise", "Conv2d_12_pointwise", "Conv2d_13_pointwise", "Conv2d_5_pointwise"], r
+        assert sorted(r["features"]) == [
+            "Conv2d_11_pointwise",
+            "Conv2d_12_pointwise",
+            "Conv2d_13_pointwise",
+            "Conv2d_5_pointwise",
+        ], r
         assert "output_stride=16" in r["reference"]

@@ -25,13 +25,10 @@ from test_onnx_reader import assert_quant_equal
 from mobilenet_zoo.arch import SCOPE, Backbone
 from mobilenet_zoo.formats import onnx as onnx_format
 from mobilenet_zoo.formats import tflite
-from mobilenet_zoo.formats.onnx import _qdq as onnx_qdq
 from mobilenet_zoo.formats.onnx import _exact as onnx_quant
+from mobilenet_zoo.formats.onnx import _qdq as onnx_qdq
 from mobilenet_zoo.formats.onnx import _reader as onnx_reader
 from mobilenet_zoo.model import QuantInfo, QuantizedTensor, QuantParams
-from mobilenet_zoo.preprocess import load_image_uint8
-from mobilenet_zoo.quant_math import integer_network, multiply_by_quantized_multiplier
-from mobilenet_zoo.quant_math import run as integer_run
 from mobilenet_zoo.parity import (
     ONNX_QDQ,
     QDQ_MAX_FEATURE_LSB,
@@ -43,6 +40,9 @@ from mobilenet_zoo.parity import (
     compute_reference,
     verify_target,
 )
+from mobilenet_zoo.preprocess import load_image_uint8
+from mobilenet_zoo.quant_math import integer_network, multiply_by_quantized_multiplier
+from mobilenet_zoo.quant_math import run as integer_run
 
 VARIANTS = {"0.25_128": 128, "0.5_160": 160}
 N_RANDOM = 16
@@ -203,9 +203,9 @@ def test_a_wrong_offset_fails_the_proof(models):
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_accumulator_bound_covers_the_real_accumulators(models, inputs, variant):
     """The bound covers every accumulator the real photos produce, layer by layer (quant_math's int64 convolutions)."""
-    from mobilenet_zoo.quant_math import integer_conv
     from mobilenet_zoo.numpy_forward import conv as conv2d
     from mobilenet_zoo.numpy_forward import depthwise_conv
+    from mobilenet_zoo.quant_math import integer_conv
 
     x = inputs[variant]["real images"][:1]
     for layer in integer_network(models[variant]).convs:

@@ -43,7 +43,11 @@ def reference_logits(models) -> dict[str, np.ndarray]:
 
 
 def seeded_images(config: ModelConfig, batch: int = BATCH) -> np.ndarray:
-    return np.random.default_rng(config.resolution).uniform(-1, 1, (batch, config.resolution, config.resolution, 3)).astype(np.float32)
+    return (
+        np.random.default_rng(config.resolution)
+        .uniform(-1, 1, (batch, config.resolution, config.resolution, 3))
+        .astype(np.float32)
+    )
 
 
 def tensorflow_logits(model: MobileNetV1Model, images: np.ndarray) -> np.ndarray:

@@ -26,7 +26,9 @@ def max_lsb(a: np.ndarray, b: np.ndarray) -> int:
 @pytest.fixture(scope="session")
 def onnx_files(tmp_path_factory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("onnx_quant")
-    return {variant: onnx_quant.write(tflite.read(tflite_path(variant)), folder / f"{variant}.onnx") for variant in VARIANTS}
+    return {
+        variant: onnx_quant.write(tflite.read(tflite_path(variant)), folder / f"{variant}.onnx") for variant in VARIANTS
+    }
 
 
 @pytest.fixture(scope="session")

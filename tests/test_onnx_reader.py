@@ -30,7 +30,9 @@ CONFIG = ModelConfig(0.25, 128)
 FLOAT_TOLERANCE = 1e-5
 
 
-def assert_weights_close(got: MobileNetV1Model, expected: MobileNetV1Model, tolerance: float = FLOAT_TOLERANCE) -> float:
+def assert_weights_close(
+    got: MobileNetV1Model, expected: MobileNetV1Model, tolerance: float = FLOAT_TOLERANCE
+) -> float:
     """Same config, same weight names and shapes, values within `tolerance`; returns the largest difference."""
     assert got.config == expected.config
     assert sorted(got.weights) == sorted(expected.weights)
@@ -89,7 +91,10 @@ def float_model() -> MobileNetV1Model:
 @pytest.fixture(scope="session")
 def our_float_files(float_model, tmp_path_factory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("onnx_reader_float")
-    return {layout: onnx_format.write(float_model, folder / f"{layout}.onnx", layout=layout) for layout in onnx_format.LAYOUTS}
+    return {
+        layout: onnx_format.write(float_model, folder / f"{layout}.onnx", layout=layout)
+        for layout in onnx_format.LAYOUTS
+    }
 
 
 @pytest.fixture(scope="session")
@@ -99,7 +104,9 @@ def tf2onnx_float_files(extracted_variant, tmp_path_factory) -> dict[str, Path]:
     tf = pytest.importorskip("tensorflow")
     tf2onnx = pytest.importorskip("tf2onnx")
     graph_def = tf.compat.v1.GraphDef()
-    graph_def.ParseFromString((extracted_variant(CONFIG.alpha, CONFIG.resolution) / f"{CONFIG.name}_frozen.pb").read_bytes())
+    graph_def.ParseFromString(
+        (extracted_variant(CONFIG.alpha, CONFIG.resolution) / f"{CONFIG.name}_frozen.pb").read_bytes()
+    )
     names = {"input_names": [f"{INPUT_NODE}:0"], "output_names": [f"{OUTPUT_NODE}:0"], "opset": 17}
     folder = tmp_path_factory.mktemp("onnx_reader_tf2onnx")
     protos = {
@@ -116,7 +123,10 @@ def tf2onnx_qdq_files(tmp_path_factory) -> dict[str, Path]:
     """tf2onnx's QDQ conversions of the real uint8 TFLite models."""
     tf2onnx = pytest.importorskip("tf2onnx")
     folder = tmp_path_factory.mktemp("onnx_reader_qdq")
-    return {variant: save(tf2onnx.convert.from_tflite(str(tflite_path(variant)), opset=17)[0], folder / f"{variant}.onnx") for variant in VARIANTS}
+    return {
+        variant: save(tf2onnx.convert.from_tflite(str(tflite_path(variant)), opset=17)[0], folder / f"{variant}.onnx")
+        for variant in VARIANTS
+    }
 
 
 # ---------------------------------------------------------------------------------------------- float
@@ -145,7 +155,9 @@ def test_batchnorm_as_mul_and_add_is_folded(our_float_files, float_model, tmp_pa
     for conv in [node for node in proto.graph.node if node.op_type == "Conv"]:
         kernel, bias = initializer(proto, conv.input[1]), initializer(proto, conv.input[2])
         scale = rng.uniform(0.5, 2.0, kernel.dims[0]).astype(np.float32)
-        kernel.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(kernel) / scale[:, None, None, None], kernel.name))
+        kernel.CopyFrom(
+            numpy_helper.from_array(numpy_helper.to_array(kernel) / scale[:, None, None, None], kernel.name)
+        )
         bias.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(bias).reshape(-1, 1, 1), bias.name))
         proto.graph.initializer.append(numpy_helper.from_array(scale.reshape(-1, 1, 1), f"{conv.name}/scale"))
         conv_output, scaled = conv.output[0], f"{conv.name}/scaled"
@@ -226,14 +238,24 @@ def three_convs(path: Path) -> Path:
     helper, rng = onnx.helper, np.random.default_rng(0)
     nodes, initializers, tensor, channels = [], [], "image", 3
     for index, out_channels in enumerate((8, 16, 10)):
-        kernel = numpy_helper.from_array(rng.normal(size=(out_channels, channels, 3, 3)).astype(np.float32), f"kernel{index}")
+        kernel = numpy_helper.from_array(
+            rng.normal(size=(out_channels, channels, 3, 3)).astype(np.float32), f"kernel{index}"
+        )
         initializers.append(kernel)
         nodes.append(helper.make_node("Conv", [tensor, kernel.name], [f"conv{index}"], pads=[1, 1, 1, 1]))
         tensor, channels = f"conv{index}", out_channels
-    nodes += [helper.make_node("GlobalAveragePool", [tensor], ["pooled"]), helper.make_node("Flatten", ["pooled"], ["logits"]),
-              helper.make_node("Softmax", ["logits"], ["probabilities"])]
-    graph = helper.make_graph(nodes, "three_convs", [helper.make_tensor_value_info("image", onnx.TensorProto.FLOAT, [1, 3, 32, 32])],
-                              [helper.make_tensor_value_info("probabilities", onnx.TensorProto.FLOAT, [1, 10])], initializers)
+    nodes += [
+        helper.make_node("GlobalAveragePool", [tensor], ["pooled"]),
+        helper.make_node("Flatten", ["pooled"], ["logits"]),
+        helper.make_node("Softmax", ["logits"], ["probabilities"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "three_convs",
+        [helper.make_tensor_value_info("image", onnx.TensorProto.FLOAT, [1, 3, 32, 32])],
+        [helper.make_tensor_value_info("probabilities", onnx.TensorProto.FLOAT, [1, 10])],
+        initializers,
+    )
     return save(helper.make_model(graph), path)
 
 
@@ -275,18 +297,36 @@ def with_relu(source: Path, path: Path, clip: str) -> Path:
 
 REFUSALS = {
     "three convolutions": (lambda files, path: three_convs(path), "found 3 convolutions where MobileNet V1 has 28"),
-    "one block cut off": (lambda files, path: without_last_block(files["NCHW"], path), "found 26 convolutions where MobileNet V1 has 28"),
-    "wrong stride": (lambda files, path: with_attribute(files["NHWC"], path, "MobilenetV1/Conv2d_3_depthwise/depthwise", "strides", [2, 2]),
-                     "Conv2d_3_depthwise has stride 2, MobileNet V1 has 1"),
-    "symmetric padding": (lambda files, path: with_attribute(files["NCHW"], path, "MobilenetV1/Conv2d_0/Conv2D", "pads", [1, 1, 1, 1]),
-                          r"Conv2d_0 has padding \[1, 1, 1, 1\], MobileNet V1 has \[0, 0, 1, 1\]"),
-    "first conv channels": (lambda files, path: with_out_channels(files["NCHW"], path, "Conv2d_0", 12),
-                            "first convolution has 12 channels"),
-    "block channels": (lambda files, path: with_out_channels(files["NCHW"], path, "Conv2d_5_pointwise", 48),
-                       r"Conv2d_5_pointwise/weights has shape \(1, 1, 64, 48\), expected \(1, 1, 64, 64\)"),
-    "relu instead of relu6": (lambda files, path: with_relu(files["NCHW"], path, "MobilenetV1/Conv2d_4_pointwise/Relu6"),
-                              "Conv2d_4_pointwise is followed by Relu, MobileNet V1 has ReLU6"),
-    "not onnx": (lambda files, path: (path.write_bytes(b"not a protobuf at all" * 3), path)[1], "not a readable ONNX model"),
+    "one block cut off": (
+        lambda files, path: without_last_block(files["NCHW"], path),
+        "found 26 convolutions where MobileNet V1 has 28",
+    ),
+    "wrong stride": (
+        lambda files, path: with_attribute(
+            files["NHWC"], path, "MobilenetV1/Conv2d_3_depthwise/depthwise", "strides", [2, 2]
+        ),
+        "Conv2d_3_depthwise has stride 2, MobileNet V1 has 1",
+    ),
+    "symmetric padding": (
+        lambda files, path: with_attribute(files["NCHW"], path, "MobilenetV1/Conv2d_0/Conv2D", "pads", [1, 1, 1, 1]),
+        r"Conv2d_0 has padding \[1, 1, 1, 1\], MobileNet V1 has \[0, 0, 1, 1\]",
+    ),
+    "first conv channels": (
+        lambda files, path: with_out_channels(files["NCHW"], path, "Conv2d_0", 12),
+        "first convolution has 12 channels",
+    ),
+    "block channels": (
+        lambda files, path: with_out_channels(files["NCHW"], path, "Conv2d_5_pointwise", 48),
+        r"Conv2d_5_pointwise/weights has shape \(1, 1, 64, 48\), expected \(1, 1, 64, 64\)",
+    ),
+    "relu instead of relu6": (
+        lambda files, path: with_relu(files["NCHW"], path, "MobilenetV1/Conv2d_4_pointwise/Relu6"),
+        "Conv2d_4_pointwise is followed by Relu, MobileNet V1 has ReLU6",
+    ),
+    "not onnx": (
+        lambda files, path: (path.write_bytes(b"not a protobuf at all" * 3), path)[1],
+        "not a readable ONNX model",
+    ),
 }
 
 

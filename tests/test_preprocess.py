@@ -22,7 +22,9 @@ def test_resizes_match_tensorflow(image, size):
     expected_crop = tf.image.central_crop(tf.constant(decode_image(DATA / image)), 0.875).numpy()
     assert np.array_equal(cropped, expected_crop)
     half_pixel = tf.image.resize(cropped.astype(np.float32), [size, size], method="bilinear").numpy()
-    legacy = tf.compat.v1.image.resize_bilinear(cropped[None].astype(np.float32), [size, size], align_corners=False)[0].numpy()
+    legacy = tf.compat.v1.image.resize_bilinear(cropped[None].astype(np.float32), [size, size], align_corners=False)[
+        0
+    ].numpy()
     assert np.abs(resize_bilinear(cropped, size) - half_pixel).max() < 0.01  # of 255
     assert np.abs(resize_bilinear(cropped, size, "legacy") - legacy).max() < 0.01
     assert np.abs(resize_bilinear(cropped, size) - legacy).max() > 1  # the two methods really differ

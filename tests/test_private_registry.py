@@ -40,13 +40,16 @@ def team_folder(tmp_path_factory) -> Path:
 
 
 def test_local_model_file_pulls_converts_and_verifies(team_folder, tmp_path, cli):
-    registry = write_registry(team_folder, f"""  - name: flowers
+    registry = write_registry(
+        team_folder,
+        f"""  - name: flowers
     alpha: 0.25
     resolution: 128
     num_classes: {HEAD_CLASSES}
     path: flowers_graph.pb
     labels: flowers.txt
-""")
+""",
+    )
     variant = load_registry(registry).get("flowers")
     assert variant.private and variant.path == team_folder / "flowers_graph.pb" and variant.config.num_classes == 3
     code, out, err = cli("pull", "flowers", "--registry", registry, "--quiet")
@@ -69,14 +72,17 @@ def test_url_entry_is_downloaded_then_converted_at_zero_lsb(team_folder, tmp_pat
     served.mkdir()
     write_quantized_five_class(served / "pets_quant.tflite")
     with FileServer(served) as server:
-        registry = write_registry(tmp_path, f"""  - name: pets_quant
+        registry = write_registry(
+            tmp_path,
+            f"""  - name: pets_quant
     alpha: 0.25
     resolution: 128
     quantized: true
     num_classes: {len(QUANT_ROWS)}
     url: {server.url}pets_quant.tflite
     labels: {team_folder / "pets.txt"}
-""")
+""",
+        )
         code, out, err = cli("pull", "pets_quant", "--registry", registry, "--quiet")
         assert code == 0, err
         pulled = Path(out.strip())
@@ -96,26 +102,35 @@ def test_url_entry_is_downloaded_then_converted_at_zero_lsb(team_folder, tmp_pat
 
 
 def test_entry_that_does_not_match_its_model_is_refused(team_folder, tmp_path, cli):
-    registry = write_registry(tmp_path, f"""  - name: flowers_wrong
+    registry = write_registry(
+        tmp_path,
+        f"""  - name: flowers_wrong
     alpha: 0.25
     resolution: 128
     num_classes: 4
     path: {team_folder / "flowers_graph.pb"}
-""")
+""",
+    )
     code, out, err = cli("convert", "flowers_wrong", "--registry", registry, "--to", "onnx", "-o", tmp_path / "out")
     assert code != 0 and err.startswith("error:") and len(err.strip().splitlines()) == 1
     assert "4 classes" in err and "3 classes" in err
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize(("fields", "message"), [
-    ("num_classes: 0\n    path: model.pb\n", "num_classes must be an integer >= 1"),
-    ("num_classes: 2\n    path: model.pb\n    labels: three.txt\n", "holds 3 names for num_classes 2"),
-    ("num_classes: 3\n    path: missing.pb\n", "does not exist"),
-    ("num_classes: 3\n    path: model.pb\n    url: http://127.0.0.1/model.pb\n", "a path or a url, not both"),
-    ("num_classes: 3\n    labels: http://127.0.0.1/labels.txt\n    path: model.pb\n", "labels must be a local file"),
-    ("num_classes: 3\n    url: models/model.pb\n", "neither absolute nor under a base_url"),
-])
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ("num_classes: 0\n    path: model.pb\n", "num_classes must be an integer >= 1"),
+        ("num_classes: 2\n    path: model.pb\n    labels: three.txt\n", "holds 3 names for num_classes 2"),
+        ("num_classes: 3\n    path: missing.pb\n", "does not exist"),
+        ("num_classes: 3\n    path: model.pb\n    url: http://127.0.0.1/model.pb\n", "a path or a url, not both"),
+        (
+            "num_classes: 3\n    labels: http://127.0.0.1/labels.txt\n    path: model.pb\n",
+            "labels must be a local file",
+        ),
+        ("num_classes: 3\n    url: models/model.pb\n", "neither absolute nor under a base_url"),
+    ],
+)
 def test_invalid_private_entries_are_refused_on_load(tmp_path, cli, fields, message):
     (tmp_path / "model.pb").write_bytes(b"")
     write_labels(tmp_path / "three.txt", ["a", "b", "c"])
@@ -136,7 +151,9 @@ def test_tarball_entries_local_and_served(official_tarball, tmp_path, cli):
     shutil.copy(tarball, served / "team_model.tgz")
     labels = write_labels(tmp_path / "imagenet.txt", [f"c{index}" for index in range(1001)])
     with FileServer(served) as server:
-        registry = write_registry(tmp_path, f"""  - name: team_local
+        registry = write_registry(
+            tmp_path,
+            f"""  - name: team_local
     alpha: 0.25
     resolution: 128
     path: {tarball}
@@ -146,7 +163,8 @@ def test_tarball_entries_local_and_served(official_tarball, tmp_path, cli):
     num_classes: 1001
     labels: {labels.name}
     url: {server.url}team_model.tgz
-""")
+""",
+        )
         code, out, err = cli("pull", "team_served", "--registry", registry, "--quiet")
         assert code == 0, err
         assert (Path(out.strip()) / "mobilenet_v1_0.25_128_frozen.pb").is_file()

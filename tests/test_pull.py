@@ -53,7 +53,12 @@ def home(tmp_path, server, monkeypatch) -> Path:
     server.reset()
     for variable in (MIRROR_ENV, REGISTRY_ENV, OFFLINE_ENV):
         monkeypatch.delenv(variable, raising=False)
-    settings = {HOME_ENV: str(tmp_path / "home"), ATTEMPTS_ENV: str(FAST.attempts), BACKOFF_ENV: str(FAST.backoff), TIMEOUT_ENV: str(FAST.timeout)}
+    settings = {
+        HOME_ENV: str(tmp_path / "home"),
+        ATTEMPTS_ENV: str(FAST.attempts),
+        BACKOFF_ENV: str(FAST.backoff),
+        TIMEOUT_ENV: str(FAST.timeout),
+    }
     for variable, value in settings.items():
         monkeypatch.setenv(variable, value)
     return tmp_path / "home"
@@ -89,12 +94,16 @@ def user_registry(folder: Path, *entries: dict, extends: str = "builtin") -> Pat
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "mobilenet_zoo", *args], capture_output=True, text=True, env=env, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "mobilenet_zoo", *args], capture_output=True, text=True, env=env, timeout=120
+    )
 
 
 def leftovers(home: Path) -> list[str]:
     """Anything in the cache's models, local and downloads folders, hidden staging folders included."""
-    return sorted(str(p.relative_to(home)) for folder in ("models", "local", "downloads") for p in (home / folder).rglob("*"))
+    return sorted(
+        str(p.relative_to(home)) for folder in ("models", "local", "downloads") for p in (home / folder).rglob("*")
+    )
 
 
 RETRY_NOTE = re.compile(r"\S+: .+; retrying in [0-9.e-]+ s \(attempt (\d+) of (\d+)\)")
@@ -149,7 +158,9 @@ def test_pull_extracts_the_members_and_a_second_pull_is_a_cache_hit(server, publ
 
     second = run_cli("pull", NAME, "--registry", str(registry), "--json")
     assert second.returncode == 0, second.stderr
-    assert json.loads(second.stdout) == [{"name": NAME, "path": str(folder), "downloaded": False, "sha256": sha256(tarball)}]
+    assert json.loads(second.stdout) == [
+        {"name": NAME, "path": str(folder), "downloaded": False, "sha256": sha256(tarball)}
+    ]
     assert len(server.requests) == 1  # no network I/O on a cache hit
 
     info = json.loads(run_cli("info", NAME, "--registry", str(registry), "--json").stdout)["cache"]
@@ -311,8 +322,12 @@ def test_the_first_download_hash_is_recorded_and_checked_on_later_downloads(serv
     publish(official_files(UNCHECKED), name=UNCHECKED)  # the mirror now serves other bytes
     replaced = sha256(served_bytes(server, url))
     tampered = run_cli("pull", UNCHECKED, "--mirror", mirror)
-    assert_clean_failure(tampered, home, rf"{UNCHECKED}\.tgz: sha256 {replaced} does not match the expected {original} "
-                         r"\(file removed\); checked against the sha256 recorded on the first download \(pin another with --sha256\)")
+    assert_clean_failure(
+        tampered,
+        home,
+        rf"{UNCHECKED}\.tgz: sha256 {replaced} does not match the expected {original} "
+        r"\(file removed\); checked against the sha256 recorded on the first download \(pin another with --sha256\)",
+    )
 
     pinned = run_cli("pull", UNCHECKED, "--mirror", mirror, "--sha256", replaced.upper())
     assert pinned.returncode == 0, pinned.stderr
@@ -322,9 +337,11 @@ def test_the_first_download_hash_is_recorded_and_checked_on_later_downloads(serv
 def test_a_pin_that_differs_from_the_cached_copy_is_refused_without_downloading(server, publish, home):
     url = publish(official_files(UNCHECKED), name=UNCHECKED)
     assert run_cli("pull", UNCHECKED, "--mirror", url.rsplit("/", 1)[0]).returncode == 0
-    assert_error_line(run_cli("pull", UNCHECKED, "--sha256", "ab" * 32),
-                      rf"{UNCHECKED}: the cached copy came from a tarball with sha256 [0-9a-f]{{64}}, not the pinned (ab){{32}}; "
-                      rf"`mobilenet-zoo cache remove {UNCHECKED}` to download it again")
+    assert_error_line(
+        run_cli("pull", UNCHECKED, "--sha256", "ab" * 32),
+        rf"{UNCHECKED}: the cached copy came from a tarball with sha256 [0-9a-f]{{64}}, not the pinned (ab){{32}}; "
+        rf"`mobilenet-zoo cache remove {UNCHECKED}` to download it again",
+    )
     assert len(server.requests) == 1
 
 
@@ -333,9 +350,12 @@ def test_a_pin_that_differs_from_the_cached_copy_is_refused_without_downloading(
 
 def test_checksum_mismatch(publish, home, tmp_path):
     registry = user_registry(tmp_path, {"url": publish(official_files(NAME)), "sha256": "0" * 64})
-    assert_clean_failure(run_cli("pull", NAME, "--registry", str(registry)), home,
-                         rf"{NAME}\.tgz: sha256 [0-9a-f]{{64}} does not match the expected 0{{64}} \(file removed\); "
-                         r"checked against the registry's published checksum")
+    assert_clean_failure(
+        run_cli("pull", NAME, "--registry", str(registry)),
+        home,
+        rf"{NAME}\.tgz: sha256 [0-9a-f]{{64}} does not match the expected 0{{64}} \(file removed\); "
+        r"checked against the registry's published checksum",
+    )
 
 
 def test_truncated_download_with_a_known_size(server, publish, home, tmp_path):
@@ -343,29 +363,41 @@ def test_truncated_download_with_a_known_size(server, publish, home, tmp_path):
     tarball = served_bytes(server, url)
     publish(tarball[: len(tarball) // 2])
     registry = user_registry(tmp_path, {"url": url, "size": len(tarball)})
-    assert_clean_failure(run_cli("pull", NAME, "--registry", str(registry)), home,
-                         rf"{NAME}\.tgz: got {len(tarball) // 2} bytes, expected {len(tarball)} \(file removed\); .*")
+    assert_clean_failure(
+        run_cli("pull", NAME, "--registry", str(registry)),
+        home,
+        rf"{NAME}\.tgz: got {len(tarball) // 2} bytes, expected {len(tarball)} \(file removed\); .*",
+    )
 
 
 def test_server_error_after_retries(server, publish, home, tmp_path):
     registry = user_registry(tmp_path, {"url": publish(official_files(NAME))})
     server.faults.errors = 100
-    assert_clean_failure(run_cli("pull", NAME, "--registry", str(registry)), home,
-                         rf"http://127\.0\.0\.1:\d+/\S+/{NAME}\.tgz: HTTP 500 Internal Server Error "
-                         r"\(gave up after 3 attempts\)", retries=2)
+    assert_clean_failure(
+        run_cli("pull", NAME, "--registry", str(registry)),
+        home,
+        rf"http://127\.0\.0\.1:\d+/\S+/{NAME}\.tgz: HTTP 500 Internal Server Error "
+        r"\(gave up after 3 attempts\)",
+        retries=2,
+    )
     assert len(server.requests) == FAST.attempts
 
 
 def test_connection_refused_after_retries(home):
     mirror = f"http://127.0.0.1:{closed_port()}/models"
-    assert_clean_failure(run_cli("pull", NAME, "--mirror", mirror), home,
-                         rf"{re.escape(mirror)}/{NAME}\.tgz: connection refused \(gave up after 3 attempts\)",
-                         retries=2)
+    assert_clean_failure(
+        run_cli("pull", NAME, "--mirror", mirror),
+        home,
+        rf"{re.escape(mirror)}/{NAME}\.tgz: connection refused \(gave up after 3 attempts\)",
+        retries=2,
+    )
 
 
 def test_missing_file_is_not_retried(server, home, tmp_path):
     registry = user_registry(tmp_path, {"url": server.url + "nowhere.tgz"})
-    assert_clean_failure(run_cli("pull", NAME, "--registry", str(registry)), home, r"\S+/nowhere\.tgz: HTTP 404 Not Found")
+    assert_clean_failure(
+        run_cli("pull", NAME, "--registry", str(registry)), home, r"\S+/nowhere\.tgz: HTTP 404 Not Found"
+    )
     assert len(server.requests) == 1
 
 
@@ -380,8 +412,16 @@ def _link(name: str, kind: bytes, target: str) -> tarfile.TarInfo:
     [
         ({"../escape.txt": b"x"}, (), r"refusing unsafe member '\.\./escape\.txt': path outside the archive \(\.\.\)"),
         ({"/tmp/escape.txt": b"x"}, (), r"refusing unsafe member '/tmp/escape\.txt': absolute path"),
-        ({}, (_link("./passwd", tarfile.SYMTYPE, "/etc/passwd"),), r"refusing unsafe member '\./passwd': link to '/etc/passwd'"),
-        ({}, (_link("./hard", tarfile.LNKTYPE, "/etc/passwd"),), r"refusing unsafe member '\./hard': link to '/etc/passwd'"),
+        (
+            {},
+            (_link("./passwd", tarfile.SYMTYPE, "/etc/passwd"),),
+            r"refusing unsafe member '\./passwd': link to '/etc/passwd'",
+        ),
+        (
+            {},
+            (_link("./hard", tarfile.LNKTYPE, "/etc/passwd"),),
+            r"refusing unsafe member '\./hard': link to '/etc/passwd'",
+        ),
     ],
     ids=["dotdot", "absolute", "symlink", "hardlink"],
 )
@@ -390,24 +430,39 @@ def test_unsafe_tarball(publish, home, tmp_path, extra_files, special, pattern):
     assert_clean_failure(run_cli("pull", NAME, "--registry", str(registry)), home, rf"{NAME}\.tgz: {pattern}")
 
 
-@pytest.mark.parametrize("damage", [lambda data: os.urandom(len(data)), lambda data: data[: len(data) // 2]], ids=["corrupt-gzip", "truncated"])
+@pytest.mark.parametrize(
+    "damage",
+    [lambda data: os.urandom(len(data)), lambda data: data[: len(data) // 2]],
+    ids=["corrupt-gzip", "truncated"],
+)
 def test_corrupt_tarball(server, publish, home, tmp_path, damage):
     url = publish(official_files(NAME))
     publish(damage(served_bytes(server, url)))
     registry = user_registry(tmp_path, {"url": url})
-    assert_clean_failure(run_cli("pull", NAME, "--registry", str(registry)), home,
-                         rf"{NAME}\.tgz: (corrupt or truncated|truncated) archive \(.+\)")
+    assert_clean_failure(
+        run_cli("pull", NAME, "--registry", str(registry)),
+        home,
+        rf"{NAME}\.tgz: (corrupt or truncated|truncated) archive \(.+\)",
+    )
 
 
 def test_tarball_missing_expected_members(publish, home, tmp_path):
     files = official_files(NAME)
     del files[f"./{NAME}.tflite"]
     registry = user_registry(tmp_path, {"url": publish(files)})
-    assert_clean_failure(run_cli("pull", NAME, "--registry", str(registry)), home, rf"{NAME}\.tgz: missing expected member {NAME}\.tflite")
+    assert_clean_failure(
+        run_cli("pull", NAME, "--registry", str(registry)),
+        home,
+        rf"{NAME}\.tgz: missing expected member {NAME}\.tflite",
+    )
 
 
 def test_unknown_variant(server, home):
-    assert_clean_failure(run_cli("pull", "mobilenet_v1_0.3_128"), home, r"unknown variant 'mobilenet_v1_0\.3_128'; did you mean mobilenet_v1_\S+\?")
+    assert_clean_failure(
+        run_cli("pull", "mobilenet_v1_0.3_128"),
+        home,
+        r"unknown variant 'mobilenet_v1_0\.3_128'; did you mean mobilenet_v1_\S+\?",
+    )
     assert server.requests == []
 
 
@@ -415,7 +470,10 @@ def test_unknown_variant(server, home):
     ("text", "pattern"),
     [
         ("variants: [\n  {name: x,\n", r"\S+registry\.yaml: invalid YAML at line \d+"),
-        ("variants:\n  - {name: x, alpha: big, resolution: 128}\n", r"\S+registry\.yaml: variant 1 \(x\): alpha must be a number in \(0, 4\], got 'big'"),
+        (
+            "variants:\n  - {name: x, alpha: big, resolution: 128}\n",
+            r"\S+registry\.yaml: variant 1 \(x\): alpha must be a number in \(0, 4\], got 'big'",
+        ),
         ("variants: []\n", r"\S+registry\.yaml: 'variants' must be a non-empty list"),
     ],
     ids=["yaml-syntax", "bad-field", "empty"],
@@ -450,7 +508,10 @@ def test_cache_list_path_and_remove(publish, home, tmp_path):
 
     assert run_cli("cache", "path").stdout == f"{home}\n"
     listed = json.loads(run_cli("cache", "list", "--json").stdout)
-    assert [(e["name"], e["kind"], e["complete"]) for e in listed] == [(NAME, "model", True), (UNCHECKED, "partial", False)]
+    assert [(e["name"], e["kind"], e["complete"]) for e in listed] == [
+        (NAME, "model", True),
+        (UNCHECKED, "partial", False),
+    ]
     assert listed[1]["size"] == 10 and listed[0]["path"] == str(home / "models" / NAME)
 
     removed = run_cli("cache", "remove", "0.25-128", "--registry", str(registry))
@@ -464,7 +525,9 @@ def test_cache_list_path_and_remove(publish, home, tmp_path):
 def test_recorded_checksum_file_that_is_unreadable(home):
     home.mkdir()
     (home / "checksums.json").write_text("{not json")
-    assert_error_line(run_cli("pull", NAME), r"\S+/checksums\.json: unreadable checksum record \(.+\); fix or delete it")
+    assert_error_line(
+        run_cli("pull", NAME), r"\S+/checksums\.json: unreadable checksum record \(.+\); fix or delete it"
+    )
 
 
 # --- integrity: a corrupt download is never cached nor recorded (issue 11 item 1) -----------------------------
@@ -501,8 +564,9 @@ def test_a_bit_flipped_in_transit_is_refused_and_the_genuine_tarball_still_pulls
     genuine = served_bytes(server, url)
     mirror = url.rsplit("/", 1)[0]
     server.faults.flip_bits = [(len(genuine) - 100, 2)]  # inside the compressed data, the tar headers still parse
-    assert_clean_failure(run_cli("pull", UNCHECKED, "--mirror", mirror), home,
-                         rf"{UNCHECKED}\.tgz: corrupt archive \(gzip CRC\)")
+    assert_clean_failure(
+        run_cli("pull", UNCHECKED, "--mirror", mirror), home, rf"{UNCHECKED}\.tgz: corrupt archive \(gzip CRC\)"
+    )
     assert recorded(home) == {}  # nothing trusted
 
     server.reset()
@@ -515,8 +579,11 @@ def test_a_bit_flipped_in_transit_is_refused_and_the_genuine_tarball_still_pulls
 def test_a_tarball_without_its_gzip_trailer_is_refused(server, publish, home):
     url = publish(seeded_files(UNCHECKED, 2), name=UNCHECKED)
     server.faults.drop_tail = 8
-    assert_clean_failure(run_cli("pull", UNCHECKED, "--mirror", url.rsplit("/", 1)[0]), home,
-                         rf"{UNCHECKED}\.tgz: truncated archive \(it ends before its end-of-stream marker\)")
+    assert_clean_failure(
+        run_cli("pull", UNCHECKED, "--mirror", url.rsplit("/", 1)[0]),
+        home,
+        rf"{UNCHECKED}\.tgz: truncated archive \(it ends before its end-of-stream marker\)",
+    )
     assert recorded(home) == {}
 
 
@@ -554,8 +621,11 @@ def test_a_stalled_download_says_how_long_and_from_where(server, publish, home, 
     server.faults.stall_after, server.faults.stall_for = 50_000, 5
     env = {**os.environ, TIMEOUT_ENV: "0.5", ATTEMPTS_ENV: "1"}
     result = run_cli("pull", NAME, "--registry", str(registry), env=env)
-    assert_error_line(result, r"http://127\.0\.0\.1:\d+/\S+\.tgz: no data for 0\.5 s from 127\.0\.0\.1 "
-                              r"\(gave up after 1 attempt\)")
+    assert_error_line(
+        result,
+        r"http://127\.0\.0\.1:\d+/\S+\.tgz: no data for 0\.5 s from 127\.0\.0\.1 "
+        r"\(gave up after 1 attempt\)",
+    )
     assert leftovers(home) == [f"downloads/{NAME}.tgz.part"]  # kept to resume
 
 
@@ -564,12 +634,18 @@ def test_a_host_name_that_does_not_resolve_is_not_retried(server, home):
     started = time.monotonic()
     result = run_cli("pull", NAME, "--mirror", mirror, env={**os.environ, BACKOFF_ENV: "30"})
     assert time.monotonic() - started < 25  # one 30 s backoff would exceed it
-    assert_clean_failure(result, home, rf"{re.escape(mirror)}/{NAME}\.tgz: cannot resolve the host name "
-                                       r"mobilenet-zoo-test\.invalid \(no network\? not retried\)")
+    assert_clean_failure(
+        result,
+        home,
+        rf"{re.escape(mirror)}/{NAME}\.tgz: cannot resolve the host name "
+        r"mobilenet-zoo-test\.invalid \(no network\? not retried\)",
+    )
 
 
-OFFLINE_ERROR = (rf"{NAME} is not in the cache \(\S+/models\) and offline mode is on \({OFFLINE_ENV}=1 or --offline\): "
-                 r"pull it once online, or see `mobilenet-zoo cache list`")
+OFFLINE_ERROR = (
+    rf"{NAME} is not in the cache \(\S+/models\) and offline mode is on \({OFFLINE_ENV}=1 or --offline\): "
+    r"pull it once online, or see `mobilenet-zoo cache list`"
+)
 
 
 @pytest.mark.parametrize("how", ["env", "option"])
@@ -649,8 +725,11 @@ def test_a_read_only_cache_folder(home, server):
     preexec = _without_root_file_access if os.geteuid() == 0 else None
     try:
         result = subprocess.run(command, capture_output=True, text=True, timeout=120, preexec_fn=preexec)
-        assert_error_line(result, rf"the cache folder {re.escape(str(home))} \(\${HOME_ENV}\) is not writable; "
-                                  rf"choose another with \${HOME_ENV}")
+        assert_error_line(
+            result,
+            rf"the cache folder {re.escape(str(home))} \(\${HOME_ENV}\) is not writable; "
+            rf"choose another with \${HOME_ENV}",
+        )
         assert list(home.iterdir()) == [] and server.requests == []
     finally:
         home.chmod(0o755)

@@ -22,8 +22,6 @@ EXPECTED_TOP1 = {"bird.bmp": 20, "cat.bmp": 286, "parrot.jpg": 89, "grace_hopper
 MODELS = ["mobilenet_v1_0.25_128_quant", "mobilenet_v1_0.5_160_quant"]
 
 
-
-
 @pytest.fixture(scope="module", params=MODELS)
 def converted(request, tmp_path_factory):
     """A real uint8 model converted to every format through the CLI."""
@@ -92,20 +90,36 @@ def test_post_training_quantization_through_the_cli(cli, tmp_path):
     calibration.mkdir()
     for image in REAL_IMAGES:
         (calibration / image.name).write_bytes(image.read_bytes())
-    code, out, err = cli("convert", source, "--to", "onnx,torch,tflite", "--quantize", "uint8", "--calibration", calibration,
-                         "-o", tmp_path / "ptq", "--verify", "--json")
+    code, out, err = cli(
+        "convert",
+        source,
+        "--to",
+        "onnx,torch,tflite",
+        "--quantize",
+        "uint8",
+        "--calibration",
+        calibration,
+        "-o",
+        tmp_path / "ptq",
+        "--verify",
+        "--json",
+    )
     assert code == 0, err
     reports = json.loads(out)["targets"]
     assert {r["format"] for r in reports} == {"onnx", "torch", "tflite"}
     assert all(r["quantized"] and r["reference"].endswith("_quant.tflite (numpy forward pass)") for r in reports)
     assert all(r["max_lsb"] <= 1 for r in reports)
-    code, out, err = cli("predict", tmp_path / "ptq" / "mobilenet_v1_0.5_160_quant.tflite", *REAL_IMAGES, "--top", "1", "--json")
+    code, out, err = cli(
+        "predict", tmp_path / "ptq" / "mobilenet_v1_0.5_160_quant.tflite", *REAL_IMAGES, "--top", "1", "--json"
+    )
     assert code == 0, err
     assert {Path(p["image"]).name: p["top"][0]["class"] for p in json.loads(out)} == EXPECTED_TOP1
 
 
 def test_quantize_needs_a_calibration_folder(cli, tmp_path):
-    code, _, err = cli("convert", DATA / "mobilenet_v1_0.25_128_quant.tflite", "--to", "tflite", "--quantize", "uint8", "-o", tmp_path)
+    code, _, err = cli(
+        "convert", DATA / "mobilenet_v1_0.25_128_quant.tflite", "--to", "tflite", "--quantize", "uint8", "-o", tmp_path
+    )
     assert code == 1 and "--calibration" in err and not any(tmp_path.iterdir())
 
 

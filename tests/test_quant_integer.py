@@ -70,6 +70,7 @@ def test_numpy_reference_matches_tflite(models, references, variant):
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_torch_eager_module_matches_tflite(models, references, variant):
     from mobilenet_zoo.formats.torch import _quant as torch_quant
+
     module = torch_quant.build_module(quant_math.integer_network(models[variant]))
     assert_matches_tflite(torch_quant.QuantTorchRunner(module, VARIANTS[variant]), variant, references, "torch eager")
 
@@ -107,7 +108,10 @@ def test_torch_folder_reads_back_the_integers(torch_folders, models):
         assert back.quant.tensors[name].values.dtype == tensor.values.dtype
         assert float(back.quant.tensors[name].params.scale) == float(tensor.params.scale)
     for key, params in model.quant.activations.items():
-        assert (float(back.quant.activations[key].scale), int(back.quant.activations[key].zero_point)) == (float(params.scale), int(params.zero_point))
+        assert (float(back.quant.activations[key].scale), int(back.quant.activations[key].zero_point)) == (
+            float(params.scale),
+            int(params.zero_point),
+        )
 
 
 @pytest.mark.slow
@@ -136,7 +140,10 @@ def test_changed_requantization_scale_exceeds_threshold(models, references):
     """One kernel scale off by 10% changes one layer's multiplier: numpy, torch and TF must all leave the 0 LSB bar."""
     model = models["0.25_128"]
     weights = model.quant.tensors[BROKEN_WEIGHTS]
-    broken_tensors = {**model.quant.tensors, BROKEN_WEIGHTS: QuantizedTensor(weights.values, replace(weights.params, scale=weights.params.scale * 1.1))}
+    broken_tensors = {
+        **model.quant.tensors,
+        BROKEN_WEIGHTS: QuantizedTensor(weights.values, replace(weights.params, scale=weights.params.scale * 1.1)),
+    }
     broken = replace(model, quant=QuantInfo(broken_tensors, model.quant.activations))
     pytest.importorskip("torch")
     pytest.importorskip("tensorflow")
@@ -199,7 +206,9 @@ def test_float_model_is_refused():
 def requantization_probes(conv: quant_math.FloatConvPlan) -> np.ndarray:
     """Accumulators (bias included) at, just below and just above every output step, and at the plan's bounds."""
     steps = []
-    for multiplier, rounding, shift in {tuple(map(int, key)) for key in zip(conv.multiplier, conv.rounding, conv.shift)}:
+    for multiplier, rounding, shift in {
+        tuple(map(int, key)) for key in zip(conv.multiplier, conv.rounding, conv.shift)
+    }:
         steps += [-((rounding - (value << shift)) // multiplier) for value in range(conv.low, conv.high + 2)]
     bound = int(conv.accumulator_bound.max())
     probes = np.array(sorted({step + delta for step in steps for delta in (-1, 0, 1)} | {-bound, bound}), np.int64)
@@ -210,7 +219,9 @@ def integer_requantization(accumulators: np.ndarray, conv: quant_math.FloatConvP
     """The spec: `quant_math.requantize` of the accumulators, back in the output's offset domain."""
     requantization = conv.layer.requantization
     scaled = quant_math.multiply_by_quantized_multiplier(accumulators, requantization.multiplier, requantization.shift)
-    return np.clip(scaled + requantization.zero_point, requantization.low, requantization.high) - requantization.zero_point
+    return (
+        np.clip(scaled + requantization.zero_point, requantization.low, requantization.high) - requantization.zero_point
+    )
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -226,7 +237,9 @@ def test_float_plan_requantizes_like_the_integer_spec(models, variant):
         candidates = ["float64", "int64"] + (["float32"] if conv.scale32 is not None else [])
         for mode in candidates:
             got = quant_math.float_requantize(probes, replace(conv, requantize_dtype=mode))
-            np.testing.assert_array_equal(got, np.broadcast_to(expected, got.shape), err_msg=f"{conv.layer.scope} {mode}")
+            np.testing.assert_array_equal(
+                got, np.broadcast_to(expected, got.shape), err_msg=f"{conv.layer.scope} {mode}"
+            )
 
 
 def test_float32_requantization_check_is_not_vacuous(models):

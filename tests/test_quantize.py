@@ -60,7 +60,10 @@ def float_model(real_model) -> MobileNetV1Model:
 def images() -> dict[str, np.ndarray]:
     """The real images as float32 (float model) and uint8 (quantized model) batches."""
     paths = [DATA / name for name in IMAGES]
-    return {"float": load_batch(paths, RESOLUTION, quantized=False), "uint8": load_batch(paths, RESOLUTION, quantized=True)}
+    return {
+        "float": load_batch(paths, RESOLUTION, quantized=False),
+        "uint8": load_batch(paths, RESOLUTION, quantized=True),
+    }
 
 
 @pytest.fixture(scope="session")
@@ -97,7 +100,9 @@ def check_against_float(probabilities: np.ndarray, float_probabilities: np.ndarr
     """Raw uint8 probabilities agree with the float model: same top-1 (the known classes), close values."""
     top1 = probabilities.argmax(axis=1)
     difference = float(np.abs(probabilities / OUTPUT_SCALE - float_probabilities).max())
-    print(f"{label}: top-1 {top1.tolist()} (float {float_probabilities.argmax(axis=1).tolist()}), max probability difference {difference:.4f}")
+    print(
+        f"{label}: top-1 {top1.tolist()} (float {float_probabilities.argmax(axis=1).tolist()}), max probability difference {difference:.4f}"
+    )
     np.testing.assert_array_equal(top1, float_probabilities.argmax(axis=1))
     np.testing.assert_array_equal(top1, [EXPECTED_TOP1[name] for name in IMAGES])
     assert difference <= MAX_PROBABILITY_DIFFERENCE, f"{label}: probabilities differ by {difference:.4f}"
@@ -110,7 +115,9 @@ def test_ptq_model_agrees_with_float_model_in_tflite(ptq_model, interpreter_outp
 
 def test_released_model_passes_the_same_check(real_model, interpreter_outputs, float_probabilities):
     """The yardstick: the released uint8 model itself against its float weights."""
-    check_against_float(interpreter_outputs(real_model, "released")["probabilities"], float_probabilities, "released uint8 in TFLite")
+    check_against_float(
+        interpreter_outputs(real_model, "released")["probabilities"], float_probabilities, "released uint8 in TFLite"
+    )
 
 
 def test_integer_forward_matches_interpreter(ptq_model, interpreter_outputs, images):
@@ -121,7 +128,9 @@ def test_integer_forward_matches_interpreter(ptq_model, interpreter_outputs, ima
         assert worst == 0
 
 
-@pytest.mark.parametrize("fmt", ["onnx", pytest.param("tf", marks=pytest.mark.slow), pytest.param("torch", marks=pytest.mark.slow)])
+@pytest.mark.parametrize(
+    "fmt", ["onnx", pytest.param("tf", marks=pytest.mark.slow), pytest.param("torch", marks=pytest.mark.slow)]
+)
 def test_other_quantized_writers_run_the_ptq_model(ptq_model, interpreter_outputs, images, tmp_path, fmt):
     """The PTQ model is an ordinary quantized canonical model: each quantized writer takes it."""
     pytest.importorskip({"onnx": "onnxruntime", "tf": "tensorflow", "torch": "torch"}[fmt])
@@ -136,15 +145,23 @@ def test_other_quantized_writers_run_the_ptq_model(ptq_model, interpreter_output
 def test_zero_calibration_fails_the_check(float_model, interpreter_outputs, float_probabilities):
     broken = quantize_uint8(float_model, np.zeros((4, RESOLUTION, RESOLUTION, 3), np.float32))
     with pytest.raises(AssertionError):
-        check_against_float(interpreter_outputs(broken, "zero_calibration")["probabilities"], float_probabilities, "zero calibration")
+        check_against_float(
+            interpreter_outputs(broken, "zero_calibration")["probabilities"], float_probabilities, "zero calibration"
+        )
 
 
 def test_ptq_model_has_the_released_scheme(ptq_model, real_model):
     quant, config = ptq_model.quant, ptq_model.config
     assert config.quantized and config.name == real_model.config.name
     assert quant.activations.keys() == real_model.quant.activations.keys()
-    assert (float(quant.activations[INPUT_ACTIVATION].scale), int(quant.activations[INPUT_ACTIVATION].zero_point)) == (1 / 128, 128)
-    assert (float(quant.activations[OUTPUT_ACTIVATION].scale), int(quant.activations[OUTPUT_ACTIVATION].zero_point)) == (1 / 256, 0)
+    assert (float(quant.activations[INPUT_ACTIVATION].scale), int(quant.activations[INPUT_ACTIVATION].zero_point)) == (
+        1 / 128,
+        128,
+    )
+    assert (
+        float(quant.activations[OUTPUT_ACTIVATION].scale),
+        int(quant.activations[OUTPUT_ACTIVATION].zero_point),
+    ) == (1 / 256, 0)
     assert quant.activations[POOL_ACTIVATION] == quant.activations[config.layers()[-1].scope]
     previous = INPUT_ACTIVATION
     for layer in config.layers():
@@ -160,21 +177,30 @@ def test_ptq_model_has_the_released_scheme(ptq_model, real_model):
 
 def test_kernels_requantize_to_the_released_integers(ptq_model, real_model):
     """A released kernel spanning the whole narrow range 1..255 comes back with the same integers, scale and zero point."""
-    full_range = [name for name, tensor in real_model.quant.tensors.items()
-                  if tensor.values.dtype == np.uint8 and (tensor.values.min(), tensor.values.max()) == (1, 255)]
+    full_range = [
+        name
+        for name, tensor in real_model.quant.tensors.items()
+        if tensor.values.dtype == np.uint8 and (tensor.values.min(), tensor.values.max()) == (1, 255)
+    ]
     assert len(full_range) >= 27
     for name in full_range:
         got, released = ptq_model.quant.tensors[name], real_model.quant.tensors[name]
         np.testing.assert_array_equal(got.values, released.values, err_msg=name)
-        assert (float(got.params.scale), int(got.params.zero_point)) == (float(released.params.scale), int(released.params.zero_point))
+        assert (float(got.params.scale), int(got.params.zero_point)) == (
+            float(released.params.scale),
+            int(released.params.zero_point),
+        )
 
 
-@pytest.mark.parametrize(("low", "high", "scale", "zero_point"), [
-    (-1.0, 1.0, 2 / 255, 128),  # 127.5 rounds away from zero
-    (0.0, 6.0, 6 / 255, 0),
-    (0.5, 2.0, 2 / 255, 0),  # the range is widened to include 0
-    (-3.0, -1.0, 3 / 255, 255),
-])
+@pytest.mark.parametrize(
+    ("low", "high", "scale", "zero_point"),
+    [
+        (-1.0, 1.0, 2 / 255, 128),  # 127.5 rounds away from zero
+        (0.0, 6.0, 6 / 255, 0),
+        (0.5, 2.0, 2 / 255, 0),  # the range is widened to include 0
+        (-3.0, -1.0, 3 / 255, 255),
+    ],
+)
 def test_choose_params_nudges_the_zero_point(low, high, scale, zero_point):
     params = choose_params(low, high)
     assert params.scale == np.float32(scale) and int(params.zero_point) == zero_point
@@ -200,7 +226,7 @@ def test_load_calibration_folder(tmp_path):
     (tmp_path / "notes.txt").write_text("not an image")
     batch = load_calibration(tmp_path, RESOLUTION)
     assert batch.shape == (2, RESOLUTION, RESOLUTION, 3) and batch.dtype == np.float32
-    assert -1.0 <= batch.min() and batch.max() <= 1.0
+    assert batch.min() >= -1.0 and batch.max() <= 1.0
 
 
 def test_load_calibration_refuses_missing_and_empty_folders(tmp_path):

@@ -18,20 +18,30 @@ DATA = Path(__file__).parent / "data"
 
 # Computed from the architecture (1001 classes, SAME padding); parameters under arch.PARAMETER_CONVENTION.
 COMPUTED = {
-    (1.0, 224): (568_741_376, 4_233_001), (1.0, 192): (418_122_752, 4_233_001),
-    (1.0, 160): (290_676_224, 4_233_001), (1.0, 128): (186_401_792, 4_233_001),
-    (0.75, 224): (325_401_216, 2_586_329), (0.75, 192): (239_274_240, 2_586_329),
-    (0.75, 160): (166_397_568, 2_586_329), (0.75, 128): (106_771_200, 2_586_329),
-    (0.5, 224): (149_497_600, 1_332_105), (0.5, 192): (109_970_944, 1_332_105),
-    (0.5, 160): (76_525_312, 1_332_105), (0.5, 128): (49_160_704, 1_332_105),
-    (0.25, 224): (41_030_528, 470_329), (0.25, 192): (30_212_864, 470_329),
-    (0.25, 160): (21_059_456, 470_329), (0.25, 128): (13_570_304, 470_329),
+    (1.0, 224): (568_741_376, 4_233_001),
+    (1.0, 192): (418_122_752, 4_233_001),
+    (1.0, 160): (290_676_224, 4_233_001),
+    (1.0, 128): (186_401_792, 4_233_001),
+    (0.75, 224): (325_401_216, 2_586_329),
+    (0.75, 192): (239_274_240, 2_586_329),
+    (0.75, 160): (166_397_568, 2_586_329),
+    (0.75, 128): (106_771_200, 2_586_329),
+    (0.5, 224): (149_497_600, 1_332_105),
+    (0.5, 192): (109_970_944, 1_332_105),
+    (0.5, 160): (76_525_312, 1_332_105),
+    (0.5, 128): (49_160_704, 1_332_105),
+    (0.25, 224): (41_030_528, 470_329),
+    (0.25, 192): (30_212_864, 470_329),
+    (0.25, 160): (21_059_456, 470_329),
+    (0.25, 128): (13_570_304, 470_329),
 }
 
 
 def slim_table() -> dict[str, tuple[float, float, float, float]]:
     """The published rows of the TF-slim page, keyed by our variant name."""
-    rows = re.findall(r"^MobileNet_v1_(\S+) (\d+) ([\d.]+) ([\d.]+) ([\d.]+)$", (DATA / "slim_mobilenet_v1.md").read_text(), re.M)
+    rows = re.findall(
+        r"^MobileNet_v1_(\S+) (\d+) ([\d.]+) ([\d.]+) ([\d.]+)$", (DATA / "slim_mobilenet_v1.md").read_text(), re.M
+    )
     table = {}
     for tag, *figures in rows:
         name = "mobilenet_v1_" + tag.replace("0.50_", "0.5_")
@@ -40,7 +50,9 @@ def slim_table() -> dict[str, tuple[float, float, float, float]]:
 
 
 def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "mobilenet_zoo", *args], capture_output=True, text=True, env=env, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "mobilenet_zoo", *args], capture_output=True, text=True, env=env, timeout=120
+    )
 
 
 def test_list_json_equals_the_slim_table_with_computed_figures_beside():
@@ -69,8 +81,11 @@ def test_published_parameters_match_the_count_within_0_01_million():
 
 
 def test_rows_where_published_macs_differ_from_the_count_are_the_known_quirks():
-    differing = {v.name.removesuffix("_quant") for v in load_registry()
-                 if abs(v.published.macs_millions - v.computed_macs_millions) > 0.5}
+    differing = {
+        v.name.removesuffix("_quant")
+        for v in load_registry()
+        if abs(v.published.macs_millions - v.computed_macs_millions) > 0.5
+    }
     assert differing == {f"mobilenet_v1_0.75_{r}" for r in (224, 192, 160, 128)} | {"mobilenet_v1_0.25_192"}
 
 
@@ -82,13 +97,16 @@ def test_known_checksums_are_in_the_registry():
     assert sum(v.checksum is not None for v in zoo) == 4
 
 
-@pytest.mark.parametrize(("alias", "name"), [
-    ("1.0_224", "mobilenet_v1_1.0_224"),
-    ("0.5-160-quant", "mobilenet_v1_0.5_160_quant"),
-    ("MobileNet_v1_0.50_160", "mobilenet_v1_0.5_160"),
-    ("mobilenet_v1_0.25_128_quant", "mobilenet_v1_0.25_128_quant"),
-    (".75_192", "mobilenet_v1_0.75_192"),
-])
+@pytest.mark.parametrize(
+    ("alias", "name"),
+    [
+        ("1.0_224", "mobilenet_v1_1.0_224"),
+        ("0.5-160-quant", "mobilenet_v1_0.5_160_quant"),
+        ("MobileNet_v1_0.50_160", "mobilenet_v1_0.5_160"),
+        ("mobilenet_v1_0.25_128_quant", "mobilenet_v1_0.25_128_quant"),
+        (".75_192", "mobilenet_v1_0.75_192"),
+    ],
+)
 def test_names_are_forgiving(alias, name):
     assert load_registry().get(alias).name == name
 
@@ -103,8 +121,13 @@ def test_filters_and_sort():
     names = [v["name"] for v in json.loads(result.stdout)]
     assert names == ["mobilenet_v1_0.5_224_quant", "mobilenet_v1_0.5_192_quant", "mobilenet_v1_0.5_160_quant"]
     cheap = json.loads(run_cli("list", "--json", "--float", "--max-macs", "50").stdout)
-    assert {v["name"] for v in cheap} == {"mobilenet_v1_0.5_128", "mobilenet_v1_0.25_224", "mobilenet_v1_0.25_192",
-                                          "mobilenet_v1_0.25_160", "mobilenet_v1_0.25_128"}
+    assert {v["name"] for v in cheap} == {
+        "mobilenet_v1_0.5_128",
+        "mobilenet_v1_0.25_224",
+        "mobilenet_v1_0.25_192",
+        "mobilenet_v1_0.25_160",
+        "mobilenet_v1_0.25_128",
+    }
 
 
 def test_user_registry_extends_and_overrides(tmp_path):
@@ -124,15 +147,21 @@ def test_user_registry_extends_and_overrides(tmp_path):
     assert len(load_registry(user)) == 2
 
 
-@pytest.mark.parametrize(("text", "message"), [
-    ("variants: [", "invalid YAML at line"),
-    ("variants: []", "'variants' must be a non-empty list"),
-    ("variants:\n  - {name: a, alpha: 1.0}", "missing field 'resolution'"),
-    ("variants:\n  - {name: a, alpha: 1.0, resolution: 224}\n  - {name: a, alpha: 1.0, resolution: 192}", "duplicate variant name 'a'"),
-    ("variants:\n  - {name: a, alpha: 1.0, resolution: 224, sha256: xyz}", "sha256 must be 64 hex digits"),
-    ("variants:\n  - {name: a, alpha: -1, resolution: 224}", "alpha must be a number"),
-    ("variants:\n  - {name: a, alpha: 1.0, resolution: 224, colour: red}", "unknown field 'colour'"),
-])
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("variants: [", "invalid YAML at line"),
+        ("variants: []", "'variants' must be a non-empty list"),
+        ("variants:\n  - {name: a, alpha: 1.0}", "missing field 'resolution'"),
+        (
+            "variants:\n  - {name: a, alpha: 1.0, resolution: 224}\n  - {name: a, alpha: 1.0, resolution: 192}",
+            "duplicate variant name 'a'",
+        ),
+        ("variants:\n  - {name: a, alpha: 1.0, resolution: 224, sha256: xyz}", "sha256 must be 64 hex digits"),
+        ("variants:\n  - {name: a, alpha: -1, resolution: 224}", "alpha must be a number"),
+        ("variants:\n  - {name: a, alpha: 1.0, resolution: 224, colour: red}", "unknown field 'colour'"),
+    ],
+)
 def test_malformed_user_registry_is_one_clear_line(tmp_path, text, message):
     user = tmp_path / "bad.yaml"
     user.write_text(text)

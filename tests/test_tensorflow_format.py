@@ -113,13 +113,19 @@ def test_frozen_graph_has_the_slim_node_names(extracted_variant):
     assert ops["MobilenetV1/Logits/AvgPool_1a/AvgPool"] == "AvgPool"
     assert ops["MobilenetV1/Logits/Conv2d_1c_1x1/BiasAdd"] == "BiasAdd"
     assert ops[LOGITS_NODE] == "Squeeze"
-    assert [ops[f"MobilenetV1/Predictions/{name}"] for name in ("Reshape", "Softmax", "Reshape_1")] == ["Reshape", "Softmax", "Reshape"]
+    assert [ops[f"MobilenetV1/Predictions/{name}"] for name in ("Reshape", "Softmax", "Reshape_1")] == [
+        "Reshape",
+        "Softmax",
+        "Reshape",
+    ]
 
 
 def test_checkpoint_variables_have_slim_names_and_shapes(extracted_variant):
     folder = extracted_variant(SMALL.alpha, SMALL.resolution)
     reader = tf.train.load_checkpoint(str(folder / f"{SMALL.name}.ckpt"))
-    assert {name: tuple(shape) for name, shape in reader.get_variable_to_shape_map().items()} == SMALL.checkpoint_shapes()
+    assert {
+        name: tuple(shape) for name, shape in reader.get_variable_to_shape_map().items()
+    } == SMALL.checkpoint_shapes()
 
 
 @pytest.mark.parametrize("member", [".ckpt", ".ckpt.index", ".ckpt.meta", ".ckpt.data-00000-of-00001", "_frozen.pb"])
@@ -172,7 +178,9 @@ def test_frozen_graph_matches_numpy_and_saved_model_matches_frozen_graph(config,
     expected = numpy_reference.forward(random_model(config, seed=FIXTURE_SEED), images)
     frozen_vs_numpy = max_abs_diff(frozen["logits"], expected)
     saved_vs_frozen = max_abs_diff(saved["logits"], frozen["logits"])
-    print(f"{config.name}: max abs logits diff frozen vs numpy {frozen_vs_numpy:.3g}, SavedModel vs frozen {saved_vs_frozen:.3g}")
+    print(
+        f"{config.name}: max abs logits diff frozen vs numpy {frozen_vs_numpy:.3g}, SavedModel vs frozen {saved_vs_frozen:.3g}"
+    )
     assert frozen_vs_numpy <= LOGITS_TOLERANCE
     assert saved_vs_frozen <= LOGITS_TOLERANCE
     np.testing.assert_allclose(saved["probabilities"], frozen["probabilities"], atol=1e-6)
@@ -298,7 +306,9 @@ def _freeze(tmp_path, build) -> object:
         output = build(tf.compat.v1.placeholder(tf.float32, [None, 32, 32, 3], name=INPUT_NODE))
         with tf.compat.v1.Session() as session:
             session.run(tf.compat.v1.global_variables_initializer())
-            frozen = tf.compat.v1.graph_util.convert_variables_to_constants(session, graph.as_graph_def(), [output.op.name])
+            frozen = tf.compat.v1.graph_util.convert_variables_to_constants(
+                session, graph.as_graph_def(), [output.op.name]
+            )
     path = tmp_path / "other_frozen.pb"
     path.write_bytes(frozen.SerializeToString())
     return path
@@ -310,7 +320,9 @@ def test_non_mobilenet_graph_is_refused(tmp_path):
         return tf.reduce_mean(tf.nn.conv2d(images, kernel, 1, "SAME"), axis=[1, 2], name="Mean")
 
     path = _freeze(tmp_path, tiny_classifier)
-    with pytest.raises(ModelFormatError, match="not a MobileNet V1 model: no tensor named MobilenetV1/Conv2d_0/weights"):
+    with pytest.raises(
+        ModelFormatError, match="not a MobileNet V1 model: no tensor named MobilenetV1/Conv2d_0/weights"
+    ):
         tf_format.read(path)
     with pytest.raises(ModelFormatError, match=f"not a MobileNet V1 graph: no node {LOGITS_NODE}"):
         tf_format.load_runner(path)

@@ -47,7 +47,13 @@ def test_reads_real_uint8_model(real_models, variant):
     assert (model.config.alpha, model.config.resolution, model.config.quantized) == (alpha, resolution, True)
     assert model.is_folded and set(model.weights) == set(model.config.folded_shapes())
     scopes = [layer.scope for layer in model.config.layers()]
-    assert set(model.quant.activations) == {INPUT_ACTIVATION, POOL_ACTIVATION, LOGITS_ACTIVATION, OUTPUT_ACTIVATION, *scopes}
+    assert set(model.quant.activations) == {
+        INPUT_ACTIVATION,
+        POOL_ACTIVATION,
+        LOGITS_ACTIVATION,
+        OUTPUT_ACTIVATION,
+        *scopes,
+    }
     # The input and output quantization the release documents.
     assert float(model.quant.activations[INPUT_ACTIVATION].scale) == 0.0078125
     assert int(model.quant.activations[INPUT_ACTIVATION].zero_point) == 128

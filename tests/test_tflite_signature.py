@@ -31,10 +31,14 @@ FROZEN_TOP1 = [20, 286, 653, 89]  # bird, cat, grace_hopper, parrot under the ge
 
 def signature_runner(path: Path, resolver: OpResolverType = OpResolverType.AUTO):
     """LiteRT's own signature runner; AUTO is the default runtime (the XNNPACK delegate)."""
-    return Interpreter(model_path=str(path), experimental_op_resolver_type=resolver).get_signature_runner("serving_default")
+    return Interpreter(model_path=str(path), experimental_op_resolver_type=resolver).get_signature_runner(
+        "serving_default"
+    )
 
 
-def batch_and_singles(path: Path, images: np.ndarray, resolver: OpResolverType = OpResolverType.AUTO) -> tuple[dict, dict]:
+def batch_and_singles(
+    path: Path, images: np.ndarray, resolver: OpResolverType = OpResolverType.AUTO
+) -> tuple[dict, dict]:
     """The signature's outputs on the whole batch, and on each image alone (concatenated)."""
     runner = signature_runner(path, resolver)
     batched = runner(input=images)
@@ -49,13 +53,17 @@ def lsb(a: np.ndarray, b: np.ndarray) -> int:
 def uint8_images(resolution: int) -> np.ndarray:
     """The four real photos plus random images: BATCH * 2 uint8 inputs."""
     photos = load_batch(real_images(), resolution, quantized=True)
-    noise = np.random.default_rng(3).integers(0, 256, (BATCH * 2 - len(photos), resolution, resolution, 3), dtype=np.uint8)
+    noise = np.random.default_rng(3).integers(
+        0, 256, (BATCH * 2 - len(photos), resolution, resolution, 3), dtype=np.uint8
+    )
     return np.concatenate([photos, noise])
 
 
 def original_intermediates(path: Path, images: np.ndarray, names: list[str]) -> dict[str, np.ndarray]:
     """Tensors of the released file by name (its logits, its feature maps), one image per invoke on the builtin kernels."""
-    interpreter = Interpreter(model_path=str(path), experimental_op_resolver_type=BUILTIN, experimental_preserve_all_tensors=True)
+    interpreter = Interpreter(
+        model_path=str(path), experimental_op_resolver_type=BUILTIN, experimental_preserve_all_tensors=True
+    )
     interpreter.allocate_tensors()
     by_name = {detail["name"].split(";")[0]: detail["index"] for detail in interpreter.get_tensor_details()}
     collected = {name: [] for name in names}
@@ -108,8 +116,11 @@ def test_signature_names_input_and_outputs(uint8_files):
     assert image["shape_signature"].tolist() == [-1, 128, 128, 3] and image["dtype"] == np.uint8
     # the uint8 logits carry the quantization of the original's SpatialSqueeze
     outputs = interpreter.get_signature_runner().get_output_details()
-    original_logits = next(detail for detail in Interpreter(model_path=str(original)).get_tensor_details()
-                           if detail["name"] == "MobilenetV1/Logits/SpatialSqueeze1")
+    original_logits = next(
+        detail
+        for detail in Interpreter(model_path=str(original)).get_tensor_details()
+        if detail["name"] == "MobilenetV1/Logits/SpatialSqueeze1"
+    )
     assert outputs["logits"]["dtype"] == np.uint8
     assert outputs["logits"]["quantization"] == original_logits["quantization"]
 
@@ -127,7 +138,12 @@ def test_uint8_batch_matches_the_original_bit_for_bit(uint8_files, name):
         window = {key: values[start : start + BATCH] for key, values in expected.items()}
         assert_same_uint8(batched, window)
         assert_same_uint8(singles, window)
-    assert signature_runner(ours, BUILTIN)(input=images[:BATCH])["probabilities"].argmax(axis=1).tolist() == [20, 286, 401, 89]
+    assert signature_runner(ours, BUILTIN)(input=images[:BATCH])["probabilities"].argmax(axis=1).tolist() == [
+        20,
+        286,
+        401,
+        89,
+    ]
 
 
 def test_uint8_resize_tensor_input(uint8_files):

@@ -24,8 +24,8 @@ from mobilenet_zoo import numpy_forward as numpy_reference
 from mobilenet_zoo.arch import Backbone, ModelConfig
 from mobilenet_zoo.errors import ModelFormatError
 from mobilenet_zoo.formats import torch as torch_format
-from mobilenet_zoo.model import MobileNetV1Model, random_model
 from mobilenet_zoo.formats.torch._module import MobileNetV1, build_module
+from mobilenet_zoo.model import MobileNetV1Model, random_model
 
 CONFIGS = [ModelConfig(0.25, 128), ModelConfig(0.5, 160), ModelConfig(1.0, 224)]
 SMALL = CONFIGS[0]
@@ -62,7 +62,9 @@ def written(models, tmp_path_factory):
     return folders
 
 
-def seeded_images(config: ModelConfig, batch: int = BATCH, height: int | None = None, width: int | None = None) -> np.ndarray:
+def seeded_images(
+    config: ModelConfig, batch: int = BATCH, height: int | None = None, width: int | None = None
+) -> np.ndarray:
     shape = (batch, height or config.resolution, width or config.resolution, 3)
     return np.random.default_rng(config.resolution).uniform(-1, 1, shape).astype(np.float32)
 
@@ -89,7 +91,11 @@ def test_module_matches_tensorflow_unfolded_and_folded(config, models, reference
         module = build_module(variant)
         assert isinstance(module.layers["Conv2d_0"].bn, torch.nn.BatchNorm2d) != variant.is_folded
         label = "folded" if variant.is_folded else "unfolded"
-        assert_parity(f"{config.name} module ({label})", module_logits(module, seeded_images(config)), reference_logits[config.name])
+        assert_parity(
+            f"{config.name} module ({label})",
+            module_logits(module, seeded_images(config)),
+            reference_logits[config.name],
+        )
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda c: c.name)
@@ -267,7 +273,8 @@ def test_folder_layout_and_metadata(written):
     """One copy of the weights besides the program: model.safetensors, with our metadata and transformers' "format"."""
     folder = written[SMALL.name]
     assert sorted(p.name for p in folder.iterdir()) == sorted(
-        [f"{SMALL.name}.pt2", "config.json", "model.safetensors", "preprocessor_config.json"])
+        [f"{SMALL.name}.pt2", "config.json", "model.safetensors", "preprocessor_config.json"]
+    )
     metadata = torch_format.recorded_metadata(folder)
     assert metadata["producer"] == "mobilenet-zoo" and metadata["name"] == SMALL.name
     assert (metadata["format"], metadata["layout"]) == ("pt", "transformers")
@@ -287,7 +294,9 @@ def test_non_mobilenet_safetensors_refused(tmp_path):
     with pytest.raises(ModelFormatError, match="not a MobileNet V1 safetensors file"):
         torch_format.read(foreign)
     hf_weights_alone = tmp_path / "model.safetensors"
-    safetensors_numpy.save_file({"encoder.weight": np.zeros((4, 4), np.float32)}, str(hf_weights_alone), metadata={"format": "pt"})
+    safetensors_numpy.save_file(
+        {"encoder.weight": np.zeros((4, 4), np.float32)}, str(hf_weights_alone), metadata={"format": "pt"}
+    )
     with pytest.raises(ModelFormatError, match="not a MobileNet V1 safetensors file"):
         torch_format.read(hf_weights_alone)
     (tmp_path / "garbage.safetensors").write_bytes(b"\xff" * 64)

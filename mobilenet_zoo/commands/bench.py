@@ -30,32 +30,59 @@ def _batch_sizes(values: list[str]) -> tuple[int, ...]:
 
 def print_results(results) -> None:
     """A table of the measured runs, then each distinct note (skipped or failed runtimes, threads)."""
-    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True, title="median (p50) and p90 latency after warm-up; runtime×threads")
+    table = Table(
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+        collapse_padding=True,
+        title="median (p50) and p90 latency after warm-up; runtime×threads",
+    )
     for header in ("model", "runtime", "batch", "p50 ms", "p90 ms", "img/s", "GFLOP/s", "MB", "RSS MB"):
         table.add_column(header, justify="left" if header in ("model", "runtime") else "right", no_wrap=True)
     for r in results:
         size = r.size_bytes / 1e6 if r.size_bytes is not None else None
         runtime = f"{r.runtime}×{r.threads}" if r.threads else r.runtime
         latency = (fmt(r.median_ms, 2), fmt(r.p90_ms, 2)) if r.status == "ok" else (f"[red]{r.status}[/red]", "")
-        table.add_row(r.model.removeprefix("mobilenet_v1_"), runtime, str(r.batch), *latency, fmt(r.images_per_s),
-                      fmt(r.gflops_per_s, 2), fmt(size, 2), fmt(r.peak_rss_mb, 0))
+        table.add_row(
+            r.model.removeprefix("mobilenet_v1_"),
+            runtime,
+            str(r.batch),
+            *latency,
+            fmt(r.images_per_s),
+            fmt(r.gflops_per_s, 2),
+            fmt(size, 2),
+            fmt(r.peak_rss_mb, 0),
+        )
     console.print(table)
-    for model, runtime, status, note in dict.fromkeys((r.model, r.runtime, r.status, r.note) for r in results if r.note):
-        console.print(f"{model} in {runtime}: [{'yellow' if status == 'ok' else 'red'}]{status}[/]: {note}", soft_wrap=True)
+    for model, runtime, status, note in dict.fromkeys(
+        (r.model, r.runtime, r.status, r.note) for r in results if r.note
+    ):
+        console.print(
+            f"{model} in {runtime}: [{'yellow' if status == 'ok' else 'red'}]{status}[/]: {note}", soft_wrap=True
+        )
 
 
 def bench_command(
     sources: List[str] = typer.Argument(..., help="Registry names, tarballs, official folders or model files/folders."),
-    runtimes: List[str] = typer.Option([], "--runtimes", help="tf, tflite, onnxruntime, torch (comma-separate). Default: a file's own runtime, else all."),
+    runtimes: List[str] = typer.Option(
+        [],
+        "--runtimes",
+        help="tf, tflite, onnxruntime, torch (comma-separate). Default: a file's own runtime, else all.",
+    ),
     batch: List[str] = typer.Option(["1"], "--batch", help="Batch sizes, e.g. 1,8."),
-    threads: Optional[int] = typer.Option(None, "--threads", help="Threads per runtime (default: each runtime's own choice)."),
+    threads: Optional[int] = typer.Option(
+        None, "--threads", help="Threads per runtime (default: each runtime's own choice)."
+    ),
     warmup: int = typer.Option(5, "--warmup", help="Untimed runs before timing."),
     min_time: float = typer.Option(2.0, "--min-time", help="Time each batch size for at least this many seconds..."),
     min_runs: int = typer.Option(20, "--min-runs", help="...and at least this many runs..."),
     max_runs: int = typer.Option(1000, "--max-runs", help="...but never more than this many runs."),
-    csv_file: Optional[Path] = typer.Option(None, "--csv", help="Append the results to this CSV file (header written once)."),
+    csv_file: Optional[Path] = typer.Option(
+        None, "--csv", help="Append the results to this CSV file (header written once)."
+    ),
     registry: Optional[Path] = RegistryOption,
-    mirror: Optional[str] = typer.Option(None, "--mirror", envvar=MIRROR_ENV, help="Base URL replacing the official one."),
+    mirror: Optional[str] = typer.Option(
+        None, "--mirror", envvar=MIRROR_ENV, help="Base URL replacing the official one."
+    ),
     offline: bool = OfflineOption,
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
@@ -68,7 +95,9 @@ def bench_command(
         raise ZooError(f"--csv {csv_file}: the folder {csv_file.expanduser().parent} does not exist")
     timing = Timing(warmup=warmup, min_time=min_time, min_runs=min_runs, max_runs=max_runs)
     with err_console.status("benchmarking (each runtime in its own process)"):
-        results = bench(sources, _split(runtimes) or None, _batch_sizes(batch), threads, timing, registry=registry, mirror=mirror)
+        results = bench(
+            sources, _split(runtimes) or None, _batch_sizes(batch), threads, timing, registry=registry, mirror=mirror
+        )
     if csv_file:
         append_csv(results, csv_file)
     if as_json:
@@ -81,8 +110,12 @@ def bench_command(
 
 
 def plot_command(
-    output: Path = typer.Option(Path("mobilenet_zoo.png"), "-o", "--output", help="Image to write (.png, .svg or .pdf)."),
-    bench_results: Optional[Path] = typer.Option(None, "--bench", help="CSV or JSON written by `bench`: adds accuracy vs latency."),
+    output: Path = typer.Option(
+        Path("mobilenet_zoo.png"), "-o", "--output", help="Image to write (.png, .svg or .pdf)."
+    ),
+    bench_results: Optional[Path] = typer.Option(
+        None, "--bench", help="CSV or JSON written by `bench`: adds accuracy vs latency."
+    ),
     registry: Optional[Path] = RegistryOption,
 ) -> None:
     """Chart top-1 accuracy against MACs for the zoo (and against measured latency with --bench)."""

@@ -55,7 +55,12 @@ def list_command(
     if as_json:
         print_json([v.as_dict() for v in variants])
         return
-    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, caption="MACs and parameters in millions, as published and as computed (calc)", title=f"MobileNet V1 zoo ({len(variants)} of {len(zoo)} variants)")
+    table = Table(
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+        caption="MACs and parameters in millions, as published and as computed (calc)",
+        title=f"MobileNet V1 zoo ({len(variants)} of {len(zoo)} variants)",
+    )
     table.add_column("name", no_wrap=True)
     for header in ("MACs", "calc", "params", "calc", "top1", "top5"):
         table.add_column(header, justify="right", no_wrap=True)
@@ -63,9 +68,12 @@ def list_command(
         p = v.published
         table.add_row(
             v.name,
-            fmt(p.macs_millions if p else None), fmt(v.computed_macs_millions),
-            fmt(p.params_millions if p else None, 2), fmt(v.computed_params_millions, 3),
-            fmt(p.top1 if p else None), fmt(p.top5 if p else None),
+            fmt(p.macs_millions if p else None),
+            fmt(v.computed_macs_millions),
+            fmt(p.params_millions if p else None, 2),
+            fmt(v.computed_params_millions, 3),
+            fmt(p.top1 if p else None),
+            fmt(p.top5 if p else None),
         )
     console.print(table)
 

@@ -41,26 +41,43 @@ def _print_result(result) -> None:
     for skipped in result.skipped:
         err_console.print(f"[yellow]skipped[/yellow] {skipped.reason}", soft_wrap=True, highlight=False)
     skipped = f", {len(result.skipped)} skipped" if result.skipped else ""
-    console.print(f"[bold]{result.variant or result.model}[/bold] on {result.data}: {result.images} images{skipped}", soft_wrap=True)
+    console.print(
+        f"[bold]{result.variant or result.model}[/bold] on {result.data}: {result.images} images{skipped}",
+        soft_wrap=True,
+    )
     table = Table(box=box.SIMPLE_HEAD)
     for header in ("", "hits", "accuracy", "95% CI (Wilson)", "published"):
         table.add_column(header, justify="right")
     for k in (1, 5):
         low, high = result.interval(k)
-        table.add_row(f"top-{k}", f"{result.hits(k)}/{result.images}", _percent(result.accuracy(k)),
-                      f"{low:.1%} - {high:.1%}", _percent(result.published_accuracy(k)))
+        table.add_row(
+            f"top-{k}",
+            f"{result.hits(k)}/{result.images}",
+            _percent(result.accuracy(k)),
+            f"{low:.1%} - {high:.1%}",
+            _percent(result.published_accuracy(k)),
+        )
     console.print(table)
 
 
 def eval_command(
     source: str = typer.Argument(..., help="Model file/folder in any format, registry name, or tarball."),
-    data: Path = typer.Argument(..., help="Folder with one subfolder per synset (n01440764/...), or a CSV of `path,label` lines (label 0..1000 or a synset)."),
+    data: Path = typer.Argument(
+        ...,
+        help="Folder with one subfolder per synset (n01440764/...), or a CSV of `path,label` lines (label 0..1000 or a synset).",
+    ),
     limit: Optional[int] = typer.Option(None, "--limit", help="Evaluate the first N images only."),
     batch: int = typer.Option(32, "--batch", help="Images per inference batch."),
     resolution: Optional[int] = typer.Option(None, "--resolution", help="Input size, for models that do not fix it."),
-    workers: Optional[int] = typer.Option(None, "--workers", help="Threads decoding images ahead of inference (default: one per CPU)."),
-    fast_decode: bool = typer.Option(False, "--fast-decode", help="Approximate JPEG decoding at a reduced DCT scale: "
-                                     "faster on large photos, slightly different pixels (not the slim preprocessing)."),
+    workers: Optional[int] = typer.Option(
+        None, "--workers", help="Threads decoding images ahead of inference (default: one per CPU)."
+    ),
+    fast_decode: bool = typer.Option(
+        False,
+        "--fast-decode",
+        help="Approximate JPEG decoding at a reduced DCT scale: "
+        "faster on large photos, slightly different pixels (not the slim preprocessing).",
+    ),
     ray: bool = RayOption,
     ray_address: Optional[str] = RayAddressOption,
     registry: Optional[Path] = RegistryOption,
@@ -75,13 +92,32 @@ def eval_command(
         if ray or ray_address:
             from mobilenet_zoo.distributed import evaluate_on_ray
 
-            result = evaluate_on_ray(source, data, limit, batch, address=ray_address, resolution=resolution,
-                                     registry=registry, mirror=mirror, progress=progress)
+            result = evaluate_on_ray(
+                source,
+                data,
+                limit,
+                batch,
+                address=ray_address,
+                resolution=resolution,
+                registry=registry,
+                mirror=mirror,
+                progress=progress,
+            )
         else:
             from mobilenet_zoo.evaluate import evaluate
 
-            result = evaluate(source, data, limit, batch, resolution=resolution, workers=workers,
-                              registry=registry, mirror=mirror, progress=progress, draft=fast_decode)
+            result = evaluate(
+                source,
+                data,
+                limit,
+                batch,
+                resolution=resolution,
+                workers=workers,
+                registry=registry,
+                mirror=mirror,
+                progress=progress,
+                draft=fast_decode,
+            )
     if as_json:
         print_json(result.as_dict())
     else:

@@ -44,21 +44,53 @@ def _images(paths: list[Path]) -> list[Path]:
 
 
 def convert_command(
-    sources: List[str] = typer.Argument(None, help="Registry names (pulled on demand), tarballs, extracted folders, or model files."),
-    to: List[str] = typer.Option([], "--to", help="Target format(s), repeated or comma-separated: onnx, torch, tflite, tf, keras (every registered format)."),
+    sources: List[str] = typer.Argument(
+        None, help="Registry names (pulled on demand), tarballs, extracted folders, or model files."
+    ),
+    to: List[str] = typer.Option(
+        [],
+        "--to",
+        help="Target format(s), repeated or comma-separated: onnx, torch, tflite, tf, keras (every registered format).",
+    ),
     all_formats: bool = typer.Option(False, "--all-formats", help="Write every target format."),
     all_variants: bool = typer.Option(False, "--all", help="Convert every variant of the registry (pulled on demand)."),
-    output: Path = typer.Option(Path("."), "-o", "--output", help="Output folder, or a file path for a single source and target."),
+    output: Path = typer.Option(
+        Path("."), "-o", "--output", help="Output folder, or a file path for a single source and target."
+    ),
     layout: str = typer.Option("NCHW", "--layout", help="Input layout of ONNX and PyTorch .pt2 files: NCHW or NHWC."),
-    quant_format: str = typer.Option("exact", "--quant-format", help="Quantized ONNX: exact (TFLite's integer arithmetic, bit-exact; the default) or qdq (onnxruntime's quantized kernels: faster, a few LSB off). Float models ignore it."),
-    features: Optional[str] = typer.Option(None, "--features", help="Also output these layers' activations, e.g. 5,11,12,13 (0 = Conv2d_0, i = Conv2d_i_pointwise)."),
-    pooling: str = typer.Option("slim", "--pooling", help="Head pooling: slim (7x7 stride 2 VALID as released: a map for large inputs) or global."),
-    output_stride: int = typer.Option(32, "--output-stride", help="8, 16 or 32: below 32 the later depthwise convolutions are dilated, as slim does."),
-    input_size: Optional[int] = typer.Option(None, "--input-size", help="Input height and width (default: the variant's resolution; at least 32)."),
-    quantize: Optional[str] = typer.Option(None, "--quantize", help="Post-training quantization of a float model: uint8 (needs --calibration)."),
+    quant_format: str = typer.Option(
+        "exact",
+        "--quant-format",
+        help="Quantized ONNX: exact (TFLite's integer arithmetic, bit-exact; the default) or qdq (onnxruntime's quantized kernels: faster, a few LSB off). Float models ignore it.",
+    ),
+    features: Optional[str] = typer.Option(
+        None,
+        "--features",
+        help="Also output these layers' activations, e.g. 5,11,12,13 (0 = Conv2d_0, i = Conv2d_i_pointwise).",
+    ),
+    pooling: str = typer.Option(
+        "slim",
+        "--pooling",
+        help="Head pooling: slim (7x7 stride 2 VALID as released: a map for large inputs) or global.",
+    ),
+    output_stride: int = typer.Option(
+        32, "--output-stride", help="8, 16 or 32: below 32 the later depthwise convolutions are dilated, as slim does."
+    ),
+    input_size: Optional[int] = typer.Option(
+        None, "--input-size", help="Input height and width (default: the variant's resolution; at least 32)."
+    ),
+    quantize: Optional[str] = typer.Option(
+        None, "--quantize", help="Post-training quantization of a float model: uint8 (needs --calibration)."
+    ),
     calibration: Optional[Path] = typer.Option(None, "--calibration", help="--quantize: folder of calibration images."),
-    labels: Optional[Path] = typer.Option(None, "--labels", help="Class names, one per line (as many as the model has classes): recorded in every target."),
-    backbone_only: bool = typer.Option(False, "--backbone-only", help="Drop a frozen graph's dense head (e.g. retrain.py's final_training_ops) and write the plain network."),
+    labels: Optional[Path] = typer.Option(
+        None, "--labels", help="Class names, one per line (as many as the model has classes): recorded in every target."
+    ),
+    backbone_only: bool = typer.Option(
+        False,
+        "--backbone-only",
+        help="Drop a frozen graph's dense head (e.g. retrain.py's final_training_ops) and write the plain network.",
+    ),
     verify: bool = typer.Option(False, "--verify", help="Verify every written target against its reference."),
     force: bool = typer.Option(False, "--force", "-f", help="Replace targets that exist already."),
     ray: bool = RayOption,
@@ -89,25 +121,53 @@ def convert_command(
         raise ZooError(f"--layout must be NCHW or NHWC, not {layout!r}")
     if quant_format.lower() not in ("exact", "qdq"):
         raise ZooError(f"--quant-format must be exact or qdq, not {quant_format!r}")
-    options = {"onnx": {"layout": layout.upper(), "quant_format": quant_format.lower()}, "torch": {"layout": layout.upper()}}
+    options = {
+        "onnx": {"layout": layout.upper(), "quant_format": quant_format.lower()},
+        "torch": {"layout": layout.upper()},
+    }
     from mobilenet_zoo.labels import read_labels_file
 
-    build = BuildOptions(Backbone(_feature_layers(features), pooling.lower(), output_stride, input_size), quantize, calibration,
-                         read_labels_file(labels) if labels else None, backbone_only)
+    build = BuildOptions(
+        Backbone(_feature_layers(features), pooling.lower(), output_stride, input_size),
+        quantize,
+        calibration,
+        read_labels_file(labels) if labels else None,
+        backbone_only,
+    )
     if ray or ray_address:
         from mobilenet_zoo.distributed import convert_many
 
         with output_status(f"converting {len(names)} models on Ray"):
-            written = convert_many(names, formats, output, ray_address, registry=registry, mirror=mirror, format_options=options, build=build)
+            written = convert_many(
+                names,
+                formats,
+                output,
+                ray_address,
+                registry=registry,
+                mirror=mirror,
+                format_options=options,
+                build=build,
+            )
     else:
         written = []
         with output_progress(len(names) * len(formats), "converting") as advance:
             for name in names:
                 source = open_source(name, registry=registry, mirror=mirror)
-                written.extend(convert(source, formats, output, options, build, force=force,
-                                       on_written=lambda done: advance(f"{done.format}: {done.path.name}")))
+                written.extend(
+                    convert(
+                        source,
+                        formats,
+                        output,
+                        options,
+                        build,
+                        force=force,
+                        on_written=lambda done: advance(f"{done.format}: {done.path.name}"),
+                    )
+                )
     if verify:
-        _verify_and_report([w.path for w in written], as_json=as_json, use_ray=ray or bool(ray_address), ray_address=ray_address)
+        _verify_and_report(
+            [w.path for w in written], as_json=as_json, use_ray=ray or bool(ray_address), ray_address=ray_address
+        )
     elif as_json:
         print_json([{"format": w.format, "path": str(w.path)} for w in written])
     else:
@@ -120,13 +180,24 @@ def _parity_table(reports, n_inputs: int) -> Table:
     from mobilenet_zoo.parity import SELF_REFERENCE
 
     references = sorted({Path(r.reference).name for r in reports})
-    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, title=escape(f"parity against {', '.join(references)} on {n_inputs} inputs"),
-                  caption="max abs differences (Δlogits for float, uint8 LSB for quantized); xnnpack: TFLite's default runtime vs the "
-                          "same reference; top-k: share of inputs that agree")
+    table = Table(
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+        title=escape(f"parity against {', '.join(references)} on {n_inputs} inputs"),
+        caption="max abs differences (Δlogits for float, uint8 LSB for quantized); xnnpack: TFLite's default runtime vs the "
+        "same reference; top-k: share of inputs that agree",
+    )
     table.add_column("target", no_wrap=True)
     with_features = any(r.features for r in reports)
-    with_xnnpack = any(r.xnnpack_lsb is not None for r in reports)  # the reference's own TFLite XNNPACK vs builtin distance
-    for header in ("Δ", "Δprob") + (("Δfeatures",) if with_features else ()) + (("xnnpack",) if with_xnnpack else ()) + ("top1", "top5"):
+    with_xnnpack = any(
+        r.xnnpack_lsb is not None for r in reports
+    )  # the reference's own TFLite XNNPACK vs builtin distance
+    for header in (
+        ("Δ", "Δprob")
+        + (("Δfeatures",) if with_features else ())
+        + (("xnnpack",) if with_xnnpack else ())
+        + ("top1", "top5")
+    ):
         table.add_column(header, justify="right", no_wrap=True)
     table.add_column("result", min_width=4)
     for r in reports:
@@ -138,12 +209,22 @@ def _parity_table(reports, n_inputs: int) -> Table:
         diff = "-" if difference is None else f"{difference}{unit}" if r.quantized else f"{difference:.3g}"
         features = (f"{max(r.features.values()):.3g}{unit}" if r.features else "-",) if with_features else ()
         xnnpack = (f"{r.xnnpack_lsb} LSB" if r.xnnpack_lsb is not None else "-",) if with_xnnpack else ()
-        table.add_row(Path(r.target).name, diff, f"{r.max_abs_probabilities:.3g}", *features, *xnnpack, f"{r.top1_agreement:.0%}",
-                      f"{r.top5_agreement:.0%}", result)
+        table.add_row(
+            Path(r.target).name,
+            diff,
+            f"{r.max_abs_probabilities:.3g}",
+            *features,
+            *xnnpack,
+            f"{r.top1_agreement:.0%}",
+            f"{r.top5_agreement:.0%}",
+            result,
+        )
     return table
 
 
-def _verify_and_report(targets, *, as_json: bool, use_ray: bool = False, ray_address: Optional[str] = None, **options) -> None:
+def _verify_and_report(
+    targets, *, as_json: bool, use_ray: bool = False, ray_address: Optional[str] = None, **options
+) -> None:
     """Verify targets (see `mobilenet_zoo.parity.verify` for the modes; on Ray, the recorded references),
     print the report, raise on failure."""
     from mobilenet_zoo.parity import VerifyResult, expand_targets, input_names, verify
@@ -154,8 +235,14 @@ def _verify_and_report(targets, *, as_json: bool, use_ray: bool = False, ray_add
         from mobilenet_zoo.samples import resolve_images
 
         if options.get("source") or options.get("reference") or options.get("save_reference"):
-            raise ZooError("--ray verifies against the recorded references: drop --source, --reference and --save-reference")
-        images, n_random, seed = resolve_images(options.get("images") or []), options.get("n_random", 8), options.get("seed", 0)
+            raise ZooError(
+                "--ray verifies against the recorded references: drop --source, --reference and --save-reference"
+            )
+        images, n_random, seed = (
+            resolve_images(options.get("images") or []),
+            options.get("n_random", 8),
+            options.get("seed", 0),
+        )
         with output_status(f"verifying {len(present)} targets on Ray"):
             reports = verify_many(present, images, n_random, seed, options.get("thresholds"), ray_address)
         result = VerifyResult(input_names(images, n_random), reports, missing)
@@ -172,16 +259,36 @@ def _verify_and_report(targets, *, as_json: bool, use_ray: bool = False, ray_add
 
 def verify_command(
     targets: List[Path] = typer.Argument(..., help="Converted model files/folders, or output folders of `convert`."),
-    source: Optional[str] = typer.Option(None, "--source", help="The model the targets were converted from, directly or through a chain of conversions (any format, registry name or tarball): its forward pass is the reference. Default: what convert recorded."),
-    reference: Optional[str] = typer.Option(None, "--reference", help="Reference outputs saved with --save-reference (.npz), or a reference model as for --source."),
-    images: List[Path] = typer.Option([], "--images", help="An image or a folder of images; repeat for more (default: the bundled samples)."),
+    source: Optional[str] = typer.Option(
+        None,
+        "--source",
+        help="The model the targets were converted from, directly or through a chain of conversions (any format, registry name or tarball): its forward pass is the reference. Default: what convert recorded.",
+    ),
+    reference: Optional[str] = typer.Option(
+        None,
+        "--reference",
+        help="Reference outputs saved with --save-reference (.npz), or a reference model as for --source.",
+    ),
+    images: List[Path] = typer.Option(
+        [], "--images", help="An image or a folder of images; repeat for more (default: the bundled samples)."
+    ),
     n_random: int = typer.Option(8, "--random", help="Seeded random inputs besides the images."),
     seed: int = typer.Option(0, "--seed"),
-    atol: float = typer.Option(1e-4, "--atol", "--logits-atol", help="Float models: absolute tolerance per output value."),
-    rtol: float = typer.Option(1e-4, "--rtol", help="Float models: tolerance relative to the reference value (|d| <= atol + rtol x |ref|)."),
-    max_lsb: Optional[int] = typer.Option(None, "--max-lsb", help="Quantized models: allowed uint8 difference (default 0 for exact ONNX, 1 for the other formats, 29 for QDQ ONNX: 6 on its logits, 137 on feature maps)."),
+    atol: float = typer.Option(
+        1e-4, "--atol", "--logits-atol", help="Float models: absolute tolerance per output value."
+    ),
+    rtol: float = typer.Option(
+        1e-4, "--rtol", help="Float models: tolerance relative to the reference value (|d| <= atol + rtol x |ref|)."
+    ),
+    max_lsb: Optional[int] = typer.Option(
+        None,
+        "--max-lsb",
+        help="Quantized models: allowed uint8 difference (default 0 for exact ONNX, 1 for the other formats, 29 for QDQ ONNX: 6 on its logits, 137 on feature maps).",
+    ),
     top5: bool = typer.Option(True, "--top5/--no-top5", help="Float models: require identical top-5 sets."),
-    save_reference: Optional[Path] = typer.Option(None, "--save-reference", help="Save the reference inputs/outputs to an .npz for later runs."),
+    save_reference: Optional[Path] = typer.Option(
+        None, "--save-reference", help="Save the reference inputs/outputs to an .npz for later runs."
+    ),
     ray: bool = RayOption,
     ray_address: Optional[str] = RayAddressOption,
     as_json: bool = JsonOption,
@@ -191,14 +298,24 @@ def verify_command(
 
     thresholds = Thresholds(atol=atol, rtol=rtol, top5_identical=top5)
     if max_lsb is not None:
-        thresholds.lsb = {f: max_lsb for f in thresholds.lsb}
-        thresholds.logits_lsb = {f: max_lsb for f in thresholds.logits_lsb}
-        thresholds.feature_lsb = {f: max_lsb for f in thresholds.feature_lsb}
+        thresholds.lsb = dict.fromkeys(thresholds.lsb, max_lsb)
+        thresholds.logits_lsb = dict.fromkeys(thresholds.logits_lsb, max_lsb)
+        thresholds.feature_lsb = dict.fromkeys(thresholds.feature_lsb, max_lsb)
     if source and reference:
         raise ZooError("give --source or --reference, not both")
-    _verify_and_report(targets, as_json=as_json, source=source, reference=reference, images=list(images) or None,
-                       n_random=n_random, seed=seed, thresholds=thresholds, save_reference=save_reference,
-                       use_ray=ray or bool(ray_address), ray_address=ray_address)
+    _verify_and_report(
+        targets,
+        as_json=as_json,
+        source=source,
+        reference=reference,
+        images=list(images) or None,
+        n_random=n_random,
+        seed=seed,
+        thresholds=thresholds,
+        save_reference=save_reference,
+        use_ray=ray or bool(ray_address),
+        ray_address=ray_address,
+    )
 
 
 def _print_predictions(results, as_json: bool) -> None:
@@ -234,7 +351,9 @@ DEMO_FOLDER = Path("mobilenet-zoo-demo")
 
 
 def demo_command(
-    output: Path = typer.Option(DEMO_FOLDER, "-o", "--output", help="Folder for the converted models (replaced on each run)."),
+    output: Path = typer.Option(
+        DEMO_FOLDER, "-o", "--output", help="Folder for the converted models (replaced on each run)."
+    ),
 ) -> None:
     """Offline tour on the bundled real uint8 model: predict, convert to every format, verify parity."""
     from mobilenet_zoo.conversion import convert
@@ -247,10 +366,17 @@ def demo_command(
     _print_predictions(predict(load_runner(BUNDLED_MODEL), sample_images(), 3), False)
     output_rule(f"convert to {', '.join(FORMATS)} in {output}/, then verify")
     with output_progress(len(FORMATS), "converting") as advance:
-        written = convert(open_source(BUNDLED_MODEL), list(FORMATS), output, force=True,
-                          on_written=lambda done: advance(f"{done.format}: {done.path.name}"))
+        written = convert(
+            open_source(BUNDLED_MODEL),
+            list(FORMATS),
+            output,
+            force=True,
+            on_written=lambda done: advance(f"{done.format}: {done.path.name}"),
+        )
     _verify_and_report([w.path for w in written], as_json=False)
-    console.print(f"the converted models are in {output}/ ([bold]mobilenet-zoo verify {output}[/bold] checks them again)")
+    console.print(
+        f"the converted models are in {output}/ ([bold]mobilenet-zoo verify {output}[/bold] checks them again)"
+    )
 
 
 def register(app: typer.Typer) -> None:

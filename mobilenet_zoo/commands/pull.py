@@ -24,8 +24,13 @@ def _progress_bar(disabled: bool) -> Progress:
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 
     return Progress(
-        TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn(),
-        console=err_console, disable=disabled or not err_console.is_terminal,
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=err_console,
+        disable=disabled or not err_console.is_terminal,
     )
 
 
@@ -101,16 +106,28 @@ def cache_list_command(as_json: bool = JsonOption) -> None:
         console.print(f"the cache is empty ({cache.root})", highlight=False, soft_wrap=True)
         return
     table = Table(box=box.SIMPLE_HEAD, title=str(cache.root))
-    for header, justify in (("name", "left"), ("kind", "left"), ("MB", "right"), ("complete", "left"), ("path", "left")):
-        table.add_column(header, justify=justify, overflow="fold" if header == "path" else "ellipsis", no_wrap=header != "path")
+    for header, justify in (
+        ("name", "left"),
+        ("kind", "left"),
+        ("MB", "right"),
+        ("complete", "left"),
+        ("path", "left"),
+    ):
+        table.add_column(
+            header, justify=justify, overflow="fold" if header == "path" else "ellipsis", no_wrap=header != "path"
+        )
     for entry in entries:
-        table.add_row(entry.name, entry.kind, f"{entry.size / 1e6:.1f}", "yes" if entry.complete else "no", str(entry.path))
+        table.add_row(
+            entry.name, entry.kind, f"{entry.size / 1e6:.1f}", "yes" if entry.complete else "no", str(entry.path)
+        )
     console.print(table)
 
 
 @cache_app.command("remove")
 def cache_remove_command(
-    names: List[str] = typer.Argument(None, help="Variant names (forgiving, as for pull) or names shown by `cache list`."),
+    names: List[str] = typer.Argument(
+        None, help="Variant names (forgiving, as for pull) or names shown by `cache list`."
+    ),
     all_entries: bool = typer.Option(False, "--all", help="Remove everything (the checksum record stays)."),
     registry: Optional[Path] = RegistryOption,
 ) -> None:

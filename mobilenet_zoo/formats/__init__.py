@@ -84,7 +84,9 @@ class FormatSpec:
             names = [child.name for child in path.iterdir()]
             return any(fnmatch.filter(names, marker) for marker in self.folder_markers)
         name = path.name.lower()
-        return any(name.endswith(suffix) or (suffix.startswith(".") and f"{suffix}." in name) for suffix in self.suffixes)
+        return any(
+            name.endswith(suffix) or (suffix.startswith(".") and f"{suffix}." in name) for suffix in self.suffixes
+        )
 
 
 _SPECS: dict[str, FormatSpec] = {}
@@ -181,7 +183,9 @@ def detect_format(path: Path) -> str:
         markers = sorted({marker for s in specs() for marker in s.folder_markers})
         raise ModelFormatError(f"{path}: folder holds no model file of a known format ({', '.join(markers)})")
     suffixes = sorted({suffix for s in specs() for suffix in s.suffixes})
-    raise ModelFormatError(f"{path}: cannot tell the model format from the name (expected {', '.join(suffixes)}, or a model folder)")
+    raise ModelFormatError(
+        f"{path}: cannot tell the model format from the name (expected {', '.join(suffixes)}, or a model folder)"
+    )
 
 
 def read(path: Path, fmt: str | None = None):

@@ -45,7 +45,9 @@ def info_text(name: str) -> str:
     return f"Model: {name}\nInput: {INPUT_NODE}\nOutput: {OUTPUT_NODE}\n"
 
 
-def write_official_tarball(config: ModelConfig, out_dir: Path, *, seed: int = DEFAULT_SEED, tflite_path: Path | None = None) -> Path:
+def write_official_tarball(
+    config: ModelConfig, out_dir: Path, *, seed: int = DEFAULT_SEED, tflite_path: Path | None = None
+) -> Path:
     """Write `out_dir/mobilenet_v1_{alpha}_{res}[_quant].tgz` with `random_model(config, seed)`; returns its path.
 
     Quantized configs need `tflite_path`, a real uint8 `.tflite` of the same variant.
@@ -82,9 +84,12 @@ def _official_members(config: ModelConfig, seed: int, tflite_path: Path | None) 
 
 def _write_tarball(members: dict[str, bytes], tarball: Path) -> None:
     """A gzip'd tar with `./` first, then flat `./MEMBER` files; fixed times and owners; written atomically."""
-    with atomic_file(tarball) as temporary, temporary.open("wb") as raw, \
-            gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=_TIMESTAMP) as compressed, \
-            tarfile.open(fileobj=compressed, mode="w", format=tarfile.GNU_FORMAT) as archive:
+    with (
+        atomic_file(tarball) as temporary,
+        temporary.open("wb") as raw,
+        gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=_TIMESTAMP) as compressed,
+        tarfile.open(fileobj=compressed, mode="w", format=tarfile.GNU_FORMAT) as archive,
+    ):
         temporary.chmod(0o644)
         archive.addfile(_entry("./", tarfile.DIRTYPE, 0o755))
         for name, data in members.items():
@@ -98,7 +103,9 @@ def _entry(name: str, kind: bytes, mode: int, size: int = 0) -> tarfile.TarInfo:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m mobilenet_zoo.testing.tarball", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m mobilenet_zoo.testing.tarball", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--alpha", type=float, required=True, help="width multiplier: 1.0, 0.75, 0.5 or 0.25")
     parser.add_argument("--resolution", type=int, required=True, help="input size: 224, 192, 160 or 128")
     parser.add_argument("--quantized", action="store_true", help="a _quant tarball (needs --tflite)")

@@ -11,10 +11,17 @@ from typing import Any
 
 from mobilenet_zoo.formats import FormatSpec, reader, register_format, runner, writer
 
-SPEC = register_format(FormatSpec(
-    "keras", "Keras", target_suffix=".keras", suffixes=(".keras", ".h5"), runtime="keras", runtime_module="keras",
-    extra="keras",
-))
+SPEC = register_format(
+    FormatSpec(
+        "keras",
+        "Keras",
+        target_suffix=".keras",
+        suffixes=(".keras", ".h5"),
+        runtime="keras",
+        runtime_module="keras",
+        extra="keras",
+    )
+)
 
 
 @reader("keras")

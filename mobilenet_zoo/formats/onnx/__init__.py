@@ -12,10 +12,18 @@ from typing import Any
 
 from mobilenet_zoo.formats import FormatSpec, reader, register_format, runner, writer
 
-SPEC = register_format(FormatSpec(
-    "onnx", "ONNX", target_suffix=".onnx", suffixes=(".onnx",), runtime="onnxruntime", runtime_module="onnxruntime",
-    extra="onnx", max_lsb=0,
-))
+SPEC = register_format(
+    FormatSpec(
+        "onnx",
+        "ONNX",
+        target_suffix=".onnx",
+        suffixes=(".onnx",),
+        runtime="onnxruntime",
+        runtime_module="onnxruntime",
+        extra="onnx",
+        max_lsb=0,
+    )
+)
 _PRIVATE = ("_float", "_exact", "_qdq", "_reader")
 
 
@@ -43,7 +51,9 @@ def write_quantized(model, out: Path, *, layout: str = "NCHW", quant_format: str
     if quant_format not in _float.QUANT_FORMATS:
         from mobilenet_zoo.errors import ModelFormatError
 
-        raise ModelFormatError(f"unknown quantized ONNX form {quant_format!r}; choose {', '.join(_float.QUANT_FORMATS)}")
+        raise ModelFormatError(
+            f"unknown quantized ONNX form {quant_format!r}; choose {', '.join(_float.QUANT_FORMATS)}"
+        )
     return (_qdq if quant_format == "qdq" else _exact).write(model, out, layout=layout, **options)
 
 

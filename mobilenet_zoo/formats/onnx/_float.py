@@ -50,8 +50,9 @@ _RELU6_MIN = f"{SCOPE}/Relu6/min"
 _RELU6_MAX = f"{SCOPE}/Relu6/max"
 
 
-def write(model: MobileNetV1Model, out: Path, *, layout: str = "NCHW", opset: int = MIN_OPSET,
-          quant_format: str = "exact") -> Path:
+def write(
+    model: MobileNetV1Model, out: Path, *, layout: str = "NCHW", opset: int = MIN_OPSET, quant_format: str = "exact"
+) -> Path:
     """Write `model` (folded on the way) as an ONNX file with NCHW or NHWC input; returns `out`.
 
     Quantized models take `quant_format`: "exact" (TFLite's integer arithmetic, bit-exact: `onnx_quant`) or "qdq"
@@ -142,7 +143,9 @@ def checked_layout(layout: str, opset: int) -> str:
     return layout
 
 
-def model_proto(builder: GraphBuilder, model: MobileNetV1Model, layout: str, opset: int, element_type: str, description: str):
+def model_proto(
+    builder: GraphBuilder, model: MobileNetV1Model, layout: str, opset: int, element_type: str, description: str
+):
     """The ModelProto of the built graph: `input` and the `output_shapes` outputs of `element_type`, and the model's metadata."""
     onnx, config = builder.onnx, model.config
     tensor_type = getattr(onnx.TensorProto, element_type)
@@ -150,7 +153,10 @@ def model_proto(builder: GraphBuilder, model: MobileNetV1Model, layout: str, ops
         builder.nodes,
         config.name,
         inputs=[onnx.helper.make_tensor_value_info(INPUT, tensor_type, _input_shape(model.input_size, layout))],
-        outputs=[onnx.helper.make_tensor_value_info(name, tensor_type, shape) for name, shape in output_shapes(model, layout).items()],
+        outputs=[
+            onnx.helper.make_tensor_value_info(name, tensor_type, shape)
+            for name, shape in output_shapes(model, layout).items()
+        ],
         initializer=builder.initializers,
     )
     opset_imports = [onnx.helper.make_opsetid("", opset)]
@@ -261,8 +267,13 @@ def _classifier(builder: GraphBuilder, model: MobileNetV1Model, features: str, f
     """Logits/AvgPool_1a (VALID, kernel and stride from `arch.pool_geometry`) and the 1x1 classifier with bias: the NCHW logits map."""
     config = model.config
     pool_kernel, pool_stride = pool_geometry(feature_size, model.backbone.pooling)
-    pooled = builder.node("AveragePool", [features], f"{SCOPE}/Logits/AvgPool_1a/AvgPool",
-                          kernel_shape=[pool_kernel, pool_kernel], strides=[pool_stride, pool_stride])
+    pooled = builder.node(
+        "AveragePool",
+        [features],
+        f"{SCOPE}/Logits/AvgPool_1a/AvgPool",
+        kernel_shape=[pool_kernel, pool_kernel],
+        strides=[pool_stride, pool_stride],
+    )
     kernel = builder.constant(config.logits_weight_name, to_oihw(model.weights[config.logits_weight_name], "conv"))
     bias = builder.constant(config.logits_bias_name, model.weights[config.logits_bias_name])
     return builder.node("Conv", [pooled, kernel, bias], f"{SCOPE}/Logits/Conv2d_1c_1x1/Conv2D", kernel_shape=[1, 1])

@@ -21,8 +21,8 @@ from mobilenet_zoo.arch import SCOPE
 from mobilenet_zoo.deps import require
 from mobilenet_zoo.errors import ModelFormatError
 from mobilenet_zoo.formats.onnx import _float as onnx_format
-from mobilenet_zoo.formats.onnx._float import LOGITS, MIN_OPSET, PROBABILITIES
 from mobilenet_zoo.formats.onnx._exact import QUANT_FORMAT_KEY
+from mobilenet_zoo.formats.onnx._float import LOGITS, MIN_OPSET, PROBABILITIES
 from mobilenet_zoo.model import (
     INPUT_ACTIVATION,
     LOGITS_ACTIVATION,

@@ -236,7 +236,9 @@ class OnnxGraph:
         if len(pools) != 1:
             raise self.error(f"found {len(pools)} average pools where MobileNet V1 has 1")
         if pools[0] != EXPECTED_CONVS - 1:
-            raise self.error(f"the average pool comes after {_SCOPES[pools[0] - 1] if pools[0] else 'the input'}, MobileNet V1 has it before the classifier")
+            raise self.error(
+                f"the average pool comes after {_SCOPES[pools[0] - 1] if pools[0] else 'the input'}, MobileNet V1 has it before the classifier"
+            )
         for previous, node, scope in zip([None, *anchors], anchors, _SCOPES[:-1] + ["the pool", _SCOPES[-1]]):
             feeding = next((n for n in self.upstream(self.data_input(node)) if self.anchor_kind(n)), None)
             if feeding is not previous:
@@ -262,8 +264,16 @@ def _config(graph: OnnxGraph, convs: list, metadata: dict[str, str], backbone: B
     classes = _kernel_shape(graph, convs[-1])[0]
     resolution = int(metadata["resolution"]) if backbone.input_size else _input_side(graph)
     quantized = graph.flavour(convs[0]) != "float"
-    padding = metadata.get("padding", "same") if metadata.get("producer") == PRODUCER else "same"  # ours: Keras' or SAME
-    return ModelConfig(alpha=infer_alpha(first_kernel[0]), resolution=resolution, quantized=quantized, num_classes=classes, padding=padding)
+    padding = (
+        metadata.get("padding", "same") if metadata.get("producer") == PRODUCER else "same"
+    )  # ours: Keras' or SAME
+    return ModelConfig(
+        alpha=infer_alpha(first_kernel[0]),
+        resolution=resolution,
+        quantized=quantized,
+        num_classes=classes,
+        padding=padding,
+    )
 
 
 def _kernel_shape(graph: OnnxGraph, conv) -> tuple[int, ...]:
@@ -329,7 +339,9 @@ def _read_float(graph: OnnxGraph, convs: list, config: ModelConfig) -> tuple[dic
     for conv, (scope, weight_name, bias_name, kind) in zip(convs, _names(config)):
         kernel, bias, after = _folded_conv(graph, conv, scope)
         if scope != LOGITS_SCOPE and not _is_relu6(graph, after):
-            raise graph.error(f"{scope} is followed by {after.op_type if after is not None else 'a branch'}, MobileNet V1 has ReLU6 (Clip 0..6)")
+            raise graph.error(
+                f"{scope} is followed by {after.op_type if after is not None else 'a branch'}, MobileNet V1 has ReLU6 (Clip 0..6)"
+            )
         weights[weight_name], weights[bias_name] = from_oihw(kernel, kind), bias
     return weights, None
 
@@ -348,7 +360,11 @@ def _folded_conv(graph: OnnxGraph, conv, scope: str) -> tuple[np.ndarray, np.nda
     """
     kernel = np.asarray(graph.value(conv.input[1]), np.float32)
     channels = kernel.shape[0]
-    bias = np.asarray(graph.value(conv.input[2]), np.float32).reshape(-1) if len(conv.input) > 2 and conv.input[2] else np.zeros(channels, np.float32)
+    bias = (
+        np.asarray(graph.value(conv.input[2]), np.float32).reshape(-1)
+        if len(conv.input) > 2 and conv.input[2]
+        else np.zeros(channels, np.float32)
+    )
     if bias.size != channels:
         raise graph.error(f"{scope} has {bias.size} biases for {channels} output channels")
     axes, tensor = [0, 1, 2, 3], conv.output[0]  # axes[i]: the conv output axis now at position i
@@ -360,12 +376,17 @@ def _folded_conv(graph: OnnxGraph, conv, scope: str) -> tuple[np.ndarray, np.nda
             if folded is None:
                 return kernel, bias, node
             scale, shift = folded
-            kernel, bias = (kernel * scale[:, None, None, None]).astype(np.float32), (bias * scale + shift).astype(np.float32)
+            kernel, bias = (
+                (kernel * scale[:, None, None, None]).astype(np.float32),
+                (bias * scale + shift).astype(np.float32),
+            )
         tensor = node.output[0]
     return kernel, bias, None
 
 
-def _fold_affine(graph: OnnxGraph, node, tensor: str, channel_axis: int, channels: int) -> tuple[np.ndarray, np.ndarray] | None:
+def _fold_affine(
+    graph: OnnxGraph, node, tensor: str, channel_axis: int, channels: int
+) -> tuple[np.ndarray, np.ndarray] | None:
     """(scale, shift) per channel when `node` computes x * scale + shift on `tensor`, else None."""
     others = [name for name in node.input if name and name != tensor]
     if not all(graph.is_constant(name) for name in others):
@@ -374,7 +395,11 @@ def _fold_affine(graph: OnnxGraph, node, tensor: str, channel_axis: int, channel
         gamma, beta, mean, variance = (np.asarray(graph.value(name), np.float32) for name in node.input[1:5])
         scale = gamma / np.sqrt(variance + np.float32(graph.attributes(node).get("epsilon", 1e-5)))
         return scale, beta - mean * scale
-    if node.op_type not in ("Mul", "Add", "Sub") or len(others) != 1 or (node.op_type == "Sub" and node.input[0] != tensor):
+    if (
+        node.op_type not in ("Mul", "Add", "Sub")
+        or len(others) != 1
+        or (node.op_type == "Sub" and node.input[0] != tensor)
+    ):
         return None
     vector = _per_channel(graph.value(others[0]), channel_axis, channels)
     if vector is None:
@@ -389,7 +414,10 @@ def _per_channel(value: np.ndarray, channel_axis: int, channels: int, rank: int 
     if value.ndim > rank:
         return None
     shape = (1,) * (rank - value.ndim) + value.shape
-    if any(size != 1 for axis, size in enumerate(shape) if axis != channel_axis) or shape[channel_axis] not in (1, channels):
+    if any(size != 1 for axis, size in enumerate(shape) if axis != channel_axis) or shape[channel_axis] not in (
+        1,
+        channels,
+    ):
         return None
     return np.broadcast_to(value.reshape(-1), (channels,)).copy()
 
@@ -414,7 +442,9 @@ def _read_qdq(graph: OnnxGraph, convs: list, config: ModelConfig) -> tuple[dict[
         kernel, bias = (_dequantize_input(graph, conv, index, scope) for index in (1, 2))
         quant.tensors[weight_name] = QuantizedTensor(from_oihw(kernel.values, kind), kernel.params)
         quant.tensors[bias_name] = bias
-        quant.activations[LOGITS_ACTIVATION if scope == LOGITS_SCOPE else scope] = _quantize_after(graph, conv.output[0], scope)
+        quant.activations[LOGITS_ACTIVATION if scope == LOGITS_SCOPE else scope] = _quantize_after(
+            graph, conv.output[0], scope
+        )
     pool = next(node for node in graph.upstream(convs[-1].input[0]) if graph.anchor_kind(node) == "pool")
     quant.activations[POOL_ACTIVATION] = _quantize_after(graph, pool.output[0], POOL_ACTIVATION)
     softmax = next((node for node in graph.reachable(convs[-1].output[0]) if node.op_type == "Softmax"), None)
@@ -487,7 +517,9 @@ def _read_integer(graph: OnnxGraph, convs: list, config: ModelConfig) -> tuple[d
     """uint8 kernels from ConvInteger, int32 biases from the Add after it, parameters from the metadata record."""
     record = graph.metadata.get(QUANTIZATION_KEY)
     if record is None:
-        raise ModelFormatError(f"{graph.name}: ConvInteger graph without a {QUANTIZATION_KEY!r} metadata record: its scales cannot be recovered")
+        raise ModelFormatError(
+            f"{graph.name}: ConvInteger graph without a {QUANTIZATION_KEY!r} metadata record: its scales cannot be recovered"
+        )
     values: dict[str, np.ndarray] = {}
     for conv, (scope, weight_name, bias_name, kind) in zip(convs, _names(config)):
         kernel = graph.value(conv.input[1]) if conv.op_type == "ConvInteger" else graph.integer_root(conv.input[1])
@@ -508,7 +540,11 @@ def _integer_bias(graph: OnnxGraph, conv, scope: str) -> np.ndarray:
             raise graph.error(f"the bias of {scope} is not computed from integers")
         return np.ascontiguousarray(bias.reshape(-1))
     node = graph.sole_consumer(conv.output[0])
-    bias = next((name for name in node.input if name != conv.output[0]), None) if node is not None and node.op_type == "Add" else None
+    bias = (
+        next((name for name in node.input if name != conv.output[0]), None)
+        if node is not None and node.op_type == "Add"
+        else None
+    )
     if bias is None or not graph.is_constant(bias):
         raise graph.error(f"{scope}'s ConvInteger is not followed by an int32 bias Add")
     return np.ascontiguousarray(graph.value(bias).reshape(-1))

@@ -13,10 +13,19 @@ from typing import Any
 
 from mobilenet_zoo.formats import FormatSpec, reader, register_format, runner, writer
 
-SPEC = register_format(FormatSpec(
-    "tf", "TensorFlow SavedModel", target_suffix="_saved_model", suffixes=(".pb", ".ckpt"),
-    folder_markers=("saved_model.pb",), runtime="tf", runtime_module="tensorflow", extra="tf", priority=1,
-))
+SPEC = register_format(
+    FormatSpec(
+        "tf",
+        "TensorFlow SavedModel",
+        target_suffix="_saved_model",
+        suffixes=(".pb", ".ckpt"),
+        folder_markers=("saved_model.pb",),
+        runtime="tf",
+        runtime_module="tensorflow",
+        extra="tf",
+        priority=1,
+    )
+)
 _PRIVATE = ("_slim", "_quant", "_graphdef")
 
 

@@ -22,11 +22,32 @@ from mobilenet_zoo.errors import ModelFormatError
 _PACKAGE = "mobilenet_zoo.tensorflow"
 
 # tensorflow/core/framework/types.proto: DataType values; `_REF` types are the value + 100.
-DATA_TYPES = (
-    "DT_INVALID DT_FLOAT DT_DOUBLE DT_INT32 DT_UINT8 DT_INT16 DT_INT8 DT_STRING DT_COMPLEX64 DT_INT64 DT_BOOL "
-    "DT_QINT8 DT_QUINT8 DT_QINT32 DT_BFLOAT16 DT_QINT16 DT_QUINT16 DT_UINT16 DT_COMPLEX128 DT_HALF DT_RESOURCE "
-    "DT_VARIANT DT_UINT32 DT_UINT64"
-).split()
+DATA_TYPES = [
+    "DT_INVALID",
+    "DT_FLOAT",
+    "DT_DOUBLE",
+    "DT_INT32",
+    "DT_UINT8",
+    "DT_INT16",
+    "DT_INT8",
+    "DT_STRING",
+    "DT_COMPLEX64",
+    "DT_INT64",
+    "DT_BOOL",
+    "DT_QINT8",
+    "DT_QUINT8",
+    "DT_QINT32",
+    "DT_BFLOAT16",
+    "DT_QINT16",
+    "DT_QUINT16",
+    "DT_UINT16",
+    "DT_COMPLEX128",
+    "DT_HALF",
+    "DT_RESOURCE",
+    "DT_VARIANT",
+    "DT_UINT32",
+    "DT_UINT64",
+]
 # DataType -> (numpy dtype, the TensorProto field holding its values when tensor_content is empty)
 _NUMPY = {
     "DT_FLOAT": ("<f4", "float_val"),

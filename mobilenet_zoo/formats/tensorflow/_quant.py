@@ -60,7 +60,10 @@ def write(model: MobileNetV1Model, out: Path) -> Path:
     with atomic_folder(out) as staging:
         tf.saved_model.save(module, str(staging), signatures={tf_format.SIGNATURE_KEY: module.serve})
         (staging / METADATA_FILE).parent.mkdir()
-        (staging / METADATA_FILE).write_text(json.dumps({**model.metadata(), "quantized": "true", QUANT_PARAMS_KEY: quant_params_json(model.quant)}), encoding="utf-8")
+        (staging / METADATA_FILE).write_text(
+            json.dumps({**model.metadata(), "quantized": "true", QUANT_PARAMS_KEY: quant_params_json(model.quant)}),
+            encoding="utf-8",
+        )
     return out
 
 
@@ -72,7 +75,9 @@ def is_quantized(folder: Path) -> bool:
 def quantized_metadata(folder: Path) -> dict:
     """The metadata of a quantized SavedModel of ours; anything else is refused."""
     if not is_quantized(folder):
-        raise ModelFormatError(f"{folder}: not a quantized MobileNet V1 SavedModel of ours (no {METADATA_FILE} saying quantized)")
+        raise ModelFormatError(
+            f"{folder}: not a quantized MobileNet V1 SavedModel of ours (no {METADATA_FILE} saying quantized)"
+        )
     return _recorded_metadata(folder)
 
 
@@ -98,16 +103,21 @@ def build_module(network: IntegerNetwork, plan: FloatPlan | None = None):
         def __init__(self, conv: FloatConvPlan) -> None:
             super().__init__(name=conv.layer.scope.replace("/", "_"))
             self.plan, layer = conv, conv.layer
-            self.kernel = tf.Variable(layer.kernel.astype(conv.conv_dtype), trainable=False, name="kernel")  # HWIO / HWC1
-            self.bias = tf.Variable(layer.bias.astype(np.int32), trainable=False, name="bias")  # for `read`; runs as a constant
+            self.kernel = tf.Variable(
+                layer.kernel.astype(conv.conv_dtype), trainable=False, name="kernel"
+            )  # HWIO / HWC1
+            self.bias = tf.Variable(
+                layer.bias.astype(np.int32), trainable=False, name="bias"
+            )  # for `read`; runs as a constant
 
         def __call__(self, offsets):
             conv, layer = self.plan, self.plan.layer
             if conv.conv_dtype != "float32":
                 offsets = tf.cast(offsets, self.kernel.dtype)
             if layer.depthwise:
-                accumulator = tf.nn.depthwise_conv2d(offsets, self.kernel, [1, layer.stride, layer.stride, 1], "SAME",
-                                                     dilations=[layer.rate, layer.rate])
+                accumulator = tf.nn.depthwise_conv2d(
+                    offsets, self.kernel, [1, layer.stride, layer.stride, 1], "SAME", dilations=[layer.rate, layer.rate]
+                )
             else:
                 accumulator = tf.nn.conv2d(offsets, self.kernel, layer.stride, "SAME", dilations=layer.rate)
             return self.requantize(tf.nn.bias_add(accumulator, tf.constant(layer.bias.astype(conv.conv_dtype))))
@@ -119,7 +129,9 @@ def build_module(network: IntegerNetwork, plan: FloatPlan | None = None):
                 product = tf.cast(accumulator, tf.int64) * tf.constant(conv.multiplier) + tf.constant(conv.rounding)
                 scaled = tf.clip_by_value(tf.bitwise.right_shift(product, tf.constant(conv.shift)), conv.low, conv.high)
                 return tf.cast(scaled, tf.float32)
-            scale, offset = (conv.scale32, conv.offset32) if conv.requantize_dtype == "float32" else (conv.scale, conv.offset)
+            scale, offset = (
+                (conv.scale32, conv.offset32) if conv.requantize_dtype == "float32" else (conv.scale, conv.offset)
+            )
             scaled = tf.cast(accumulator, scale.dtype) * tf.constant(scale) + tf.constant(offset)
             return tf.cast(tf.floor(tf.clip_by_value(scaled, float(conv.low), float(conv.high))), tf.float32)
 
@@ -133,7 +145,11 @@ def build_module(network: IntegerNetwork, plan: FloatPlan | None = None):
             self.logits = FloatConv2d(plan.logits)
             self.softmax_table = tf.Variable(network.softmax_table, trainable=False, name="softmax_table")
 
-        @tf.function(input_signature=[tf.TensorSpec([None, network.resolution, network.resolution, 3], tf.uint8, name=INPUT_NODE)])
+        @tf.function(
+            input_signature=[
+                tf.TensorSpec([None, network.resolution, network.resolution, 3], tf.uint8, name=INPUT_NODE)
+            ]
+        )
         def serve(self, images):
             net, features = tf.cast(images, tf.float32) - network.convs[0].input_zero_point, {}
             for layer in self.layers:
@@ -149,9 +165,16 @@ def build_module(network: IntegerNetwork, plan: FloatPlan | None = None):
             """uint8 VALID average pool on offsets: (window sum + count / 2) // count in integers."""
             (height, width), stride = network.pool_kernel, network.pool_stride
             integers = tf.cast(offsets, tf.int32)
-            rows = [tf.stack([tf.reduce_sum(integers[:, i : i + height, j : j + width], axis=[1, 2])
-                              for j in range(0, integers.shape[2] - width + 1, stride)], axis=1)
-                    for i in range(0, integers.shape[1] - height + 1, stride)]
+            rows = [
+                tf.stack(
+                    [
+                        tf.reduce_sum(integers[:, i : i + height, j : j + width], axis=[1, 2])
+                        for j in range(0, integers.shape[2] - width + 1, stride)
+                    ],
+                    axis=1,
+                )
+                for i in range(0, integers.shape[1] - height + 1, stride)
+            ]
             return tf.cast((tf.stack(rows, axis=1) + plan.pool_rounding) // (height * width), tf.float32)
 
         def softmax(self, logits):
@@ -203,16 +226,30 @@ def read(path: Path) -> MobileNetV1Model:
     reader = tf.train.load_checkpoint(str(folder / "variables" / "variables"))
     stored = {}
     prefixes = [f"layers/{i}" for i in range(len(config.layers()))] + ["logits"]
-    names = [(layer.weight_name, layer.bias_name) for layer in config.layers()] + [(config.logits_weight_name, config.logits_bias_name)]
+    names = [(layer.weight_name, layer.bias_name) for layer in config.layers()] + [
+        (config.logits_weight_name, config.logits_bias_name)
+    ]
     for prefix, (weight_name, bias_name) in zip(prefixes, names):
         stored[weight_name] = _variable(reader, folder, f"{prefix}/kernel")
         stored[bias_name] = _variable(reader, folder, f"{prefix}/bias")
     offset = quant_info_from_json(metadata[QUANT_PARAMS_KEY], stored)
     shapes = config.folded_shapes()
-    quant = QuantInfo({name: _stored_integers(name, tensor, shapes[name]) for name, tensor in offset.tensors.items()}, offset.activations)
+    quant = QuantInfo(
+        {name: _stored_integers(name, tensor, shapes[name]) for name, tensor in offset.tensors.items()},
+        offset.activations,
+    )
     weights = {name: tensor.dequantize() for name, tensor in quant.tensors.items()}
-    return MobileNetV1Model(config, weights, quant=quant, source=metadata.get("source", str(folder)),
-                            backbone=Backbone.from_metadata(metadata)).with_recorded(metadata).validate()
+    return (
+        MobileNetV1Model(
+            config,
+            weights,
+            quant=quant,
+            source=metadata.get("source", str(folder)),
+            backbone=Backbone.from_metadata(metadata),
+        )
+        .with_recorded(metadata)
+        .validate()
+    )
 
 
 def _variable(reader: Any, folder: Path, attribute: str) -> np.ndarray:

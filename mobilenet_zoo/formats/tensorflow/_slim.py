@@ -90,7 +90,8 @@ class SlimGraph:
     def frozen_graph_def(self):
         """The graph with variables turned into constants of the same (slim) names, pruned to the outputs."""
         return self.tf.compat.v1.graph_util.convert_variables_to_constants(
-            self.session, self.graph.as_graph_def(), self.output_nodes)
+            self.session, self.graph.as_graph_def(), self.output_nodes
+        )
 
     def save_checkpoint(self, prefix: Path) -> None:
         """A tf.compat.v1 Saver checkpoint: `prefix.index`, `prefix.data-00000-of-00001`, `prefix.meta`."""
@@ -106,7 +107,12 @@ class SlimGraph:
         input_shape = [1, *self.images.shape[1:]]
         output_arrays = [self.probabilities.op.name, *self.feature_nodes]
         converter = self.tf.compat.v1.lite.TFLiteConverter(
-            self.frozen_graph_def(), None, None, input_arrays_with_shape=[(INPUT_NODE, input_shape)], output_arrays=output_arrays)
+            self.frozen_graph_def(),
+            None,
+            None,
+            input_arrays_with_shape=[(INPUT_NODE, input_shape)],
+            output_arrays=output_arrays,
+        )
         return converter.convert()
 
 
@@ -123,7 +129,9 @@ def slim_session(model: MobileNetV1Model, *, resource_variables: bool = True) ->
     with _errors_only(tf), graph.as_default():
         images = tf.compat.v1.placeholder(tf.float32, [None, model.input_size, model.input_size, 3], name=INPUT_NODE)
         with tf.compat.v1.variable_scope("", use_resource=resource_variables):
-            logits, probabilities, features = build_mobilenet_v1(tf, images, config, model.backbone, folded=model.is_folded)
+            logits, probabilities, features = build_mobilenet_v1(
+                tf, images, config, model.backbone, folded=model.is_folded
+            )
         variables = tf.compat.v1.global_variables()
         with tf.compat.v1.Session(graph=graph) as session:
             _load_variables(session, variables, model.weights)
@@ -190,7 +198,8 @@ def _conv_block(tf: ModuleType, inputs, placed: PlacedLayer, folded: bool):
             with tf.compat.v1.variable_scope("BatchNorm"):
                 gamma, beta, mean, variance = (_variable(tf, leaf, (layer.out_channels,)) for leaf in _BN_LEAVES)
                 net, _, _ = tf.compat.v1.nn.fused_batch_norm(
-                    net, gamma, beta, mean, variance, epsilon=BN_EPSILON, is_training=False, name="FusedBatchNorm")
+                    net, gamma, beta, mean, variance, epsilon=BN_EPSILON, is_training=False, name="FusedBatchNorm"
+                )
         return tf.nn.relu6(net, name="Relu6")
 
 
@@ -294,7 +303,9 @@ def read(path: Path) -> MobileNetV1Model:
         return _read_checkpoint(checkpoint_prefix(path))
     if path.suffix == ".pb":
         return _read_frozen_graph(path)
-    raise ModelFormatError(f"{path}: not a TensorFlow model (expected a .ckpt checkpoint, a frozen .pb or a SavedModel folder)")
+    raise ModelFormatError(
+        f"{path}: not a TensorFlow model (expected a .ckpt checkpoint, a frozen .pb or a SavedModel folder)"
+    )
 
 
 def checkpoint_prefix(path: Path) -> Path:
@@ -304,7 +315,9 @@ def checkpoint_prefix(path: Path) -> Path:
 
 def _read_checkpoint(prefix: Path) -> MobileNetV1Model:
     reader = _checkpoint_reader(prefix)
-    return _canonical_model(set(reader.get_variable_to_shape_map()), reader.get_tensor, _checkpoint_resolution(prefix), prefix)
+    return _canonical_model(
+        set(reader.get_variable_to_shape_map()), reader.get_tensor, _checkpoint_resolution(prefix), prefix
+    )
 
 
 def _checkpoint_reader(prefix: Path):
@@ -345,13 +358,16 @@ def _read_frozen_graph(path: Path) -> MobileNetV1Model:
     return with_dense_head(model, fetch(head.weights), fetch(head.biases), path)
 
 
-def _head_as_classifier(names: set[str], fetch: Callable[[str], np.ndarray], head: DenseHead,
-                        path: Path) -> tuple[set[str], Callable[[str], np.ndarray]]:
+def _head_as_classifier(
+    names: set[str], fetch: Callable[[str], np.ndarray], head: DenseHead, path: Path
+) -> tuple[set[str], Callable[[str], np.ndarray]]:
     """A dense head on the pooled features is the classifier: its C x N weights as the 1x1 kernel, its bias."""
     kernel, bias = f"{SCOPE}/{LOGITS_SCOPE}/weights", f"{SCOPE}/{LOGITS_SCOPE}/biases"
     if kernel in names:
-        raise ModelFormatError(f"{path}: holds both the network's classifier and a dense head ({head.logits}) on the "
-                               "pooled features: convert --backbone-only keeps the network's")
+        raise ModelFormatError(
+            f"{path}: holds both the network's classifier and a dense head ({head.logits}) on the "
+            "pooled features: convert --backbone-only keeps the network's"
+        )
     arrays = {kernel: np.asarray(fetch(head.weights))[None, None], bias: np.asarray(fetch(head.biases))}
     return names | set(arrays), lambda name: arrays[name] if name in arrays else fetch(name)
 
@@ -370,8 +386,9 @@ def read_backbone(path: Path) -> tuple[MobileNetV1Model, list[str], bytes]:
     pruned.node.extend(node for node in graph_def.node if node.name not in dropped)
     _restore_predictions(pruned)
     constants = graphdef.constant_nodes(pruned)
-    model = _canonical_model(set(constants), lambda name: graphdef.constant_array(constants[name]),
-                             _input_resolution(pruned, path), path)
+    model = _canonical_model(
+        set(constants), lambda name: graphdef.constant_array(constants[name]), _input_resolution(pruned, path), path
+    )
     return model, dropped, pruned.SerializeToString()
 
 
@@ -427,8 +444,10 @@ def dense_head(graph_def, path: Path) -> DenseHead | None:
     unknown = [node.name for node in extras if head is None or node.name not in head.nodes]
     if unknown:
         more = f" and {len(unknown) - 3} more" if len(unknown) > 3 else ""
-        raise ModelFormatError(f"{path}: nodes beyond the MobileNet V1 network that are not a dense head on its logits: "
-                               f"{', '.join(unknown[:3])}{more}")
+        raise ModelFormatError(
+            f"{path}: nodes beyond the MobileNet V1 network that are not a dense head on its logits: "
+            f"{', '.join(unknown[:3])}{more}"
+        )
     return head
 
 
@@ -441,7 +460,12 @@ def _find_dense_head(nodes: dict[str, Any], extras: list) -> DenseHead | None:
 
     def source(name: str, passed: list[str]) -> str:
         """Follow pass-through (and flattening) nodes back from `name`, collecting them in `passed`."""
-        while name in nodes and nodes[name].op in _PASS_THROUGH + _FLATTENS and nodes[name].input and not _is_network_node(name):
+        while (
+            name in nodes
+            and nodes[name].op in _PASS_THROUGH + _FLATTENS
+            and nodes[name].input
+            and not _is_network_node(name)
+        ):
             passed.append(name)
             if nodes[name].op == "Reshape" and len(nodes[name].input) == 2:
                 passed.append(_input_name(nodes[name].input[1]))  # its shape constant
@@ -480,8 +504,10 @@ def with_dense_head(model: MobileNetV1Model, weights: np.ndarray, biases: np.nda
     config = model.config
     weights, biases = np.asarray(weights, np.float64), np.asarray(biases, np.float64)
     if weights.ndim != 2 or weights.shape[0] != config.num_classes or biases.shape != (weights.shape[1],):
-        raise ModelFormatError(f"{source}: dense head of shape {list(weights.shape)} + {list(biases.shape)} does not "
-                               f"take the {config.num_classes} logits of {config.name}")
+        raise ModelFormatError(
+            f"{source}: dense head of shape {list(weights.shape)} + {list(biases.shape)} does not "
+            f"take the {config.num_classes} logits of {config.name}"
+        )
     kernel = np.asarray(model.weights[config.logits_weight_name], np.float64)[0, 0]
     bias = np.asarray(model.weights[config.logits_bias_name], np.float64)
     head_config = replace(config, num_classes=int(weights.shape[1]))
@@ -495,7 +521,11 @@ def _read_saved_model(folder: Path) -> MobileNetV1Model:
     """The variant and backbone options from the metadata `write` records, else the resolution from the signature."""
     metadata_path = folder / METADATA_FILE
     metadata = json.loads(metadata_path.read_text(encoding="utf-8")) if metadata_path.exists() else {}
-    resolution = int(metadata["resolution"]) if "resolution" in metadata else _signature_resolution(_serving_signature(folder), folder)
+    resolution = (
+        int(metadata["resolution"])
+        if "resolution" in metadata
+        else _signature_resolution(_serving_signature(folder), folder)
+    )
     names, fetch = _saved_variables(_checkpoint_reader(folder / "variables" / "variables"))
     model = _canonical_model(names, fetch, resolution, folder)
     return model.with_backbone(Backbone.from_metadata(metadata)).with_recorded(metadata)
@@ -516,7 +546,9 @@ def _unescape_object_name(name: str) -> str:
     return re.sub(r"\.(S|\.)", lambda match: "/" if match.group(1) == "S" else ".", name)
 
 
-def _canonical_model(names: set[str], fetch: Callable[[str], np.ndarray], resolution: int, source: Path) -> MobileNetV1Model:
+def _canonical_model(
+    names: set[str], fetch: Callable[[str], np.ndarray], resolution: int, source: Path
+) -> MobileNetV1Model:
     """The model whose slim-named tensors `fetch` returns; refuses anything that is not MobileNet V1."""
     first_kernel = f"{SCOPE}/Conv2d_0/weights"
     if first_kernel not in names:
@@ -584,7 +616,9 @@ def _checkpoint_resolution(prefix: Path) -> int:
             break
     match = _RESOLUTION_IN_NAME.search(name)
     if not match:
-        raise ModelFormatError(f"{prefix}: cannot tell the input resolution: no {name}_frozen.pb, _eval.pbtxt or _info.txt beside it")
+        raise ModelFormatError(
+            f"{prefix}: cannot tell the input resolution: no {name}_frozen.pb, _eval.pbtxt or _info.txt beside it"
+        )
     return int(match.group(1))
 
 
@@ -674,9 +708,13 @@ def _frozen_graph_runner(path: Path) -> TensorFlowRunner:
         raise ModelFormatError(f"{path}: not a MobileNet V1 graph: no node {missing[0]}")
     imported = tf.compat.v1.wrap_function(lambda: tf.compat.v1.import_graph_def(graph_def, name=""), [])
     tensor = imported.graph.get_tensor_by_name
-    function = imported.prune(tensor(f"{INPUT_NODE}:0"), {LOGITS: tensor(f"{logits_node}:0"), PROBABILITIES: tensor(f"{output_node}:0")})
+    function = imported.prune(
+        tensor(f"{INPUT_NODE}:0"), {LOGITS: tensor(f"{logits_node}:0"), PROBABILITIES: tensor(f"{output_node}:0")}
+    )
     batch_dim = next(node for node in graph_def.node if node.name == INPUT_NODE).attr["shape"].shape.dim[0].size
-    return TensorFlowRunner(lambda images: function(tf.constant(images)), resolution, batch_dim if batch_dim > 0 else None)
+    return TensorFlowRunner(
+        lambda images: function(tf.constant(images)), resolution, batch_dim if batch_dim > 0 else None
+    )
 
 
 def _saved_model_runner(folder: Path) -> TensorFlowRunner:
@@ -684,7 +722,9 @@ def _saved_model_runner(folder: Path) -> TensorFlowRunner:
     tf = require("tensorflow")
     signature = _serving_signature(folder)
     if not {LOGITS, PROBABILITIES} <= set(signature.outputs):
-        raise ModelFormatError(f"{folder}: serving signature outputs {sorted(signature.outputs)}, expected {LOGITS} and {PROBABILITIES}")
+        raise ModelFormatError(
+            f"{folder}: serving signature outputs {sorted(signature.outputs)}, expected {LOGITS} and {PROBABILITIES}"
+        )
     resolution = _signature_resolution(signature, folder)
     with _errors_only(tf):
         serve = tf.saved_model.load(str(folder)).signatures[SIGNATURE_KEY]

@@ -12,10 +12,17 @@ from typing import Any
 
 from mobilenet_zoo.formats import FormatSpec, reader, register_format, runner, writer
 
-SPEC = register_format(FormatSpec(
-    "tflite", "TFLite", target_suffix=".tflite", suffixes=(".tflite",), runtime="tflite",
-    runtime_module="ai_edge_litert", extra="tflite",
-))
+SPEC = register_format(
+    FormatSpec(
+        "tflite",
+        "TFLite",
+        target_suffix=".tflite",
+        suffixes=(".tflite",),
+        runtime="tflite",
+        runtime_module="ai_edge_litert",
+        extra="tflite",
+    )
+)
 
 
 @reader("tflite")

@@ -90,7 +90,10 @@ def read(path: Path) -> MobileNetV1Model:
     recorded = graph.recorded_metadata()
     if recorded.get("producer") == PRODUCER and int(recorded.get("resolution", config.resolution)) != config.resolution:
         # written with another input size: the variant keeps its trained resolution
-        config, backbone = replace(config, resolution=int(recorded["resolution"])), replace(backbone, input_size=config.resolution)
+        config, backbone = (
+            replace(config, resolution=int(recorded["resolution"])),
+            replace(backbone, input_size=config.resolution),
+        )
     weights: dict[str, np.ndarray] = {}
     quant = QuantInfo() if config.quantized else None
     for placed, op in zip(placed_layers(config, backbone), graph.convs):
@@ -124,7 +127,9 @@ class MobileNetGraph:
         try:
             model = schema.ModelT.InitFromPackedBuf(raw, 0)
         except Exception as exc:  # flatbuffers raises bare struct/index errors on damaged data
-            raise ModelFormatError(f"{path}: damaged or truncated TFLite flatbuffer ({type(exc).__name__}: {exc})") from exc
+            raise ModelFormatError(
+                f"{path}: damaged or truncated TFLite flatbuffer ({type(exc).__name__}: {exc})"
+            ) from exc
         if not model.subgraphs:
             raise ModelFormatError(f"{path}: TFLite model has no subgraph")
         graph = cls(schema, model, raw, str(path), list(model.subgraphs[0].operators or []))
@@ -150,7 +155,7 @@ class MobileNetGraph:
     @property
     def tail(self) -> list:
         """The operators after the classifier (see `_TAILS`)."""
-        return self.operators[len(_BODY_OPS):]
+        return self.operators[len(_BODY_OPS) :]
 
     @property
     def squeeze(self):
@@ -180,13 +185,19 @@ class MobileNetGraph:
         names = [self.op_name(op) for op in self.operators]
         chains = {len(_BODY_OPS) + len(tail): _BODY_OPS + tail for tail in _TAILS}
         if len(names) not in chains:
-            raise ModelFormatError(f"{self.name}: not a MobileNet V1 graph: {len(names)} operators, expected {len(EXPECTED_OPS)}")
+            raise ModelFormatError(
+                f"{self.name}: not a MobileNet V1 graph: {len(names)} operators, expected {len(EXPECTED_OPS)}"
+            )
         for index, (name, expected) in enumerate(zip(names, chains[len(names)])):
             if name not in (expected if isinstance(expected, tuple) else (expected,)):
-                raise ModelFormatError(f"{self.name}: not a MobileNet V1 graph: operator {index} is {name}, expected {expected}")
+                raise ModelFormatError(
+                    f"{self.name}: not a MobileNet V1 graph: operator {index} is {name}, expected {expected}"
+                )
         for index in range(1, len(self.operators)):
             if self.operators[index].inputs[0] != self.operators[index - 1].outputs[0]:
-                raise ModelFormatError(f"{self.name}: not a MobileNet V1 graph: operator {index} does not consume operator {index - 1}")
+                raise ModelFormatError(
+                    f"{self.name}: not a MobileNet V1 graph: operator {index} does not consume operator {index - 1}"
+                )
         if self.tensor(self.input_tensor).shape[-1] != 3:
             raise ModelFormatError(f"{self.name}: not a MobileNet V1 graph: input is not RGB")
 
@@ -218,21 +229,32 @@ class MobileNetGraph:
         # a VALID depthwise convolution is Keras' padding on an odd map (`check_placement` checks each one)
         valid = any(op.builtinOptions.padding == self.schema.Padding.VALID for op in self.convs[1::2])
         padding = "keras" if valid else "same"
-        return ModelConfig(alpha=infer_alpha(int(first_kernel[0])), resolution=height, quantized=quantized, num_classes=classes,
-                           padding=padding)
+        return ModelConfig(
+            alpha=infer_alpha(int(first_kernel[0])),
+            resolution=height,
+            quantized=quantized,
+            num_classes=classes,
+            padding=padding,
+        )
 
     def backbone(self, config: ModelConfig) -> Backbone:
         """The backbone options the graph's structure shows (its input size is the config's resolution)."""
         output_stride = int(np.prod([op.builtinOptions.strideH for op in self.convs]))
         if output_stride not in OUTPUT_STRIDES:
-            raise ModelFormatError(f"{self.name}: not a MobileNet V1 graph: its convolutions stride {output_stride} in all")
+            raise ModelFormatError(
+                f"{self.name}: not a MobileNet V1 graph: its convolutions stride {output_stride} in all"
+            )
         pooling = "global" if self.pool.builtinOptions.strideH == 1 else "slim"
         scopes = {feature_scope(index): index for index in range(len(BLOCK_STRIDES) + 1)}
         outputs = self.feature_outputs(config)
         not_features = sorted(set(outputs) - set(scopes))
         if not_features:
-            raise ModelFormatError(f"{self.name}: output of {not_features[0]} is not a feature end point (Conv2d_0 or a pointwise layer)")
-        backbone = Backbone(features=tuple(scopes[scope] for scope in outputs), pooling=pooling, output_stride=output_stride)
+            raise ModelFormatError(
+                f"{self.name}: output of {not_features[0]} is not a feature end point (Conv2d_0 or a pointwise layer)"
+            )
+        backbone = Backbone(
+            features=tuple(scopes[scope] for scope in outputs), pooling=pooling, output_stride=output_stride
+        )
         self.check_pool(placed_layers(config, backbone)[-1].output_size, pooling)
         return backbone
 
@@ -241,7 +263,9 @@ class MobileNetGraph:
         options = op.builtinOptions
         got = (options.strideH, options.strideW, options.dilationHFactor, options.dilationWFactor)
         if got != (stride, stride, rate, rate):
-            raise ModelFormatError(f"{self.name}: {scope} has stride {got[:2]} and dilation {got[2:]}, expected {stride} and {rate}")
+            raise ModelFormatError(
+                f"{self.name}: {scope} has stride {got[:2]} and dilation {got[2:]}, expected {stride} and {rate}"
+            )
         expected = "VALID" if valid else "SAME"
         if not scope.endswith("_pointwise") and options.padding != getattr(self.schema.Padding, expected):
             raise ModelFormatError(f"{self.name}: {scope} does not pad {expected} as the backbone places it")
@@ -249,8 +273,15 @@ class MobileNetGraph:
     def check_pool(self, feature_size: int, pooling: str) -> None:
         options = self.pool.builtinOptions
         kernel, stride = pool_geometry(feature_size, pooling)
-        if (options.filterHeight, options.filterWidth, options.strideH, options.strideW) != (kernel, kernel, stride, stride):
-            raise ModelFormatError(f"{self.name}: Logits/AvgPool_1a is not {pooling} pooling of a {feature_size}x{feature_size} map")
+        if (options.filterHeight, options.filterWidth, options.strideH, options.strideW) != (
+            kernel,
+            kernel,
+            stride,
+            stride,
+        ):
+            raise ModelFormatError(
+                f"{self.name}: Logits/AvgPool_1a is not {pooling} pooling of a {feature_size}x{feature_size} map"
+            )
 
     def feature_outputs(self, config: ModelConfig) -> dict[str, int]:
         """Subgraph outputs besides the head's, by the scope of the convolution whose activation each one is."""
@@ -259,7 +290,9 @@ class MobileNetGraph:
         outputs = {}
         for index in (int(i) for i in self.subgraph.outputs if int(i) not in head):
             if index not in producers:
-                raise ModelFormatError(f"{self.name}: output {_text(self.tensor(index).name)} is not the activation of a convolution")
+                raise ModelFormatError(
+                    f"{self.name}: output {_text(self.tensor(index).name)} is not the activation of a convolution"
+                )
             outputs[producers[index]] = index
         return outputs
 
@@ -271,14 +304,20 @@ class MobileNetGraph:
     def signature(self, outputs: dict[str, int]) -> Signature | None:
         """A signature (SIGNATURE_KEY first) whose one input is the image and whose outputs include every tensor of
         `outputs` (Runner name -> tensor index), whatever it names them; None when the file has no such signature."""
-        definitions = sorted(self.model.signatureDefs or [], key=lambda definition: _text(definition.signatureKey) != SIGNATURE_KEY)
+        definitions = sorted(
+            self.model.signatureDefs or [], key=lambda definition: _text(definition.signatureKey) != SIGNATURE_KEY
+        )
         for definition in definitions:
             inputs = definition.inputs or []
             if definition.subgraphIndex != 0 or len(inputs) != 1 or inputs[0].tensorIndex != self.input_tensor:
                 continue
             named = {int(entry.tensorIndex): _text(entry.name) for entry in definition.outputs or []}
             if all(index in named for index in outputs.values()):
-                return Signature(_text(definition.signatureKey), _text(inputs[0].name), {named[index]: name for name, index in outputs.items()})
+                return Signature(
+                    _text(definition.signatureKey),
+                    _text(inputs[0].name),
+                    {named[index]: name for name, index in outputs.items()},
+                )
         return None
 
     def fixed_batch(self) -> int | None:
@@ -299,7 +338,9 @@ class MobileNetGraph:
         dtype = _NUMPY_TYPES.get(self.type_name(index))
         shape = tuple(int(d) for d in tensor.shape)
         if dtype is None or len(data) != np.dtype(dtype).itemsize * int(np.prod(shape)):
-            raise ModelFormatError(f"{self.name}: constant tensor {index} ({_text(tensor.name)}) has no or truncated data")
+            raise ModelFormatError(
+                f"{self.name}: constant tensor {index} ({_text(tensor.name)}) has no or truncated data"
+            )
         return np.frombuffer(data, dtype).reshape(shape)
 
     def quant_params(self, index: int) -> QuantParams:
@@ -381,10 +422,15 @@ def load_runner(path: Path, *, xnnpack: bool = False) -> TFLiteRunner:
     resolution = int(graph.tensor(graph.input_tensor).shape[1])
     with warnings.catch_warnings(), native_logs_silenced():  # preserving tensors warns that it is for debugging
         warnings.simplefilter("ignore", UserWarning)
-        interpreter = litert.Interpreter(model_path=str(path), experimental_op_resolver_type=resolver,
-                                         experimental_preserve_all_tensors=signature is None)
+        interpreter = litert.Interpreter(
+            model_path=str(path),
+            experimental_op_resolver_type=resolver,
+            experimental_preserve_all_tensors=signature is None,
+        )
         if signature is None:
-            return TFLiteRunner(_tensor_forward(interpreter, graph.input_tensor, outputs), quantized, resolution, batch_size=1)
+            return TFLiteRunner(
+                _tensor_forward(interpreter, graph.input_tensor, outputs), quantized, resolution, batch_size=1
+            )
         return TFLiteRunner(_signature_forward(interpreter, signature), quantized, resolution, graph.fixed_batch())
 
 
@@ -424,7 +470,9 @@ def _signature_forward(interpreter, signature: Signature) -> Callable[[np.ndarra
     return forward
 
 
-def _tensor_forward(interpreter, input_index: int, outputs: dict[str, int]) -> Callable[[np.ndarray], dict[str, np.ndarray]]:
+def _tensor_forward(
+    interpreter, input_index: int, outputs: dict[str, int]
+) -> Callable[[np.ndarray], dict[str, np.ndarray]]:
     interpreter.allocate_tensors()
 
     def forward(batch: np.ndarray) -> dict[str, np.ndarray]:
@@ -468,14 +516,22 @@ def flatbuffer(model: MobileNetV1Model) -> bytes:
         layer, size = placed.layer, placed.output_size
         output = writer.activation(f"{SCOPE}/{layer.scope}/Relu6", [size, size, layer.out_channels], layer.scope)
         inputs = [tensor, *writer.kernel_and_bias(layer.weight_name, layer.bias_name)]
-        tensor = writer.conv(layer.kind == "depthwise", inputs, output, placed.stride, "RELU6", placed.rate, placed.valid)
+        tensor = writer.conv(
+            layer.kind == "depthwise", inputs, output, placed.stride, "RELU6", placed.rate, placed.valid
+        )
         if layer.scope in backbone.feature_names:
             features[layer.scope] = tensor
     map_size = logits_map_size(config, backbone)
     pooled_shape, head_shape = [map_size, map_size, config.feature_channels], [map_size, map_size, config.num_classes]
     tensor = writer.average_pool(tensor, pool_geometry(size, backbone.pooling), pooled_shape)
     logits_map = writer.activation(f"{SCOPE}/{LOGITS_ACTIVATION}/BiasAdd", head_shape, LOGITS_ACTIVATION)
-    logits = writer.conv(False, [tensor, *writer.kernel_and_bias(config.logits_weight_name, config.logits_bias_name)], logits_map, 1, "NONE")
+    logits = writer.conv(
+        False,
+        [tensor, *writer.kernel_and_bias(config.logits_weight_name, config.logits_bias_name)],
+        logits_map,
+        1,
+        "NONE",
+    )
     if map_size == 1:
         logits = writer.squeeze(logits, config.num_classes)
         head_shape = [config.num_classes]
@@ -497,8 +553,15 @@ class _GraphWriter:
         self.operators: list = []
         self.opcodes: dict[str, int] = {}
 
-    def add_tensor(self, name: str, shape: list[int], type_name: str, params: QuantParams | None = None,
-                   data: np.ndarray | None = None, quantized_dimension: int = 0) -> int:
+    def add_tensor(
+        self,
+        name: str,
+        shape: list[int],
+        type_name: str,
+        params: QuantParams | None = None,
+        data: np.ndarray | None = None,
+        quantized_dimension: int = 0,
+    ) -> int:
         tensor = self.schema.TensorT()
         tensor.name, tensor.shape = name, np.asarray(shape, np.int32)
         tensor.type = getattr(self.schema.TensorType, type_name)
@@ -534,15 +597,26 @@ class _GraphWriter:
         if self.model.quant is None:
             kernel = self.model.weights[weight_name].astype(np.float32).transpose(_TF_TO_TFLITE_AXES)
             bias = self.model.weights[bias_name].astype(np.float32)
-            return (self.add_tensor(weight_name, list(kernel.shape), "FLOAT32", data=kernel),
-                    self.add_tensor(bias_name, list(bias.shape), "FLOAT32", data=bias))
+            return (
+                self.add_tensor(weight_name, list(kernel.shape), "FLOAT32", data=kernel),
+                self.add_tensor(bias_name, list(bias.shape), "FLOAT32", data=bias),
+            )
         kernel, bias = self.model.quant.tensors[weight_name], self.model.quant.tensors[bias_name]
         data = kernel.values.transpose(_TF_TO_TFLITE_AXES)
         # Per-channel scales run along the output channel: axis 0 of OHWI, axis 3 of a depthwise 1HWC
         # (per-tensor kernels keep 0: XNNPACK takes a nonzero dimension for a per-channel kernel).
         per_channel_depthwise = weight_name.endswith("depthwise_weights") and np.size(kernel.params.scale) > 1
-        kernel_index = self.add_tensor(weight_name, list(data.shape), kernel.params.dtype.upper(), kernel.params, data, 3 if per_channel_depthwise else 0)
-        bias_index = self.add_tensor(bias_name, list(bias.values.shape), bias.params.dtype.upper(), bias.params, bias.values)
+        kernel_index = self.add_tensor(
+            weight_name,
+            list(data.shape),
+            kernel.params.dtype.upper(),
+            kernel.params,
+            data,
+            3 if per_channel_depthwise else 0,
+        )
+        bias_index = self.add_tensor(
+            bias_name, list(bias.values.shape), bias.params.dtype.upper(), bias.params, bias.values
+        )
         return kernel_index, bias_index
 
     def operator(self, op_name: str, inputs: list[int], output: int, options_name: str | None = None, **options) -> int:
@@ -557,22 +631,47 @@ class _GraphWriter:
         self.operators.append(op)
         return output
 
-    def conv(self, depthwise: bool, inputs: list[int], output: int, stride: int, activation: str, rate: int = 1,
-             valid: bool = False) -> int:
+    def conv(
+        self,
+        depthwise: bool,
+        inputs: list[int],
+        output: int,
+        stride: int,
+        activation: str,
+        rate: int = 1,
+        valid: bool = False,
+    ) -> int:
         """CONV_2D or DEPTHWISE_CONV_2D, SAME padded (VALID: Keras' padding on an odd map, see `PlacedLayer.valid`)."""
         padding = self.schema.Padding.VALID if valid else self.schema.Padding.SAME
-        options = {"padding": padding, "strideH": stride, "strideW": stride, "dilationHFactor": rate, "dilationWFactor": rate,
-                   "fusedActivationFunction": getattr(self.schema.ActivationFunctionType, activation)}
+        options = {
+            "padding": padding,
+            "strideH": stride,
+            "strideW": stride,
+            "dilationHFactor": rate,
+            "dilationWFactor": rate,
+            "fusedActivationFunction": getattr(self.schema.ActivationFunctionType, activation),
+        }
         if depthwise:
-            return self.operator("DEPTHWISE_CONV_2D", inputs, output, "DepthwiseConv2DOptions", depthMultiplier=1, **options)
+            return self.operator(
+                "DEPTHWISE_CONV_2D", inputs, output, "DepthwiseConv2DOptions", depthMultiplier=1, **options
+            )
         return self.operator("CONV_2D", inputs, output, "Conv2DOptions", **options)
 
     def average_pool(self, tensor: int, geometry: tuple[int, int], shape: list[int]) -> int:
         """VALID AVERAGE_POOL_2D of (kernel, stride) `geometry` to an output of `shape` (batch left out)."""
         kernel, stride = geometry
         output = self.activation(f"{SCOPE}/{POOL_ACTIVATION}/AvgPool", shape, POOL_ACTIVATION)
-        return self.operator("AVERAGE_POOL_2D", [tensor], output, "Pool2DOptions", padding=self.schema.Padding.VALID,
-                             strideH=stride, strideW=stride, filterHeight=kernel, filterWidth=kernel)
+        return self.operator(
+            "AVERAGE_POOL_2D",
+            [tensor],
+            output,
+            "Pool2DOptions",
+            padding=self.schema.Padding.VALID,
+            strideH=stride,
+            strideW=stride,
+            filterHeight=kernel,
+            filterWidth=kernel,
+        )
 
     def squeeze(self, tensor: int, classes: int) -> int:
         """Reshape N x 1 x 1 x classes to N x classes (batch left free with -1)."""

@@ -12,10 +12,18 @@ from typing import Any
 
 from mobilenet_zoo.formats import FormatSpec, reader, register_format, runner, writer
 
-SPEC = register_format(FormatSpec(
-    "torch", "PyTorch", target_suffix="_torch", suffixes=(".pt2", ".safetensors", ".pt"),
-    folder_markers=("*.pt2", "*.safetensors"), runtime="torch", runtime_module="torch", extra="torch",
-))
+SPEC = register_format(
+    FormatSpec(
+        "torch",
+        "PyTorch",
+        target_suffix="_torch",
+        suffixes=(".pt2", ".safetensors", ".pt"),
+        folder_markers=("*.pt2", "*.safetensors"),
+        runtime="torch",
+        runtime_module="torch",
+        extra="torch",
+    )
+)
 _PRIVATE = ("_folder", "_quant", "_module")
 
 

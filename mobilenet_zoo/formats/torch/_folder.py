@@ -81,7 +81,9 @@ def write(model: MobileNetV1Model, out: Path, *, layout: str = DEFAULT_LAYOUT, s
     with atomic_folder(out) as staging:
         name, metadata = model.config.name, model_metadata(model)
         save_safetensors(hf_state_dict(model), staging / HF_WEIGHTS, hf_weights_metadata(model))
-        if model.backbone.is_default and not any(placed.valid for placed in placed_layers(model.config)):  # transformers pads SAME
+        if model.backbone.is_default and not any(
+            placed.valid for placed in placed_layers(model.config)
+        ):  # transformers pads SAME
             write_hf_configs(model, staging)
         if slim_weights:
             save_safetensors(model.weights, staging / f"{name}{WEIGHTS_SUFFIX}", metadata)
@@ -116,7 +118,9 @@ def read(path: Path) -> MobileNetV1Model:
         return _read_program(path)
     if path.suffix == WEIGHTS_SUFFIX:
         return _read_safetensors(path)
-    raise ModelFormatError(f"{path}: not a PyTorch model (expected a folder, a {WEIGHTS_SUFFIX} or a {PROGRAM_SUFFIX} file)")
+    raise ModelFormatError(
+        f"{path}: not a PyTorch model (expected a folder, a {WEIGHTS_SUFFIX} or a {PROGRAM_SUFFIX} file)"
+    )
 
 
 def load_runner(path: Path) -> TorchRunner:
@@ -252,7 +256,9 @@ class ProgramCall:
 
 def save_safetensors(tensors: dict[str, np.ndarray], out: Path, metadata: dict[str, str]) -> None:
     """Save numpy arrays (made C-contiguous) as a safetensors file with string `metadata`."""
-    safetensors_numpy().save_file({name: np.asarray(array, order="C") for name, array in tensors.items()}, str(out), metadata=metadata)
+    safetensors_numpy().save_file(
+        {name: np.asarray(array, order="C") for name, array in tensors.items()}, str(out), metadata=metadata
+    )
 
 
 def _read_folder(folder: Path) -> MobileNetV1Model:
@@ -266,7 +272,9 @@ def _read_folder(folder: Path) -> MobileNetV1Model:
         return _read_program(program)
     if (folder / HF_CONFIG).exists():
         return read_hf_folder(folder)
-    raise ModelFormatError(f"{folder}: holds no {WEIGHTS_SUFFIX} or {PROGRAM_SUFFIX} of ours and no Hugging Face {HF_CONFIG}")
+    raise ModelFormatError(
+        f"{folder}: holds no {WEIGHTS_SUFFIX} or {PROGRAM_SUFFIX} of ours and no Hugging Face {HF_CONFIG}"
+    )
 
 
 def _our_weights_file(folder: Path) -> Path | None:
@@ -285,7 +293,9 @@ def _read_safetensors(path: Path) -> MobileNetV1Model:
     if metadata.get("producer") != PRODUCER:
         if path.name == HF_WEIGHTS and (path.parent / HF_CONFIG).exists():
             return read_hf_folder(path.parent)
-        raise ModelFormatError(f"{path}: not a MobileNet V1 safetensors file (no {PRODUCER} metadata, no Hugging Face {HF_CONFIG} beside it)")
+        raise ModelFormatError(
+            f"{path}: not a MobileNet V1 safetensors file (no {PRODUCER} metadata, no Hugging Face {HF_CONFIG} beside it)"
+        )
     config = config_from_metadata(metadata, path)
     tensors = safetensors_numpy().load_file(str(path))
     if metadata.get(WEIGHT_LAYOUT_KEY) == HF_WEIGHTS_LAYOUT:
@@ -304,11 +314,15 @@ def _read_program(path: Path) -> MobileNetV1Model:
     try:
         weights = weights_from_state_dict(state, config, folded=metadata.get("folded") == "true")
     except KeyError as exc:
-        raise ModelFormatError(f"{path}: exported program has no tensor {exc} of a MobileNet V1 {config.name}") from None
+        raise ModelFormatError(
+            f"{path}: exported program has no tensor {exc} of a MobileNet V1 {config.name}"
+        ) from None
     return _model(config, weights, metadata, path)
 
 
-def _model(config: ModelConfig, weights: dict[str, np.ndarray], metadata: dict[str, str], path: Path) -> MobileNetV1Model:
+def _model(
+    config: ModelConfig, weights: dict[str, np.ndarray], metadata: dict[str, str], path: Path
+) -> MobileNetV1Model:
     """The validated canonical model of our file, with the source and backbone its metadata records."""
     source = metadata.get("source", str(path))
     model = MobileNetV1Model(config, weights, source=source, backbone=backbone_from_metadata(metadata, path))
@@ -373,7 +387,10 @@ def write_hf_configs(model: MobileNetV1Model, folder: Path) -> None:
     """Write the `config.json` (with the model's class names) and `preprocessor_config.json` that go with
     model.safetensors."""
     config = model.config
-    for name, content in ((HF_CONFIG, hf_config(config, model.classes)), (HF_PREPROCESSOR, hf_preprocessor_config(config))):
+    for name, content in (
+        (HF_CONFIG, hf_config(config, model.classes)),
+        (HF_PREPROCESSOR, hf_preprocessor_config(config)),
+    ):
         (folder / name).write_text(json.dumps(content, indent=2) + "\n", encoding="utf-8")
 
 
@@ -384,7 +401,11 @@ def hf_labels(config: ModelConfig, classes: Classes | None = None) -> tuple[str,
     if classes.labels is not None:
         return classes.labels
     imagenet = imagenet_names(classes.background)
-    return imagenet if len(imagenet) == config.num_classes else tuple(f"LABEL_{index}" for index in range(config.num_classes))
+    return (
+        imagenet
+        if len(imagenet) == config.num_classes
+        else tuple(f"LABEL_{index}" for index in range(config.num_classes))
+    )
 
 
 def hf_config(config: ModelConfig, classes: Classes | None = None) -> dict[str, Any]:
@@ -443,8 +464,12 @@ def hf_state_dict(model: MobileNetV1Model) -> dict[str, np.ndarray]:
     from mobilenet_zoo.formats.torch._module import to_torch_layout
 
     unfolded = _with_identity_batchnorm(model) if model.is_folded else model
-    state = {hf: to_torch_layout(unfolded.weights[slim], kind) for slim, (hf, kind) in hf_tensor_names(model.config).items()}
-    for name in [n for n in state if n.endswith(".running_mean")]:  # BatchNorm2d's counter, as save_pretrained writes it
+    state = {
+        hf: to_torch_layout(unfolded.weights[slim], kind) for slim, (hf, kind) in hf_tensor_names(model.config).items()
+    }
+    for name in [
+        n for n in state if n.endswith(".running_mean")
+    ]:  # BatchNorm2d's counter, as save_pretrained writes it
         state[name.replace(".running_mean", ".num_batches_tracked")] = np.zeros((), np.int64)
     return state
 
@@ -466,7 +491,9 @@ def read_hf_folder(folder: Path) -> MobileNetV1Model:
     """The (unfolded) canonical model of a transformers MobileNetV1ForImageClassification folder."""
     weights_path = folder / HF_WEIGHTS
     if not weights_path.exists():
-        raise ModelFormatError(f"{folder}: Hugging Face folder without {HF_WEIGHTS} (only safetensors weights are read)")
+        raise ModelFormatError(
+            f"{folder}: Hugging Face folder without {HF_WEIGHTS} (only safetensors weights are read)"
+        )
     state = safetensors_numpy().load_file(str(weights_path))
     if "classifier.weight" not in state:
         raise ModelFormatError(f"{weights_path}: no classifier.weight, not a MobileNetV1ForImageClassification")
@@ -522,12 +549,19 @@ def _config_from_hf(hf: dict[str, Any], num_classes: int, folder: Path) -> Model
     if hf.get("model_type") != HF_MODEL_TYPE:
         raise ModelFormatError(f"{path}: model_type {hf.get('model_type')!r}, expected {HF_MODEL_TYPE!r}")
     if not hf.get("tf_padding", True):
-        raise ModelFormatError(f"{path}: tf_padding is false (symmetric padding); slim's TF 'SAME' numerics need it true")
-    if not np.isclose(hf.get("layer_norm_eps", BN_EPSILON), BN_EPSILON) or hf.get("min_depth", HF_MIN_DEPTH) != HF_MIN_DEPTH:
+        raise ModelFormatError(
+            f"{path}: tf_padding is false (symmetric padding); slim's TF 'SAME' numerics need it true"
+        )
+    if (
+        not np.isclose(hf.get("layer_norm_eps", BN_EPSILON), BN_EPSILON)
+        or hf.get("min_depth", HF_MIN_DEPTH) != HF_MIN_DEPTH
+    ):
         raise ModelFormatError(f"{path}: layer_norm_eps and min_depth must be slim's {BN_EPSILON} and {HF_MIN_DEPTH}")
     image_size = hf.get("image_size", 224)
     resolution = image_size[0] if isinstance(image_size, (list, tuple)) else image_size
-    return ModelConfig(alpha=float(hf.get("depth_multiplier", 1.0)), resolution=int(resolution), num_classes=int(num_classes))
+    return ModelConfig(
+        alpha=float(hf.get("depth_multiplier", 1.0)), resolution=int(resolution), num_classes=int(num_classes)
+    )
 
 
 def _with_identity_batchnorm(model: MobileNetV1Model) -> MobileNetV1Model:

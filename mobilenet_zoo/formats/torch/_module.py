@@ -63,7 +63,15 @@ class ConvBlock(nn.Module):
         layer = placed.layer
         self.kernel, self.stride, self.rate, self.valid = layer.kernel, placed.stride, placed.rate, placed.valid
         groups = layer.in_channels if layer.kind == "depthwise" else 1
-        self.conv = nn.Conv2d(layer.in_channels, layer.out_channels, layer.kernel, placed.stride, dilation=placed.rate, groups=groups, bias=folded)
+        self.conv = nn.Conv2d(
+            layer.in_channels,
+            layer.out_channels,
+            layer.kernel,
+            placed.stride,
+            dilation=placed.rate,
+            groups=groups,
+            bias=folded,
+        )
         self.bn = nn.Identity() if folded else nn.BatchNorm2d(layer.out_channels, eps=BN_EPSILON)
 
     def forward(self, x):
@@ -83,7 +91,9 @@ class MobileNetV1(nn.Module):
         self.config, self.folded, self.backbone = config, folded, backbone
         self.output_names = output_names(backbone)
         self.feature_scopes = frozenset(backbone.feature_names)
-        self.layers = nn.ModuleDict({placed.layer.scope: ConvBlock(placed, folded) for placed in placed_layers(config, backbone)})
+        self.layers = nn.ModuleDict(
+            {placed.layer.scope: ConvBlock(placed, folded) for placed in placed_layers(config, backbone)}
+        )
         self.logits = nn.Conv2d(config.feature_channels, config.num_classes, 1)
 
     def forward(self, images):
@@ -99,7 +109,9 @@ class MobileNetV1(nn.Module):
     def _logits(self, features):
         """Logits/AvgPool_1a (VALID, kernel and stride from `arch.pool_geometry`), the 1x1 classifier, and the
         spatial squeeze when the map is 1x1 (else the map, NHWC)."""
-        (kernel_h, stride), (kernel_w, _) = (pool_geometry(features.shape[axis], self.backbone.pooling) for axis in (2, 3))
+        (kernel_h, stride), (kernel_w, _) = (
+            pool_geometry(features.shape[axis], self.backbone.pooling) for axis in (2, 3)
+        )
         logits_map = self.logits(F.avg_pool2d(features, (kernel_h, kernel_w), stride=stride))
         if logits_map.shape[2:] == (1, 1):
             return torch.squeeze(logits_map, (2, 3))
@@ -136,7 +148,9 @@ def load_weights(module: MobileNetV1, model: MobileNetV1Model) -> None:
     state = module.state_dict()  # tensors sharing the module's storage
     with torch.no_grad():
         for slim_name, (torch_name, kind) in tensor_names(model.config, model.is_folded).items():
-            state[torch_name].copy_(torch.tensor(to_torch_layout(model.weights[slim_name], kind)))  # a copy: the array may be read-only
+            state[torch_name].copy_(
+                torch.tensor(to_torch_layout(model.weights[slim_name], kind))
+            )  # a copy: the array may be read-only
 
 
 def weights_from_state_dict(state: dict, config: ModelConfig, folded: bool) -> dict[str, np.ndarray]:
@@ -163,7 +177,9 @@ def layer_tensor_names(layer: Layer, prefix: str, *, conv: str, norm: str, folde
     if folded:
         names[layer.bias_name] = (f"{prefix}.{conv}.bias", VECTOR)
     else:
-        names.update({layer.bn_name(leaf): (f"{prefix}.{norm}.{tensor}", VECTOR) for leaf, tensor in BN_TENSORS.items()})
+        names.update(
+            {layer.bn_name(leaf): (f"{prefix}.{norm}.{tensor}", VECTOR) for leaf, tensor in BN_TENSORS.items()}
+        )
     return names
 
 

@@ -114,8 +114,13 @@ def build_module(network: IntegerNetwork, plan: FloatPlan | None = None):
                 return self.requantize(functional.linear(offsets, self.weight, self.bias))
             padding = self.pad_before
             if self.pad_before != self.pad_after:
-                offsets, padding = functional.pad(offsets, (0, 0, self.pad_before, self.pad_after, self.pad_before, self.pad_after)), 0
-            accumulator = functional.conv2d(offsets.permute(0, 3, 1, 2), self.weight, self.bias, self.stride, padding, self.rate, self.groups)
+                offsets, padding = (
+                    functional.pad(offsets, (0, 0, self.pad_before, self.pad_after, self.pad_before, self.pad_after)),
+                    0,
+                )
+            accumulator = functional.conv2d(
+                offsets.permute(0, 3, 1, 2), self.weight, self.bias, self.stride, padding, self.rate, self.groups
+            )
             return self.requantize(accumulator.permute(0, 2, 3, 1))
 
         def requantize(self, accumulator):
@@ -126,7 +131,12 @@ def build_module(network: IntegerNetwork, plan: FloatPlan | None = None):
             if self.requantize_dtype == "float32":
                 return torch.addcmul(self.offset, accumulator, self.scale).clamp_(self.low, self.high).floor_()
             accumulator = accumulator.to(torch.float64) if accumulator.dtype != torch.float64 else accumulator
-            return torch.addcmul(self.offset, accumulator, self.scale).clamp_(self.low, self.high).floor_().to(torch.float32)
+            return (
+                torch.addcmul(self.offset, accumulator, self.scale)
+                .clamp_(self.low, self.high)
+                .floor_()
+                .to(torch.float32)
+            )
 
     class QuantizedMobileNetV1(nn.Module):
         """MobileNet V1 in TFLite's uint8 arithmetic: uint8 NHWC images -> uint8 logits, probabilities and feature maps."""
@@ -138,7 +148,11 @@ def build_module(network: IntegerNetwork, plan: FloatPlan | None = None):
             self.input_zero_point = network.convs[0].input_zero_point
             self.zero_points = [conv.output_zero_point for conv in plan.convs]
             self.logits_zero_point = plan.logits.output_zero_point
-            self.pool_kernel, self.pool_stride, self.pool_rounding = network.pool_kernel, network.pool_stride, plan.pool_rounding
+            self.pool_kernel, self.pool_stride, self.pool_rounding = (
+                network.pool_kernel,
+                network.pool_stride,
+                plan.pool_rounding,
+            )
             self.squeeze = network.logits_map_size == 1
             self.feature_layers = [layer.scope in network.features for layer in network.convs]
             self.output_scale, self.output_zero_point = float(network.output_scale), network.output_zero_point
@@ -162,8 +176,9 @@ def build_module(network: IntegerNetwork, plan: FloatPlan | None = None):
         def average_pool(self, offsets):
             """uint8 VALID average pool on offsets: floor((window sum + count / 2) / count), exact in float64."""
             height, width = self.pool_kernel
-            sums = functional.avg_pool2d(offsets.permute(0, 3, 1, 2).to(torch.float64), self.pool_kernel, self.pool_stride,
-                                         divisor_override=1)
+            sums = functional.avg_pool2d(
+                offsets.permute(0, 3, 1, 2).to(torch.float64), self.pool_kernel, self.pool_stride, divisor_override=1
+            )
             pooled = torch.div(sums + self.pool_rounding, height * width, rounding_mode="floor")
             return pooled.permute(0, 2, 3, 1).to(torch.float32)
 
@@ -192,7 +207,9 @@ def write(model: MobileNetV1Model, out: Path) -> Path:
     with atomic_folder(out) as staging:
         name, metadata = model.config.name, torch_format.model_metadata(model)
         torch_format.save_safetensors(quant_tensors(model.quant), staging / f"{name}{WEIGHTS_SUFFIX}", metadata)
-        torch_format.save_program(build_module(network), network.resolution, "uint8", staging / f"{name}{PROGRAM_SUFFIX}", metadata)
+        torch_format.save_program(
+            build_module(network), network.resolution, "uint8", staging / f"{name}{PROGRAM_SUFFIX}", metadata
+        )
     return out
 
 
@@ -204,13 +221,18 @@ def quant_tensors(quant: QuantInfo) -> dict[str, np.ndarray]:
         tensors.update(_params_tensors(name, tensor.params))
     for key, params in quant.activations.items():
         if params.dtype != ACTIVATION_DTYPE:
-            raise ModelFormatError(f"activation {key} is {params.dtype}; the quantized PyTorch format stores {ACTIVATION_DTYPE} activations")
+            raise ModelFormatError(
+                f"activation {key} is {params.dtype}; the quantized PyTorch format stores {ACTIVATION_DTYPE} activations"
+            )
         tensors.update(_params_tensors(f"{ACTIVATION_PREFIX}{key}", params))
     return tensors
 
 
 def _params_tensors(name: str, params: QuantParams) -> dict[str, np.ndarray]:
-    return {f"{name}/{SCALE}": np.asarray(params.scale, np.float32), f"{name}/{ZERO_POINT}": np.asarray(params.zero_point, np.int64)}
+    return {
+        f"{name}/{SCALE}": np.asarray(params.scale, np.float32),
+        f"{name}/{ZERO_POINT}": np.asarray(params.zero_point, np.int64),
+    }
 
 
 # ---------------------------------------------------------------------------------------------- reading
@@ -222,11 +244,22 @@ def read(path: Path) -> MobileNetV1Model:
     metadata = torch_format.recorded_metadata(weights_file)
     config = config_from_metadata(metadata, weights_file)
     if not config.quantized:
-        raise ModelFormatError(f"{weights_file}: not a quantized model (its metadata says quantized={metadata.get('quantized')!r})")
+        raise ModelFormatError(
+            f"{weights_file}: not a quantized model (its metadata says quantized={metadata.get('quantized')!r})"
+        )
     quant = quant_info(safetensors_numpy().load_file(str(weights_file)))
     weights = {name: tensor.dequantize() for name, tensor in quant.tensors.items()}
-    return MobileNetV1Model(config, weights, quant=quant, source=metadata.get("source", str(path)),
-                            backbone=torch_format.backbone_from_metadata(metadata, weights_file)).with_recorded(metadata).validate()
+    return (
+        MobileNetV1Model(
+            config,
+            weights,
+            quant=quant,
+            source=metadata.get("source", str(path)),
+            backbone=torch_format.backbone_from_metadata(metadata, weights_file),
+        )
+        .with_recorded(metadata)
+        .validate()
+    )
 
 
 def quant_info(tensors: dict[str, np.ndarray]) -> QuantInfo:
@@ -268,7 +301,9 @@ def load_runner(path: Path) -> QuantTorchRunner:
     if program is not None:
         return QuantTorchRunner(*program, output_names=_output_names(torch_format.recorded_backbone(path)))
     model = read(path)
-    return QuantTorchRunner(build_module(integer_network(model)), model.input_size, output_names=_output_names(model.backbone))
+    return QuantTorchRunner(
+        build_module(integer_network(model)), model.input_size, output_names=_output_names(model.backbone)
+    )
 
 
 @dataclass
