@@ -161,10 +161,10 @@ def build_module(network: IntegerNetwork, plan: FloatPlan | None = None):
         def forward(self, images):
             net, features = images.to(torch.float32) - self.input_zero_point, []
             for layer, zero_point, is_feature in zip(self.layers, self.zero_points, self.feature_layers):
-                net = layer(net)
+                net = layer.forward(net)  # not layer(net): no hooks to run, and 28 fewer Module.__call__ per image
                 if is_feature:
                     features.append(self.to_uint8(net, zero_point))
-            logits = self.to_uint8(self.logits(self.average_pool(net)), self.logits_zero_point)
+            logits = self.to_uint8(self.logits.forward(self.average_pool(net)), self.logits_zero_point)
             if self.squeeze:
                 logits = logits.flatten(1)
             return (logits, self.softmax(logits), *features)
