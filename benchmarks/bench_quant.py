@@ -164,8 +164,11 @@ def profile_table(path: Path, threads: int, runs: int = 100, warmup: int = 10) -
     totals, counts = collections.Counter(), collections.Counter()
     for event in events:
         if event.get("cat") == "Node" and event["name"].endswith("_kernel_time") and event["ts"] >= start:
-            totals[event["args"]["op_name"]] += event["dur"]
-            counts[event["args"]["op_name"]] += 1
+            op = event["args"]["op_name"]
+            if "_bn_nchwc" in event["name"]:  # a BatchNormalization onnxruntime turned into a blocked 1x1 Conv
+                op += " (from BatchNormalization)"
+            totals[op] += event["dur"]
+            counts[op] += 1
     total = sum(totals.values())
     lines = [
         f"{path.name}: {threads} threads, {runs} runs (profiled; absolute times include the profiler's overhead)",

@@ -135,23 +135,26 @@ def test_pool_steps_are_tflites_average(count, zero_point):
 
 
 def batchnorm_rounding(accumulators: np.ndarray, affine: onnx_quant.Affine, fused: bool) -> np.ndarray:
-    """What the batchnorm form computes: a * scale + offset with two roundings (or one, fused, from the float64 sum,
-    which is exact here), then + MAGIC - MAGIC in float32."""
+    """What a BatchNormalization form computes: (a + shift) * scale + offset with two roundings (or one, fused, from
+    the float64 sum, which is exact here), then rounded with MAGIC in float32."""
+    shifted = accumulators + affine.shift
     if fused:
-        products = accumulators.astype(np.float64) * np.float64(affine.scale)  # exact: at most 24 + 24 bits
+        products = shifted.astype(np.float64) * np.float64(affine.scale)  # exact: at most 24 + 24 bits
         sums = products + np.float64(affine.offset)
         assert np.array_equal(sums - products, np.full_like(sums, affine.offset)), "the float64 sum is not exact"
         values = sums.astype(np.float32)
     else:
-        values = accumulators.astype(np.float32) * affine.scale + affine.offset
+        values = shifted.astype(np.float32) * affine.scale + affine.offset
+    if affine.form == "shifted":  # the offset holds MAGIC: the sum is already rounded
+        return values - onnx_quant.MAGIC
     return (values + onnx_quant.MAGIC) - onnx_quant.MAGIC
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_float_requantization_is_exact_on_every_accumulator(models, variant):
-    """The threshold proofs, checked by brute force on every accumulator of every span: the batchnorm form (with and
-    without a fused multiply-add) on every backbone layer of the real models, float32 or float64 Mul/Add/Floor on the
-    classifier, whose span is 10x wider."""
+    """The threshold proofs, checked by brute force on every accumulator of every span, with and without a fused
+    multiply-add: the shifted and the three-BatchNormalization forms on every backbone layer of the real models, float32
+    or float64 Mul/Add/Floor on the classifier, whose span is 10x wider."""
     for conv in all_layers(models[variant]):
         bound = onnx_quant.accumulator_bound(conv)
         assert bound < onnx_quant.FLOAT32_EXACT, conv.scope
@@ -159,17 +162,19 @@ def test_float_requantization_is_exact_on_every_accumulator(models, variant):
         first, last = steps.span
         accumulators = np.arange(first, last + 1, dtype=np.int64)
         expected = steps(accumulators)
-        affine = onnx_quant.exact_affine(steps, np.float32, "batchnorm")
-        if affine is not None:
+        if conv.scope == "Logits/Conv2d_1c_1x1":
+            assert onnx_quant.exact_affine(steps, np.float32, "shifted", bound) is None
+            dtype = np.float32 if onnx_quant.exact_affine(steps, np.float32) else np.float64
+            affine = onnx_quant.exact_affine(steps, dtype)
+            got = np.floor(accumulators.astype(dtype) * affine.scale + affine.offset)
+            np.testing.assert_array_equal(got, expected, err_msg=conv.scope)
+            continue
+        for form in ("shifted", "batchnorm"):
+            affine = onnx_quant.exact_affine(steps, np.float32, form, bound)
+            assert affine is not None and abs(affine.shift) + bound < onnx_quant.FLOAT32_EXACT, f"{conv.scope} {form}"
             for fused in (False, True):
                 got = batchnorm_rounding(accumulators, affine, fused)
-                np.testing.assert_array_equal(got, expected, err_msg=f"{conv.scope} fused={fused}")
-            continue
-        assert conv.scope == "Logits/Conv2d_1c_1x1", f"{conv.scope} has no batchnorm proof"
-        dtype = np.float32 if onnx_quant.exact_affine(steps, np.float32) else np.float64
-        affine = onnx_quant.exact_affine(steps, dtype)
-        got = np.floor(accumulators.astype(dtype) * affine.scale + affine.offset)
-        np.testing.assert_array_equal(got, expected, err_msg=conv.scope)
+                np.testing.assert_array_equal(got, expected, err_msg=f"{conv.scope} {form} fused={fused}")
 
 
 def test_fused_multiply_add_rounds_once_half_to_even():
@@ -248,20 +253,21 @@ def test_every_fallback_arithmetic_is_bit_identical(models, inputs, references, 
     path = onnx_quant.write(models["0.25_128"], tmp_path / f"{arithmetic}.onnx", arithmetic=arithmetic)
     assert_exact(onnx_quant.load_runner(path), inputs["0.25_128"], references["0.25_128"], arithmetic)
     ops = {node.op_type for node in onnx.load(str(path)).graph.node}
-    assert {"float32": "Floor", "float64": "Floor", "table": "Gather", "integer": "ConvInteger"}[arithmetic] in ops
-    assert "BatchNormalization" not in ops
+    expected = {"batchnorm": "BatchNormalization", "float32": "Floor", "float64": "Floor", "table": "Gather"}
+    assert expected.get(arithmetic, "ConvInteger") in ops
+    assert ("BatchNormalization" in ops) == (arithmetic == "batchnorm")
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_exact_graph_spends_its_time_in_convolutions(exact_files, variant):
-    """Every layer is a float Conv, its Clip, and three BatchNormalization (scale and offset, then round) that
-    onnxruntime runs as convolutions in its blocked layout; the classifier rounds with Floor. No ConvInteger, no int64
-    Mod or Div chains (the only Div is the softmax's one over the class sums)."""
+    """Every layer is a float Conv, its Clip, and two BatchNormalization (the shifted accumulator times scale plus
+    offset, rounding; then minus MAGIC) that onnxruntime runs as convolutions in its blocked layout; the classifier
+    rounds with Floor. No ConvInteger, no int64 Mod or Div chains (the only Div is the softmax's one)."""
     counts: dict[str, int] = {}
     for node in onnx.load(str(exact_files[variant])).graph.node:
         counts[node.op_type] = counts.get(node.op_type, 0) + 1
     assert counts["Conv"] == 29  # 27 layers, the pool's window sum, the classifier
-    assert counts["BatchNormalization"] == 3 * 28 and counts["Floor"] == 1  # all but the classifier
+    assert counts["BatchNormalization"] == 2 * 28 and counts["Floor"] == 1  # all but the classifier
     assert "ConvInteger" not in counts and "Mod" not in counts and counts["Div"] == 1
 
 

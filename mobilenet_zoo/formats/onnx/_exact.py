@@ -14,12 +14,14 @@ integers and proves, at write time and layer by layer, that cheaper arithmetic g
   clamp) is a non-decreasing step function of the accumulator: `requantization_steps` gives its exact thresholds in
   integer arithmetic (floor((a * M + 2^30 + 2^(30+e)) / 2^(31+e)) folds the two roundings into one). After a Clip of
   the accumulator to the span where the output moves (fused into the Conv by onnxruntime), the graph rounds
-  a * scale + offset to an integer: a BatchNormalization computes a * scale + offset and two more add and subtract
-  1.5 * 2^23 (round half to even), all three run by onnxruntime as 1x1 convolutions in its blocked (NCHWc) layout,
-  so the tensor never leaves it between convolutions. `exact_affine` searches float32 (scale, offset) and proves the
-  result equals the step function at every threshold and both ends, with and without a fused multiply-add, which by
-  monotonicity proves it for every accumulator. Where no pair passes (a classifier with a 10x wider span), float32
-  or float64 Mul, Add and Floor (same proof); a Gather table over the span is the last resort.
+  (a + shift) * scale + offset to an integer, the shift added in the Conv's bias: a BatchNormalization computes it
+  with offset = 1.5 * 2^23 + an integer, so its float32 result is rounded to an integer, and a second subtracts
+  1.5 * 2^23. onnxruntime runs both as 1x1 convolutions in its blocked (NCHWc) layout, so the tensor never leaves
+  it between convolutions. `exact_affine` searches float32 (scale, shift, offset) and proves the result equals the
+  step function at every threshold and both ends, with and without a fused multiply-add, which by monotonicity
+  proves it for every accumulator. Where no such triple exists, the next proven form is used: three
+  BatchNormalization (a * scale + offset, then + and - 1.5 * 2^23), float32 or float64 Mul, Add and Floor (the
+  classifier, whose span is 10x wider), or a Gather table over the span.
 - The uint8 average pool ((window sum + count / 2) / count) is a window-sum Conv with an all-ones kernel and the
   same kind of step map; the softmax replays TFLite's uint8 kernel (lookup table of exp, a sequential float32 sum
   via CumSum, round half up).
@@ -71,7 +73,7 @@ QUANT_FORMAT_KEY = "quant_format"  # metadata_props entry naming the quantized f
 EXACT = "exact"
 FLOAT32_EXACT = 1 << 24  # float32 holds every integer of magnitude up to 2^24
 # `build_model(arithmetic=...)`: the per-layer choice, or one forced on every layer
-ARITHMETIC = ("fastest", "float32", "float64", "table", "integer")
+ARITHMETIC = ("fastest", "batchnorm", "float32", "float64", "table", "integer")
 # x + MAGIC - MAGIC rounds a float32 below 2^22 in magnitude to an integer, half to even
 MAGIC = np.float32(1.5 * 2**23)
 # how many ulps away from the real scale `exact_affine` tries float scales, each way
@@ -79,6 +81,8 @@ _AFFINE_SEARCH_ULPS = tuple(
     dict.fromkeys(sign * ulps for ulps in (0, 1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64) for sign in (1, -1))
 )
 _AFFINE_OFFSET_FRACTIONS = (0.5, 0.25, 0.75, 0.125, 0.875, 0.0625, 0.9375)
+_MAX_SHIFT = 1 << 16  # the "shifted" form adds at most this to an accumulator (through the conv's bias)
+_SHIFT_TRIES = 64  # shifts a search checks at most, per scale
 _MAX_TABLE = 1 << 22  # entries of a Gather table (the last-resort requantization)
 
 
@@ -98,8 +102,8 @@ def build_model(model: MobileNetV1Model, *, layout: str = "NHWC", opset: int = M
     """The exact quantized ONNX ModelProto of `model` (not yet checked or saved).
 
     `arithmetic` is "fastest" (per layer, the cheapest arithmetic proven exact) or forces one slower exact path on
-    every layer: "float32" or "float64" Mul/Add/Floor requantization, "table" (Gather) requantization, or "integer"
-    (ConvInteger convolutions).
+    every layer (where it has a proof, else the next): the "batchnorm" form of `Affine`, "float32" or "float64"
+    Mul/Add/Floor, a "table" (Gather), or "integer" (ConvInteger convolutions).
     """
     layout = onnx_format.checked_layout(layout, opset)
     if arithmetic not in ARITHMETIC:
@@ -215,23 +219,32 @@ def pool_steps(count: int, zero_point: int) -> StepMap:
 
 @dataclass(frozen=True)
 class Affine:
-    """a * scale + offset rounded to an integer, proven equal to a step map on its span. `form` "floor": Mul, Add,
-    Floor in the scale's dtype; "batchnorm" (float32): a BatchNormalization computing a * scale + offset, then two
-    more adding and subtracting MAGIC (round half to even), which onnxruntime runs as 1x1 convolutions in its blocked
-    layout, next to the convolutions."""
+    """An accumulator a rounded to round(a * scale + offset), proven equal to a step map on its span. `form`:
+
+    "shifted" (float32): the Conv adds `shift` to a (in its bias); a BatchNormalization computes (a + shift) * scale +
+        offset, where offset = MAGIC + an integer, so its float32 result is MAGIC + an integer, rounded half to even;
+        a second BatchNormalization subtracts MAGIC.
+    "batchnorm" (float32): a BatchNormalization computes a * scale + offset; two more add and subtract MAGIC.
+    "floor": Mul, Add, Floor in the scale's dtype.
+    onnxruntime runs the BatchNormalization forms as 1x1 convolutions in its blocked (NCHWc) layout, where the
+    convolutions are, so the tensor never leaves that layout between layers.
+    """
 
     scale: np.floating
     offset: np.floating
     form: str = "floor"
+    shift: int = 0
 
 
-def exact_affine(steps: StepMap, dtype: type, form: str = "floor") -> Affine | None:
-    """A (scale, offset) pair of `dtype` whose `form` (see `Affine`) gives `steps` exactly on its span, or None.
+def exact_affine(steps: StepMap, dtype: type, form: str = "floor", bound: int = 0) -> Affine | None:
+    """An `Affine` of `form` with `dtype` constants that gives `steps` exactly on its span, or None. `bound`: the
+    largest |accumulator| (a "shifted" form keeps |accumulator + shift| below 2^24).
 
     Proof: a -> round(fl(fl(a * scale) + offset)) is non-decreasing for scale > 0 (rounding is monotone), so it equals
     the step map on the whole span when it does at both ends and on both sides of every threshold; those are the
-    points checked, in the IEEE arithmetic onnxruntime's kernels use. The batchnorm form passes only if it also holds
-    with a fused multiply-add (one rounding of a * scale + offset), which onnxruntime's blocked kernels may use.
+    points checked, in the IEEE arithmetic onnxruntime's kernels use. The BatchNormalization forms pass only if they
+    also hold with a fused multiply-add (one rounding of a * scale + offset), which onnxruntime's blocked kernels
+    may use.
     """
     first, last = steps.span
     limit = FLOAT32_EXACT if dtype == np.float32 else 1 << 53
@@ -239,7 +252,6 @@ def exact_affine(steps: StepMap, dtype: type, form: str = "floor") -> Affine | N
         return None
     points = np.concatenate([[first, last], steps.thresholds, steps.thresholds - 1]).astype(np.int64)
     expected = steps(points).astype(np.float64)
-    values = points.astype(dtype)
     base = dtype(steps.slope)
     low, high = (0.0, 1.0) if form == "floor" else (-0.5, 0.5)  # where the real sum may fall around its value
     for ulps in _AFFINE_SEARCH_ULPS:
@@ -248,24 +260,43 @@ def exact_affine(steps: StepMap, dtype: type, form: str = "floor") -> Affine | N
             scale = np.nextafter(scale, dtype(np.inf if ulps > 0 else -np.inf))
         if not scale > 0 and len(steps.thresholds):
             continue
-        products = (values * scale).astype(np.float64)
+        exact = form == "shifted"  # its offset is found from the exact products, the others' from the rounded ones
+        products = points * np.float64(scale) if exact else (points.astype(dtype) * scale).astype(np.float64)
         smallest, largest = np.max(expected + low - products), np.min(expected + high - products)
         if not smallest < largest:
             continue
-        for fraction in _AFFINE_OFFSET_FRACTIONS:
-            affine = Affine(scale, dtype(smallest + (largest - smallest) * fraction), form)
-            if _gives(affine, points, values, expected):
+        candidates = (
+            _shifted_candidates(scale, smallest, largest, bound)
+            if exact
+            else (Affine(scale, dtype(smallest + (largest - smallest) * f), form) for f in _AFFINE_OFFSET_FRACTIONS)
+        )
+        for affine in candidates:
+            if _gives(affine, points, expected):
                 return affine
     return None
 
 
-def _gives(affine: Affine, points: np.ndarray, values: np.ndarray, expected: np.ndarray) -> bool:
-    """Whether `affine` evaluates to `expected` at the integer `points` (`values`: the same in its dtype)."""
-    two_roundings = values * affine.scale + affine.offset
+def _shifted_candidates(scale: np.float32, smallest: float, largest: float, bound: int):
+    """ "shifted" forms whose shift * scale + an integer falls in (smallest, largest), the smallest shifts first."""
+    shifts = np.arange(-_MAX_SHIFT, _MAX_SHIFT + 1)
+    shifts = shifts[np.abs(shifts) + bound < FLOAT32_EXACT]
+    offsets = shifts * np.float64(scale)
+    whole = np.ceil(smallest - offsets)
+    fits = offsets + whole < largest
+    shifts, whole = shifts[fits], whole[fits]
+    for index in np.argsort(np.abs(shifts), kind="stable")[:_SHIFT_TRIES]:
+        yield Affine(scale, np.float32(MAGIC + whole[index]), "shifted", int(shifts[index]))
+
+
+def _gives(affine: Affine, points: np.ndarray, expected: np.ndarray) -> bool:
+    """Whether `affine` evaluates to `expected` at the integer accumulators `points`."""
+    shifted = points + affine.shift
+    two_roundings = shifted.astype(type(affine.scale)) * affine.scale + affine.offset
     if affine.form == "floor":
         return np.array_equal(np.floor(two_roundings), expected)
-    fused = np.array([fused_multiply_add32(int(a), affine.scale, affine.offset) for a in points], np.float32)
-    return all(np.array_equal((value + MAGIC) - MAGIC, expected) for value in (two_roundings, fused))
+    fused = np.array([fused_multiply_add32(int(a), affine.scale, affine.offset) for a in shifted], np.float32)
+    rounded = (lambda value: value - MAGIC) if affine.form == "shifted" else (lambda value: (value + MAGIC) - MAGIC)
+    return all(np.array_equal(rounded(value), expected) for value in (two_roundings, fused))
 
 
 def fused_multiply_add32(a: int, scale: np.float32, offset: np.float32) -> np.float32:
@@ -338,20 +369,18 @@ def _conv(
         requantization_steps(conv.requantization, channel).restricted(-bound, bound) for channel in range(channels)
     ]
     kernel = builder.constant(weight_name, to_oihw(weights.values, "depthwise" if conv.depthwise else "conv"))
-    attributes = _conv_attributes(conv)
+    bias = builder.constant(bias_name, conv.bias.astype(np.int32))
     if bound < FLOAT32_EXACT and arithmetic != "integer":
-        float_kernel = _float_of(builder, kernel, int(weights.params.zero_point), f"{weight_name}/minus_zero_point")
-        float_bias = _float_of(
-            builder, builder.constant(bias_name, conv.bias.astype(np.int32)), 0, f"{bias_name}/as_float"
-        )
-        accumulator = builder.node(
-            "Conv",
-            [activation.as_offsets(builder, f"{prefix}/input"), float_kernel, float_bias],
-            f"{prefix}/Conv",
-            **attributes,
-        )
-        clipped = _clip(builder, accumulator, steps, np.float32, f"{prefix}/span")
-        values = _step_map(builder, clipped, steps, f"{prefix}/requantize", arithmetic, len(conv.bias))
+        affines = _choose(steps, bound, arithmetic, np.float32)
+        shifts = [affine.shift for affine in affines] if affines else [0] * len(steps)
+        inputs = [
+            activation.as_offsets(builder, f"{prefix}/input"),
+            _float_of(builder, kernel, int(weights.params.zero_point), f"{weight_name}/minus_zero_point"),
+            _shifted(builder, _float_of(builder, bias, 0, f"{bias_name}/as_float"), shifts, f"{bias_name}/shifted"),
+        ]
+        accumulator = builder.node("Conv", inputs, f"{prefix}/Conv", **_conv_attributes(conv))
+        clipped = _clip(builder, accumulator, steps, shifts, np.float32, f"{prefix}/span")
+        values = _emit(builder, clipped, steps, affines, len(conv.bias), f"{prefix}/requantize", np.float32)
     else:
         inputs = [
             activation.as_uint8(builder, f"{prefix}/input"),
@@ -359,14 +388,14 @@ def _conv(
             builder.constant(f"{prefix}/input_zero_point", np.array(conv.input_zero_point, np.uint8)),
             builder.constant(f"{weight_name}/zero_point", np.array(weights.params.zero_point, np.uint8)),
         ]
-        accumulator = builder.node("ConvInteger", inputs, f"{prefix}/ConvInteger", **attributes)
+        accumulator = builder.node("ConvInteger", inputs, f"{prefix}/ConvInteger", **_conv_attributes(conv))
         biased = builder.node(
-            "Add", [accumulator, builder.constant(bias_name, _channels_first(conv.bias, np.int32))], f"{prefix}/BiasAdd"
+            "Add", [accumulator, _channels_first_of(builder, bias, f"{bias_name}/C11")], f"{prefix}/BiasAdd"
         )
-        clipped = _clip(builder, biased, steps, np.int32, f"{prefix}/span")
+        clipped = _clip(builder, biased, steps, [0] * len(steps), np.int32, f"{prefix}/span")
         wide = builder.node("Cast", [clipped], f"{prefix}/to_double", to=_onnx_type(builder, "DOUBLE"))
-        floating = "table" if arithmetic == "table" else "float64"
-        values = _step_map(builder, wide, steps, f"{prefix}/requantize", floating, len(conv.bias), np.float64)
+        affines = _choose(steps, bound, arithmetic, np.float64)
+        values = _emit(builder, wide, steps, affines, len(conv.bias), f"{prefix}/requantize", np.float64)
     return Activation(conv.requantization.zero_point, offsets=values)
 
 
@@ -388,67 +417,71 @@ def _average_pool(
     count * 255) and the step map (sum + count / 2) // count; scale and zero point pass through."""
     name = f"{SCOPE}/{POOL_ACTIVATION}"
     height, width = network.pool_kernel
-    ones = _float_of(
-        builder,
-        builder.constant(f"{name}/window", np.ones((channels, 1, height, width), np.uint8)),
-        0,
-        f"{name}/window_as_float",
-    )
+    count = height * width
+    steps = [pool_steps(count, activation.zero_point)]
+    affines = _choose(steps, count * UINT8_MAX, "float32" if arithmetic == "integer" else arithmetic, np.float32)
+    shifts = [affine.shift for affine in affines] if affines else [0]
+    window = builder.constant(f"{name}/window", np.ones((channels, 1, height, width), np.uint8))
+    inputs = [activation.as_offsets(builder, f"{name}/input"), _float_of(builder, window, 0, f"{name}/window_as_float")]
+    if shifts[0]:
+        inputs.append(builder.constant(f"{name}/shift", np.full(channels, shifts[0], np.float32)))
     window_sum = builder.node(
         "Conv",
-        [activation.as_offsets(builder, f"{name}/input"), ones],
+        inputs,
         f"{name}/window_sum",
         kernel_shape=[height, width],
         strides=[network.pool_stride] * 2,
         group=channels,
     )
-    steps = [pool_steps(height * width, activation.zero_point)]
-    clipped = _clip(builder, window_sum, steps, np.float32, f"{name}/span")
-    values = _step_map(
-        builder, clipped, steps, f"{name}/average", "float32" if arithmetic == "integer" else arithmetic, channels
-    )
+    clipped = _clip(builder, window_sum, steps, shifts, np.float32, f"{name}/span")
+    values = _emit(builder, clipped, steps, affines, channels, f"{name}/average", np.float32)
     return Activation(activation.zero_point, offsets=values)
 
 
-def _step_map(
-    builder, accumulator: str, steps: list[StepMap], prefix: str, arithmetic: str, channels: int, dtype=np.float32
+_FORMS = {  # (form, dtype) tried in order, per `arithmetic`, on a float32 accumulator
+    "fastest": (("shifted", np.float32), ("batchnorm", np.float32), ("floor", np.float32), ("floor", np.float64)),
+    "batchnorm": (("batchnorm", np.float32), ("floor", np.float32), ("floor", np.float64)),
+    "float32": (("floor", np.float32), ("floor", np.float64)),
+    "float64": (("floor", np.float64),),
+    "table": (),
+}
+
+
+def _choose(steps: list[StepMap], bound: int, arithmetic: str, dtype: type) -> list[Affine] | None:
+    """The first form proven exact on every channel's step map (a float64 accumulator takes float64 Mul/Add/Floor
+    only), or None: a Gather table."""
+    if dtype == np.float64:
+        forms = () if arithmetic == "table" else (("floor", np.float64),)
+    else:
+        forms = _FORMS[arithmetic]
+    for form, kind in forms:
+        affines = [exact_affine(step, kind, form, bound) for step in steps]
+        if all(affines):
+            return affines
+    return None
+
+
+def _emit(
+    builder,
+    accumulator: str,
+    steps: list[StepMap],
+    affines: list[Affine] | None,
+    channels: int,
+    prefix: str,
+    dtype: type,
 ) -> str:
-    """float32 values of the step maps (one, or one per channel) of a clipped `dtype` accumulator: the first proven
-    exact of BatchNormalization rounding ("fastest" only), float32 Mul/Add/Floor, float64 Mul/Add/Floor, else a
-    Gather table."""
-    if arithmetic == "fastest" and dtype == np.float32:
-        affine = [exact_affine(step, np.float32, "batchnorm") for step in steps]
-        if all(affine):
-            return _batchnorm_affine(builder, accumulator, affine, channels, prefix)
-        arithmetic = "float32"
-    if arithmetic == "float32" and dtype == np.float32:
-        affine = [exact_affine(step, np.float32) for step in steps]
-        if all(affine):
-            return _affine(builder, accumulator, affine, np.float32, prefix)
-        arithmetic = "float64"
-    if arithmetic == "float64":
-        affine = [exact_affine(step, np.float64) for step in steps]
-        if all(affine):
-            if dtype != np.float64:
-                accumulator = builder.node(
-                    "Cast", [accumulator], f"{prefix}/to_double", to=_onnx_type(builder, "DOUBLE")
-                )
-            values = _affine(builder, accumulator, affine, np.float64, prefix)
-            return builder.node("Cast", [values], f"{prefix}/to_float", to=_onnx_type(builder, "FLOAT"))
-    return _table(builder, accumulator, steps, prefix, dtype)
-
-
-def _affine(builder, accumulator: str, affine: list[Affine], dtype: type, prefix: str) -> str:
-    scale = builder.constant(f"{prefix}/scale", _channels_first([a.scale for a in affine], dtype))
-    offset = builder.constant(f"{prefix}/offset", _channels_first([a.offset for a in affine], dtype))
-    scaled = builder.node("Mul", [accumulator, scale], f"{prefix}/multiply")
-    shifted = builder.node("Add", [scaled, offset], f"{prefix}/add_offset")
-    return builder.node("Floor", [shifted], f"{prefix}/floor")
-
-
-def _batchnorm_affine(builder, accumulator: str, affine: list[Affine], channels: int, prefix: str) -> str:
-    """a * scale + offset as a BatchNormalization (mean 0, variance 1, epsilon 0), then rounded by two more that add
-    and subtract MAGIC."""
+    """The float32 values of the step maps on a clipped `dtype` accumulator, by the chosen forms (or a table)."""
+    if affines is None:
+        return _table(builder, accumulator, steps, prefix, dtype)
+    form = affines[0].form
+    if form == "floor":
+        kind = type(affines[0].scale)
+        if kind == np.float64 and dtype != np.float64:
+            accumulator = builder.node("Cast", [accumulator], f"{prefix}/to_double", to=_onnx_type(builder, "DOUBLE"))
+        values = _floor_affine(builder, accumulator, affines, kind, prefix)
+        if kind == np.float64:
+            values = builder.node("Cast", [values], f"{prefix}/to_float", to=_onnx_type(builder, "FLOAT"))
+        return values
 
     def batchnorm(tensor: str, scale, bias, name: str) -> str:
         vectors = {"scale": scale, "bias": bias, "mean": 0.0, "variance": 1.0}
@@ -458,9 +491,20 @@ def _batchnorm_affine(builder, accumulator: str, affine: list[Affine], channels:
         ]
         return builder.node("BatchNormalization", [tensor, *inputs], name, epsilon=0.0)
 
-    scaled = batchnorm(accumulator, [a.scale for a in affine], [a.offset for a in affine], f"{prefix}/scale_and_offset")
-    rounded = batchnorm(scaled, 1.0, MAGIC, f"{prefix}/round")
-    return batchnorm(rounded, 1.0, -MAGIC, f"{prefix}/unround")
+    value = batchnorm(
+        accumulator, [a.scale for a in affines], [a.offset for a in affines], f"{prefix}/scale_and_offset"
+    )
+    if form == "batchnorm":
+        value = batchnorm(value, 1.0, MAGIC, f"{prefix}/round")
+    return batchnorm(value, 1.0, -MAGIC, f"{prefix}/unround")
+
+
+def _floor_affine(builder, accumulator: str, affines: list[Affine], dtype: type, prefix: str) -> str:
+    scale = builder.constant(f"{prefix}/scale", _channels_first([a.scale for a in affines], dtype))
+    offset = builder.constant(f"{prefix}/offset", _channels_first([a.offset for a in affines], dtype))
+    scaled = builder.node("Mul", [accumulator, scale], f"{prefix}/multiply")
+    shifted = builder.node("Add", [scaled, offset], f"{prefix}/add_offset")
+    return builder.node("Floor", [shifted], f"{prefix}/floor")
 
 
 def _table(builder, accumulator: str, steps: list[StepMap], prefix: str, dtype: type) -> str:
@@ -470,21 +514,21 @@ def _table(builder, accumulator: str, steps: list[StepMap], prefix: str, dtype: 
     width = max(last - first + 1 for first, last in spans)
     if width * len(steps) > _MAX_TABLE:
         raise ModelFormatError(f"{prefix}: no exact requantization fits (the accumulator span has {width} values)")
-    table = np.concatenate([step(np.arange(first, first + width)) for step, (first, _) in zip(steps, spans)]).astype(
-        np.float32
-    )
+    table = np.concatenate([step(np.arange(first, first + width)) for step, (first, _) in zip(steps, spans)])
     base = np.array([channel * width - first for channel, (first, _) in enumerate(spans)], np.float64)
     index = builder.node(
         "Add", [accumulator, builder.constant(f"{prefix}/table_base", _channels_first(base, dtype))], f"{prefix}/index"
     )
     index = builder.node("Cast", [index], f"{prefix}/index_int32", to=_onnx_type(builder, "INT32"))
-    return builder.node("Gather", [builder.constant(f"{prefix}/table", table), index], f"{prefix}/lookup")
+    return builder.node(
+        "Gather", [builder.constant(f"{prefix}/table", table.astype(np.float32)), index], f"{prefix}/lookup"
+    )
 
 
-def _clip(builder, accumulator: str, steps: list[StepMap], dtype: type, prefix: str) -> str:
-    """Clamp the accumulator to each map's span (one Clip per tensor; Max and Min when the spans are per channel)."""
-    first = _channels_first([step.span[0] for step in steps], dtype)
-    last = _channels_first([step.span[1] for step in steps], dtype)
+def _clip(builder, accumulator: str, steps: list[StepMap], shifts: list[int], dtype: type, prefix: str) -> str:
+    """Clamp the (shifted) accumulator to each map's (shifted) span: one Clip per tensor, Max and Min per channel."""
+    first = _channels_first([step.span[0] + shift for step, shift in zip(steps, shifts)], dtype)
+    last = _channels_first([step.span[1] + shift for step, shift in zip(steps, shifts)], dtype)
     if first.ndim == 0:
         return builder.node(
             "Clip",
@@ -493,6 +537,20 @@ def _clip(builder, accumulator: str, steps: list[StepMap], dtype: type, prefix: 
         )
     raised = builder.node("Max", [accumulator, builder.constant(f"{prefix}/min", first)], f"{prefix}/at_least")
     return builder.node("Min", [raised, builder.constant(f"{prefix}/max", last)], prefix)
+
+
+def _shifted(builder, bias: str, shifts: list[int], name: str) -> str:
+    """A float bias plus the "shifted" forms' shifts (a constant subgraph), or the bias itself when they are 0."""
+    if not any(shifts):
+        return bias
+    return builder.node(
+        "Add", [bias, builder.constant(f"{name}/shift", _channels_first(shifts, np.float32).reshape(-1))], name
+    )
+
+
+def _channels_first_of(builder, vector: str, name: str) -> str:
+    """A constant C vector reshaped to C x 1 x 1 (to broadcast over NCHW)."""
+    return builder.node("Unsqueeze", [vector, builder.constant(f"{name}/axes", np.array([1, 2], np.int64))], name)
 
 
 def _float_of(builder, integers: str, zero_point: int, name: str) -> str:
