@@ -149,3 +149,18 @@ def _stem(filename: str) -> str:
         if filename.endswith(suffix):
             return filename.removesuffix(suffix)
     return filename
+
+
+def official_members(folder: Path) -> tuple[str, Path | None, Path | None]:
+    """(NAME, checkpoint prefix, frozen graph) of an extracted official tarball, by its `_info.txt`."""
+    infos = sorted(folder.glob("*_info.txt"))
+    if not infos:
+        return "", None, None
+    name = infos[0].name.removesuffix("_info.txt")
+    checkpoint = folder / f"{name}.ckpt"
+    frozen = folder / f"{name}_frozen.pb"
+    return (
+        name,
+        checkpoint if checkpoint.with_suffix(".ckpt.index").exists() else None,
+        frozen if frozen.exists() else None,
+    )

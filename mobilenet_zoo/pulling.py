@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mobilenet_zoo.archive import TARBALL_SUFFIXES, extract
+from mobilenet_zoo.archive import TARBALL_SUFFIXES, extract, official_members
 from mobilenet_zoo.cache import Cache
 from mobilenet_zoo.constants import OFFLINE_ENV
 from mobilenet_zoo.download import ProgressCallback, RetryPolicy, download, offline
@@ -133,37 +133,11 @@ def _store_model_file(download: Path, target: Path, filename: str) -> None:
 def private_model_path(variant: Variant, **options: Any) -> Path:
     """The model a private registry entry names, pulled first when it is a download: its local file, folder or
     tarball, the model file a downloaded folder holds, or the extracted folder of a downloaded tarball."""
-    from mobilenet_zoo.sources import official_members
-
     path = pull(variant, **options)
     if variant.path is not None or not path.is_dir() or official_members(path)[0]:
         return path
     entries = [entry for entry in path.iterdir() if not entry.name.startswith(".")]
     return entries[0] if len(entries) == 1 else path
-
-
-def open_private(variant: Variant, **options: Any):
-    """The `sources.Source` of a private registry entry: its model (refused unless it is the entry's alpha,
-    resolution, precision and class count) with the entry's class names, and the model's own reference."""
-    from dataclasses import replace
-
-    from mobilenet_zoo.sources import open_source
-
-    path = private_model_path(variant, **options)
-    source = open_source(path)
-    got, expected = source.model.config, variant.config
-    facts = lambda config: (config.alpha, config.resolution, config.quantized, config.num_classes)  # noqa: E731
-    if facts(got) != facts(expected):
-        raise ZooError(
-            f"registry entry {variant.name} says {expected.name} with {expected.num_classes} classes, "
-            f"but {path} holds {got.name} with {got.num_classes} classes"
-        )
-    model = source.model
-    if variant.labels is not None:
-        from mobilenet_zoo.labels import read_labels_file
-
-        model = model.with_labels(read_labels_file(variant.labels))
-    return replace(source, model=model, name=variant.name)
 
 
 def expected_checksum(variant: Variant, pin: str | None, recorded: str | None) -> tuple[tuple[str, str] | None, str]:

@@ -9,8 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from mobilenet_zoo.archive import TARBALL_SUFFIXES
-from mobilenet_zoo.errors import ModelFormatError
+from mobilenet_zoo.archive import TARBALL_SUFFIXES, official_members
+from mobilenet_zoo.errors import ModelFormatError, ZooError
 from mobilenet_zoo.formats import detect_format, format_module
 from mobilenet_zoo.model import MobileNetV1Model
 
@@ -61,21 +61,6 @@ class Source:
 
     def __repr__(self) -> str:
         return f"Source({self.name!r}, reference={str(self.reference) if self.reference else None!r})"
-
-
-def official_members(folder: Path) -> tuple[str, Path | None, Path | None]:
-    """(NAME, checkpoint prefix, frozen graph) of an extracted official tarball, by its `_info.txt`."""
-    infos = sorted(folder.glob("*_info.txt"))
-    if not infos:
-        return "", None, None
-    name = infos[0].name.removesuffix("_info.txt")
-    checkpoint = folder / f"{name}.ckpt"
-    frozen = folder / f"{name}_frozen.pb"
-    return (
-        name,
-        checkpoint if checkpoint.with_suffix(".ckpt.index").exists() else None,
-        frozen if frozen.exists() else None,
-    )
 
 
 def from_official_folder(folder: Path) -> Source:
@@ -138,12 +123,12 @@ def open_source(source: str | Path, *, registry: Path | None = None, mirror: str
         return from_official_folder(named.path)
     if named.kind == MODEL_FILE:
         return _from_model_file(named.path, named.format)
-    from mobilenet_zoo.pulling import open_private, pull
+    from mobilenet_zoo.pulling import pull
     from mobilenet_zoo.variants import load_registry
 
     variant = load_registry(registry).get(named.text)
     if variant.private:
-        return open_private(variant, mirror=mirror)
+        return _open_private(variant, mirror=mirror)
     return from_official_folder(pull(variant, mirror=mirror))
 
 
@@ -157,3 +142,26 @@ def reference_artifact(source: str | Path, *, registry: Path | None = None, mirr
     if reference is None:
         raise ModelFormatError(f"{source}: has no original artifact to run as the reference")
     return reference
+
+
+def _open_private(variant, **options) -> Source:
+    """The `Source` of a private registry entry: its model (refused unless it is the entry's alpha,
+    resolution, precision and class count) with the entry's class names, and the model's own reference."""
+
+    from mobilenet_zoo.pulling import private_model_path
+
+    path = private_model_path(variant, **options)
+    source = open_source(path)
+    got, expected = source.model.config, variant.config
+    facts = lambda config: (config.alpha, config.resolution, config.quantized, config.num_classes)  # noqa: E731
+    if facts(got) != facts(expected):
+        raise ZooError(
+            f"registry entry {variant.name} says {expected.name} with {expected.num_classes} classes, "
+            f"but {path} holds {got.name} with {got.num_classes} classes"
+        )
+    model = source.model
+    if variant.labels is not None:
+        from mobilenet_zoo.labels import read_labels_file
+
+        model = model.with_labels(read_labels_file(variant.labels))
+    return replace(source, model=model, name=variant.name)
