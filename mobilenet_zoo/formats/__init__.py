@@ -211,6 +211,23 @@ def can_write(fmt: str, quantized: bool) -> bool:
     return (fmt, WRITE_QUANTIZED if quantized else WRITE) in _HANDLERS
 
 
+def private_getattr(package: str, *modules: str) -> Callable[[str], Any]:
+    """A format package's module `__getattr__`: its private modules' internals (for tests and advanced use),
+    imported on first use, the first module that defines a name winning."""
+
+    def __getattr__(name: str) -> Any:
+        for module in modules:
+            value = getattr(importlib.import_module(f"{package}.{module}"), name, _MISSING)
+            if value is not _MISSING:
+                return value
+        raise AttributeError(f"module {package!r} has no attribute {name!r}")
+
+    return __getattr__
+
+
+_MISSING = object()
+
+
 def format_module(fmt: str) -> ModuleType:
     """The package of a format (its `read`, `write`, `load_runner`, and its internals for tests)."""
     return importlib.import_module(handler(fmt, READ).__module__)

@@ -7,9 +7,8 @@ Private module: `_model`.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
-from mobilenet_zoo.formats import FormatSpec, reader, register_format, runner, writer
+from mobilenet_zoo.formats import FormatSpec, private_getattr, reader, register_format, runner, writer
 
 SPEC = register_format(
     FormatSpec(
@@ -48,11 +47,4 @@ def load_runner(path: Path):
     return _model.load_runner(Path(path))
 
 
-def __getattr__(name: str) -> Any:
-    """The internals of the private module (for tests and advanced use), imported on first use."""
-    import importlib
-
-    value = getattr(importlib.import_module(f"{__name__}._model"), name, None)
-    if value is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return value
+__getattr__ = private_getattr(__name__, "_model")

@@ -8,9 +8,8 @@ Private modules: `_float` (float writer, runner, graph builder), `_exact` and `_
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
-from mobilenet_zoo.formats import FormatSpec, reader, register_format, runner, writer
+from mobilenet_zoo.formats import FormatSpec, private_getattr, reader, register_format, runner, writer
 
 SPEC = register_format(
     FormatSpec(
@@ -24,7 +23,6 @@ SPEC = register_format(
         max_lsb=0,
     )
 )
-_PRIVATE = ("_float", "_exact", "_qdq", "_reader")
 
 
 @reader("onnx")
@@ -58,8 +56,10 @@ def write_quantized(model, out: Path, *, layout: str = "NCHW", quant_format: str
 
 
 def write(model, out: Path, **options) -> Path:
-    """Float or uint8, whichever `model` is."""
-    return write_quantized(model, out, **options) if model.config.quantized else write_float(model, out, **options)
+    """Float or uint8, whichever `model` is (the registry picks the writer)."""
+    from mobilenet_zoo.formats import write as write_format
+
+    return write_format(model, Path(out), SPEC.name, **options)
 
 
 @runner("onnx")
@@ -70,12 +70,4 @@ def load_runner(path: Path):
     return _float.load_runner(Path(path))
 
 
-def __getattr__(name: str) -> Any:
-    """The internals of the private modules (for tests and advanced use), imported on first use."""
-    import importlib
-
-    for module in _PRIVATE:
-        value = getattr(importlib.import_module(f"{__name__}.{module}"), name, None)
-        if value is not None:
-            return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = private_getattr(__name__, "_float", "_exact", "_qdq", "_reader")

@@ -9,9 +9,8 @@ Private modules: `_slim` (the slim graph, float reader, writer and runners), `_q
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
-from mobilenet_zoo.formats import FormatSpec, reader, register_format, runner, writer
+from mobilenet_zoo.formats import FormatSpec, private_getattr, reader, register_format, runner, writer
 
 SPEC = register_format(
     FormatSpec(
@@ -26,7 +25,6 @@ SPEC = register_format(
         priority=1,
     )
 )
-_PRIVATE = ("_slim", "_quant", "_graphdef")
 
 
 def _quantized_saved_model(path: Path) -> bool:
@@ -61,8 +59,10 @@ def write_quantized(model, out: Path) -> Path:
 
 
 def write(model, out: Path, **options) -> Path:
-    """Float or uint8, whichever `model` is."""
-    return write_quantized(model, out, **options) if model.config.quantized else write_float(model, out, **options)
+    """Float or uint8, whichever `model` is (the registry picks the writer)."""
+    from mobilenet_zoo.formats import write as write_format
+
+    return write_format(model, Path(out), SPEC.name, **options)
 
 
 @runner("tf")
@@ -74,12 +74,4 @@ def load_runner(path: Path):
     return _quant.load_runner(path) if _quantized_saved_model(path) else _slim.load_runner(path)
 
 
-def __getattr__(name: str) -> Any:
-    """The internals of the private modules (for tests and advanced use), imported on first use."""
-    import importlib
-
-    for module in _PRIVATE:
-        value = getattr(importlib.import_module(f"{__name__}.{module}"), name, None)
-        if value is not None:
-            return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = private_getattr(__name__, "_slim", "_quant", "_graphdef")

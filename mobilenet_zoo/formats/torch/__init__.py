@@ -8,9 +8,8 @@ Private modules: `_folder` (files, float writer and reader, runner), `_module` (
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
-from mobilenet_zoo.formats import FormatSpec, reader, register_format, runner, writer
+from mobilenet_zoo.formats import FormatSpec, private_getattr, reader, register_format, runner, writer
 
 SPEC = register_format(
     FormatSpec(
@@ -24,7 +23,6 @@ SPEC = register_format(
         extra="torch",
     )
 )
-_PRIVATE = ("_folder", "_quant", "_module")
 
 
 @reader("torch")
@@ -54,8 +52,10 @@ def write_quantized(model, out: Path, *, layout: str = "NCHW", slim_weights: boo
 
 
 def write(model, out: Path, **options) -> Path:
-    """Float or uint8, whichever `model` is."""
-    return write_quantized(model, out, **options) if model.config.quantized else write_float(model, out, **options)
+    """Float or uint8, whichever `model` is (the registry picks the writer)."""
+    from mobilenet_zoo.formats import write as write_format
+
+    return write_format(model, Path(out), SPEC.name, **options)
 
 
 @runner("torch")
@@ -67,12 +67,4 @@ def load_runner(path: Path):
     return _quant.load_runner(path) if _folder.is_quantized(path) else _folder.load_runner(path)
 
 
-def __getattr__(name: str) -> Any:
-    """The internals of the private modules (for tests and advanced use), imported on first use."""
-    import importlib
-
-    for module in _PRIVATE:
-        value = getattr(importlib.import_module(f"{__name__}.{module}"), name, None)
-        if value is not None:
-            return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = private_getattr(__name__, "_folder", "_quant", "_module")
