@@ -167,6 +167,16 @@ class MobileNetV1Model:
         if self.classes is None:
             self.classes = Classes.default(self.config.num_classes)
 
+    def __repr__(self) -> str:
+        """One line: variant, precision, parameters, classes and backbone options (never the weight arrays)."""
+        options = " ".join(f"{key}={value}" for key, value in self.backbone.metadata().items())
+        named = ", named" if self.classes.labels is not None else ""
+        return (
+            f"MobileNetV1Model({self.config.name}, {'uint8' if self.config.quantized else 'float32'}, "
+            f"{self.parameter_count() / 1e6:.2f}M parameters, {self.config.num_classes} classes{named}"
+            f"{', ' + options if options else ''}, source={self.source!r})"
+        )
+
     @property
     def input_size(self) -> int:
         """Height and width of the input the built graph takes."""

@@ -52,11 +52,13 @@ QUANT_PARAMS_KEY = "quant_params"  # metadata entry holding `model.quant_params_
 
 
 def write(model: MobileNetV1Model, out: Path) -> Path:
-    """Write a quantized model as a SavedModel folder; returns `out`."""
+    """Write a quantized model as a SavedModel folder: `serving_default` and `tf.saved_model.load(out)(images)`
+    (uint8 NHWC, any batch) return the raw uint8 outputs by name; returns `out`."""
     tf = require("tensorflow")
     network = integer_network(model)
     out = Path(out)
     module = build_module(network)
+    module.__call__ = module.serve  # callable as Keras/TF users expect, like the float SavedModel
     with atomic_folder(out) as staging:
         tf.saved_model.save(module, str(staging), signatures={tf_format.SIGNATURE_KEY: module.serve})
         (staging / METADATA_FILE).parent.mkdir()
