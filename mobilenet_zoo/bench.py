@@ -20,6 +20,7 @@ import resource
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -134,8 +135,10 @@ def bench(
     *,
     registry: Path | None = None,
     mirror: str | None = None,
+    progress: Callable[[str], None] | None = None,
 ) -> list[BenchResult]:
-    """Measure every source in every runtime asked for (default: a model file's own runtime, else all)."""
+    """Measure every source in every runtime asked for (default: a model file's own runtime, else all);
+    `progress("MODEL in RUNTIME")` after each."""
     known = registered_runtimes()
     unknown = [r for r in runtimes or [] if r not in known]
     if unknown:
@@ -150,6 +153,8 @@ def bench(
         for source in sources:
             for target in prepare_targets(source, runtimes, Path(scratch), registry=registry, mirror=mirror):
                 results.extend(measure_target(target, batches, threads, timing))
+                if progress:
+                    progress(f"{target.model} in {target.runtime}")
     return results
 
 

@@ -36,9 +36,9 @@ def status(message: str):
 
 
 @contextmanager
-def progress(total: int, description: str) -> Iterator[Callable[[str], None]]:
-    """A progress bar on stderr for `total` steps; yields `advance(label)`, called after each step (silent
-    under -q)."""
+def progress(total: int | None, description: str) -> Iterator[Callable[[str], None]]:
+    """A progress bar on stderr for `total` steps (None: not known ahead); yields `advance(label)`, called after
+    each step (silent under -q and off a terminal)."""
     if quiet() or not err_console.is_terminal:  # nothing on a pipe or in a log file
         yield lambda label: None
         return

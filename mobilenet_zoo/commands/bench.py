@@ -12,7 +12,7 @@ from rich.table import Table
 from mobilenet_zoo.commands.options import OfflineOption
 from mobilenet_zoo.constants import MIRROR_ENV, REGISTRY_ENV
 from mobilenet_zoo.errors import ZooError
-from mobilenet_zoo.output import console, err_console, fmt, print_json
+from mobilenet_zoo.output import console, fmt, print_json
 
 RegistryOption = typer.Option(None, "--registry", envvar=REGISTRY_ENV, help="User registry YAML.")
 
@@ -94,9 +94,12 @@ def bench_command(
     if csv_file and not csv_file.expanduser().parent.is_dir():
         raise ZooError(f"--csv {csv_file}: the folder {csv_file.expanduser().parent} does not exist")
     timing = Timing(warmup=warmup, min_time=min_time, min_runs=min_runs, max_runs=max_runs)
-    with err_console.status("benchmarking (each runtime in its own process)"):
+    from mobilenet_zoo.output import progress
+
+    asked = _split(runtimes) or None
+    with progress(len(sources) * len(asked) if asked else None, "benchmarking (a process per runtime)") as advance:
         results = bench(
-            sources, _split(runtimes) or None, _batch_sizes(batch), threads, timing, registry=registry, mirror=mirror
+            sources, asked, _batch_sizes(batch), threads, timing, registry=registry, mirror=mirror, progress=advance
         )
     if csv_file:
         append_csv(results, csv_file)
