@@ -193,3 +193,24 @@ def test_post_training_quantization_is_checked_against_the_numpy_integer_pass(tm
     assert result.passed, result.summary()
     assert {r.format for r in result.reports} == {w.format for w in written}
     assert all("numpy forward pass" in r.reference for r in result.reports)
+
+
+def _fine_tuned_workflow() -> str:
+    text = README.read_text()
+    start = text.index("### Your own fine-tuned MobileNet V1, end to end")
+    return re.search(r"```bash\n(.*?)```", text[start:], re.S).group(1)
+
+
+@pytest.mark.slow
+def test_the_readme_fine_tuned_workflow_runs(tmp_path):
+    env = {
+        **os.environ,
+        "MOBILENET_ZOO_QUIET": "1",
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+    }
+    result = subprocess.run(
+        ["bash", "-e", "-c", _fine_tuned_workflow()], cwd=tmp_path, capture_output=True, text=True, env=env
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert {"daisy", "rose", "tulip"} <= set(result.stdout.split())
+    assert "FAIL" not in result.stdout and result.stdout.count("pass") == 3
