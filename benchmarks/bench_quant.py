@@ -1,8 +1,8 @@
 """Latency of the real uint8 models in four runtimes/forms, side by side in one run, with their LSB distance.
 
 For each real uint8 model in ../shared/realdata (MOBILENET_ZOO_REALDATA overrides the folder):
-  onnx exact   our exact ONNX (`formats.onnx_quant`, NHWC) in onnxruntime, default session options
-  onnx qdq     our QDQ ONNX (`formats.onnx_qdq`, NHWC) in onnxruntime (fused to QLinearConv & co.)
+  onnx exact   our exact ONNX (`formats.onnx._exact`, NHWC) in onnxruntime, default session options
+  onnx qdq     our QDQ ONNX (`formats.onnx._qdq`, NHWC) in onnxruntime (fused to QLinearConv & co.)
   tflite builtin   the original .tflite, interpreter with OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES (the spec)
   tflite xnnpack   the original .tflite, the interpreter's default (XNNPACK delegate)
 all with the same thread count (onnxruntime intra_op_num_threads, TFLite num_threads), batch 1. The runtimes take turns
