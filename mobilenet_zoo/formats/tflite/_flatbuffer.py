@@ -2,7 +2,8 @@
 
 `read` maps a graph to the canonical model by its op sequence (CONV_2D, 13 DEPTHWISE_CONV_2D + CONV_2D
 pairs, AVERAGE_POOL_2D, CONV_2D, RESHAPE or SQUEEZE when the logits are 1x1, SOFTMAX), never by tensor
-names. For uint8 models it keeps the integer truth (uint8 kernels, int32 biases, the scale and zero point
+names. A float dense head on the squeezed logits (FULLY_CONNECTED, optional SOFTMAX) is folded into the
+classifier (`model.with_dense_head`). For uint8 models it keeps the integer truth (uint8 kernels, int32 biases, the scale and zero point
 of every activation) in `model.quant`, which `write` serializes back into a flatbuffer that runs
 bit-identically.
 
