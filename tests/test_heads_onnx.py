@@ -113,3 +113,36 @@ def test_an_output_bypassing_the_head_is_refused(tmp_path):
     source_path = write_headed_onnx(tmp_path / "bypass.onnx", keep_logits=True)
     with pytest.raises(ModelFormatError, match="bypass the dense head on the logits: logits"):
         format_module("onnx").read(source_path)
+
+
+def test_tf2onnx_conversion_of_a_retrain_graph(tmp_path):
+    """tf2onnx's conversion of a retrain.py graph (Squeeze -> MatMul -> Add -> Softmax `final_result`) reads as the
+    frozen graph does, and its TFLite conversion matches onnxruntime's `final_result`."""
+    import subprocess
+    import sys
+
+    from test_heads import write_retrain_graph
+
+    from mobilenet_zoo.formats import load_runner
+
+    frozen = write_retrain_graph(tmp_path / "output_graph.pb")
+    converted = tmp_path / "retrained.onnx"
+    command = [sys.executable, "-m", "tf2onnx.convert", "--graphdef", str(frozen), "--inputs", "input:0"]
+    command += [
+        "--outputs",
+        "final_result:0",
+        "--use_default",
+        "BottleneckInputPlaceholder",
+        "--output",
+        str(converted),
+    ]
+    subprocess.run(command, check=True, capture_output=True)
+    from_onnx = format_module("onnx").read(converted)
+    from_graph = format_module("tf").read(frozen).fold()
+    assert from_onnx.config.num_classes == HEAD_CLASSES and from_onnx.classes.background is False
+    for name in (from_onnx.config.logits_weight_name, from_onnx.config.logits_bias_name):
+        np.testing.assert_allclose(from_onnx.weights[name], from_graph.weights[name], rtol=0, atol=1e-7)
+    target = format_module("tflite").write(from_onnx, tmp_path / "retrained.tflite")
+    images = compute_reference(converted, sample_images(), n_random=2, seed=2).inputs
+    expected = load_runner(converted)(images)["final_result:0"]
+    np.testing.assert_allclose(load_runner(target)(images)["probabilities"], expected, rtol=0, atol=1e-6)
