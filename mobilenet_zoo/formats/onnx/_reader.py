@@ -112,6 +112,7 @@ def _refuse_layers_after_classifier(graph: OnnxGraph, classifier, head: OnnxDens
 
 # ---------------------------------------------------------------------------------------------- dense heads
 
+LOGITS_OUTPUT, PROBABILITIES_OUTPUT = "logits", "probabilities"  # the Runner's names of the head's outputs
 _RESHAPING_OPS = ("Flatten", "Squeeze", "Reshape", "Unsqueeze", "Transpose", "Identity")  # logits to N x C
 
 
@@ -134,6 +135,28 @@ def dense_head(graph: OnnxGraph, classifier) -> OnnxDenseHead | None:
             if head is not None:
                 return head
     return None
+
+
+def runner_head(path: Path) -> tuple[bytes, dict[str, str]] | None:
+    """For a float graph whose dense head's tensors are not named `logits` / `probabilities` (tf2onnx's
+    `final_result:0`...): the graph with the head's logits made an output too, serialized, and the Runner name of
+    each head tensor. None for any other file (the runner then keys outputs by their names)."""
+    try:
+        graph = OnnxGraph.load(Path(path))
+        convs = graph.mobilenet_convs()
+        head = dense_head(graph, convs[-1]) if graph.flavour(convs[0]) == "float" else None
+    except ModelFormatError:
+        return None
+    if head is None:
+        return None
+    softmax = next((node for node in graph.reachable(head.logits) if node.op_type == "Softmax"), None)
+    aliases = {head.logits: LOGITS_OUTPUT, **({softmax.output[0]: PROBABILITIES_OUTPUT} if softmax else {})}
+    if all(tensor == name for tensor, name in aliases.items()):
+        return None
+    outputs = graph.proto.graph.output
+    if head.logits not in {output.name for output in outputs}:
+        outputs.append(graph.onnx.helper.make_tensor_value_info(head.logits, graph.onnx.TensorProto.FLOAT, None))
+    return graph.proto.SerializeToString(), aliases
 
 
 def _takes_logits(graph: OnnxGraph, node, classifier) -> bool:
