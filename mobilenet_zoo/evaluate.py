@@ -2,6 +2,8 @@
 
 DATA is a folder in ImageNet validation layout (one subfolder per synset, e.g. `n01440764/`) or a CSV file
 of `path,label` lines, the label a class index 0..1000 or a synset, relative paths relative to the CSV.
+Models whose classes are not ImageNet's (their own class names, or N outputs other than 1001/1000) take a CSV
+only, labelled by class index 0..N-1 or by the model's class names; they have no published figures.
 Images get the slim eval preprocessing at the model's resolution; a thread pool decodes batches ahead of
 inference. Files that are not readable images are skipped and reported, never fatal.
 
@@ -22,8 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
-from mobilenet_zoo.errors import UnknownVariantError, ZooError
+from mobilenet_zoo.errors import ModelFormatError, UnknownVariantError, ZooError
 from mobilenet_zoo.formats import Runner
+from mobilenet_zoo.model import Classes, imagenet_names
 from mobilenet_zoo.parity import top_k
 from mobilenet_zoo.preprocess import load_image, load_image_uint8
 from mobilenet_zoo.synsets import synset_classes
@@ -38,8 +41,45 @@ Progress = Callable[[int, int], None]
 
 
 @dataclass(frozen=True)
+class ClassSpace:
+    """The classes DATA's labels name: an ImageNet head (1001 with slim's background, or 1000 without), or the
+    model's own N classes (`names` when it records them)."""
+
+    num_classes: int = NUM_CLASSES
+    names: tuple[str, ...] | None = None  # the model's own class names; None for an ImageNet head
+    background: bool = True
+
+    @classmethod
+    def of(cls, num_classes: int, classes: Classes | None) -> ClassSpace:
+        background = classes.background if classes is not None else num_classes == NUM_CLASSES
+        names = classes.labels if classes is not None else None
+        if names is not None and names == imagenet_names(background):
+            names = None
+        return cls(num_classes, names, background)
+
+    @property
+    def imagenet(self) -> bool:
+        return self.names is None and self.num_classes == NUM_CLASSES - (0 if self.background else 1)
+
+    @property
+    def synset_offset(self) -> int:
+        """What to subtract from a synset's slim class index (1..1000): 1 for a head without the background."""
+        return 0 if self.background else 1
+
+    def describe(self) -> str:
+        """What a label may be, for error messages."""
+        if self.imagenet:
+            return f"a class index 0..{self.num_classes - 1} nor an ImageNet-1k synset"
+        names = " nor one of the model's class names" if self.names else ""
+        return f"a class index 0..{self.num_classes - 1}{names}"
+
+
+IMAGENET = ClassSpace()
+
+
+@dataclass(frozen=True)
 class Sample:
-    """An image file and its class index in 0..1000."""
+    """An image file and its class index among the model's outputs."""
 
     path: Path
     label: int
@@ -56,13 +96,14 @@ class Skipped:
 # ---------------------------------------------------------------------------------------------- data
 
 
-def read_samples(data: str | Path, limit: int | None = None) -> list[Sample]:
-    """The labelled images of a synset folder or a `path,label` CSV, the first `limit` of them if given."""
+def read_samples(data: str | Path, limit: int | None = None, space: ClassSpace = IMAGENET) -> list[Sample]:
+    """The labelled images of a synset folder or a `path,label` CSV, the first `limit` of them if given, labelled
+    among `space`'s classes."""
     data = Path(data).expanduser()
     if data.is_dir():
-        samples = _folder_samples(data)
+        samples = _folder_samples(data, space)
     elif data.is_file():
-        samples = _csv_samples(data)
+        samples = _csv_samples(data, space)
     else:
         raise ZooError(f"no such file or folder: {data}")
     if not samples:
@@ -72,9 +113,16 @@ def read_samples(data: str | Path, limit: int | None = None) -> list[Sample]:
     return samples[:limit] if limit else samples
 
 
-def _folder_samples(folder: Path) -> list[Sample]:
-    """Every file in the synset subfolders, sorted; a subfolder that is not an ImageNet-1k synset is an error."""
-    classes = synset_classes()
+def _folder_samples(folder: Path, space: ClassSpace) -> list[Sample]:
+    """Every file in the synset subfolders, sorted; a subfolder that is not an ImageNet-1k synset is an error, and
+    so is the layout itself for a model whose classes are not ImageNet's."""
+    if not space.imagenet:
+        names = " or a class name" if space.names else ""
+        raise ZooError(
+            f"{folder}: an ImageNet validation folder cannot label the {space.num_classes} classes of this model, "
+            f"which are not ImageNet's: give a CSV of `path,label` lines (label 0..{space.num_classes - 1}{names})"
+        )
+    classes = {synset: index - space.synset_offset for synset, index in synset_classes().items()}
     subfolders = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
     for subfolder in subfolders:
         if subfolder.name not in classes:
@@ -89,7 +137,7 @@ def _folder_samples(folder: Path) -> list[Sample]:
     ]
 
 
-def _csv_samples(table: Path) -> list[Sample]:
+def _csv_samples(table: Path, space: ClassSpace) -> list[Sample]:
     """`path,label` lines (an optional `path,label` header, blank lines ignored)."""
     data = table.read_bytes()
     try:
@@ -107,17 +155,20 @@ def _csv_samples(table: Path) -> list[Sample]:
         if len(fields) != 2:
             raise ZooError(f"{table}:{number}: expected `path,label`, got {len(fields)} field(s)")
         image, label = fields
-        samples.append(Sample(table.parent / Path(image).expanduser(), parse_label(label, f"{table}:{number}")))
+        samples.append(Sample(table.parent / Path(image).expanduser(), parse_label(label, f"{table}:{number}", space)))
     return samples
 
 
-def parse_label(text: str, where: str) -> int:
-    """A class index 0..1000 or an ImageNet-1k synset, as a class index."""
-    if text.isdigit() and int(text) < NUM_CLASSES:
+def parse_label(text: str, where: str, space: ClassSpace = IMAGENET) -> int:
+    """A class index 0..N-1, or an ImageNet-1k synset (ImageNet heads) or one of the model's class names, as a class
+    index."""
+    if text.isdigit() and int(text) < space.num_classes:
         return int(text)
-    if text in synset_classes():
-        return synset_classes()[text]
-    raise ZooError(f"{where}: label {text!r} is neither a class index 0..{NUM_CLASSES - 1} nor an ImageNet-1k synset")
+    if space.imagenet and text in synset_classes():
+        return synset_classes()[text] - space.synset_offset
+    if space.names and text in space.names:
+        return space.names.index(text)
+    raise ZooError(f"{where}: label {text!r} is neither {space.describe()}")
 
 
 # ---------------------------------------------------------------------------------------------- scoring
@@ -308,15 +359,38 @@ def plan_evaluation(
 
     if limit is not None and limit < 1:
         raise ZooError(f"--limit must be at least 1, not {limit}")
-    samples = read_samples(data, limit)
     runner = runner_for(model, registry, mirror)
     variant = known_variant(str(model), runner.quantized, registry)
+    space = model_classes(model, variant)
+    samples = read_samples(data, limit, space)
     if resolution and runner.resolution not in (None, resolution):
         raise ZooError(f"the model takes {runner.resolution}x{runner.resolution} inputs, not --resolution {resolution}")
     size = resolution or runner.resolution or (variant.resolution if variant else None)
     if size is None:
         raise ZooError("the model does not fix its input size: give --resolution")
-    return EvalPlan(str(model), str(data), samples, size, runner.quantized, variant), runner
+    published = variant if space.imagenet else None  # a fine-tuned head has no published figures
+    return EvalPlan(str(model), str(data), samples, size, runner.quantized, published), runner
+
+
+def model_classes(model: str | Path, variant: Variant | None) -> ClassSpace:
+    """The classes of a model file (its reader's `classes` and class count), else of its registry variant
+    (ImageNet for the official ones, the entry's N and labels for private ones)."""
+    from mobilenet_zoo.formats import detect_format, format_module
+    from mobilenet_zoo.labels import read_labels_file
+    from mobilenet_zoo.prediction import _is_model_file
+
+    path = Path(model).expanduser()
+    if _is_model_file(path):
+        try:
+            read = format_module(detect_format(path)).read(path)
+            return ClassSpace.of(read.config.num_classes, read.classes)
+        except ModelFormatError:  # runs, but our readers do not map it: labelled as an ImageNet head
+            return IMAGENET
+    if variant is None:
+        return IMAGENET
+    labels = read_labels_file(variant.labels) if variant.labels else None
+    classes = Classes(variant.num_classes == NUM_CLASSES and labels is None, labels)
+    return ClassSpace.of(variant.num_classes, classes)
 
 
 def known_variant(model: str, quantized: bool, registry: Path | None = None) -> Variant | None:

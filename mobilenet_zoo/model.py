@@ -292,6 +292,27 @@ class MobileNetV1Model:
         }
 
 
+def with_dense_head(
+    model: MobileNetV1Model, weights: np.ndarray, biases: np.ndarray, source: object
+) -> MobileNetV1Model:
+    """`model` with a dense layer on its logits folded into its classifier, in float64 (the one fold every reader
+    of a head uses): (x K + b) W + c = x (K W) + (b W + c): a C x N classifier, no background class, names unknown."""
+    config = model.config
+    weights, biases = np.asarray(weights, np.float64), np.asarray(biases, np.float64)
+    if weights.ndim != 2 or weights.shape[0] != config.num_classes or biases.shape != (weights.shape[1],):
+        raise ModelFormatError(
+            f"{source}: dense head of shape {list(weights.shape)} + {list(biases.shape)} does not "
+            f"take the {config.num_classes} logits of {config.name}"
+        )
+    kernel = np.asarray(model.weights[config.logits_weight_name], np.float64)[0, 0]
+    bias = np.asarray(model.weights[config.logits_bias_name], np.float64)
+    head_config = replace(config, num_classes=int(weights.shape[1]))
+    folded = dict(model.weights)
+    folded[config.logits_weight_name] = (kernel @ weights)[None, None].astype(np.float32)
+    folded[config.logits_bias_name] = (bias @ weights + biases).astype(np.float32)
+    return replace(model, config=head_config, weights=folded, classes=Classes(background=False)).validate()
+
+
 def config_from_metadata(metadata: dict[str, str], source: object) -> ModelConfig:
     """The variant recorded by `MobileNetV1Model.metadata` (plus optional `quantized`, `num_classes` and `padding`)."""
     producer = metadata.get("producer")

@@ -64,7 +64,8 @@ def eval_command(
     source: str = typer.Argument(..., help="Model file/folder in any format, registry name, or tarball."),
     data: Path = typer.Argument(
         ...,
-        help="Folder with one subfolder per synset (n01440764/...), or a CSV of `path,label` lines (label 0..1000 or a synset).",
+        help="Folder with one subfolder per synset (n01440764/...), or a CSV of `path,label` lines (label 0..1000 or a "
+        "synset; for a model with its own classes: 0..N-1 or one of its class names, CSV only).",
     ),
     limit: Optional[int] = typer.Option(None, "--limit", help="Evaluate the first N images only."),
     batch: int = typer.Option(32, "--batch", help="Images per inference batch."),
@@ -85,7 +86,8 @@ def eval_command(
     offline: bool = OfflineOption,
     as_json: bool = JsonOption,
 ) -> None:
-    """Top-1 and top-5 accuracy with 95% confidence intervals, beside the published figures of the variant."""
+    """Top-1 and top-5 accuracy with 95% confidence intervals, beside the published figures of the variant
+    (none for a model whose classes are not ImageNet's)."""
     if fast_decode and (ray or ray_address):
         raise ZooError("--fast-decode runs in this process only, not with --ray")
     with _progress_bar(f"evaluating {Path(source).name}") as progress:

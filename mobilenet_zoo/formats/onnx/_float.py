@@ -65,12 +65,15 @@ def write(
 
 def load_runner(path: Path) -> OnnxRunner:
     """An onnxruntime session (CPU) that takes NHWC batches whatever the file's input layout."""
+    from mobilenet_zoo.formats.onnx._reader import runner_head
+
     ort = require("onnxruntime")
+    head = runner_head(Path(path)) if Path(path).is_file() else None  # a dense head's outputs by their Runner names
     try:
-        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(head[0] if head else str(path), providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own NoSuchFile, InvalidProtobuf, Fail...
         raise ModelFormatError(f"{path}: onnxruntime cannot load it ({exc})") from exc
-    return OnnxRunner(session)
+    return OnnxRunner(session, aliases=head[1] if head else {})
 
 
 @dataclass
@@ -82,6 +85,7 @@ class OnnxRunner:
     channels_first: bool = field(init=False)
     quantized: bool = field(init=False)
     resolution: int | None = field(init=False)
+    aliases: dict[str, str] = field(default_factory=dict)  # Runner name by output name (a dense head's outputs)
 
     def __post_init__(self) -> None:
         model_input = self.session.get_inputs()[0]
@@ -101,7 +105,8 @@ class OnnxRunner:
 
     def __call__(self, images: np.ndarray) -> dict[str, np.ndarray]:
         names = [output.name for output in self.session.get_outputs()]
-        return {name: self.as_nhwc(value) for name, value in zip(names, self.session.run(names, self.feed(images)))}
+        values = self.session.run(names, self.feed(images))
+        return {self.aliases.get(name, name): self.as_nhwc(value) for name, value in zip(names, values)}
 
     def as_nhwc(self, output: np.ndarray) -> np.ndarray:
         """A session output with a 4-D map of an NCHW file transposed to NHWC (others as they are)."""

@@ -14,6 +14,10 @@ resolution (the input), classes (the classifier) and precision (the kernels). Gr
                 int32 bias initializers, or ConvInteger on uint8 kernels + an int32 bias Add, with the quantization
                 parameters recorded in the `quantization` metadata entry.
 
+A float graph may end in a dense head on the logits (MatMul + Add or Gemm, optional Softmax: a fine-tuned classifier,
+or tf2onnx's conversion of a retrain.py graph): it is folded into the classifier (`model.with_dense_head`). Any other
+layer past the classifier is refused, naming it.
+
 Files this project wrote get their backbone options (`arch.Backbone`) and source back from the metadata.
 """
 
@@ -50,6 +54,7 @@ from mobilenet_zoo.model import (
     from_oihw,
     infer_alpha,
     quant_info_from_json,
+    with_dense_head,
 )
 
 CONV_OPS = ("Conv", "ConvInteger")
@@ -62,33 +67,142 @@ EXPECTED_CONVS = len(_SCOPES)
 
 
 def read(path: Path) -> MobileNetV1Model:
-    """Map a float, QDQ or integer MobileNet V1 ONNX graph to the canonical (folded) model."""
+    """Map a float, QDQ or integer MobileNet V1 ONNX graph to the canonical (folded) model; a float graph's dense
+    head on the logits is folded into the classifier."""
     graph = OnnxGraph.load(Path(path))
     metadata = graph.metadata
     ours = metadata.get("producer") == PRODUCER
     backbone = Backbone.from_metadata(metadata) if ours else Backbone()
     convs = graph.mobilenet_convs()
-    _refuse_layers_after_classifier(graph, convs[-1])
+    flavour = graph.flavour(convs[0])
+    head = dense_head(graph, convs[-1]) if flavour == "float" else None
+    _refuse_layers_after_classifier(graph, convs[-1], head)
     config = _config(graph, convs, metadata, backbone)
     for conv, placed in zip(convs, _placed_with_logits(config, backbone)):
         _check_geometry(graph, conv, placed)
-    reader = {"integer": _read_integer, "qdq": _read_qdq, "float": _read_float}[graph.flavour(convs[0])]
+    reader = {"integer": _read_integer, "qdq": _read_qdq, "float": _read_float}[flavour]
     weights, quant = reader(graph, convs, config)
     source = metadata.get("source", str(path)) if ours else str(path)
     model = MobileNetV1Model(config, weights, quant=quant, source=source, backbone=backbone)
-    return (model.with_recorded(metadata) if ours else model).validate()
+    model = (model.with_recorded(metadata) if ours else model).validate()
+    return with_dense_head(model, head.weights, head.biases, path) if head else model
 
 
 _WEIGHTED_OPS = ("Conv", "ConvInteger", "QLinearConv", "MatMul", "MatMulInteger", "QLinearMatMul", "Gemm")
 
 
-def _refuse_layers_after_classifier(graph: OnnxGraph, classifier) -> None:
-    """Refuse a layer with weights (a dense head, a second classifier) past the classifier, naming the first: the
-    canonical model would silently leave it out."""
-    extra = [node for node in graph.reachable(classifier.output[0]) if node.op_type in _WEIGHTED_OPS]
+def _refuse_layers_after_classifier(graph: OnnxGraph, classifier, head: OnnxDenseHead | None) -> None:
+    """Refuse a layer with weights (a second head, a second classifier) past the classifier other than the dense
+    head, and a graph output the head does not feed, naming the first: the canonical model would leave it out."""
+    taken = {id(node) for node in head.nodes} if head else set()
+    extra = [
+        node
+        for node in graph.reachable(classifier.output[0])
+        if node.op_type in _WEIGHTED_OPS and id(node) not in taken
+    ]
     if extra:
         names = ", ".join(f"{node.name or '(unnamed)'} ({node.op_type})" for node in extra[:3])
         raise graph.error(f"nodes after the MobileNet V1 classifier that are not part of it: {names}")
+    if head is not None:
+        after_head = {head.logits} | {out for node in graph.reachable(head.logits) for out in node.output}
+        bypassing = [out.name for out in graph.proto.graph.output if out.name not in after_head]
+        if bypassing:
+            raise graph.error(f"graph outputs that bypass the dense head on the logits: {', '.join(bypassing[:3])}")
+
+
+# ---------------------------------------------------------------------------------------------- dense heads
+
+LOGITS_OUTPUT, PROBABILITIES_OUTPUT = "logits", "probabilities"  # the Runner's names of the head's outputs
+_RESHAPING_OPS = ("Flatten", "Squeeze", "Reshape", "Unsqueeze", "Transpose", "Identity")  # logits to N x C
+
+
+@dataclass(frozen=True)
+class OnnxDenseHead:
+    """A dense layer on the 2-D logits: MatMul by a constant + Add of a constant, or Gemm; a Softmax may follow.
+    `weights` C x N and `biases` N as the fold takes them, `logits` the layer's output tensor, `nodes` its nodes."""
+
+    weights: np.ndarray
+    biases: np.ndarray
+    logits: str
+    nodes: tuple
+
+
+def dense_head(graph: OnnxGraph, classifier) -> OnnxDenseHead | None:
+    """The dense head taking the classifier's logits (through reshaping ops only), None when there is none."""
+    for node in graph.reachable(classifier.output[0]):
+        if node.op_type in ("MatMul", "Gemm") and _takes_logits(graph, node, classifier):
+            head = _gemm_head(graph, node) if node.op_type == "Gemm" else _matmul_head(graph, node)
+            if head is not None:
+                return head
+    return None
+
+
+def runner_head(path: Path) -> tuple[bytes, dict[str, str]] | None:
+    """For a float graph whose dense head's tensors are not named `logits` / `probabilities` (tf2onnx's
+    `final_result:0`...): the graph with the head's logits made an output too, serialized, and the Runner name of
+    each head tensor. None for any other file (the runner then keys outputs by their names)."""
+    try:
+        graph = OnnxGraph.load(Path(path))
+        convs = graph.mobilenet_convs()
+        head = dense_head(graph, convs[-1]) if graph.flavour(convs[0]) == "float" else None
+    except ModelFormatError:
+        return None
+    if head is None:
+        return None
+    softmax = next((node for node in graph.reachable(head.logits) if node.op_type == "Softmax"), None)
+    aliases = {head.logits: LOGITS_OUTPUT, **({softmax.output[0]: PROBABILITIES_OUTPUT} if softmax else {})}
+    if all(tensor == name for tensor, name in aliases.items()):
+        return None
+    outputs = graph.proto.graph.output
+    if head.logits not in {output.name for output in outputs}:
+        outputs.append(graph.onnx.helper.make_tensor_value_info(head.logits, graph.onnx.TensorProto.FLOAT, None))
+    return graph.proto.SerializeToString(), aliases
+
+
+def _takes_logits(graph: OnnxGraph, node, classifier) -> bool:
+    """True when `node`'s first input is data computed from the classifier's output by reshaping ops only."""
+    if len(node.input) < 2 or graph.is_constant(node.input[0]) or not graph.is_constant(node.input[1]):
+        return False
+    for before in graph.upstream(node.input[0]):
+        if before is classifier:
+            return True
+        if before.op_type not in _RESHAPING_OPS:
+            return False
+    return False
+
+
+def _gemm_head(graph: OnnxGraph, gemm) -> OnnxDenseHead | None:
+    """Y = alpha A B' + beta C (B' = B or its transpose), A not transposed."""
+    attributes = graph.attributes(gemm)
+    if attributes.get("transA", 0):
+        return None
+    weights = np.asarray(graph.value(gemm.input[1]), np.float64) * attributes.get("alpha", 1.0)
+    weights = weights.T if attributes.get("transB", 0) else weights
+    has_bias = len(gemm.input) > 2 and gemm.input[2] and graph.is_constant(gemm.input[2])
+    if len(gemm.input) > 2 and gemm.input[2] and not has_bias:
+        return None
+    bias = graph.value(gemm.input[2]) * attributes.get("beta", 1.0) if has_bias else np.zeros(weights.shape[-1])
+    return OnnxDenseHead(weights, _bias_vector(bias, weights), gemm.output[0], (gemm,))
+
+
+def _matmul_head(graph: OnnxGraph, matmul) -> OnnxDenseHead | None:
+    """MatMul by a constant matrix, then its sole consumer Add of a constant."""
+    add = graph.sole_consumer(matmul.output[0])
+    if add is None or add.op_type != "Add" or len(add.input) != 2:
+        return None
+    bias = next(name for name in add.input if name != matmul.output[0])
+    if not graph.is_constant(bias):
+        return None
+    weights = np.asarray(graph.value(matmul.input[1]), np.float64)
+    return OnnxDenseHead(weights, _bias_vector(graph.value(bias), weights), add.output[0], (matmul, add))
+
+
+def _bias_vector(bias: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """A bias that broadcasts over the batch as an N vector (left as is when it does not: the fold refuses it)."""
+    bias = np.asarray(bias, np.float64)
+    if weights.ndim == 2 and bias.size in (1, weights.shape[1]) and bias.ndim <= 2:
+        return np.broadcast_to(bias.reshape(-1), (weights.shape[1],)).copy()
+    return bias
 
 
 # ---------------------------------------------------------------------------------------------- the graph

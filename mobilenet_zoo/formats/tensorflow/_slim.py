@@ -39,7 +39,7 @@ from mobilenet_zoo.arch import (
 from mobilenet_zoo.deps import require
 from mobilenet_zoo.errors import MissingDependencyError, ModelFormatError
 from mobilenet_zoo.fsutil import atomic_folder
-from mobilenet_zoo.model import Classes, MobileNetV1Model, image_batch, infer_alpha
+from mobilenet_zoo.model import Classes, MobileNetV1Model, image_batch, infer_alpha, with_dense_head
 
 SIGNATURE_KEY = "serving_default"
 METADATA_FILE = Path("assets.extra") / "mobilenet_zoo.json"  # our SavedModels' `MobileNetV1Model.metadata()`
@@ -496,25 +496,6 @@ def _find_dense_head(nodes: dict[str, Any], extras: list) -> DenseHead | None:
         order = tuple(node.name for node in extras if node.name in members)
         return DenseHead(weights, biases, adds[0].name, probabilities, order, taken in POOLED_INPUTS)
     return None
-
-
-def with_dense_head(model: MobileNetV1Model, weights: np.ndarray, biases: np.ndarray, source: Path) -> MobileNetV1Model:
-    """`model` with a dense layer on its logits folded into its classifier, in float64:
-    (x K + b) W + c = x (K W) + (b W + c): a C x N classifier, no background class, names unknown."""
-    config = model.config
-    weights, biases = np.asarray(weights, np.float64), np.asarray(biases, np.float64)
-    if weights.ndim != 2 or weights.shape[0] != config.num_classes or biases.shape != (weights.shape[1],):
-        raise ModelFormatError(
-            f"{source}: dense head of shape {list(weights.shape)} + {list(biases.shape)} does not "
-            f"take the {config.num_classes} logits of {config.name}"
-        )
-    kernel = np.asarray(model.weights[config.logits_weight_name], np.float64)[0, 0]
-    bias = np.asarray(model.weights[config.logits_bias_name], np.float64)
-    head_config = replace(config, num_classes=int(weights.shape[1]))
-    folded = dict(model.weights)
-    folded[config.logits_weight_name] = (kernel @ weights)[None, None].astype(np.float32)
-    folded[config.logits_bias_name] = (bias @ weights + biases).astype(np.float32)
-    return replace(model, config=head_config, weights=folded, classes=Classes(background=False)).validate()
 
 
 def _read_saved_model(folder: Path) -> MobileNetV1Model:

@@ -2,7 +2,8 @@
 
 `read` maps a graph to the canonical model by its op sequence (CONV_2D, 13 DEPTHWISE_CONV_2D + CONV_2D
 pairs, AVERAGE_POOL_2D, CONV_2D, RESHAPE or SQUEEZE when the logits are 1x1, SOFTMAX), never by tensor
-names. For uint8 models it keeps the integer truth (uint8 kernels, int32 biases, the scale and zero point
+names. A float dense head on the squeezed logits (FULLY_CONNECTED, optional SOFTMAX) is folded into the
+classifier (`model.with_dense_head`). For uint8 models it keeps the integer truth (uint8 kernels, int32 biases, the scale and zero point
 of every activation) in `model.quant`, which `write` serializes back into a flatbuffer that runs
 bit-identically.
 
@@ -54,6 +55,7 @@ from mobilenet_zoo.model import (
     QuantizedTensor,
     QuantParams,
     image_batch,
+    with_dense_head,
 )
 
 SCHEMA_MODULE = "ai_edge_litert.schema_py_generated"
@@ -73,10 +75,18 @@ _CONV_OPS = ("CONV_2D",) + ("DEPTHWISE_CONV_2D", "CONV_2D") * 13
 _SQUEEZE_OPS = ("RESHAPE", "SQUEEZE")
 _BODY_OPS = _CONV_OPS + ("AVERAGE_POOL_2D", "CONV_2D")
 # What follows the classifier: squeezed 1x1 logits, or a logits map (larger than 1x1) with its softmax as we
-# write it, or as the TensorFlow converter writes slim's softmax (flattened to 2-D and reshaped back).
-_TAILS = ((_SQUEEZE_OPS, "SOFTMAX"), ("SOFTMAX",), ("RESHAPE", "SOFTMAX", "RESHAPE"))
-_SQUEEZED_TAIL_LENGTH = 2
-EXPECTED_OPS = _BODY_OPS + _TAILS[0]
+# write it, or as the TensorFlow converter writes slim's softmax (flattened to 2-D and reshaped back), or a
+# float dense head on the squeezed logits (FULLY_CONNECTED, optional SOFTMAX), folded into the classifier on reading.
+_TAILS = {
+    "squeezed": (_SQUEEZE_OPS, "SOFTMAX"),
+    "map": ("SOFTMAX",),
+    "map_reshaped": ("RESHAPE", "SOFTMAX", "RESHAPE"),
+    "dense": (_SQUEEZE_OPS, "FULLY_CONNECTED", "SOFTMAX"),
+    "dense_logits": (_SQUEEZE_OPS, "FULLY_CONNECTED"),
+}
+_SQUEEZED_TAILS = ("squeezed", "dense", "dense_logits")
+_DENSE_TAILS = ("dense", "dense_logits")
+EXPECTED_OPS = _BODY_OPS + _TAILS["squeezed"]
 
 
 # ---------------------------------------------------------------------------------------------- reading
@@ -85,6 +95,7 @@ EXPECTED_OPS = _BODY_OPS + _TAILS[0]
 def read(path: Path) -> MobileNetV1Model:
     """Map a float or uint8 MobileNet V1 .tflite file to the canonical (folded) model."""
     graph = MobileNetGraph.load(Path(path))
+    dense = graph.dense_head()
     config = graph.config()
     backbone = graph.backbone(config)
     recorded = graph.recorded_metadata()
@@ -107,7 +118,8 @@ def read(path: Path) -> MobileNetV1Model:
         for activation, tensor in graph.head_activations().items():
             quant.activations[activation] = graph.quant_params(tensor)
     model = MobileNetV1Model(config, weights, quant=quant, source=recorded.get("source", str(path)), backbone=backbone)
-    return (model.with_recorded(recorded) if recorded.get("producer") == PRODUCER else model).validate()
+    model = (model.with_recorded(recorded) if recorded.get("producer") == PRODUCER else model).validate()
+    return with_dense_head(model, *dense, path) if dense else model
 
 
 @dataclass
@@ -158,9 +170,26 @@ class MobileNetGraph:
         return self.operators[len(_BODY_OPS) :]
 
     @property
+    def tail_kind(self) -> str | None:
+        """Which of `_TAILS` the operators after the classifier are, None when none."""
+        names = [self.op_name(op) for op in self.tail]
+        for kind, expected in _TAILS.items():
+            if len(names) == len(expected) and all(
+                name in (allowed if isinstance(allowed, tuple) else (allowed,))
+                for name, allowed in zip(names, expected)
+            ):
+                return kind
+        return None
+
+    @property
     def squeeze(self):
         """The RESHAPE or SQUEEZE of 1x1 logits to N x classes, or None when the logits are a map."""
-        return self.tail[0] if len(self.tail) == _SQUEEZED_TAIL_LENGTH else None
+        return self.tail[0] if self.tail_kind in _SQUEEZED_TAILS else None
+
+    @property
+    def dense(self):
+        """The FULLY_CONNECTED of a dense head on the squeezed logits, or None."""
+        return self.tail[1] if self.tail_kind in _DENSE_TAILS else None
 
     @property
     def softmax(self):
@@ -168,8 +197,30 @@ class MobileNetGraph:
 
     @property
     def probabilities(self):
-        """The operator whose output is the probabilities (the softmax, or the reshape of its output back to a map)."""
-        return self.tail[-1]
+        """The operator whose output is the probabilities (the softmax, or the reshape of its output back to a map),
+        None for a dense head without softmax."""
+        return None if self.tail_kind == "dense_logits" else self.tail[-1]
+
+    def dense_head(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """(C x N weights, N biases) of a float dense head on the logits, None without one; refused when quantized or
+        with a fused activation (the canonical model has neither)."""
+        op = self.dense
+        if op is None:
+            return None
+        if self.type_name(self.input_tensor) != "FLOAT32" or self.type_name(int(op.inputs[1])) != "FLOAT32":
+            raise ModelFormatError(f"{self.name}: a dense head (FULLY_CONNECTED) on uint8 logits is not supported")
+        options = op.builtinOptions
+        if options is not None and options.fusedActivationFunction != self.schema.ActivationFunctionType.NONE:
+            raise ModelFormatError(f"{self.name}: the dense head (FULLY_CONNECTED) has a fused activation")
+        bypassing = int(self.squeeze.outputs[0])
+        if bypassing in {int(index) for index in self.subgraph.outputs}:
+            raise ModelFormatError(
+                f"{self.name}: output {_text(self.tensor(bypassing).name)} bypasses the dense head on the logits"
+            )
+        weights = self.values(int(op.inputs[1])).T  # TFLite keeps N x C
+        has_bias = len(op.inputs) > 2 and int(op.inputs[2]) >= 0
+        biases = self.values(int(op.inputs[2])) if has_bias else np.zeros(weights.shape[1], np.float32)
+        return weights, biases
 
     @property
     def input_tensor(self) -> int:
@@ -183,12 +234,24 @@ class MobileNetGraph:
     def check_structure(self) -> None:
         """Refuse anything that is not the MobileNet V1 op chain."""
         names = [self.op_name(op) for op in self.operators]
-        chains = {len(_BODY_OPS) + len(tail): _BODY_OPS + tail for tail in _TAILS}
-        if len(names) not in chains:
+        lengths = {len(_BODY_OPS) + len(tail) for tail in _TAILS.values()}
+        if len(names) > max(lengths) and tuple(names[: len(_BODY_OPS)]) == _BODY_OPS:
+            extra = self.operators[len(_BODY_OPS) :]
+            named = [
+                f"{name} ({_text(self.tensor(int(op.outputs[0])).name)})"
+                for name, op in zip(names[len(_BODY_OPS) :], extra)
+            ]
+            raise ModelFormatError(
+                f"{self.name}: operators after the MobileNet V1 classifier that are not a dense head on its logits: "
+                f"{', '.join(named[:4])}{' ...' if len(named) > 4 else ''}"
+            )
+        if len(names) not in lengths:
             raise ModelFormatError(
                 f"{self.name}: not a MobileNet V1 graph: {len(names)} operators, expected {len(EXPECTED_OPS)}"
             )
-        for index, (name, expected) in enumerate(zip(names, chains[len(names)])):
+        tails = [tail for tail in _TAILS.values() if len(_BODY_OPS) + len(tail) == len(names)]
+        tail = next((tail for tail in tails if self.tail_kind and _TAILS[self.tail_kind] == tail), tails[0])
+        for index, (name, expected) in enumerate(zip(names, _BODY_OPS + tail)):
             if name not in (expected if isinstance(expected, tuple) else (expected,)):
                 raise ModelFormatError(
                     f"{self.name}: not a MobileNet V1 graph: operator {index} is {name}, expected {expected}"
@@ -297,9 +360,13 @@ class MobileNetGraph:
         return outputs
 
     def head_outputs(self) -> dict[str, int]:
-        """The logits (squeezed when 1x1) and probabilities tensors."""
-        logits = self.squeeze if self.squeeze is not None else self.logits_conv
-        return {LOGITS: int(logits.outputs[0]), PROBABILITIES: int(self.probabilities.outputs[0])}
+        """The logits (squeezed when 1x1, the dense head's when there is one) and probabilities tensors (none for a
+        dense head without softmax: the runner computes them)."""
+        logits = self.dense or self.squeeze or self.logits_conv
+        outputs = {LOGITS: int(logits.outputs[0])}
+        if self.probabilities is not None:
+            outputs[PROBABILITIES] = int(self.probabilities.outputs[0])
+        return outputs
 
     def signature(self, outputs: dict[str, int]) -> Signature | None:
         """A signature (SIGNATURE_KEY first) whose one input is the image and whose outputs include every tensor of
@@ -448,7 +515,11 @@ class TFLiteRunner:
         batch = image_batch(images, np.uint8 if self.quantized else np.float32, self.resolution, "TFLite model")
         step = self.batch_size or max(len(batch), 1)
         chunks = [self.forward(batch[start : start + step]) for start in range(0, len(batch), step)]
-        return {name: np.concatenate([chunk[name] for chunk in chunks]) for name in chunks[0]}
+        outputs = {name: np.concatenate([chunk[name] for chunk in chunks]) for name in chunks[0]}
+        if PROBABILITIES not in outputs:  # a dense head without softmax
+            shifted = np.exp(outputs[LOGITS] - outputs[LOGITS].max(axis=-1, keepdims=True))
+            outputs[PROBABILITIES] = (shifted / shifted.sum(axis=-1, keepdims=True)).astype(np.float32)
+        return outputs
 
 
 @dataclass(frozen=True)
