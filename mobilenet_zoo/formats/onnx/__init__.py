@@ -64,10 +64,12 @@ def write(model, out: Path, **options) -> Path:
 
 @runner("onnx")
 def load_runner(path: Path):
-    """An onnxruntime session (CPU) that takes NHWC batches whatever the file's input layout."""
-    from mobilenet_zoo.formats.onnx import _float
+    """An onnxruntime session (CPU) that takes NHWC batches whatever the file's input layout; a dense head's
+    logits and softmax (a fine-tuned graph) are served as `logits` and `probabilities`."""
+    from mobilenet_zoo.formats.onnx import _float, _reader
 
-    return _float.load_runner(Path(path))
+    path = Path(path)
+    return _float.load_runner(path, _reader.runner_head(path) if path.is_file() else None)
 
 
 __getattr__ = private_getattr(__name__, "_float", "_exact", "_qdq", "_reader")

@@ -63,12 +63,10 @@ def write(
     return save_checked(build_model(model, layout=layout, opset=opset), Path(out))
 
 
-def load_runner(path: Path) -> OnnxRunner:
-    """An onnxruntime session (CPU) that takes NHWC batches whatever the file's input layout."""
-    from mobilenet_zoo.formats.onnx._reader import runner_head
-
+def load_runner(path: Path, head: tuple[bytes, dict[str, str]] | None = None) -> OnnxRunner:
+    """An onnxruntime session (CPU) that takes NHWC batches whatever the file's input layout; `head`: the graph
+    with a dense head's tensors as outputs and their Runner names (the reader's `runner_head`)."""
     ort = require("onnxruntime")
-    head = runner_head(Path(path)) if Path(path).is_file() else None  # a dense head's outputs by their Runner names
     try:
         session = ort.InferenceSession(head[0] if head else str(path), providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own NoSuchFile, InvalidProtobuf, Fail...
