@@ -195,6 +195,16 @@ class MobileNetV1Model:
             )
         return replace(self, classes=replace(self.classes, labels=labels))
 
+    @classmethod
+    def from_quantized(
+        cls, config: ModelConfig, quant: QuantInfo, metadata: dict[str, str], *, source: str, backbone: Backbone
+    ) -> MobileNetV1Model:
+        """The validated quantized model one of our files records: its integers, their dequantized values as the
+        weights, and what its metadata says beyond them (classes, padding)."""
+        weights = {name: tensor.dequantize() for name, tensor in quant.tensors.items()}
+        model = cls(config, weights, quant=quant, source=metadata.get("source", source), backbone=backbone)
+        return model.with_recorded(metadata).validate()
+
     def with_recorded(self, metadata: dict[str, str]) -> MobileNetV1Model:
         """The model with what our files record beyond the weights restored: the classes and the padding."""
         config = replace(self.config, padding=metadata.get("padding", self.config.padding))

@@ -240,17 +240,8 @@ def read(path: Path) -> MobileNetV1Model:
         {name: _stored_integers(name, tensor, shapes[name]) for name, tensor in offset.tensors.items()},
         offset.activations,
     )
-    weights = {name: tensor.dequantize() for name, tensor in quant.tensors.items()}
-    return (
-        MobileNetV1Model(
-            config,
-            weights,
-            quant=quant,
-            source=metadata.get("source", str(folder)),
-            backbone=Backbone.from_metadata(metadata),
-        )
-        .with_recorded(metadata)
-        .validate()
+    return MobileNetV1Model.from_quantized(
+        config, quant, metadata, source=str(folder), backbone=Backbone.from_metadata(metadata)
     )
 
 

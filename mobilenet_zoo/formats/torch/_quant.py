@@ -248,18 +248,8 @@ def read(path: Path) -> MobileNetV1Model:
             f"{weights_file}: not a quantized model (its metadata says quantized={metadata.get('quantized')!r})"
         )
     quant = quant_info(safetensors_numpy().load_file(str(weights_file)))
-    weights = {name: tensor.dequantize() for name, tensor in quant.tensors.items()}
-    return (
-        MobileNetV1Model(
-            config,
-            weights,
-            quant=quant,
-            source=metadata.get("source", str(path)),
-            backbone=torch_format.backbone_from_metadata(metadata, weights_file),
-        )
-        .with_recorded(metadata)
-        .validate()
-    )
+    backbone = torch_format.backbone_from_metadata(metadata, weights_file)
+    return MobileNetV1Model.from_quantized(config, quant, metadata, source=str(path), backbone=backbone)
 
 
 def quant_info(tensors: dict[str, np.ndarray]) -> QuantInfo:
