@@ -31,7 +31,7 @@ import zipfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -463,7 +463,7 @@ def hf_state_dict(model: MobileNetV1Model) -> dict[str, np.ndarray]:
     """The transformers state dict of `model` (a folded model gets identity BatchNorms around its biases)."""
     from mobilenet_zoo.formats.torch._module import to_torch_layout
 
-    unfolded = _with_identity_batchnorm(model) if model.is_folded else model
+    unfolded = model.unfold()
     state = {
         hf: to_torch_layout(unfolded.weights[slim], kind) for slim, (hf, kind) in hf_tensor_names(model.config).items()
     }
@@ -562,16 +562,3 @@ def _config_from_hf(hf: dict[str, Any], num_classes: int, folder: Path) -> Model
     return ModelConfig(
         alpha=float(hf.get("depth_multiplier", 1.0)), resolution=int(resolution), num_classes=int(num_classes)
     )
-
-
-def _with_identity_batchnorm(model: MobileNetV1Model) -> MobileNetV1Model:
-    """An unfolded equivalent of a folded model: gamma 1, beta = bias, mean 0, variance 1 - eps."""
-    weights = {name: model.weights[name] for name in (model.config.logits_weight_name, model.config.logits_bias_name)}
-    for layer in model.config.layers():
-        bias = model.weights[layer.bias_name]
-        weights[layer.weight_name] = model.weights[layer.weight_name]
-        weights[layer.bn_name("gamma")] = np.ones_like(bias)
-        weights[layer.bn_name("beta")] = bias
-        weights[layer.bn_name("moving_mean")] = np.zeros_like(bias)
-        weights[layer.bn_name("moving_variance")] = np.full_like(bias, 1.0 - BN_EPSILON)
-    return replace(model, weights=weights)
