@@ -10,6 +10,7 @@ They differ by a fraction of a pixel value, enough to swap close classes: on gra
 from __future__ import annotations
 
 import math
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ import numpy as np
 from mobilenet_zoo.errors import ZooError
 
 CENTRAL_FRACTION = 0.875
+BMP_HEADER_SIZE = 54  # the file header and a BITMAPINFOHEADER
 
 
 def decode_image(path: str | Path, draft_size: int | None = None) -> np.ndarray:
@@ -29,6 +31,9 @@ def decode_image(path: str | Path, draft_size: int | None = None) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError
 
     try:
+        pixels = _uncompressed_bmp(path)
+        if pixels is not None:
+            return pixels
         with Image.open(path) as image:
             if draft_size and image.format == "JPEG":
                 scale = draft_size / CENTRAL_FRACTION / min(image.size)
@@ -41,6 +46,25 @@ def decode_image(path: str | Path, draft_size: int | None = None) -> np.ndarray:
         raise ZooError(f"image not found: {path}") from None
     except (UnidentifiedImageError, OSError) as exc:
         raise ZooError(f"{path}: not a readable image ({exc})") from None
+
+
+def _uncompressed_bmp(path: str | Path) -> np.ndarray | None:
+    """The RGB pixels of a plain 24-bit BMP as a read-only view of the file's bytes (no decoding: Pillow's decode
+    is a copy that swaps BGR); None for any other file, which Pillow then reads (and judges)."""
+    with open(path, "rb") as file:
+        header = file.read(BMP_HEADER_SIZE)
+        if len(header) < BMP_HEADER_SIZE or header[:2] != b"BM":
+            return None
+        offset, header_size, width, height, planes, bits, compression = struct.unpack_from("<IIiiHHI", header, 10)
+        if header_size < 40 or planes != 1 or bits != 24 or compression != 0 or width <= 0 or height == 0:
+            return None
+        data = header + file.read()
+    stride = (width * 3 + 3) // 4 * 4
+    if offset < BMP_HEADER_SIZE or offset + stride * abs(height) > len(data):
+        return None  # truncated or odd: Pillow judges it
+    rows = np.frombuffer(data, np.uint8, stride * abs(height), offset).reshape(abs(height), stride)
+    pixels = rows[:, : width * 3].reshape(abs(height), width, 3)[:, :, ::-1]  # BGR -> RGB
+    return pixels[::-1] if height > 0 else pixels  # positive height: the rows are stored bottom-up
 
 
 def central_crop(pixels: np.ndarray, fraction: float = CENTRAL_FRACTION) -> np.ndarray:
@@ -76,20 +100,23 @@ def resize_bilinear(pixels: np.ndarray, size: int, method: str = "bilinear") -> 
     half_pixel = method == "bilinear"
     top_i, bottom_i, y_weight = _bilinear_axis(pixels.shape[0], size, half_pixel)
     left_i, right_i, x_weight = _bilinear_axis(pixels.shape[1], size, half_pixel)
-    rows = np.take(pixels, np.concatenate([top_i, bottom_i]), axis=0)  # top rows, then bottom rows
-    channels = pixels.shape[2]
-    columns = (np.concatenate([left_i, right_i])[:, None] * channels + np.arange(channels)).ravel()  # left, then right
-    corners = np.take(rows.reshape(len(rows), -1), columns, axis=1).reshape(len(rows), 2 * size, channels)
-    corners = corners.astype(np.float32)
-    left = corners[:, :size]
-    across = corners[:, size:] - left  # left + (right - left) * x_weight, for the top and bottom rows at once
-    across *= x_weight[None, :, None]
+    channels, channel_order = pixels.shape[2], np.arange(pixels.shape[2])
+    if pixels.strides[2] < 0:  # e.g. a BMP's BGR bytes seen as RGB: gather from the bytes as stored
+        pixels, channel_order = pixels[..., ::-1], channel_order[::-1]
+    rows = pixels[np.concatenate([top_i, bottom_i])]  # top rows, then bottom rows
+    columns = (np.concatenate([left_i, right_i])[:, None] * channels + channel_order).ravel()  # left, then right
+    # 2-D (rows, columns x channels) from here: the weights broadcast along long contiguous rows, not 3-pixel ones
+    corners = np.take(rows.reshape(len(rows), -1), columns, axis=1).astype(np.float32)
+    row_width = size * channels
+    left = corners[:, :row_width]
+    across = corners[:, row_width:] - left  # left + (right - left) * x_weight, for the top and bottom rows at once
+    across *= np.repeat(x_weight, channels)
     across += left
     top = across[:size]
     resized = across[size:] - top  # top + (bottom - top) * y_weight
-    resized *= y_weight[:, None, None]
+    resized *= y_weight[:, None]
     resized += top
-    return resized
+    return resized.reshape(size, size, channels)
 
 
 def resized_pixels(path: str | Path, resolution: int, method: str = "bilinear", draft: bool = False) -> np.ndarray:
