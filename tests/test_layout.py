@@ -116,3 +116,20 @@ def test_import_and_light_commands_load_no_framework():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_every_module_imports_first_in_a_fresh_process():
+    """No module depends on another having been imported before it (a cycle through a package `__getattr__`
+    escapes the static graph above)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def first_import(module: str) -> tuple[str, str]:
+        result = subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True, text=True)
+        return module, (result.stderr.strip().splitlines() or [f"exit {result.returncode}"])[
+            -1
+        ] if result.returncode else ""
+
+    modules = sorted(name for name in _modules() if not name.endswith("__main__"))  # __main__ runs the CLI
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        failures = {module: error for module, error in pool.map(first_import, modules) if error}
+    assert failures == {}

@@ -216,6 +216,8 @@ def private_getattr(package: str, *modules: str) -> Callable[[str], Any]:
     imported on first use, the first module that defines a name winning."""
 
     def __getattr__(name: str) -> Any:
+        if name in modules:  # `from package import _module` asks here first: import just that one
+            return importlib.import_module(f"{package}.{name}")
         for module in modules:
             value = getattr(importlib.import_module(f"{package}.{module}"), name, _MISSING)
             if value is not _MISSING:
