@@ -9,8 +9,11 @@ to ONNX by mobilenet-zoo. In one process, rounds interleaved, medians reported:
   eval      `evaluate(model, csv)`: decoding, slim preprocessing, inference, scoring;
   eval-draft the same with approximate JPEG decoding (`draft=True`), and its effect: top-1 agreement with the
             exact decode and the change of top-1/top-5 accuracy on the labels.
+  eval-ray  `evaluate_on_ray` (`eval --ray`) on a local Ray instance started in a fresh process each round: its
+            whole wall time, the start-up (until the first batch is scored: `ray.init`, the actors loading the
+            model) and the throughput after it; its counts must equal `eval`'s (the bench fails otherwise).
 
-    python benchmarks/bench_eval.py [--images 960] [--batch 32] [--rounds 3] [--data DIR] [--json]
+    python benchmarks/bench_eval.py [--images 960] [--batch 32] [--rounds 3] [--data DIR] [--no-ray] [--json]
 
 Target: eval at least 80% of the runtime's throughput with the exact preprocessing.
 """
@@ -96,6 +99,44 @@ def eval_run(model: Path, csv: Path, batch: int, draft: bool) -> tuple[float, di
     return result.images / (time.perf_counter() - start), result.as_dict()
 
 
+def ray_eval_worker(model: str, csv: str, batch: int, connection) -> None:
+    """In a fresh process: time `evaluate_on_ray` from before `ray.init` to the end; send the figures and result."""
+    from mobilenet_zoo.distributed import evaluate_on_ray
+
+    start, first = time.perf_counter(), []
+
+    def progress(done: int, total: int) -> None:
+        if not first:
+            first.append((time.perf_counter(), done))
+
+    result = evaluate_on_ray(model, csv, batch=batch, progress=progress)
+    end = time.perf_counter()
+    (first_at, first_done) = first[0]
+    connection.send(
+        {
+            "wall_s": end - start,
+            "startup_s": first_at - start,
+            "after_startup_images_per_s": (result.images - first_done) / (end - first_at),
+            "images_per_s": result.images / (end - start),
+            "result": result.as_dict(),
+        }
+    )
+
+
+def ray_eval_run(model: Path, csv: Path, batch: int) -> dict:
+    """One `eval --ray` in a fresh process (its own local Ray instance), timed from before `ray.init`."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    parent_end, child_end = context.Pipe()
+    process = context.Process(target=ray_eval_worker, args=(str(model), str(csv), batch, child_end))
+    process.start()
+    try:
+        return parent_end.recv()
+    finally:
+        process.join(timeout=120)
+
+
 def draft_effect(model: Path, csv: Path, batch: int) -> dict:
     """Top-1 agreement of exact and draft decoding over the data set (JPEG files only are affected)."""
     from mobilenet_zoo.evaluate import decode_batch, read_samples
@@ -119,14 +160,21 @@ def run(args) -> dict:
         csv = write_data_set(folder, args.images)
         model = onnx_model(folder)
         rates: dict[str, list[float]] = {"runtime": [], "eval": [], "eval-draft": []}
-        results = {}
+        results, ray_runs = {}, []
         for _ in range(args.rounds):
             rates["runtime"].append(runtime_images_per_s(model, csv, args.batch, max(4, args.images // args.batch)))
             rate, results["eval"] = eval_run(model, csv, args.batch, draft=False)
             rates["eval"].append(rate)
             rate, results["eval-draft"] = eval_run(model, csv, args.batch, draft=True)
             rates["eval-draft"].append(rate)
+            if args.ray:
+                ray_runs.append(ray_eval_run(model, csv, args.batch))
         effect = draft_effect(model, csv, args.batch)
+    if ray_runs:
+        rates["eval-ray"] = [run["images_per_s"] for run in ray_runs]
+        results["eval-ray"] = ray_runs[-1]["result"]
+        if any(run["result"] != results["eval"] for run in ray_runs):
+            sys.exit("eval --ray gave other counts than eval: " + json.dumps([r["result"] for r in ray_runs])[:2000])
     runtime = statistics.median(rates["runtime"])
     report = {
         "images": args.images,
@@ -140,6 +188,14 @@ def run(args) -> dict:
         },
         "draft_effect": effect,
     }
+    if ray_runs:
+        report["ray"] = {
+            "same_result_as_eval": True,
+            "wall_s": statistics.median(run["wall_s"] for run in ray_runs),
+            "startup_s": statistics.median(run["startup_s"] for run in ray_runs),
+            "after_startup_images_per_s": statistics.median(run["after_startup_images_per_s"] for run in ray_runs),
+            "eval_wall_s": args.images / report["images_per_s"]["eval"],
+        }
     return report
 
 
@@ -149,6 +205,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch", type=int, default=32, help="inference batch size")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (medians reported)")
     parser.add_argument("--data", type=Path, help="keep (and reuse) the generated data set and model in this folder")
+    parser.add_argument("--no-ray", dest="ray", action="store_false", help="skip the `eval --ray` rounds")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     args = parser.parse_args(argv)
     if not (REALDATA / FROZEN).exists():
@@ -162,6 +219,13 @@ def main(argv: list[str] | None = None) -> None:
         accuracy = report["accuracy"].get(name)
         figures = f"{accuracy['top1']:>7.1%} {accuracy['top5']:>7.1%}" if accuracy else ""
         print(f"{name:<12} {rate:>9.1f} {report['ratio_to_runtime'][name]:>10.0%} {figures}")
+    if "ray" in report:
+        ray = report["ray"]
+        print(
+            f"eval --ray: same counts as eval; {ray['wall_s']:.1f} s in all vs eval's {ray['eval_wall_s']:.1f} s: "
+            f"start-up {ray['startup_s']:.1f} s (Ray, actors, model; until the first batch is scored), then "
+            f"{ray['after_startup_images_per_s']:.1f} images/s"
+        )
     effect = report["draft_effect"]
     print(
         f"draft decoding: top-1 equal to the exact decode's on {effect['top1_agreement']:.1%} "

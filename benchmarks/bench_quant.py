@@ -1,34 +1,44 @@
-"""Latency of the real uint8 models in four runtimes/forms, side by side in one run, with their LSB distance.
+"""Latency and exactness of the real uint8 models in every runtime we write for, against TFLite's builtin kernels.
 
-For each real uint8 model in ../shared/realdata (MOBILENET_ZOO_REALDATA overrides the folder):
-  onnx exact   our exact ONNX (`formats.onnx._exact`, NHWC) in onnxruntime, default session options
-  onnx qdq     our QDQ ONNX (`formats.onnx._qdq`, NHWC) in onnxruntime (fused to QLinearConv & co.)
-  tflite builtin   the original .tflite, interpreter with OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES (the spec)
-  tflite xnnpack   the original .tflite, the interpreter's default (XNNPACK delegate)
-all with the same thread count (onnxruntime intra_op_num_threads, TFLite num_threads), batch 1. The runtimes take turns
-in blocks of 50 calls (each after a few untimed ones) so a busy machine slows them alike; the table shows
-time.perf_counter medians (and the median process CPU time per call, which a busy machine disturbs less), the ratio
-to TFLite builtin, and the max uint8 output distance from TFLite builtin on the 4 real images and seeded random inputs.
-On a 2-core machine TFLite's builtin kernels can run far slower with 2 threads than with 1 (their thread pool contends):
-`--threads 1` shows that case; the row "tflite builtin (1 thread)" is always added for comparison.
+For each real uint8 model in ../shared/realdata (MOBILENET_ZOO_REALDATA overrides the folder), these runtimes:
+  tflite builtin             the .tflite on OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES (the spec: the baseline)
+  tflite builtin (1 thread)  the same on 1 thread (when --threads is not 1: 2 builtin threads can be far slower)
+  tflite xnnpack             the .tflite on the default interpreter (OpResolverType.AUTO: the XNNPACK delegate)
+  onnx exact, onnx qdq       our exact and QDQ ONNX (`formats.onnx._exact`, `_qdq`; NHWC) in onnxruntime
+  onnx qdq tf2onnx           the peer: `python -m tf2onnx.convert --tflite MODEL --opset 13` in onnxruntime
+  torch eager, torch .pt2    our uint8 PyTorch module (in a QuantTorchRunner) and its exported `.pt2` program
+  tf SavedModel              our uint8 SavedModel
+each in its own worker process (spawned), so no runtime's spinning thread pool lands on another's calls, with the
+same thread count (TFLite num_threads; onnxruntime intra_op_num_threads, inter_op 1, CPU provider; torch and TF
+`bench.apply_threads`). The parent interleaves them in rounds: per round, each runtime makes one untimed call, then
+`--calls` timed batch-1 calls on a preset image (TFLite `invoke()`, onnxruntime `session.run`, the torch/TF runner).
+Reported: median and p90 of `time.perf_counter` per call, the best round's median (the lowest per-round median: what
+a quiet machine shows), ratios to TFLite builtin and XNNPACK, the max uint8 distance (LSB) from TFLite builtin over the
+outputs both give (probabilities; torch and TF also logits) on 4 real and 16 seeded random images, the share of
+real images whose top-1 class is builtin's, and for torch and TF the dtypes of their `quant_math.float_plan`.
+`--runtimes` picks a subset (tflite builtin always runs).
 
-    python benchmarks/bench_quant.py [--threads 2] [--rounds 300] [--profile] [--json]
+    python benchmarks/bench_quant.py [--threads 2] [--rounds 15] [--calls 20] [--runtimes A,B] [--json]
+        [--profile] [--profile-file FILE.onnx]
 
-`--profile` adds onnxruntime's profiler table per op type (SessionOptions.enable_profiling) for both ONNX forms;
-`--profile-file FILE.onnx` profiles any other file the same way.
+`--profile` adds onnxruntime's profiler table per op type (SessionOptions.enable_profiling) of both of our ONNX forms;
+`--profile-file` profiles any other ONNX file the same way. tf2onnx comes with the dev extra.
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
+import importlib.util
 import json
+import multiprocessing
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
-import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -36,7 +46,7 @@ import numpy as np
 
 from mobilenet_zoo.deps import require
 from mobilenet_zoo.formats import tflite
-from mobilenet_zoo.formats.onnx import _exact as onnx_quant
+from mobilenet_zoo.formats.onnx import _exact as onnx_exact
 from mobilenet_zoo.formats.onnx import _qdq as onnx_qdq
 from mobilenet_zoo.preprocess import load_image_uint8
 
@@ -44,7 +54,22 @@ ROOT = Path(__file__).resolve().parents[1]
 REALDATA = Path(os.environ.get("MOBILENET_ZOO_REALDATA") or ROOT.parent / "shared" / "realdata")
 MODELS = ("mobilenet_v1_0.25_128_quant.tflite", "mobilenet_v1_0.5_160_quant.tflite")
 IMAGES = ("bird.bmp", "cat.bmp", "grace_hopper.bmp", "parrot.jpg")
-BASELINE = "tflite builtin"
+N_RANDOM = 16
+SEED = 2024
+BASELINE, ONE_THREAD, XNNPACK = "tflite builtin", "tflite builtin (1 thread)", "tflite xnnpack"
+TF2ONNX = "onnx qdq tf2onnx"
+RUNTIMES = (
+    BASELINE,
+    ONE_THREAD,
+    XNNPACK,
+    "onnx exact",
+    "onnx qdq",
+    TF2ONNX,
+    "torch eager",
+    "torch .pt2",
+    "tf SavedModel",
+)
+PROBABILITIES = "probabilities"
 
 
 @dataclass
@@ -52,112 +77,240 @@ class Row:
     model: str
     runtime: str
     threads: int
+    calls: int  # timed calls in all rounds
     median_ms: float
     p90_ms: float
-    cpu_ms: float  # median process CPU time per call (all threads): what the call costs, whatever else runs
-    ratio_to_builtin: float
-    max_lsb: int  # probabilities, vs TFLite builtin kernels on the same inputs
+    best_round_median_ms: float  # the lowest per-round median
+    x_builtin: float
+    x_builtin_best_round: float
+    x_xnnpack: float | None  # None: XNNPACK not measured
+    max_lsb: int  # over the outputs both give, vs TFLite builtin on the same images
     top1_equal: float  # share of the real images whose top-1 class is TFLite builtin's
+    plan: str  # torch and TF: the dtypes `quant_math.float_plan` runs the convolutions in
 
 
-def tflite_call(path: Path, threads: int, builtin: bool):
-    """A batch-1 call (set_tensor + invoke) and a batch runner returning the uint8 probabilities."""
+# ---------------------------------------------------------------------------------------------- the workers
+
+
+def build(runtime: str, model_path: Path, threads: int, scratch: Path):
+    """(timed call on a preset uint8 image, a uint8 NHWC batch -> its outputs by name) of `runtime` on the model."""
+    from mobilenet_zoo.bench import apply_threads
+
+    model = tflite.read(model_path)
+    image = np.random.default_rng(SEED).integers(0, 256, (1, model.input_size, model.input_size, 3), dtype=np.uint8)
+    if runtime.startswith("tflite"):
+        call, outputs = tflite_call(model_path, image, 1 if runtime == ONE_THREAD else threads, runtime != XNNPACK)
+        return call, (tflite.load_runner(model_path) if runtime == BASELINE else outputs)  # the reference: logits too
+    if runtime.startswith("onnx"):
+        return onnx_call(onnx_file(runtime, model_path, scratch), image, threads)
+    if runtime.startswith("torch"):
+        apply_threads("torch", threads)
+        from mobilenet_zoo.formats import torch as torch_format
+        from mobilenet_zoo.formats.torch import _quant as torch_quant
+        from mobilenet_zoo.quant_math import integer_network
+
+        if runtime == "torch eager":
+            runner = torch_quant.QuantTorchRunner(torch_quant.build_module(integer_network(model)), model.input_size)
+        else:
+            runner = torch_format.load_runner(next(torch_format.write(model, scratch / "torch").glob("*.pt2")))
+        return (lambda: runner(image)), runner
+    apply_threads("tf", threads)  # before TensorFlow starts
+    from mobilenet_zoo.formats.tensorflow import _quant as tensorflow_quant
+
+    runner = tensorflow_quant.load_runner(tensorflow_quant.write(model, scratch / "saved_model"))
+    return (lambda: runner(image)), runner
+
+
+def tflite_call(model_path: Path, image: np.ndarray, threads: int, builtin: bool):
+    """`invoke` on the preset image, and a batch runner (one image per invoke) returning the uint8 probabilities."""
     litert = require("ai_edge_litert.interpreter")
     resolver = litert.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES if builtin else litert.OpResolverType.AUTO
-    interpreter = litert.Interpreter(model_path=str(path), experimental_op_resolver_type=resolver, num_threads=threads)
+    interpreter = litert.Interpreter(
+        model_path=str(model_path), num_threads=threads, experimental_op_resolver_type=resolver
+    )
     interpreter.allocate_tensors()
     source, output = interpreter.get_input_details()[0]["index"], interpreter.get_output_details()[0]["index"]
 
-    def run(images: np.ndarray) -> np.ndarray:
+    def outputs(images: np.ndarray) -> dict[str, np.ndarray]:
         rows = []
-        for image in images:
-            interpreter.set_tensor(source, image[None])
+        for one in images:
+            interpreter.set_tensor(source, one[None])
             interpreter.invoke()
             rows.append(interpreter.get_tensor(output).copy())
-        return np.concatenate(rows)
+        interpreter.set_tensor(source, image)  # the timed call's input again
+        return {PROBABILITIES: np.concatenate(rows)}
 
-    return (lambda image: run(image)), run
+    interpreter.set_tensor(source, image)
+    return interpreter.invoke, outputs
 
 
-def onnx_call(path: Path, threads: int, profile_prefix: str | None = None):
-    """A batch-1 call of an NHWC uint8 ONNX file in onnxruntime, and a batch runner returning the probabilities."""
+def onnx_file(runtime: str, model_path: Path, folder: Path) -> Path:
+    """Our exact or QDQ ONNX of the model (NHWC uint8 input), or tf2onnx's (NHWC uint8 "input", batch 1)."""
+    out = folder / f"{model_path.stem}_{runtime.split()[-1]}.onnx"
+    if runtime == TF2ONNX:
+        command = [sys.executable, "-m", "tf2onnx.convert", "--tflite", str(model_path), "--output", str(out)]
+        done = subprocess.run([*command, "--opset", "13"], capture_output=True, text=True)
+        if done.returncode:
+            raise RuntimeError(f"tf2onnx failed: {(done.stderr.strip().splitlines() or ['?'])[-1]}")
+        return out
+    writer = onnx_exact if runtime == "onnx exact" else onnx_qdq
+    return writer.write(tflite.read(model_path), out, layout="NHWC")
+
+
+def onnx_session(path: Path, threads: int, profile_prefix: str | None = None):
     ort = require("onnxruntime")
     options = ort.SessionOptions()
     options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
     if profile_prefix:
         options.enable_profiling, options.profile_file_prefix = True, profile_prefix
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
-
-    def run(images: np.ndarray) -> np.ndarray:
-        return session.run(["probabilities"], {name: np.ascontiguousarray(images)})[0]
-
-    return run, run, session
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def inputs(resolution: int, n_random: int = 16) -> tuple[np.ndarray, np.ndarray]:
-    """The 4 real images (slim preprocessing, uint8) and seeded random uint8 images."""
-    real = np.stack([load_image_uint8(REALDATA / name, resolution) for name in IMAGES])
-    noise = np.random.default_rng(2024).integers(0, 256, (n_random, resolution, resolution, 3), dtype=np.uint8)
-    return real, noise
+def probabilities_output(session) -> str:
+    """Our files' "probabilities" output, or the single output of tf2onnx's."""
+    names = [output.name for output in session.get_outputs()]
+    return PROBABILITIES if PROBABILITIES in names else names[0]
 
 
-def measure(model_path: Path, folder: Path, threads: int, rounds: int, warmup: int) -> list[Row]:
-    """Write both ONNX forms, then time the runtimes in turns; distances on real and random inputs."""
-    model = tflite.read(model_path)
-    exact = onnx_quant.write(model, folder / f"{model_path.stem}_exact.onnx")
-    qdq = onnx_qdq.write(model, folder / f"{model_path.stem}_qdq.onnx")
-    runners = {
-        "onnx exact": onnx_call(exact, threads)[:2],
-        "onnx qdq": onnx_call(qdq, threads)[:2],
-        BASELINE: tflite_call(model_path, threads, builtin=True),
-        "tflite xnnpack": tflite_call(model_path, threads, builtin=False),
-    }
-    if threads != 1:
-        runners["tflite builtin (1 thread)"] = tflite_call(model_path, 1, builtin=True)
-    real, noise = inputs(model.input_size)
-    timings = time_blocks({name: call for name, (call, _) in runners.items()}, real[:1], rounds, warmup)
-    expected_real, expected_noise = runners[BASELINE][1](real), runners[BASELINE][1](noise)
-    baseline = statistics.median(wall for wall, _ in timings[BASELINE])
+def onnx_call(path: Path, image: np.ndarray, threads: int):
+    """`session.run` on a preset feed, and a batch runner (one image per run) returning the uint8 probabilities."""
+    session = onnx_session(path, threads)
+    source, output = session.get_inputs()[0].name, probabilities_output(session)
+    feed = {source: image}
+
+    def outputs(images: np.ndarray) -> dict[str, np.ndarray]:
+        return {PROBABILITIES: np.concatenate([session.run([output], {source: one[None]})[0] for one in images])}
+
+    return (lambda: session.run([output], feed)), outputs
+
+
+def worker(runtime: str, model_path: str, threads: int, connection) -> None:
+    """Serve the parent: ("time", n) -> n call durations in ms; ("outputs", images) -> uint8 outputs; ("stop",)."""
+    with tempfile.TemporaryDirectory(prefix="mobilenet-zoo-bench-quant-") as scratch:
+        try:
+            call, runner = build(runtime, Path(model_path), threads, Path(scratch))
+            call()
+        except Exception as exc:  # reported by the parent as one line
+            connection.send(("error", f"{type(exc).__name__}: {exc}"))
+            return
+        connection.send(("ready",))
+        while True:
+            request = connection.recv()
+            if request[0] == "stop":
+                break
+            if request[0] == "outputs":
+                connection.send({name: np.asarray(value) for name, value in runner(request[1]).items()})
+                continue
+            call()  # one untimed call: another runtime's threads may still be spinning
+            durations = []
+            for _ in range(request[1]):
+                start = time.perf_counter()
+                call()
+                durations.append(1000 * (time.perf_counter() - start))
+            connection.send(durations)
+
+
+# ---------------------------------------------------------------------------------------------- the parent
+
+
+def sample_images(resolution: int) -> np.ndarray:
+    """The real images (slim preprocessing, uint8) and seeded random uint8 images, as one NHWC batch."""
+    real = [load_image_uint8(REALDATA / name, resolution) for name in IMAGES]
+    noise = np.random.default_rng(SEED).integers(0, 256, (N_RANDOM, resolution, resolution, 3), dtype=np.uint8)
+    return np.concatenate([np.stack(real), noise])
+
+
+def measure_model(model_path: Path, runtimes: tuple[str, ...], threads: int, rounds: int, calls: int) -> list[Row]:
+    """Interleaved timings, LSB distances and top-1 agreement of every runtime on one model."""
+    context = multiprocessing.get_context("spawn")
+    workers = {}
+    for runtime in runtimes:
+        parent_end, child_end = context.Pipe()
+        process = context.Process(target=worker, args=(runtime, str(model_path), threads, child_end), daemon=True)
+        process.start()
+        child_end.close()  # so that a worker's death reads as EOF
+        workers[runtime] = (process, parent_end)
+    try:
+        for runtime, (_, connection) in workers.items():
+            try:
+                reply = connection.recv()
+            except EOFError:
+                reply = ("error", "the worker exited")
+            if reply[0] != "ready":
+                raise SystemExit(f"error: {runtime} on {model_path.name}: {reply[1]}")
+        images = sample_images(tflite.read(model_path).input_size)
+        outputs = {}
+        for runtime, (_, connection) in workers.items():
+            connection.send(("outputs", images))
+            outputs[runtime] = connection.recv()
+        blocks = {runtime: [] for runtime in runtimes}  # one list of call durations per round
+        for _ in range(rounds):
+            for runtime, (_, connection) in workers.items():
+                connection.send(("time", calls))
+                blocks[runtime].append(connection.recv())
+    finally:
+        for process, connection in workers.values():
+            with contextlib.suppress(OSError):
+                connection.send(("stop",))
+            process.join(timeout=60)
+            if process.is_alive():
+                process.terminate()
+    reference, real = outputs[BASELINE], len(IMAGES)
+    median = {runtime: statistics.median(ms for block in blocks[runtime] for ms in block) for runtime in runtimes}
+    best = {runtime: min(statistics.median(block) for block in blocks[runtime]) for runtime in runtimes}
+    plan = plan_summary(model_path) if any(runtime.startswith(("torch", "tf ")) for runtime in runtimes) else ""
     rows = []
-    for name, (_, run) in runners.items():
-        got_real, got_noise = run(real), run(noise)
-        lsb = max(_lsb(got_real, expected_real), _lsb(got_noise, expected_noise))
-        top1 = float(np.mean(got_real.argmax(-1) == expected_real.argmax(-1)))
-        wall, cpu = np.array(timings[name]).T
-        median, p90, cpu_ms = float(np.median(wall)), float(np.percentile(wall, 90)), float(np.median(cpu))
-        threads_used = 1 if "1 thread" in name else threads
-        rows.append(Row(model_path.stem, name, threads_used, median, p90, cpu_ms, median / baseline, lsb, top1))
+    for runtime in runtimes:
+        got, durations = outputs[runtime], [ms for block in blocks[runtime] for ms in block]
+        top1 = got[PROBABILITIES][:real].argmax(-1) == reference[PROBABILITIES][:real].argmax(-1)
+        rows.append(
+            Row(
+                model_path.stem,
+                runtime,
+                1 if runtime == ONE_THREAD else threads,
+                len(durations),
+                median[runtime],
+                float(np.percentile(durations, 90)),
+                best[runtime],
+                median[runtime] / median[BASELINE],
+                best[runtime] / best[BASELINE],
+                median[runtime] / median[XNNPACK] if XNNPACK in median else None,
+                max(_lsb(got[name], reference[name]) for name in got.keys() & reference.keys()),
+                float(np.mean(top1)),
+                plan if runtime.startswith(("torch", "tf ")) else "",
+            )
+        )
     return rows
-
-
-def time_blocks(calls: dict, batch: np.ndarray, rounds: int, warmup: int, block: int = 50) -> dict[str, list[tuple]]:
-    """(wall, CPU) milliseconds of `rounds` calls per runtime, in blocks of `block` calls that take turns, each block
-    after `warmup` untimed calls: a drifting machine load reaches every runtime alike, and one runtime's idle threads
-    (TFLite's thread pool spins after an invoke) do not land on another's timed calls."""
-    timings: dict[str, list[tuple]] = {name: [] for name in calls}
-    while any(len(times) < rounds for times in timings.values()):
-        for name, call in calls.items():
-            for index in range(warmup + min(block, rounds - len(timings[name]))):
-                start, cpu = time.perf_counter(), time.process_time()
-                call(batch)
-                if index >= warmup:
-                    timings[name].append((1000 * (time.perf_counter() - start), 1000 * (time.process_time() - cpu)))
-    return timings
 
 
 def _lsb(a: np.ndarray, b: np.ndarray) -> int:
     return int(np.abs(a.astype(np.int32) - b.astype(np.int32)).max())
 
 
+def plan_summary(model_path: Path) -> str:
+    """How many of the model's convolutions `quant_math.float_plan` runs in each convolution / requantization dtype."""
+    from mobilenet_zoo.quant_math import float_plan, integer_network
+
+    plan = float_plan(integer_network(tflite.read(model_path)))
+    convs = (*plan.convs, plan.logits)
+
+    def count(attribute: str) -> str:
+        counts = collections.Counter(getattr(conv, attribute) for conv in convs)
+        return " ".join(f"{n} {dtype}" for dtype, n in sorted(counts.items()))
+
+    return f"conv {count('conv_dtype')}; requantize {count('requantize_dtype')}"
+
+
 def profile_table(path: Path, threads: int, runs: int = 100, warmup: int = 10) -> str:
     """onnxruntime's profiler summed per op type over `runs` batch-1 runs after `warmup` ones (a markdown table)."""
     with tempfile.TemporaryDirectory(prefix="mobilenet-zoo-profile-") as scratch:
-        run, _, session = onnx_call(path, threads, profile_prefix=str(Path(scratch) / "profile"))
-        resolution = session.get_inputs()[0].shape[1]
-        image = inputs(resolution, 1)[1]
+        session = onnx_session(path, threads, profile_prefix=str(Path(scratch) / "profile"))
+        source = session.get_inputs()[0]
+        resolution = source.shape[1]
+        output = probabilities_output(session)
+        feed = {source.name: np.random.default_rng(SEED).integers(0, 256, (1, resolution, resolution, 3), np.uint8)}
         for _ in range(warmup + runs):
-            run(image)
+            session.run([output], feed)
         events = json.loads(Path(session.end_profiling()).read_text())
     model_runs = sorted((e for e in events if e.get("name") == "model_run"), key=lambda e: e["ts"])
     start = model_runs[warmup]["ts"]
@@ -182,56 +335,73 @@ def profile_table(path: Path, threads: int, runs: int = 100, warmup: int = 10) -
     return "\n".join(lines)
 
 
-def markdown(rows: list[Row]) -> str:
+def markdown(rows: list[Row], threads: int, rounds: int, calls: int) -> str:
     lines = [
-        (
-            "| model | runtime | threads | median ms | p90 ms | CPU ms | x TFLite builtin | max LSB vs builtin "
-            "| top-1 = builtin |"
-        ),
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| model | runtime | threads | median ms | p90 ms | best round ms | x builtin | x builtin (best round) "
+        "| x XNNPACK | max LSB vs builtin | top-1 = builtin | float plan |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     lines += [
-        f"| {r.model} | {r.runtime} | {r.threads} | {r.median_ms:.3f} | {r.p90_ms:.3f} | {r.cpu_ms:.3f} "
-        f"| {r.ratio_to_builtin:.2f} "
-        f"| {r.max_lsb} | "
-        f"{r.top1_equal:.0%} |"
+        f"| {r.model} | {r.runtime} | {r.threads} | {r.median_ms:.3f} | {r.p90_ms:.3f} | {r.best_round_median_ms:.3f} "
+        f"| {r.x_builtin:.2f} | {r.x_builtin_best_round:.2f} | {'' if r.x_xnnpack is None else f'{r.x_xnnpack:.2f}'} "
+        f"| {r.max_lsb} | {r.top1_equal:.0%} | {r.plan} |"
         for r in rows
     ]
+    one_thread = " (the 1-thread row: 1)" if any(r.runtime == ONE_THREAD for r in rows) else ""
+    lines.append(
+        f"\nthreads {threads}{one_thread}, batch 1, each runtime in its own process: {rounds} interleaved"
+        f" rounds of 1 untimed + {calls} timed calls per runtime; median and p90 over all timed calls; best round: the"
+        " lowest per-round median (the least disturbed round on a shared machine); LSB: max uint8 distance from TFLite"
+        f" builtin over the outputs both give (probabilities; torch and TF also logits), {len(IMAGES)} real +"
+        f" {N_RANDOM} random images; top-1: share of the {len(IMAGES)} real images with builtin's class"
+    )
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--rounds", type=int, default=300, help="timed calls per runtime")
-    parser.add_argument("--warmup", type=int, default=5, help="untimed calls before each block of 50")
+    parser.add_argument("--rounds", type=int, default=15, help="interleaved rounds")
+    parser.add_argument("--calls", type=int, default=20, help="timed calls per runtime per round")
+    parser.add_argument("--runtimes", default=",".join(RUNTIMES), help="comma-separated, among: " + ", ".join(RUNTIMES))
+    parser.add_argument("--json", action="store_true", help="print JSON (rows and profiles) instead of tables")
     parser.add_argument(
-        "--profile", action="store_true", help="also print onnxruntime's per-op-type profile of both ONNX forms"
+        "--profile", action="store_true", help="also print onnxruntime's per-op-type profile of both of our ONNX forms"
     )
     parser.add_argument(
         "--profile-file", type=Path, action="append", default=[], help="profile this ONNX file too (repeatable)"
     )
-    parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
-    missing = [name for name in MODELS if not (REALDATA / name).exists()]
-    if missing:
-        print(f"error: {REALDATA / missing[0]} is missing (set MOBILENET_ZOO_REALDATA)", file=sys.stderr)
-        return 1
-    warnings.filterwarnings("ignore")
-    with tempfile.TemporaryDirectory(prefix="mobilenet-zoo-bench-quant-") as scratch:
-        rows = [
-            row
-            for name in MODELS
-            for row in measure(REALDATA / name, Path(scratch), args.threads, args.rounds, args.warmup)
-        ]
-        profiles = (
-            [profile_table(path, args.threads) for path in sorted(Path(scratch).glob("*.onnx"))] if args.profile else []
+    asked = [name.strip() for name in args.runtimes.split(",") if name.strip()]
+    unknown = [name for name in asked if name not in RUNTIMES]
+    if unknown:
+        parser.error(f"unknown runtime {unknown[0]!r}; choose among: {', '.join(RUNTIMES)}")
+    runtimes = tuple(
+        name
+        for name in RUNTIMES
+        if (name == BASELINE or name in asked) and not (name == ONE_THREAD and args.threads == 1)
+    )
+    if TF2ONNX in runtimes and importlib.util.find_spec("tf2onnx") is None:
+        raise SystemExit(
+            f"error: {TF2ONNX!r} needs tf2onnx: pip install 'mobilenet-zoo[dev]' (or leave it out of --runtimes)"
         )
+    missing = [name for name in (*MODELS, *IMAGES) if not (REALDATA / name).exists()]
+    if missing:
+        raise SystemExit(f"error: {REALDATA / missing[0]} is missing (set MOBILENET_ZOO_REALDATA)")
+    rows, profiles = [], []
+    with tempfile.TemporaryDirectory(prefix="mobilenet-zoo-bench-quant-") as scratch:
+        for name in MODELS:
+            rows += measure_model(REALDATA / name, runtimes, args.threads, args.rounds, args.calls)
+            if args.profile:
+                profiles += [
+                    profile_table(onnx_file(form, REALDATA / name, Path(scratch)), args.threads)
+                    for form in ("onnx exact", "onnx qdq")
+                ]
     profiles += [profile_table(path, args.threads) for path in args.profile_file]
     if args.json:
-        print(json.dumps({"rows": [asdict(r) for r in rows], "profiles": profiles}, indent=2))
+        print(json.dumps({"rows": [asdict(row) for row in rows], "profiles": profiles}, indent=2))
     else:
-        print(markdown(rows))
+        print(markdown(rows, args.threads, args.rounds, args.calls))
         for table in profiles:
             print("\n" + table)
     return 0
