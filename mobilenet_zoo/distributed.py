@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from mobilenet_zoo.conversion import BuildOptions, Converted, convert
-from mobilenet_zoo.deps import require
+from mobilenet_zoo.deps import native_logs_silenced, require, verbose
 from mobilenet_zoo.errors import ZooError
 from mobilenet_zoo.evaluate import (
     BatchOutcome,
@@ -33,6 +33,8 @@ from mobilenet_zoo.evaluate import (
 from mobilenet_zoo.manifest import read_manifest, updating_manifest
 from mobilenet_zoo.parity import TargetReport, Thresholds, group_by_reference, verify_group
 
+RAY_LOG_LEVEL_ENV = "RAY_BACKEND_LOG_LEVEL"  # the level of Ray's C++ core (driver and workers)
+
 
 def connect(address: str | None = None) -> Any:
     """Join the Ray cluster at `address`, or start a quiet local instance on this machine's CPUs; returns `ray`.
@@ -42,8 +44,11 @@ def connect(address: str | None = None) -> Any:
     ray = require("ray")
     if not ray.is_initialized():
         options = {"address": address} if address else {"num_cpus": os.cpu_count()}
+        if not verbose():  # Ray's C++ core prints error lines of its own on stderr (e.g. ray-project/ray#53727)
+            os.environ.setdefault(RAY_LOG_LEVEL_ENV, "fatal")
         try:
-            ray.init(**options, include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False)
+            with native_logs_silenced():  # the line saying it read that level
+                ray.init(**options, include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False)
         except ConnectionError as exc:
             raise ZooError(f"cannot join the Ray cluster at {address}: {exc}") from None
     ray.data.DataContext.get_current().enable_progress_bars = False  # the CLI draws its own

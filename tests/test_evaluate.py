@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -219,6 +222,20 @@ def test_ray_gives_the_same_counts(variant, ray_session, labelled_csv, synset_fo
         on_ray = evaluate_on_ray(model_path(variant), data, batch=3)
         assert on_ray.as_dict() == local.as_dict()
     assert (on_ray.top1, on_ray.top5) == expected_hits[variant]
+
+
+@pytest.mark.slow
+def test_eval_on_ray_prints_nothing_but_its_result(labelled_csv, tmp_path, expected_hits):
+    """A whole `eval --ray` process (its own local Ray instance): Ray's C++ core lines stay off stderr."""
+    pytest.importorskip("ray")
+    env = {**os.environ, "MOBILENET_ZOO_HOME": str(tmp_path / "home")}
+    env.pop("MOBILENET_ZOO_VERBOSE", None)
+    command = [sys.executable, "-m", "mobilenet_zoo", "eval", str(model_path("0.5_160")), str(labelled_csv)]
+    result = subprocess.run([*command, "--ray", "--json"], capture_output=True, text=True, env=env, timeout=600)
+    assert (result.returncode, result.stderr) == (0, "")
+    assert (json.loads(result.stdout)["top1"]["hits"], json.loads(result.stdout)["top5"]["hits"]) == expected_hits[
+        "0.5_160"
+    ]
 
 
 @pytest.fixture(scope="module")
