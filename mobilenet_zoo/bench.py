@@ -346,13 +346,9 @@ def threaded_runner(runtime: str, path: Path, threads: int | None):
     """The model's runner; onnxruntime takes its thread count per session, so bench builds that one."""
     if runtime != "onnxruntime" or threads is None:
         return load_runner(path)
-    from mobilenet_zoo.formats.onnx._float import OnnxRunner
+    from mobilenet_zoo.formats.onnx._float import OnnxRunner, cpu_session
 
-    ort = require("onnxruntime")
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    return OnnxRunner(ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"]))
+    return OnnxRunner(cpu_session(str(path), path, threads), source=str(path))
 
 
 def time_calls(call, timing: Timing) -> list[float]:

@@ -86,7 +86,9 @@ class _BatchScorer:
     def __init__(self, model: str, resolution: int, quantized: bool, registry: Path | None, mirror: str | None):
         from mobilenet_zoo.prediction import runner_for
 
-        self.runner = runner_for(model, registry, mirror)
+        runner = runner_for(model, registry, mirror)
+        # one actor per CPU: each on one thread where the runtime allows (as `evaluate`'s workers)
+        self.runner = runner.single_threaded() if hasattr(runner, "single_threaded") else runner
         self.resolution = resolution
         self.quantized = quantized
 

@@ -20,7 +20,9 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
@@ -31,6 +33,8 @@ from mobilenet_zoo.parity import top_k
 from mobilenet_zoo.preprocess import load_image, load_image_uint8
 from mobilenet_zoo.synsets import synset_classes
 from mobilenet_zoo.variants import Published, Variant, load_registry
+
+T = TypeVar("T")
 
 Z_95 = 1.959963984540054  # two-sided 95% normal quantile
 NUM_CLASSES = 1001
@@ -446,15 +450,13 @@ def _recognised_variant(path: Path) -> list[str]:
 # ---------------------------------------------------------------------------------------------- running
 
 
-def prefetched_batches(
-    samples: list[Sample], batch: int, resolution: int, quantized: bool, workers: int, draft: bool = False
-) -> Iterator[DecodedBatch]:
-    """Decoded batches in order, `workers` threads decoding up to `workers` batches ahead of the consumer."""
+def in_order(work: Callable[[list[Sample]], T], samples: list[Sample], batch: int, workers: int) -> Iterator[T]:
+    """`work` of each batch of samples, in order, `workers` threads working up to `workers` batches ahead."""
     chunks = (samples[start : start + batch] for start in range(0, len(samples), batch))
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode") as pool:
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="eval") as pool:
         pending: deque = deque()
         for chunk in chunks:
-            pending.append(pool.submit(decode_batch, chunk, resolution, quantized, draft))
+            pending.append(pool.submit(work, chunk))
             if len(pending) > workers:
                 yield pending.popleft().result()
         while pending:
@@ -481,8 +483,17 @@ def evaluate(
     plan, runner = plan_evaluation(model, data, limit, resolution, registry, mirror)
     counts = Counts()
     workers = workers or os.cpu_count() or 1
-    for decoded in prefetched_batches(plan.samples, batch, plan.resolution, plan.quantized, workers, draft):
-        counts.add(score_batch(runner, decoded))
+    single_threaded = getattr(runner, "single_threaded", None)
+    decode = partial(decode_batch, resolution=plan.resolution, quantized=plan.quantized, draft=draft)
+    if single_threaded is not None:
+        # each worker decodes and scores whole batches on a one-thread session: no runtime thread then waits at a
+        # barrier for one that a decoder holds up (onnxruntime runs concurrent calls at once)
+        runner = single_threaded()
+        outcomes = in_order(lambda chunk: score_batch(runner, decode(chunk)), plan.samples, batch, workers)
+    else:  # workers decode ahead; the runtime runs each batch on all its threads
+        outcomes = (score_batch(runner, decoded) for decoded in in_order(decode, plan.samples, batch, workers))
+    for outcome in outcomes:
+        counts.add(outcome)
         if progress:
             progress(counts.seen, len(plan.samples))
     return plan.result(counts)

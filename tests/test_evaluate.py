@@ -224,6 +224,19 @@ def test_ray_gives_the_same_counts(variant, ray_session, labelled_csv, synset_fo
     assert (on_ray.top1, on_ray.top5) == expected_hits[variant]
 
 
+@pytest.mark.parametrize("quant_format", ["exact", "qdq"])
+def test_onnx_models_are_scored_by_concurrent_one_thread_calls(quant_format, labelled_csv, tmp_path, expected_hits):
+    from mobilenet_zoo.formats import load_runner, onnx, tflite
+
+    model = onnx.write(tflite.read(model_path("0.5_160")), tmp_path / "model.onnx", quant_format=quant_format)
+    single = load_runner(model).single_threaded()
+    assert single.session.get_session_options().intra_op_num_threads == 1
+    progress = []
+    result = evaluate(model, labelled_csv, batch=1, workers=3, progress=lambda done, total: progress.append(done))
+    assert (result.top1, result.top5) == expected_hits["0.5_160"] and result.images == 4
+    assert progress == [1, 2, 3, 4]  # in order, though three workers score at once
+
+
 @pytest.mark.slow
 def test_eval_on_ray_prints_nothing_but_its_result(labelled_csv, tmp_path, expected_hits):
     """A whole `eval --ray` process (its own local Ray instance): Ray's C++ core lines stay off stderr."""

@@ -66,12 +66,20 @@ def write(
 def load_runner(path: Path, head: tuple[bytes, dict[str, str]] | None = None) -> OnnxRunner:
     """An onnxruntime session (CPU) that takes NHWC batches whatever the file's input layout; `head`: the graph
     with a dense head's tensors as outputs and their Runner names (the reader's `runner_head`)."""
+    source = head[0] if head else str(path)
+    return OnnxRunner(cpu_session(source, path), aliases=head[1] if head else {}, source=source)
+
+
+def cpu_session(source: str | bytes, path: Path, threads: int | None = None):
+    """An onnxruntime CPU session of a model file or serialized model (`threads`: its intra-op thread count)."""
     ort = require("onnxruntime")
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
     try:
-        session = ort.InferenceSession(head[0] if head else str(path), providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own NoSuchFile, InvalidProtobuf, Fail...
         raise ModelFormatError(f"{path}: onnxruntime cannot load it ({exc})") from exc
-    return OnnxRunner(session, aliases=head[1] if head else {})
 
 
 @dataclass
@@ -84,6 +92,7 @@ class OnnxRunner:
     quantized: bool = field(init=False)
     resolution: int | None = field(init=False)
     aliases: dict[str, str] = field(default_factory=dict)  # Runner name by output name (a dense head's outputs)
+    source: str | bytes | None = None  # the model file or serialized model the session was made of
 
     def __post_init__(self) -> None:
         model_input = self.session.get_inputs()[0]
@@ -105,6 +114,15 @@ class OnnxRunner:
         names = [output.name for output in self.session.get_outputs()]
         values = self.session.run(names, self.feed(images))
         return {self.aliases.get(name, name): self.as_nhwc(value) for name, value in zip(names, values)}
+
+    def single_threaded(self) -> OnnxRunner:
+        """The same model on a session whose every call runs on one thread; calls from several threads run at
+        once (onnxruntime sessions are thread-safe), each whole on its core: no intra-op thread waits for one
+        that another job (decoding) holds up."""
+        if self.source is None:
+            return self
+        session = cpu_session(self.source, Path(self.source if isinstance(self.source, str) else "model"), threads=1)
+        return OnnxRunner(session, aliases=self.aliases, source=self.source)
 
     def as_nhwc(self, output: np.ndarray) -> np.ndarray:
         """A session output with a 4-D map of an NCHW file transposed to NHWC (others as they are)."""
