@@ -15,7 +15,7 @@ in onnxruntime (median and p90 over --runs after --warmup runs), and their proba
     python benchmarks/bench_convert.py --variant 0.25_128
 
 Quantized variants (`--variant 0.25_128_quant`) go through the same path: `formats.onnx.write` hands
-them to `formats.onnx_quant`, and `converters()` is where further contenders (the TFLite interpreter
+them to `formats.onnx._exact`, and `converters()` is where further contenders (the TFLite interpreter
 of the quant benchmark) join the comparison.
 """
 

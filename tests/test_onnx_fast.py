@@ -1,6 +1,6 @@
 """Fast quantized ONNX on the real uint8 models (../shared/realdata) and real photos.
 
-Exact form (`onnx_quant`): float convolutions and a requantization proven exact at write time. Its proofs are checked
+Exact form (`formats.onnx._exact`): float convolutions and a requantization proven exact at write time. Its proofs are checked
 exhaustively here (step maps against quant_math's integer arithmetic, float32 maps over every accumulator of their
 span), every arithmetic it can fall back to is bit-exact against TFLite's builtin kernels, under every onnxruntime
 optimization level, with backbone options, with a layer too wide for float32 and with per-channel scales.

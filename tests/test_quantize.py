@@ -8,7 +8,7 @@ within MAX_PROBABILITY_DIFFERENCE of the float softmax, and `quant_math.forward`
 An all-zero calibration batch must fail the float check. Measured (pytest -s): top-1 4/4, max probability
 difference 0.074 (the released uint8 model: 0.054), 0 LSB; the zero calibration: top-1 0/4, difference 0.99.
 
-Also: the quantized SavedModel (`formats.tensorflow_quant`) reads back to the same integers and parameters.
+Also: the quantized SavedModel (`formats.tensorflow._quant`) reads back to the same integers and parameters.
 """
 
 from __future__ import annotations

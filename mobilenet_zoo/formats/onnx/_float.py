@@ -55,8 +55,8 @@ def write(
 ) -> Path:
     """Write `model` (folded on the way) as an ONNX file with NCHW or NHWC input; returns `out`.
 
-    Quantized models take `quant_format`: "exact" (TFLite's integer arithmetic, bit-exact: `onnx_quant`) or "qdq"
-    (onnxruntime's quantized kernels, a few LSB off: `onnx_qdq`); float models ignore it.
+    Quantized models take `quant_format`: "exact" (TFLite's integer arithmetic, bit-exact: `_exact`) or "qdq"
+    (onnxruntime's quantized kernels, a few LSB off: `_qdq`); float models ignore it.
     """
     if quant_format not in QUANT_FORMATS:
         raise ModelFormatError(f"unknown quantized ONNX form {quant_format!r}; choose {', '.join(QUANT_FORMATS)}")
