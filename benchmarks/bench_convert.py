@@ -3,7 +3,7 @@
 By default the graph is the genuine TF-slim 1.0_224 float frozen graph in ../shared/realdata
 (`$MOBILENET_ZOO_REALDATA` overrides the folder); `--variant NAME` converts the official-layout fixture of a
 variant instead (random weights, seed 0, written with TensorFlow). It is converted by
-  mobilenet-zoo: `python -m mobilenet_zoo convert FROZEN.pb --to onnx -o OUT.onnx` (protobuf reader, no TensorFlow);
+  mobilenet-zoo: `python -m mobilenet_zoo convert FROZEN.pb --to onnx -o OUT.onnx --force` (protobuf reader, no TF);
   tf2onnx:       `python -m tf2onnx.convert --graphdef FROZEN.pb --inputs input:0
                   --outputs MobilenetV1/Predictions/Reshape_1:0 --opset 17`.
 Cold: each converter in a fresh process, alternating, --repeats times; wall time and peak RSS of each process
@@ -91,6 +91,7 @@ def converters(config: ModelConfig) -> list[Converter]:
                 "onnx",
                 "-o",
                 str(out),
+                "--force",  # each repeat writes the same file (tf2onnx replaces it unasked)
             ],
             onnx_format.PROBABILITIES,
         ),

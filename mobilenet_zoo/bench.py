@@ -348,7 +348,7 @@ def threaded_runner(runtime: str, path: Path, threads: int | None):
         return load_runner(path)
     from mobilenet_zoo.formats.onnx._float import OnnxRunner, cpu_session
 
-    return OnnxRunner(cpu_session(str(path), path, threads), source=str(path))
+    return OnnxRunner(cpu_session(str(path), threads), source=str(path))
 
 
 def time_calls(call, timing: Timing) -> list[float]:

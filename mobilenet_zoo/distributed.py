@@ -27,6 +27,7 @@ from mobilenet_zoo.evaluate import (
     Progress,
     Sample,
     decode_batch,
+    one_thread_runner,
     plan_evaluation,
     score_batch,
 )
@@ -87,8 +88,7 @@ class _BatchScorer:
         from mobilenet_zoo.prediction import runner_for
 
         runner = runner_for(model, registry, mirror)
-        # one actor per CPU: each on one thread where the runtime allows (as `evaluate`'s workers)
-        self.runner = runner.single_threaded() if hasattr(runner, "single_threaded") else runner
+        self.runner = one_thread_runner(runner) or runner  # one actor per CPU, as `evaluate`'s workers
         self.resolution = resolution
         self.quantized = quantized
 

@@ -450,6 +450,13 @@ def _recognised_variant(path: Path) -> list[str]:
 # ---------------------------------------------------------------------------------------------- running
 
 
+def one_thread_runner(runner: Runner) -> Runner | None:
+    """The same model on one thread per call, calls from several threads running at once (onnxruntime's
+    `single_threaded`), or None where the runtime offers no such runner."""
+    single_threaded = getattr(runner, "single_threaded", None)
+    return single_threaded() if single_threaded is not None else None
+
+
 def in_order(work: Callable[[list[Sample]], T], samples: list[Sample], batch: int, workers: int) -> Iterator[T]:
     """`work` of each batch of samples, in order, `workers` threads working up to `workers` batches ahead."""
     chunks = (samples[start : start + batch] for start in range(0, len(samples), batch))
@@ -483,13 +490,12 @@ def evaluate(
     plan, runner = plan_evaluation(model, data, limit, resolution, registry, mirror)
     counts = Counts()
     workers = workers or os.cpu_count() or 1
-    single_threaded = getattr(runner, "single_threaded", None)
     decode = partial(decode_batch, resolution=plan.resolution, quantized=plan.quantized, draft=draft)
-    if single_threaded is not None:
-        # each worker decodes and scores whole batches on a one-thread session: no runtime thread then waits at a
-        # barrier for one that a decoder holds up (onnxruntime runs concurrent calls at once)
-        runner = single_threaded()
-        outcomes = in_order(lambda chunk: score_batch(runner, decode(chunk)), plan.samples, batch, workers)
+    one_thread = one_thread_runner(runner)
+    if one_thread is not None:
+        # each worker decodes and scores whole batches, the model on one thread per call: no runtime thread then
+        # waits at a barrier for one that a decoder holds up
+        outcomes = in_order(lambda chunk: score_batch(one_thread, decode(chunk)), plan.samples, batch, workers)
     else:  # workers decode ahead; the runtime runs each batch on all its threads
         outcomes = (score_batch(runner, decoded) for decoded in in_order(decode, plan.samples, batch, workers))
     for outcome in outcomes:

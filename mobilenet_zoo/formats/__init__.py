@@ -57,6 +57,9 @@ from mobilenet_zoo.errors import ModelFormatError
 
 
 class Runner(Protocol):
+    """Runs a model on NHWC batches. A runner may also offer `single_threaded()`: the same model on one thread per
+    call, calls from several threads at once (`evaluate` then scores one batch per CPU)."""
+
     quantized: bool
     resolution: int | None
 

@@ -67,11 +67,12 @@ def load_runner(path: Path, head: tuple[bytes, dict[str, str]] | None = None) ->
     """An onnxruntime session (CPU) that takes NHWC batches whatever the file's input layout; `head`: the graph
     with a dense head's tensors as outputs and their Runner names (the reader's `runner_head`)."""
     source = head[0] if head else str(path)
-    return OnnxRunner(cpu_session(source, path), aliases=head[1] if head else {}, source=source)
+    return OnnxRunner(cpu_session(source, name=path), aliases=head[1] if head else {}, source=source)
 
 
-def cpu_session(source: str | bytes, path: Path, threads: int | None = None):
-    """An onnxruntime CPU session of a model file or serialized model (`threads`: its intra-op thread count)."""
+def cpu_session(source: str | bytes, threads: int | None = None, *, name: str | Path | None = None):
+    """An onnxruntime CPU session of a model file or serialized model (`threads`: its intra-op thread count;
+    `name`: the file an error names, by default `source`)."""
     ort = require("onnxruntime")
     options = ort.SessionOptions()
     if threads:
@@ -79,7 +80,7 @@ def cpu_session(source: str | bytes, path: Path, threads: int | None = None):
     try:
         return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own NoSuchFile, InvalidProtobuf, Fail...
-        raise ModelFormatError(f"{path}: onnxruntime cannot load it ({exc})") from exc
+        raise ModelFormatError(f"{name or source}: onnxruntime cannot load it ({exc})") from exc
 
 
 @dataclass
@@ -121,8 +122,7 @@ class OnnxRunner:
         that another job (decoding) holds up."""
         if self.source is None:
             return self
-        session = cpu_session(self.source, Path(self.source if isinstance(self.source, str) else "model"), threads=1)
-        return OnnxRunner(session, aliases=self.aliases, source=self.source)
+        return OnnxRunner(cpu_session(self.source, threads=1), aliases=self.aliases, source=self.source)
 
     def as_nhwc(self, output: np.ndarray) -> np.ndarray:
         """A session output with a 4-D map of an NCHW file transposed to NHWC (others as they are)."""
