@@ -11,7 +11,7 @@ modules; each name below is imported on first use.
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
@@ -49,6 +49,27 @@ _LAZY = {
 }
 
 __all__ = ["__version__", *_LAZY]
+
+if TYPE_CHECKING:  # static imports for IDEs and type checkers; tests/test_layout.py keeps them equal to _LAZY
+    from mobilenet_zoo.api import convert, load, open_source, predict, pull, registry, resolve, verify
+    from mobilenet_zoo.arch import Backbone, ModelConfig
+    from mobilenet_zoo.conversion import Converted
+    from mobilenet_zoo.errors import (
+        ArchiveError,
+        ChecksumError,
+        DownloadError,
+        MissingDependencyError,
+        ModelFormatError,
+        RegistryError,
+        UnknownVariantError,
+        VerificationError,
+        ZooError,
+    )
+    from mobilenet_zoo.model import MobileNetV1Model
+    from mobilenet_zoo.parity import TargetReport, Thresholds, VerifyResult
+    from mobilenet_zoo.prediction import Prediction
+    from mobilenet_zoo.sources import Named, Source
+    from mobilenet_zoo.variants import Registry, Variant
 
 
 def __getattr__(name: str) -> Any:

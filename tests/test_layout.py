@@ -21,10 +21,10 @@ def _modules() -> dict[str, Path]:
 
 
 def _imports(path: Path, name: str, modules: dict[str, Path]) -> set[str]:
-    """Every package module `path` imports, at module level or inside functions."""
+    """Every package module `path` imports at run time, at module level or inside functions."""
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     found: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+    for node in _runtime_nodes(ast.parse(path.read_text(), str(path))):
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
@@ -35,6 +35,29 @@ def _imports(path: Path, name: str, modules: dict[str, Path]) -> set[str]:
             submodules = {f"{base}.{alias.name}" for alias in node.names} & set(modules)
             found.update(submodules if len(submodules) == len(node.names) else submodules | {base})
     return {module for module in found if module in modules and module != name}
+
+
+def _is_type_checking(node: ast.AST) -> bool:
+    return isinstance(node, ast.If) and isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING"
+
+
+def _runtime_nodes(tree: ast.AST):
+    """Every node of `tree` except those under `if TYPE_CHECKING:` (imports for type checkers only)."""
+    stack = [tree]
+    while stack:
+        node = stack.pop()
+        yield node
+        stack.extend(child for child in ast.iter_child_nodes(node) if not _is_type_checking(child))
+
+
+def _type_checking_imports(path: Path) -> dict[str, str]:
+    """name -> module of the `from M import name` lines under `if TYPE_CHECKING:` in `path`."""
+    found = {}
+    for block in filter(_is_type_checking, ast.walk(ast.parse(path.read_text(), str(path)))):
+        for node in ast.walk(block):
+            if isinstance(node, ast.ImportFrom):
+                found.update({alias.asname or alias.name: node.module for alias in node.names})
+    return found
 
 
 def import_graph() -> dict[str, set[str]]:
@@ -91,6 +114,14 @@ def test_function_level_imports_are_edges(tmp_path):
     module.write_text("def f():\n    from mobilenet_zoo.arch import Backbone\n    import mobilenet_zoo.model\n")
     modules = _modules()
     assert _imports(module, "mobilenet_zoo.m", modules) == {"mobilenet_zoo.arch", "mobilenet_zoo.model"}
+
+
+def test_the_lazy_root_has_static_imports_for_type_checkers():
+    """The `if TYPE_CHECKING:` block of the package root names exactly the lazy names, from the same modules."""
+    import mobilenet_zoo
+
+    assert _type_checking_imports(PACKAGE / "__init__.py") == mobilenet_zoo._LAZY
+    assert (PACKAGE / "py.typed").exists()
 
 
 def test_production_code_never_imports_the_test_helpers():

@@ -41,7 +41,7 @@ from mobilenet_zoo.parity import (
     verify_target,
 )
 from mobilenet_zoo.preprocess import load_image_uint8
-from mobilenet_zoo.quant_math import integer_network, multiply_by_quantized_multiplier
+from mobilenet_zoo.quant_math import FLOAT32_EXACT, integer_network, multiply_by_quantized_multiplier
 from mobilenet_zoo.quant_math import run as integer_run
 
 VARIANTS = {"0.25_128": 128, "0.5_160": 160}
@@ -156,8 +156,8 @@ def test_float_requantization_is_exact_on_every_accumulator(models, variant):
     multiply-add: the shifted and the three-BatchNormalization forms on every backbone layer of the real models, float32
     or float64 Mul/Add/Floor on the classifier, whose span is 10x wider."""
     for conv in all_layers(models[variant]):
-        bound = onnx_quant.accumulator_bound(conv)
-        assert bound < onnx_quant.FLOAT32_EXACT, conv.scope
+        bound = onnx_quant.widest_accumulator(conv)
+        assert bound < FLOAT32_EXACT, conv.scope
         steps = onnx_quant.requantization_steps(conv.requantization).restricted(-bound, bound)
         first, last = steps.span
         accumulators = np.arange(first, last + 1, dtype=np.int64)
@@ -171,7 +171,7 @@ def test_float_requantization_is_exact_on_every_accumulator(models, variant):
             continue
         for form in ("shifted", "batchnorm"):
             affine = onnx_quant.exact_affine(steps, np.float32, form, bound)
-            assert affine is not None and abs(affine.shift) + bound < onnx_quant.FLOAT32_EXACT, f"{conv.scope} {form}"
+            assert affine is not None and abs(affine.shift) + bound < FLOAT32_EXACT, f"{conv.scope} {form}"
             for fused in (False, True):
                 got = batchnorm_rounding(accumulators, affine, fused)
                 np.testing.assert_array_equal(got, expected, err_msg=f"{conv.scope} {form} fused={fused}")
@@ -218,7 +218,7 @@ def test_accumulator_bound_covers_the_real_accumulators(models, inputs, variant)
         accumulator = (depthwise_conv if layer.depthwise else conv2d)(
             offset, layer.kernel.astype(np.int64), layer.stride, layer.rate
         ) + layer.bias
-        assert np.abs(accumulator).max() <= onnx_quant.accumulator_bound(layer) < onnx_quant.FLOAT32_EXACT, layer.scope
+        assert np.abs(accumulator).max() <= onnx_quant.widest_accumulator(layer) < FLOAT32_EXACT, layer.scope
         x = integer_conv(x, layer)
 
 
@@ -304,7 +304,7 @@ def test_a_layer_too_wide_for_float32_runs_as_conv_integer(models, inputs, tmp_p
     wide = QuantizedTensor(np.full_like(kernel.values, 255), QuantParams(kernel.params.scale, np.array(0), "uint8"))
     model = replace(model, quant=QuantInfo({**model.quant.tensors, name: wide}, dict(model.quant.activations)))
     layer = next(conv for conv in integer_network(model).convs if conv.scope == WIDE_LAYER)
-    assert onnx_quant.accumulator_bound(layer) >= onnx_quant.FLOAT32_EXACT
+    assert onnx_quant.widest_accumulator(layer) >= FLOAT32_EXACT
     path = onnx_quant.write(model, tmp_path / "wide.onnx")
     assert f"{SCOPE}/{WIDE_LAYER}/ConvInteger" in {node.name for node in onnx.load(str(path)).graph.node}
     reference = tflite.load_runner(tflite.write(model, tmp_path / "wide.tflite"))

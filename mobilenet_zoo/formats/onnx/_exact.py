@@ -6,9 +6,10 @@ multiplies the int32 accumulator by a Q31 fixed-point multiplier and rounds twic
 integers and proves, at write time and layer by layer, that cheaper arithmetic gives exactly the same integers:
 
 - Convolutions run as float32 Conv on zero-point-shifted values (q - zero point, the kernel minus its zero point).
-  Every product and partial sum is an integer, and `accumulator_bound` bounds every partial sum by
-  sum |kernel - zero point| * max |input - zero point| + |bias| over the layer's actual weights; below 2^24 every
-  float32 partial sum (in any order, with or without FMA) is exact, so the float accumulator IS the int32 one.
+  Every product and partial sum is an integer, and `widest_accumulator` (quant_math's `accumulator_bound`, the one
+  exactness engine, over every uint8 input) bounds every partial sum by sum |kernel - zero point| *
+  max |input - zero point| + |bias| over the layer's actual weights; below 2^24 every float32 partial sum (in any
+  order, with or without FMA) is exact, so the float accumulator IS the int32 one.
   A layer whose bound reaches 2^24 runs as ConvInteger with int32 accumulators instead.
 - Requantization (MultiplyByQuantizedMultiplier: two roundings, both half toward +infinity, then zero point and
   clamp) is a non-decreasing step function of the accumulator: `requantization_steps` gives its exact thresholds in
@@ -59,11 +60,14 @@ from mobilenet_zoo.model import (
     to_oihw,
 )
 from mobilenet_zoo.quant_math import (
+    FLOAT32_EXACT,
+    FLOAT64_EXACT,
     UINT8_MAX,
     UINT8_MIN,
     IntegerConv,
     IntegerNetwork,
     Requantization,
+    accumulator_bound,
     integer_network,
 )
 
@@ -71,7 +75,6 @@ _REDUCE_AXES_AS_INPUT_OPSET = 18
 QUANTIZATION_KEY = "quantization"  # metadata_props entry holding `model.quant_params_json(model.quant)`
 QUANT_FORMAT_KEY = "quant_format"  # metadata_props entry naming the quantized form
 EXACT = "exact"
-FLOAT32_EXACT = 1 << 24  # float32 holds every integer of magnitude up to 2^24
 # `build_model(arithmetic=...)`: the per-layer choice, or one forced on every layer
 ARITHMETIC = ("fastest", "batchnorm", "float32", "float64", "table", "integer")
 # x + MAGIC - MAGIC rounds a float32 below 2^22 in magnitude to an integer, half to even
@@ -148,13 +151,9 @@ def build_model(model: MobileNetV1Model, *, layout: str = "NHWC", opset: int = M
 # ------------------------------------------------------------------------------------ exactness proofs
 
 
-def accumulator_bound(conv: IntegerConv) -> int:
-    """The largest |partial sum| any input can give in any summation order: per output channel,
-    sum |kernel - zero point| * max |input - zero point| + |bias| (input values are uint8)."""
-    widest_input = max(conv.input_zero_point - UINT8_MIN, UINT8_MAX - conv.input_zero_point)
-    axes = (0, 1) if conv.depthwise else (0, 1, 2)
-    kernel_sums = np.abs(conv.kernel.astype(np.int64)).sum(axis=axes).reshape(-1)
-    return int((kernel_sums * widest_input + np.abs(conv.bias.astype(np.int64))).max())
+def widest_accumulator(conv: IntegerConv) -> int:
+    """The largest |partial sum| any uint8 input can give `conv` in any summation order (quant_math's bound)."""
+    return int(accumulator_bound(conv, (UINT8_MIN, UINT8_MAX)).max())
 
 
 @dataclass(frozen=True)
@@ -247,7 +246,7 @@ def exact_affine(steps: StepMap, dtype: type, form: str = "floor", bound: int = 
     may use.
     """
     first, last = steps.span
-    limit = FLOAT32_EXACT if dtype == np.float32 else 1 << 53
+    limit = FLOAT32_EXACT if dtype == np.float32 else FLOAT64_EXACT
     if max(abs(first), abs(last)) >= limit:
         return None
     points = np.concatenate([[first, last], steps.thresholds, steps.thresholds - 1]).astype(np.int64)
@@ -364,7 +363,7 @@ def _conv(
     """One quantized convolution: exact accumulator, clipped to where the output moves, then the proven step map."""
     prefix = f"{SCOPE}/{conv.scope}"
     channels = np.size(conv.requantization.multiplier)
-    bound = accumulator_bound(conv)
+    bound = widest_accumulator(conv)
     steps = [
         requantization_steps(conv.requantization, channel).restricted(-bound, bound) for channel in range(channels)
     ]
