@@ -36,6 +36,15 @@ def decode_image(path: str | Path, draft_size: int | None = None) -> np.ndarray:
     """RGB uint8 HWC pixels of an image file; an `ImageError` for any file that is missing, unreadable or has more
     than `MAX_IMAGE_PIXELS` pixels (refused from its header, before decoding).
 
+    Other modes become 8-bit RGB as Pillow, torchvision and Keras users expect:
+    - 8-bit ones by Pillow's conversion: gray levels repeated, palettes looked up, CMYK naively (no color profile),
+      alpha dropped (not composited on a background, as Pillow, torchvision and Keras drop it);
+    - 16-bit samples keep their high byte (value >> 8, as TensorFlow's and torchvision's `convert_image_dtype` and
+      Pillow's own reading of 16-bit RGB PNGs do), never clipped at 255;
+    - 32-bit integer ("I"): 8-bit levels when no value exceeds 255 (Pillow's `convert("I")` of an 8-bit image),
+      else 16-bit levels (Pillow reads 16-bit PGMs so), clipped to 0..65535;
+    - float ("F"): 0..1 when no value exceeds 1, else 0..255; rounded and clipped.
+
     `draft_size` (approximate, only on request): a JPEG is decoded at the smallest of its DCT scales (1/2, 1/4,
     1/8) whose central crop still covers `draft_size` pixels, which is several times faster for large photos
     but changes the pixels (libjpeg's scaled IDCT instead of the full decode and our bilinear resize).
@@ -51,10 +60,7 @@ def decode_image(path: str | Path, draft_size: int | None = None) -> np.ndarray:
             if draft_size and image.format == "JPEG":
                 scale = draft_size / CENTRAL_FRACTION / min(image.size)
                 image.draft("RGB", (math.ceil(image.width * scale), math.ceil(image.height * scale)))
-            if image.mode != "RGB":  # an RGB image needs no converted copy
-                image = image.convert("RGB")
-            # one tobytes() copy: np.asarray(image) packs the pixels twice (Pillow's __array_interface__)
-            return np.frombuffer(image.tobytes(), np.uint8).reshape(image.height, image.width, 3)
+            return _rgb_pixels(image)
     except FileNotFoundError:
         raise ImageError(f"image not found: {path}") from None
     except Image.DecompressionBombError as exc:  # over twice Pillow's own limit, which may be below ours
@@ -96,6 +102,31 @@ def _refused_by_pillow(path: str | Path, error: Exception) -> str:
         return f"{path}: image is larger than the {_megapixels(limit)} Mpx limit (a decompression bomb guard)"
     pixels = int(found.group(1))
     return _too_large(path, f"{pixels:,} pixels ({_megapixels(pixels)} Mpx)", limit)
+
+
+def _rgb_pixels(image) -> np.ndarray:
+    """RGB uint8 HWC of an opened Pillow image of any mode (see `decode_image`)."""
+    if image.mode in ("I", "F") or image.mode.startswith("I;16"):
+        gray = _eight_bit_levels(np.asarray(image), image.mode)
+        return np.repeat(gray[:, :, None], 3, axis=2)
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")  # Pillow warns about the transparency it drops on a direct RGB conversion
+    if image.mode != "RGB":  # an RGB image needs no converted copy
+        image = image.convert("RGB")
+    # one tobytes() copy: np.asarray(image) packs the pixels twice (Pillow's __array_interface__)
+    return np.frombuffer(image.tobytes(), np.uint8).reshape(image.height, image.width, 3)
+
+
+def _eight_bit_levels(values: np.ndarray, mode: str) -> np.ndarray:
+    """8-bit gray levels of a 16-bit, 32-bit integer or float image (the scales `decode_image` documents)."""
+    if mode == "F":
+        values = np.nan_to_num(values, nan=0.0)
+        if values.max(initial=0.0) <= 1.0:
+            values = values * 255
+        return np.clip(np.rint(values), 0, 255).astype(np.uint8)
+    if mode == "I" and values.max(initial=0) <= 255:
+        return np.clip(values, 0, 255).astype(np.uint8)
+    return (np.clip(values, 0, 65535) >> 8).astype(np.uint8)
 
 
 def _uncompressed_bmp(path: str | Path) -> np.ndarray | None:

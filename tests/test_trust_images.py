@@ -12,7 +12,7 @@ import sys
 import time
 import warnings
 import zlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
@@ -162,3 +162,114 @@ def test_predict_on_a_bomb_is_one_error_line(bomb):
     assert line.startswith("error: ") and "bomb.png: image is 900,000,000 pixels (900 Mpx)" in line
     assert "unexpected" not in line
     assert elapsed < 60  # the interpreter's start-up; decoding the bomb would take minutes and gigabytes
+
+
+# ---------------------------------------------------------------------------------------------- modes
+
+
+def test_a_16_bit_photo_is_not_read_as_white(cli, tmp_path):
+    gray8 = np.asarray(Image.open(DATA / "parrot.jpg").convert("L"))
+    Image.fromarray(gray8).save(tmp_path / "gray8.png")
+    Image.fromarray(gray8.astype(np.uint16) * 257).save(tmp_path / "gray16.png")
+    Image.fromarray(np.full_like(gray8, 255)).save(tmp_path / "white.png")
+    with Image.open(tmp_path / "gray16.png") as image:
+        assert image.mode == "I;16"
+    names = ["gray8.png", "gray16.png", "white.png"]
+    code, out, err = cli("predict", BUNDLED_MODEL, *(tmp_path / n for n in names), "--top", "1", "--json")
+    assert code == 0, err
+    top1 = {Path(r["image"]).name: r["top"][0]["class"] for r in json.loads(out)}
+    assert top1["gray16.png"] == top1["gray8.png"] != top1["white.png"]
+
+
+def _gray(shape=(24, 32)) -> np.ndarray:
+    return np.random.default_rng(8).integers(0, 256, shape, dtype=np.uint8)
+
+
+def _rgb(shape=(24, 32, 3)) -> np.ndarray:
+    return np.random.default_rng(9).integers(0, 256, shape, dtype=np.uint8)
+
+
+def _rgb_of_gray(gray: np.ndarray) -> np.ndarray:
+    return np.repeat(gray[:, :, None], 3, axis=2)
+
+
+def _save(image: Image.Image, path: Path, mode: str, **options) -> Path:
+    image.save(path, **options)
+    with Image.open(path) as saved:
+        assert saved.mode == mode, f"{path.name} reopens as {saved.mode}, not the {mode} this case is about"
+    return path
+
+
+def _png16(path: Path, samples: np.ndarray, color_type: int, mode: str) -> Path:
+    """A 16-bit PNG (Pillow writes only grayscale ones) of HWC big-endian samples."""
+    height, width = samples.shape[:2]
+    rows = (b"\0" + samples[y].astype(">u2").tobytes() for y in range(height))
+    return _save(Image.open(write_png(path, width, height, 16, color_type, rows)), path, mode)
+
+
+def _palette_with_transparency(path: Path) -> tuple[Path, np.ndarray]:
+    palette_image = Image.fromarray(_rgb()).quantize(16)
+    colors = np.array(palette_image.getpalette()[: 16 * 3], np.uint8).reshape(16, 3)
+    alphas = bytes(range(0, 256, 16))  # one alpha per palette entry: Pillow warns when it converts this to RGB
+    _save(palette_image, path, "P", transparency=alphas)
+    return path, colors[np.asarray(palette_image)]
+
+
+def _alpha_image(pixels: np.ndarray, mode: str) -> Image.Image:
+    alpha = Image.fromarray(_gray()[::-1].copy())
+    return Image.merge(mode, [*Image.fromarray(pixels).split(), alpha])
+
+
+# name -> (writes the file into a folder, the 8-bit RGB pixels it stands for)
+MODE_CASES: dict[str, Callable[[Path], tuple[Path, np.ndarray]]] = {
+    "L": lambda d: (_save(Image.fromarray(_gray()), d / "l.png", "L"), _rgb_of_gray(_gray())),
+    "I;16": lambda d: (
+        _save(Image.fromarray(_gray().astype(np.uint16) * 257), d / "i16.png", "I;16"),
+        _rgb_of_gray(_gray()),
+    ),
+    "I;16 low bytes": lambda d: (  # 16-bit values keep their high byte (value >> 8)
+        _save(Image.fromarray(_gray().astype(np.uint16) * 256 + 255), d / "i16.tif", "I;16"),
+        _rgb_of_gray(_gray()),
+    ),
+    "I;16B": lambda d: (
+        _save(Image.frombytes("I;16B", (32, 24), (_gray().astype(">u2") * 257).tobytes()), d / "i16b.tif", "I;16B"),
+        _rgb_of_gray(_gray()),
+    ),
+    "I 16-bit values": lambda d: (
+        _save(Image.fromarray(_gray().astype(np.int32) * 257), d / "i.tif", "I"),
+        _rgb_of_gray(_gray()),
+    ),
+    "I 8-bit values": lambda d: (
+        _save(Image.fromarray(_gray()).convert("I"), d / "i8.tif", "I"),
+        _rgb_of_gray(_gray()),
+    ),
+    "I from a 16-bit PGM": lambda d: (
+        _save(Image.fromarray(_gray().astype(np.uint16) * 257), d / "i.pgm", "I"),
+        _rgb_of_gray(_gray()),
+    ),
+    "F 0..1": lambda d: (
+        _save(Image.fromarray(_gray().astype(np.float32) / 255), d / "f1.tif", "F"),
+        _rgb_of_gray(_gray()),
+    ),
+    "F 0..255": lambda d: (
+        _save(Image.fromarray(_gray().astype(np.float32)), d / "f255.tif", "F"),
+        _rgb_of_gray(_gray()),
+    ),
+    "CMYK": lambda d: (_save(Image.fromarray(_rgb()).convert("CMYK"), d / "cmyk.tif", "CMYK"), _rgb()),
+    "LA": lambda d: (_save(_alpha_image(_gray(), "LA"), d / "la.png", "LA"), _rgb_of_gray(_gray())),
+    "RGBA": lambda d: (_save(_alpha_image(_rgb(), "RGBA"), d / "rgba.png", "RGBA"), _rgb()),
+    "P with transparency": lambda d: _palette_with_transparency(d / "p.png"),
+    "1": lambda d: (
+        _save(Image.fromarray(_gray() > 127), d / "bits.png", "1"),
+        _rgb_of_gray(np.where(_gray() > 127, 255, 0).astype(np.uint8)),
+    ),
+    "RGB 16-bit": lambda d: (_png16(d / "rgb16.png", _rgb().astype(np.uint16) * 257, 2, "RGB"), _rgb()),
+}
+
+
+@pytest.mark.parametrize("case", MODE_CASES)
+def test_each_mode_reads_as_its_8_bit_rgb_equivalent(tmp_path, case):
+    path, expected = MODE_CASES[case](tmp_path)
+    pixels = strict_decode(path)
+    assert pixels.dtype == np.uint8 and pixels.shape == expected.shape
+    assert np.abs(pixels.astype(int) - expected).max() <= 1
