@@ -42,6 +42,7 @@ _LAZY = {
             "ArchiveError",
             "MissingDependencyError",
             "ModelFormatError",
+            "ImageError",
             "VerificationError",
         ),
         "mobilenet_zoo.errors",

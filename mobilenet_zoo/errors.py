@@ -63,6 +63,11 @@ class ModelFormatError(ZooError):
     """A file that is not (or not the expected) MobileNet V1 model."""
 
 
+class ImageError(ZooError):
+    """An image file that cannot be read: missing, not an image, truncated, of an unknown mode, or over the pixel
+    limit (`preprocess.MAX_IMAGE_PIXELS`)."""
+
+
 class VerificationError(ZooError):
     """A parity check that did not meet its thresholds, or that compared nothing."""
 

@@ -10,47 +10,129 @@ They differ by a fraction of a pixel value, enough to swap close classes: on gra
 from __future__ import annotations
 
 import math
+import re
 import struct
+import threading
+import warnings
 from pathlib import Path
 
 import numpy as np
 
-from mobilenet_zoo.errors import ZooError
+from mobilenet_zoo.errors import ImageError, ZooError
 
 CENTRAL_FRACTION = 0.875
 BMP_HEADER_SIZE = 54  # the file header and a BITMAPINFOHEADER
+# The most pixels an image may have, checked from its header before anything is decoded (decompression bombs: a
+# 100 kB PNG can claim 30000x30000 pixels). Pillow's default MAX_IMAGE_PIXELS, fixed here whatever Pillow's setting:
+# every image Pillow opens without a warning is read, no image it would warn about or refuse is decoded. Decoding an
+# image at the limit peaks at 0.7-1 GB; larger photos (e.g. 100 Mpx medium format) must be downscaled first.
+MAX_IMAGE_PIXELS = 89_478_485
+_OPENING = threading.Lock()  # warnings.catch_warnings is process-wide: one thread at a time opens an image
+# what Pillow raises for a file it cannot read (a truncated file is an OSError, a bad header often a SyntaxError)
+_UNREADABLE = (OSError, SyntaxError, ValueError, EOFError, struct.error)
 
 
 def decode_image(path: str | Path, draft_size: int | None = None) -> np.ndarray:
-    """RGB uint8 HWC pixels of an image file.
+    """RGB uint8 HWC pixels of an image file; an `ImageError` for any file that is missing, unreadable or has more
+    than `MAX_IMAGE_PIXELS` pixels (refused from its header, before decoding).
+
+    Other modes become 8-bit RGB as Pillow, torchvision and Keras users expect:
+    - 8-bit ones by Pillow's conversion: gray levels repeated, palettes looked up, CMYK naively (no color profile),
+      alpha dropped (not composited on a background, as Pillow, torchvision and Keras drop it);
+    - 16-bit samples keep their high byte (value >> 8, as TensorFlow's and torchvision's `convert_image_dtype` and
+      Pillow's own reading of 16-bit RGB PNGs do), never clipped at 255;
+    - 32-bit integer ("I"): 8-bit levels when no value exceeds 255 (Pillow's `convert("I")` of an 8-bit image),
+      else 16-bit levels (Pillow reads 16-bit PGMs so), clipped to 0..65535;
+    - float ("F"): 0..1 when no value exceeds 1, else 0..255; rounded and clipped.
 
     `draft_size` (approximate, only on request): a JPEG is decoded at the smallest of its DCT scales (1/2, 1/4,
     1/8) whose central crop still covers `draft_size` pixels, which is several times faster for large photos
     but changes the pixels (libjpeg's scaled IDCT instead of the full decode and our bilinear resize).
     """
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
     try:
         pixels = _uncompressed_bmp(path)
         if pixels is not None:
             return pixels
-        with Image.open(path) as image:
+        with _open_image(path) as image:
+            _check_pixels(path, *image.size)
             if draft_size and image.format == "JPEG":
                 scale = draft_size / CENTRAL_FRACTION / min(image.size)
                 image.draft("RGB", (math.ceil(image.width * scale), math.ceil(image.height * scale)))
-            if image.mode != "RGB":  # an RGB image needs no converted copy
-                image = image.convert("RGB")
-            # one tobytes() copy: np.asarray(image) packs the pixels twice (Pillow's __array_interface__)
-            return np.frombuffer(image.tobytes(), np.uint8).reshape(image.height, image.width, 3)
+            return _rgb_pixels(image)
     except FileNotFoundError:
-        raise ZooError(f"image not found: {path}") from None
-    except (UnidentifiedImageError, OSError) as exc:
-        raise ZooError(f"{path}: not a readable image ({exc})") from None
+        raise ImageError(f"image not found: {path}") from None
+    except Image.DecompressionBombError as exc:  # over twice Pillow's own limit, which may be below ours
+        raise ImageError(_refused_by_pillow(path, exc)) from None
+    except _UNREADABLE as exc:
+        raise ImageError(f"{path}: not a readable image ({exc})") from None
+
+
+def _open_image(path: str | Path):
+    """The lazily opened image (its header only), without Pillow's DecompressionBombWarning: the limit is ours."""
+    from PIL import Image
+
+    with _OPENING, warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        return Image.open(path)
+
+
+def _megapixels(pixels: int) -> str:
+    return f"{pixels / 1e6:.1f}".removesuffix(".0")
+
+
+def _too_large(path: str | Path, what: str, limit: int = MAX_IMAGE_PIXELS) -> str:
+    return f"{path}: image is {what}, more than the {_megapixels(limit)} Mpx limit (a decompression bomb guard)"
+
+
+def _check_pixels(path: str | Path, width: int, height: int) -> None:
+    """Refuse an image of more than MAX_IMAGE_PIXELS pixels, from the size in its header."""
+    if width * height > MAX_IMAGE_PIXELS:
+        raise ImageError(_too_large(path, f"{width}x{height} pixels ({_megapixels(width * height)} Mpx)"))
+
+
+def _refused_by_pillow(path: str | Path, error: Exception) -> str:
+    """Our message for Pillow's DecompressionBombError, which names the pixel count but not the size."""
+    from PIL import Image
+
+    limit = min(MAX_IMAGE_PIXELS, 2 * (Image.MAX_IMAGE_PIXELS or MAX_IMAGE_PIXELS))
+    found = re.search(r"\((\d+) pixels\)", str(error))
+    if found is None:
+        return f"{path}: image is larger than the {_megapixels(limit)} Mpx limit (a decompression bomb guard)"
+    pixels = int(found.group(1))
+    return _too_large(path, f"{pixels:,} pixels ({_megapixels(pixels)} Mpx)", limit)
+
+
+def _rgb_pixels(image) -> np.ndarray:
+    """RGB uint8 HWC of an opened Pillow image of any mode (see `decode_image`)."""
+    if image.mode in ("I", "F") or image.mode.startswith("I;16"):
+        gray = _eight_bit_levels(np.asarray(image), image.mode)
+        return np.repeat(gray[:, :, None], 3, axis=2)
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")  # Pillow warns about the transparency it drops on a direct RGB conversion
+    if image.mode != "RGB":  # an RGB image needs no converted copy
+        image = image.convert("RGB")
+    # one tobytes() copy: np.asarray(image) packs the pixels twice (Pillow's __array_interface__)
+    return np.frombuffer(image.tobytes(), np.uint8).reshape(image.height, image.width, 3)
+
+
+def _eight_bit_levels(values: np.ndarray, mode: str) -> np.ndarray:
+    """8-bit gray levels of a 16-bit, 32-bit integer or float image (the scales `decode_image` documents)."""
+    if mode == "F":
+        values = np.nan_to_num(values, nan=0.0)
+        if values.max(initial=0.0) <= 1.0:
+            values = values * 255
+        return np.clip(np.rint(values), 0, 255).astype(np.uint8)
+    if mode == "I" and values.max(initial=0) <= 255:
+        return np.clip(values, 0, 255).astype(np.uint8)
+    return (np.clip(values, 0, 65535) >> 8).astype(np.uint8)
 
 
 def _uncompressed_bmp(path: str | Path) -> np.ndarray | None:
     """The RGB pixels of a plain 24-bit BMP as a read-only view of the file's bytes (no decoding: Pillow's decode
-    is a copy that swaps BGR); None for any other file, which Pillow then reads (and judges)."""
+    is a copy that swaps BGR); None for any other file, which Pillow then reads (and judges). Over
+    MAX_IMAGE_PIXELS, an `ImageError` before the pixels are read."""
     with open(path, "rb") as file:
         header = file.read(BMP_HEADER_SIZE)
         if len(header) < BMP_HEADER_SIZE or header[:2] != b"BM":
@@ -58,10 +140,13 @@ def _uncompressed_bmp(path: str | Path) -> np.ndarray | None:
         offset, header_size, width, height, planes, bits, compression = struct.unpack_from("<IIiiHHI", header, 10)
         if header_size < 40 or planes != 1 or bits != 24 or compression != 0 or width <= 0 or height == 0:
             return None
-        data = header + file.read()
-    stride = (width * 3 + 3) // 4 * 4
-    if offset < BMP_HEADER_SIZE or offset + stride * abs(height) > len(data):
-        return None  # truncated or odd: Pillow judges it
+        _check_pixels(path, width, abs(height))
+        stride = (width * 3 + 3) // 4 * 4
+        if offset < BMP_HEADER_SIZE:
+            return None  # odd: Pillow judges it
+        data = header + file.read(offset - BMP_HEADER_SIZE + stride * abs(height))  # not what may follow
+    if offset + stride * abs(height) > len(data):
+        return None  # truncated: Pillow judges it
     rows = np.frombuffer(data, np.uint8, stride * abs(height), offset).reshape(abs(height), stride)
     pixels = rows[:, : width * 3].reshape(abs(height), width, 3)[:, :, ::-1]  # BGR -> RGB
     return pixels[::-1] if height > 0 else pixels  # positive height: the rows are stored bottom-up
