@@ -59,6 +59,7 @@ if TYPE_CHECKING:  # static imports for IDEs and type checkers; tests/test_layou
         ArchiveError,
         ChecksumError,
         DownloadError,
+        ImageError,
         MissingDependencyError,
         ModelFormatError,
         RegistryError,
