@@ -319,10 +319,10 @@ def spread_warning(result: BenchResult) -> str | None:
     if not result.unsteady:
         return None
     return (
-        f"{result.model} in {result.runtime}, batch {result.batch}: unsteady timings over {result.runs} runs "
-        f"(p90 {result.p90_ms / result.median_ms:.1f}× the median, the slowest {result.max_ms / result.min_ms:.0f}× "
-        f"the fastest: {result.min_ms:.3g} to {result.max_ms:.3g} ms); the median may be off: measure again with "
-        "more warm-up and runs (--warmup, --min-runs, --min-time) on a quieter machine"
+        f"{result.model} in {result.runtime}, batch {result.batch}: unsteady timings, {result.min_ms:.3g} to "
+        f"{result.max_ms:.3g} ms over {result.runs} runs (p90 {result.p90_ms / result.median_ms:.1f}× the median, "
+        f"the slowest {result.max_ms / result.min_ms:.0f}× the fastest): measure again on a quieter machine, "
+        "with more warm-up and runs (--warmup, --min-runs, --min-time)"
     )
 
 
