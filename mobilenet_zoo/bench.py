@@ -8,7 +8,12 @@ the runtime's import and the loaded model; batch sizes run in ascending order, s
 peak up to and including that batch size.
 
 A model file runs as it is in its own runtime. A registry name, tarball or official folder (and a
-model file asked to run in other runtimes) is converted into a temporary folder for each runtime.
+model file asked to run in other runtimes) is converted into a temporary folder for each runtime; that folder
+is deleted when bench returns, so such a result names its `source` (as the user gave it) and says `converted`,
+with no `path`.
+
+Timings that vary widely (p90 over UNSTEADY_P90 times the median, or the slowest run over UNSTEADY_MAX_MIN
+times the fastest) mark a result `unsteady`: `spread_warning` says why and what to do.
 """
 
 from __future__ import annotations
@@ -58,6 +63,10 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
+# a result is unsteady beyond these ratios of its timed runs (a busy machine, or too few runs after warm-up)
+UNSTEADY_P90 = 1.5  # p90 / median
+UNSTEADY_MAX_MIN = 10.0  # slowest / fastest
+
 # runtimes whose thread count bench can set (the TFLite runner builds its interpreter without one)
 THREADED_RUNTIMES = ("tf", "onnxruntime", "torch")
 
@@ -94,6 +103,11 @@ class BenchResult:
     size_bytes: int | None = None
     peak_rss_mb: float | None = None
     pid: int | None = None  # the process that measured it (each runtime has its own)
+    source: str = ""  # the model as the user named it
+    converted: bool = False  # True: converted on the fly for this runtime (to a temporary file: `path` is empty)
+    min_ms: float | None = None
+    max_ms: float | None = None
+    unsteady: bool = False  # the timed runs vary too widely to trust the median (see `spread_warning`)
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -112,6 +126,8 @@ class Target:
     config: ModelConfig | None
     macs_millions: float | None
     error: str = ""
+    source: str = ""  # as the user named it
+    converted: bool = False  # `path` is a conversion in bench's temporary folder
 
 
 @dataclass(frozen=True)
@@ -170,24 +186,28 @@ def prepare_targets(
     )
     if not is_model_file:
         opened = open_source(source, registry=registry, mirror=mirror)
-        return [_converted_target(opened, runtime, scratch) for runtime in runtimes or _runtimes_for(opened.model)]
+        return [
+            _converted_target(opened, source, runtime, scratch) for runtime in runtimes or _runtimes_for(opened.model)
+        ]
     own_runtime = {runtime.format: key for key, runtime in registered_runtimes().items()}[detect_format(path)]
     opened = from_path(path)  # refuses a file that is not MobileNet V1, as convert and predict do
     targets = []
     for runtime in runtimes or [own_runtime]:
         if runtime == own_runtime:
-            targets.append(Target(opened.name, runtime, path, opened.model.config, macs_millions(opened.model.config)))
+            config = opened.model.config
+            targets.append(Target(opened.name, runtime, path, config, macs_millions(config), source=source))
         else:
-            targets.append(_converted_target(opened, runtime, scratch))
+            targets.append(_converted_target(opened, source, runtime, scratch))
     return targets
 
 
-def _converted_target(source, runtime: str, scratch: Path) -> Target:
-    """`source` converted to the format of `runtime` in a scratch folder (unless the runtime is missing)."""
+def _converted_target(source, named: str, runtime: str, scratch: Path) -> Target:
+    """`source` (`named` so by the user) converted to the format of `runtime` in a scratch folder (unless the
+    runtime is missing)."""
     from mobilenet_zoo.conversion import convert
 
     config = source.model.config
-    target = Target(source.name, runtime, None, config, macs_millions(config))
+    target = Target(source.name, runtime, None, config, macs_millions(config), source=named, converted=True)
     if not runtime_installed(runtime):
         return target
     fmt = registered_runtimes()[runtime].format
@@ -233,8 +253,10 @@ def measure_target(target: Target, batches: tuple[int, ...], threads: int | None
         target.model,
         target.runtime,
         0,
-        path=str(target.path or ""),
+        path="" if target.converted else str(target.path or ""),
         macs_millions=target.macs_millions,
+        source=target.source,
+        converted=target.converted,
         quantized=target.config.quantized if target.config else None,
     )
     if not runtime_installed(target.runtime):
@@ -269,8 +291,10 @@ def summarize(base: BenchResult, measured: dict) -> BenchResult:
     """Latency statistics and derived throughput of one batch size's timings."""
     milliseconds = measured["milliseconds"]
     median = statistics.median(milliseconds)
+    p90 = float(np.percentile(milliseconds, 90))
     images_per_s = measured["batch"] * 1000 / median
     gflops = 2 * base.macs_millions * 1e6 * images_per_s / 1e9 if base.macs_millions else None
+    fastest, slowest = min(milliseconds), max(milliseconds)
     return dataclasses.replace(
         base,
         batch=measured["batch"],
@@ -278,12 +302,27 @@ def summarize(base: BenchResult, measured: dict) -> BenchResult:
         threads=measured["threads"],
         runs=len(milliseconds),
         median_ms=median,
-        p90_ms=float(np.percentile(milliseconds, 90)),
+        p90_ms=p90,
+        min_ms=fastest,
+        max_ms=slowest,
+        unsteady=p90 > UNSTEADY_P90 * median or slowest > UNSTEADY_MAX_MIN * fastest,
         images_per_s=images_per_s,
         gflops_per_s=gflops,
         peak_rss_mb=measured["peak_rss_mb"],
         note=measured["note"],
         pid=measured["pid"],
+    )
+
+
+def spread_warning(result: BenchResult) -> str | None:
+    """What is wrong with an unsteady result's timings and what to do about it; None when they are steady."""
+    if not result.unsteady:
+        return None
+    return (
+        f"{result.model} in {result.runtime}, batch {result.batch}: unsteady timings, {result.min_ms:.3g} to "
+        f"{result.max_ms:.3g} ms over {result.runs} runs (p90 {result.p90_ms / result.median_ms:.1f}× the median, "
+        f"the slowest {result.max_ms / result.min_ms:.0f}× the fastest): measure again on a quieter machine, "
+        "with more warm-up and runs (--warmup, --min-runs, --min-time)"
     )
 
 
@@ -383,16 +422,18 @@ def peak_rss_mb() -> float:
 
 
 def append_csv(results: list[BenchResult], path: Path) -> Path:
-    """Append results to a CSV file, writing the header only when the file is new or empty."""
+    """Append results to a CSV file, writing the header only when the file is new or empty; a file written by an
+    older version (fewer columns, all known) keeps its columns."""
     path = Path(path)
     new = not path.exists() or path.stat().st_size == 0
+    header = CSV_FIELDS
     if not new:
         with path.open(newline="") as stream:
             header = next(csv.reader(stream), [])
-        if header != CSV_FIELDS:
+        if header[:3] != CSV_FIELDS[:3] or not set(header) <= set(CSV_FIELDS):
             raise ZooError(f"{path}: not a bench results CSV (its header differs); name a new file")
     with path.open("a", newline="") as stream:
-        writer = csv.DictWriter(stream, fieldnames=CSV_FIELDS)
+        writer = csv.DictWriter(stream, fieldnames=header, extrasaction="ignore")
         if new:
             writer.writeheader()
         writer.writerows(r.as_dict() for r in results)
@@ -419,8 +460,11 @@ def load_results(path: Path) -> list[BenchResult]:
 
 def _typed_row(row: dict[str, str]) -> dict:
     """A CSV row with each field converted back to its BenchResult type ('' is None)."""
-    converters = {"batch": int, "threads": int, "runs": int, "size_bytes": int, "quantized": lambda v: v == "True"}
+    flag = "True".__eq__
+    converters = {"batch": int, "threads": int, "runs": int, "size_bytes": int, "pid": int}
+    converters |= {"quantized": flag, "converted": flag, "unsteady": flag}
     float_fields = ("median_ms", "p90_ms", "images_per_s", "gflops_per_s", "macs_millions", "peak_rss_mb")
+    float_fields += ("min_ms", "max_ms")
     typed: dict = {}
     for key, value in row.items():
         if key in converters or key in float_fields:

@@ -5,11 +5,13 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 
 import pytest
 from conftest import DATA
 
 from mobilenet_zoo.bench import (
+    CSV_FIELDS,
     RUNTIMES,
     THREADED_RUNTIMES,
     BenchResult,
@@ -18,6 +20,8 @@ from mobilenet_zoo.bench import (
     bench,
     load_results,
     runtime_installed,
+    spread_warning,
+    summarize,
 )
 from mobilenet_zoo.formats import can_write
 
@@ -116,3 +120,66 @@ def test_bad_options_are_one_line_errors(cli):
         == f"error: unknown runtime 'tensorrt'; choose from {', '.join(RUNTIMES)}\n"
     )
     assert "--batch takes integers" in cli("bench", str(REAL_QUANT), "--batch", "one")[2]
+
+
+def test_every_reported_file_outlives_bench_and_conversions_name_their_source(cli):
+    """A runtime that runs a conversion made on the fly reports the source it came from, not the temporary file
+    (deleted when bench exits); the user's own file is reported as it is."""
+    pytest.importorskip("ai_edge_litert")
+    pytest.importorskip("onnxruntime")
+    code, out, err = cli("bench", str(REAL_QUANT), "--runtimes", "tflite,onnxruntime", "--json", *QUICK_OPTIONS)
+    assert code == 0, err
+    reports = {row["runtime"]: row for row in json.loads(out)}
+    assert all(row["source"] == str(REAL_QUANT) for row in reports.values())
+    assert (reports["tflite"]["path"], reports["tflite"]["converted"]) == (str(REAL_QUANT), False)
+    assert (reports["onnxruntime"]["path"], reports["onnxruntime"]["converted"]) == ("", True)
+    assert all(os.path.exists(row["path"]) for row in reports.values() if row["path"])
+
+
+def test_help_lists_every_runtime_bench_runs(cli):
+    code, out, _ = cli("bench", "--help")
+    assert code == 0
+    listed = " ".join(out.split())  # rich wraps the help text
+    missing = [runtime for runtime in RUNTIMES if not re.search(rf"\b{runtime}\b", listed)]
+    assert not missing, f"bench --help does not list {missing}"
+
+
+def measured(milliseconds: list[float]) -> dict:
+    """One batch size's timings as the child process returns them."""
+    return {"batch": 1, "quantized": False, "threads": None, "note": "", "milliseconds": milliseconds}
+
+
+def test_unsteady_timings_are_flagged():
+    base = BenchResult("mobilenet_v1_1.0_224", "torch", 1, macs_millions=569)
+    steady = summarize(base, {**measured([22.8, 23.1, 22.9, 24.0, 23.3]), "peak_rss_mb": 300.0, "pid": 1})
+    assert not steady.unsteady and steady.min_ms == 22.8 and steady.max_ms == 24.0
+    assert spread_warning(steady) is None
+    busy = summarize(base, {**measured([434.0, 22.8, 23.1, 22.9, 23.4]), "peak_rss_mb": 300.0, "pid": 1})
+    assert busy.unsteady and busy.max_ms / busy.min_ms > 19
+    warning = spread_warning(busy)
+    assert "19× the fastest" in warning and "--min-runs" in warning and "quieter machine" in warning
+    wide_p90 = summarize(base, {**measured([20, 21, 22, 23, 40, 41]), "peak_rss_mb": 300.0, "pid": 1})
+    assert wide_p90.unsteady and "p90" in spread_warning(wide_p90)
+
+
+@pytest.mark.slow
+def test_bench_warns_on_stderr_and_in_json_when_timings_are_unsteady(cli, official_tarball):
+    """TensorFlow's first call traces the graph (about 15x a later one): with no warm-up the spread is real."""
+    pytest.importorskip("tensorflow")
+    tarball = official_tarball(0.25, 128)
+    options = ["--warmup", "0", "--min-time", "0", "--min-runs", "3", "--max-runs", "3"]
+    code, out, err = cli("bench", str(tarball), "--runtimes", "tf", "--json", *options)
+    assert code == 0, err
+    (report,) = json.loads(out)
+    assert report["unsteady"] is True and report["max_ms"] > 10 * report["min_ms"]
+    assert (report["source"], report["path"], report["converted"]) == (str(tarball), "", True)
+    warnings = [line for line in err.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and "mobilenet_v1_0.25_128 in tf" in warnings[0] and "--min-runs" in warnings[0]
+
+
+def test_an_older_csv_keeps_its_columns_when_appended_to(tmp_path):
+    older = tmp_path / "older.csv"
+    older.write_text(",".join(CSV_FIELDS[: CSV_FIELDS.index("pid") + 1]) + "\n")
+    append_csv([BenchResult("m", "tflite", 1, median_ms=2.0, source="m.tflite")], older)
+    (loaded,) = load_results(older)
+    assert (loaded.model, loaded.median_ms, loaded.source) == ("m", 2.0, "")

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import List, Optional
 
 import typer
 from rich import box
 from rich.table import Table
+from typer.core import TyperCommand
 
 from mobilenet_zoo.commands.options import OfflineOption
 from mobilenet_zoo.constants import MIRROR_ENV, REGISTRY_ENV
@@ -15,6 +17,20 @@ from mobilenet_zoo.errors import ZooError
 from mobilenet_zoo.output import console, fmt, print_json
 
 RegistryOption = typer.Option(None, "--registry", envvar=REGISTRY_ENV, help="User registry YAML.")
+RUNTIMES_HELP = "{names} (comma-separate). Default: a file's own runtime, else all."
+
+
+class BenchCommand(TyperCommand):
+    """`bench`, whose --runtimes help names the format registry's runtimes, read only when the help is shown
+    (reading it imports every format package and numpy, which other commands must not wait for)."""
+
+    def format_help(self, ctx, formatter) -> None:
+        from mobilenet_zoo.bench import registered_runtimes
+
+        for param in self.params:
+            if param.name == "runtimes":
+                param.help = RUNTIMES_HELP.format(names=", ".join(registered_runtimes()))
+        super().format_help(ctx, formatter)
 
 
 def _split(values: list[str]) -> list[str]:
@@ -61,12 +77,22 @@ def print_results(results) -> None:
         )
 
 
+def warn_unsteady(results) -> None:
+    """One `warning:` line on stderr per result whose timings vary too widely (bench.spread_warning)."""
+    from mobilenet_zoo.bench import spread_warning
+
+    for result in results:
+        warning = spread_warning(result)
+        if warning:
+            print(f"warning: {warning}", file=sys.stderr)
+
+
 def bench_command(
     sources: List[str] = typer.Argument(..., help="Registry names, tarballs, official folders or model files/folders."),
     runtimes: List[str] = typer.Option(
         [],
         "--runtimes",
-        help="tf, tflite, onnxruntime, torch (comma-separate). Default: a file's own runtime, else all.",
+        help=RUNTIMES_HELP.format(names="every registered format's runtime"),
     ),
     batch: List[str] = typer.Option(["1"], "--batch", help="Batch sizes, e.g. 1,8."),
     threads: Optional[int] = typer.Option(
@@ -103,6 +129,7 @@ def bench_command(
         )
     if csv_file:
         append_csv(results, csv_file)
+    warn_unsteady(results)
     if as_json:
         print_json([r.as_dict() for r in results])
     else:
@@ -135,5 +162,5 @@ def plot_command(
 
 
 def register(app: typer.Typer) -> None:
-    app.command("bench")(bench_command)
+    app.command("bench", cls=BenchCommand)(bench_command)
     app.command("plot")(plot_command)
