@@ -2,8 +2,14 @@
 
 The checksum a download must match is, in order: the user's pin (`sha256=`), the registry's published
 one, the sha256 recorded in the cache on the first download. A download is recorded (and moved into the
-cache) only once its archive has been read to the end and extracted cleanly, so variants without a
-published checksum are still checked from the second download on and a corrupt download is never trusted.
+cache) only once it proved to be what it claims: a tarball read to its end, extracted cleanly and laid out as
+an official release (of the entry's variant); a team's model file of the format its name says (checked by its
+first bytes, nothing deserialized). So variants without a published checksum are still checked from the second
+download on, and a corrupt or foreign download is never trusted.
+
+The cache keeps a model under where it came from (`Variant.cache_key`): an official release under its name, a
+team's download under its name and URL, so neither answers for the other; and a cached copy answers for an
+entry with a published sha256 only when it came from that very tarball.
 In offline mode (`$MOBILENET_ZOO_OFFLINE`, `--offline`) only the cache is used.
 """
 
@@ -15,11 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mobilenet_zoo.archive import TARBALL_SUFFIXES, extract, official_members
+from mobilenet_zoo.archive import TARBALL_SUFFIXES, extract, official_members, require_official_layout
 from mobilenet_zoo.cache import Cache
 from mobilenet_zoo.constants import OFFLINE_ENV
 from mobilenet_zoo.download import ProgressCallback, RetryPolicy, download, offline
-from mobilenet_zoo.errors import ChecksumError, OfflineError, ZooError
+from mobilenet_zoo.errors import ArchiveError, ChecksumError, OfflineError, ZooError
 from mobilenet_zoo.variants import Variant
 
 
@@ -62,7 +68,7 @@ def pull_variant(
         return PullResult(variant.name, variant.path, False, None)
     policy = policy or RetryPolicy.from_env()
     cache = Cache.at(cache_root)
-    target = cache.model_dir(variant.name)
+    target = cache.model_dir(variant.cache_key)
     if not target.is_dir():
         if offline():
             raise OfflineError(
@@ -70,20 +76,23 @@ def pull_variant(
                 f"({OFFLINE_ENV}=1 or --offline): pull it once online, "
                 "or see `mobilenet-zoo cache list`"
             )
-        with cache.lock(variant.name):
+        with cache.lock(variant.cache_key):
             if not target.is_dir():
                 return _download_and_extract(variant, cache, pin, mirror, progress, policy, quiet)
     return _cache_hit(variant, cache, pin)
 
 
 def _cache_hit(variant: Variant, cache: Cache, pin: str | None) -> PullResult:
-    recorded = cache.recorded_sha256(variant.name)
-    if pin and recorded != pin:
+    """The cached copy, if it came from the pinned tarball, else from the registry's published one (if any)."""
+    recorded = cache.recorded_sha256(variant.cache_key)
+    published = variant.checksum[1] if variant.checksum and variant.checksum[0] == "sha256" else None
+    expected, source = (pin, "the pinned") if pin else (published, "the registry's published sha256")
+    if expected and recorded != expected:
         raise ChecksumError(
-            f"{variant.name}: the cached copy came from a tarball with sha256 {recorded or 'unknown'}, not the pinned {pin}; "
-            f"`mobilenet-zoo cache remove {variant.name}` to download it again"
+            f"{variant.name}: the cached copy came from a tarball with sha256 {recorded or 'unknown'}, "
+            f"not {source} {expected}; `mobilenet-zoo cache remove {variant.name}` to download it again"
         )
-    return PullResult(variant.name, cache.model_dir(variant.name), False, recorded)
+    return PullResult(variant.name, cache.model_dir(variant.cache_key), False, recorded)
 
 
 def _download_and_extract(
@@ -95,28 +104,47 @@ def _download_and_extract(
     policy: RetryPolicy,
     quiet: bool | None,
 ) -> PullResult:
-    recorded = cache.recorded_sha256(variant.name)
+    key = variant.cache_key
+    recorded = cache.recorded_sha256(key)
     checksum, origin = expected_checksum(variant, pin, recorded)
-    tarball = cache.download_path(variant.name)
+    downloaded = cache.download_path(key, variant.filename)
     url = variant.url if variant.private else variant.url_for(mirror)  # a mirror holds the official release only
+    size = variant.size
     try:
-        digest = download(
-            url, tarball, size=variant.size, checksum=checksum, policy=policy, progress=progress, quiet=quiet
-        )
+        digest = download(url, downloaded, size=size, checksum=checksum, policy=policy, progress=progress, quiet=quiet)
+        _store(variant, downloaded, cache.model_dir(key))
     except ChecksumError as exc:
         raise ChecksumError(f"{exc}; checked against {origin}") from None
-    try:
-        if variant.private and not variant.filename.lower().endswith(TARBALL_SUFFIXES):
-            _store_model_file(tarball, cache.model_dir(variant.name), variant.filename)
-        else:
-            extract(
-                tarball, cache.model_dir(variant.name), variant.members
-            )  # reads it to the end: gzip CRC and trailer
     finally:
-        tarball.unlink(missing_ok=True)
-    if digest != recorded:  # only now: a corrupt archive is never recorded as trusted
-        cache.record_sha256(variant.name, digest)
-    return PullResult(variant.name, cache.model_dir(variant.name), True, digest)
+        downloaded.unlink(missing_ok=True)
+        cache.tidy_downloads(key)
+    if digest != recorded:  # only now: a corrupt or foreign download is never recorded as trusted
+        cache.record_sha256(key, digest)
+    return PullResult(variant.name, cache.model_dir(key), True, digest)
+
+
+def _store(variant: Variant, downloaded: Path, target: Path) -> None:
+    """Move a checked download into the new folder `target`: a team's model file as it is, a tarball extracted
+    (read to its end: gzip CRC and trailer) once it proved an official release of the entry's variant."""
+    if variant.private and not downloaded.name.lower().endswith(TARBALL_SUFFIXES):
+        _store_model_file(downloaded, target, downloaded.name)
+        return
+    members = variant.members if variant.official else ()  # a team's tarball: by its own `NAME_info.txt`
+    extract(downloaded, target, members, check=lambda tarball, folder: _check_release(variant, tarball, folder))
+
+
+def _check_release(variant: Variant, tarball: Path, folder: Path) -> None:
+    """Refuse an extracted tarball that is not an official release, or is one of another variant than the entry's."""
+    require_official_layout(tarball, folder)
+    held = official_members(folder)[0]
+    match = re.fullmatch(r"mobilenet_v1_(\d*\.?\d+)_(\d+)(_quant)?", held)
+    if match is None:  # a team's own names: what the model holds is checked when it is opened
+        return
+    facts = (float(match[1]), int(match[2]), bool(match[3]))
+    if facts != (variant.alpha, variant.resolution, variant.quantized):
+        raise ArchiveError(
+            f"{tarball.name}: holds {held}, but the registry entry {variant.name} is {variant.config.name}"
+        )
 
 
 def _store_model_file(download: Path, target: Path, filename: str) -> None:
@@ -163,12 +191,13 @@ def _validated_pin(sha256: str | None) -> str | None:
 def cache_state(variant: Variant, cache_root: str | os.PathLike | None = None) -> dict[str, Any]:
     """What the cache holds for `variant`, JSON-ready (for `info`)."""
     cache = Cache.at(cache_root)
-    held = {entry.kind: entry for entry in cache.entries() if entry.name == variant.name}
+    key = variant.cache_key
+    held = {entry.kind: entry for entry in cache.entries() if entry.key == key}
     model, partial = held.get("model"), held.get("partial")
     return {
         "pulled": model is not None,
-        "path": str(cache.model_dir(variant.name)),
+        "path": str(cache.model_dir(key)),
         "size": model.size if model else None,
         "partial_download_bytes": partial.size if partial else None,
-        "recorded_sha256": cache.recorded_sha256(variant.name),
+        "recorded_sha256": cache.recorded_sha256(key),
     }

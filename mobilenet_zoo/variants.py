@@ -12,11 +12,13 @@ from typing import Any, Iterable
 from urllib.parse import urlsplit
 
 from mobilenet_zoo.arch import NUM_CLASSES, ModelConfig, count_macs, count_parameters
+from mobilenet_zoo.cache import origin_key
 from mobilenet_zoo.constants import MIRROR_ENV, REGISTRY_ENV
 from mobilenet_zoo.errors import RegistryError, UnknownVariantError
 
 CHECKSUM_ALGORITHMS = ("sha256", "sha384", "sha512")
 OFFICIAL_VARIANT_COUNT = 32
+OFFICIAL_BASE_URL = "http://download.tensorflow.org/models/mobilenet_v1_2018_08_02/"  # registry.yaml's base_url
 # A registry name is a cache folder's name: a plain file name, nothing that could lead elsewhere.
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 NAME_RULE = "letters, digits, '.', '_' or '-', starting with a letter or digit"
@@ -73,6 +75,24 @@ class Variant:
     def filename(self) -> str:
         """The model file's own name: the local path's, else the last part of the URL's path."""
         return self.path.name if self.path else url_file_name(self.url)
+
+    @property
+    def official(self) -> bool:
+        """True for an official release: not a team's model, and its URL is the official one of its name."""
+        return not self.private and self.path is None and self.url == f"{OFFICIAL_BASE_URL}{self.name}.tgz"
+
+    @property
+    def origin(self) -> str | None:
+        """Where the model comes from: None for the official release (or a mirror of it), else the team's URL
+        or path."""
+        if self.official:
+            return None
+        return str(self.path) if self.path is not None else self.url
+
+    @property
+    def cache_key(self) -> str:
+        """What the cache keeps it under: the name for an official release, else the name and its origin."""
+        return origin_key(self.name, self.origin)
 
     @property
     def members(self) -> tuple[str, ...]:
@@ -345,6 +365,8 @@ def load_registry(user_registry: str | os.PathLike | None = None) -> Registry:
     builtin, _ = parse_registry(_read_yaml(builtin_path), str(builtin_path))
     if len(builtin) != OFFICIAL_VARIANT_COUNT:
         raise RegistryError(f"{builtin_path}: expected {OFFICIAL_VARIANT_COUNT} variants, found {len(builtin)}")
+    if not all(variant.official for variant in builtin):
+        raise RegistryError(f"{builtin_path}: every variant must come from {OFFICIAL_BASE_URL}NAME.tgz")
     registry = Registry({v.name: v for v in builtin}, (builtin_path,))
     user_registry = user_registry or os.environ.get(REGISTRY_ENV)
     if user_registry:

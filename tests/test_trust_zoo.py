@@ -131,16 +131,15 @@ NAME_RULE = r"is not a plain name \(letters, digits, '\.', '_' or '-', starting 
     "name", ["../../escaped", "{tmp}/abs/escaped", "team/model", "team\\model", "..", ".hidden", "-x", "a\0b"]
 )
 def test_a_registry_name_that_is_not_a_plain_name_is_refused_and_nothing_is_written_outside_the_cache(
-    tmp_path, home, serve, name
+    tmp_path, home, serve, cli, name
 ):
     name = name.format(tmp=tmp_path)
     url = serve("escaped.tgz", tarball_bytes(tmp_path / "built", official_files(NAME)))
     registry = registry_file(tmp_path, team_entry(name, url))
     before = snapshot(tmp_path, home)
-    commands = [("list",)] if "\0" in name else [("list",), ("pull", "--", name), ("info", "--", name)]
-    for command, *rest in commands:
-        result = run_cli(command, "--registry", registry, *rest)
-        assert_one_error(result, rf"\S+team\.yaml: variant 1: name '.*' {NAME_RULE}")
+    for command, *rest in (("list",), ("pull", "--", name), ("info", "--", name)):
+        code, _, err = cli(command, "--registry", registry, *rest)
+        assert code == 1 and re.fullmatch(rf"error: \S+team\.yaml: variant 1: name '.*' {NAME_RULE}\n", err), err
     assert snapshot(tmp_path, home) == before
     assert cached(home) == [] and not (home / "locks").exists()
     with pytest.raises(RegistryError, match=NAME_RULE):
@@ -160,6 +159,13 @@ def test_every_cache_path_is_built_inside_the_cache(tmp_path, part):
         with pytest.raises(ZooError, match="outside the cache|not a plain file name"):
             build(part)
     assert sorted(p.name for p in tmp_path.rglob("*")) in ([], ["home"], ["home", "locks"])
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1/models/", "http://127.0.0.1/models/..", "http://127.0.0.1/.hidden"])
+def test_a_url_that_does_not_end_in_a_file_name_is_refused(tmp_path, url):
+    registry = registry_file(tmp_path, team_entry("team", url, num_classes=1001))
+    with pytest.raises(RegistryError, match=r"url '.*' must end in a file name"):
+        load_registry(registry)
 
 
 # --- defect 3: registry files cannot expand --------------------------------------------------------------------------
