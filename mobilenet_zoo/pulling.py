@@ -24,8 +24,8 @@ from typing import Any
 from mobilenet_zoo.archive import TARBALL_SUFFIXES, extract, official_members, require_official_layout
 from mobilenet_zoo.cache import Cache
 from mobilenet_zoo.constants import OFFLINE_ENV
-from mobilenet_zoo.download import ProgressCallback, RetryPolicy, download, offline
-from mobilenet_zoo.errors import ArchiveError, ChecksumError, OfflineError, ZooError
+from mobilenet_zoo.download import ProgressCallback, RetryPolicy, SizeMismatchError, download, offline
+from mobilenet_zoo.errors import ArchiveError, ChecksumError, ModelFormatError, OfflineError, ZooError
 from mobilenet_zoo.variants import Variant
 
 
@@ -109,10 +109,12 @@ def _download_and_extract(
     checksum, origin = expected_checksum(variant, pin, recorded)
     downloaded = cache.download_path(key, variant.filename)
     url = variant.url if variant.private else variant.url_for(mirror)  # a mirror holds the official release only
-    size = variant.size
+    size = None if pin else variant.size  # a pin names another tarball than the registry's
     try:
         digest = download(url, downloaded, size=size, checksum=checksum, policy=policy, progress=progress, quiet=quiet)
         _store(variant, downloaded, cache.model_dir(key))
+    except SizeMismatchError as exc:
+        raise ChecksumError(f"{exc}; checked against the registry's size") from None
     except ChecksumError as exc:
         raise ChecksumError(f"{exc}; checked against {origin}") from None
     finally:
@@ -127,6 +129,7 @@ def _store(variant: Variant, downloaded: Path, target: Path) -> None:
     """Move a checked download into the new folder `target`: a team's model file as it is, a tarball extracted
     (read to its end: gzip CRC and trailer) once it proved an official release of the entry's variant."""
     if variant.private and not downloaded.name.lower().endswith(TARBALL_SUFFIXES):
+        check_model_file(downloaded)
         _store_model_file(downloaded, target, downloaded.name)
         return
     members = variant.members if variant.official else ()  # a team's tarball: by its own `NAME_info.txt`
@@ -201,3 +204,99 @@ def cache_state(variant: Variant, cache_root: str | os.PathLike | None = None) -
         "partial_download_bytes": partial.size if partial else None,
         "recorded_sha256": cache.recorded_sha256(key),
     }
+
+
+# --- a downloaded model file is the format its name says, by its first bytes (nothing deserialized) -------------
+
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+
+def check_model_file(path: Path) -> None:
+    """Refuse (ModelFormatError) a file that is not a model of the format its name declares."""
+    from mobilenet_zoo.formats import detect_format
+
+    suffix = next((s for s in MODEL_FILE_CHECKS if path.name.lower().endswith(s)), None)
+    try:
+        detect_format(path)
+    except ModelFormatError:
+        suffix = None
+    if suffix is None:
+        kinds = ", ".join((*MODEL_FILE_CHECKS, *TARBALL_SUFFIXES))
+        raise ModelFormatError(f"{path.name}: a downloaded model must be one of {kinds}, by its name")
+    what, problem_of = MODEL_FILE_CHECKS[suffix]
+    problem = problem_of(path)
+    if problem:
+        raise ModelFormatError(f"{path.name}: not {what} ({problem})")
+
+
+def _head(path: Path, size: int, offset: int = 0) -> bytes:
+    with open(path, "rb") as stream:
+        stream.seek(offset)
+        return stream.read(size)
+
+
+def _tflite_problem(path: Path) -> str | None:
+    return None if _head(path, 4, 4) == b"TFL3" else "no TFL3 file identifier"
+
+
+def _onnx_problem(path: Path) -> str | None:
+    try:
+        import onnx
+    except ImportError:  # without onnx, its first field: ir_version (field 1, varint)
+        return None if _head(path, 1) == b"\x08" else "no ONNX model header"
+    from google.protobuf.message import DecodeError
+
+    try:
+        model = onnx.ModelProto.FromString(path.read_bytes())
+    except (DecodeError, ValueError, RuntimeError):
+        return "does not parse as an ONNX ModelProto"
+    return None if model.ir_version > 0 and len(model.graph.node) > 0 else "no graph in it"
+
+
+def _graphdef_problem(path: Path) -> str | None:
+    from mobilenet_zoo.formats.tensorflow._graphdef import read_graph_def
+
+    try:
+        graph_def = read_graph_def(path)
+    except ModelFormatError:
+        return "does not parse as a GraphDef"
+    return None if len(graph_def.node) > 0 else "no nodes in it"
+
+
+def _zip_problem(path: Path) -> str | None:
+    import zipfile
+
+    return None if zipfile.is_zipfile(path) else "not a zip archive"
+
+
+def _hdf5_problem(path: Path) -> str | None:
+    """The HDF5 signature, at 0 or after a user block (512, 1024, 2048... bytes)."""
+    size = path.stat().st_size
+    offsets = [0] + [512 << shift for shift in range(12) if 512 << shift < size]
+    return None if any(_head(path, 8, offset) == HDF5_SIGNATURE for offset in offsets) else "no HDF5 signature"
+
+
+def _safetensors_problem(path: Path) -> str | None:
+    """An 8-byte little-endian header length, then that many bytes of JSON object."""
+    import json
+
+    length = int.from_bytes(_head(path, 8), "little")
+    if not 2 <= length <= path.stat().st_size - 8:
+        return "no safetensors header"
+    try:
+        header = json.loads(_head(path, length, 8))
+    except (ValueError, UnicodeDecodeError):
+        return "its header is not JSON"
+    return None if isinstance(header, dict) else "its header is not a JSON object"
+
+
+MODEL_FILE_CHECKS = {  # a model file's suffix: (what it must be, its problem or None)
+    ".tflite": ("a TFLite model", _tflite_problem),
+    ".onnx": ("an ONNX model", _onnx_problem),
+    ".pb": ("a TensorFlow GraphDef", _graphdef_problem),
+    ".keras": ("a Keras archive", _zip_problem),
+    ".h5": ("an HDF5 file", _hdf5_problem),
+    ".pt2": ("a PyTorch archive", _zip_problem),
+    ".pt": ("a PyTorch archive", _zip_problem),
+    ".safetensors": ("a safetensors file", _safetensors_problem),
+}
