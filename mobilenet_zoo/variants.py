@@ -12,7 +12,6 @@ from typing import Any, Iterable
 from urllib.parse import urlsplit
 
 from mobilenet_zoo.arch import NUM_CLASSES, ModelConfig, count_macs, count_parameters
-from mobilenet_zoo.cache import origin_key
 from mobilenet_zoo.constants import MIRROR_ENV, REGISTRY_ENV
 from mobilenet_zoo.errors import RegistryError, UnknownVariantError
 
@@ -92,6 +91,8 @@ class Variant:
     @property
     def cache_key(self) -> str:
         """What the cache keeps it under: the name for an official release, else the name and its origin."""
+        from mobilenet_zoo.cache import origin_key  # not at import: `list` needs no cache (nor filelock)
+
         return origin_key(self.name, self.origin)
 
     @property
