@@ -59,7 +59,7 @@ def extract_to_cache(tarball: Path, cache_root: str | os.PathLike | None = None)
     tarball = Path(tarball)
     cache = Cache.at(cache_root)
     key = f"{_stem(tarball.name)}-{file_digests(tarball, {'sha256'})['sha256'][:12]}"
-    target = cache.local / key
+    target = cache.local_dir(key)
     with cache.lock(key):
         if not target.is_dir():
             extract(tarball, target, check=require_official_layout)

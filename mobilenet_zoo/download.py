@@ -2,6 +2,8 @@
 
 `download()` writes `TARGET.part`, resumes it across attempts (and across runs) with an HTTP Range request,
 checks size and checksum, and only then renames it to `TARGET`: a reader never sees a half-written file.
+A download larger than `MAX_DOWNLOAD_BYTES` (`$MOBILENET_ZOO_MAX_DOWNLOAD`) is stopped and deleted: no MobileNet V1
+comes near it, so an endless or huge stream cannot fill the disk.
 Each retry is announced on stderr ("retrying in N s (attempt k of n)") unless `QUIET` (or `quiet=`) says
 otherwise; a host name that does not resolve is not retried; offline mode (`$MOBILENET_ZOO_OFFLINE`) refuses
 to download at all.
@@ -23,7 +25,14 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from mobilenet_zoo.cache import PART_SUFFIX
-from mobilenet_zoo.constants import ATTEMPTS_ENV, BACKOFF_ENV, OFFLINE_ENV, TIMEOUT_ENV
+from mobilenet_zoo.constants import (
+    ATTEMPTS_ENV,
+    BACKOFF_ENV,
+    MAX_DOWNLOAD_BYTES,
+    MAX_DOWNLOAD_ENV,
+    OFFLINE_ENV,
+    TIMEOUT_ENV,
+)
 from mobilenet_zoo.errors import ChecksumError, DownloadError, OfflineError, ZooError
 
 if TYPE_CHECKING:  # requests is imported where a download happens: `info` and `cache` start faster without it
@@ -90,8 +99,23 @@ def offline() -> bool:
     raise ZooError(f"{OFFLINE_ENV}={os.environ[OFFLINE_ENV]!r}: expected 1 (offline) or 0 (online)")
 
 
+def max_download_bytes() -> int:
+    """The largest download accepted: $MOBILENET_ZOO_MAX_DOWNLOAD, else MAX_DOWNLOAD_BYTES."""
+    return int(
+        _setting(MAX_DOWNLOAD_ENV, MAX_DOWNLOAD_BYTES, "a whole number of bytes, at least 1", minimum=1, integer=True)
+    )
+
+
+class SizeMismatchError(ChecksumError):
+    """A file that is not the expected size."""
+
+
 class _TransientError(Exception):
     """A failure worth retrying (connection, timeout, truncated body, 5xx); its message is the reason."""
+
+
+class _OverCap(Exception):
+    """The body went past the download cap."""
 
 
 def download(
@@ -103,33 +127,37 @@ def download(
     policy: RetryPolicy | None = None,
     progress: ProgressCallback | None = None,
     quiet: bool | None = None,
+    max_bytes: int | None = None,
 ) -> str:
     """Fetch `url` into `target` (atomically, resuming `target.part`); return the file's sha256.
 
-    Raises DownloadError when the retries are exhausted, the server refuses or the host name does not resolve,
-    OfflineError in offline mode, ChecksumError (and removes the file) when `size` or `checksum` = (algorithm,
-    hex digest) does not match. Retries are announced on stderr unless `quiet` (default: the module's QUIET).
+    Raises DownloadError when the retries are exhausted, the server refuses, the host name does not resolve or
+    the file is larger than `max_bytes` (default: `max_download_bytes()`; the partial file is deleted),
+    OfflineError in offline mode, ChecksumError (and removes the file) when `size` (SizeMismatchError) or
+    `checksum` = (algorithm, hex digest) does not match. Retries are announced on stderr unless `quiet`
+    (default: the module's QUIET).
     """
     if offline():
         raise OfflineError(f"{url}: not downloaded: offline mode is on ({OFFLINE_ENV}=1 or --offline)")
     policy = policy or RetryPolicy.from_env()
+    cap = max_bytes or max_download_bytes()
     partial = target.with_name(target.name + PART_SUFFIX)
     partial.parent.mkdir(parents=True, exist_ok=True)
-    _fetch_with_retries(url, partial, policy, progress, QUIET if quiet is None else quiet)
+    _fetch_with_retries(url, partial, policy, progress, QUIET if quiet is None else quiet, cap)
     sha256 = verify_file(partial, size=size, checksum=checksum, name=target.name)
     os.replace(partial, target)
     return sha256
 
 
 def _fetch_with_retries(
-    url: str, partial: Path, policy: RetryPolicy, progress: ProgressCallback | None, quiet: bool
+    url: str, partial: Path, policy: RetryPolicy, progress: ProgressCallback | None, quiet: bool, cap: int
 ) -> None:
     import requests
 
     with requests.Session() as session:
         for attempt in range(1, policy.attempts + 1):
             try:
-                _fetch(session, url, partial, policy.timeout, progress)
+                _fetch(session, url, partial, policy.timeout, progress, cap)
                 return
             except _TransientError as exc:
                 if attempt == policy.attempts:
@@ -147,9 +175,9 @@ def _fetch_with_retries(
 
 
 def _fetch(
-    session: requests.Session, url: str, partial: Path, timeout: float, progress: ProgressCallback | None
+    session: requests.Session, url: str, partial: Path, timeout: float, progress: ProgressCallback | None, cap: int
 ) -> None:
-    """One attempt: GET the rest of the file (Range from the partial file's size) and append it."""
+    """One attempt: GET the rest of the file (Range from the partial file's size) and append it, up to `cap` bytes."""
     import requests
 
     offset = partial.stat().st_size if partial.exists() else 0
@@ -168,8 +196,15 @@ def _fetch(
                 raise _TransientError("the server answered another range than asked; starting over")
             start = offset if resumed else 0
             total = _total_size(response, start)
+            if total is not None and total > cap:
+                raise _OverCap
             with open(partial, "ab" if resumed else "wb") as out:
-                _copy_body(response, out, start, total, progress)
+                _copy_body(response, out, start, total, progress, cap)
+    except _OverCap:
+        partial.unlink(missing_ok=True)
+        raise DownloadError(
+            f"{url}: larger than {cap} bytes, more than any MobileNet V1 download (raise {MAX_DOWNLOAD_ENV} to allow it)"
+        ) from None
     except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as exc:
         if _name_not_resolved(exc):
             raise DownloadError(f"{url}: cannot resolve the host name {_host(url)} (no network? not retried)") from None
@@ -179,11 +214,13 @@ def _fetch(
 
 
 def _copy_body(
-    response: requests.Response, out, done: int, total: int | None, progress: ProgressCallback | None
+    response: requests.Response, out, done: int, total: int | None, progress: ProgressCallback | None, cap: int
 ) -> None:
     if progress:
         progress(done, total)
     for chunk in response.iter_content(CHUNK_SIZE):
+        if done + len(chunk) > cap:
+            raise _OverCap
         out.write(chunk)
         done += len(chunk)
         if progress:
@@ -275,7 +312,7 @@ def verify_file(
     actual_size = path.stat().st_size
     if size is not None and actual_size != size:
         path.unlink()
-        raise ChecksumError(f"{name}: got {actual_size} bytes, expected {size} (file removed)")
+        raise SizeMismatchError(f"{name}: got {actual_size} bytes, expected {size} (file removed)")
     algorithm, expected = checksum or ("sha256", None)
     digests = file_digests(path, {"sha256", algorithm})
     if expected is not None and digests[algorithm] != expected.lower():

@@ -2,8 +2,14 @@
 
 The checksum a download must match is, in order: the user's pin (`sha256=`), the registry's published
 one, the sha256 recorded in the cache on the first download. A download is recorded (and moved into the
-cache) only once its archive has been read to the end and extracted cleanly, so variants without a
-published checksum are still checked from the second download on and a corrupt download is never trusted.
+cache) only once it proved to be what it claims: a tarball read to its end, extracted cleanly and laid out as
+an official release (of the entry's variant); a team's model file of the format its name says (checked by its
+first bytes, nothing deserialized). So variants without a published checksum are still checked from the second
+download on, and a corrupt or foreign download is never trusted.
+
+The cache keeps a model under where it came from (`Variant.cache_key`): an official release under its name, a
+team's download under its name and URL, so neither answers for the other; and a cached copy answers for an
+entry with a published sha256 only when it came from that very tarball.
 In offline mode (`$MOBILENET_ZOO_OFFLINE`, `--offline`) only the cache is used.
 """
 
@@ -15,11 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mobilenet_zoo.archive import TARBALL_SUFFIXES, extract, official_members
+from mobilenet_zoo.archive import TARBALL_SUFFIXES, extract, official_members, require_official_layout
 from mobilenet_zoo.cache import Cache
 from mobilenet_zoo.constants import OFFLINE_ENV
-from mobilenet_zoo.download import ProgressCallback, RetryPolicy, download, offline
-from mobilenet_zoo.errors import ChecksumError, OfflineError, ZooError
+from mobilenet_zoo.download import ProgressCallback, RetryPolicy, SizeMismatchError, download, offline
+from mobilenet_zoo.errors import ArchiveError, ChecksumError, ModelFormatError, OfflineError, ZooError
 from mobilenet_zoo.variants import Variant
 
 
@@ -62,7 +68,7 @@ def pull_variant(
         return PullResult(variant.name, variant.path, False, None)
     policy = policy or RetryPolicy.from_env()
     cache = Cache.at(cache_root)
-    target = cache.model_dir(variant.name)
+    target = cache.model_dir(variant.cache_key)
     if not target.is_dir():
         if offline():
             raise OfflineError(
@@ -70,20 +76,23 @@ def pull_variant(
                 f"({OFFLINE_ENV}=1 or --offline): pull it once online, "
                 "or see `mobilenet-zoo cache list`"
             )
-        with cache.lock(variant.name):
+        with cache.lock(variant.cache_key):
             if not target.is_dir():
                 return _download_and_extract(variant, cache, pin, mirror, progress, policy, quiet)
     return _cache_hit(variant, cache, pin)
 
 
 def _cache_hit(variant: Variant, cache: Cache, pin: str | None) -> PullResult:
-    recorded = cache.recorded_sha256(variant.name)
-    if pin and recorded != pin:
+    """The cached copy, if it came from the pinned tarball, else from the registry's published one (if any)."""
+    recorded = cache.recorded_sha256(variant.cache_key)
+    published = variant.checksum[1] if variant.checksum and variant.checksum[0] == "sha256" else None
+    expected, source = (pin, "the pinned") if pin else (published, "the registry's published sha256")
+    if expected and recorded != expected:
         raise ChecksumError(
-            f"{variant.name}: the cached copy came from a tarball with sha256 {recorded or 'unknown'}, not the pinned {pin}; "
-            f"`mobilenet-zoo cache remove {variant.name}` to download it again"
+            f"{variant.name}: the cached copy came from a tarball with sha256 {recorded or 'unknown'}, "
+            f"not {source} {expected}; `mobilenet-zoo cache remove {variant.name}` to download it again"
         )
-    return PullResult(variant.name, cache.model_dir(variant.name), False, recorded)
+    return PullResult(variant.name, cache.model_dir(variant.cache_key), False, recorded)
 
 
 def _download_and_extract(
@@ -95,28 +104,50 @@ def _download_and_extract(
     policy: RetryPolicy,
     quiet: bool | None,
 ) -> PullResult:
-    recorded = cache.recorded_sha256(variant.name)
+    key = variant.cache_key
+    recorded = cache.recorded_sha256(key)
     checksum, origin = expected_checksum(variant, pin, recorded)
-    tarball = cache.download_path(variant.name)
+    downloaded = cache.download_path(key, variant.filename)
     url = variant.url if variant.private else variant.url_for(mirror)  # a mirror holds the official release only
+    size = None if pin else variant.size  # a pin names another tarball than the registry's
     try:
-        digest = download(
-            url, tarball, size=variant.size, checksum=checksum, policy=policy, progress=progress, quiet=quiet
-        )
+        digest = download(url, downloaded, size=size, checksum=checksum, policy=policy, progress=progress, quiet=quiet)
+        _store(variant, downloaded, cache.model_dir(key))
+    except SizeMismatchError as exc:
+        raise ChecksumError(f"{exc}; checked against the registry's size") from None
     except ChecksumError as exc:
         raise ChecksumError(f"{exc}; checked against {origin}") from None
-    try:
-        if variant.private and not variant.filename.lower().endswith(TARBALL_SUFFIXES):
-            _store_model_file(tarball, cache.model_dir(variant.name), variant.filename)
-        else:
-            extract(
-                tarball, cache.model_dir(variant.name), variant.members
-            )  # reads it to the end: gzip CRC and trailer
     finally:
-        tarball.unlink(missing_ok=True)
-    if digest != recorded:  # only now: a corrupt archive is never recorded as trusted
-        cache.record_sha256(variant.name, digest)
-    return PullResult(variant.name, cache.model_dir(variant.name), True, digest)
+        downloaded.unlink(missing_ok=True)
+        cache.tidy_downloads(key)
+    if digest != recorded:  # only now: a corrupt or foreign download is never recorded as trusted
+        cache.record_sha256(key, digest)
+    return PullResult(variant.name, cache.model_dir(key), True, digest)
+
+
+def _store(variant: Variant, downloaded: Path, target: Path) -> None:
+    """Move a checked download into the new folder `target`: a team's model file as it is, a tarball extracted
+    (read to its end: gzip CRC and trailer) once it proved an official release of the entry's variant."""
+    if variant.private and not downloaded.name.lower().endswith(TARBALL_SUFFIXES):
+        check_model_file(downloaded)
+        _store_model_file(downloaded, target, downloaded.name)
+        return
+    members = variant.members if variant.official else ()  # a team's tarball: by its own `NAME_info.txt`
+    extract(downloaded, target, members, check=lambda tarball, folder: _check_release(variant, tarball, folder))
+
+
+def _check_release(variant: Variant, tarball: Path, folder: Path) -> None:
+    """Refuse an extracted tarball that is not an official release, or is one of another variant than the entry's."""
+    require_official_layout(tarball, folder)
+    held = official_members(folder)[0]
+    match = re.fullmatch(r"mobilenet_v1_(\d*\.?\d+)_(\d+)(_quant)?", held)
+    if match is None:  # a team's own names: what the model holds is checked when it is opened
+        return
+    facts = (float(match[1]), int(match[2]), bool(match[3]))
+    if facts != (variant.alpha, variant.resolution, variant.quantized):
+        raise ArchiveError(
+            f"{tarball.name}: holds {held}, but the registry entry {variant.name} is {variant.config.name}"
+        )
 
 
 def _store_model_file(download: Path, target: Path, filename: str) -> None:
@@ -163,12 +194,109 @@ def _validated_pin(sha256: str | None) -> str | None:
 def cache_state(variant: Variant, cache_root: str | os.PathLike | None = None) -> dict[str, Any]:
     """What the cache holds for `variant`, JSON-ready (for `info`)."""
     cache = Cache.at(cache_root)
-    held = {entry.kind: entry for entry in cache.entries() if entry.name == variant.name}
+    key = variant.cache_key
+    held = {entry.kind: entry for entry in cache.entries() if entry.key == key}
     model, partial = held.get("model"), held.get("partial")
     return {
         "pulled": model is not None,
-        "path": str(cache.model_dir(variant.name)),
+        "path": str(cache.model_dir(key)),
         "size": model.size if model else None,
         "partial_download_bytes": partial.size if partial else None,
-        "recorded_sha256": cache.recorded_sha256(variant.name),
+        "recorded_sha256": cache.recorded_sha256(key),
     }
+
+
+# --- a downloaded model file is the format its name says, by its first bytes (nothing deserialized) -------------
+
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+
+def check_model_file(path: Path) -> None:
+    """Refuse (ModelFormatError) a file that is not a model of the format its name declares."""
+    from mobilenet_zoo.formats import detect_format
+
+    suffix = next((s for s in MODEL_FILE_CHECKS if path.name.lower().endswith(s)), None)
+    try:
+        detect_format(path)
+    except ModelFormatError:
+        suffix = None
+    if suffix is None:
+        kinds = ", ".join((*MODEL_FILE_CHECKS, *TARBALL_SUFFIXES))
+        raise ModelFormatError(f"{path.name}: a downloaded model must be one of {kinds}, by its name")
+    what, problem_of = MODEL_FILE_CHECKS[suffix]
+    problem = problem_of(path)
+    if problem:
+        raise ModelFormatError(f"{path.name}: not {what} ({problem})")
+
+
+def _head(path: Path, size: int, offset: int = 0) -> bytes:
+    with open(path, "rb") as stream:
+        stream.seek(offset)
+        return stream.read(size)
+
+
+def _tflite_problem(path: Path) -> str | None:
+    return None if _head(path, 4, 4) == b"TFL3" else "no TFL3 file identifier"
+
+
+def _onnx_problem(path: Path) -> str | None:
+    try:
+        import onnx
+    except ImportError:  # without onnx, its first field: ir_version (field 1, varint)
+        return None if _head(path, 1) == b"\x08" else "no ONNX model header"
+    from google.protobuf.message import DecodeError
+
+    try:
+        model = onnx.ModelProto.FromString(path.read_bytes())
+    except (DecodeError, ValueError, RuntimeError):
+        return "does not parse as an ONNX ModelProto"
+    return None if model.ir_version > 0 and len(model.graph.node) > 0 else "no graph in it"
+
+
+def _graphdef_problem(path: Path) -> str | None:
+    from mobilenet_zoo.formats.tensorflow._graphdef import read_graph_def
+
+    try:
+        graph_def = read_graph_def(path)
+    except ModelFormatError:
+        return "does not parse as a GraphDef"
+    return None if len(graph_def.node) > 0 else "no nodes in it"
+
+
+def _zip_problem(path: Path) -> str | None:
+    import zipfile
+
+    return None if zipfile.is_zipfile(path) else "not a zip archive"
+
+
+def _hdf5_problem(path: Path) -> str | None:
+    """The HDF5 signature, at 0 or after a user block (512, 1024, 2048... bytes)."""
+    size = path.stat().st_size
+    offsets = [0] + [512 << shift for shift in range(12) if 512 << shift < size]
+    return None if any(_head(path, 8, offset) == HDF5_SIGNATURE for offset in offsets) else "no HDF5 signature"
+
+
+def _safetensors_problem(path: Path) -> str | None:
+    """An 8-byte little-endian header length, then that many bytes of JSON object."""
+    import json
+
+    length = int.from_bytes(_head(path, 8), "little")
+    if not 2 <= length <= path.stat().st_size - 8:
+        return "no safetensors header"
+    try:
+        header = json.loads(_head(path, length, 8))
+    except (ValueError, UnicodeDecodeError):
+        return "its header is not JSON"
+    return None if isinstance(header, dict) else "its header is not a JSON object"
+
+
+MODEL_FILE_CHECKS = {  # a model file's suffix: (what it must be, its problem or None)
+    ".tflite": ("a TFLite model", _tflite_problem),
+    ".onnx": ("an ONNX model", _onnx_problem),
+    ".pb": ("a TensorFlow GraphDef", _graphdef_problem),
+    ".keras": ("a Keras archive", _zip_problem),
+    ".h5": ("an HDF5 file", _hdf5_problem),
+    ".pt2": ("a PyTorch archive", _zip_problem),
+    ".pt": ("a PyTorch archive", _zip_problem),
+    ".safetensors": ("a safetensors file", _safetensors_problem),
+}

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Iterable
+from urllib.parse import urlsplit
 
 from mobilenet_zoo.arch import NUM_CLASSES, ModelConfig, count_macs, count_parameters
 from mobilenet_zoo.constants import MIRROR_ENV, REGISTRY_ENV
@@ -16,6 +17,11 @@ from mobilenet_zoo.errors import RegistryError, UnknownVariantError
 
 CHECKSUM_ALGORITHMS = ("sha256", "sha384", "sha512")
 OFFICIAL_VARIANT_COUNT = 32
+OFFICIAL_BASE_URL = "http://download.tensorflow.org/models/mobilenet_v1_2018_08_02/"  # registry.yaml's base_url
+# A registry name is a cache folder's name: a plain file name, nothing that could lead elsewhere.
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+NAME_RULE = "letters, digits, '.', '_' or '-', starting with a letter or digit"
+FILE_NAME_PATTERN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._+%=-]{0,254}")  # the last part of a download URL
 MEMBER_SUFFIXES = (
     ".ckpt.data-00000-of-00001",
     ".ckpt.index",
@@ -66,7 +72,28 @@ class Variant:
 
     @property
     def filename(self) -> str:
-        return self.path.name if self.path else self.url.rsplit("/", 1)[-1]
+        """The model file's own name: the local path's, else the last part of the URL's path."""
+        return self.path.name if self.path else url_file_name(self.url)
+
+    @property
+    def official(self) -> bool:
+        """True for an official release: not a team's model, and its URL is the official one of its name."""
+        return not self.private and self.path is None and self.url == f"{OFFICIAL_BASE_URL}{self.name}.tgz"
+
+    @property
+    def origin(self) -> str | None:
+        """Where the model comes from: None for the official release (or a mirror of it), else the team's URL
+        or path."""
+        if self.official:
+            return None
+        return str(self.path) if self.path is not None else self.url
+
+    @property
+    def cache_key(self) -> str:
+        """What the cache keeps it under: the name for an official release, else the name and its origin."""
+        from mobilenet_zoo.cache import origin_key  # not at import: `list` needs no cache (nor filelock)
+
+        return origin_key(self.name, self.origin)
 
     @property
     def members(self) -> tuple[str, ...]:
@@ -114,6 +141,19 @@ class Variant:
         }
         data["published"] = vars(self.published).copy() if self.published else None
         return data
+
+
+def url_file_name(url: str) -> str:
+    """The last part of a URL's path (no query, no fragment)."""
+    return urlsplit(url).path.rsplit("/", 1)[-1]
+
+
+def shown(value: Any, limit: int = 60) -> str:
+    """A short repr of a registry value for a message (a value may be huge)."""
+    if isinstance(value, (list, dict, tuple, set)):
+        return f"a {type(value).__name__} of {len(value)} items"
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 5] + "...'"
 
 
 _ALIAS = re.compile(r"^(?:mobilenet[_-]?v1[_-]?)?(\d*\.?\d+)[_-](\d+)([_-]quant)?$")
@@ -167,19 +207,21 @@ def _parse_variant(entry: Any, base_url: str, where: str, folder: Path | None = 
     }
     unknown = set(entry) - known
     if unknown:
-        raise RegistryError(f"{where}: unknown field {sorted(unknown)[0]!r}")
+        raise RegistryError(f"{where}: unknown field {shown(sorted(map(str, unknown))[0])}")
     for key in ("name", "alpha", "resolution"):
         if key not in entry:
             raise RegistryError(f"{where}: missing field {key!r}")
     name = entry["name"]
-    where = f"{where} ({name})"
     if not isinstance(name, str) or not name:
-        raise RegistryError(f"{where}: name must be a non-empty string")
+        raise RegistryError(f"{where}: name must be a non-empty string, got {shown(name)}")
+    if not NAME_PATTERN.fullmatch(name):
+        raise RegistryError(f"{where}: name {shown(name)} is not a plain name ({NAME_RULE})")
+    where = f"{where} ({name})"
     alpha, resolution = entry["alpha"], entry["resolution"]
     if not isinstance(alpha, (int, float)) or isinstance(alpha, bool) or not 0 < alpha <= 4:
-        raise RegistryError(f"{where}: alpha must be a number in (0, 4], got {alpha!r}")
+        raise RegistryError(f"{where}: alpha must be a number in (0, 4], got {shown(alpha)}")
     if not isinstance(resolution, int) or isinstance(resolution, bool) or resolution < 32:
-        raise RegistryError(f"{where}: resolution must be an integer >= 32, got {resolution!r}")
+        raise RegistryError(f"{where}: resolution must be an integer >= 32, got {shown(resolution)}")
     quantized = entry.get("quantized", False)
     if not isinstance(quantized, bool):
         raise RegistryError(f"{where}: quantized must be true or false")
@@ -188,6 +230,10 @@ def _parse_variant(entry: Any, base_url: str, where: str, folder: Path | None = 
         raise RegistryError(f"{where}: url must be a string")
     if "://" not in url:
         url = base_url.rstrip("/") + "/" + url
+    if "path" not in entry and not FILE_NAME_PATTERN.fullmatch(url_file_name(url)):
+        raise RegistryError(
+            f"{where}: url {shown(url)} must end in a file name (letters, digits, '.', '_', '-', '+', '%' or '=')"
+        )
     published = None
     if "published" in entry:
         fields = entry["published"]
@@ -205,8 +251,8 @@ def _parse_variant(entry: Any, base_url: str, where: str, folder: Path | None = 
         if algorithm in entry:
             if checksum:
                 raise RegistryError(f"{where}: give one checksum, not several")
-            digest = str(entry[algorithm]).lower()
             length = {"sha256": 64, "sha384": 96, "sha512": 128}[algorithm]
+            digest = entry[algorithm].lower() if isinstance(entry[algorithm], str) else ""
             if not re.fullmatch(f"[0-9a-f]{{{length}}}", digest):
                 raise RegistryError(f"{where}: {algorithm} must be {length} hex digits")
             checksum = (algorithm, digest)
@@ -238,11 +284,11 @@ def _private_fields(variant: Variant, entry: dict, where: str, folder: Path | No
         raise RegistryError(f"{where}: give a path or a url, not both")
     classes = entry.get("num_classes", NUM_CLASSES)
     if not isinstance(classes, int) or isinstance(classes, bool) or classes < 1:
-        raise RegistryError(f"{where}: num_classes must be an integer >= 1, got {classes!r}")
+        raise RegistryError(f"{where}: num_classes must be an integer >= 1, got {shown(classes)}")
     if "path" not in entry and "url" not in entry:
         raise RegistryError(f"{where}: a private model needs a path or a url")
     if "url" in entry and "://" not in variant.url:
-        raise RegistryError(f"{where}: url {variant.url!r} is neither absolute nor under a base_url")
+        raise RegistryError(f"{where}: url {shown(variant.url)} is neither absolute nor under a base_url")
     labels = local("labels")
     if labels is not None:
         from mobilenet_zoo.errors import ZooError
@@ -262,7 +308,7 @@ def parse_registry(data: Any, where: str, folder: Path | None = None) -> tuple[l
     if not isinstance(data, dict):
         raise RegistryError(f"{where}: expected a mapping with a 'variants' list")
     if data.get("schema", 1) != 1:
-        raise RegistryError(f"{where}: unsupported schema {data.get('schema')!r} (this version reads schema 1)")
+        raise RegistryError(f"{where}: unsupported schema {shown(data.get('schema'))} (this version reads schema 1)")
     entries = data.get("variants")
     if not isinstance(entries, list) or not entries:
         raise RegistryError(f"{where}: 'variants' must be a non-empty list")
@@ -282,11 +328,18 @@ def parse_registry(data: Any, where: str, folder: Path | None = None) -> tuple[l
 
 
 def _read_yaml(path: Path) -> Any:
-    """A YAML document, parsed safely by libyaml when PyYAML has it (several times faster than pure Python)."""
+    """A YAML document, parsed safely by libyaml when PyYAML has it (several times faster than pure Python).
+
+    Anchors and aliases are refused before anything is built: a few hundred bytes of nested aliases expand
+    to billions of items (a "billion laughs" file), and a registry has no use for them.
+    """
     import yaml
 
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
     try:
-        return yaml.load(path.read_text(encoding="utf-8"), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+        text = path.read_text(encoding="utf-8")
+        _refuse_anchors(yaml.parse(text, Loader=loader), path)
+        return yaml.load(text, Loader=loader)
     except FileNotFoundError:
         raise RegistryError(f"registry file not found: {path}") from None
     except yaml.YAMLError as exc:
@@ -295,12 +348,26 @@ def _read_yaml(path: Path) -> Any:
         raise RegistryError(f"{path}: invalid YAML{at}") from None
 
 
+def _refuse_anchors(events: Iterable[Any], path: Path) -> None:
+    """RegistryError at the first anchor (`&a`) or alias (`*a`) among a YAML document's parser events."""
+    import yaml
+
+    for event in events:
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
+            raise RegistryError(
+                f"{path}: YAML anchors and aliases (&, *) are not allowed in a registry "
+                f"(line {event.start_mark.line + 1})"
+            )
+
+
 def load_registry(user_registry: str | os.PathLike | None = None) -> Registry:
     """The built-in registry, replaced or extended by a user registry (argument or $MOBILENET_ZOO_REGISTRY)."""
     builtin_path = builtin_registry_path()
     builtin, _ = parse_registry(_read_yaml(builtin_path), str(builtin_path))
     if len(builtin) != OFFICIAL_VARIANT_COUNT:
         raise RegistryError(f"{builtin_path}: expected {OFFICIAL_VARIANT_COUNT} variants, found {len(builtin)}")
+    if not all(variant.official for variant in builtin):
+        raise RegistryError(f"{builtin_path}: every variant must come from {OFFICIAL_BASE_URL}NAME.tgz")
     registry = Registry({v.name: v for v in builtin}, (builtin_path,))
     user_registry = user_registry or os.environ.get(REGISTRY_ENV)
     if user_registry:

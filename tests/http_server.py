@@ -8,6 +8,7 @@ with FileServer(folder) as server:          # serves folder's files at server.ur
     server.faults.flip_bits = [(100, 3)]    # serve the files with bit 3 of byte 100 flipped (on every request)
     server.faults.drop_tail = 8             # serve the files without their last 8 bytes (a cut gzip trailer)
     server.faults.stall_after = 1000        # next response sends 1000 body bytes, then nothing for `stall_for` s
+    server.faults.hide_length = True        # no Content-Length: the body ends when the connection closes
     server.requests                         # every request seen: (path, Range header or None, time it came)
 """
 
@@ -40,6 +41,7 @@ class Faults:
     drop_tail: int = 0
     stall_after: int | None = None
     stall_for: float = 30.0
+    hide_length: bool = False
 
 
 @dataclass(frozen=True)
@@ -140,7 +142,11 @@ def _handler_for(server: FileServer) -> type[BaseHTTPRequestHandler]:
             self.send_response(200 if start is None else 206)
             if start is not None:
                 self.send_header("Content-Range", f"bytes {start}-{size - 1}/{size}")
-            self.send_header("Content-Length", str(size - (start or 0)))
+            if server.faults.hide_length:
+                self.send_header("Connection", "close")
+                self.close_connection = True
+            else:
+                self.send_header("Content-Length", str(size - (start or 0)))
             self.send_header("Accept-Ranges", "bytes")
             self.end_headers()
             self._send_body(content[start or 0 :], server._take_cut(), server._take_stall())

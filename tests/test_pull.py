@@ -93,6 +93,11 @@ def user_registry(folder: Path, *entries: dict, extends: str = "builtin") -> Pat
     return path
 
 
+def team_key(registry: Path, name: str = NAME) -> str:
+    """The cache key of a user registry's entry: its name and URL (a team's download, not the official release)."""
+    return load_registry(registry).get(name).cache_key
+
+
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "mobilenet_zoo", *args], capture_output=True, text=True, env=env, timeout=120
@@ -151,7 +156,7 @@ def test_pull_extracts_the_members_and_a_second_pull_is_a_cache_hit(server, publ
 
     first = run_cli("pull", "0.25-128", "--registry", str(registry))
     assert first.returncode == 0, first.stderr
-    folder = home / "models" / NAME
+    folder = home / "models" / team_key(registry)
     assert first.stdout.split() == ["pulled", NAME, str(folder)]
     assert {name: (folder / Path(name).name).read_bytes() for name in files} == files
     assert len(server.requests) == 1
@@ -187,7 +192,7 @@ def test_progress_bar_on_a_terminal_and_quiet_output_for_scripts(publish, home, 
 
     Cache.at().remove(NAME)
     quiet = run_cli("pull", NAME, "--registry", str(registry), "--quiet", env={**os.environ, "FORCE_COLOR": "1"})
-    assert (quiet.returncode, quiet.stdout, quiet.stderr) == (0, f"{home / 'models' / NAME}\n", "")
+    assert (quiet.returncode, quiet.stdout, quiet.stderr) == (0, f"{home / 'models' / team_key(registry)}\n", "")
 
 
 def test_mirror_replaces_the_base_url_and_all_pulls_the_whole_registry(server, publish, home, tmp_path):
@@ -222,8 +227,9 @@ def test_a_failed_run_keeps_its_partial_download_for_the_next_one(server, publis
     server.faults.cut_after = 300_000
     failed = run_cli("pull", NAME, "--registry", str(registry), env={**os.environ, ATTEMPTS_ENV: "1"})
     assert_error_line(failed, r"\S+: connection broken during the transfer \(gave up after 1 attempt\)")
-    assert leftovers(home) == [f"downloads/{NAME}.tgz.part"]  # never taken for a complete file
-    kept = Cache.at().partial_path(NAME).stat().st_size
+    key = team_key(registry)
+    assert leftovers(home) == [f"downloads/{key}", f"downloads/{key}/{NAME}.tgz.part"]  # never taken for complete
+    kept = Cache.at().partial_path(key, f"{NAME}.tgz").stat().st_size
     assert run_cli("pull", NAME, "--registry", str(registry)).returncode == 0
     assert server.requests[-1].range == f"bytes={kept}-"
 
@@ -250,13 +256,14 @@ def test_a_partial_download_from_an_earlier_run(server, publish, home, tmp_path,
     url = publish(official_files(NAME, 100_000))
     tarball = served_bytes(server, url)
     variant = load_registry(user_registry(tmp_path, {"url": url, "sha256": sha256(tarball)})).get(NAME)
-    part = Cache.at().partial_path(NAME)
+    part = Cache.at().partial_path(variant.cache_key, f"{NAME}.tgz")
     part.parent.mkdir(parents=True)
     part.write_bytes(partial(tarball))
     assert pull_variant(variant, policy=FAST).sha256 == sha256(tarball)
     expected = [r and r.format(size=len(tarball), size_plus=len(tarball) + 7) for r in requests]
     assert [r.range for r in server.requests] == expected
-    assert leftovers(home) == [f"models/{NAME}"] + [f"models/{NAME}/{m}" for m in sorted(variant.members)]
+    folder = f"models/{variant.cache_key}"
+    assert leftovers(home) == [folder] + [f"{folder}/{m}" for m in sorted(variant.members)]
 
 
 def test_transient_server_errors_are_retried_with_exponential_backoff(server, publish, home, tmp_path):
@@ -303,7 +310,7 @@ def test_concurrent_pulls_download_once(server, publish, home, tmp_path):
     assert [process.returncode for process in processes] == [0, 0], outputs
     results = [json.loads(stdout)[0] for stdout, _ in outputs]
     assert sorted(r["downloaded"] for r in results) == [False, True]
-    assert {r["path"] for r in results} == {str(home / "models" / NAME)}
+    assert {r["path"] for r in results} == {str(home / "models" / team_key(registry))}
     assert len(server.requests) == 1
 
 
@@ -504,7 +511,9 @@ def test_bad_pull_arguments(home, args, pattern):
 def test_cache_list_path_and_remove(publish, home, tmp_path):
     registry = user_registry(tmp_path, {"url": publish(official_files(NAME))})
     assert pull_variant(load_registry(registry).get(NAME), policy=FAST).downloaded
-    Cache.at().partial_path(UNCHECKED).write_bytes(b"x" * 10)
+    partial = Cache.at().partial_path(UNCHECKED, f"{UNCHECKED}.tgz")
+    partial.parent.mkdir(parents=True)
+    partial.write_bytes(b"x" * 10)
 
     assert run_cli("cache", "path").stdout == f"{home}\n"
     listed = json.loads(run_cli("cache", "list", "--json").stdout)
@@ -512,10 +521,10 @@ def test_cache_list_path_and_remove(publish, home, tmp_path):
         (NAME, "model", True),
         (UNCHECKED, "partial", False),
     ]
-    assert listed[1]["size"] == 10 and listed[0]["path"] == str(home / "models" / NAME)
+    assert listed[1]["size"] == 10 and listed[0]["path"] == str(home / "models" / team_key(registry))
 
     removed = run_cli("cache", "remove", "0.25-128", "--registry", str(registry))
-    assert (removed.returncode, removed.stdout) == (0, f"removed {home / 'models' / NAME}\n")
+    assert (removed.returncode, removed.stdout) == (0, f"removed {home / 'models' / team_key(registry)}\n")
     assert_error_line(run_cli("cache", "remove", NAME), rf"{NAME} is not in the cache")
     assert run_cli("cache", "remove", "--all").returncode == 0
     assert leftovers(home) == [] and (home / "checksums.json").exists()
@@ -626,7 +635,8 @@ def test_a_stalled_download_says_how_long_and_from_where(server, publish, home, 
         r"http://127\.0\.0\.1:\d+/\S+\.tgz: no data for 0\.5 s from 127\.0\.0\.1 "
         r"\(gave up after 1 attempt\)",
     )
-    assert leftovers(home) == [f"downloads/{NAME}.tgz.part"]  # kept to resume
+    key = team_key(registry)
+    assert leftovers(home) == [f"downloads/{key}", f"downloads/{key}/{NAME}.tgz.part"]  # kept to resume
 
 
 def test_a_host_name_that_does_not_resolve_is_not_retried(server, home):
@@ -744,14 +754,14 @@ def test_ctrl_c_stops_a_pull_with_one_line_and_the_next_pull_resumes(server, pub
     server.faults.delay = 0.05  # about 4 s for the whole file
     command = [sys.executable, "-m", "mobilenet_zoo", "pull", NAME, "--registry", str(registry)]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    partial = Cache.at().partial_path(NAME)
+    partial = Cache.at().partial_path(team_key(registry), f"{NAME}.tgz")
     deadline = time.monotonic() + 60
     while not (partial.exists() and partial.stat().st_size > 100_000) and time.monotonic() < deadline:
         time.sleep(0.05)
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=60)
     assert (process.returncode, stderr) == (130, "error: interrupted\n")
-    assert leftovers(home) == [f"downloads/{NAME}.tgz.part"]
+    assert leftovers(home) == [f"downloads/{team_key(registry)}", f"downloads/{team_key(registry)}/{NAME}.tgz.part"]
     kept = partial.stat().st_size
 
     server.faults.delay = 0
