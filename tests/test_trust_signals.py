@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -77,15 +78,23 @@ def test_an_interrupted_convert_records_its_finished_targets(interrupted, cli):
     assert "pass" in report
 
 
-def test_a_rerun_after_an_interruption_completes_without_force(tmp_path, cli):
-    out = tmp_path / "out"
-    assert terminate_after_first_target(out)[0] == 143
+def test_a_rerun_after_an_interruption_completes_without_force(interrupted, tmp_path, cli):
+    out = Path(shutil.copytree(interrupted[0], tmp_path / "out"))
     code, _, err = cli("-q", "convert", BUNDLED_MODEL, "--to", "onnx,torch,tflite", "-o", out)
     assert code == 0, err
     targets = json.loads((out / MANIFEST).read_text())["targets"]
     assert sorted(targets) == sorted([f"{QUANT}.onnx", f"{QUANT}_torch", f"{QUANT}.tflite"])
     code, _, err = cli("-q", "convert", BUNDLED_MODEL, "--to", "onnx", "-o", out)  # a finished run's target
-    assert code == 1 and err.strip() == f"error: {out / QUANT}.onnx exists: pass --force to replace it, or choose another output"
+    assert (
+        code == 1
+        and err.strip() == f"error: {out / QUANT}.onnx exists: pass --force to replace it, or choose another output"
+    )
+
+
+def test_a_format_that_cannot_write_the_model_is_refused_before_anything_is_written(tmp_path, cli):
+    code, _, err = cli("convert", BUNDLED_MODEL, "--to", "onnx,keras", "-o", tmp_path / "out")
+    assert code == 1 and err.strip() == "error: the keras format cannot write uint8 models"
+    assert not (tmp_path / "out").exists()
 
 
 def test_the_in_process_command_restores_the_sigterm_handler(cli):
