@@ -73,6 +73,7 @@ def test_an_interrupted_convert_records_its_finished_targets(interrupted, cli):
     out, _, _ = interrupted
     targets = json.loads((out / MANIFEST).read_text())["targets"]
     assert set(targets) == {p.name for p in out.iterdir() if p.name != MANIFEST} >= {f"{QUANT}.onnx"}
+    assert all(entry["run_finished"] is False for entry in targets.values())  # a rerun may replace them
     code, report, err = cli("-q", "verify", out)
     assert code == 0, err
     assert "pass" in report
@@ -84,6 +85,7 @@ def test_a_rerun_after_an_interruption_completes_without_force(interrupted, tmp_
     assert code == 0, err
     targets = json.loads((out / MANIFEST).read_text())["targets"]
     assert sorted(targets) == sorted([f"{QUANT}.onnx", f"{QUANT}_torch", f"{QUANT}.tflite"])
+    assert not any("run_finished" in entry for entry in targets.values())
     code, _, err = cli("-q", "convert", BUNDLED_MODEL, "--to", "onnx", "-o", out)  # a finished run's target
     assert (
         code == 1
