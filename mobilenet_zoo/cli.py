@@ -8,14 +8,19 @@ inside their function bodies.
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
+import threading
 import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import typer
 
 from mobilenet_zoo import __version__
 from mobilenet_zoo.commands import bench, browse, evaluate, models, pull
-from mobilenet_zoo.errors import EXIT_INTERRUPTED, debug_enabled, describe_error
+from mobilenet_zoo.errors import EXIT_INTERRUPTED, Terminated, debug_enabled, describe_error
 
 app = typer.Typer(
     name="mobilenet-zoo",
@@ -51,7 +56,7 @@ def _root(
     """MobileNet V1 model zoo manager and converter.
 
     Exit codes: 0 success, 1 bad input or a failed operation, 2 usage error, 3 missing optional dependency,
-    4 failed parity check, 130 interrupted.
+    4 failed parity check, 130 interrupted, 143 terminated (SIGTERM).
     """
     from mobilenet_zoo import output
 
@@ -64,14 +69,39 @@ for group in (browse, pull, models, bench, evaluate):
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the app; any error is one `error: ...` line on stderr and the exit code of its kind."""
+    with _terminate_as_interrupt():
+        try:
+            app(args=argv, prog_name="mobilenet-zoo")
+        except SystemExit as exc:
+            interruption = _interruption(exc)
+            if exc.code == EXIT_INTERRUPTED and interruption is not None:  # typer turns Ctrl-C into a silent exit 130
+                _report(interruption)
+            raise
+        except BaseException as exc:  # noqa: BLE001 - every error ends here, as one line
+            _report(exc)
+
+
+@contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """SIGTERM raises `Terminated` (a KeyboardInterrupt) in the main thread, so its cleanups run as on Ctrl-C;
+    the previous handler is back after the block. A forked child receiving it dies as it would have."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    owner = os.getpid()
+
+    def terminate(signum, _frame) -> None:
+        if os.getpid() != owner:
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, terminate)
     try:
-        app(args=argv, prog_name="mobilenet-zoo")
-    except SystemExit as exc:
-        if exc.code == EXIT_INTERRUPTED and _interrupted(exc):  # typer turns Ctrl-C into a silent exit 130
-            _report(KeyboardInterrupt())
-        raise
-    except BaseException as exc:  # noqa: BLE001 - every error ends here, as one line
-        _report(exc)
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _report(error: BaseException) -> None:
@@ -84,12 +114,12 @@ def _report(error: BaseException) -> None:
     sys.exit(code)
 
 
-def _interrupted(exc: BaseException) -> bool:
-    """Whether a KeyboardInterrupt is among the causes of `exc`."""
+def _interruption(exc: BaseException) -> KeyboardInterrupt | None:
+    """The KeyboardInterrupt (Ctrl-C, or SIGTERM's `Terminated`) among the causes of `exc`, if any."""
     seen = set()
     while exc is not None and id(exc) not in seen:
         if isinstance(exc, KeyboardInterrupt):
-            return True
+            return exc
         seen.add(id(exc))
         exc = exc.__cause__ or exc.__context__
-    return False
+    return None

@@ -5,6 +5,10 @@ variant, the backbone options it was built with and the reference it must match 
 when the reference lies inside its folder, so the folder can move), so `verify OUTPUT` needs nothing else.
 A target is named after the variant and its backbone options (`mobilenet_v1_1.0_224_os16_f5-11-12-13.onnx`);
 an existing target is replaced only with `force`, and never when it is (or lies inside) the source.
+
+Each target is recorded as soon as it is written, marked `"run_finished": false` until the last one is: a run
+that is interrupted (Ctrl-C, SIGTERM) or fails leaves its finished targets recorded (so `verify` works on them),
+and a rerun replaces those without `force`, as the run would have.
 """
 
 from __future__ import annotations
@@ -15,11 +19,12 @@ from pathlib import Path
 
 from mobilenet_zoo.arch import Backbone
 from mobilenet_zoo.errors import ZooError
+from mobilenet_zoo.formats import can_write
 from mobilenet_zoo.formats import names as format_names
 from mobilenet_zoo.formats import spec as format_spec
 from mobilenet_zoo.formats import write as write_format
-from mobilenet_zoo.fsutil import ensure_folder, refuse_overwriting
-from mobilenet_zoo.manifest import recorded_path, updating_manifest
+from mobilenet_zoo.fsutil import ensure_folder, interrupts_deferred, move_into_place, refuse_overwriting, workspace
+from mobilenet_zoo.manifest import left_by_unfinished_run, recorded_path, updating_manifest
 from mobilenet_zoo.sources import Source
 
 
@@ -50,12 +55,12 @@ def target_path(source: Source, fmt: str, out: Path, single: bool) -> Path:
 
 def check_target(target: Path, source: Source, force: bool) -> None:
     """Refuse to write over the source, its reference or the official folder holding them (links resolved),
-    or over an existing target without `force`."""
+    or over an existing target without `force` (unless a run that did not finish left it)."""
     protected = [path for path in (source.origin, source.reference) if path is not None]
     if source.reference is not None and any(Path(source.reference).parent.glob("*_info.txt")):
         protected.append(Path(source.reference).parent)
     refuse_overwriting(target, protected)
-    if (target.exists() or target.is_symlink()) and not force:
+    if (target.exists() or target.is_symlink()) and not force and not left_by_unfinished_run(target):
         raise ZooError(f"{target} exists: pass --force to replace it, or choose another output")
 
 
@@ -146,33 +151,48 @@ def convert(
     on_written: Callable[[Converted], None] | None = None,
 ) -> list[Converted]:
     """Write `source.model`, built as `build` says, in every format asked for (with per-format writer options),
-    then record them. Nothing is written when any target path is refused."""
+    recording each as it is written. Nothing is written when any target path is refused."""
     unknown = [f for f in formats if f not in format_names()]
     if unknown:
         raise ZooError(f"unknown target format {unknown[0]!r}; choose from {', '.join(format_names())}")
     source = prepare(source, build)
+    quantized = source.model.config.quantized
+    unwritable = [f for f in formats if not can_write(f, quantized)]
+    if unwritable:  # before anything is written
+        raise ZooError(f"the {unwritable[0]} format cannot write {'uint8' if quantized else 'float'} models")
     out = Path(out)
     paths = {fmt: target_path(source, fmt, out, len(formats) == 1) for fmt in formats}
     for path in paths.values():
         check_target(path, source, force)
-    results = []
-    for fmt, path in paths.items():
-        ensure_folder(path.parent)
-        written = write_format(source.model, path, fmt, **(format_options or {}).get(fmt, {}))
-        results.append(Converted(fmt, written))
+    # post-training quantization: no original runs the quantized network; the numpy integer forward pass of the
+    # written model (read back) is the reference, the TFLite target preferred as its file, so written first
+    numpy_reference = source.reference is None and bool(build.quantize)
+    order = sorted(paths, key=lambda fmt: fmt != "tflite") if numpy_reference else list(paths)
+    results: dict[str, Converted] = {}
+    for fmt in order:
+        if numpy_reference and not results:
+            source = replace(source, reference=paths[fmt], reference_engine="numpy")
+        results[fmt] = write_and_record(source, fmt, paths[fmt], (format_options or {}).get(fmt, {}))
         if on_written:
-            on_written(results[-1])
-    if source.reference is None and build.quantize and results:
-        # post-training quantization: no original runs the quantized network; the numpy integer forward
-        # pass of the written model (read back) is the reference, the TFLite target preferred as its file
-        chosen = next((r for r in results if r.format == "tflite"), results[0])
-        source = replace(source, reference=chosen.path, reference_engine="numpy")
-    record(source, results)
-    return results
+            on_written(results[fmt])
+    record(source, list(results.values()))
+    return [results[fmt] for fmt in paths]
 
 
-def record(source: Source, results: list[Converted]) -> None:
-    """Add the targets to their folders' manifests."""
+def write_and_record(source: Source, fmt: str, path: Path, options: dict) -> Converted:
+    """Write one target in a workspace beside `path`, then move it into place and record it (as written by a run
+    that has not finished) together: an interruption leaves both or neither."""
+    with workspace(path.parent, path.name) as folder:
+        staged = write_format(source.model, folder / path.name, fmt, **options)
+        written = Converted(fmt, path)
+        with interrupts_deferred():
+            move_into_place(Path(staged), path, folder)
+            record(source, [written], run_finished=False)
+    return written
+
+
+def record(source: Source, results: list[Converted], run_finished: bool = True) -> None:
+    """Add the targets to their folders' manifests (`run_finished=False`: marked as written by a run still going)."""
     for folder in {r.path.parent for r in results}:
         with updating_manifest(folder) as manifest:
             for r in (r for r in results if r.path.parent == folder):
@@ -183,4 +203,5 @@ def record(source: Source, results: list[Converted]) -> None:
                     "backbone": source.model.backbone.metadata(),
                     "reference": recorded_path(source.reference, folder) if source.reference else None,
                     **({"reference_engine": source.reference_engine} if source.reference_engine != "runtime" else {}),
+                    **({} if run_finished else {"run_finished": False}),
                 }

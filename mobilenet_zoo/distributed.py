@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -31,6 +30,7 @@ from mobilenet_zoo.evaluate import (
     plan_evaluation,
     score_batch,
 )
+from mobilenet_zoo.fsutil import workspace
 from mobilenet_zoo.manifest import read_manifest, updating_manifest
 from mobilenet_zoo.parity import TargetReport, Thresholds, group_by_reference, verify_group
 
@@ -173,8 +173,7 @@ def convert_many(
     ray = connect(address)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=out_dir, prefix=".ray-convert-"))
-    try:
+    with workspace(out_dir, "ray-convert") as staging:  # removed however the run ends (or by a later one)
         task = ray.remote(_convert_variant)
         folders = [staging / str(index) for index in range(len(names_or_paths))]
         refs = [
@@ -185,8 +184,6 @@ def convert_many(
         return [
             converted for folder, written in zip(folders, staged) for converted in _publish(folder, written, out_dir)
         ]
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
 
 
 def _publish(folder: Path, written: list[Converted], out_dir: Path) -> list[Converted]:

@@ -9,6 +9,7 @@ Exit codes of the `mobilenet-zoo` command:
     3    an optional dependency is missing (the message names the extra to install)
     4    a parity check failed (`verify`, `convert --verify`, `demo`)
     130  interrupted (Ctrl-C)
+    143  terminated (SIGTERM: kill, timeout, systemd, CI); cleanups run as on Ctrl-C
 """
 
 from __future__ import annotations
@@ -25,6 +26,11 @@ EXIT_USAGE = 2  # click's own, for usage errors
 EXIT_MISSING_DEPENDENCY = 3
 EXIT_PARITY = 4
 EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143  # 128 + SIGTERM
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread by the command's handler so that cleanups run as on Ctrl-C."""
 
 
 class ZooError(Exception):
@@ -98,6 +104,7 @@ ERROR_MAPPINGS: tuple[ErrorMapping, ...] = (
     ErrorMapping(MissingDependencyError, str, EXIT_MISSING_DEPENDENCY),
     ErrorMapping(VerificationError, str, EXIT_PARITY),
     ErrorMapping(ZooError, str, EXIT_ERROR),
+    ErrorMapping(Terminated, lambda _: "terminated", EXIT_TERMINATED),
     ErrorMapping(KeyboardInterrupt, lambda _: "interrupted", EXIT_INTERRUPTED),
     ErrorMapping(OSError, _os_error, EXIT_ERROR),
 )

@@ -1,6 +1,9 @@
-"""Atomic writes: build a file or folder under a hidden temporary name beside its target, then rename it.
+"""Atomic writes: build a file or folder in a hidden workspace beside its target, then rename it into place.
 
-What they leave has the modes a plain `open()` or `mkdir()` would give (0o666 / 0o777 less the umask), not
+A workspace is named `.TARGET.mobilenet-zoo-tmp-XXXXXXXX` and removed when its block ends, however it ends (an error,
+Ctrl-C, SIGTERM through the command's handler). Its owner holds a lock inside it while it lives, so one left by a
+killed process is recognised and removed by the next workspace made in that folder; a live one never is.
+What the writes leave has the modes a plain `open()` or `mkdir()` would give (0o666 / 0o777 less the umask), not
 the private 0o600 / 0o700 of `tempfile`. Also the checks every writer shares: the output folder can be made,
 and a target does not overwrite (or land inside) the input it is made from.
 """
@@ -9,12 +12,19 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import tempfile
+import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from mobilenet_zoo.errors import ZooError
+
+WORKSPACE_MARK = ".mobilenet-zoo-tmp-"  # in the name of every workspace: .TARGET.mobilenet-zoo-tmp-XXXXXXXX
+_CLAIMING_MARK = ".mobilenet-zoo-new-"  # a workspace's name until its owner holds its lock
+_OWNER_LOCK = ".mobilenet-zoo-owner.lock"  # inside a workspace, locked by its owner while it lives
+_REPLACED = ".mobilenet-zoo-replaced"  # inside a workspace: the target a folder replaced, removed with it
 
 
 def current_umask() -> int:
@@ -44,43 +54,135 @@ def give_default_modes(path: Path) -> None:
 
 @contextmanager
 def atomic_file(target: Path) -> Iterator[Path]:
-    """A hidden temporary file beside `target` to write; it replaces `target` when the block succeeds.
-
-    When the block fails the temporary file is removed and `target` is left as it was.
-    """
+    """A temporary file (in a hidden workspace beside `target`) to write; it replaces `target` when the block
+    succeeds. When the block fails the temporary file is removed and `target` is left as it was."""
     target = Path(target)
-    ensure_folder(target.parent)
-    descriptor, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(descriptor)
-    temporary = Path(name)
-    try:
+    with workspace(target.parent, target.name) as folder:
+        temporary = folder / target.name
+        temporary.touch()
         yield temporary
         give_default_modes(temporary)
         os.replace(temporary, target)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
 
 
 @contextmanager
 def atomic_folder(target: Path) -> Iterator[Path]:
-    """An empty folder beside `target` (inside a hidden temporary one) to fill; it replaces `target` on success.
+    """An empty folder (in a hidden workspace beside `target`) to fill; it replaces `target` on success.
 
-    Whatever happens, the hidden folder (with the replaced `target`, or the failed attempt) is removed.
+    Whatever happens, the workspace (with the replaced `target`, or the failed attempt) is removed.
     """
     target = Path(target)
-    ensure_folder(target.parent)
-    workspace = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    staging = workspace / target.name
-    try:
+    with workspace(target.parent, target.name) as folder:
+        staging = folder / target.name
         staging.mkdir()
         yield staging
         give_default_modes(staging)
-        if target.exists():
-            os.replace(target, workspace / "previous")
-        os.replace(staging, target)
+        move_into_place(staging, target, folder)
+
+
+def move_into_place(staged: Path, target: Path, folder: Path) -> None:
+    """Rename `staged` to `target`; a folder in the way (or anything where a folder goes) moves into the workspace
+    `folder` first, to be removed with it."""
+    if (target.is_dir() and not target.is_symlink()) or (staged.is_dir() and (target.exists() or target.is_symlink())):
+        os.replace(target, folder / _REPLACED)
+    os.replace(staged, target)
+
+
+@contextmanager
+def workspace(parent: Path, name: str) -> Iterator[Path]:
+    """A hidden folder in `parent` named after `name`, locked by this process while the block runs and removed
+    (with whatever it holds) when it ends. Workspaces in `parent` that killed processes left are removed first."""
+    parent = ensure_folder(parent)
+    remove_abandoned_workspaces(parent)
+    label = f".{name[:100]}"  # room for the marks within a file name's 255 bytes
+    claiming = Path(tempfile.mkdtemp(prefix=f"{label}{_CLAIMING_MARK}", dir=parent))
+    folder = parent / f"{label}{WORKSPACE_MARK}{claiming.name[len(label) + len(_CLAIMING_MARK) :]}"
+    lock = None
+    try:
+        lock = _hold_lock(claiming / _OWNER_LOCK)
+        os.rename(claiming, folder)  # only now can another process see it as a workspace: its lock is held
+        yield folder
     finally:
-        shutil.rmtree(workspace, ignore_errors=True)
+        for path in (folder, claiming):
+            shutil.rmtree(path, ignore_errors=True)
+        if lock is not None:
+            os.close(lock)
+
+
+def remove_abandoned_workspaces(parent: Path) -> None:
+    """Remove the workspaces in `parent` whose owner is gone (no process holds their lock); nothing else."""
+    try:
+        entries = [entry for entry in os.scandir(parent) if WORKSPACE_MARK in entry.name]
+    except OSError:
+        return
+    for entry in entries:
+        if entry.name.startswith(".") and entry.is_dir(follow_symlinks=False):
+            with _owner_gone(Path(entry.path) / _OWNER_LOCK) as gone:
+                if gone:
+                    shutil.rmtree(entry.path, ignore_errors=True)
+
+
+def _hold_lock(path: Path) -> int | None:
+    """A new lock file, held until its descriptor is closed (or the process ends); None where there is no flock."""
+    try:
+        import fcntl
+    except ImportError:
+        return None
+    descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(descriptor, fcntl.LOCK_EX)
+    return descriptor
+
+
+@contextmanager
+def _owner_gone(lock: Path) -> Iterator[bool]:
+    """True (holding the lock in the block) when no process holds a workspace's lock, or its lock file is gone;
+    False when its owner lives or that cannot be told (no flock, no access)."""
+    try:
+        import fcntl
+    except ImportError:
+        yield False
+        return
+    try:
+        descriptor = os.open(lock, os.O_RDWR)
+    except FileNotFoundError:
+        yield True
+        return
+    except OSError:
+        yield False
+        return
+    try:
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            yield False
+            return
+        yield True
+    finally:
+        os.close(descriptor)
+
+
+@contextmanager
+def interrupts_deferred() -> Iterator[None]:
+    """Ctrl-C and SIGTERM that arrive inside the block take effect as it ends (their own handlers run then), so the
+    steps inside happen together or not at all. Outside the main thread signals cannot be handled: no change."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+    deferred = (signal.SIGINT, signal.SIGTERM)
+    previous = {number: signal.getsignal(number) for number in deferred}
+    if any(handler is None for handler in previous.values()):  # installed outside Python: cannot be restored
+        yield
+        return
+    for number in deferred:
+        signal.signal(number, lambda signum, _frame: received.append(signum))
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+        if received:
+            signal.raise_signal(received[0])
 
 
 def ensure_folder(folder: Path) -> Path:

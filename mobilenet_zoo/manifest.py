@@ -1,5 +1,6 @@
 """The manifest `convert` writes beside its outputs (`mobilenet_zoo.json`): for every target, its format, the
-variant, the backbone options it was built with and the reference it must match.
+variant, the backbone options it was built with and the reference it must match (`"run_finished": false` while the
+`convert` that wrote it has targets to go, and after it was interrupted or failed).
 
 References are recorded relative to the manifest when they lie inside its folder (so the folder can move),
 else as absolute paths. Updates run under an interprocess lock kept in the temp dir.
@@ -69,6 +70,11 @@ def manifest_reference(target: Path, entry: dict | None) -> Path | None:
 def manifest_entry(target: Path) -> dict | None:
     """What the manifest beside a target says about it, if anything."""
     return read_manifest(target.parent).get("targets", {}).get(target.name)
+
+
+def left_by_unfinished_run(target: Path) -> bool:
+    """True when the manifest marks `target` as written by a `convert` that did not finish (interrupted, failed)."""
+    return (manifest_entry(target) or {}).get("run_finished", True) is False
 
 
 def manifest_targets(folder: Path) -> list[Path]:

@@ -437,12 +437,29 @@ def recorded_reference(target: Path) -> ReferenceModel:
 
     entry = manifest_entry(target) or {}
     reference = manifest_reference(target, entry)
+    if reference is None and not _is_model_folder(target):
+        raise ZooError(
+            f"{target}: no manifest at {target / MANIFEST} (convert writes one into its output folder); verify the "
+            "model files in it with --source (the model they were converted from) or --reference (a frozen .pb, "
+            "an official .tflite or a saved .npz)"
+        )
     if reference is None:
         raise ZooError(
             f"{target}: no reference is recorded in {target.parent / MANIFEST}; pass --source "
             "(the model it was converted from) or --reference (a frozen .pb, an official .tflite or a saved .npz)"
         )
     return ReferenceModel(reference, recorded_backbone(target), entry.get("reference_engine", RUNTIME))
+
+
+def _is_model_folder(path: Path) -> bool:
+    """True for a file, or a folder that is a model of a known format (a `_torch` folder, a SavedModel)."""
+    if not Path(path).is_dir():
+        return True
+    try:
+        detect_format(path)
+    except ModelFormatError:
+        return False
+    return True
 
 
 def group_by_reference(targets: list[Path]) -> dict[ReferenceModel, list[Path]]:

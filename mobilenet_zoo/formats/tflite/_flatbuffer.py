@@ -494,6 +494,9 @@ def load_runner(path: Path, *, xnnpack: bool = False) -> TFLiteRunner:
             experimental_op_resolver_type=resolver,
             experimental_preserve_all_tensors=signature is None,
         )
+        # the first allocation applies the XNNPACK delegate, whose C++ logger prints "INFO: Created TensorFlow Lite
+        # XNNPACK delegate for CPU." on fd 2 (no log level reaches it): done here, later batches print nothing
+        interpreter.allocate_tensors()
         if signature is None:
             return TFLiteRunner(
                 _tensor_forward(interpreter, graph.input_tensor, outputs), quantized, resolution, batch_size=1
