@@ -12,27 +12,35 @@ the unfixed code fails these tests instead of hanging or taking the machine's me
 
 from __future__ import annotations
 
+import gzip
+import io
 import os
 import resource
 import subprocess
 import sys
+import tarfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
+from http_server import FileServer, official_files
 
+from mobilenet_zoo import archive
 from mobilenet_zoo.arch import ModelConfig
 from mobilenet_zoo.constants import HOME_ENV, MIRROR_ENV, OFFLINE_ENV, REGISTRY_ENV
+from mobilenet_zoo.errors import ArchiveError
 from mobilenet_zoo.model import random_model
 
 onnx = pytest.importorskip("onnx")
 helper, numpy_helper, TensorProto = onnx.helper, onnx.numpy_helper, onnx.TensorProto
 
 SMALL = ModelConfig(0.25, 128)
+UNCHECKED = "mobilenet_v1_1.0_192"  # no published checksum: a mirror's tarball is extracted, then recorded
 TIME_LIMIT = 90.0  # seconds a refusal may take on a loaded machine (each finishes in a few); the unfixed Loop spins
 MEMORY_LIMIT = 3 << 30  # address space of the CLI under test: the unfixed reader's multi-GB tensors fail, not land
+MIB = 1 << 20
 
 
 # ---------------------------------------------------------------------------------------------- running the CLI
@@ -338,3 +346,160 @@ def test_constants_adding_up_past_the_total_bound_are_refused(tmp_path):
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "many.onnx"))
     with pytest.raises(ModelFormatError, match=r"many\.onnx: its constant subgraphs make more than [\d,]+ elements"):
         OnnxGraph.load(tmp_path / "many.onnx").value("all")
+
+
+# ---------------------------------------------------------------------------------------------- hostile tarballs
+
+
+def tar_header(name: str, size: int = 0, kind: bytes = tarfile.REGTYPE) -> bytes:
+    info = tarfile.TarInfo(name)
+    info.type, info.size, info.mode = kind, size, 0o755 if kind == tarfile.DIRTYPE else 0o644
+    return info.tobuf(tarfile.GNU_FORMAT)
+
+
+def tar_member(name: str, data: bytes) -> bytes:
+    """Header, data, and the zeros padding it to a 512-byte block."""
+    return tar_header(name, len(data)) + data + bytes(-len(data) % tarfile.BLOCKSIZE)
+
+
+def gzip_of_zeros(count: int) -> bytes:
+    """`count` zero bytes as gzip members of 1 MiB each (compressed once): a GB in a MB, made in no time."""
+    whole, rest = divmod(count, MIB)
+    return gzip.compress(bytes(MIB), mtime=0) * whole + (gzip.compress(bytes(rest), mtime=0) if rest else b"")
+
+
+def official_tar_start(name: str, files: dict[str, bytes]) -> bytes:
+    """The `./` entry and `files` (official member names), as in a release tarball, without its end."""
+    return tar_header("./", kind=tarfile.DIRTYPE) + b"".join(tar_member(member, data) for member, data in files.items())
+
+
+TAR_END = bytes(2 * tarfile.BLOCKSIZE)  # the end-of-archive marker
+
+
+def bomb_tarball(path: Path, name: str, big_member: str, big_size: int) -> Path:
+    """An official-layout tarball of NAME whose `big_member` is `big_size` zero bytes, built streamed: a
+    multi-member gzip (valid, read by any gzip reader) of its header, its zeros, then the other members."""
+    files = official_files(name)
+    del files[big_member]
+    head = gzip.compress(tar_header("./", kind=tarfile.DIRTYPE) + tar_header(big_member, big_size), mtime=0)
+    padding = bytes(-big_size % tarfile.BLOCKSIZE)
+    tail = gzip.compress(padding + b"".join(tar_member(m, d) for m, d in files.items()) + TAR_END, mtime=0)
+    path.write_bytes(head + gzip_of_zeros(big_size) + tail)
+    return path
+
+
+@pytest.mark.parametrize(
+    "size", [1 << 30, archive.MAX_MEMBER_BYTES + 1], ids=["1GiB-of-zeros", "one-byte-over-the-cap"]
+)
+def test_a_member_larger_than_any_mobilenet_file_is_refused_from_its_header(tmp_path, size):
+    """Defect 7: the 1 GiB frozen graph of zeros (a 1 MB download) was extracted and kept as complete."""
+    name = SMALL.name
+    tarball = bomb_tarball(tmp_path / f"{name}.tgz", name, f"./{name}_frozen.pb", size)
+    assert tarball.stat().st_size < 2 * MIB
+    home, out = tmp_path / "home", tmp_path / "out"
+    result, seconds = run_cli("convert", tarball, "--to", "onnx", "-o", out, home=home)
+    assert_one_error_line(result, f"{name}.tgz: refusing member './{name}_frozen.pb'", f"{size:,} bytes", "MiB")
+    assert cache_leftovers(home) == [] and folder_contents(out) == []
+    print(f"{size:,}-byte member refused in {seconds:.1f} s")
+
+
+def test_data_past_the_end_of_the_archive_is_capped(tmp_path):
+    """Defect 7: after the end-of-archive marker the stream is read to its end (for the gzip trailer checks):
+    a bound stops a GB of trailing zeros there too."""
+    name = SMALL.name
+    start = gzip.compress(official_tar_start(name, official_files(name)) + TAR_END, mtime=0)
+    tarball = tmp_path / f"{name}.tgz"
+    tarball.write_bytes(start + gzip_of_zeros(archive.MAX_EXPANDED_BYTES + 1))
+    home, out = tmp_path / "home", tmp_path / "out"
+    result, _ = run_cli("convert", tarball, "--to", "onnx", "-o", out, home=home)
+    assert_one_error_line(result, f"{name}.tgz: refusing archive: it expands past", "MiB")
+    assert cache_leftovers(home) == [] and folder_contents(out) == []
+
+
+def many_tiny_members(count: int) -> bytes:
+    """`count` one-byte members `./extra_NNNNNN.txt`, headers made from one template (a checksum fix-up each)."""
+    template = bytearray(tar_header(f"./extra_{0:06d}.txt", 1))
+    template_sum = int(template[148:154], 8)
+    data = b"x" + bytes(tarfile.BLOCKSIZE - 1)
+    blocks = []
+    for index in range(count):
+        digits = f"{index:06d}".encode()
+        header = bytearray(template)
+        header[8:14] = digits  # "./extra_" is 8 characters
+        header[148:155] = b"%06o\0" % (template_sum + sum(digits) - 6 * ord("0"))
+        blocks.append(bytes(header) + data)
+    return b"".join(blocks)
+
+
+def test_a_pulled_tarball_with_100000_extra_members_is_refused_before_extracting_them(tmp_path):
+    """Defect 7: an official tarball from a mirror, with 100,000 tiny members beside the official ones."""
+    served = tmp_path / "served"
+    served.mkdir()
+    start = official_tar_start(UNCHECKED, official_files(UNCHECKED))
+    (served / f"{UNCHECKED}.tgz").write_bytes(gzip.compress(start + many_tiny_members(100_000) + TAR_END, 1))
+    home = tmp_path / "home"
+    with FileServer(served) as server:
+        result, seconds = run_cli("pull", UNCHECKED, "--mirror", server.url.rstrip("/"), home=home)
+    assert_one_error_line(
+        result, f"{UNCHECKED}.tgz: refusing unexpected member './extra_000000.txt': expected only {UNCHECKED} + "
+    )
+    assert cache_leftovers(home) == []
+    print(f"100,000 extra members refused in {seconds:.1f} s")
+
+
+def test_a_local_tarball_with_a_file_beside_the_official_ones_is_refused(tmp_path):
+    """Defect 7: `convert TARBALL` takes an official release only; a member of another name is not extracted."""
+    name = SMALL.name
+    files = {**official_files(name), "./notes/readme.txt": b"hello"}
+    tarball = tmp_path / "team.tgz"
+    tarball.write_bytes(gzip.compress(official_tar_start(name, files) + TAR_END))
+    home, out = tmp_path / "home", tmp_path / "out"
+    result, _ = run_cli("convert", tarball, "--to", "onnx", "-o", out, home=home)
+    assert_one_error_line(result, "team.tgz: refusing unexpected member './notes/readme.txt'")
+    assert cache_leftovers(home) == [] and folder_contents(out) == []
+
+
+def test_a_tarball_without_a_member_list_is_capped_in_member_count(tmp_path):
+    """Defect 7: a private entry's tarball has no expected names; its member count is bounded instead."""
+    tarball = tmp_path / "private.tgz"
+    tarball.write_bytes(gzip.compress(many_tiny_members(archive.MAX_MEMBERS + 1) + TAR_END, 1))
+    target = tmp_path / "cache" / "models" / "team_model"
+    with pytest.raises(
+        ArchiveError, match=rf"^private\.tgz: refusing archive: more than {archive.MAX_MEMBERS} members$"
+    ):
+        archive.extract(tarball, target)
+    assert folder_contents(target.parent) == []
+
+
+def test_a_member_whose_declared_size_crosses_the_total_cap_is_refused_before_it_is_written(tmp_path, monkeypatch):
+    """Defect 7: the declared sizes are added up from each header, before its data is read (a lower cap keeps
+    this test small: every member is under the member cap, the last one takes the total past the cap)."""
+    monkeypatch.setattr(archive, "MAX_EXPANDED_BYTES", 3 * MIB)
+    files = {f"./part_{index}.bin": bytes(3 * MIB // 4) for index in range(3)}
+    files["./part_3.bin"] = bytes(MIB)
+    tarball = tmp_path / "private.tgz"
+    tarball.write_bytes(gzip.compress(b"".join(tar_member(m, d) for m, d in files.items()) + TAR_END))
+    target = tmp_path / "cache" / "models" / "team_model"
+    expected = r"^private\.tgz: refusing member './part_3\.bin': with it the archive expands past 3 MiB"
+    with pytest.raises(ArchiveError, match=expected):
+        archive.extract(tarball, target)
+    assert folder_contents(target.parent) == []
+
+
+def test_an_official_tarball_within_the_caps_still_extracts(tmp_path):
+    """The caps leave the official layout alone: 7 members and `./`, at the sizes of the largest release."""
+    name = SMALL.name
+    files = official_files(name)
+    tarball = tmp_path / f"{name}.tgz"
+    tarball.write_bytes(gzip.compress(official_tar_start(name, files) + TAR_END))
+    target = archive.extract(tarball, tmp_path / "models" / name, [member[2:] for member in files])
+    assert sorted(path.name for path in target.iterdir()) == sorted(member[2:] for member in files)
+    assert archive.MAX_MEMBER_BYTES >= 3 * 17_173_742  # the largest official member: 1.0_224_quant's frozen graph
+
+
+def test_io_helpers_build_what_tarfile_reads(tmp_path):
+    """The hand-made tar streams above are the tar format: tarfile reads them back member by member."""
+    stream = many_tiny_members(3) + tar_member("./a.bin", b"abc") + TAR_END
+    with tarfile.open(fileobj=io.BytesIO(stream), mode="r|") as reader:
+        names = [(member.name, member.size) for member in reader]
+    assert names == [("./extra_000000.txt", 1), ("./extra_000001.txt", 1), ("./extra_000002.txt", 1), ("./a.bin", 3)]
