@@ -58,7 +58,11 @@ def test_a_killed_extraction_is_cleaned_up_by_the_next_one(good_tarball, tmp_pat
         ({"./sub/../../evil.txt": b"x"}, [], r"'\./sub/\.\./\.\./evil\.txt': path outside the archive"),
         ({"/tmp/evil.txt": b"x"}, [], r"'/tmp/evil\.txt': absolute path"),
         ({}, [special("./passwd", tarfile.SYMTYPE, "/etc/passwd")], r"'\./passwd': link to '/etc/passwd'"),
-        ({"./a": b"x"}, [special("./b", tarfile.LNKTYPE, "./a")], r"'\./b': link to '\./a'"),
+        (
+            {},
+            [special("./b", tarfile.LNKTYPE, f"./{VARIANT.name}.tflite")],
+            rf"'\./b': link to '\./{re.escape(VARIANT.name)}\.tflite'",
+        ),
         ({}, [special("./fifo", tarfile.FIFOTYPE)], r"'\./fifo': device, fifo"),
         ({}, [special("./tty", tarfile.CHRTYPE)], r"'\./tty': device, fifo"),
         ({}, [special("./sda", tarfile.BLKTYPE)], r"'\./sda': device, fifo"),

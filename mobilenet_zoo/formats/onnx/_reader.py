@@ -6,7 +6,7 @@ resolution (the input), classes (the classifier) and precision (the kernels). Gr
 
     float       Conv (with or without bias) followed by BatchNormalization or per-channel Mul/Add/Sub
                 (folded into kernel and bias, also across NHWC<->NCHW Transpose pairs), kernels that are
-                constant subgraphs (Transpose, Reshape... evaluated with onnx.reference), ReLU6 as Clip 0..6,
+                constant subgraphs (Transpose, Reshape... folded in numpy by `_fold`, bounded), ReLU6 as Clip 0..6,
                 NCHW input or NHWC input behind a Transpose: our float files and tf2onnx's.
     QDQ         DequantizeLinear kernels (uint8, or int8 shifted back to uint8) and int32 biases, the scale and
                 zero point of every activation from its QuantizeLinear: tf2onnx's conversion of a uint8 TFLite.
@@ -40,6 +40,7 @@ from mobilenet_zoo.arch import (
 )
 from mobilenet_zoo.deps import require
 from mobilenet_zoo.errors import ModelFormatError
+from mobilenet_zoo.formats.onnx import _fold
 from mobilenet_zoo.formats.onnx._exact import QUANTIZATION_KEY
 from mobilenet_zoo.model import (
     INPUT_ACTIVATION,
@@ -219,6 +220,8 @@ class OnnxGraph:
     constant_tensors: set[str] = field(default_factory=set)
     producers: dict[str, Any] = field(default_factory=dict)
     consumers: dict[str, list] = field(default_factory=dict)
+    order: dict[int, int] = field(default_factory=dict)  # id(node) -> its index in the graph
+    folded_elements: int = 0
 
     @classmethod
     def load(cls, path: Path) -> OnnxGraph:
@@ -230,9 +233,13 @@ class OnnxGraph:
         except Exception as exc:  # protobuf raises its own DecodeError, onnx a few others
             raise ModelFormatError(f"{path}: not a readable ONNX model ({exc})") from exc
         graph = cls(proto, str(path), onnx)
-        graph.constants = {tensor.name: onnx.numpy_helper.to_array(tensor) for tensor in proto.graph.initializer}
+        try:
+            graph.constants = {tensor.name: onnx.numpy_helper.to_array(tensor) for tensor in proto.graph.initializer}
+        except (ValueError, TypeError) as exc:  # data that does not fill the declared shape, an unknown type...
+            raise ModelFormatError(f"{path}: an initializer cannot be read ({exc})") from None
         graph.constant_tensors = set(graph.constants)
-        for node in proto.graph.node:  # ONNX graphs are topologically sorted
+        for index, node in enumerate(proto.graph.node):  # ONNX graphs are topologically sorted
+            graph.order[id(node)] = index
             if all(name in graph.constant_tensors for name in node.input if name):
                 graph.constant_tensors.update(node.output)
             for output in node.output:
@@ -265,18 +272,53 @@ class OnnxGraph:
         return tensor in self.constant_tensors
 
     def value(self, tensor: str) -> np.ndarray:
-        """The value of a constant tensor, evaluating its producing subgraph node by node."""
+        """The value of a constant tensor, folding the nodes that compute it (bounded, see `_fold`) in graph order."""
         if tensor not in self.constants:
-            node = self.producers.get(tensor)
-            if node is None or not self.is_constant(tensor):
+            if tensor not in self.producers or not self.is_constant(tensor):
                 raise self.error(f"{tensor} is not a constant")
-            # onnx itself was required by `load`
-            from onnx.reference import ReferenceEvaluator
-
-            feeds = {name: self.value(name) for name in node.input if name}
-            outputs = ReferenceEvaluator(node, opsets={"": self.opset}).run(None, feeds)
-            self.constants.update(zip(node.output, outputs))
+            nodes = self._unfolded_nodes(tensor)
+            refused = next((node for node in nodes if not _fold.folds(node)), None)
+            if refused is not None:  # before computing anything
+                raise ModelFormatError(f"{self.name}: {_fold.refusal(refused)}")
+            for node in nodes:
+                self._fold(node)
         return self.constants[tensor]
+
+    def _unfolded_nodes(self, tensor: str) -> list:
+        """The nodes computing `tensor` from the constants known so far, in graph order (no recursion: a chain of
+        any length is fine)."""
+        needed: dict[int, Any] = {}
+        stack = [tensor]
+        while stack:
+            name = stack.pop()
+            node = self.producers.get(name) if name and name not in self.constants else None
+            if node is not None and id(node) not in needed:
+                needed[id(node)] = node
+                stack.extend(node.input)
+        return sorted(needed.values(), key=lambda node: self.order[id(node)])
+
+    def _fold(self, node) -> None:
+        """Compute `node`'s outputs into `constants`; a ModelFormatError naming the file when it is not folded or
+        the graph's folded tensors add up past `_fold.MAX_FOLDED_TOTAL` elements."""
+        missing = next((name for name in node.input if name and name not in self.constants), None)
+        if missing is not None:  # produced after its consumer, or twice: not a well-formed graph
+            raise self.error(f"{missing} is not computed before node {node.name or '(unnamed)'}")
+        inputs = [self.constants[name] if name else None for name in node.input]
+        attributes = {
+            name: self.onnx.numpy_helper.to_array(value) if isinstance(value, self.onnx.TensorProto) else value
+            for name, value in self.attributes(node).items()
+        }
+        try:
+            outputs = _fold.fold(node, inputs, attributes, self.opset)
+        except _fold.Unfoldable as exc:
+            raise ModelFormatError(f"{self.name}: {exc}") from None
+        self.folded_elements += sum(output.size for output in outputs)
+        if self.folded_elements > _fold.MAX_FOLDED_TOTAL:
+            raise ModelFormatError(
+                f"{self.name}: its constant subgraphs make more than {_fold.MAX_FOLDED_TOTAL:,} elements "
+                f"(at {node.op_type} node {node.name or '(unnamed)'}), more than any MobileNet V1 needs"
+            )
+        self.constants.update((name, output) for name, output in zip(node.output, outputs) if name)
 
     def attributes(self, node) -> dict[str, Any]:
         values = {a.name: self.onnx.helper.get_attribute_value(a) for a in node.attribute}
