@@ -382,12 +382,8 @@ def apply_threads(runtime: str, threads: int | None) -> int | None:
 
 
 def threaded_runner(runtime: str, path: Path, threads: int | None):
-    """The model's runner; onnxruntime takes its thread count per session, so bench builds that one."""
-    if runtime != "onnxruntime" or threads is None:
-        return load_runner(path)
-    from mobilenet_zoo.formats.onnx._float import OnnxRunner, cpu_session
-
-    return OnnxRunner(cpu_session(str(path), threads), source=str(path))
+    """The model's runner, with its session's thread count where the format takes one (onnxruntime)."""
+    return load_runner(path, threads=threads)
 
 
 def time_calls(call, timing: Timing) -> list[float]:

@@ -386,12 +386,9 @@ def verify_target(target: Path, reference: Reference, thresholds: Thresholds) ->
 
 
 def threshold_key(fmt: str, runner: Runner) -> str:
-    """The target's key in `Thresholds.lsb`: its format, or `ONNX_QDQ` for an ONNX file in QDQ form."""
-    if fmt == "onnx" and runner.quantized:
-        from mobilenet_zoo.formats.onnx._qdq import is_qdq
-
-        return ONNX_QDQ if is_qdq(runner) else fmt
-    return fmt
+    """The target's key in `Thresholds.lsb`: the tolerance profile its runner names (`ONNX_QDQ` for an ONNX file in
+    QDQ form), else its format."""
+    return getattr(runner, "tolerance_profile", None) or fmt
 
 
 PARAMETER_TOLERANCE = 0.02  # relative: folding BatchNorm and the published rounding move counts by < 1.5%

@@ -208,95 +208,17 @@ def cache_state(variant: Variant, cache_root: str | os.PathLike | None = None) -
 
 # --- a downloaded model file is the format its name says, by its first bytes (nothing deserialized) -------------
 
-HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
-
 
 def check_model_file(path: Path) -> None:
-    """Refuse (ModelFormatError) a file that is not a model of the format its name declares."""
-    from mobilenet_zoo.formats import detect_format
+    """Refuse (ModelFormatError) a file that is not a model of the format its name declares (the format's sniffer)."""
+    from mobilenet_zoo.formats import content_problem, specs
 
-    suffix = next((s for s in MODEL_FILE_CHECKS if path.name.lower().endswith(s)), None)
     try:
-        detect_format(path)
+        _, problem = content_problem(path)
     except ModelFormatError:
-        suffix = None
-    if suffix is None:
-        kinds = ", ".join((*MODEL_FILE_CHECKS, *TARBALL_SUFFIXES))
-        raise ModelFormatError(f"{path.name}: a downloaded model must be one of {kinds}, by its name")
-    what, problem_of = MODEL_FILE_CHECKS[suffix]
-    problem = problem_of(path)
+        kinds = sorted({suffix for spec in specs() for suffix in spec.suffixes} | set(TARBALL_SUFFIXES))
+        raise ModelFormatError(
+            f"{path.name}: a downloaded model must be one of {', '.join(kinds)}, by its name"
+        ) from None
     if problem:
-        raise ModelFormatError(f"{path.name}: not {what} ({problem})")
-
-
-def _head(path: Path, size: int, offset: int = 0) -> bytes:
-    with open(path, "rb") as stream:
-        stream.seek(offset)
-        return stream.read(size)
-
-
-def _tflite_problem(path: Path) -> str | None:
-    return None if _head(path, 4, 4) == b"TFL3" else "no TFL3 file identifier"
-
-
-def _onnx_problem(path: Path) -> str | None:
-    try:
-        import onnx
-    except ImportError:  # without onnx, its first field: ir_version (field 1, varint)
-        return None if _head(path, 1) == b"\x08" else "no ONNX model header"
-    from google.protobuf.message import DecodeError
-
-    try:
-        model = onnx.ModelProto.FromString(path.read_bytes())
-    except (DecodeError, ValueError, RuntimeError):
-        return "does not parse as an ONNX ModelProto"
-    return None if model.ir_version > 0 and len(model.graph.node) > 0 else "no graph in it"
-
-
-def _graphdef_problem(path: Path) -> str | None:
-    from mobilenet_zoo.formats.tensorflow._graphdef import read_graph_def
-
-    try:
-        graph_def = read_graph_def(path)
-    except ModelFormatError:
-        return "does not parse as a GraphDef"
-    return None if len(graph_def.node) > 0 else "no nodes in it"
-
-
-def _zip_problem(path: Path) -> str | None:
-    import zipfile
-
-    return None if zipfile.is_zipfile(path) else "not a zip archive"
-
-
-def _hdf5_problem(path: Path) -> str | None:
-    """The HDF5 signature, at 0 or after a user block (512, 1024, 2048... bytes)."""
-    size = path.stat().st_size
-    offsets = [0] + [512 << shift for shift in range(12) if 512 << shift < size]
-    return None if any(_head(path, 8, offset) == HDF5_SIGNATURE for offset in offsets) else "no HDF5 signature"
-
-
-def _safetensors_problem(path: Path) -> str | None:
-    """An 8-byte little-endian header length, then that many bytes of JSON object."""
-    import json
-
-    length = int.from_bytes(_head(path, 8), "little")
-    if not 2 <= length <= path.stat().st_size - 8:
-        return "no safetensors header"
-    try:
-        header = json.loads(_head(path, length, 8))
-    except (ValueError, UnicodeDecodeError):
-        return "its header is not JSON"
-    return None if isinstance(header, dict) else "its header is not a JSON object"
-
-
-MODEL_FILE_CHECKS = {  # a model file's suffix: (what it must be, its problem or None)
-    ".tflite": ("a TFLite model", _tflite_problem),
-    ".onnx": ("an ONNX model", _onnx_problem),
-    ".pb": ("a TensorFlow GraphDef", _graphdef_problem),
-    ".keras": ("a Keras archive", _zip_problem),
-    ".h5": ("an HDF5 file", _hdf5_problem),
-    ".pt2": ("a PyTorch archive", _zip_problem),
-    ".pt": ("a PyTorch archive", _zip_problem),
-    ".safetensors": ("a safetensors file", _safetensors_problem),
-}
+        raise ModelFormatError(f"{path.name}: {problem}")

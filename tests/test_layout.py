@@ -124,6 +124,22 @@ def test_the_lazy_root_has_static_imports_for_type_checkers():
     assert (PACKAGE / "py.typed").exists()
 
 
+def test_nothing_outside_a_format_package_imports_its_private_modules():
+    """A format's private modules (`formats/onnx/_float.py`...) are imported only by its own package: the rest of the
+    tool asks the registry (issue 20)."""
+    offenders = {
+        name: sorted(
+            imported
+            for imported in imports
+            if imported.startswith("mobilenet_zoo.formats.")
+            and imported.rpartition(".")[2].startswith("_")
+            and not name.startswith(imported.rpartition(".")[0])
+        )
+        for name, imports in import_graph().items()
+    }
+    assert {name: found for name, found in offenders.items() if found} == {}
+
+
 def test_production_code_never_imports_the_test_helpers():
     graph = import_graph()
     offenders = {

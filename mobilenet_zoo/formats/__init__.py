@@ -12,6 +12,8 @@ reader, writers and runner with decorators (as tf2onnx registers op handlers and
         def write_quantized(model, out: Path, **options) -> Path: ...
         @runner("onnx")
         def load_runner(path: Path) -> Runner: ...
+        @sniffer("onnx")
+        def problem(path: Path) -> str | None: ...   # is this file really ONNX? (bytes only)
 
 Every subpackage of `mobilenet_zoo.formats` (a folder with an `__init__.py`) is found and imported on first use,
 so adding a format is one new folder: detection, `convert --to`, `verify`, `bench` and `predict` read this
@@ -62,6 +64,8 @@ class Runner(Protocol):
 
     quantized: bool
     resolution: int | None
+    # A runner may also name the tolerance profile its model is judged by (`tolerance_profile`, e.g. "onnx-qdq" for
+    # an ONNX file in QDQ form); without one, its format's name is the profile.
 
     def __call__(self, images: np.ndarray) -> dict[str, np.ndarray]: ...
 
@@ -79,6 +83,7 @@ class FormatSpec:
     runtime_module: str = ""  # importable when that runtime is installed
     extra: str = ""  # pip extra that installs what the format needs
     max_lsb: int = 1  # default tolerance of its uint8 outputs against the TFLite builtin kernels
+    runner_threads: bool = False  # its runner takes `threads=N` (a per-session thread count)
     priority: int = 0  # detection order when several formats claim a path (higher first)
 
     def claims(self, path: Path) -> bool:
@@ -95,7 +100,7 @@ class FormatSpec:
 _SPECS: dict[str, FormatSpec] = {}
 _HANDLERS: dict[tuple[str, str], Callable[..., Any]] = {}
 _discovered = False
-READ, WRITE, WRITE_QUANTIZED, RUN = "read", "write", "write_quantized", "run"
+READ, WRITE, WRITE_QUANTIZED, RUN, SNIFF = "read", "write", "write_quantized", "run", "sniff"
 
 
 def register_format(spec: FormatSpec) -> FormatSpec:
@@ -107,6 +112,9 @@ def register_format(spec: FormatSpec) -> FormatSpec:
 
 
 def _handler(kind: str, fmt: str) -> Callable[[Callable], Callable]:
+    if fmt not in _SPECS:
+        raise ValueError(f"register_format({fmt!r}) before its handlers")
+
     def register(function: Callable) -> Callable:
         _HANDLERS[(fmt, kind)] = function
         return function
@@ -127,6 +135,12 @@ def writer(fmt: str, *, quantized: bool = False) -> Callable[[Callable], Callabl
 def runner(fmt: str) -> Callable[[Callable], Callable]:
     """Decorator: `fmt`'s runner loader, path -> Runner."""
     return _handler(RUN, fmt)
+
+
+def sniffer(fmt: str) -> Callable[[Callable], Callable]:
+    """Decorator: `fmt`'s content check, path -> what is wrong with it as a file of this format (None: nothing),
+    from its bytes, deserializing nothing that could run code."""
+    return _handler(SNIFF, fmt)
 
 
 def discover() -> None:
@@ -202,10 +216,24 @@ def write(model, path: Path, fmt: str, **options) -> Path:
     return handler(fmt, WRITE_QUANTIZED if model.config.quantized else WRITE)(model, Path(path), **options)
 
 
-def load_runner(path: Path) -> Runner:
-    """Load any written model in the runtime of its format."""
+def load_runner(path: Path, *, threads: int | None = None) -> Runner:
+    """Load any written model in the runtime of its format (`threads`: the session's thread count, for formats
+    whose spec says `runner_threads`; others use the runtime's process-wide setting)."""
     path = Path(path)
-    return handler(detect_format(path), RUN)(path)
+    fmt = detect_format(path)
+    if threads is not None and spec(fmt).runner_threads:
+        return handler(fmt, RUN)(path, threads=threads)
+    return handler(fmt, RUN)(path)
+
+
+def content_problem(path: Path) -> tuple[str, str | None]:
+    """(the format `path`'s name declares, what is wrong with its bytes as that format or None), by the format's
+    `@sniffer`; a name no format claims, or a format without a sniffer, is refused (ModelFormatError)."""
+    fmt = detect_format(Path(path))
+    check = _HANDLERS.get((fmt, SNIFF))
+    if check is None:
+        raise ModelFormatError(f"{Path(path).name}: a {spec(fmt).title} file cannot be checked by its bytes")
+    return fmt, check(Path(path))
 
 
 def can_write(fmt: str, quantized: bool) -> bool:

@@ -64,7 +64,7 @@ def write_official_tarball(
 
 def _official_members(config: ModelConfig, seed: int, tflite_path: Path | None) -> dict[str, bytes]:
     """Every member's bytes by file name, from one slim graph with the random weights loaded."""
-    from mobilenet_zoo.formats.tensorflow._slim import slim_session
+    from mobilenet_zoo.formats.tensorflow import slim_session
 
     model = random_model(dataclasses.replace(config, quantized=False), seed)
     name = config.name

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mobilenet_zoo.formats import FormatSpec, private_getattr, reader, register_format, runner, writer
+from mobilenet_zoo.formats import FormatSpec, private_getattr, reader, register_format, runner, sniffer, writer
 
 SPEC = register_format(
     FormatSpec(
@@ -45,6 +45,18 @@ def load_runner(path: Path):
     from mobilenet_zoo.formats.keras import _model
 
     return _model.load_runner(Path(path))
+
+
+@sniffer("keras")
+def content_problem(path: Path) -> str | None:
+    """A `.keras` zip archive, or an `.h5` file with the HDF5 signature."""
+    from mobilenet_zoo.formats._signatures import hdf5_problem, zip_problem
+
+    if path.name.lower().endswith(".h5"):
+        problem = hdf5_problem(path)
+        return f"not an HDF5 file ({problem})" if problem else None
+    problem = zip_problem(path)
+    return f"not a Keras archive ({problem})" if problem else None
 
 
 __getattr__ = private_getattr(__name__, "_model")

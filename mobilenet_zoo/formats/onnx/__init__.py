@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mobilenet_zoo.formats import FormatSpec, private_getattr, reader, register_format, runner, writer
+from mobilenet_zoo.formats import FormatSpec, private_getattr, reader, register_format, runner, sniffer, writer
 
 SPEC = register_format(
     FormatSpec(
@@ -21,6 +21,7 @@ SPEC = register_format(
         runtime_module="onnxruntime",
         extra="onnx",
         max_lsb=0,
+        runner_threads=True,
     )
 )
 
@@ -62,14 +63,40 @@ def write(model, out: Path, **options) -> Path:
     return write_format(model, Path(out), SPEC.name, **options)
 
 
+QDQ_PROFILE = "onnx-qdq"  # the tolerance profile of ONNX files in QDQ form (their metadata says quant_format: qdq)
+
+
 @runner("onnx")
-def load_runner(path: Path):
-    """An onnxruntime session (CPU) that takes NHWC batches whatever the file's input layout; a dense head's
-    logits and softmax (a fine-tuned graph) are served as `logits` and `probabilities`."""
-    from mobilenet_zoo.formats.onnx import _float, _reader
+def load_runner(path: Path, *, threads: int | None = None):
+    """An onnxruntime session (CPU; `threads`: its intra-op thread count) that takes NHWC batches whatever the
+    file's input layout; a dense head's logits and softmax (a fine-tuned graph) are served as `logits` and
+    `probabilities`. A file in QDQ form is judged by the `onnx-qdq` tolerance profile."""
+    from mobilenet_zoo.formats.onnx import _float, _qdq, _reader
 
     path = Path(path)
-    return _float.load_runner(path, _reader.runner_head(path) if path.is_file() else None)
+    loaded = _float.load_runner(path, _reader.runner_head(path) if path.is_file() else None, threads=threads)
+    if loaded.quantized and _qdq.is_qdq(loaded):
+        loaded.tolerance_profile = QDQ_PROFILE
+    return loaded
+
+
+@sniffer("onnx")
+def content_problem(path: Path) -> str | None:
+    """A ModelProto that parses and holds a graph (protobuf parsing runs nothing); without onnx installed, its first
+    field (ir_version)."""
+    from mobilenet_zoo.formats._signatures import head
+
+    try:
+        import onnx
+    except ImportError:
+        return None if head(path, 1) == b"\x08" else "not an ONNX model (no ONNX model header)"
+    from google.protobuf.message import DecodeError
+
+    try:
+        model = onnx.ModelProto.FromString(path.read_bytes())
+    except (DecodeError, ValueError, RuntimeError):
+        return "not an ONNX model (does not parse as an ONNX ModelProto)"
+    return None if model.ir_version > 0 and len(model.graph.node) > 0 else "not an ONNX model (no graph in it)"
 
 
 __getattr__ = private_getattr(__name__, "_float", "_exact", "_qdq", "_reader")

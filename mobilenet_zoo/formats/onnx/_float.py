@@ -63,11 +63,14 @@ def write(
     return save_checked(build_model(model, layout=layout, opset=opset), Path(out))
 
 
-def load_runner(path: Path, head: tuple[bytes, dict[str, str]] | None = None) -> OnnxRunner:
+def load_runner(
+    path: Path, head: tuple[bytes, dict[str, str]] | None = None, *, threads: int | None = None
+) -> OnnxRunner:
     """An onnxruntime session (CPU) that takes NHWC batches whatever the file's input layout; `head`: the graph
-    with a dense head's tensors as outputs and their Runner names (the reader's `runner_head`)."""
+    with a dense head's tensors as outputs and their Runner names (the reader's `runner_head`); `threads`: the
+    session's intra-op thread count."""
     source = head[0] if head else str(path)
-    return OnnxRunner(cpu_session(source, name=path), aliases=head[1] if head else {}, source=source)
+    return OnnxRunner(cpu_session(source, threads, name=path), aliases=head[1] if head else {}, source=source)
 
 
 def cpu_session(source: str | bytes, threads: int | None = None, *, name: str | Path | None = None):
@@ -94,6 +97,7 @@ class OnnxRunner:
     resolution: int | None = field(init=False)
     aliases: dict[str, str] = field(default_factory=dict)  # Runner name by output name (a dense head's outputs)
     source: str | bytes | None = None  # the model file or serialized model the session was made of
+    tolerance_profile: str | None = None  # "onnx-qdq" for a file in QDQ form (set by the format's runner)
 
     def __post_init__(self) -> None:
         model_input = self.session.get_inputs()[0]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mobilenet_zoo.formats import FormatSpec, private_getattr, reader, register_format, runner, writer
+from mobilenet_zoo.formats import FormatSpec, private_getattr, reader, register_format, runner, sniffer, writer
 
 SPEC = register_format(
     FormatSpec(
@@ -72,6 +72,29 @@ def load_runner(path: Path):
 
     path = Path(path)
     return _quant.load_runner(path) if _quantized_saved_model(path) else _slim.load_runner(path)
+
+
+def slim_session(model, **options):
+    """A TF1 session holding slim's own graph with `model`'s weights (checkpoint, frozen graph, eval graph, TFLite):
+    what the release's files are made of (`mobilenet_zoo.testing.tarball` builds official-layout tarballs with it)."""
+    from mobilenet_zoo.formats.tensorflow import _slim
+
+    return _slim.slim_session(model, **options)
+
+
+@sniffer("tf")
+def content_problem(path: Path) -> str | None:
+    """A GraphDef that parses and has nodes; a lone checkpoint file is no model."""
+    from mobilenet_zoo.errors import ModelFormatError
+    from mobilenet_zoo.formats.tensorflow._graphdef import read_graph_def
+
+    if not path.name.lower().endswith(".pb"):
+        return "not a TensorFlow GraphDef (a checkpoint file alone is no model: use the tarball)"
+    try:
+        graph_def = read_graph_def(path)
+    except ModelFormatError:
+        return "not a TensorFlow GraphDef (does not parse as a GraphDef)"
+    return None if len(graph_def.node) > 0 else "not a TensorFlow GraphDef (no nodes in it)"
 
 
 __getattr__ = private_getattr(__name__, "_slim", "_quant", "_graphdef")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mobilenet_zoo.formats import FormatSpec, private_getattr, reader, register_format, runner, writer
+from mobilenet_zoo.formats import FormatSpec, private_getattr, reader, register_format, runner, sniffer, writer
 
 SPEC = register_format(
     FormatSpec(
@@ -47,6 +47,14 @@ def load_runner(path: Path, *, xnnpack: bool = False):
     from mobilenet_zoo.formats.tflite import _flatbuffer
 
     return _flatbuffer.load_runner(Path(path), xnnpack=xnnpack)
+
+
+@sniffer("tflite")
+def content_problem(path: Path) -> str | None:
+    """A flatbuffer with TFLite's file identifier (bytes 4..8)."""
+    from mobilenet_zoo.formats._signatures import head
+
+    return None if head(path, 4, 4) == b"TFL3" else "not a TFLite model (no TFL3 file identifier)"
 
 
 __getattr__ = private_getattr(__name__, "_flatbuffer")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mobilenet_zoo.formats import FormatSpec, private_getattr, reader, register_format, runner, writer
+from mobilenet_zoo.formats import FormatSpec, private_getattr, reader, register_format, runner, sniffer, writer
 
 SPEC = register_format(
     FormatSpec(
@@ -65,6 +65,18 @@ def load_runner(path: Path):
 
     path = Path(path)
     return _quant.load_runner(path) if _folder.is_quantized(path) else _folder.load_runner(path)
+
+
+@sniffer("torch")
+def content_problem(path: Path) -> str | None:
+    """A `.pt2`/`.pt` zip archive, or a `.safetensors` file with its JSON header (nothing is unpickled)."""
+    from mobilenet_zoo.formats._signatures import safetensors_problem, zip_problem
+
+    if path.name.lower().endswith(".safetensors"):
+        problem = safetensors_problem(path)
+        return f"not a safetensors file ({problem})" if problem else None
+    problem = zip_problem(path)
+    return f"not a PyTorch archive ({problem})" if problem else None
 
 
 __getattr__ = private_getattr(__name__, "_folder", "_quant", "_module")
