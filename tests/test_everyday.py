@@ -99,6 +99,12 @@ def test_2_all_formats_includes_keras_for_a_float_model(cli, tmp_path):
     code, _, err = cli("convert", source, "--all-formats", "-o", out)
     assert code == 1 and "mobilenet_v1_0.25_128.keras exists" in one_error_line(err)
     assert sorted(p.name for p in out.iterdir()) == ["mobilenet_v1_0.25_128.keras"]
+    # with feature outputs Keras cannot hold the model: left out with a note (the ONNX target then collides)
+    (out / "mobilenet_v1_0.25_128_f5.onnx").write_bytes(b"somebody's file")
+    code, _, err = cli("convert", source, "--all-formats", "--features", "5", "-o", out)
+    note, error = err.strip().splitlines()
+    assert note.startswith("--all-formats: no keras target: ") and "without feature outputs" in note
+    assert code == 1 and error.startswith("error: ") and "mobilenet_v1_0.25_128_f5.onnx exists" in error
 
 
 # 3 ----------------------------------------------------------------------------------------------------------------

@@ -47,8 +47,8 @@ def list_command(
     """List the zoo's variants with published and computed MACs, parameters and accuracy."""
     sort = choice("--sort", sort, SORT_FIELDS, what="sort key")
     zoo = load_registry(registry)
-    filters = {"quant": quant, "alpha": alpha, "resolution": resolution, "max_macs": max_macs, "min_top1": min_top1}
-    variants = filter_variants(zoo, *filters.values())
+    filters = {"quantized": quant, "alpha": alpha, "resolution": resolution, "max_macs": max_macs, "min_top1": min_top1}
+    variants = filter_variants(zoo, **filters)
     variants.sort(key=_sort_key(sort), reverse=reverse)
     if as_json:
         print_json([v.as_dict() for v in variants])
@@ -81,9 +81,8 @@ def list_command(
 
 def _why_empty(zoo: list[Variant], filters: dict) -> str:
     """Why no variant passes the filters: the one filter nothing passes, with the values there are."""
-    given = {key: value for key, value in filters.items() if value is not None}
-    for key, value in given.items():
-        if not filter_variants(zoo, **{_FILTER_ARGUMENTS[key]: value}):
+    for key, value in filters.items():
+        if value is not None and not filter_variants(zoo, **{key: value}):
             return _EMPTY_BECAUSE[key](value, zoo)
     return "no variant passes all of these filters (each alone matches some)"
 
@@ -92,15 +91,8 @@ def _macs(v: Variant) -> float:
     return v.published.macs_millions if v.published else v.computed_macs_millions
 
 
-_FILTER_ARGUMENTS = {
-    "quant": "quantized",
-    "alpha": "alpha",
-    "resolution": "resolution",
-    "max_macs": "max_macs",
-    "min_top1": "min_top1",
-}
-_EMPTY_BECAUSE = {
-    "quant": lambda value, zoo: f"no variant is {'quantized' if value else 'float'}",
+_EMPTY_BECAUSE = {  # filter_variants' argument -> why nothing passes it
+    "quantized": lambda value, zoo: f"no variant is {'quantized' if value else 'float'}",
     "alpha": lambda value, zoo: (
         f"no variant has alpha {value}; alphas: {', '.join(map(str, sorted({v.alpha for v in zoo})))}"
     ),
@@ -144,22 +136,25 @@ def info_command(
         return
     table = Table(show_header=False, title=variant.name)
     table.add_column(style="bold", no_wrap=True)
-    table.add_column(overflow="fold")  # URLs and hashes wrap whole, never cut
+    table.add_column(overflow="fold")  # a URL or hash longer than the cell goes on in the next line, never cut
     for key, value in _human_info(data).items():
         table.add_row(key, value)
     console.print(table, highlight=False)
 
 
 def _human_info(data: dict) -> dict[str, str]:
-    """`info`'s fields as a person reads them: yes/no, MB, "-" for unknown, the cache state in words."""
-    rows = {key: human(value) for key, value in data.items() if key not in ("size", "computed", "published", "cache")}
-    rows["size"] = human(data["size"], unit="bytes")
-    for key in ("computed", "published"):
-        figures = data[key]
-        rows[key] = "-" if figures is None else _figures(figures)
-    rows["cache"] = _cache_words(data["cache"])
-    order = [key for key in data if key in rows]
-    return {key: rows[key] for key in order}
+    """`info`'s fields as a person reads them: yes/no, MB, "-" for unknown, the figures and cache state in words."""
+    rows = {}
+    for key, value in data.items():
+        if key == "size":
+            rows[key] = human(value, unit="bytes")
+        elif key in ("computed", "published"):
+            rows[key] = _figures(value) if value else "-"
+        elif key == "cache":
+            rows[key] = _cache_words(value)
+        else:
+            rows[key] = human(value)
+    return rows
 
 
 def _figures(figures: dict) -> str:

@@ -153,7 +153,7 @@ def convert_command(
                 written.extend(
                     convert(
                         source,
-                        formats or _all_formats(source.model.config.quantized or bool(quantize)),
+                        formats or _all_formats(source.model, build),
                         output,
                         options,
                         build,
@@ -191,11 +191,29 @@ def _target_formats(to: list[str]) -> list[str]:
     return list(dict.fromkeys(formats))
 
 
-def _all_formats(quantized: bool) -> list[str]:
-    """`--all-formats`: every registered format that can hold the model (Keras has no uint8 models)."""
-    from mobilenet_zoo.formats import can_write, names
+def _all_formats(model, build) -> list[str]:
+    """`--all-formats`: every registered format that can hold `model` built as `build` says."""
+    return _writable_formats(model.config.quantized or bool(build.quantize), model.with_backbone(build.backbone))
 
-    return [name for name in names() if can_write(name, quantized)]
+
+def _writable_formats(quantized: bool, probe=None) -> list[str]:
+    """The formats that write uint8 (or float) models and, when a format checks more (Keras: no feature outputs,
+    no dilation), accept the model `probe`; a format left out says why in a note."""
+    from mobilenet_zoo.errors import ModelFormatError
+    from mobilenet_zoo.formats import can_write, format_module, names
+    from mobilenet_zoo.output import note
+
+    chosen = []
+    for name in (name for name in names() if can_write(name, quantized)):
+        check = getattr(format_module(name), "check_writable", None)
+        try:
+            if check is not None and probe is not None:
+                check(probe)
+        except ModelFormatError as exc:
+            note(f"--all-formats: no {name} target: {exc}")
+            continue
+        chosen.append(name)
+    return chosen
 
 
 def _convert_on_ray(names, formats, output, ray_address, registry, mirror, options, build):
@@ -203,7 +221,7 @@ def _convert_on_ray(names, formats, output, ray_address, registry, mirror, optio
     from mobilenet_zoo.distributed import convert_many
 
     if formats is None:
-        batches = _by_precision(names, registry, bool(build.quantize))
+        batches = _by_precision(names, registry, build)
     else:
         batches = [(names, formats)]
     written = []
@@ -222,20 +240,25 @@ def _convert_on_ray(names, formats, output, ray_address, registry, mirror, optio
     return written
 
 
-def _by_precision(names: list[str], registry, quantize: bool) -> list[tuple[list[str], list[str]]]:
-    """(names, formats) batches for `--all-formats` on Ray: a registry variant's precision is known without
-    opening it; anything else gets the formats that hold both float and uint8 models."""
+def _by_precision(names: list[str], registry, build) -> list[tuple[list[str], list[str]]]:
+    """(names, formats) batches for `--all-formats` on Ray, without reading the models on the driver: a registry
+    variant's formats are asked with a stand-in of its architecture (random weights); anything else gets the
+    formats that hold both float and uint8 models."""
+    from dataclasses import replace
+
+    from mobilenet_zoo.model import random_model
     from mobilenet_zoo.sources import REGISTRY, resolve
     from mobilenet_zoo.variants import load_registry
 
     zoo, batches = load_registry(registry), {}
     for name in names:
         named = resolve(name, registry=registry)
-        quantized = True if quantize else zoo.get(named.text).quantized if named.kind == REGISTRY else None
-        if quantized is None:
-            formats = [fmt for fmt in _all_formats(False) if fmt in _all_formats(True)]
+        if named.kind == REGISTRY:
+            config = zoo.get(named.text).config
+            probe = random_model(replace(config, quantized=False)).with_backbone(build.backbone)
+            formats = _writable_formats(config.quantized or bool(build.quantize), probe)
         else:
-            formats = _all_formats(quantized)
+            formats = [fmt for fmt in _writable_formats(False) if fmt in _writable_formats(True)]
         batches.setdefault(tuple(formats), []).append(name)
     return [(batch, list(formats)) for formats, batch in batches.items()]
 

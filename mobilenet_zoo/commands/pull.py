@@ -11,7 +11,7 @@ from rich.table import Table
 
 from mobilenet_zoo.commands import completion
 from mobilenet_zoo.commands.options import JsonOption, MirrorOption, OfflineOption, RegistryOption
-from mobilenet_zoo.errors import ZooError
+from mobilenet_zoo.errors import ZooError, describe_error
 from mobilenet_zoo.output import console, err_console, plural, print_json
 from mobilenet_zoo.output import quiet as quiet_mode
 
@@ -77,31 +77,35 @@ def pull_command(
     if sha256 and len(variants) != 1:
         raise ZooError("--sha256 pins one tarball: name exactly one variant")
     quiet = quiet or quiet_mode()
-    rows, failed = [], []
-    for variant in variants:
-        try:
-            result = _pull_one(variant, mirror, sha256, quiet, as_json)
-        except (ZooError, OSError) as error:
-            if len(variants) == 1:
-                raise
-            failed.append(variant.name)
-            rows.append({"name": variant.name, "error": _reason(error)})
-            err_console.print(f"failed {variant.name}: {_reason(error)}", highlight=False, soft_wrap=True, markup=False)
-            continue
-        rows.append(result.as_dict())
-        if quiet:
-            print(result.path)
-        elif not as_json:
-            status = "[green]pulled[/green]" if result.downloaded else "[dim]cached[/dim]"
-            console.print(f"{status} {result.name} {result.path}", highlight=False, soft_wrap=True)
+    rows = [_pull_and_print(variant, mirror, sha256, quiet, as_json, alone=len(variants) == 1) for variant in variants]
     if as_json:
         print_json(rows)
+    failed = [row["name"] for row in rows if "error" in row]
     if failed:
         pulled = sum(1 for row in rows if row.get("downloaded"))
         raise ZooError(
             f"{len(failed)} of {plural(len(variants), 'variant')} failed to pull ({', '.join(failed)}); "
             f"{pulled} pulled, {len(variants) - len(failed) - pulled} cached"
         )
+
+
+def _pull_and_print(variant, mirror: Optional[str], sha256: Optional[str], quiet: bool, as_json: bool, alone: bool):
+    """Pull one variant and print its line: `pulled|cached NAME PATH` (under -q its path), or `failed NAME: why` on
+    stderr; returns its JSON row (with "error" when it failed). A variant pulled `alone` raises its error."""
+    try:
+        result = _pull_one(variant, mirror, sha256, quiet, as_json)
+    except (ZooError, OSError) as error:
+        if alone:
+            raise
+        reason = describe_error(error)[0]
+        err_console.print(f"failed {variant.name}: {reason}", highlight=False, soft_wrap=True, markup=False)
+        return {"name": variant.name, "error": reason}
+    if quiet:
+        print(result.path)
+    elif not as_json:
+        status = "[green]pulled[/green]" if result.downloaded else "[dim]cached[/dim]"
+        console.print(f"{status} {result.name} {result.path}", highlight=False, soft_wrap=True)
+    return result.as_dict()
 
 
 def _pull_one(variant, mirror: Optional[str], sha256: Optional[str], quiet: bool, as_json: bool):
@@ -111,12 +115,6 @@ def _pull_one(variant, mirror: Optional[str], sha256: Optional[str], quiet: bool
     with _progress_bar(disabled=quiet or as_json) as bar:
         progress = _reporter(bar, variant.filename)
         return pull_variant(variant, mirror=mirror, sha256=sha256, progress=progress, quiet=quiet or None)
-
-
-def _reason(error: BaseException) -> str:
-    from mobilenet_zoo.errors import describe_error
-
-    return describe_error(error)[0]
 
 
 @cache_app.command("path")
