@@ -119,13 +119,15 @@ def predict(
     registry_file: PathLike | None = None,
     mirror: str | None = None,
 ) -> list[Prediction]:
-    """Top-k classes of each image (default: the bundled photos) with any model, slim eval preprocessing."""
+    """Top-k classes of each image (default: the bundled photos) with any model, slim eval preprocessing; classes
+    are named by the model's own labels, a registry entry's `labels:`, else ImageNet's."""
     from mobilenet_zoo.prediction import predict as _predict
     from mobilenet_zoo.prediction import recorded_classes, runner_for
     from mobilenet_zoo.samples import resolve_images
 
     runner = runner_for(str(model), registry_file, mirror)
-    return _predict(runner, resolve_images([Path(p) for p in images or []]), top_k, classes=recorded_classes(model))
+    classes = recorded_classes(model, registry_file)
+    return _predict(runner, resolve_images([Path(p) for p in images or []]), top_k, classes=classes)
 
 
 def pull(

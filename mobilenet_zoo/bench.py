@@ -37,7 +37,7 @@ import numpy as np
 
 from mobilenet_zoo.arch import ModelConfig, count_macs
 from mobilenet_zoo.deps import available, require
-from mobilenet_zoo.errors import ZooError
+from mobilenet_zoo.errors import ZooError, unknown_choice
 from mobilenet_zoo.formats import detect_format, load_runner
 
 
@@ -158,7 +158,7 @@ def bench(
     known = registered_runtimes()
     unknown = [r for r in runtimes or [] if r not in known]
     if unknown:
-        raise ZooError(f"unknown runtime {unknown[0]!r}; choose from {', '.join(known)}")
+        raise unknown_choice("runtime", unknown[0], tuple(known), "--runtimes")
     if not batches or min(batches) < 1:
         raise ZooError("batch sizes must be positive integers")
     if threads is not None and threads < 1:

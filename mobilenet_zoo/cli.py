@@ -2,7 +2,8 @@
 
 Each command group lives in `mobilenet_zoo/commands/` and registers itself on `app`. Commands raise
 `ZooError`; `main()` turns any exception into one line on stderr and an exit code through the table in
-`mobilenet_zoo.errors` (`ERROR_MAPPINGS`). Nothing here imports a framework: commands import what they need
+`mobilenet_zoo.errors` (`ERROR_MAPPINGS`); click's usage errors are one line too (`commands.usage.ZooGroup`, which
+also accepts the global flags after the command). Nothing here imports a framework: commands import what they need
 inside their function bodies.
 """
 
@@ -20,9 +21,11 @@ import typer
 
 from mobilenet_zoo import __version__
 from mobilenet_zoo.commands import bench, browse, evaluate, models, pull
+from mobilenet_zoo.commands.usage import ZooGroup
 from mobilenet_zoo.errors import EXIT_INTERRUPTED, Terminated, debug_enabled, describe_error
 
 app = typer.Typer(
+    cls=ZooGroup,  # -q, -v, --debug anywhere on the line; usage errors as one line
     name="mobilenet-zoo",
     help="MobileNet V1 model zoo: list, pull, convert (TF, PyTorch, ONNX, TFLite) and verify parity.",
     no_args_is_help=True,

@@ -5,7 +5,8 @@ Exit codes of the `mobilenet-zoo` command:
     0    success
     1    an error: bad input, a failed download, a corrupt archive, a file that cannot be written, or an
          unexpected error (a bug: `MOBILENET_ZOO_DEBUG=1` shows its traceback)
-    2    a usage error reported by the command-line parser (unknown option, missing argument)
+    2    a usage error: an unknown option or a missing argument, or a mistyped value (a variant, format, sort key
+         or runtime that does not exist; the line suggests the closest name)
     3    an optional dependency is missing (the message names the extra to install)
     4    a parity check failed (`verify`, `convert --verify`, `demo`)
     130  interrupted (Ctrl-C)
@@ -37,7 +38,11 @@ class ZooError(Exception):
     """A user-facing error: its message is the whole story."""
 
 
-class UnknownVariantError(ZooError):
+class UsageError(ZooError):
+    """A value the user mistyped on the command line (a format, sort key, runtime... that does not exist)."""
+
+
+class UnknownVariantError(UsageError):
     """A name that matches no registry entry."""
 
 
@@ -103,11 +108,25 @@ def _first_line(error: BaseException) -> str:
 ERROR_MAPPINGS: tuple[ErrorMapping, ...] = (
     ErrorMapping(MissingDependencyError, str, EXIT_MISSING_DEPENDENCY),
     ErrorMapping(VerificationError, str, EXIT_PARITY),
+    ErrorMapping(UsageError, str, EXIT_USAGE),
     ErrorMapping(ZooError, str, EXIT_ERROR),
     ErrorMapping(Terminated, lambda _: "terminated", EXIT_TERMINATED),
     ErrorMapping(KeyboardInterrupt, lambda _: "interrupted", EXIT_INTERRUPTED),
     ErrorMapping(OSError, _os_error, EXIT_ERROR),
 )
+
+
+def unknown_choice(what: str, value: str, choices: tuple[str, ...], option: str | None = None) -> UsageError:
+    """`unknown WHAT 'VALUE' for OPTION; did you mean X? (choose from A, B, C)`, naming the closest choices (all
+    that are as close: `top1 or top5`) when any is close."""
+    from difflib import SequenceMatcher
+
+    scores = {choice: SequenceMatcher(None, str(value).lower(), choice.lower()).ratio() for choice in choices}
+    best = max(scores.values(), default=0.0)
+    closest = [choice for choice, score in scores.items() if score == best] if best >= 0.6 else []
+    where = f" for {option}" if option else ""
+    hint = f"; did you mean {' or '.join(closest)}?" if closest else ""
+    return UsageError(f"unknown {what} {value!r}{where}{hint} (choose from {', '.join(choices)})")
 
 
 def describe_error(error: BaseException, traceback_shown: bool = False) -> tuple[str, int]:

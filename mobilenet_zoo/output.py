@@ -61,23 +61,25 @@ def rule(title: str) -> None:
     if console.is_terminal:
         console.rule(title)
     else:
-        console.print(f"== {title}", highlight=False)
+        console.print(f"== {title}", highlight=False, soft_wrap=True)
 
 
 def note(message: str) -> None:
     """A line on stderr for the user (not under -q)."""
     if not quiet():
-        err_console.print(message, highlight=False)
+        err_console.print(message, highlight=False, soft_wrap=True)
 
 
 def _console(stderr: bool = False) -> Console:
-    """A rich console; when the stream is not a terminal (a pipe, a file), lines are never cut or wrapped."""
+    """A rich console; when the stream is not a terminal (a pipe, a file), tables (their titles and captions too) are
+    at most PIPED_WIDTH columns wide unless $COLUMNS says otherwise, long cells folded. Plain lines that must stay
+    whole (paths, one result per line) are printed with `soft_wrap=True`."""
     stream = sys.stderr if stderr else sys.stdout
     piped = not stream.isatty() and "COLUMNS" not in os.environ
-    return Console(stderr=stderr, width=PIPED_WIDTH if piped else None, soft_wrap=piped)
+    return Console(stderr=stderr, width=PIPED_WIDTH if piped else None)
 
 
-PIPED_WIDTH = 1000  # wide enough for any row: a pipe gets whole lines
+PIPED_WIDTH = 100  # a table in a pipe or a log file: readable in an editor or a CI log
 console = _console()
 err_console = _console(stderr=True)
 
@@ -85,6 +87,31 @@ err_console = _console(stderr=True)
 def print_json(data: Any) -> None:
     """JSON on stdout, plain (no colour codes) so scripts can parse it."""
     sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+
+
+def plural(count: int, noun: str, plural_form: str | None = None) -> str:
+    """`1 image`, `2 images` (`plural_form` for irregular nouns)."""
+    return f"{count} {noun if count == 1 else plural_form or noun + 's'}"
+
+
+def human(value: Any, unit: str | None = None) -> str:
+    """A value as a person reads it: yes/no, '-' for unknown, a list one per line, bytes as kB/MB/GB (`unit="bytes"`)."""
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, list):
+        return "\n".join(map(str, value))
+    if unit == "bytes":
+        return _bytes(value)
+    return fmt(value, None)
+
+
+def _bytes(size: int) -> str:
+    for limit, name in ((1e9, "GB"), (1e6, "MB"), (1e3, "kB")):
+        if size >= limit:
+            return f"{size / limit:.1f} {name}"
+    return plural(size, "byte")
 
 
 def fmt(value: Any, digits: int | None = 1) -> str:

@@ -57,16 +57,25 @@ def _is_model_file(path: Path) -> bool:
     return path.is_dir() and not (path / "mobilenet_zoo.json").exists() and not any(path.glob("*_info.txt"))
 
 
-def recorded_classes(model: str | Path) -> Classes | None:
-    """What a model file says its outputs mean (`MobileNetV1Model.classes`); None for what it cannot tell
-    (registry names and tarballs are the official ImageNet models)."""
+def recorded_classes(model: str | Path, registry: Path | None = None) -> Classes | None:
+    """What a model says its outputs mean: a model file's own record (`MobileNetV1Model.classes`), a registry
+    entry's labels file; None for what cannot tell (official names and tarballs are the ImageNet models)."""
     path = Path(model).expanduser()
     if not _is_model_file(path):
-        return None
+        return None if path.exists() else _registry_classes(str(model), registry)
     try:
         return format_module(detect_format(path)).read(path).classes
     except ModelFormatError:  # a model that runs but that our readers do not map (its runner said so already)
         return None
+
+
+def _registry_classes(name: str, registry: Path | None) -> Classes | None:
+    """The class names of a registry entry's `labels:` file (a team's own model), else None."""
+    from mobilenet_zoo.labels import read_labels_file
+    from mobilenet_zoo.variants import load_registry
+
+    variant = load_registry(registry).get(name)
+    return Classes(background=False, labels=read_labels_file(variant.labels)) if variant.labels else None
 
 
 def class_names(classes: Classes | None, num_classes: int) -> tuple[str, ...]:

@@ -183,8 +183,9 @@ class Registry:
             for variant in self.variants.values():
                 if (variant.alpha, variant.resolution, variant.quantized) == (alpha, resolution, quant):
                     return variant
-        close = difflib.get_close_matches(key.lower(), list(self.variants), n=1, cutoff=0.5)
-        hint = f"; did you mean {close[0]}?" if close else "; see `mobilenet-zoo list`"
+        short = {name.lower().removeprefix("mobilenet_v1_"): name for name in self.variants}  # "1.0_224" too
+        close = difflib.get_close_matches(key.lower(), [*self.variants, *short], n=1, cutoff=0.5)
+        hint = f"; did you mean {short.get(close[0], close[0])}?" if close else "; see `mobilenet-zoo list`"
         raise UnknownVariantError(f"unknown variant {name!r}{hint}")
 
     def names(self) -> list[str]:

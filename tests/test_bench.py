@@ -117,7 +117,7 @@ def test_a_broken_model_is_refused_before_it_is_measured(tmp_path, cli):
 def test_bad_options_are_one_line_errors(cli):
     assert (
         cli("bench", str(REAL_QUANT), "--runtimes", "tensorrt")[2]
-        == f"error: unknown runtime 'tensorrt'; choose from {', '.join(RUNTIMES)}\n"
+        == f"error: unknown runtime 'tensorrt' for --runtimes (choose from {', '.join(RUNTIMES)})\n"
     )
     assert "--batch takes integers" in cli("bench", str(REAL_QUANT), "--batch", "one")[2]
 

@@ -126,8 +126,8 @@ def test_hugging_face_transformers_loads_the_torch_folder(converted):
         (["convert", "no/such/model.onnx", "--to", "onnx"], "no such file or folder: no/such/model.onnx", 1),
         (
             ["convert", "tests/data/mobilenet_v1_0.5_160_quant.tflite", "--to", "caffe"],
-            "unknown target format 'caffe'",
-            1,
+            "unknown format 'caffe' for --to",
+            2,
         ),
         (["convert", "tests/data/mobilenet_v1_0.5_160_quant.tflite"], "say which format to write", 1),
         (
@@ -135,7 +135,7 @@ def test_hugging_face_transformers_loads_the_torch_folder(converted):
             "no reference is recorded in tests/data/mobilenet_zoo.json",
             1,
         ),
-        (["predict", "mobilenet_v1_0.3_224", "tests/data/bird.bmp"], "unknown variant 'mobilenet_v1_0.3_224'", 1),
+        (["predict", "mobilenet_v1_0.3_224", "tests/data/bird.bmp"], "unknown variant 'mobilenet_v1_0.3_224'", 2),
     ],
 )
 def test_bad_input_is_one_clear_line(args, message, code):

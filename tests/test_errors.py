@@ -21,6 +21,8 @@ from mobilenet_zoo.errors import (
     MissingDependencyError,
     ModelFormatError,
     OfflineError,
+    UnknownVariantError,
+    UsageError,
     VerificationError,
     ZooError,
     describe_error,
@@ -40,6 +42,7 @@ HINT = f"(set {DEBUG_ENV}=1 for the traceback)"
         (ModelFormatError("m.onnx: not a MobileNet V1 graph"), "m.onnx: not a MobileNet V1 graph", 1),
         (MissingDependencyError("ONNX is not installed"), "ONNX is not installed", 3),
         (VerificationError("1 of 1 targets failed parity"), "1 of 1 targets failed parity", 4),
+        (UnknownVariantError("unknown variant 'x'"), "unknown variant 'x'", 2),
         (KeyboardInterrupt(), "interrupted", 130),
         (PermissionError(errno.EACCES, "Permission denied", "/out/m.onnx"), "/out/m.onnx: permission denied", 1),
         (OSError(errno.ENOSPC, "No space left on device", "/out/m.onnx"), "/out/m.onnx: no space left on device", 1),
@@ -52,10 +55,11 @@ def test_the_table_gives_one_line_and_the_exit_code_of_each_kind(error, message,
     assert "\n" not in line
 
 
-def test_the_codes_are_distinct_from_clicks_usage_error():
+def test_the_codes_are_distinct_and_a_mistyped_value_is_a_usage_error_like_clicks():
     codes = {mapping.type: mapping.exit_code for mapping in ERROR_MAPPINGS}
     assert codes[VerificationError] == 4 and codes[MissingDependencyError] == 3 and codes[ZooError] == 1
-    assert 2 not in codes.values()
+    assert [kind for kind, code in codes.items() if code == 2] == [UsageError]
+    assert issubclass(UnknownVariantError, UsageError)
 
 
 def run_python(code: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
@@ -101,7 +105,8 @@ def test_a_usage_error_keeps_clicks_code_2():
         cwd=ROOT,
         timeout=120,
     )
-    assert result.returncode == 2 and "No such option" in result.stderr
+    assert result.returncode == 2
+    assert result.stderr == "error: No such option: --no-such-option (see `mobilenet-zoo pull --help`)\n"
 
 
 def test_a_missing_optional_dependency_exits_3(tmp_path):

@@ -126,7 +126,7 @@ def test_a_new_format_folder_appears_everywhere(dummy_format, tmp_path, cli):
     source = write_onnx(random_model(ModelConfig(0.25, 128), seed=5), tmp_path / "source.onnx")
     code, out, err = cli("convert", source, "--to", "dummy", "-o", tmp_path / "out", "--json")
     assert code == 0, err
-    [written] = [Path(row["path"]) for row in json.loads(out)]
+    [written] = [Path(row["path"]) for row in json.loads(out)["written"]]
     assert written.name == "mobilenet_v1_0.25_128.dummy"
     code, out, err = cli("verify", tmp_path / "out", "--source", source, "--random", "2", "--json")
     assert code == 0, err

@@ -102,7 +102,7 @@ def test_official_tarball_converts_and_verifies_without_tensorflow(tmp_path, off
     )
     assert process.returncode == 0, process.stderr
     assert (report["code"], report["tensorflow"]) == (0, False)
-    targets = json.loads(process.stdout)["targets"]
+    targets = json.loads(process.stdout)["verify"]["targets"]
     assert [Path(t["target"]).name for t in targets] == [f"{SMALL.name}.onnx", f"{SMALL.name}_torch"]
     for target in targets:
         assert target["passed"] and target["max_abs_logits"] <= 1e-4 and target["top5_agreement"] == 1.0
@@ -116,7 +116,7 @@ def test_tensorflow_installed_keeps_the_frozen_graph_as_reference(tmp_path, offi
     tarball = official_tarball(SMALL.alpha, SMALL.resolution)
     process, _ = run_cli(tmp_path, "convert", tarball, "--to", "onnx", "-o", tmp_path / "out", "--verify", "--json")
     assert process.returncode == 0, process.stderr
-    (target,) = json.loads(process.stdout)["targets"]
+    (target,) = json.loads(process.stdout)["verify"]["targets"]
     assert target["passed"] and target["reference"].endswith(f"{SMALL.name}_frozen.pb")
 
 

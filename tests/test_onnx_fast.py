@@ -435,7 +435,7 @@ def test_cli_convert_quant_format_qdq_with_verify(cli, tmp_path):
         "--json",
     )
     assert code == 0, stderr
-    (target,) = json.loads(stdout)["targets"]
+    (target,) = json.loads(stdout)["verify"]["targets"]
     assert target["format"] == ONNX_QDQ and target["passed"] and target["max_lsb"] <= QDQ_MAX_LSB
     assert target["xnnpack_lsb"] is not None
     metadata = {prop.key: prop.value for prop in onnx.load(str(out / "mobilenet_v1_0.5_160_quant.onnx")).metadata_props}
@@ -457,5 +457,6 @@ def test_cli_refuses_an_unknown_quant_format(cli, tmp_path):
     code, _stdout, stderr = cli(
         "convert", model_path("0.25_128"), "--to", "onnx", "--quant-format", "int4", "-o", tmp_path / "out"
     )
-    assert code == 1 and stderr.startswith("error: --quant-format") and len(stderr.strip().splitlines()) == 1
+    assert code == 2 and stderr.startswith("error: unknown quant format 'int4' for --quant-format")
+    assert len(stderr.strip().splitlines()) == 1
     assert not (tmp_path / "out").exists()

@@ -465,12 +465,12 @@ def test_tarball_missing_expected_members(publish, home, tmp_path):
 
 
 def test_unknown_variant(server, home):
-    assert_clean_failure(
-        run_cli("pull", "mobilenet_v1_0.3_128"),
-        home,
-        r"unknown variant 'mobilenet_v1_0\.3_128'; did you mean mobilenet_v1_\S+\?",
+    result = run_cli("pull", "mobilenet_v1_0.3_128")
+    assert result.returncode == 2  # a mistyped name is a usage error
+    assert re.fullmatch(
+        r"error: unknown variant 'mobilenet_v1_0\.3_128'; did you mean mobilenet_v1_\S+\?\n", result.stderr
     )
-    assert server.requests == []
+    assert leftovers(home) == [] and server.requests == []
 
 
 @pytest.mark.parametrize(

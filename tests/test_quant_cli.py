@@ -105,7 +105,7 @@ def test_post_training_quantization_through_the_cli(cli, tmp_path):
         "--json",
     )
     assert code == 0, err
-    reports = json.loads(out)["targets"]
+    reports = json.loads(out)["verify"]["targets"]
     assert {r["format"] for r in reports} == {"onnx", "torch", "tflite"}
     assert all(r["quantized"] and r["reference"].endswith("_quant.tflite (numpy forward pass)") for r in reports)
     assert all(r["max_lsb"] <= 1 for r in reports)

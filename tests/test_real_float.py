@@ -23,7 +23,7 @@ def test_the_readme_backbone_example_passes_verify_on_real_weights(cli, tmp_path
         "convert", realdata(FROZEN_1_0_224), "--to", "onnx", *README_BACKBONE, "-o", tmp_path, "--verify", "--json"
     )
     assert code == 0, err
-    [report] = json.loads(out)["targets"]
+    [report] = json.loads(out)["verify"]["targets"]
     assert report["passed"] and "numpy forward pass" in report["reference"]
     assert set(report["features"]) == {
         "Conv2d_5_pointwise",

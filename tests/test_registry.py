@@ -175,8 +175,12 @@ def test_malformed_user_registry_is_one_clear_line(tmp_path, text, message):
 
 def test_unknown_variant_on_the_command_line():
     result = run_cli("info", "0.3_224")
-    assert result.returncode == 1
-    assert result.stderr.strip().splitlines() == ["error: unknown variant '0.3_224'; see `mobilenet-zoo list`"]
+    assert result.returncode == 2  # a usage error, like click's
+    assert result.stderr.strip().splitlines() == [
+        "error: unknown variant '0.3_224'; did you mean mobilenet_v1_0.5_224?"
+    ]
+    result = run_cli("info", "flowers")
+    assert result.stderr.strip().splitlines() == ["error: unknown variant 'flowers'; see `mobilenet-zoo list`"]
 
 
 @pytest.mark.parametrize("args", [["list"], ["list", "--json"], ["info", "0.5_160"], ["--help"], ["convert", "--help"]])

@@ -10,6 +10,7 @@ import typer
 from rich import box
 from rich.table import Table
 
+from mobilenet_zoo.commands import completion
 from mobilenet_zoo.commands.options import (
     JsonOption,
     MirrorOption,
@@ -19,7 +20,7 @@ from mobilenet_zoo.commands.options import (
     RegistryOption,
 )
 from mobilenet_zoo.errors import ZooError
-from mobilenet_zoo.output import console, err_console, print_json
+from mobilenet_zoo.output import console, err_console, plural, print_json
 
 
 @contextmanager
@@ -42,7 +43,7 @@ def _print_result(result) -> None:
         err_console.print(f"[yellow]skipped[/yellow] {skipped.reason}", soft_wrap=True, highlight=False)
     skipped = f", {len(result.skipped)} skipped" if result.skipped else ""
     console.print(
-        f"[bold]{result.variant or result.model}[/bold] on {result.data}: {result.images} images{skipped}",
+        f"[bold]{result.variant or result.model}[/bold] on {result.data}: {plural(result.images, 'image')}{skipped}",
         soft_wrap=True,
     )
     table = Table(box=box.SIMPLE_HEAD)
@@ -61,7 +62,11 @@ def _print_result(result) -> None:
 
 
 def eval_command(
-    source: str = typer.Argument(..., help="Model file/folder in any format, registry name, or tarball."),
+    source: str = typer.Argument(
+        ...,
+        help="Model file/folder in any format, registry name, or tarball.",
+        autocompletion=completion.variants,
+    ),
     data: Path = typer.Argument(
         ...,
         help="Folder with one subfolder per synset (n01440764/...), or a CSV of `path,label` lines (label 0..1000 or a "

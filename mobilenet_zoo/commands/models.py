@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
-from typing import List, Optional
+from typing import Iterator, List, Optional
 
 import typer
 from rich import box
 from rich.markup import escape
 from rich.table import Table
 
+from mobilenet_zoo.commands import completion
 from mobilenet_zoo.commands.options import (
     JsonOption,
     MirrorOption,
@@ -18,8 +20,9 @@ from mobilenet_zoo.commands.options import (
     RayOption,
     RegistryOption,
 )
+from mobilenet_zoo.commands.usage import choice
 from mobilenet_zoo.errors import VerificationError, ZooError
-from mobilenet_zoo.output import console, print_json
+from mobilenet_zoo.output import console, plural, print_json
 from mobilenet_zoo.output import progress as output_progress
 from mobilenet_zoo.output import rule as output_rule
 from mobilenet_zoo.output import status as output_status
@@ -45,23 +48,34 @@ def _images(paths: list[Path]) -> list[Path]:
 
 def convert_command(
     sources: List[str] = typer.Argument(
-        None, help="Registry names (pulled on demand), tarballs, extracted folders, or model files."
+        None,
+        help="Registry names (pulled on demand), tarballs, extracted folders, or model files.",
+        autocompletion=completion.variants,
     ),
     to: List[str] = typer.Option(
         [],
         "--to",
         help="Target format(s), repeated or comma-separated: onnx, torch, tflite, tf, keras (every registered format).",
+        autocompletion=completion.formats,
     ),
-    all_formats: bool = typer.Option(False, "--all-formats", help="Write every target format."),
+    all_formats: bool = typer.Option(
+        False, "--all-formats", help="Write every target format that holds the model (Keras: float models only)."
+    ),
     all_variants: bool = typer.Option(False, "--all", help="Convert every variant of the registry (pulled on demand)."),
     output: Path = typer.Option(
         Path("."), "-o", "--output", help="Output folder, or a file path for a single source and target."
     ),
-    layout: str = typer.Option("NCHW", "--layout", help="Input layout of ONNX and PyTorch .pt2 files: NCHW or NHWC."),
+    layout: str = typer.Option(
+        "NCHW",
+        "--layout",
+        help="Input layout of ONNX and PyTorch .pt2 files: NCHW or NHWC.",
+        autocompletion=completion.layouts,
+    ),
     quant_format: str = typer.Option(
         "exact",
         "--quant-format",
         help="Quantized ONNX: exact (TFLite's integer arithmetic, bit-exact; the default) or qdq (onnxruntime's quantized kernels: faster, a few LSB off). Float models ignore it.",
+        autocompletion=completion.quant_formats,
     ),
     features: Optional[str] = typer.Option(
         None,
@@ -72,6 +86,7 @@ def convert_command(
         "slim",
         "--pooling",
         help="Head pooling: slim (7x7 stride 2 VALID as released: a map for large inputs) or global.",
+        autocompletion=completion.poolings,
     ),
     output_stride: int = typer.Option(
         32, "--output-stride", help="8, 16 or 32: below 32 the later depthwise convolutions are dilated, as slim does."
@@ -103,60 +118,42 @@ def convert_command(
     """Convert models to ONNX, PyTorch, TFLite, a TensorFlow SavedModel or Keras."""
     from mobilenet_zoo.arch import Backbone
     from mobilenet_zoo.conversion import BuildOptions, convert, names_a_file
-    from mobilenet_zoo.formats import FORMATS
     from mobilenet_zoo.sources import open_source
     from mobilenet_zoo.variants import load_registry
 
     names = [v.name for v in load_registry(registry)] if all_variants else list(sources or [])
     if not names or (all_variants and sources):
         raise ZooError("name the models to convert, or pass --all (not both)")
-    formats = list(FORMATS) if all_formats else _split(to)
-    if not formats:
-        from mobilenet_zoo.formats import names as format_names
-
-        raise ZooError(f"say which format to write: --to {'|'.join(format_names())}, or --all-formats")
+    formats = None if all_formats else _target_formats(to)
     if len(names) > 1 and names_a_file(output):
         raise ZooError(f"-o {output} names one file, but {len(names)} models are converted: give a folder")
-    if layout.upper() not in ("NCHW", "NHWC"):
-        raise ZooError(f"--layout must be NCHW or NHWC, not {layout!r}")
-    if quant_format.lower() not in ("exact", "qdq"):
-        raise ZooError(f"--quant-format must be exact or qdq, not {quant_format!r}")
+    layout = choice("--layout", layout, completion.LAYOUTS)
     options = {
-        "onnx": {"layout": layout.upper(), "quant_format": quant_format.lower()},
-        "torch": {"layout": layout.upper()},
+        "onnx": {"layout": layout, "quant_format": choice("--quant-format", quant_format, completion.QUANT_FORMATS)},
+        "torch": {"layout": layout},
     }
     from mobilenet_zoo.labels import read_labels_file
 
     build = BuildOptions(
-        Backbone(_feature_layers(features), pooling.lower(), output_stride, input_size),
+        Backbone(
+            _feature_layers(features), choice("--pooling", pooling, completion.POOLINGS), output_stride, input_size
+        ),
         quantize,
         calibration,
         read_labels_file(labels) if labels else None,
         backbone_only,
     )
     if ray or ray_address:
-        from mobilenet_zoo.distributed import convert_many
-
-        with output_status(f"converting {len(names)} models on Ray"):
-            written = convert_many(
-                names,
-                formats,
-                output,
-                ray_address,
-                registry=registry,
-                mirror=mirror,
-                format_options=options,
-                build=build,
-            )
+        written = _convert_on_ray(names, formats, output, ray_address, registry, mirror, options, build)
     else:
         written = []
-        with output_progress(len(names) * len(formats), "converting") as advance:
+        with output_progress(len(names) * len(formats) if formats else None, "converting") as advance:
             for name in names:
                 source = open_source(name, registry=registry, mirror=mirror)
                 written.extend(
                     convert(
                         source,
-                        formats,
+                        formats or _all_formats(source.model, build),
                         output,
                         options,
                         build,
@@ -164,15 +161,106 @@ def convert_command(
                         on_written=lambda done: advance(f"{done.format}: {done.path.name}"),
                     )
                 )
+    result = None
     if verify:
-        _verify_and_report(
-            [w.path for w in written], as_json=as_json, use_ray=ray or bool(ray_address), ray_address=ray_address
+        result = _verify_and_report(
+            [w.path for w in written],
+            as_json=as_json,
+            use_ray=ray or bool(ray_address),
+            ray_address=ray_address,
+            printed=not as_json,
         )
-    elif as_json:
-        print_json([{"format": w.format, "path": str(w.path)} for w in written])
-    else:
+    if as_json:
+        written_rows = [{"format": w.format, "path": str(w.path)} for w in written]
+        print_json({"written": written_rows, "verify": result.as_dict() if result else None})
+    elif not verify:
         for w in written:
-            console.print(f"[green]wrote[/green] {w.format:<6} {w.path}")
+            console.print(f"[green]wrote[/green] {w.format:<6} {w.path}", highlight=False, soft_wrap=True)
+    if result is not None and not result.passed:
+        raise VerificationError(result.summary())
+
+
+def _target_formats(to: list[str]) -> list[str]:
+    """The formats `--to` names (repeated or comma-separated), each checked, with a suggestion for a typo."""
+    from mobilenet_zoo.formats import names as format_names
+
+    known = format_names()
+    formats = [choice("--to", name, known, what="format") for name in _split(to)]
+    if not formats:
+        raise ZooError(f"say which format to write: --to {'|'.join(known)}, or --all-formats")
+    return list(dict.fromkeys(formats))
+
+
+def _all_formats(model, build) -> list[str]:
+    """`--all-formats`: every registered format that can hold `model` built as `build` says."""
+    return _writable_formats(model.config.quantized or bool(build.quantize), model.with_backbone(build.backbone))
+
+
+def _writable_formats(quantized: bool, probe=None) -> list[str]:
+    """The formats that write uint8 (or float) models and, when a format checks more (Keras: no feature outputs,
+    no dilation), accept the model `probe`; a format left out says why in a note."""
+    from mobilenet_zoo.errors import ModelFormatError
+    from mobilenet_zoo.formats import can_write, format_module, names
+    from mobilenet_zoo.output import note
+
+    chosen = []
+    for name in (name for name in names() if can_write(name, quantized)):
+        check = getattr(format_module(name), "check_writable", None)
+        try:
+            if check is not None and probe is not None:
+                check(probe)
+        except ModelFormatError as exc:
+            note(f"--all-formats: no {name} target: {exc}")
+            continue
+        chosen.append(name)
+    return chosen
+
+
+def _convert_on_ray(names, formats, output, ray_address, registry, mirror, options, build):
+    """`convert_many` on Ray; with `--all-formats`, the float and the uint8 registry variants as two batches."""
+    from mobilenet_zoo.distributed import convert_many
+
+    if formats is None:
+        batches = _by_precision(names, registry, build)
+    else:
+        batches = [(names, formats)]
+    written = []
+    for batch, batch_formats in batches:
+        with output_status(f"converting {plural(len(batch), 'model')} on Ray"):
+            written += convert_many(
+                batch,
+                batch_formats,
+                output,
+                ray_address,
+                registry=registry,
+                mirror=mirror,
+                format_options=options,
+                build=build,
+            )
+    return written
+
+
+def _by_precision(names: list[str], registry, build) -> list[tuple[list[str], list[str]]]:
+    """(names, formats) batches for `--all-formats` on Ray, without reading the models on the driver: a registry
+    variant's formats are asked with a stand-in of its architecture (random weights); anything else gets the
+    formats that hold both float and uint8 models."""
+    from dataclasses import replace
+
+    from mobilenet_zoo.model import random_model
+    from mobilenet_zoo.sources import REGISTRY, resolve
+    from mobilenet_zoo.variants import load_registry
+
+    zoo, batches = load_registry(registry), {}
+    for name in names:
+        named = resolve(name, registry=registry)
+        if named.kind == REGISTRY:
+            config = zoo.get(named.text).config
+            probe = random_model(replace(config, quantized=False)).with_backbone(build.backbone)
+            formats = _writable_formats(config.quantized or bool(build.quantize), probe)
+        else:
+            formats = [fmt for fmt in _writable_formats(False) if fmt in _writable_formats(True)]
+        batches.setdefault(tuple(formats), []).append(name)
+    return [(batch, list(formats)) for formats, batch in batches.items()]
 
 
 def _parity_table(reports, n_inputs: int) -> Table:
@@ -180,18 +268,17 @@ def _parity_table(reports, n_inputs: int) -> Table:
     from mobilenet_zoo.parity import SELF_REFERENCE
 
     references = sorted({Path(r.reference).name for r in reports})
+    with_features = any(r.features for r in reports)
+    with_xnnpack = any(r.xnnpack_lsb is not None for r in reports)  # the reference's TFLite XNNPACK vs builtin distance
+    xnnpack = "; xnnpack: TFLite's default runtime vs the same reference" if with_xnnpack else ""
     table = Table(
         box=box.SIMPLE_HEAD,
         pad_edge=False,
-        title=escape(f"parity against {', '.join(references)} on {n_inputs} inputs"),
-        caption="max abs differences (Δlogits for float, uint8 LSB for quantized); xnnpack: TFLite's default runtime vs the "
-        "same reference; top-k: share of inputs that agree",
+        title=escape(f"parity against {', '.join(references)} on {plural(n_inputs, 'input')}"),
+        caption=f"max abs differences (Δlogits for float, uint8 LSB for quantized){xnnpack}; "
+        "top-k: share of inputs that agree",
     )
     table.add_column("target", no_wrap=True)
-    with_features = any(r.features for r in reports)
-    with_xnnpack = any(
-        r.xnnpack_lsb is not None for r in reports
-    )  # the reference's own TFLite XNNPACK vs builtin distance
     for header in (
         ("Δ", "Δprob")
         + (("Δfeatures",) if with_features else ())
@@ -223,12 +310,19 @@ def _parity_table(reports, n_inputs: int) -> Table:
 
 
 def _verify_and_report(
-    targets, *, as_json: bool, use_ray: bool = False, ray_address: Optional[str] = None, **options
-) -> None:
-    """Verify targets (see `mobilenet_zoo.parity.verify` for the modes; on Ray, the recorded references),
-    print the report, raise on failure."""
+    targets,
+    *,
+    as_json: bool,
+    use_ray: bool = False,
+    ray_address: Optional[str] = None,
+    printed: bool = True,
+    **options,
+):
+    """Verify targets (see `mobilenet_zoo.parity.verify` for the modes; on Ray, the recorded references); with
+    `printed`, print the report and raise on failure, else return the result for the caller to print."""
     from mobilenet_zoo.parity import VerifyResult, expand_targets, input_names, verify
 
+    _check_targets(targets)
     present, missing = expand_targets(targets)
     if use_ray or ray_address:
         from mobilenet_zoo.distributed import verify_many
@@ -243,18 +337,62 @@ def _verify_and_report(
             options.get("n_random", 8),
             options.get("seed", 0),
         )
-        with output_status(f"verifying {len(present)} targets on Ray"):
+        with output_status(f"verifying {plural(len(present), 'target')} on Ray"):
             reports = verify_many(present, images, n_random, seed, options.get("thresholds"), ray_address)
         result = VerifyResult(input_names(images, n_random), reports, missing)
     else:
         with output_progress(len(present), "verifying") as advance:
             result = verify(targets, progress=advance, **options)
+    if not printed:
+        return result
     if as_json:
         print_json(result.as_dict())
     else:
         console.print(_parity_table(result.reports, len(result.inputs)))
     if not result.passed:
         raise VerificationError(result.summary())
+    return result
+
+
+def _check_targets(targets) -> None:
+    """Refuse, in one line, a folder that is neither an output folder of `convert` nor a model of a known format
+    (a folder of photos, say) before anything looks for its manifest."""
+    from mobilenet_zoo.constants import MANIFEST
+    from mobilenet_zoo.errors import ModelFormatError
+    from mobilenet_zoo.formats import detect_format
+
+    for target in map(Path, targets):
+        if target.is_dir() and not (target / MANIFEST).exists():
+            try:
+                detect_format(target)
+            except ModelFormatError:
+                raise ZooError(
+                    f"{target}: neither an output folder of `convert` nor a model folder of a known format: "
+                    "give the converted models or the folder `convert` wrote them to"
+                ) from None
+
+
+@contextmanager
+def _registry_settings(registry: Optional[Path], mirror: Optional[str]) -> Iterator[None]:
+    """`--registry` and `--mirror` for this run only: set in the environment the reference lookups read (as
+    $MOBILENET_ZOO_REGISTRY and $MOBILENET_ZOO_MIRROR would be), restored afterwards."""
+    import os
+
+    from mobilenet_zoo.constants import MIRROR_ENV, REGISTRY_ENV
+
+    settings = {REGISTRY_ENV: str(registry) if registry else None, MIRROR_ENV: mirror}
+    saved = {name: os.environ.get(name) for name in settings}
+    try:
+        for name, value in settings.items():
+            if value is not None:
+                os.environ[name] = value
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def verify_command(
@@ -262,6 +400,7 @@ def verify_command(
     source: Optional[str] = typer.Option(
         None,
         "--source",
+        autocompletion=completion.variants,
         help="The model the targets were converted from, directly or through a chain of conversions (any format, registry name or tarball): its forward pass is the reference. Default: what convert recorded.",
     ),
     reference: Optional[str] = typer.Option(
@@ -291,6 +430,9 @@ def verify_command(
     ),
     ray: bool = RayOption,
     ray_address: Optional[str] = RayAddressOption,
+    registry: Optional[Path] = RegistryOption,
+    mirror: Optional[str] = MirrorOption,
+    offline: bool = OfflineOption,
     as_json: bool = JsonOption,
 ) -> None:
     """Check converted models against the original's forward pass; exit 4 if any is out of bounds."""
@@ -303,19 +445,20 @@ def verify_command(
         thresholds.feature_lsb = dict.fromkeys(thresholds.feature_lsb, max_lsb)
     if source and reference:
         raise ZooError("give --source or --reference, not both")
-    _verify_and_report(
-        targets,
-        as_json=as_json,
-        source=source,
-        reference=reference,
-        images=list(images) or None,
-        n_random=n_random,
-        seed=seed,
-        thresholds=thresholds,
-        save_reference=save_reference,
-        use_ray=ray or bool(ray_address),
-        ray_address=ray_address,
-    )
+    with _registry_settings(registry, mirror):
+        _verify_and_report(
+            targets,
+            as_json=as_json,
+            source=source,
+            reference=reference,
+            images=list(images) or None,
+            n_random=n_random,
+            seed=seed,
+            thresholds=thresholds,
+            save_reference=save_reference,
+            use_ray=ray or bool(ray_address),
+            ray_address=ray_address,
+        )
 
 
 def _print_predictions(results, as_json: bool) -> None:
@@ -332,7 +475,11 @@ def _print_predictions(results, as_json: bool) -> None:
 
 
 def predict_command(
-    model: str = typer.Argument(..., help="Model file/folder in any format, registry name, or tarball."),
+    model: str = typer.Argument(
+        ...,
+        help="Model file/folder in any format, registry name, or tarball.",
+        autocompletion=completion.variants,
+    ),
     images: List[Path] = typer.Argument(None, help="Images or folders (default: the bundled samples)."),
     top_k: int = typer.Option(5, "--top", help="How many classes to show."),
     registry: Optional[Path] = RegistryOption,
@@ -340,11 +487,12 @@ def predict_command(
     offline: bool = OfflineOption,
     as_json: bool = JsonOption,
 ) -> None:
-    """Top-k classes of images (the model's own class names, or ImageNet's)."""
+    """Top-k classes of images (the model's own class names, a registry entry's labels, or ImageNet's)."""
     from mobilenet_zoo.prediction import predict, recorded_classes, runner_for
 
     runner = runner_for(model, registry, mirror)
-    _print_predictions(predict(runner, _images(images or []), top_k, classes=recorded_classes(model)), as_json)
+    classes = recorded_classes(model, registry)
+    _print_predictions(predict(runner, _images(images or []), top_k, classes=classes), as_json)
 
 
 DEMO_FOLDER = Path("mobilenet-zoo-demo")

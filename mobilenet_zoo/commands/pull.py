@@ -9,9 +9,11 @@ import typer
 from rich import box
 from rich.table import Table
 
+from mobilenet_zoo.commands import completion
 from mobilenet_zoo.commands.options import JsonOption, MirrorOption, OfflineOption, RegistryOption
-from mobilenet_zoo.errors import ZooError
-from mobilenet_zoo.output import console, err_console, print_json
+from mobilenet_zoo.errors import ZooError, describe_error
+from mobilenet_zoo.output import console, err_console, plural, print_json
+from mobilenet_zoo.output import quiet as quiet_mode
 
 if TYPE_CHECKING:
     from rich.progress import Progress
@@ -20,7 +22,7 @@ cache_app = typer.Typer(help="Show or clear the download cache ($MOBILENET_ZOO_H
 
 
 def _progress_bar(disabled: bool) -> Progress:
-    """A download bar on stderr, shown only on a terminal."""
+    """A download bar on stderr, shown only on a terminal, erased when it stops (the result line takes its place)."""
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 
     return Progress(
@@ -31,6 +33,7 @@ def _progress_bar(disabled: bool) -> Progress:
         TimeRemainingColumn(),
         console=err_console,
         disable=disabled or not err_console.is_terminal,
+        transient=True,
     )
 
 
@@ -48,7 +51,11 @@ def _reporter(bar: Progress, label: str):
 
 
 def pull_command(
-    names: List[str] = typer.Argument(None, help="Variant names, e.g. mobilenet_v1_0.25_128, 1.0_224, 0.5-160-quant."),
+    names: List[str] = typer.Argument(
+        None,
+        help="Variant names, e.g. mobilenet_v1_0.25_128, 1.0_224, 0.5-160-quant.",
+        autocompletion=completion.variants,
+    ),
     all_variants: bool = typer.Option(False, "--all", help="Pull every variant of the registry."),
     mirror: Optional[str] = MirrorOption,
     sha256: Optional[str] = typer.Option(None, "--sha256", help="Expected sha256 of the tarball (one variant only)."),
@@ -59,8 +66,8 @@ def pull_command(
     ),
     offline: bool = OfflineOption,
 ) -> None:
-    """Download, verify and extract variants into the cache (a cached variant is not downloaded again)."""
-    from mobilenet_zoo.pulling import pull_variant
+    """Download, verify and extract variants into the cache (a cached variant is not downloaded again). With
+    several variants a failure does not stop the others: the run ends with what failed, and exits 1."""
     from mobilenet_zoo.variants import load_registry
 
     if bool(names) == all_variants:
@@ -69,19 +76,45 @@ def pull_command(
     variants = list(zoo) if all_variants else [zoo.get(name) for name in names]
     if sha256 and len(variants) != 1:
         raise ZooError("--sha256 pins one tarball: name exactly one variant")
-    results = []
-    with _progress_bar(disabled=quiet or as_json) as bar:
-        for variant in variants:
-            progress = _reporter(bar, variant.filename)
-            result = pull_variant(variant, mirror=mirror, sha256=sha256, progress=progress, quiet=quiet or None)
-            results.append(result)
-            if quiet:
-                print(result.path)
-            elif not as_json:
-                status = "[green]pulled[/green]" if result.downloaded else "[dim]cached[/dim]"
-                console.print(f"{status} {result.name} {result.path}", highlight=False, soft_wrap=True)
+    quiet = quiet or quiet_mode()
+    rows = [_pull_and_print(variant, mirror, sha256, quiet, as_json, alone=len(variants) == 1) for variant in variants]
     if as_json:
-        print_json([result.as_dict() for result in results])
+        print_json(rows)
+    failed = [row["name"] for row in rows if "error" in row]
+    if failed:
+        pulled = sum(1 for row in rows if row.get("downloaded"))
+        raise ZooError(
+            f"{len(failed)} of {plural(len(variants), 'variant')} failed to pull ({', '.join(failed)}); "
+            f"{pulled} pulled, {len(variants) - len(failed) - pulled} cached"
+        )
+
+
+def _pull_and_print(variant, mirror: Optional[str], sha256: Optional[str], quiet: bool, as_json: bool, alone: bool):
+    """Pull one variant and print its line: `pulled|cached NAME PATH` (under -q its path), or `failed NAME: why` on
+    stderr; returns its JSON row (with "error" when it failed). A variant pulled `alone` raises its error."""
+    try:
+        result = _pull_one(variant, mirror, sha256, quiet, as_json)
+    except (ZooError, OSError) as error:
+        if alone:
+            raise
+        reason = describe_error(error)[0]
+        err_console.print(f"failed {variant.name}: {reason}", highlight=False, soft_wrap=True, markup=False)
+        return {"name": variant.name, "error": reason}
+    if quiet:
+        print(result.path)
+    elif not as_json:
+        status = "[green]pulled[/green]" if result.downloaded else "[dim]cached[/dim]"
+        console.print(f"{status} {result.name} {result.path}", highlight=False, soft_wrap=True)
+    return result.as_dict()
+
+
+def _pull_one(variant, mirror: Optional[str], sha256: Optional[str], quiet: bool, as_json: bool):
+    """Pull one variant under its own progress bar, erased before its result line is printed."""
+    from mobilenet_zoo.pulling import pull_variant
+
+    with _progress_bar(disabled=quiet or as_json) as bar:
+        progress = _reporter(bar, variant.filename)
+        return pull_variant(variant, mirror=mirror, sha256=sha256, progress=progress, quiet=quiet or None)
 
 
 @cache_app.command("path")
@@ -126,7 +159,9 @@ def cache_list_command(as_json: bool = JsonOption) -> None:
 @cache_app.command("remove")
 def cache_remove_command(
     names: List[str] = typer.Argument(
-        None, help="Variant names (forgiving, as for pull) or names shown by `cache list`."
+        None,
+        help="Variant names (forgiving, as for pull) or names shown by `cache list`.",
+        autocompletion=completion.cached,
     ),
     all_entries: bool = typer.Option(False, "--all", help="Remove everything (the checksum record stays)."),
     registry: Optional[Path] = RegistryOption,

@@ -39,6 +39,14 @@ def write(model, out: Path) -> Path:
     return _model.write(model, Path(out))
 
 
+def check_writable(model) -> None:
+    """Raise ModelFormatError for a model keras.applications.MobileNet cannot express (uint8, feature outputs,
+    dilation, a partial pool): `convert --all-formats` leaves Keras out for it."""
+    from mobilenet_zoo.formats.keras import _model
+
+    _model._check_writable(model)
+
+
 @runner("keras")
 def load_runner(path: Path):
     """The Keras model itself, run in TensorFlow: a Keras source's own reference."""

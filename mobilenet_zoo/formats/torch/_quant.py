@@ -210,7 +210,48 @@ def write(model: MobileNetV1Model, out: Path) -> Path:
         torch_format.save_program(
             build_module(network), network.resolution, "uint8", staging / f"{name}{PROGRAM_SUFFIX}", metadata
         )
+        (staging / README).write_text(readme(model, torch_format._program_layout.get()), encoding="utf-8")
     return out
+
+
+README = "README.md"
+
+
+def readme(model: MobileNetV1Model, layout: str) -> str:
+    """What the folder is and how to run it with torch alone: transformers has no quantized MobileNet V1, so
+    `AutoModelForImageClassification` cannot load it (the float folders are Hugging Face folders)."""
+    name, size, classes = model.config.name, model.input_size, model.config.num_classes
+    shape = f"1, {size}, {size}, 3" if layout == "NHWC" else f"1, 3, {size}, {size}"
+    background = '; class 0 is "background"' if model.classes.background else ""
+    features = f" and one uint8 map per chosen layer ({', '.join(map(str, model.backbone.features))})" * bool(
+        model.backbone.features
+    )
+    return f"""# {name}: uint8 MobileNet V1 for PyTorch
+
+Written by mobilenet-zoo. This folder is not a Hugging Face model: transformers has no quantized MobileNet V1, so
+`AutoModelForImageClassification.from_pretrained` and `pipeline("image-classification")` cannot load it (there is
+no `config.json`). The float models of the zoo convert to Hugging Face folders (`--to torch` on a float variant).
+
+- `{name}.pt2`: a `torch.export` program that runs TFLite's uint8 arithmetic bit for bit (the same outputs as the
+  official `.tflite` in TFLite's builtin kernels).
+- `{name}.safetensors`: its integer weights with every scale and zero point, under the TF-slim names.
+
+Run it with torch alone:
+
+```python
+import torch
+
+program = torch.export.load("{name}.pt2").module()
+images = torch.zeros({shape}, dtype=torch.uint8)  # RGB 0..255, {layout}, any batch size
+outputs = program(images)  # a dict of uint8 tensors
+probabilities = outputs["probabilities"]  # N x {classes}: probability = value / 256
+```
+
+The images are prepared as TF-slim evaluates: the central 87.5% of the photo resized to {size}x{size}. The outputs are
+`logits` and `probabilities`{features}{background}. `mobilenet-zoo predict {name}_torch photo.jpg` does the
+preprocessing and names the classes; `mobilenet-zoo verify` checks the folder against the reference `convert`
+recorded.
+"""
 
 
 def quant_tensors(quant: QuantInfo) -> dict[str, np.ndarray]:
