@@ -56,11 +56,15 @@ def cli(capsys) -> Callable[..., tuple[int, str, str]]:
     from mobilenet_zoo.cli import main
 
     def run(*args) -> tuple[int, str, str]:
+        environment = dict(os.environ)  # a process's flags (-q sets $MOBILENET_ZOO_QUIET...) end with it
         try:
             main([str(a) for a in args])
             code = 0
         except SystemExit as exc:
             code = exc.code or 0
+        finally:
+            os.environ.clear()
+            os.environ.update(environment)
         out, err = capsys.readouterr()
         return code, out, err
 

@@ -41,11 +41,10 @@ def test_zoo_chart_has_the_32_variants(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["zoo.png"]  # no temporary file left behind
 
 
-def test_bench_results_add_the_latency_chart(tmp_path, bench_csv, capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        main(["plot", "-o", str(tmp_path / "both.png"), "--bench", str(bench_csv)])
-    assert exit_info.value.code in (0, None)
-    assert "32 variants, 1 latency points" in capsys.readouterr().out
+def test_bench_results_add_the_latency_chart(tmp_path, bench_csv, cli):
+    code, out, _ = cli("plot", "-o", tmp_path / "both.png", "--bench", bench_csv)
+    assert code == 0
+    assert "32 variants, 1 latency points" in out
     zoo_only = plot_zoo(tmp_path / "zoo.png", load_registry())
     assert assert_png(tmp_path / "both.png", 1000)[0] > assert_png(zoo_only.path, 1000)[0]
 

@@ -192,4 +192,7 @@ def test_verify_of_a_folder_without_manifest_names_its_own(tmp_path, cli, conten
     assert code == 1
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ")
-    assert f"{folder / MANIFEST}" in lines[0] and "--reference" in lines[0] and "--source" in lines[0]
+    if content == "model":
+        assert f"{folder / MANIFEST}" in lines[0] and "--reference" in lines[0] and "--source" in lines[0]
+    else:  # nothing to verify in it: no manifest is named (issue 23, item 14)
+        assert f"{folder}: neither an output folder of `convert`" in lines[0] and MANIFEST not in lines[0]

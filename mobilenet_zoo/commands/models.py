@@ -366,10 +366,26 @@ def _check_targets(targets) -> None:
             try:
                 detect_format(target)
             except ModelFormatError:
+                if _holds_models(target):  # converted models without their manifest: the parity layer says what to do
+                    continue
                 raise ZooError(
                     f"{target}: neither an output folder of `convert` nor a model folder of a known format: "
                     "give the converted models or the folder `convert` wrote them to"
                 ) from None
+
+
+def _holds_models(folder: Path) -> bool:
+    """True when a file directly in `folder` is a model of a known format."""
+    from mobilenet_zoo.errors import ModelFormatError
+    from mobilenet_zoo.formats import detect_format
+
+    for child in folder.iterdir():
+        try:
+            detect_format(child)
+            return True
+        except ModelFormatError:
+            continue
+    return False
 
 
 @contextmanager

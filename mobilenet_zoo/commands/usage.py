@@ -65,7 +65,17 @@ def choice(option: str, value: str, choices: Sequence[str], what: str | None = N
 class ZooGroup(TyperGroup):
     """The root command: global flags anywhere, and click's usage errors as one line with exit code 2."""
 
+    _interrupt: KeyboardInterrupt | None = None  # the interruption of the last run, for its message and exit code
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt as interrupt:
+            self._interrupt = interrupt
+            raise
+
     def main(self, args: Sequence[str] | None = None, *rest: Any, **options: Any) -> Any:
+        self._interrupt = None
         args = list(sys.argv[1:] if args is None else args)
         args = hoist_global_flags(args, own=_own_options(self, args))
         options["standalone_mode"] = False  # click's errors come back here instead of being drawn in a box
@@ -79,8 +89,8 @@ class ZooGroup(TyperGroup):
         except ABORTS:
             print("error: aborted", file=sys.stderr)
             sys.exit(1)
-        if code == EXIT_INTERRUPTED:  # typer turns Ctrl-C into this exit code
-            raise SystemExit(code) from KeyboardInterrupt()
+        if code == EXIT_INTERRUPTED:  # typer turns Ctrl-C (and SIGTERM's Terminated) into this exit code
+            raise SystemExit(code) from (self._interrupt or KeyboardInterrupt())
         if isinstance(code, int) and code:
             sys.exit(code)
         return code
