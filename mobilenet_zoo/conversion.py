@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from mobilenet_zoo.agreement import CALIBRATION, FLOAT_SOURCE, calibration_record
 from mobilenet_zoo.arch import Backbone
 from mobilenet_zoo.errors import ZooError
 from mobilenet_zoo.formats import names as format_names
@@ -84,7 +85,7 @@ def prepare(source: Source, build: BuildOptions) -> Source:
     from mobilenet_zoo.quantize import quantize_with_calibration
 
     quantized = quantize_with_calibration(model, build.quantize, build.calibration)
-    return Source(quantized, None, quantized.config.name, source.origin)
+    return Source(quantized, None, quantized.config.name, source.origin, float_source=source.reference or source.origin)
 
 
 def _without_head(source: Source) -> Source:
@@ -167,12 +168,14 @@ def convert(
         # pass of the written model (read back) is the reference, the TFLite target preferred as its file
         chosen = next((r for r in results if r.format == "tflite"), results[0])
         source = replace(source, reference=chosen.path, reference_engine="numpy")
-    record(source, results)
+    record(source, results, build.calibration)
     return results
 
 
-def record(source: Source, results: list[Converted]) -> None:
-    """Add the targets to their folders' manifests."""
+def record(source: Source, results: list[Converted], calibration: Path | None = None) -> None:
+    """Add the targets to their folders' manifests; a quantized model's with its float source and calibration
+    images (the accuracy gate measures against the one, never on the others)."""
+    gate = _gate_record(calibration) if source.float_source is not None else {}
     for folder in {r.path.parent for r in results}:
         with updating_manifest(folder) as manifest:
             for r in (r for r in results if r.path.parent == folder):
@@ -183,4 +186,18 @@ def record(source: Source, results: list[Converted]) -> None:
                     "backbone": source.model.backbone.metadata(),
                     "reference": recorded_path(source.reference, folder) if source.reference else None,
                     **({"reference_engine": source.reference_engine} if source.reference_engine != "runtime" else {}),
+                    **(
+                        {FLOAT_SOURCE: recorded_path(source.float_source, folder), **gate}
+                        if source.float_source
+                        else {}
+                    ),
                 }
+
+
+def _gate_record(calibration: Path | None) -> dict:
+    """The manifest's record of the calibration images (a folder's, as `quantize` reads them)."""
+    from mobilenet_zoo.samples import image_files
+
+    if calibration is None or not Path(calibration).is_dir():
+        return {}
+    return {CALIBRATION: calibration_record(image_files(Path(calibration)))}
