@@ -63,7 +63,9 @@ class Agreement:
                 if self.offered
                 else "no images were given (only random inputs)"
             )
-            return f"agreement with the float source {name} not measured: {reason}; pass --images with other photos"
+            return (
+                f"agreement with the float source {name} not measured: {reason}; verify with --images of other photos"
+            )
         if self.passed:
             return None
         low, high = self.top1_interval

@@ -303,12 +303,18 @@ class TargetReport:
         return out
 
     def add_agreement(self, agreement: Agreement) -> None:
-        """Record the accuracy gate's measure; its failure comes first (the summary names the first one)."""
+        """Record the accuracy gate's measure (a failure of the gate fails the target)."""
         self.agreement = agreement
         failure = agreement.failure()
         if failure:
-            self.failures.insert(0, failure)
+            self.failures.append(failure)
             self.passed = False
+
+    @property
+    def parity_failures(self) -> list[str]:
+        """The failures of the exact checks, without the accuracy gate's."""
+        gate = self.agreement.failure() if self.agreement else None
+        return [failure for failure in self.failures if failure != gate]
 
 
 def compare(
@@ -725,9 +731,14 @@ class VerifyResult:
         if self.reports and all(r.failures == [SELF_REFERENCE] for r in self.reports):
             names = ", ".join(Path(r.target).name for r in self.reports)
             return f"nothing verified: {names} compared with itself"
-        if self.failed:
-            reasons = "; ".join(f"{Path(r.target).name}: {r.failures[0]}" for r in self.failed)
-            parts.append(f"{len(self.failed)} of {len(self.reports)} targets failed parity: {reasons}")
+        failed_parity = [r for r in self.reports if r.parity_failures]
+        if failed_parity:
+            reasons = "; ".join(f"{Path(r.target).name}: {r.parity_failures[0]}" for r in failed_parity)
+            parts.append(f"{len(failed_parity)} of {len(self.reports)} targets failed parity: {reasons}")
+        failed_gate = [r for r in self.reports if r.agreement is not None and r.agreement.failure()]
+        if failed_gate:
+            reasons = "; ".join(f"{Path(r.target).name}: {r.agreement.failure()}" for r in failed_gate)
+            parts.append(f"{len(failed_gate)} of {len(self.reports)} targets failed the accuracy gate: {reasons}")
         if self.missing:
             parts.append(
                 f"{len(self.missing)} target(s) the manifest lists are missing: {', '.join(map(str, self.missing))}"
