@@ -563,6 +563,17 @@ class AccuracyGate:
         )
         report.add_agreement(agreement)
 
+    def check_alone(self, report: TargetReport, target: Path, resolution: int) -> None:
+        """`check` for a target compared with saved outputs (not on the images): run it on the images first."""
+        if self.source(target) is None:
+            return
+        outputs = {"probabilities": np.zeros((0, 1))}
+        if self.images:
+            runner = format_module(detect_format(Path(target))).load_runner(Path(target))
+            inputs = load_batch(self.images, runner.resolution or resolution, runner.quantized)
+            outputs = run_batched(runner, inputs)
+        self.check(report, target, outputs)
+
 
 def compare_target_layers(target: Path, reference: ReferenceModel, images: list[Path]) -> LayerComparison:
     """Every layer's error of a target file against a reference model file, both read by their formats' readers
@@ -803,14 +814,17 @@ def verify(
     thresholds = thresholds or Thresholds()
     images = resolve_images(images) if images is None or images else []  # None: the bundled photos; []: none
     given = reference or source
+    if given and str(given).endswith(".npz") and per_layer:
+        raise ZooError("--per-layer runs the reference model's layers: give a model, not saved outputs (.npz)")
+    gate = AccuracyGate(images, seed, thresholds.min_agreement)
     if given and str(given).endswith(".npz"):
-        if per_layer:
-            raise ZooError("--per-layer runs the reference model's layers: give a model, not saved outputs (.npz)")
-        saved = Reference.load(Path(given))
-        return VerifyResult(saved.input_names, [verify_target(t, saved, thresholds) for t in targets], missing)
+        saved, reports = Reference.load(Path(given)), []
+        for target in targets:
+            reports.append(verify_target(target, saved, thresholds))
+            gate.check_alone(reports[-1], target, saved.resolution)  # the recorded float source, on the images
+        return VerifyResult(saved.input_names, reports, missing)
     if per_layer and not images:
         raise ZooError("--per-layer compares the layers on images: give some with --images")
-    gate = AccuracyGate(images, seed, thresholds.min_agreement)
     if given:
         groups, gate.given = groups_for_model(reference_artifact(given), targets)
     else:

@@ -154,6 +154,20 @@ def test_measuring_only_on_calibration_images_fails_the_gate(quantized_folder, c
     assert "failed parity" not in stderr  # the exact parity of the conversion holds
 
 
+def test_a_float_source_that_is_gone_is_one_clear_error(quantized_folder, cli, tmp_path):
+    source, _, out = quantized_folder
+    moved = Path(shutil.copytree(out, tmp_path / "moved"))
+    manifest = json.loads((moved / MANIFEST).read_text())
+    for entry in manifest["targets"].values():
+        entry["float_source"] = str(tmp_path / "gone.onnx")
+    (moved / MANIFEST).write_text(json.dumps(manifest))
+    code, _, stderr = cli("verify", moved, "--random", "0")
+    assert code == 1 and len(stderr.strip().splitlines()) == 1
+    assert "gone.onnx, is gone; pass --source" in stderr
+    code, _, stderr = cli("verify", moved, "--source", source, "--random", "0", "--min-agreement", "0")
+    assert code == 0, stderr
+
+
 def test_min_agreement_decides(quantized_folder, cli):
     """The same measure passes at --min-agreement 0 and fails at 1.0 unless every photo agrees."""
     _, _, out = quantized_folder
@@ -249,6 +263,20 @@ def test_per_layer_needs_a_model_not_saved_outputs(quantized_folder, cli, tmp_pa
     code, _, stderr = cli("verify", target, "--reference", saved, "--per-layer")
     assert code == 1 and stderr.startswith("error: --per-layer runs the reference model's layers")
     assert len(stderr.strip().splitlines()) == 1
+
+
+def test_saved_reference_outputs_do_not_skip_the_gate(quantized_folder, cli, tmp_path):
+    """Checked against saved outputs, a target still meets its recorded float source on the images."""
+    _, calibration, out = quantized_folder
+    target = out / "mobilenet_v1_0.25_128_quant.tflite"
+    saved = tmp_path / "reference.npz"
+    code, _, stderr = cli("verify", target, "--save-reference", saved, "--random", "1", "--min-agreement", "0")
+    assert code == 0, stderr
+    code, stdout, stderr = cli("verify", target, "--reference", saved, "--min-agreement", "0", "--json")
+    assert code == 0, stderr
+    assert json.loads(stdout)["targets"][0]["agreement"]["images"] == 4
+    code, _, stderr = cli("verify", target, "--reference", saved, "--images", calibration)
+    assert code == 4 and "all 8 images given are calibration images" in stderr
 
 
 # ------------------------------------------------------------------------- the genuine 1.0_224 float graph
