@@ -91,12 +91,22 @@ def verify(
     seed: int = 0,
     thresholds: Thresholds | None = None,
     save_reference: PathLike | None = None,
+    min_agreement: float | None = None,
+    per_layer: bool = False,
 ) -> VerifyResult:
     """Check converted models against a reference forward pass: what `convert` recorded (default), the
     original `source` of a conversion chain, or a `reference` (model or saved `.npz`). Never raises for a
-    failed check: read `result.passed` and `result.reports`."""
+    failed check: read `result.passed` and `result.reports`.
+
+    Targets quantized from a float model (recorded by `convert --quantize`, or a float `source`) also pass the
+    accuracy gate: `report.agreement` with the float source on the images (calibration images left out), failed
+    below `min_agreement` top-1 agreement (default 0.9). `per_layer`: `report.per_layer`, every layer's error."""
+    from dataclasses import replace
+
     from mobilenet_zoo.parity import verify as _verify
 
+    if min_agreement is not None:
+        thresholds = replace(thresholds or Thresholds(), min_agreement=min_agreement)
     targets = [targets] if isinstance(targets, (str, Path)) else list(targets)
     images = None if images is None else [Path(p) for p in images]  # None: the bundled photos; []: random inputs only
     return _verify(
@@ -108,6 +118,7 @@ def verify(
         seed=seed,
         thresholds=thresholds,
         save_reference=Path(save_reference) if save_reference else None,
+        per_layer=per_layer,
     )
 
 

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from mobilenet_zoo.agreement import CALIBRATION, FLOAT_SOURCE, calibration_record
 from mobilenet_zoo.arch import Backbone
 from mobilenet_zoo.errors import ZooError
 from mobilenet_zoo.formats import can_write
@@ -89,7 +90,7 @@ def prepare(source: Source, build: BuildOptions) -> Source:
     from mobilenet_zoo.quantize import quantize_with_calibration
 
     quantized = quantize_with_calibration(model, build.quantize, build.calibration)
-    return Source(quantized, None, quantized.config.name, source.origin)
+    return Source(quantized, None, quantized.config.name, source.origin, float_source=source.reference or source.origin)
 
 
 def _without_head(source: Source) -> Source:
@@ -172,14 +173,14 @@ def convert(
     for fmt in order:
         if numpy_reference and not results:
             source = replace(source, reference=paths[fmt], reference_engine="numpy")
-        results[fmt] = write_and_record(source, fmt, paths[fmt], (format_options or {}).get(fmt, {}))
+        results[fmt] = write_and_record(source, fmt, paths[fmt], (format_options or {}).get(fmt, {}), build.calibration)
         if on_written:
             on_written(results[fmt])
-    record(source, list(results.values()))
+    record(source, list(results.values()), build.calibration)
     return [results[fmt] for fmt in paths]
 
 
-def write_and_record(source: Source, fmt: str, path: Path, options: dict) -> Converted:
+def write_and_record(source: Source, fmt: str, path: Path, options: dict, calibration: Path | None = None) -> Converted:
     """Write one target in a workspace beside `path`, then move it into place and record it (as written by a run
     that has not finished) together: an interruption leaves both or neither."""
     with workspace(path.parent, path.name) as folder:
@@ -187,12 +188,17 @@ def write_and_record(source: Source, fmt: str, path: Path, options: dict) -> Con
         written = Converted(fmt, path)
         with interrupts_deferred():
             move_into_place(Path(staged), path, folder)
-            record(source, [written], run_finished=False)
+            record(source, [written], calibration, run_finished=False)
     return written
 
 
-def record(source: Source, results: list[Converted], run_finished: bool = True) -> None:
-    """Add the targets to their folders' manifests (`run_finished=False`: marked as written by a run still going)."""
+def record(
+    source: Source, results: list[Converted], calibration: Path | None = None, run_finished: bool = True
+) -> None:
+    """Add the targets to their folders' manifests (`run_finished=False`: marked as written by a run still going);
+    a quantized model's with its float source and calibration images (the accuracy gate measures against the one,
+    never on the others)."""
+    gate = _gate_record(calibration) if source.float_source is not None else {}
     for folder in {r.path.parent for r in results}:
         with updating_manifest(folder) as manifest:
             for r in (r for r in results if r.path.parent == folder):
@@ -204,4 +210,18 @@ def record(source: Source, results: list[Converted], run_finished: bool = True) 
                     "reference": recorded_path(source.reference, folder) if source.reference else None,
                     **({"reference_engine": source.reference_engine} if source.reference_engine != "runtime" else {}),
                     **({} if run_finished else {"run_finished": False}),
+                    **(
+                        {FLOAT_SOURCE: recorded_path(source.float_source, folder), **gate}
+                        if source.float_source
+                        else {}
+                    ),
                 }
+
+
+def _gate_record(calibration: Path | None) -> dict:
+    """The manifest's record of the calibration images (a folder's, as `quantize` reads them)."""
+    from mobilenet_zoo.samples import image_files
+
+    if calibration is None or not Path(calibration).is_dir():
+        return {}
+    return {CALIBRATION: calibration_record(image_files(Path(calibration)))}

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import csv
 import io
-import math
 import os
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -31,12 +30,12 @@ from mobilenet_zoo.formats import Runner
 from mobilenet_zoo.model import Classes, imagenet_names
 from mobilenet_zoo.parity import top_k
 from mobilenet_zoo.preprocess import load_image, load_image_uint8
+from mobilenet_zoo.stats import wilson_interval
 from mobilenet_zoo.synsets import synset_classes
 from mobilenet_zoo.variants import Published, Variant, load_registry
 
 T = TypeVar("T")
 
-Z_95 = 1.959963984540054  # two-sided 95% normal quantile
 NUM_CLASSES = 1001
 TOP_K = 5
 CSV_HEADER = ["path", "label"]
@@ -236,15 +235,6 @@ def score_batch(runner: Runner, batch: DecodedBatch) -> BatchOutcome:
         top1[read] = ranked[:, 0] == labels
         top5[read] = (ranked == labels[:, None]).any(axis=1)
     return BatchOutcome([str(s.path) for s in batch.samples], batch.errors, top1, top5)
-
-
-def wilson_interval(successes: int, trials: int, z: float = Z_95) -> tuple[float, float]:
-    """Wilson score interval of a binomial proportion (95% by default)."""
-    p = successes / trials
-    denominator = 1 + z * z / trials
-    center = (p + z * z / (2 * trials)) / denominator
-    half_width = z * math.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / denominator
-    return max(0.0, center - half_width), min(1.0, center + half_width)
 
 
 @dataclass

@@ -32,11 +32,13 @@ def forward(model: MobileNetV1Model, images_nhwc: np.ndarray) -> np.ndarray:
     return outputs(model, images_nhwc)["logits"]
 
 
-def outputs(model: MobileNetV1Model, images_nhwc: np.ndarray) -> dict[str, np.ndarray]:
+def outputs(model: MobileNetV1Model, images_nhwc: np.ndarray, every_layer: bool = False) -> dict[str, np.ndarray]:
     """Every output a runner of `model` returns (float32): logits, probabilities (softmax over the last axis)
-    and each feature map `model.backbone` chooses, NHWC, named by `arch.feature_scope`."""
+    and each feature map `model.backbone` chooses, NHWC, named by `arch.feature_scope`; with `every_layer`, the
+    output of every convolution (depthwise ones too), named by its scope."""
     weights, config, backbone = model.fold().weights, model.config, model.backbone
     wanted = {feature_scope(index) for index in backbone.features}
+    wanted |= {layer.scope for layer in config.layers()} if every_layer else set()
     x, features = np.asarray(images_nhwc, np.float64), {}
     for layer, stride, rate in layer_plan(config, backbone.output_stride):
         kernel = weights[layer.weight_name].astype(np.float64)

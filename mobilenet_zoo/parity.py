@@ -9,6 +9,10 @@ graph in TensorFlow, the official `.tflite` in the TFLite interpreter's builtin 
 saved earlier with `Reference.save`, or, where no original runs as the targets were built (backbone options,
 post-training quantization), the original's weights run by the independent numpy forward passes
 (`numpy_forward` for float models, `quant_math` for uint8 ones), which no writer uses.
+
+Beside that exact parity, a target whose numbers differ from its float source on purpose (a quantized target
+of a float `--source`, or one `convert --quantize` recorded the float source of) passes the accuracy gate
+(`agreement`): its top-1 agrees with the float source's on the images, calibration images left out.
 """
 
 from __future__ import annotations
@@ -21,9 +25,18 @@ from pathlib import Path
 
 import numpy as np
 
+from mobilenet_zoo.agreement import (
+    CALIBRATION,
+    FLOAT_SOURCE,
+    MIN_AGREEMENT,
+    Agreement,
+    calibration_images,
+    measure_agreement,
+)
 from mobilenet_zoo.arch import NUM_CLASSES, Backbone
 from mobilenet_zoo.errors import ModelFormatError, VerificationError, ZooError
 from mobilenet_zoo.formats import Runner, detect_format, format_module
+from mobilenet_zoo.layer_error import LayerComparison
 from mobilenet_zoo.model import MobileNetV1Model
 from mobilenet_zoo.preprocess import load_batch
 
@@ -60,6 +73,7 @@ class Thresholds:
     lsb: dict[str, int] = field(default_factory=lambda: _default_lsb())
     logits_lsb: dict[str, int] = field(default_factory=lambda: {ONNX_QDQ: QDQ_MAX_LOGITS_LSB})  # where bounded
     feature_lsb: dict[str, int] = field(default_factory=lambda: {ONNX_QDQ: QDQ_MAX_FEATURE_LSB})  # else `lsb`
+    min_agreement: float = MIN_AGREEMENT  # the accuracy gate: least top-1 agreement with the float source
 
     def max_lsb(self, fmt: str) -> int:
         return self.lsb.get(fmt, 1)
@@ -279,9 +293,28 @@ class TargetReport:
     published_parameters: int | None = None  # the registry's figure for the target's variant
     xnnpack_lsb: int | None = None  # the reference's own distance: TFLite's XNNPACK runtime vs its builtin kernels
     max_logits_lsb: int | None = None  # quantized targets with uint8 logits: their max difference in LSB
+    agreement: Agreement | None = None  # the accuracy gate: agreement with the float source on images
+    per_layer: LayerComparison | None = None  # `verify --per-layer`: every layer's error against the reference
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        out = asdict(self)
+        out["agreement"] = self.agreement.as_dict() if self.agreement else None
+        out["per_layer"] = self.per_layer.as_dict() if self.per_layer else None
+        return out
+
+    def add_agreement(self, agreement: Agreement) -> None:
+        """Record the accuracy gate's measure (a failure of the gate fails the target)."""
+        self.agreement = agreement
+        failure = agreement.failure()
+        if failure:
+            self.failures.append(failure)
+            self.passed = False
+
+    @property
+    def parity_failures(self) -> list[str]:
+        """The failures of the exact checks, without the accuracy gate's."""
+        gate = self.agreement.failure() if self.agreement else None
+        return [failure for failure in self.failures if failure != gate]
 
 
 def compare(
@@ -368,6 +401,13 @@ def compare_features(
 
 def verify_target(target: Path, reference: Reference, thresholds: Thresholds) -> TargetReport:
     """Run one converted model on the reference inputs and compare."""
+    return run_target(target, reference, thresholds)[0]
+
+
+def run_target(
+    target: Path, reference: Reference, thresholds: Thresholds
+) -> tuple[TargetReport, dict[str, np.ndarray]]:
+    """`verify_target`, and the target's outputs on the reference inputs."""
     fmt = detect_format(target)
     runner = format_module(fmt).load_runner(target)
     if runner.quantized != reference.quantized:
@@ -382,7 +422,7 @@ def verify_target(target: Path, reference: Reference, thresholds: Thresholds) ->
     outputs = run_batched(runner, reference.inputs)
     report = compare(str(target), threshold_key(fmt, runner), reference, outputs, thresholds)
     check_parameters(report, target, fmt)
-    return report
+    return report, outputs
 
 
 def threshold_key(fmt: str, runner: Runner) -> str:
@@ -467,6 +507,102 @@ def group_by_reference(targets: list[Path]) -> dict[ReferenceModel, list[Path]]:
     return groups
 
 
+def recorded_float_source(target: Path) -> Path | None:
+    """The float model `convert` recorded that a target was quantized from (None when it recorded none)."""
+    from mobilenet_zoo.manifest import manifest_entry
+
+    recorded = (manifest_entry(Path(target)) or {}).get(FLOAT_SOURCE)
+    if not recorded:
+        return None
+    path = Path(recorded) if Path(recorded).is_absolute() else Path(target).parent / recorded
+    if not path.exists():
+        raise ZooError(
+            f"{target}: the float model it was quantized from, {path}, is gone; pass --source (that float model) "
+            "to measure its agreement"
+        )
+    return path
+
+
+@dataclass
+class AccuracyGate:
+    """Each target's agreement with its float source on the images (calibration images left out): the float
+    `given` (`--source`) for every target, else the float source `convert --quantize` recorded for it; targets
+    with neither are not gated. Float outputs are computed once per source and kept."""
+
+    images: list[Path]
+    seed: int = 0
+    min_agreement: float = MIN_AGREEMENT
+    given: Path | None = None
+    _probabilities: dict[ReferenceModel, np.ndarray] = field(default_factory=dict, repr=False)
+
+    def source(self, target: Path) -> ReferenceModel | None:
+        """The float model a target is gated against (built with the target's backbone options), if any."""
+        path = self.given or recorded_float_source(target)
+        return ReferenceModel(Path(path), recorded_backbone(Path(target))) if path else None
+
+    def remember(self, model: ReferenceModel, computed: Reference) -> None:
+        """Keep a float reference's outputs on the images (its first inputs) for the targets gated against it."""
+        names = [Path(p).name for p in self.images]
+        if not computed.quantized and names and computed.input_names[: len(names)] == names:
+            self._probabilities.setdefault(model, computed.outputs["probabilities"][: len(names)])
+
+    def float_probabilities(self, model: ReferenceModel) -> np.ndarray:
+        if model not in self._probabilities:
+            computed = compute_reference(model, self.images, 0, self.seed)
+            if computed.quantized:
+                raise ZooError(f"{model.path} is quantized: the accuracy gate measures against a float model")
+            self._probabilities[model] = computed.outputs["probabilities"]
+        return self._probabilities[model]
+
+    def check(self, report: TargetReport, target: Path, outputs: dict[str, np.ndarray]) -> None:
+        """Measure a target's agreement from its outputs on the reference inputs (the images first), if gated."""
+        from mobilenet_zoo.manifest import manifest_entry
+
+        model = self.source(target)
+        if model is None:
+            return
+        calibration = set(calibration_images(self.images, (manifest_entry(Path(target)) or {}).get(CALIBRATION)))
+        kept = [index for index in range(len(self.images)) if index not in calibration]
+        measured, expected = np.zeros((0, 1)), np.zeros((0, 1))
+        if kept:
+            measured = outputs["probabilities"][: len(self.images)][kept]
+            expected = self.float_probabilities(model)[kept]
+        agreement = measure_agreement(
+            expected,
+            measured,
+            source=str(model.path),
+            min_agreement=self.min_agreement,
+            excluded=[Path(self.images[index]).name for index in sorted(calibration)],
+            offered=len(self.images),
+        )
+        report.add_agreement(agreement)
+
+    def check_alone(self, report: TargetReport, target: Path, resolution: int) -> None:
+        """`check` for a target compared with saved outputs (not on the images): run it on the images first."""
+        if self.source(target) is None:
+            return
+        outputs = {"probabilities": np.zeros((0, 1))}
+        if self.images:
+            runner = format_module(detect_format(Path(target))).load_runner(Path(target))
+            inputs = load_batch(self.images, runner.resolution or resolution, runner.quantized)
+            outputs = run_batched(runner, inputs)
+        self.check(report, target, outputs)
+
+
+def compare_target_layers(target: Path, reference: ReferenceModel, images: list[Path]) -> LayerComparison:
+    """Every layer's error of a target file against a reference model file, both read by their formats' readers
+    and run by the numpy forward passes on the images (`verify --per-layer`)."""
+    from mobilenet_zoo.layer_error import compare_layers, read_model
+
+    return compare_layers(
+        read_model(Path(target)),
+        read_model(reference.path),
+        images,
+        reference_name=str(reference.path),
+        backbone=reference.backbone,
+    )
+
+
 def verify_group(
     reference: ReferenceModel | Path,
     targets: list[Path],
@@ -475,14 +611,31 @@ def verify_group(
     seed: int,
     thresholds: Thresholds,
     progress: Callable[[str], None] | None = None,
+    *,
+    gate: AccuracyGate | None = None,
+    per_layer: bool = False,
+    computed: Reference | None = None,
 ) -> list[TargetReport]:
-    """Run one reference, then each of its targets on the same inputs (`progress(name)` after each)."""
+    """Run one reference (unless `computed` already), then each of its targets on the same inputs (`progress(name)`
+    after each); gated targets also get their agreement with their float source (by default the recorded one),
+    and with `per_layer` every layer's error against that float source or else the reference."""
     model = reference if isinstance(reference, ReferenceModel) else ReferenceModel(Path(reference))
     checked = [t for t in targets if not is_self_reference(t, model)]
-    computed = compute_reference(model, images, n_random, seed) if checked else None
+    if computed is None and checked:
+        computed = compute_reference(model, images, n_random, seed)
+    gate = gate or AccuracyGate(images, seed, thresholds.min_agreement)
+    if computed is not None:
+        gate.remember(model, computed)
     reports = []
     for target in targets:
-        reports.append(verify_target(target, computed, thresholds) if target in checked else _self_report(target))
+        if target in checked:
+            report, outputs = run_target(target, computed, thresholds)
+            gate.check(report, target, outputs)
+            if per_layer:
+                report.per_layer = compare_target_layers(target, gate.source(target) or model, images)
+        else:
+            report = _self_report(target)
+        reports.append(report)
         if progress:
             progress(Path(target).name)
     return reports
@@ -496,13 +649,52 @@ def _verify_groups(
     seed: int,
     thresholds: Thresholds,
     progress: Callable[[str], None] | None = None,
+    **options,
 ) -> list[TargetReport]:
     reports = {
         r.target: r
         for reference, group in groups.items()
-        for r in verify_group(reference, group, images, n_random, seed, thresholds, progress)
+        for r in verify_group(reference, group, images, n_random, seed, thresholds, progress, **options)
     }
     return [reports[str(target)] for target in map(Path, targets)]
+
+
+def is_quantized_file(path: Path) -> bool:
+    """Whether a model file is quantized: what its manifest says, else its reader's (or runner's) answer."""
+    from mobilenet_zoo.manifest import manifest_entry
+
+    entry = manifest_entry(Path(path)) or {}
+    if "quantized" in entry:
+        return bool(entry["quantized"])
+    module = format_module(detect_format(Path(path)))
+    try:
+        return module.read(Path(path)).config.quantized
+    except ModelFormatError:
+        return module.load_runner(Path(path)).quantized
+
+
+def own_reference(target: Path) -> ReferenceModel:
+    """A quantized target's exact reference when its float source is given: what `convert` recorded, else its
+    own weights run by the numpy integer forward pass."""
+    from mobilenet_zoo.manifest import manifest_entry
+
+    if (manifest_entry(Path(target)) or {}).get("reference"):
+        return recorded_reference(Path(target))
+    return ReferenceModel(Path(target), recorded_backbone(Path(target)), NUMPY)
+
+
+def groups_for_model(path: Path, targets: list[Path]) -> tuple[dict[ReferenceModel, list[Path]], Path | None]:
+    """Targets grouped by their reference when a model is given (`--source`, or `--reference` as a model): the
+    model itself, except for a quantized target of a float model, checked against `own_reference`, the float
+    model being its accuracy gate's source. Also returns the given model when it is float (every target's gate)."""
+    float_source = None if is_quantized_file(path) else Path(path)
+    groups: dict[ReferenceModel, list[Path]] = {}
+    for target in targets:
+        model = ReferenceModel(path, recorded_backbone(target))
+        if float_source is not None and not is_self_reference(target, path) and is_quantized_file(target):
+            model = own_reference(target)
+        groups.setdefault(model, []).append(target)
+    return groups, float_source
 
 
 def is_self_reference(target: Path, reference: ReferenceModel | Path | str) -> bool:
@@ -564,9 +756,14 @@ class VerifyResult:
         if self.reports and all(r.failures == [SELF_REFERENCE] for r in self.reports):
             names = ", ".join(Path(r.target).name for r in self.reports)
             return f"nothing verified: {names} compared with itself"
-        if self.failed:
-            reasons = "; ".join(f"{Path(r.target).name}: {r.failures[0]}" for r in self.failed)
-            parts.append(f"{len(self.failed)} of {len(self.reports)} targets failed parity: {reasons}")
+        failed_parity = [r for r in self.reports if r.parity_failures]
+        if failed_parity:
+            reasons = "; ".join(f"{Path(r.target).name}: {r.parity_failures[0]}" for r in failed_parity)
+            parts.append(f"{len(failed_parity)} of {len(self.reports)} targets failed parity: {reasons}")
+        failed_gate = [r for r in self.reports if r.agreement is not None and r.agreement.failure()]
+        if failed_gate:
+            reasons = "; ".join(f"{Path(r.target).name}: {r.agreement.failure()}" for r in failed_gate)
+            parts.append(f"{len(failed_gate)} of {len(self.reports)} targets failed the accuracy gate: {reasons}")
         if self.missing:
             parts.append(
                 f"{len(self.missing)} target(s) the manifest lists are missing: {', '.join(map(str, self.missing))}"
@@ -594,12 +791,6 @@ def _self_report(target: Path) -> TargetReport:
     )
 
 
-def _checked(target: Path, reference: Reference, thresholds: Thresholds, reference_path: Path | None) -> TargetReport:
-    if reference_path is not None and is_self_reference(target, reference_path):
-        return _self_report(target)
-    return verify_target(target, reference, thresholds)
-
-
 def verify(
     targets: list[Path | str],
     *,
@@ -611,14 +802,20 @@ def verify(
     thresholds: Thresholds | None = None,
     save_reference: Path | None = None,
     progress: Callable[[str], None] | None = None,
+    per_layer: bool = False,
 ) -> VerifyResult:
     """Check converted models against a reference forward pass, in one of four modes:
 
     - default: the reference `convert` recorded for each target (in its folder's `mobilenet_zoo.json`);
     - `source`: the model the targets were converted from, directly or through a chain (any format, registry
-      name or tarball), each target built with its recorded backbone options;
+      name or tarball), each target built with its recorded backbone options; a quantized target of a float
+      source is checked against its own exact reference (`own_reference`);
     - `reference`: reference outputs saved earlier (`.npz`), or a reference model as for `source`;
     - `save_reference`: as the others, then keep the reference inputs and outputs in an `.npz`.
+
+    The accuracy gate (`AccuracyGate`) measures targets against a float `source` (or `reference` model), or the
+    float source `convert --quantize` recorded, on the images: top-1 agreement below `thresholds.min_agreement`
+    fails. `per_layer`: every layer's error against that float source, else the reference (models, not `.npz`).
     """
     from mobilenet_zoo.samples import resolve_images
     from mobilenet_zoo.sources import reference_artifact
@@ -631,25 +828,30 @@ def verify(
     thresholds = thresholds or Thresholds()
     images = resolve_images(images) if images is None or images else []  # None: the bundled photos; []: none
     given = reference or source
+    if given and str(given).endswith(".npz") and per_layer:
+        raise ZooError("--per-layer runs the reference model's layers: give a model, not saved outputs (.npz)")
+    gate = AccuracyGate(images, seed, thresholds.min_agreement)
     if given and str(given).endswith(".npz"):
-        saved = Reference.load(Path(given))
-        return VerifyResult(saved.input_names, [verify_target(t, saved, thresholds) for t in targets], missing)
-    if given:
-        path = reference_artifact(given)
-        groups: dict[ReferenceModel, list[Path]] = {}
+        saved, reports = Reference.load(Path(given)), []
         for target in targets:
-            groups.setdefault(ReferenceModel(path, recorded_backbone(target)), []).append(target)
+            reports.append(verify_target(target, saved, thresholds))
+            gate.check_alone(reports[-1], target, saved.resolution)  # the recorded float source, on the images
+        return VerifyResult(saved.input_names, reports, missing)
+    if per_layer and not images:
+        raise ZooError("--per-layer compares the layers on images: give some with --images")
+    if given:
+        groups, gate.given = groups_for_model(reference_artifact(given), targets)
     else:
         groups = group_by_reference(targets)
+    options = {"gate": gate, "per_layer": per_layer}
     if save_reference:
         if len(groups) != 1:
             raise ZooError(f"these targets need {len(groups)} different references: save a reference for each")
         model, group = next(iter(groups.items()))
         computed = compute_reference(model, images, n_random, seed)
         computed.save(save_reference)
-        reports = {
-            str(t): _checked(t, computed, thresholds, model.path if not model.runs_in_numpy else None) for t in group
-        }
+        checked = verify_group(model, group, images, n_random, seed, thresholds, progress, computed=computed, **options)
+        reports = {r.target: r for r in checked}
         return VerifyResult(computed.input_names, [reports[str(t)] for t in targets], missing)
-    reports = _verify_groups(groups, targets, images, n_random, seed, thresholds, progress)
+    reports = _verify_groups(groups, targets, images, n_random, seed, thresholds, progress, **options)
     return VerifyResult(input_names(images, n_random), reports, missing)

@@ -58,6 +58,7 @@ class Source:
     name: str
     origin: Path | None = None  # the file or folder the model was read from (None when built in memory)
     reference_engine: str = "runtime"  # "numpy": run the reference by the numpy forward pass, not its runtime
+    float_source: Path | None = None  # a quantized model's float original: the accuracy gate's source
 
     def __repr__(self) -> str:
         return f"Source({self.name!r}, reference={str(self.reference) if self.reference else None!r})"

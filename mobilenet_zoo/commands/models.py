@@ -288,7 +288,8 @@ def _parity_table(reports, n_inputs: int) -> Table:
         table.add_column(header, justify="right", no_wrap=True)
     table.add_column("result", min_width=4)
     for r in reports:
-        result = "[green]pass[/green]" if r.passed else "[red]FAIL[/red] " + "; ".join(r.failures)
+        parity_failures = r.parity_failures  # the accuracy gate has its own table
+        result = "[red]FAIL[/red] " + "; ".join(parity_failures) if parity_failures else "[green]pass[/green]"
         if r.failures == [SELF_REFERENCE]:
             result = f"[yellow]{r.failures[0]}[/yellow]"
         unit = " LSB" if r.quantized else ""
@@ -306,6 +307,74 @@ def _parity_table(reports, n_inputs: int) -> Table:
             f"{r.top5_agreement:.0%}",
             result,
         )
+    return table
+
+
+def _percent_interval(value: float | None, interval: tuple[float, float] | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.0%}" + (f" [{interval[0]:.0%}-{interval[1]:.0%}]" if interval else "")
+
+
+def _agreement_table(reports) -> Table:
+    """One row per gated target: its agreement with the float source, each measure with its 95% interval."""
+    gated = [r for r in reports if r.agreement is not None]
+    table = Table(
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+        title="agreement with the float source on images (95% intervals)",
+        caption="top1: target top-1 = float top-1; in top5: float top-1 within the target's top-5; "
+        "|Δprob|: per image the largest change of a probability, averaged",
+    )
+    table.add_column("target", no_wrap=True)
+    table.add_column("float source", no_wrap=True)
+    for header in ("images", "top1", "in top5", "|Δprob|"):
+        table.add_column(header, justify="right", no_wrap=True)
+    table.add_column("result", min_width=4)
+    for r in gated:
+        a = r.agreement
+        dprob = "-" if a.mean_abs_dprob is None else f"{a.mean_abs_dprob:.3f}"
+        if a.mean_abs_dprob_interval:
+            dprob += f" [{a.mean_abs_dprob_interval[0]:.3f}-{a.mean_abs_dprob_interval[1]:.3f}]"
+        failure = a.failure()
+        result = (
+            f"[red]FAIL[/red] {escape(failure)}" if failure else f"[green]pass[/green] (at least {a.min_agreement:.0%})"
+        )
+        if a.note():
+            result += f"; {escape(a.note())}"
+        table.add_row(
+            Path(r.target).name,
+            Path(a.source).name,
+            str(a.images),
+            _percent_interval(a.top1, a.top1_interval),
+            _percent_interval(a.top5, a.top5_interval),
+            dprob,
+            result,
+        )
+    return table
+
+
+def _per_layer_table(report) -> Table:
+    """Every layer's error of one target against its reference, the first large one marked."""
+    comparison = report.per_layer
+    first = comparison.first_large_error
+    table = Table(
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+        title=escape(
+            f"per-layer error of {Path(report.target).name} against {Path(comparison.reference).name} "
+            f"on {comparison.images} images"
+        ),
+        caption=f"SQNR: reference energy over error energy; marked: the first layer below {comparison.large_error_db:g} dB",
+    )
+    table.add_column("layer", no_wrap=True)
+    for header in ("shape", "max |Δ|", "SQNR dB"):
+        table.add_column(header, justify="right", no_wrap=True)
+    table.add_column("", no_wrap=True)
+    for row in comparison.layers:
+        sqnr = "exact" if row.sqnr_db is None else f"{row.sqnr_db:.1f}"
+        mark = "[red]◀ first large error[/red]" if row.layer == first else ""
+        table.add_row(row.layer, "x".join(map(str, row.shape)), f"{row.max_abs:.3g}", sqnr, mark)
     return table
 
 
@@ -332,6 +401,8 @@ def _verify_and_report(
             raise ZooError(
                 "--ray verifies against the recorded references: drop --source, --reference and --save-reference"
             )
+        if options.get("per_layer"):
+            raise ZooError("--per-layer runs on this machine: drop --ray")
         images, n_random, seed = (
             resolve_images(options.get("images") or []),
             options.get("n_random", 8),
@@ -349,6 +420,10 @@ def _verify_and_report(
         print_json(result.as_dict())
     else:
         console.print(_parity_table(result.reports, len(result.inputs)))
+        if any(r.agreement is not None for r in result.reports):
+            console.print(_agreement_table(result.reports))
+        for report in (r for r in result.reports if r.per_layer is not None):
+            console.print(_per_layer_table(report))
     if not result.passed:
         raise VerificationError(result.summary())
     return result
@@ -441,6 +516,16 @@ def verify_command(
         help="Quantized models: allowed uint8 difference (default 0 for exact ONNX, 1 for the other formats, 29 for QDQ ONNX: 6 on its logits, 137 on feature maps).",
     ),
     top5: bool = typer.Option(True, "--top5/--no-top5", help="Float models: require identical top-5 sets."),
+    min_agreement: float = typer.Option(
+        0.9,
+        "--min-agreement",
+        help="Accuracy gate: the least share of the images on which a target keeps the top-1 of its float source (a float --source, or the float model convert --quantize recorded); calibration images are left out.",
+    ),
+    per_layer: bool = typer.Option(
+        False,
+        "--per-layer",
+        help="Also show every layer's error (max |d|, SQNR dB) against the float source or else the reference, both read and run by the numpy forward passes on the images.",
+    ),
     save_reference: Optional[Path] = typer.Option(
         None, "--save-reference", help="Save the reference inputs/outputs to an .npz for later runs."
     ),
@@ -454,7 +539,9 @@ def verify_command(
     """Check converted models against the original's forward pass; exit 4 if any is out of bounds."""
     from mobilenet_zoo.parity import Thresholds
 
-    thresholds = Thresholds(atol=atol, rtol=rtol, top5_identical=top5)
+    if not 0.0 <= min_agreement <= 1.0:
+        raise ZooError(f"--min-agreement is a share of the images, 0 to 1, not {min_agreement}")
+    thresholds = Thresholds(atol=atol, rtol=rtol, top5_identical=top5, min_agreement=min_agreement)
     if max_lsb is not None:
         thresholds.lsb = dict.fromkeys(thresholds.lsb, max_lsb)
         thresholds.logits_lsb = dict.fromkeys(thresholds.logits_lsb, max_lsb)
@@ -472,6 +559,7 @@ def verify_command(
             seed=seed,
             thresholds=thresholds,
             save_reference=save_reference,
+            per_layer=per_layer,
             use_ray=ray or bool(ray_address),
             ray_address=ray_address,
         )
