@@ -2,7 +2,8 @@
 and one weights file, `model.safetensors`, in the Hugging Face layout with its `config.json` and
 `preprocessor_config.json`; uint8 models run TFLite's integer arithmetic in torch.
 
-Private modules: `_folder` (files, float writer and reader, runner), `_module` (the nn.Module), `_quant` (uint8).
+Private modules: `_folder` (files, float writer and reader, runner), `_module` (the nn.Module), `_quant` (uint8),
+`_pt2` (the one way a `.pt2` is opened: checked so that nothing in it is unpickled or run).
 """
 
 from __future__ import annotations
@@ -67,4 +68,4 @@ def load_runner(path: Path):
     return _quant.load_runner(path) if _folder.is_quantized(path) else _folder.load_runner(path)
 
 
-__getattr__ = private_getattr(__name__, "_folder", "_quant", "_module")
+__getattr__ = private_getattr(__name__, "_folder", "_quant", "_module", "_pt2")
