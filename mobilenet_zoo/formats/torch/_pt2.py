@@ -35,10 +35,11 @@ from typing import Any
 
 import numpy as np
 
+from mobilenet_zoo.constants import METADATA_FILE
 from mobilenet_zoo.deps import require
 from mobilenet_zoo.errors import ModelFormatError
 
-PROGRAM_METADATA = "mobilenet_zoo.json"  # our extra file inside the archive
+PROGRAM_METADATA = METADATA_FILE  # our extra file inside the archive
 ARCHIVE_LIMIT = 256 * 2**20  # bytes, the file and its entries inflated: our largest (1.0_224 uint8) is ~40 MB
 MEMBER_LIMIT = 4096  # entries: ours have one per weight, at most ~250
 JSON_LIMIT = 64 * 2**20  # bytes of one JSON entry (the program of 1.0_224 uint8: ~1.5 MB)
