@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import pickle
 import re
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -28,6 +29,7 @@ import torch
 from mobilenet_zoo.arch import ModelConfig
 from mobilenet_zoo.errors import ModelFormatError
 from mobilenet_zoo.formats import torch as torch_format
+from mobilenet_zoo.formats.torch import _pt2
 from mobilenet_zoo.model import random_model
 
 DATA = Path(__file__).parent / "data"
@@ -140,31 +142,31 @@ def code_as_shape(program: Path, marker: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def shared(tmp_path_factory) -> dict[str, Path]:
-    """A `convert` output folder of the real uint8 model with a hostile `.pt2` (its first weight a pickle), as
-    someone would share it, and a float `.pt2` carrying the same payload; each creates `marker` if it ever runs."""
-    root = tmp_path_factory.mktemp("hostile")
-    marker = root / "MARKER"
-    folder = root / "shared"
-    result = run_cli("convert", QUANT_TFLITE, "--to", "torch", "-o", folder)
+def clean(tmp_path_factory) -> dict[str, Path]:
+    """Our own files, written once: a `convert` output folder of the real uint8 model (its manifest names the
+    `.tflite` as the reference) and a float torch folder."""
+    root = tmp_path_factory.mktemp("clean")
+    result = run_cli("convert", QUANT_TFLITE, "--to", "torch", "-o", root / "quant")
     assert result.returncode == 0, result.stderr
-    torch_folder = folder / "mobilenet_v1_0.25_128_quant_torch"
-    quant_program = torch_folder / "mobilenet_v1_0.25_128_quant.pt2"
-    pickle_first_weight(quant_program, marker)
-    float_program = torch_format.write(random_model(SMALL, seed=5), root / "float_torch") / f"{SMALL.name}.pt2"
-    pickle_first_weight(float_program, marker)
-    return {"root": root, "marker": marker, "folder": folder, "torch": torch_folder, "quant": quant_program,
-            "float": float_program}  # fmt: skip
+    float_folder = torch_format.write(random_model(SMALL, seed=7), root / "float_torch")
+    quant_program = next((root / "quant" / "mobilenet_v1_0.25_128_quant_torch").glob("*.pt2"))
+    return {"quant folder": root / "quant", "float": next(float_folder.glob("*.pt2")), "uint8": quant_program}
 
 
 @pytest.fixture(scope="module")
-def own_programs(tmp_path_factory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("own")
-    float_folder = torch_format.write(random_model(SMALL, seed=7), root / "float_torch")
-    result = run_cli("convert", QUANT_TFLITE, "--to", "torch", "-o", root / "quant")
-    assert result.returncode == 0, result.stderr
-    quant_folder = root / "quant" / "mobilenet_v1_0.25_128_quant_torch"
-    return {"float": next(float_folder.glob("*.pt2")), "uint8": next(quant_folder.glob("*.pt2"))}
+def shared(clean, tmp_path_factory) -> dict[str, Path]:
+    """The `convert` output folder as someone would share it, with a hostile `.pt2` (its first weight a pickle), and
+    a float `.pt2` carrying the same payload; each creates `marker` if it ever runs."""
+    root = tmp_path_factory.mktemp("hostile")
+    marker, folder = root / "MARKER", root / "shared"
+    shutil.copytree(clean["quant folder"], folder)
+    torch_folder = folder / clean["uint8"].parent.name
+    float_program = root / clean["float"].name
+    shutil.copy(clean["float"], float_program)
+    for program in (torch_folder / clean["uint8"].name, float_program):
+        pickle_first_weight(program, marker)
+    return {"root": root, "marker": marker, "folder": folder, "torch": torch_folder,
+            "quant": torch_folder / clean["uint8"].name, "float": float_program}  # fmt: skip
 
 
 def run_cli(*args) -> subprocess.CompletedProcess:
@@ -212,12 +214,12 @@ HOSTILE_EDITS = {
 
 @pytest.mark.parametrize("kind", HOSTILE_EDITS)
 @pytest.mark.parametrize("quantized", [False, True], ids=["float", "uint8"])
-def test_no_hostile_program_runs_in_the_reader_or_the_runner(kind, quantized, own_programs, tmp_path):
+def test_no_hostile_program_runs_in_the_reader_or_the_runner(kind, quantized, clean, tmp_path):
     """Reading and running a `.pt2` with any of the payloads torch.export.load would run: refused, marker absent."""
     marker = tmp_path / "MARKER"
-    clean = own_programs["uint8" if quantized else "float"]
-    program = tmp_path / clean.name
-    program.write_bytes(clean.read_bytes())
+    source = clean["uint8" if quantized else "float"]
+    program = tmp_path / source.name
+    program.write_bytes(source.read_bytes())
     HOSTILE_EDITS[kind](program, marker)
     images = np.zeros((1, 128, 128, 3), np.uint8 if quantized else np.float32)
     errors = [opened(lambda: torch_format.load_runner(program)(images)), opened(lambda: torch_format.read(program))]
@@ -234,13 +236,56 @@ def opened(open_program: Callable[[], object]) -> str:
     return ""
 
 
+def add_entry(name: str, data: bytes) -> Callable[[Path, Path], None]:
+    """An edit adding the entry `name` to the archive's folder."""
+
+    def edit(program: Path, marker: Path) -> None:
+        with zipfile.ZipFile(program, "a") as archive:
+            archive.writestr(f"{archive.namelist()[0].split('/')[0]}/{name}", data)
+
+    return edit
+
+
+def replace_in_program(old: bytes, new: bytes) -> Callable[[Path, Path], None]:
+    """An edit replacing the first `old` in the program's JSON by `new`."""
+
+    def edit(program: Path, marker: Path) -> None:
+        rewrite_archive(
+            program, lambda name, data: data.replace(old, new, 1) if name.endswith("models/model.json") else data
+        )
+
+    return edit
+
+
+REFUSED_CONTENT = {
+    "AOTInductor library": (add_entry("data/aotinductor/model/model.so", b"\x7fELF"), "AOTInductor compiled code"),
+    "legacy pickled state dict": (add_entry("data/weights/model.pt", b"\x80\x02"), "a pickled state dict"),
+    "unexpected entry": (add_entry("extra/../run.py", b"print()"), "unexpected entry 'extra/../run.py'"),
+    "foreign operator": (
+        replace_in_program(b'"torch.ops.aten.permute.default"', b'"torch.serialization.os.system"'),
+        "calls 'torch.serialization.os.system'",
+    ),
+    "code as a name": (replace_in_program(b'"name": "permute"', b'"name": "x;import os"'), "'x;import os'"),
+}
+
+
+@pytest.mark.parametrize("case", REFUSED_CONTENT)
+def test_anything_torch_would_run_or_we_do_not_know_is_named_and_refused(case, clean, tmp_path):
+    program = tmp_path / clean["float"].name
+    program.write_bytes(clean["float"].read_bytes())
+    edit, reason = REFUSED_CONTENT[case]
+    edit(program, tmp_path / "MARKER")
+    error = opened(lambda: torch_format.load_runner(program))
+    assert error.startswith(f"{program}: refused before loading: ") and reason in error, error
+
+
 # ---------------------------------------------------------------------------------------------- our own files
 
 
 @pytest.mark.parametrize("kind", ["float", "uint8"])
-def test_our_pt2_still_loads_with_torch_export_and_runs_as_our_runner(kind, own_programs):
+def test_our_pt2_still_loads_with_torch_export_and_runs_as_our_runner(kind, clean):
     """`torch.export.load(p).module()` (NCHW) gives what our runner (NHWC) gives, to the bit."""
-    program = own_programs[kind]
+    program = clean[kind]
     images = np.random.default_rng(3).uniform(-1, 1, (2, 128, 128, 3)).astype(np.float32)
     if kind == "uint8":
         images = np.round((images + 1) * 127.5).astype(np.uint8)
@@ -253,7 +298,7 @@ def test_our_pt2_still_loads_with_torch_export_and_runs_as_our_runner(kind, own_
 
 
 @pytest.mark.parametrize("kind", ["float", "uint8"])
-def test_reading_and_running_our_pt2_unpickles_nothing(kind, own_programs, monkeypatch):
+def test_reading_and_running_our_pt2_unpickles_nothing(kind, clean, monkeypatch):
     """With every unpickler out of reach (pickle's and torch's), our `.pt2` still reads and runs."""
 
     def no_unpickling(*args, **kwargs):
@@ -263,22 +308,19 @@ def test_reading_and_running_our_pt2_unpickles_nothing(kind, own_programs, monke
     for name in ("load", "loads", "Unpickler"):
         monkeypatch.setattr(pickle, name, no_unpickling)
     monkeypatch.setattr(torch._C, "_pickle_load_obj", no_unpickling, raising=False)
-    program = own_programs[kind]
+    program = clean[kind]
     outputs = torch_format.load_runner(program)(np.zeros((1, 128, 128, 3), np.uint8 if kind == "uint8" else np.float32))
     assert outputs["probabilities"].shape == (1, 1001)
-    if kind == "float":
-        assert torch_format.read(program).config == SMALL
+    assert torch_format.read(program).config.quantized == (kind == "uint8")
 
 
 # ---------------------------------------------------------------------------------------------- bounds
 
 
-def test_an_archive_member_past_the_bound_is_refused_before_it_is_read(own_programs, tmp_path):
-    """A program entry that inflates past the bound (a few MB on disk) is refused from its declared size."""
-    from mobilenet_zoo.formats.torch import _pt2
-
-    program = tmp_path / own_programs["float"].name
-    program.write_bytes(own_programs["float"].read_bytes())
+def test_an_archive_member_past_the_bound_is_refused_before_it_is_read(clean, tmp_path):
+    """A program entry that inflates past the bound (a few kB on disk) is refused from its declared size."""
+    program = tmp_path / clean["float"].name
+    program.write_bytes(clean["float"].read_bytes())
     with zipfile.ZipFile(program) as archive:
         entries = {name: archive.read(name) for name in archive.namelist()}
     with zipfile.ZipFile(program, "w", zipfile.ZIP_DEFLATED) as archive:
@@ -290,6 +332,6 @@ def test_an_archive_member_past_the_bound_is_refused_before_it_is_read(own_progr
                 chunk = b" " * 2**20
                 for _ in range(_pt2.JSON_LIMIT // len(chunk) + 1):
                     member.write(chunk)
-    assert program.stat().st_size < 4 * 2**20 + own_programs["float"].stat().st_size
+    assert program.stat().st_size < clean["float"].stat().st_size
     with pytest.raises(ModelFormatError, match=r"models/model\.json.*larger than"):
         torch_format.load_runner(program)
