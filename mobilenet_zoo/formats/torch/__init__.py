@@ -2,7 +2,8 @@
 and one weights file, `model.safetensors`, in the Hugging Face layout with its `config.json` and
 `preprocessor_config.json`; uint8 models run TFLite's integer arithmetic in torch.
 
-Private modules: `_folder` (files, float writer and reader, runner), `_module` (the nn.Module), `_quant` (uint8).
+Private modules: `_folder` (files, float writer and reader, runner), `_module` (the nn.Module), `_quant` (uint8),
+`_pt2` (the one way a `.pt2` is opened: checked so that nothing in it is unpickled or run).
 """
 
 from __future__ import annotations
@@ -79,4 +80,4 @@ def content_problem(path: Path) -> str | None:
     return f"not a PyTorch archive ({problem})" if problem else None
 
 
-__getattr__ = private_getattr(__name__, "_folder", "_quant", "_module")
+__getattr__ = private_getattr(__name__, "_folder", "_quant", "_module", "_pt2")

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import importlib
 import json
-import zipfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -41,13 +40,14 @@ import numpy as np
 from mobilenet_zoo.arch import BN_EPSILON, Backbone, ModelConfig, placed_layers
 from mobilenet_zoo.deps import require
 from mobilenet_zoo.errors import ModelFormatError
+from mobilenet_zoo.formats.torch import _pt2
 from mobilenet_zoo.fsutil import atomic_folder
 from mobilenet_zoo.model import PRODUCER, Classes, MobileNetV1Model, config_from_metadata, imagenet_names
 from mobilenet_zoo.preprocess import CENTRAL_FRACTION
 
 WEIGHTS_SUFFIX = ".safetensors"
 PROGRAM_SUFFIX = ".pt2"
-PROGRAM_METADATA = "mobilenet_zoo.json"  # extra file inside the .pt2 archive
+PROGRAM_METADATA = _pt2.PROGRAM_METADATA  # extra file inside the .pt2 archive
 HF_CONFIG = "config.json"
 HF_PREPROCESSOR = "preprocessor_config.json"
 HF_WEIGHTS = "model.safetensors"
@@ -218,6 +218,7 @@ def save_program(
     program = torch.export.export(interface, (example,), dynamic_shapes={"images": {0: batch}})
     extra = {PROGRAM_METADATA: json.dumps({**metadata, INPUT_LAYOUT_KEY: layout})}
     torch.export.save(program, str(out), extra_files=extra)
+    _pt2.checked_archive(out)  # never write a program our own reader would refuse
 
 
 def program_module(path: Path) -> tuple[ProgramCall, int] | None:
@@ -233,7 +234,8 @@ def program_module(path: Path) -> tuple[ProgramCall, int] | None:
     metadata = recorded_metadata(program)
     config = config_from_metadata(metadata, program)
     backbone = backbone_from_metadata(metadata, program)
-    call = ProgramCall(_load_program(program).module(), metadata.get(INPUT_LAYOUT_KEY, "NHWC"), output_names(backbone))
+    module = _pt2.load_program(program).module()
+    call = ProgramCall(module, metadata.get(INPUT_LAYOUT_KEY, "NHWC"), output_names(backbone))
     return call, backbone.input_size or config.resolution
 
 
@@ -304,13 +306,15 @@ def _read_safetensors(path: Path) -> MobileNetV1Model:
 
 
 def _read_program(path: Path) -> MobileNetV1Model:
-    """Weights from the exported program's state dict, named as `torch_model.MobileNetV1` names them."""
+    """Weights from the exported program's state dict, named as `torch_model.MobileNetV1` names them, read as raw
+    tensors from the checked archive (`_pt2`: nothing in it is unpickled or run)."""
     from mobilenet_zoo.formats.torch._module import weights_from_state_dict
 
-    metadata = recorded_metadata(path)
+    archive = _pt2.checked_archive(path)
+    metadata = archive.metadata
     config = config_from_metadata(metadata, path)
     prefix = PROGRAM_NETWORK_PREFIX if INPUT_LAYOUT_KEY in metadata else ""  # older programs export the bare network
-    state = {name.removeprefix(prefix): tensor for name, tensor in _load_program(path).state_dict.items()}
+    state = {name.removeprefix(prefix): tensor for name, tensor in _pt2.raw_weights(archive).items()}
     try:
         weights = weights_from_state_dict(state, config, folded=metadata.get("folded") == "true")
     except KeyError as exc:
@@ -335,14 +339,6 @@ def safetensors_numpy() -> ModuleType:
     return importlib.import_module("safetensors.numpy")
 
 
-def _load_program(path: Path):
-    torch = require("torch")
-    try:
-        return torch.export.load(str(path))
-    except Exception as exc:  # torch raises RuntimeError, zipfile.BadZipFile, KeyError... on foreign files
-        raise ModelFormatError(f"{path}: not a loadable torch.export program ({exc})") from exc
-
-
 def _safetensors_metadata(path: Path) -> dict[str, str]:
     safetensors = require("safetensors")
     try:
@@ -353,13 +349,8 @@ def _safetensors_metadata(path: Path) -> dict[str, str]:
 
 
 def _program_metadata(path: Path) -> dict[str, str]:
-    """The `extra/mobilenet_zoo.json` member of a `.pt2` archive (read without loading the program)."""
-    try:
-        with zipfile.ZipFile(path) as archive:
-            member = next((n for n in archive.namelist() if n.endswith(f"/extra/{PROGRAM_METADATA}")), None)
-            return json.loads(archive.read(member)) if member else {}
-    except (OSError, zipfile.BadZipFile, json.JSONDecodeError) as exc:
-        raise ModelFormatError(f"{path}: not a readable .pt2 archive ({exc})") from exc
+    """The `extra/mobilenet_zoo.json` member of a `.pt2` archive (read alone, without loading the program)."""
+    return _pt2.program_metadata(path)
 
 
 def own_file(folder: Path, suffix: str) -> Path | None:

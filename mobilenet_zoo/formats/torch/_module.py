@@ -154,11 +154,15 @@ def load_weights(module: MobileNetV1, model: MobileNetV1Model) -> None:
 
 
 def weights_from_state_dict(state: dict, config: ModelConfig, folded: bool) -> dict[str, np.ndarray]:
-    """Canonical TF-layout weights from a `MobileNetV1` state dict (of a module or an exported program)."""
+    """Canonical TF-layout weights from a `MobileNetV1` state dict (torch tensors of a module, or numpy arrays)."""
     return {
-        slim_name: to_tf_layout(state[torch_name].detach().cpu().numpy(), kind)
+        slim_name: to_tf_layout(_as_numpy(state[torch_name]), kind)
         for slim_name, (torch_name, kind) in tensor_names(config, folded).items()
     }
+
+
+def _as_numpy(tensor) -> np.ndarray:
+    return tensor if isinstance(tensor, np.ndarray) else tensor.detach().cpu().numpy()
 
 
 def tensor_names(config: ModelConfig, folded: bool) -> dict[str, tuple[str, str]]:

@@ -38,6 +38,7 @@ from mobilenet_zoo.formats.torch._folder import (
     own_file,
     safetensors_numpy,
 )
+from mobilenet_zoo.formats.torch._pt2 import checked_archive
 from mobilenet_zoo.fsutil import atomic_folder
 from mobilenet_zoo.model import (
     MobileNetV1Model,
@@ -313,9 +314,12 @@ def _params(tensors: dict[str, np.ndarray], name: str, dtype: str) -> QuantParam
 
 
 def _weights_file(path: Path) -> Path:
-    """NAME.safetensors itself, the one in a written folder, or the one beside a NAME.pt2."""
+    """NAME.safetensors itself, the one in a written folder, or the one beside a NAME.pt2 (once the `.pt2` named as
+    the source passes the checks the runner makes)."""
     if path.suffix == WEIGHTS_SUFFIX:
         return path
+    if path.suffix == PROGRAM_SUFFIX:
+        checked_archive(path)
     candidate = path.with_suffix(WEIGHTS_SUFFIX) if path.suffix == PROGRAM_SUFFIX else own_file(path, WEIGHTS_SUFFIX)
     if candidate is None or not candidate.exists():
         raise ModelFormatError(f"{path}: no quantized {WEIGHTS_SUFFIX} file of ours to read")
