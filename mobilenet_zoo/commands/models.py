@@ -340,8 +340,6 @@ def _agreement_table(reports) -> Table:
         result = (
             f"[red]FAIL[/red] {escape(failure)}" if failure else f"[green]pass[/green] (at least {a.min_agreement:.0%})"
         )
-        if a.note():
-            result += f"; {escape(a.note())}"
         table.add_row(
             Path(r.target).name,
             Path(a.source).name,
@@ -422,6 +420,8 @@ def _verify_and_report(
         console.print(_parity_table(result.reports, len(result.inputs)))
         if any(r.agreement is not None for r in result.reports):
             console.print(_agreement_table(result.reports))
+            for report in (r for r in result.reports if r.agreement is not None and r.agreement.note()):
+                print(f"{Path(report.target).name}: {report.agreement.note()}")  # a whole line, even when piped
         for report in (r for r in result.reports if r.per_layer is not None):
             console.print(_per_layer_table(report))
     if not result.passed:
