@@ -49,8 +49,8 @@ from mobilenet_zoo.arch import (
 )
 from mobilenet_zoo.errors import ModelFormatError
 from mobilenet_zoo.model import (
-    INTEGER_RANGES,
     INPUT_ACTIVATION,
+    INTEGER_RANGES,
     LOGITS_ACTIVATION,
     OUTPUT_ACTIVATION,
     POOL_ACTIVATION,
