@@ -722,7 +722,12 @@ def flatbuffer(model: MobileNetV1Model) -> bytes:
     config, backbone = model.config, model.backbone
     writer = _GraphWriter(require(SCHEMA_MODULE), model)
     size = model.input_size
-    image = tensor = writer.activation(INPUT_NAME, [size, size, 3], INPUT_ACTIVATION)
+    interface = model.quant.interface if model.quant is not None else None
+    core_input_name = INPUT_NAME if interface is None else "tfl.quantize"
+    image = tensor = writer.activation(core_input_name, [size, size, 3], INPUT_ACTIVATION)
+    if interface is not None and interface.input != model.quant.activation_dtype:
+        image = writer.edge_tensor(INPUT_NAME, [size, size, 3], interface.input, interface.input_params)
+        writer.operator("QUANTIZE", [image], tensor)
     features = {}
     for placed in placed_layers(config, backbone):
         layer, size = placed.layer, placed.output_size
@@ -749,6 +754,11 @@ def flatbuffer(model: MobileNetV1Model) -> bytes:
         head_shape = [config.num_classes]
     probabilities = writer.activation(f"{SCOPE}/Predictions/Reshape_1", head_shape, OUTPUT_ACTIVATION)
     writer.operator("SOFTMAX", [logits], probabilities, "SoftmaxOptions", beta=1.0)
+    if interface is not None and interface.output != model.quant.activation_dtype:
+        given = writer.edge_tensor(f"{SCOPE}/Predictions/Output", head_shape, interface.output, interface.output_params)
+        probabilities = writer.operator(
+            "DEQUANTIZE" if interface.output == "float32" else "QUANTIZE", [probabilities], given
+        )
     outputs = {PROBABILITIES: probabilities, LOGITS: logits, **features}
     return writer.finish(image, outputs, description=f"{PRODUCER} {config.name}", metadata=model.metadata())
 
@@ -803,22 +813,50 @@ class _GraphWriter:
         self.tensors[index].shapeSignature = np.asarray([-1, *shape], np.int32)
         return index
 
+    def edge_tensor(self, name: str, shape: list[int], dtype: str, params: QuantParams | None) -> int:
+        """A batch-free tensor of the interface (uint8 with its params, or float32) around an integer core."""
+        index = self.add_tensor(name, [1, *shape], dtype.upper(), params)
+        self.tensors[index].shapeSignature = np.asarray([-1, *shape], np.int32)
+        return index
+
+    def float_constant(self, name: str, values: np.ndarray) -> int:
+        """A float32 constant, or as the model stores its weights: float16 through a DEQUANTIZE op."""
+        values = values.astype(np.float32)
+        if self.model.weight_storage != "float16":
+            return self.add_tensor(name, list(values.shape), "FLOAT32", data=values)
+        half = values.astype(np.float16)
+        if not np.array_equal(half.astype(np.float32), values):
+            raise ModelFormatError(f"{name}: the weights of a float16 model are not float16 values")
+        stored = self.add_tensor(name, list(values.shape), "FLOAT16", data=half)
+        return self.operator(
+            "DEQUANTIZE", [stored], self.add_tensor(f"{name}_dequantize", list(values.shape), "FLOAT32")
+        )
+
     def kernel_and_bias(self, weight_name: str, bias_name: str) -> tuple[int, int]:
-        """Constant tensors of a kernel (TF layout in, TFLite layout out) and its bias: float32, or the
-        quantized kernel and int32 bias of a quantized model."""
+        """Constant tensors of a kernel (TF layout in, TFLite layout out) and its bias: float32 (float16 or int8
+        as a float model stores them), or the quantized kernel and int32 bias of a quantized model."""
         if self.model.quant is None:
+            stored = (self.model.stored_weights or {}).get(weight_name)
             kernel = self.model.weights[weight_name].astype(np.float32).transpose(_TF_TO_TFLITE_AXES)
-            bias = self.model.weights[bias_name].astype(np.float32)
-            return (
-                self.add_tensor(weight_name, list(kernel.shape), "FLOAT32", data=kernel),
-                self.add_tensor(bias_name, list(bias.shape), "FLOAT32", data=bias),
-            )
+            if stored is not None:  # dynamic-range: int8 per-channel weights in a float convolution
+                kernel_index = self.quantized_kernel(weight_name, stored)
+            else:
+                kernel_index = self.float_constant(weight_name, kernel)
+            return kernel_index, self.float_constant(bias_name, self.model.weights[bias_name])
         kernel, bias = self.model.quant.tensors[weight_name], self.model.quant.tensors[bias_name]
+        kernel_index = self.quantized_kernel(weight_name, kernel)
+        bias_index = self.add_tensor(
+            bias_name, list(bias.values.shape), bias.params.dtype.upper(), bias.params, bias.values
+        )
+        return kernel_index, bias_index
+
+    def quantized_kernel(self, weight_name: str, kernel: QuantizedTensor) -> int:
+        """A quantized kernel constant in TFLite layout."""
         data = kernel.values.transpose(_TF_TO_TFLITE_AXES)
         # Per-channel scales run along the output channel: axis 0 of OHWI, axis 3 of a depthwise 1HWC
         # (per-tensor kernels keep 0: XNNPACK takes a nonzero dimension for a per-channel kernel).
         per_channel_depthwise = weight_name.endswith("depthwise_weights") and np.size(kernel.params.scale) > 1
-        kernel_index = self.add_tensor(
+        return self.add_tensor(
             weight_name,
             list(data.shape),
             kernel.params.dtype.upper(),
@@ -826,10 +864,6 @@ class _GraphWriter:
             data,
             3 if per_channel_depthwise else 0,
         )
-        bias_index = self.add_tensor(
-            bias_name, list(bias.values.shape), bias.params.dtype.upper(), bias.params, bias.values
-        )
-        return kernel_index, bias_index
 
     def operator(self, op_name: str, inputs: list[int], output: int, options_name: str | None = None, **options) -> int:
         op = self.schema.OperatorT()
