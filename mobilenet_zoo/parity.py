@@ -198,14 +198,15 @@ class NumpyRunner:
 
     @property
     def quantized(self) -> bool:
-        return self.model.config.quantized
+        """Takes uint8 pixels: a quantized model, unless its interface is float32 (TF's converter's float edges)."""
+        return self.model.config.quantized and self.model.quant.input_dtype != "float32"
 
     @property
     def resolution(self) -> int:
         return self.model.input_size
 
     def __call__(self, images: np.ndarray) -> dict[str, np.ndarray]:
-        if self.quantized:
+        if self.model.config.quantized:
             from mobilenet_zoo import quant_math
 
             return quant_math.forward(self.model, images)

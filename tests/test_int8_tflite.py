@@ -331,3 +331,17 @@ def test_int8_models_are_refused_by_the_uint8_writers_before_anything_is_written
     code, _, err = cli("convert", converted("int8"), "--to", "onnx", "-o", tmp_path / "out")
     assert code != 0 and "int8 per-channel model" in err and "Traceback" not in err
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("flavour", ["uint8", "float32"])
+def test_verify_a_file_against_the_numpy_integer_reference(converted, flavour):
+    """The file in LiteRT's builtin kernels against our independent int8 reference: a pass, at 0 LSB (float edges:
+    the same float32 values)."""
+    from mobilenet_zoo.parity import NUMPY, ReferenceModel, Thresholds, verify_group
+
+    path = converted(flavour)
+    photo = realdata("photos") / TEST_PHOTOS[0]
+    (report,) = verify_group(ReferenceModel(path, engine=NUMPY), [path], [photo], 1, 0, Thresholds(atol=0, rtol=0))
+    assert report.passed, report.failures
+    assert report.max_abs_probabilities == 0

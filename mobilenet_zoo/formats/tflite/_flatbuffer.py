@@ -358,6 +358,12 @@ class MobileNetGraph:
             raise ModelFormatError(
                 f"{self.name}: the output {self.op_name(self.output_edge)} does not take the softmax"
             )
+        for edge, tensor in ((self.input_edge, "inputs"), (self.output_edge, "outputs")):
+            if edge is not None and self.type_name(int(getattr(edge, tensor)[0])) == core:
+                raise ModelFormatError(
+                    f"{self.name}: {self.op_name(edge)} at the {tensor[:-1]} requantizes {core} to {core}; "
+                    "only uint8 or float32 edges around an integer core are read"
+                )
         for source in self.dequantized.values():
             if self.type_name(source) not in ("FLOAT16", "INT8"):
                 raise ModelFormatError(
