@@ -400,7 +400,9 @@ def with_dense_head(
     folded = dict(model.weights)
     folded[config.logits_weight_name] = (kernel @ weights)[None, None].astype(np.float32)
     folded[config.logits_bias_name] = (bias @ weights + biases).astype(np.float32)
-    return replace(model, config=head_config, weights=folded, classes=Classes(background=False)).validate()
+    # the folded classifier is float32 whatever the weights were stored as (float16, int8)
+    float32 = {"weight_storage": None, "stored_weights": None}
+    return replace(model, config=head_config, weights=folded, classes=Classes(background=False), **float32).validate()
 
 
 def config_from_metadata(metadata: dict[str, str], source: object) -> ModelConfig:

@@ -345,3 +345,23 @@ def test_verify_a_file_against_the_numpy_integer_reference(converted, flavour):
     (report,) = verify_group(ReferenceModel(path, engine=NUMPY), [path], [photo], 1, 0, Thresholds(atol=0, rtol=0))
     assert report.passed, report.failures
     assert report.max_abs_probabilities == 0
+
+
+def test_int8_quantization_and_its_interface_survive_the_json_record():
+    """What our other formats' metadata records (`quant_params_json`): per-channel axes and the edges too."""
+    from mobilenet_zoo.model import Interface, QuantInfo, quant_info_from_json, quant_params_json
+
+    kernel = QuantizedTensor(
+        np.arange(-9, 9, dtype=np.int8).reshape(3, 3, 2, 1),
+        QuantParams(np.array([0.5, 0.25], np.float32), np.zeros(2, np.int64), "int8", axis=2),
+    )
+    uint8 = QuantParams(np.float32(2 / 255), np.int64(127), "uint8")
+    quant = QuantInfo(
+        {"k": kernel},
+        {"input": QuantParams(np.float32(2 / 255), np.int64(-1), "int8")},
+        Interface("uint8", "float32", uint8, None),
+    )
+    back = quant_info_from_json(quant_params_json(quant), {"k": kernel.values})
+    assert back.interface == quant.interface and back.input_dtype == "uint8" and back.output_dtype == "float32"
+    assert back.activation_dtype == "int8" and back.tensors["k"].params.axis == 2
+    np.testing.assert_array_equal(back.tensors["k"].dequantize(), kernel.dequantize())
