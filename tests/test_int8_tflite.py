@@ -305,8 +305,11 @@ def test_convert_to_tflite_writes_the_same_form_and_verify_passes(converted, cli
         got = tflite.load_runner(written, xnnpack=xnnpack)(inputs)
         for output in ("logits", "probabilities"):
             np.testing.assert_array_equal(got[output], expected[output])
-    code, out, err = cli("verify", tmp_path, "--random", "1")
+    code, out, err = cli("verify", tmp_path, "--random", "1", "--json")
     assert code == 0, out + err
+    (report,) = json.loads(out)["targets"]
+    # XNNPACK's distance from the builtin kernels beside the check, float edges included
+    assert (report["xnnpack_lsb"] is not None) == (flavour in FULL_INTEGER)
 
 
 @pytest.mark.slow

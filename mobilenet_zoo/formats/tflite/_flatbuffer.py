@@ -612,7 +612,8 @@ def load_runner(path: Path, *, xnnpack: bool = False) -> TFLiteRunner:
     graph = MobileNetGraph.load(path)
     image_type = graph.type_name(graph.image_tensor)
     quantized = image_type in _INTEGER_TYPES  # takes uint8 pixels (an int8 input gets them shifted by -128)
-    builtin = graph.type_name(graph.input_tensor) in _INTEGER_TYPES and not xnnpack  # an integer core
+    integer_core = graph.type_name(graph.input_tensor) in _INTEGER_TYPES
+    builtin = integer_core and not xnnpack
     resolver = litert.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES if builtin else litert.OpResolverType.AUTO
     outputs = {**graph.head_outputs(), **graph.feature_outputs(graph.config())}
     signature = graph.signature(outputs)
@@ -631,6 +632,7 @@ def load_runner(path: Path, *, xnnpack: bool = False) -> TFLiteRunner:
                 resolution,
                 batch_size=1,
                 int8_input=image_type == "INT8",
+                integer_core=integer_core,
             )
         return TFLiteRunner(
             _signature_forward(interpreter, signature),
@@ -638,6 +640,7 @@ def load_runner(path: Path, *, xnnpack: bool = False) -> TFLiteRunner:
             resolution,
             graph.fixed_batch(),
             int8_input=image_type == "INT8",
+            integer_core=integer_core,
         )
 
 
@@ -651,6 +654,7 @@ class TFLiteRunner:
     resolution: int
     batch_size: int | None  # None: any batch
     int8_input: bool = False  # takes int8: fed uint8 pixels shifted by -128, its int8 probabilities given as uint8
+    integer_core: bool = False  # an integer network (uint8 or int8), whatever its edges take and give
 
     def __call__(self, images: np.ndarray) -> dict[str, np.ndarray]:
         from mobilenet_zoo import quant_math
