@@ -15,7 +15,6 @@ from pathlib import Path
 
 from mobilenet_zoo.arch import Backbone
 from mobilenet_zoo.errors import ZooError
-from mobilenet_zoo.formats import check_writable
 from mobilenet_zoo.formats import names as format_names
 from mobilenet_zoo.formats import spec as format_spec
 from mobilenet_zoo.formats import write as write_format
@@ -154,9 +153,8 @@ def convert(
     source = prepare(source, build)
     out = Path(out)
     paths = {fmt: target_path(source, fmt, out, len(formats) == 1) for fmt in formats}
-    for fmt, path in paths.items():
+    for path in paths.values():
         check_target(path, source, force)
-        check_writable(source.model, fmt)
     results = []
     for fmt, path in paths.items():
         ensure_folder(path.parent)

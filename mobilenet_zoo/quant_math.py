@@ -304,12 +304,24 @@ def requantize(accumulator: np.ndarray, requantization: Requantization) -> np.nd
     return clipped.astype(requantization.dtype)
 
 
+EXACT_FLOAT64_SUM = 1 << 53  # integer sums below this add exactly in float64, in any order
+
+
 def integer_conv(images: np.ndarray, layer: IntegerConv) -> np.ndarray:
-    """A quantized (depthwise) convolution: uint8 NHWC in, uint8 NHWC out."""
+    """A quantized (depthwise) convolution: uint8 (int8) NHWC in, uint8 (int8) NHWC out.
+
+    The integer products are summed in float64 (BLAS) where every partial sum stays below 2^53, so exactly:
+    the same int32 accumulators as int64 arithmetic, several times faster."""
     offset = images.astype(np.int64) - layer.input_zero_point  # SAME padding with zeros = padding with the zero point
     kernel = layer.kernel.astype(np.int64)
     convolve = depthwise_conv if layer.depthwise else conv
-    accumulator = convolve(offset, kernel, layer.stride, layer.rate)
+    taps = int(np.prod(kernel.shape[:2])) * (1 if layer.depthwise else kernel.shape[2])
+    bound = taps * int(np.abs(offset).max(initial=0)) * int(np.abs(kernel).max(initial=0))
+    if bound < EXACT_FLOAT64_SUM:
+        summed = convolve(offset.astype(np.float64), kernel.astype(np.float64), layer.stride, layer.rate)
+        accumulator = summed.astype(np.int64)  # integers, exactly
+    else:
+        accumulator = convolve(offset, kernel, layer.stride, layer.rate)
     return requantize(accumulator + layer.bias, layer.requantization)
 
 
