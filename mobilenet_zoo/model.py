@@ -31,10 +31,53 @@ class QuantParams:
 
     scale: np.ndarray
     zero_point: np.ndarray
-    dtype: str = "uint8"  # storage type of q: uint8 for activations/weights, int32 for biases
+    dtype: str = "uint8"  # storage type of q: uint8 or int8 for activations/weights, int32 for biases
+    axis: int = -1  # per channel: the axis of q the scales run along (-1: the last; depthwise HWC1 kernels: 2)
+
+    @property
+    def per_channel(self) -> bool:
+        return np.size(self.scale) > 1
 
     def dequantize(self, q: np.ndarray) -> np.ndarray:
-        return (self.scale * (q.astype(np.int64) - self.zero_point)).astype(np.float32)
+        scale, zero_point = np.asarray(self.scale), np.asarray(self.zero_point)
+        if self.per_channel and q.ndim > 1:  # broadcast the scales along `axis`
+            shape = [1] * q.ndim
+            shape[self.axis] = -1
+            scale, zero_point = scale.reshape(shape), np.broadcast_to(zero_point, np.shape(self.scale)).reshape(shape)
+        return (scale * (q.astype(np.int64) - zero_point)).astype(np.float32)
+
+
+INTEGER_RANGES = {"uint8": (0, 255), "int8": (-128, 127), "int32": (-(1 << 31), (1 << 31) - 1)}
+
+
+@dataclass(frozen=True)
+class Interface:
+    """What a quantized model takes and gives at its edges when that differs from its integer core: TF's converter
+    puts QUANTIZE ops around an int8 core for uint8 images ("uint8", with the edge tensor's params) or a float32
+    interface (QUANTIZE in, DEQUANTIZE out). Each side is "int8", "uint8" or "float32"."""
+
+    input: str
+    output: str
+    input_params: QuantParams | None = None  # the uint8 input's quantization (a uint8 input edge only)
+    output_params: QuantParams | None = None  # the uint8 output's quantization (a uint8 output edge only)
+
+    def metadata(self) -> dict:
+        def encode(params: QuantParams | None) -> dict | None:
+            return None if params is None else _encode_params(params)
+
+        return {
+            "input": self.input,
+            "output": self.output,
+            "input_params": encode(self.input_params),
+            "output_params": encode(self.output_params),
+        }
+
+    @classmethod
+    def from_metadata(cls, entry: dict) -> Interface:
+        def decode(params: dict | None) -> QuantParams | None:
+            return None if params is None else _decode_params(params)
+
+        return cls(entry["input"], entry["output"], decode(entry["input_params"]), decode(entry["output_params"]))
 
 
 @dataclass(frozen=True)
@@ -54,6 +97,39 @@ class QuantInfo:
 
     tensors: dict[str, QuantizedTensor] = field(default_factory=dict)
     activations: dict[str, QuantParams] = field(default_factory=dict)
+    interface: Interface | None = None  # None: the model takes and gives its core's integers (no edge ops)
+
+    @property
+    def activation_dtype(self) -> str:
+        """The integer type of the core's activations: "uint8" (the official models) or "int8" (TF's converter)."""
+        return self.activations[INPUT_ACTIVATION].dtype
+
+    @property
+    def input_dtype(self) -> str:
+        """What the model takes: its core's integer type, or its interface's."""
+        return self.interface.input if self.interface is not None else self.activation_dtype
+
+    @property
+    def output_dtype(self) -> str:
+        return self.interface.output if self.interface is not None else self.activation_dtype
+
+
+def _encode_params(params: QuantParams) -> dict:
+    entry = {
+        "scale": np.asarray(params.scale, np.float64).tolist(),
+        "zero_point": np.asarray(params.zero_point).tolist(),
+        "dtype": params.dtype,
+    }
+    return entry if params.axis == -1 else {**entry, "axis": params.axis}
+
+
+def _decode_params(entry: dict) -> QuantParams:
+    return QuantParams(
+        np.asarray(entry["scale"], np.float32),
+        np.asarray(entry["zero_point"], np.int64),
+        entry["dtype"],
+        int(entry.get("axis", -1)),
+    )
 
 
 def quant_params_json(quant: QuantInfo) -> str:
@@ -62,29 +138,19 @@ def quant_params_json(quant: QuantInfo) -> str:
     Float32 scales survive the round trip exactly (a float32 is exactly representable as a JSON double).
     """
 
-    def encode(params: QuantParams) -> dict:
-        return {
-            "scale": np.asarray(params.scale, np.float64).tolist(),
-            "zero_point": np.asarray(params.zero_point).tolist(),
-            "dtype": params.dtype,
-        }
-
-    return json.dumps(
-        {
-            "tensors": {name: encode(t.params) for name, t in quant.tensors.items()},
-            "activations": {name: encode(params) for name, params in quant.activations.items()},
-        }
-    )
+    recorded = {
+        "tensors": {name: _encode_params(t.params) for name, t in quant.tensors.items()},
+        "activations": {name: _encode_params(params) for name, params in quant.activations.items()},
+    }
+    if quant.interface is not None:
+        recorded["interface"] = quant.interface.metadata()
+    return json.dumps(recorded)
 
 
 def quant_info_from_json(text: str, values: dict[str, np.ndarray]) -> QuantInfo:
     """The inverse of `quant_params_json`, given the integer values of every tensor it names."""
 
-    def decode(entry: dict) -> QuantParams:
-        return QuantParams(
-            np.asarray(entry["scale"], np.float32), np.asarray(entry["zero_point"], np.int64), entry["dtype"]
-        )
-
+    decode = _decode_params
     try:
         recorded = json.loads(text)
         missing = sorted(set(recorded["tensors"]) - set(values))
@@ -96,6 +162,7 @@ def quant_info_from_json(text: str, values: dict[str, np.ndarray]) -> QuantInfo:
                 for name, entry in recorded["tensors"].items()
             },
             activations={name: decode(entry) for name, entry in recorded["activations"].items()},
+            interface=Interface.from_metadata(recorded["interface"]) if "interface" in recorded else None,
         )
     except (ValueError, KeyError, TypeError) as exc:
         raise ModelFormatError(f"unreadable quantization record ({exc})") from None
@@ -162,6 +229,11 @@ class MobileNetV1Model:
     source: str = ""
     backbone: Backbone = Backbone()
     classes: Classes | None = None
+    # How a float model's file stores its weights: None (float32), "float16" (fp16 weights dequantized at load) or
+    # "int8-dynamic" (int8 per-channel weights, float activations: TFLite's hybrid kernels). `weights` hold the
+    # dequantized values; `stored_weights` the int8 ones of "int8-dynamic" (those the file keeps as int8).
+    weight_storage: str | None = None
+    stored_weights: dict[str, QuantizedTensor] | None = None
 
     def __post_init__(self) -> None:
         if self.classes is None:
@@ -172,10 +244,18 @@ class MobileNetV1Model:
         options = " ".join(f"{key}={value}" for key, value in self.backbone.metadata().items())
         named = ", named" if self.classes.labels is not None else ""
         return (
-            f"MobileNetV1Model({self.config.name}, {'uint8' if self.config.quantized else 'float32'}, "
+            f"MobileNetV1Model({self.config.name}, {self.precision}, "
             f"{self.parameter_count() / 1e6:.2f}M parameters, {self.config.num_classes} classes{named}"
             f"{', ' + options if options else ''}, source={self.source!r})"
         )
+
+    @property
+    def precision(self) -> str:
+        """uint8 or int8 (the integer core's activations), else float32 or its weight storage (float16,
+        int8-dynamic)."""
+        if self.quant is not None and self.config.quantized:
+            return self.quant.activation_dtype
+        return self.weight_storage or "float32"
 
     @property
     def input_size(self) -> int:
@@ -320,7 +400,9 @@ def with_dense_head(
     folded = dict(model.weights)
     folded[config.logits_weight_name] = (kernel @ weights)[None, None].astype(np.float32)
     folded[config.logits_bias_name] = (bias @ weights + biases).astype(np.float32)
-    return replace(model, config=head_config, weights=folded, classes=Classes(background=False)).validate()
+    # the folded classifier is float32 whatever the weights were stored as (float16, int8)
+    float32 = {"weight_storage": None, "stored_weights": None}
+    return replace(model, config=head_config, weights=folded, classes=Classes(background=False), **float32).validate()
 
 
 def config_from_metadata(metadata: dict[str, str], source: object) -> ModelConfig:

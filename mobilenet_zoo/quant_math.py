@@ -16,6 +16,20 @@ What the TFLite interpreter's builtin kernels (LiteRT 2.x, no XNNPACK delegate) 
   table[255 - d] = expf(-input_scale * beta * d) in float32, a sequential float32 sum of
   table[255 - max + x] over the row, inv = 1 / (sum * output_scale), and q = int(table[...] * inv + 0.5)
   (the x86 `QuantizeSoftmaxOutput<uint8_t>`; aarch64 uses std::round, equal but for exact ties).
+
+TF's converter makes int8 models (`optimizations=[DEFAULT]` with a representative dataset): the same kernels on
+int8 activations (asymmetric, -128..127) and per-channel symmetric int8 weights (zero point 0, one scale per
+output channel, depthwise too), int32 biases with scale input_scale * weight_scale[c]. What differs:
+- the per-channel multipliers come from input_scale * weight_scale[c] / output_scale in double
+  (PopulateConvolutionQuantizationParams), the clamp bounds from the int8 range;
+- AVERAGE_POOL_2D (int8) rounds the window mean half away from zero (the sum can be negative);
+- SOFTMAX (int8 in and out, zero point -128) uses the same table and float32 sum, rounded with std::round;
+- the edges: QUANTIZE of float32 inputs is x * (1 / scale) rounded half to even, plus the zero point; QUANTIZE
+  between uint8 and int8 requantizes with the Q31 multiplier of in_scale / out_scale, DEQUANTIZE of the
+  output is scale * (q - zero point) in double, rounded to float32.
+`forward` takes and gives what the runners of these models take and give: uint8 pixels (an int8 input is
+fed them shifted by -128, exactly what the uint8 edge's QUANTIZE computes from them) and uint8
+probabilities (int8 ones shifted by +128: both have scale 1/256), or float32 for a float interface.
 """
 
 from __future__ import annotations
@@ -36,9 +50,11 @@ from mobilenet_zoo.arch import (
 from mobilenet_zoo.errors import ModelFormatError
 from mobilenet_zoo.model import (
     INPUT_ACTIVATION,
+    INTEGER_RANGES,
     LOGITS_ACTIVATION,
     OUTPUT_ACTIVATION,
     POOL_ACTIVATION,
+    Interface,
     MobileNetV1Model,
     QuantParams,
 )
@@ -86,12 +102,14 @@ def conv_multipliers(
 
 
 def activation_range(params: QuantParams, relu6: bool) -> tuple[int, int]:
-    """Clamp bounds of a uint8 output, as CalculateActivationRangeQuantized computes them (float32 division)."""
+    """Clamp bounds of a uint8 or int8 output, as CalculateActivationRangeQuantized computes them (float32
+    division)."""
+    low, high = INTEGER_RANGES[params.dtype]
     if not relu6:
-        return UINT8_MIN, UINT8_MAX
+        return low, high
     zero_point, scale = int(params.zero_point), np.float32(params.scale)
-    high = zero_point + _round_half_away(float(np.float32(RELU6_LIMIT) / scale))
-    return max(UINT8_MIN, zero_point), min(UINT8_MAX, high)
+    six = zero_point + _round_half_away(float(np.float32(RELU6_LIMIT) / scale))
+    return max(low, zero_point), min(high, six)
 
 
 def softmax_table(input_scale: float, beta: float = SOFTMAX_BETA) -> np.ndarray:
@@ -117,6 +135,7 @@ class Requantization:
     zero_point: int
     low: int
     high: int
+    dtype: str = "uint8"  # the output's integer type
 
     @property
     def left_shift(self) -> np.ndarray:
@@ -164,6 +183,9 @@ class IntegerNetwork:
     output_zero_point: int
     resolution: int  # the input height and width (`model.input_size`)
     features: tuple[str, ...] = ()  # scopes of the convolutions whose uint8 outputs are extra outputs
+    dtype: str = "uint8"  # the activations' integer type (int8: TF's converter)
+    input_params: QuantParams | None = None  # the core's input quantization (the edges convert to and from it)
+    interface: Interface | None = None  # the edges (None: the core's integers in and out)
 
     @property
     def logits_map_size(self) -> int:
@@ -209,6 +231,9 @@ def integer_network(model: MobileNetV1Model) -> IntegerNetwork:
         input_size=logits_map_size(config, backbone),
     )
     output = activations[OUTPUT_ACTIVATION]
+    dtype = model.quant.activation_dtype
+    if dtype != "uint8" and (float(output.scale), int(output.zero_point)) != (OUTPUT_SCALE, INT8_OUTPUT_ZERO_POINT):
+        raise ModelFormatError(f"{model.config.name}: an int8 softmax output has scale 1/256 and zero point -128")
     return IntegerNetwork(
         tuple(convs),
         (kernel, kernel),
@@ -219,6 +244,9 @@ def integer_network(model: MobileNetV1Model) -> IntegerNetwork:
         int(output.zero_point),
         model.input_size,
         tuple(backbone.feature_names),
+        dtype,
+        activations[INPUT_ACTIVATION],
+        model.quant.interface,
     )
 
 
@@ -237,13 +265,14 @@ def _integer_conv(
 ) -> IntegerConv:
     """The integer constants of one convolution, placed at its stride, dilation rate and input size."""
     weights, bias = model.quant.tensors[weight_name], model.quant.tensors[bias_name]
-    if np.size(weights.params.zero_point) != 1:
-        raise ModelFormatError(f"{weight_name}: per-channel weight zero points are not supported")
+    zero_points = np.unique(np.asarray(weights.params.zero_point))
+    if zero_points.size != 1:
+        raise ModelFormatError(f"{weight_name}: per-channel weight zero points differ; TFLite's kernels take one")
     output_params = model.quant.activations[scope]
     multiplier, shift = conv_multipliers(input_params, weights.params, output_params)
     low, high = activation_range(output_params, relu6)
-    kernel = weights.values.astype(np.int32) - np.int32(weights.params.zero_point)
-    requantization = Requantization(multiplier, shift, int(output_params.zero_point), low, high)
+    kernel = weights.values.astype(np.int32) - np.int32(zero_points[0])
+    requantization = Requantization(multiplier, shift, int(output_params.zero_point), low, high, output_params.dtype)
     return IntegerConv(
         scope,
         depthwise,
@@ -269,22 +298,36 @@ def multiply_by_quantized_multiplier(accumulator: np.ndarray, multiplier: np.nda
 
 
 def requantize(accumulator: np.ndarray, requantization: Requantization) -> np.ndarray:
-    """uint8 output of an int32 accumulator (channels last)."""
+    """uint8 (or int8) output of an int32 accumulator (channels last)."""
     scaled = multiply_by_quantized_multiplier(accumulator, requantization.multiplier, requantization.shift)
-    return np.clip(scaled + requantization.zero_point, requantization.low, requantization.high).astype(np.uint8)
+    clipped = np.clip(scaled + requantization.zero_point, requantization.low, requantization.high)
+    return clipped.astype(requantization.dtype)
+
+
+EXACT_FLOAT64_SUM = 1 << 53  # integer sums below this add exactly in float64, in any order
 
 
 def integer_conv(images: np.ndarray, layer: IntegerConv) -> np.ndarray:
-    """A quantized (depthwise) convolution: uint8 NHWC in, uint8 NHWC out."""
+    """A quantized (depthwise) convolution: uint8 (int8) NHWC in, uint8 (int8) NHWC out.
+
+    The integer products are summed in float64 (BLAS) where every partial sum stays below 2^53, so exactly:
+    the same int32 accumulators as int64 arithmetic, several times faster."""
     offset = images.astype(np.int64) - layer.input_zero_point  # SAME padding with zeros = padding with the zero point
     kernel = layer.kernel.astype(np.int64)
     convolve = depthwise_conv if layer.depthwise else conv
-    accumulator = convolve(offset, kernel, layer.stride, layer.rate)
+    taps = int(np.prod(kernel.shape[:2])) * (1 if layer.depthwise else kernel.shape[2])
+    bound = taps * int(np.abs(offset).max(initial=0)) * int(np.abs(kernel).max(initial=0))
+    if bound < EXACT_FLOAT64_SUM:
+        summed = convolve(offset.astype(np.float64), kernel.astype(np.float64), layer.stride, layer.rate)
+        accumulator = summed.astype(np.int64)  # integers, exactly
+    else:
+        accumulator = convolve(offset, kernel, layer.stride, layer.rate)
     return requantize(accumulator + layer.bias, layer.requantization)
 
 
 def average_pool(images: np.ndarray, kernel: tuple[int, int], stride: int = SLIM_POOL_STRIDE) -> np.ndarray:
-    """uint8 VALID average pool: (window sum + count / 2) / count, as TFLite's uint8 AveragePool."""
+    """uint8 or int8 VALID average pool: (window sum + count / 2) / count, as TFLite's uint8 AveragePool; int8
+    rounds half away from zero (the sum can be negative), as its int8 AveragePool."""
     height, width = kernel
     count = height * width
     out_h, out_w = (images.shape[1] - height) // stride + 1, (images.shape[2] - width) // stride + 1
@@ -293,23 +336,32 @@ def average_pool(images: np.ndarray, kernel: tuple[int, int], stride: int = SLIM
         for j in range(out_w):
             window = images[:, i * stride : i * stride + height, j * stride : j * stride + width]
             sums[:, i, j] = window.astype(np.int64).sum(axis=(1, 2))
+    if images.dtype == np.int8:
+        means = np.sign(sums) * ((np.abs(sums) + count // 2) // count)  # C division truncates toward zero
+        return np.clip(means, *INTEGER_RANGES["int8"]).astype(np.int8)
     return np.clip((sums + count // 2) // count, UINT8_MIN, UINT8_MAX).astype(np.uint8)
 
 
 def softmax(logits: np.ndarray, table: np.ndarray, output_scale: np.float32, output_zero_point: int) -> np.ndarray:
-    """TFLite's uint8 softmax over the last axis (lookup table, sequential float32 sum, add 0.5 and truncate)."""
+    """TFLite's uint8 softmax over the last axis (lookup table, sequential float32 sum, add 0.5 and truncate);
+    int8 logits give int8 probabilities, rounded with std::round (half away from zero)."""
     values = logits.astype(np.int64)
     exps = table[UINT8_MAX - values.max(axis=-1, keepdims=True) + values]
     total = np.add.accumulate(exps, axis=-1, dtype=np.float32)[..., -1:]
     inverse = np.float32(1.0) / (total * np.float32(output_scale))
+    if logits.dtype == np.int8:
+        rescaled = (exps * inverse).astype(np.float64)  # float32 products, then std::round
+        quantized = np.floor(rescaled + 0.5).astype(np.int64) + output_zero_point
+        return np.clip(quantized, *INTEGER_RANGES["int8"]).astype(np.int8)
     quantized = (exps * inverse + np.float32(0.5)).astype(np.int32) + output_zero_point
     return np.clip(quantized, UINT8_MIN, UINT8_MAX).astype(np.uint8)
 
 
 def run(network: IntegerNetwork, images: np.ndarray) -> dict[str, np.ndarray]:
     """uint8 logits and probabilities (N x classes, or N x S x S x classes maps) of uint8 NHWC images,
-    plus the chosen feature maps (NHWC) by scope."""
-    x, features = np.asarray(images, np.uint8), {}
+    plus the chosen feature maps (NHWC) by scope; for an int8 core, what its interface takes and gives
+    (the logits stay the core's int8)."""
+    x, features = input_edge(network, images), {}
     for layer in network.convs:
         x = integer_conv(x, layer)
         if layer.scope in network.features:
@@ -318,12 +370,83 @@ def run(network: IntegerNetwork, images: np.ndarray) -> dict[str, np.ndarray]:
     if network.logits_map_size == 1:
         logits = logits.reshape(len(logits), -1)
     probabilities = softmax(logits, network.softmax_table, network.output_scale, network.output_zero_point)
-    return {"logits": logits, "probabilities": probabilities, **features}
+    return {"logits": logits, "probabilities": output_edge(network, probabilities), **features}
 
 
 def forward(model: MobileNetV1Model, images: np.ndarray) -> dict[str, np.ndarray]:
-    """The TFLite uint8 forward pass of a quantized model as its backbone builds it: raw uint8 outputs."""
-    return run(integer_network(model), images)
+    """The TFLite uint8 forward pass of a quantized model as its backbone builds it: raw uint8 outputs (an int8
+    interface takes and gives uint8, see the module docstring)."""
+    network = integer_network(model)
+    if input_dtype(network) == "int8":
+        images = shift_to_int8(np.asarray(images, np.uint8))
+    outputs = run(network, images)
+    if outputs["probabilities"].dtype == np.int8:
+        outputs["probabilities"] = int8_probabilities_as_uint8(outputs["probabilities"])
+    return outputs
+
+
+# ---------------------------------------------------------------------------------------------- the edges
+
+OUTPUT_SCALE = 1 / 256
+INT8_OUTPUT_ZERO_POINT = -128  # TFLite's int8 softmax output: scale 1/256, zero point -128
+UINT8_TO_INT8 = 128
+
+
+def input_dtype(network: IntegerNetwork) -> str:
+    return network.interface.input if network.interface is not None else network.dtype
+
+
+def shift_to_int8(pixels: np.ndarray) -> np.ndarray:
+    """uint8 pixels as an int8 input: q - 128 (what a uint8 edge of the same scale computes)."""
+    return (pixels.astype(np.int16) - UINT8_TO_INT8).astype(np.int8)
+
+
+def int8_probabilities_as_uint8(probabilities: np.ndarray) -> np.ndarray:
+    """int8 softmax output (scale 1/256, zero point -128) as the uint8 one (zero point 0): q + 128, exact."""
+    return (probabilities.astype(np.int16) + UINT8_TO_INT8).astype(np.uint8)
+
+
+def quantize(values: np.ndarray, params: QuantParams) -> np.ndarray:
+    """TFLite's QUANTIZE of float32 (optimized AffineQuantize, vectorized): x times the float32 reciprocal of the
+    scale, rounded half to even (vcvtnq), plus the zero point, clamped. Its scalar tail (elements past a multiple
+    of 8) divides and rounds half away instead; images have 3 x H x W elements, a multiple of 8 for even sizes."""
+    scaled = np.asarray(values, np.float32) * (np.float32(1.0) / np.float32(params.scale))
+    return np.clip(np.rint(scaled) + int(params.zero_point), *INTEGER_RANGES[params.dtype]).astype(params.dtype)
+
+
+def requantize_edge(values: np.ndarray, source: QuantParams, target: QuantParams) -> np.ndarray:
+    """TFLite's QUANTIZE between integer types: the Q31 multiplier of source / target scale on q - zero point."""
+    multiplier, shift = quantize_multiplier(float(np.float64(np.float32(source.scale)) / np.float32(target.scale)))
+    offset = values.astype(np.int64) - int(source.zero_point)
+    scaled = multiply_by_quantized_multiplier(offset, np.int64(multiplier), np.int64(shift))
+    return np.clip(scaled + int(target.zero_point), *INTEGER_RANGES[target.dtype]).astype(target.dtype)
+
+
+def dequantize(values: np.ndarray, params: QuantParams) -> np.ndarray:
+    """TFLite's DEQUANTIZE: scale * (q - zero point) in double, rounded to float32."""
+    offset = values.astype(np.int64) - int(params.zero_point)
+    return (np.float64(np.float32(params.scale)) * offset).astype(np.float32)
+
+
+def input_edge(network: IntegerNetwork, images: np.ndarray) -> np.ndarray:
+    """The core's integer input of what the model takes (its interface's input)."""
+    interface, core = network.interface, network.input_params
+    if interface is None or interface.input == network.dtype:
+        return np.asarray(images, network.dtype)
+    if interface.input == "float32":
+        return quantize(images, core)
+    return requantize_edge(np.asarray(images, interface.input), interface.input_params, core)
+
+
+def output_edge(network: IntegerNetwork, probabilities: np.ndarray) -> np.ndarray:
+    """What the model gives of its core's probabilities (its interface's output)."""
+    interface = network.interface
+    if interface is None or interface.output == network.dtype:
+        return probabilities
+    core = QuantParams(network.output_scale, np.int64(network.output_zero_point), network.dtype)
+    if interface.output == "float32":
+        return dequantize(probabilities, core)
+    return requantize_edge(probabilities, core, interface.output_params)
 
 
 # ------------------------------------------------------------------ the exact float plan (fast framework ports)

@@ -92,8 +92,10 @@ def from_path(path: Path) -> Source:
 
 def _from_model_file(path: Path, fmt: str) -> Source:
     model = format_module(fmt).read(path)
+    # float16 and dynamic-range files (TF's converter) run their own arithmetic: they are their reference too
+    stored = model.config.quantized or model.weight_storage is not None
     is_reference = path.suffix == ".pb" or (
-        fmt in ("tflite", "keras") and not _written_by_us(path) and (fmt == "keras" or model.config.quantized)
+        fmt in ("tflite", "keras") and not _written_by_us(path) and (fmt == "keras" or stored)
     )
     return Source(model, path if is_reference else recorded_reference(path), model.config.name, path)
 

@@ -213,6 +213,7 @@ def read(path: Path, fmt: str | None = None):
 
 def write(model, path: Path, fmt: str, **options) -> Path:
     """Write a model (float or quantized: the matching writer) in a format."""
+    check_writable(model, fmt)
     return handler(fmt, WRITE_QUANTIZED if model.config.quantized else WRITE)(model, Path(path), **options)
 
 
@@ -240,6 +241,21 @@ def can_write(fmt: str, quantized: bool) -> bool:
     """True when the format has a writer for float (or uint8) models."""
     spec(fmt)
     return (fmt, WRITE_QUANTIZED if quantized else WRITE) in _HANDLERS
+
+
+INT8_FORMATS = ("tflite",)  # the formats whose writers hold int8 per-channel models (TF's converter) so far
+
+
+def check_writable(model, fmt: str) -> None:
+    """Refuse, before its writer starts, a model the format cannot hold: an int8 core (per-channel weights, int8
+    activations, QUANTIZE edges) outside INT8_FORMATS."""
+    quant = model.quant if model.config.quantized else None
+    if fmt in INT8_FORMATS or quant is None or (quant.activation_dtype == "uint8" and quant.interface is None):
+        return
+    raise ModelFormatError(
+        f"{model.config.name} is an int8 per-channel model (TF's converter): the {fmt} writer holds uint8 per-tensor "
+        f"models only; convert it to {', '.join(INT8_FORMATS)}"
+    )
 
 
 def private_getattr(package: str, *modules: str) -> Callable[[str], Any]:

@@ -1,6 +1,7 @@
 """TFLite: one flatbuffer writer for float and uint8 models (a `serving_default` signature, a free batch, logits
-and probabilities), a reader by structure (ours, the released files, TF converter files), and the interpreter
-runner (uint8 on the builtin kernels, TFLite's integer spec).
+and probabilities) and for the forms of TF's converter (int8 per-channel with uint8 / float32 edges, float16,
+dynamic-range), a reader by structure (ours, the released files, TF converter files), and the interpreter
+runner (integer models on the builtin kernels, TFLite's integer spec).
 
 Private module: `_flatbuffer`.
 """
@@ -26,7 +27,7 @@ SPEC = register_format(
 
 @reader("tflite")
 def read(path: Path):
-    """A float or uint8 MobileNet V1 .tflite as the canonical model, by structure."""
+    """A float, uint8 or int8 MobileNet V1 .tflite as the canonical model, by structure."""
     from mobilenet_zoo.formats.tflite import _flatbuffer
 
     return _flatbuffer.read(Path(path))
@@ -35,7 +36,7 @@ def read(path: Path):
 @writer("tflite")
 @writer("tflite", quantized=True)
 def write(model, out: Path) -> Path:
-    """Float and uint8 models alike (one flatbuffer writer)."""
+    """Float (float32, float16, dynamic-range), uint8 and int8 models alike (one flatbuffer writer)."""
     from mobilenet_zoo.formats.tflite import _flatbuffer
 
     return _flatbuffer.write(model, Path(out))

@@ -7,6 +7,12 @@ classifier (`model.with_dense_head`). For uint8 models it keeps the integer trut
 of every activation) in `model.quant`, which `write` serializes back into a flatbuffer that runs
 bit-identically.
 
+TF's converter makes other forms of the same chain, read alike: full-integer int8 (per-channel int8 weights, int8
+activations) with QUANTIZE / DEQUANTIZE ops at the edges for uint8 or float32 interfaces (`QuantInfo.interface`),
+dynamic-range (int8 per-channel weights in float convolutions) and float16 (fp16 weights, each through a
+DEQUANTIZE op), the last two read as float models with their `weight_storage`. Any other operator is refused
+by name.
+
 Backbone options are structure too: strides and dilation factors give the output stride, the pool's
 stride the pooling (slim: 2, global: 1), and every subgraph output besides the head is a feature map,
 named after the convolution whose (fused-activation) output it is. `write` builds them, float32 or uint8:
@@ -23,7 +29,7 @@ from __future__ import annotations
 import json
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -50,6 +56,7 @@ from mobilenet_zoo.model import (
     OUTPUT_ACTIVATION,
     POOL_ACTIVATION,
     PRODUCER,
+    Interface,
     MobileNetV1Model,
     QuantInfo,
     QuantizedTensor,
@@ -70,7 +77,9 @@ PROBABILITIES = "probabilities"
 # TFLite kernels are OHWI (conv) and 1HWC (depthwise); TF lays them out HWIO and HWC1: one transpose each way.
 _TFLITE_TO_TF_AXES = (1, 2, 3, 0)
 _TF_TO_TFLITE_AXES = (3, 0, 1, 2)
-_NUMPY_TYPES = {"FLOAT32": np.float32, "UINT8": np.uint8, "INT32": np.int32, "INT8": np.int8}
+_NUMPY_TYPES = {"FLOAT32": np.float32, "UINT8": np.uint8, "INT32": np.int32, "INT8": np.int8, "FLOAT16": np.float16}
+_INTEGER_TYPES = ("UINT8", "INT8")
+_EDGE_OPS = ("QUANTIZE", "DEQUANTIZE")
 _CONV_OPS = ("CONV_2D",) + ("DEPTHWISE_CONV_2D", "CONV_2D") * 13
 _SQUEEZE_OPS = ("RESHAPE", "SQUEEZE")
 _BODY_OPS = _CONV_OPS + ("AVERAGE_POOL_2D", "CONV_2D")
@@ -106,7 +115,7 @@ def read(path: Path) -> MobileNetV1Model:
             replace(backbone, input_size=config.resolution),
         )
     weights: dict[str, np.ndarray] = {}
-    quant = QuantInfo() if config.quantized else None
+    quant = QuantInfo(interface=graph.interface()) if config.quantized else None
     for placed, op in zip(placed_layers(config, backbone), graph.convs):
         layer = placed.layer
         graph.check_placement(op, layer.scope, placed.stride, placed.rate, placed.valid)
@@ -117,7 +126,15 @@ def read(path: Path) -> MobileNetV1Model:
     if quant is not None:
         for activation, tensor in graph.head_activations().items():
             quant.activations[activation] = graph.quant_params(tensor)
-    model = MobileNetV1Model(config, weights, quant=quant, source=recorded.get("source", str(path)), backbone=backbone)
+    model = MobileNetV1Model(
+        config,
+        weights,
+        quant=quant,
+        source=recorded.get("source", str(path)),
+        backbone=backbone,
+        weight_storage=graph.weight_storage(),
+        stored_weights=dict(graph.stored_weights) or None,
+    )
     model = (model.with_recorded(recorded) if recorded.get("producer") == PRODUCER else model).validate()
     return with_dense_head(model, *dense, path) if dense else model
 
@@ -130,7 +147,11 @@ class MobileNetGraph:
     model: Any  # schema ModelT
     raw: bytes
     name: str
-    operators: list
+    operators: list  # the MobileNet chain: edges and constant DEQUANTIZE ops taken out
+    dequantized: dict[int, int] = field(default_factory=dict)  # output -> constant input of a weight's DEQUANTIZE
+    input_edge: Any = None  # QUANTIZE of a uint8 or float32 image to the integer core
+    output_edge: Any = None  # QUANTIZE or DEQUANTIZE of the core's probabilities to uint8 or float32
+    stored_weights: dict[str, QuantizedTensor] = field(default_factory=dict)  # int8 weights of float convolutions
 
     @classmethod
     def load(cls, path: Path) -> MobileNetGraph:
@@ -145,8 +166,55 @@ class MobileNetGraph:
         if not model.subgraphs:
             raise ModelFormatError(f"{path}: TFLite model has no subgraph")
         graph = cls(schema, model, raw, str(path), list(model.subgraphs[0].operators or []))
+        graph.separate_edges_and_weights()
         graph.check_structure()
         return graph
+
+    def separate_edges_and_weights(self) -> None:
+        """Take out of `operators` the DEQUANTIZE of constant weights (fp16 or int8: read as the weights) and the
+        QUANTIZE / DEQUANTIZE at the edges (the interface of an integer core)."""
+        chain = []
+        for op in self.operators:
+            if self.op_name(op) == "DEQUANTIZE" and self.is_constant(int(op.inputs[0])):
+                self.dequantized[int(op.outputs[0])] = int(op.inputs[0])
+            else:
+                chain.append(op)
+        inputs, outputs = {int(i) for i in self.subgraph.inputs}, {int(i) for i in self.subgraph.outputs}
+        if chain and self.op_name(chain[0]) == "QUANTIZE" and int(chain[0].inputs[0]) in inputs:
+            self.input_edge = chain.pop(0)
+        if chain and self.op_name(chain[-1]) in _EDGE_OPS and int(chain[-1].outputs[0]) in outputs:
+            self.output_edge = chain.pop()
+        self.operators = chain
+
+    def is_constant(self, index: int) -> bool:
+        buffer = self.model.buffers[self.tensor(index).buffer]
+        return buffer.offset > 1 or (buffer.data is not None and len(buffer.data) > 0)
+
+    def interface(self) -> Interface | None:
+        """The edges of an integer core (None without edge ops)."""
+        if self.input_edge is None and self.output_edge is None:
+            return None
+        core = self.type_name(self.input_tensor).lower()
+        sides = []
+        for edge, index in ((self.input_edge, 0), (self.output_edge, 1)):
+            tensor = None if edge is None else int((edge.inputs if index == 0 else edge.outputs)[0])
+            dtype = core if tensor is None else self.type_name(tensor).lower()
+            sides.append(
+                (dtype, self.quant_params(tensor) if dtype in ("uint8", "int8") and tensor is not None else None)
+            )
+        (input_dtype, input_params), (output_dtype, output_params) = sides
+        return Interface(input_dtype, output_dtype, input_params, output_params)
+
+    def weight_storage(self) -> str | None:
+        """How a float graph stores its weights: "float16", "int8-dynamic" or None (float32)."""
+        if any(self.type_name(source) == "FLOAT16" for source in self.dequantized.values()):
+            return "float16"
+        return "int8-dynamic" if self.stored_weights else None
+
+    @property
+    def image_tensor(self) -> int:
+        """The tensor the model takes: the input edge's input, else the first convolution's."""
+        return int(self.input_edge.inputs[0]) if self.input_edge is not None else self.input_tensor
 
     @property
     def subgraph(self):
@@ -248,6 +316,7 @@ class MobileNetGraph:
         if len(names) not in lengths:
             raise ModelFormatError(
                 f"{self.name}: not a MobileNet V1 graph: {len(names)} operators, expected {len(EXPECTED_OPS)}"
+                f"{self.first_unexpected(names)}"
             )
         tails = [tail for tail in _TAILS.values() if len(_BODY_OPS) + len(tail) == len(names)]
         tail = next((tail for tail in tails if self.tail_kind and _TAILS[self.tail_kind] == tail), tails[0])
@@ -263,6 +332,43 @@ class MobileNetGraph:
                 )
         if self.tensor(self.input_tensor).shape[-1] != 3:
             raise ModelFormatError(f"{self.name}: not a MobileNet V1 graph: input is not RGB")
+        self.check_edges()
+
+    def first_unexpected(self, names: list[str]) -> str:
+        """ ": operator i is X (its output), expected Y" for the first operator off the MobileNet V1 chain."""
+        expected = list(_BODY_OPS + _TAILS["squeezed"])
+        for index, name in enumerate(names):
+            allowed = expected[index] if index < len(expected) else ()
+            if name not in (allowed if isinstance(allowed, tuple) else (allowed,)):
+                output = _text(self.tensor(int(self.operators[index].outputs[0])).name)
+                wanted = f"expected {allowed}" if allowed else "expected nothing after the softmax"
+                return f": operator {index} is {name} ({output}), {wanted}"
+        return ""
+
+    def check_edges(self) -> None:
+        """Edge ops convert between an integer core and a uint8 / float32 interface, nothing else."""
+        core = self.type_name(self.input_tensor)
+        if (self.input_edge or self.output_edge) is not None and core not in _INTEGER_TYPES:
+            raise ModelFormatError(f"{self.name}: QUANTIZE / DEQUANTIZE at the edges of a float MobileNet V1 graph")
+        if self.input_edge is not None and int(self.input_edge.outputs[0]) != self.input_tensor:
+            raise ModelFormatError(f"{self.name}: the input QUANTIZE does not feed the first convolution")
+        if self.output_edge is not None and (
+            self.probabilities is None or int(self.output_edge.inputs[0]) != int(self.probabilities.outputs[0])
+        ):
+            raise ModelFormatError(
+                f"{self.name}: the output {self.op_name(self.output_edge)} does not take the softmax"
+            )
+        for edge, tensor in ((self.input_edge, "inputs"), (self.output_edge, "outputs")):
+            if edge is not None and self.type_name(int(getattr(edge, tensor)[0])) == core:
+                raise ModelFormatError(
+                    f"{self.name}: {self.op_name(edge)} at the {tensor[:-1]} requantizes {core} to {core}; "
+                    "only uint8 or float32 edges around an integer core are read"
+                )
+        for source in self.dequantized.values():
+            if self.type_name(source) not in ("FLOAT16", "INT8"):
+                raise ModelFormatError(
+                    f"{self.name}: DEQUANTIZE of a {self.type_name(source)} constant ({_text(self.tensor(source).name)})"
+                )
 
     def tensor(self, index: int):
         return self.subgraph.tensors[index]
@@ -288,7 +394,7 @@ class MobileNetGraph:
 
         first_kernel = self.tensor(self.convs[0].inputs[1]).shape
         classes = int(self.tensor(self.logits_conv.inputs[1]).shape[0])
-        quantized = self.type_name(self.input_tensor) == "UINT8"
+        quantized = self.type_name(self.input_tensor) in _INTEGER_TYPES
         # a VALID depthwise convolution is Keras' padding on an odd map (`check_placement` checks each one)
         valid = any(op.builtinOptions.padding == self.schema.Padding.VALID for op in self.convs[1::2])
         padding = "keras" if valid else "same"
@@ -349,7 +455,7 @@ class MobileNetGraph:
     def feature_outputs(self, config: ModelConfig) -> dict[str, int]:
         """Subgraph outputs besides the head's, by the scope of the convolution whose activation each one is."""
         producers = {int(op.outputs[0]): layer.scope for layer, op in zip(config.layers(), self.convs)}
-        head = {int(op.outputs[0]) for op in (self.logits_conv, *self.tail)}
+        head = {int(op.outputs[0]) for op in (self.logits_conv, *self.tail, self.output_edge) if op is not None}
         outputs = {}
         for index in (int(i) for i in self.subgraph.outputs if int(i) not in head):
             if index not in producers:
@@ -365,7 +471,7 @@ class MobileNetGraph:
         logits = self.dense or self.squeeze or self.logits_conv
         outputs = {LOGITS: int(logits.outputs[0])}
         if self.probabilities is not None:
-            outputs[PROBABILITIES] = int(self.probabilities.outputs[0])
+            outputs[PROBABILITIES] = int((self.output_edge or self.probabilities).outputs[0])
         return outputs
 
     def signature(self, outputs: dict[str, int]) -> Signature | None:
@@ -376,7 +482,7 @@ class MobileNetGraph:
         )
         for definition in definitions:
             inputs = definition.inputs or []
-            if definition.subgraphIndex != 0 or len(inputs) != 1 or inputs[0].tensorIndex != self.input_tensor:
+            if definition.subgraphIndex != 0 or len(inputs) != 1 or inputs[0].tensorIndex != self.image_tensor:
                 continue
             named = {int(entry.tensorIndex): _text(entry.name) for entry in definition.outputs or []}
             if all(index in named for index in outputs.values()):
@@ -389,13 +495,19 @@ class MobileNetGraph:
 
     def fixed_batch(self) -> int | None:
         """The batch size the input fixes, or None when its shape signature leaves the batch free (-1)."""
-        tensor = self.tensor(self.input_tensor)
+        tensor = self.tensor(self.image_tensor)
         if tensor.shapeSignature is not None and len(tensor.shapeSignature) == 4 and tensor.shapeSignature[0] == -1:
             return None
         return int(tensor.shape[0])
 
     def values(self, index: int) -> np.ndarray:
-        """The constant data of a tensor as a numpy array of its type and shape."""
+        """The constant data of a tensor as a numpy array of its type and shape; a DEQUANTIZE's output of a
+        constant: the float32 values it computes (fp16 widened, int8 dequantized)."""
+        if index in self.dequantized:
+            source = self.dequantized[index]
+            if self.type_name(source) == "FLOAT16":
+                return self.values(source).astype(np.float32)
+            return self.quant_params(source).dequantize(self.values(source))
         tensor = self.tensor(index)
         buffer = self.model.buffers[tensor.buffer]
         if buffer.offset > 1:  # large models keep buffers after the flatbuffer
@@ -410,7 +522,8 @@ class MobileNetGraph:
             )
         return np.frombuffer(data, dtype).reshape(shape)
 
-    def quant_params(self, index: int) -> QuantParams:
+    def quant_params(self, index: int, tf_layout: bool = False) -> QuantParams:
+        """The tensor's quantization; `tf_layout`: its per-channel axis as the kernel's TF layout has it."""
         tensor = self.tensor(index)
         quantization = tensor.quantization
         if quantization is None or quantization.scale is None or len(quantization.scale) == 0:
@@ -418,8 +531,16 @@ class MobileNetGraph:
         scale = np.asarray(quantization.scale, np.float32)
         zero_point = np.asarray(quantization.zeroPoint, np.int64)
         if scale.size == 1:
-            scale, zero_point = scale.reshape(()), zero_point.reshape(())
-        return QuantParams(scale, zero_point, self.type_name(index).lower())
+            return QuantParams(scale.reshape(()), zero_point.reshape(()), self.type_name(index).lower())
+        if zero_point.size == 1:
+            zero_point = np.full(scale.shape, int(zero_point[0]), np.int64)
+        axis = int(quantization.quantizedDimension)
+        if len(tensor.shape) != 4 or not tf_layout:
+            axis = axis if axis != len(tensor.shape) - 1 else -1
+        else:
+            axis = _TFLITE_TO_TF_AXES.index(axis)
+            axis = -1 if axis == 3 else axis
+        return QuantParams(scale, zero_point, self.type_name(index).lower(), axis)
 
     def collect_conv(self, op, weight_name: str, bias_name: str, weights: dict, quant: QuantInfo | None) -> None:
         """Store a convolution's kernel (TF layout) and bias, dequantized, plus the integers when quantized."""
@@ -427,10 +548,18 @@ class MobileNetGraph:
         kernel = np.ascontiguousarray(self.values(kernel_index).transpose(_TFLITE_TO_TF_AXES))
         bias = self.values(bias_index)
         if quant is None:
-            weights[weight_name], weights[bias_name] = kernel, bias.copy()
+            if self.type_name(kernel_index) == "INT8":  # dynamic-range: int8 weights in a float convolution
+                stored = QuantizedTensor(kernel, self.quant_params(kernel_index, tf_layout=True))
+                self.stored_weights[weight_name] = stored
+                kernel = stored.dequantize()
+            elif self.type_name(kernel_index) != "FLOAT32" and kernel_index not in self.dequantized:
+                raise ModelFormatError(
+                    f"{self.name}: {weight_name} is {self.type_name(kernel_index)} in a float convolution"
+                )
+            weights[weight_name], weights[bias_name] = kernel, bias.astype(np.float32)
             return
         for name, index, values in ((weight_name, kernel_index, kernel), (bias_name, bias_index, bias.copy())):
-            tensor = QuantizedTensor(values, self.quant_params(index))
+            tensor = QuantizedTensor(values, self.quant_params(index, tf_layout=name == weight_name))
             quant.tensors[name] = tensor
             weights[name] = tensor.dequantize()
 
@@ -481,8 +610,10 @@ def load_runner(path: Path, *, xnnpack: bool = False) -> TFLiteRunner:
     litert = require("ai_edge_litert.interpreter")
     path = Path(path)
     graph = MobileNetGraph.load(path)
-    quantized = graph.type_name(graph.input_tensor) == "UINT8"
-    builtin = quantized and not xnnpack
+    image_type = graph.type_name(graph.image_tensor)
+    quantized = image_type in _INTEGER_TYPES  # takes uint8 pixels (an int8 input gets them shifted by -128)
+    integer_core = graph.type_name(graph.input_tensor) in _INTEGER_TYPES
+    builtin = integer_core and not xnnpack
     resolver = litert.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES if builtin else litert.OpResolverType.AUTO
     outputs = {**graph.head_outputs(), **graph.feature_outputs(graph.config())}
     signature = graph.signature(outputs)
@@ -499,9 +630,21 @@ def load_runner(path: Path, *, xnnpack: bool = False) -> TFLiteRunner:
         interpreter.allocate_tensors()
         if signature is None:
             return TFLiteRunner(
-                _tensor_forward(interpreter, graph.input_tensor, outputs), quantized, resolution, batch_size=1
+                _tensor_forward(interpreter, graph.image_tensor, outputs),
+                quantized,
+                resolution,
+                batch_size=1,
+                int8_input=image_type == "INT8",
+                integer_core=integer_core,
             )
-        return TFLiteRunner(_signature_forward(interpreter, signature), quantized, resolution, graph.fixed_batch())
+        return TFLiteRunner(
+            _signature_forward(interpreter, signature),
+            quantized,
+            resolution,
+            graph.fixed_batch(),
+            int8_input=image_type == "INT8",
+            integer_core=integer_core,
+        )
 
 
 @dataclass
@@ -513,12 +656,20 @@ class TFLiteRunner:
     quantized: bool
     resolution: int
     batch_size: int | None  # None: any batch
+    int8_input: bool = False  # takes int8: fed uint8 pixels shifted by -128, its int8 probabilities given as uint8
+    integer_core: bool = False  # an integer network (uint8 or int8), whatever its edges take and give
 
     def __call__(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        from mobilenet_zoo import quant_math
+
         batch = image_batch(images, np.uint8 if self.quantized else np.float32, self.resolution, "TFLite model")
+        if self.int8_input:
+            batch = quant_math.shift_to_int8(batch)
         step = self.batch_size or max(len(batch), 1)
         chunks = [self.forward(batch[start : start + step]) for start in range(0, len(batch), step)]
         outputs = {name: np.concatenate([chunk[name] for chunk in chunks]) for name in chunks[0]}
+        if outputs.get(PROBABILITIES) is not None and outputs[PROBABILITIES].dtype == np.int8:
+            outputs[PROBABILITIES] = quant_math.int8_probabilities_as_uint8(outputs[PROBABILITIES])
         if PROBABILITIES not in outputs:  # a dense head without softmax
             shifted = np.exp(outputs[LOGITS] - outputs[LOGITS].max(axis=-1, keepdims=True))
             outputs[PROBABILITIES] = (shifted / shifted.sum(axis=-1, keepdims=True)).astype(np.float32)
@@ -584,7 +735,12 @@ def flatbuffer(model: MobileNetV1Model) -> bytes:
     config, backbone = model.config, model.backbone
     writer = _GraphWriter(require(SCHEMA_MODULE), model)
     size = model.input_size
-    image = tensor = writer.activation(INPUT_NAME, [size, size, 3], INPUT_ACTIVATION)
+    interface = model.quant.interface if model.quant is not None else None
+    core_input_name = INPUT_NAME if interface is None else "tfl.quantize"
+    image = tensor = writer.activation(core_input_name, [size, size, 3], INPUT_ACTIVATION)
+    if interface is not None and interface.input != model.quant.activation_dtype:
+        image = writer.edge_tensor(INPUT_NAME, [size, size, 3], interface.input, interface.input_params)
+        writer.operator("QUANTIZE", [image], tensor)
     features = {}
     for placed in placed_layers(config, backbone):
         layer, size = placed.layer, placed.output_size
@@ -611,6 +767,11 @@ def flatbuffer(model: MobileNetV1Model) -> bytes:
         head_shape = [config.num_classes]
     probabilities = writer.activation(f"{SCOPE}/Predictions/Reshape_1", head_shape, OUTPUT_ACTIVATION)
     writer.operator("SOFTMAX", [logits], probabilities, "SoftmaxOptions", beta=1.0)
+    if interface is not None and interface.output != model.quant.activation_dtype:
+        given = writer.edge_tensor(f"{SCOPE}/Predictions/Output", head_shape, interface.output, interface.output_params)
+        probabilities = writer.operator(
+            "DEQUANTIZE" if interface.output == "float32" else "QUANTIZE", [probabilities], given
+        )
     outputs = {PROBABILITIES: probabilities, LOGITS: logits, **features}
     return writer.finish(image, outputs, description=f"{PRODUCER} {config.name}", metadata=model.metadata())
 
@@ -665,22 +826,50 @@ class _GraphWriter:
         self.tensors[index].shapeSignature = np.asarray([-1, *shape], np.int32)
         return index
 
+    def edge_tensor(self, name: str, shape: list[int], dtype: str, params: QuantParams | None) -> int:
+        """A batch-free tensor of the interface (uint8 with its params, or float32) around an integer core."""
+        index = self.add_tensor(name, [1, *shape], dtype.upper(), params)
+        self.tensors[index].shapeSignature = np.asarray([-1, *shape], np.int32)
+        return index
+
+    def float_constant(self, name: str, values: np.ndarray) -> int:
+        """A float32 constant, or as the model stores its weights: float16 through a DEQUANTIZE op."""
+        values = values.astype(np.float32)
+        if self.model.weight_storage != "float16":
+            return self.add_tensor(name, list(values.shape), "FLOAT32", data=values)
+        half = values.astype(np.float16)
+        if not np.array_equal(half.astype(np.float32), values):
+            raise ModelFormatError(f"{name}: the weights of a float16 model are not float16 values")
+        stored = self.add_tensor(name, list(values.shape), "FLOAT16", data=half)
+        return self.operator(
+            "DEQUANTIZE", [stored], self.add_tensor(f"{name}_dequantize", list(values.shape), "FLOAT32")
+        )
+
     def kernel_and_bias(self, weight_name: str, bias_name: str) -> tuple[int, int]:
-        """Constant tensors of a kernel (TF layout in, TFLite layout out) and its bias: float32, or the
-        quantized kernel and int32 bias of a quantized model."""
+        """Constant tensors of a kernel (TF layout in, TFLite layout out) and its bias: float32 (float16 or int8
+        as a float model stores them), or the quantized kernel and int32 bias of a quantized model."""
         if self.model.quant is None:
+            stored = (self.model.stored_weights or {}).get(weight_name)
             kernel = self.model.weights[weight_name].astype(np.float32).transpose(_TF_TO_TFLITE_AXES)
-            bias = self.model.weights[bias_name].astype(np.float32)
-            return (
-                self.add_tensor(weight_name, list(kernel.shape), "FLOAT32", data=kernel),
-                self.add_tensor(bias_name, list(bias.shape), "FLOAT32", data=bias),
-            )
+            if stored is not None:  # dynamic-range: int8 per-channel weights in a float convolution
+                kernel_index = self.quantized_kernel(weight_name, stored)
+            else:
+                kernel_index = self.float_constant(weight_name, kernel)
+            return kernel_index, self.float_constant(bias_name, self.model.weights[bias_name])
         kernel, bias = self.model.quant.tensors[weight_name], self.model.quant.tensors[bias_name]
+        kernel_index = self.quantized_kernel(weight_name, kernel)
+        bias_index = self.add_tensor(
+            bias_name, list(bias.values.shape), bias.params.dtype.upper(), bias.params, bias.values
+        )
+        return kernel_index, bias_index
+
+    def quantized_kernel(self, weight_name: str, kernel: QuantizedTensor) -> int:
+        """A quantized kernel constant in TFLite layout."""
         data = kernel.values.transpose(_TF_TO_TFLITE_AXES)
         # Per-channel scales run along the output channel: axis 0 of OHWI, axis 3 of a depthwise 1HWC
         # (per-tensor kernels keep 0: XNNPACK takes a nonzero dimension for a per-channel kernel).
         per_channel_depthwise = weight_name.endswith("depthwise_weights") and np.size(kernel.params.scale) > 1
-        kernel_index = self.add_tensor(
+        return self.add_tensor(
             weight_name,
             list(data.shape),
             kernel.params.dtype.upper(),
@@ -688,10 +877,6 @@ class _GraphWriter:
             data,
             3 if per_channel_depthwise else 0,
         )
-        bias_index = self.add_tensor(
-            bias_name, list(bias.values.shape), bias.params.dtype.upper(), bias.params, bias.values
-        )
-        return kernel_index, bias_index
 
     def operator(self, op_name: str, inputs: list[int], output: int, options_name: str | None = None, **options) -> int:
         op = self.schema.OperatorT()
