@@ -20,7 +20,7 @@ from pathlib import Path
 from mobilenet_zoo.agreement import CALIBRATION, FLOAT_SOURCE, calibration_record
 from mobilenet_zoo.arch import Backbone
 from mobilenet_zoo.errors import ZooError
-from mobilenet_zoo.formats import can_write
+from mobilenet_zoo.formats import can_write, check_writable
 from mobilenet_zoo.formats import names as format_names
 from mobilenet_zoo.formats import spec as format_spec
 from mobilenet_zoo.formats import write as write_format
@@ -161,6 +161,8 @@ def convert(
     unwritable = [f for f in formats if not can_write(f, quantized)]
     if unwritable:  # before anything is written
         raise ZooError(f"the {unwritable[0]} format cannot write {'uint8' if quantized else 'float'} models")
+    for fmt in formats:
+        check_writable(source.model, fmt)
     out = Path(out)
     paths = {fmt: target_path(source, fmt, out, len(formats) == 1) for fmt in formats}
     for path in paths.values():

@@ -84,6 +84,7 @@ class FormatSpec:
     extra: str = ""  # pip extra that installs what the format needs
     max_lsb: int = 1  # default tolerance of its uint8 outputs against the TFLite builtin kernels
     runner_threads: bool = False  # its runner takes `threads=N` (a per-session thread count)
+    writes_int8: bool = False  # its quantized writer holds int8 per-channel models (TF's converter), edges included
     priority: int = 0  # detection order when several formats claim a path (higher first)
 
     def claims(self, path: Path) -> bool:
@@ -243,18 +244,16 @@ def can_write(fmt: str, quantized: bool) -> bool:
     return (fmt, WRITE_QUANTIZED if quantized else WRITE) in _HANDLERS
 
 
-INT8_FORMATS = ("tflite",)  # the formats whose writers hold int8 per-channel models (TF's converter) so far
-
-
 def check_writable(model, fmt: str) -> None:
     """Refuse, before its writer starts, a model the format cannot hold: an int8 core (per-channel weights, int8
     activations, QUANTIZE edges) outside INT8_FORMATS."""
     quant = model.quant if model.config.quantized else None
-    if fmt in INT8_FORMATS or quant is None or (quant.activation_dtype == "uint8" and quant.interface is None):
+    if spec(fmt).writes_int8 or quant is None or (quant.activation_dtype == "uint8" and quant.interface is None):
         return
+    int8_formats = ", ".join(s.name for s in specs() if s.writes_int8)
     raise ModelFormatError(
         f"{model.config.name} is an int8 per-channel model (TF's converter): the {fmt} writer holds uint8 per-tensor "
-        f"models only; convert it to {', '.join(INT8_FORMATS)}"
+        f"models only; convert it to {int8_formats}"
     )
 
 

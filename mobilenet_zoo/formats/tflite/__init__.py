@@ -21,6 +21,7 @@ SPEC = register_format(
         runtime="tflite",
         runtime_module="ai_edge_litert",
         extra="tflite",
+        writes_int8=True,
     )
 )
 
