@@ -140,6 +140,17 @@ def test_nothing_outside_a_format_package_imports_its_private_modules():
     assert {name: found for name, found in offenders.items() if found} == {}
 
 
+def test_the_readme_design_map_names_every_module():
+    """The README's "Design" block names every module of the package (a new module is placed in the map)."""
+    import re
+
+    readme = (PACKAGE.parent / "README.md").read_text(encoding="utf-8")
+    design = readme.split("## Design\n", 1)[1].split("```")[1]
+    names = {path.parent.name + "/" if path.stem == "__init__" else path.stem for path in PACKAGE.rglob("*.py")}
+    missing = [name for name in names if not re.search(rf"(?<![\w/]){re.escape(name)}(?!\w)", design)]
+    assert sorted(missing) == []
+
+
 def test_production_code_never_imports_the_test_helpers():
     graph = import_graph()
     offenders = {
