@@ -207,7 +207,7 @@ def test_a_float_target_of_a_float_source_agrees_fully(float_model, tmp_path, cl
     target = format_module("tflite").write(float_model, tmp_path / "float.tflite")
     code, stdout, stderr = cli("verify", target, "--source", source, "--per-layer", "--json")
     assert code == 0, stderr
-    (report,) = json.loads(stdout)["verify"]["targets"]  # convert --json: {"written": [...], "verify": report}
+    (report,) = json.loads(stdout)["targets"]
     assert report["agreement"]["top1"] == 1.0 and report["agreement"]["images"] == 4
     layers = report["per_layer"]["layers"]
     assert len(layers) == 29 and all(row["sqnr_db"] is None and row["max_abs"] == 0 for row in layers)
@@ -296,7 +296,7 @@ def test_a_collapsed_quantized_model_fails_verify(tmp_path, cli):
     code, stdout, stderr = cli(
         "verify", target, "--source", graph, *image_args(photos(MEASURED)), "--random", "0", "--json"
     )
-    (report,) = json.loads(stdout)["verify"]["targets"]  # convert --json: {"written": [...], "verify": report}
+    (report,) = json.loads(stdout)["targets"]
     agreement = report["agreement"]
     print("collapsed:", {k: agreement[k] for k in ("top1", "top1_interval", "top5", "mean_abs_dprob")})
     assert code == 4
@@ -317,6 +317,6 @@ def test_a_float_tflite_of_the_genuine_graph_passes_the_gate(tmp_path, cli):
     (target,) = tmp_path.glob("*.tflite")
     code, stdout, stderr = cli("verify", target, "--source", graph, *image_args(photos(MEASURED)), "--json")
     assert code == 0, stderr
-    (report,) = json.loads(stdout)["verify"]["targets"]  # convert --json: {"written": [...], "verify": report}
+    (report,) = json.loads(stdout)["targets"]
     assert report["agreement"]["top1"] == report["agreement"]["top5"] == 1.0
     assert report["agreement"]["images"] == 30 and report["agreement"]["passed"]

@@ -214,7 +214,7 @@ def _top_predictions(predict_output: str) -> dict[str, tuple[str, float]]:
     """Each image's first row (label, score) in `predict`'s tables: an image name line, then class, label, score."""
     tops = {}
     for image, label, score in re.findall(
-        r"^(\S+\.\w+)\n(?:.*\n){3}\s+\d+\s+(.+?)\s+([0-9.]+)\s*$", predict_output, re.M
+        r"^(\S+\.\w+)[ \t]*\n(?:.*\n){3}\s+\d+\s+(.+?)\s+([0-9.]+)\s*$", predict_output, re.M
     ):
         tops[image] = (label, float(score))
     return tops

@@ -90,7 +90,7 @@ def test_exported_program_matches_tflite(torch_folders, references, variant):
     from mobilenet_zoo.formats import load_runner
 
     folder = torch_folders[variant]
-    assert sorted(path.suffix for path in folder.iterdir()) == [".pt2", ".safetensors"]
+    assert sorted(path.suffix for path in folder.iterdir()) == [".md", ".pt2", ".safetensors"]  # + what it is
     runner = load_runner(folder / f"mobilenet_v1_{variant}_quant.pt2")
     assert runner.quantized and runner.resolution == VARIANTS[variant]
     assert_matches_tflite(runner, variant, references, "torch .pt2")
