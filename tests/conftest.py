@@ -118,3 +118,28 @@ def _real_quant_tflite(config: ModelConfig) -> Path | None:
         available = sorted(p.name for p in DATA.glob("*_quant.tflite"))
         raise ValueError(f"no real uint8 model for {config.name} in tests/data (there are: {', '.join(available)})")
     return path
+
+
+# The fast lane (`pytest -m "not slow"`, under 2 minutes on 2 cores): tests that build TensorFlow fixture tarballs or
+# drive several frameworks end to end are slow by what they are, besides the tests marked one by one.
+SLOW_FIXTURES = {"official_tarball", "extracted_variant"}
+SLOW_MODULES = {
+    "test_backbone_tf",
+    "test_backbone_torch_onnx",
+    "test_ecosystem",
+    "test_heads",
+    "test_heads_onnx",
+    "test_heads_tflite",
+    "test_keras_format",
+    "test_matrix",
+    "test_no_tensorflow",
+    "test_real_float",
+    "test_tensorflow_format",
+    "test_torch_format",
+}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())) or item.module.__name__ in SLOW_MODULES:
+            item.add_marker(pytest.mark.slow)

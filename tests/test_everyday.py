@@ -342,6 +342,7 @@ def test_10_a_failing_verify_row_fits_100_columns(cli, tmp_path):
 # 12 ---------------------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_12_the_uint8_torch_folder_says_what_it_is_and_its_snippet_runs(cli, tmp_path):
     pytest.importorskip("torch")
     code, _, err = cli("convert", BUNDLED_MODEL, "--to", "torch", "-o", tmp_path)

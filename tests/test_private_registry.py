@@ -67,6 +67,7 @@ def test_local_model_file_pulls_converts_and_verifies(team_folder, tmp_path, cli
     assert model.config.num_classes == HEAD_CLASSES and list(model.classes.labels) == HEAD_LABELS
 
 
+@pytest.mark.slow
 def test_url_entry_is_downloaded_then_converted_at_zero_lsb(team_folder, tmp_path, cli):
     served = tmp_path / "served"
     served.mkdir()

@@ -79,6 +79,7 @@ def test_an_interrupted_convert_records_its_finished_targets(interrupted, cli):
     assert "pass" in report
 
 
+@pytest.mark.slow
 def test_a_rerun_after_an_interruption_completes_without_force(interrupted, tmp_path, cli):
     out = Path(shutil.copytree(interrupted[0], tmp_path / "out"))
     code, _, err = cli("-q", "convert", BUNDLED_MODEL, "--to", "onnx,torch,tflite", "-o", out)
