@@ -468,7 +468,7 @@ def verify_group(
     computed = compute_reference(model, images, n_random, seed) if checked else None
     reports = []
     for target in targets:
-        reports.append(verify_target(target, computed, thresholds) if target in checked else _self_report(target))
+        reports.append(verify_target(target, computed, thresholds) if target in checked else self_report(target))
         if progress:
             progress(Path(target).name)
     return reports
@@ -570,7 +570,7 @@ class VerifyResult:
         }
 
 
-def _self_report(target: Path) -> TargetReport:
+def self_report(target: Path) -> TargetReport:
     """A row for a target whose reference is itself: shown, never counted as a pass."""
     from mobilenet_zoo.manifest import manifest_entry
 
@@ -582,7 +582,7 @@ def _self_report(target: Path) -> TargetReport:
 
 def _checked(target: Path, reference: Reference, thresholds: Thresholds, reference_path: Path | None) -> TargetReport:
     if reference_path is not None and is_self_reference(target, reference_path):
-        return _self_report(target)
+        return self_report(target)
     return verify_target(target, reference, thresholds)
 
 

@@ -1,0 +1,124 @@
+"""A real Ray cluster without a shared disk: a head node without CPUs and a worker node that cannot see the folders
+holding the model and the images (an empty tmpfs over each, in its own mount namespace), all on 127.0.0.1.
+
+`eval --ray-address`, `convert --ray-address` and its `--verify` run as separate driver processes and must give what
+the local commands give; a client with the wrong token gets one line. The nodes are stopped by process id
+(`LocalCluster.stop`), never by `ray stop`, which would end every Ray process on the machine.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from realdata import realdata
+
+from mobilenet_zoo.samples import BUNDLED_MODEL
+
+pytestmark = pytest.mark.slow
+
+DATA = Path(__file__).parent / "data"
+LABELLED = {"bird.bmp": 20, "cat.bmp": 286, "parrot.jpg": 89, "grace_hopper.bmp": 401}  # shared/facts.md
+PHOTOS = [f"photo_{index:02d}.jpg" for index in range(6)]  # real photos without labels: class 0 for all
+TIMEOUT = 300
+
+
+def zoo(*args, env: dict[str, str]) -> subprocess.CompletedProcess:
+    """A `mobilenet-zoo` process (a Ray driver of its own)."""
+    command = [sys.executable, "-m", "mobilenet_zoo", *map(str, args)]
+    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=TIMEOUT)
+
+
+@pytest.fixture(scope="module")
+def hidden(tmp_path_factory) -> dict[str, Path]:
+    """The folders the worker node does not see: `data` (photos, an unreadable file and a CSV labelling them) and
+    `model` (the bundled uint8 model)."""
+    pytest.importorskip("ray")
+    root = tmp_path_factory.mktemp("driver_disk")
+    data, model = root / "data", root / "model"
+    data.mkdir()
+    model.mkdir()
+    rows = []
+    for name, label in LABELLED.items():
+        shutil.copy(DATA / name, data / name)
+        rows.append(f"{name},{label}")
+    for name in PHOTOS:
+        shutil.copy(realdata(f"photos/{name}"), data / name)
+        rows.append(f"{name},0")
+    (data / "notes.jpg").write_text("not an image\n")
+    rows.append("notes.jpg,0")
+    (data / "labels.csv").write_text("path,label\n" + "\n".join(rows) + "\n")
+    shutil.copy(BUNDLED_MODEL, model / BUNDLED_MODEL.name)
+    return {"root": root, "data": data, "model": model / BUNDLED_MODEL.name}
+
+
+TOKEN = "0123456789abcdef" * 2
+
+
+@pytest.fixture(scope="module")
+def cluster(hidden):
+    """The two-node cluster, with token authentication; stopped however the tests end."""
+    from mobilenet_zoo.testing.ray_cluster import LocalCluster
+
+    folders = [hidden["data"], hidden["model"].parent]
+    with LocalCluster(hidden["root"] / "cluster", workers=1, cpus=2, hidden=folders, token=TOKEN) as running:
+        yield running
+
+
+def test_the_worker_node_does_not_see_the_drivers_folders(cluster, hidden):
+    """What makes the other tests mean something: in the worker node's mount namespace the folders are empty."""
+    worker = cluster.nodes[1].pid  # `ray start`, in the node's namespace; Ray's processes there inherit it
+    seen_by_worker = Path(f"/proc/{worker}/root")
+    assert (hidden["data"] / "labels.csv").exists() and hidden["model"].exists()
+    assert list((seen_by_worker / hidden["data"].relative_to("/")).iterdir()) == []
+    assert list((seen_by_worker / hidden["model"].parent.relative_to("/")).iterdir()) == []
+
+
+def test_eval_on_the_cluster_gives_the_local_counts(cluster, hidden):
+    """The model and the images reach the worker through the object store: same counts, same skipped file."""
+    from mobilenet_zoo.evaluate import evaluate
+
+    local = json.loads(json.dumps(evaluate(hidden["model"], hidden["data"] / "labels.csv", batch=3).as_dict()))
+    args = ("eval", hidden["model"], hidden["data"] / "labels.csv", "--batch", "3", "--json")
+    on_cluster = zoo(*args, "--ray-address", cluster.address, env=cluster.env())
+    assert on_cluster.returncode == 0, on_cluster.stderr
+    assert json.loads(on_cluster.stdout) == local
+    assert (local["images"], len(local["skipped"])) == (len(LABELLED) + len(PHOTOS), 1)
+    assert local["top1"]["hits"] >= 3  # the real photos of shared/facts.md, on the bundled 0.25_128 model
+
+
+def test_convert_and_verify_on_the_cluster_write_what_a_local_convert_writes(cluster, hidden, tmp_path):
+    """The worker gets the canonical model and returns the ONNX file as bytes, which the driver writes: the same
+    files as a local convert (the manifest too). `verify` ships reference, target and images to the worker and
+    reports the driver's paths."""
+    from mobilenet_zoo.conversion import convert
+    from mobilenet_zoo.sources import open_source
+
+    convert(open_source(hidden["model"]), ["onnx"], tmp_path / "local")
+    out = tmp_path / "cluster"
+    args = ("convert", hidden["model"], "--to", "onnx", "-o", out, "--ray-address", cluster.address)
+    on_cluster = zoo(*args, env=cluster.env())
+    assert on_cluster.returncode == 0, on_cluster.stderr
+    files = lambda folder: {p.name: p.read_bytes() for p in folder.iterdir()}  # noqa: E731
+    assert files(out) == files(tmp_path / "local")
+    verified = zoo("verify", out, "--ray-address", cluster.address, "--json", env=cluster.env())
+    assert verified.returncode == 0, verified.stderr
+    (report,) = json.loads(verified.stdout)["targets"]
+    assert report["passed"] and report["max_lsb"] == 0
+    target = out / "mobilenet_v1_0.25_128_quant.onnx"
+    assert (report["target"], report["reference"]) == (str(target), str(hidden["model"]))  # not the worker's copies
+
+
+def test_a_wrong_token_is_one_clear_line(cluster, hidden):
+    """A client with another token is refused at once (Ray itself retries for 20 s, then says ConnectionError)."""
+    args = ("eval", hidden["model"], hidden["data"] / "labels.csv", "--ray-address", cluster.address)
+    result = zoo(*args, env=cluster.env(token="f" * 32))
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [
+        f"error: the Ray cluster at {cluster.address} refused this client's token: set RAY_AUTH_TOKEN to the "
+        "cluster's token (`ray get-auth-token` on the head node prints it)"
+    ]
