@@ -230,22 +230,42 @@ class Workspace:
 # ---------------------------------------------------------------------------------------------- evaluation
 
 
+def shipped_model(data: bytes) -> Path:
+    """A model shipped by `pack`, unpacked once per worker machine into the temp dir, in a folder named by its
+    content (actors and later runs reuse it; a runner may open its file again, e.g. onnxruntime's one-thread
+    session). Returns the model's path."""
+    import hashlib
+
+    folder = Path(tempfile.gettempdir()) / "mobilenet-zoo-ray-models" / hashlib.sha256(data).hexdigest()[:32]
+    if not folder.is_dir():
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=".unpacking-"))
+        unpack(data, staging)
+        try:
+            os.rename(staging, folder)
+        except OSError:  # another actor on this machine was first
+            shutil.rmtree(staging, ignore_errors=True)
+    (path,) = folder.iterdir()
+    return path
+
+
 class _ShippedScorer:
     """A Ray actor: loads the model from its shipped bytes once, then decodes, preprocesses and scores batches of
-    shipped image files. Shipped files live in a temporary folder for the call that needs them only (a loaded
-    model keeps what it reads, or an open handle on it)."""
+    shipped image files (each batch's files in a temporary folder for that call only)."""
 
     def __init__(self, model: bytes, model_path: str, resolution: int, quantized: bool):
         from mobilenet_zoo.formats import load_runner
 
         self.resolution, self.quantized = resolution, quantized
         self.failure: BaseException | None = None
-        try:
-            with Workspace() as workspace, workspace.driver_paths():
-                runner = load_runner(workspace.unpack(model, model_path, "model"))
-            self.runner = one_thread_runner(runner) or runner  # one actor per CPU, as `evaluate`'s workers
-        except Exception as exc:  # raised by `score`: an error in __init__ reaches the driver as ActorDiedError only
-            self.failure = exc
+        with Workspace() as workspace:
+            try:
+                with workspace.driver_paths():
+                    path = workspace.stands_for(shipped_model(model), model_path)
+                    runner = load_runner(path)
+                    self.runner = one_thread_runner(runner) or runner  # one actor per CPU, as `evaluate`'s workers
+            except Exception as exc:  # raised by `score`: an error in __init__ reaches the driver as ActorDiedError
+                self.failure = exc
 
     def score(self, paths: list[str], labels: list[int], blobs: list[bytes | None], errors: list[str]) -> dict:
         """Outcome columns of one batch: `blobs` are the files' bytes (None where the driver could not read the
