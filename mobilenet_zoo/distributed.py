@@ -36,14 +36,18 @@ from mobilenet_zoo.conversion import BuildOptions, Converted, convert, without_h
 from mobilenet_zoo.deps import native_logs_silenced, require, verbose
 from mobilenet_zoo.errors import ZooError
 from mobilenet_zoo.evaluate import (
+    IMAGENET,
     BatchOutcome,
+    ClassSpace,
     Counts,
+    EvalPlan,
     EvalResult,
     Progress,
     Sample,
     decode_batch,
     one_thread_runner,
     plan_evaluation,
+    read_samples,
     score_batch,
 )
 from mobilenet_zoo.manifest import manifest_entry, read_manifest, updating_manifest
@@ -62,6 +66,7 @@ from mobilenet_zoo.sources import Source
 RAY_LOG_LEVEL_ENV = "RAY_BACKEND_LOG_LEVEL"  # the level of Ray's C++ core (driver and workers)
 BATCHES_PER_ACTOR = 2  # eval: batches sent to an actor before its first returns (one scoring, one on its way)
 TOKEN_PROBE_TIMEOUT = 10.0  # seconds
+READ_CPUS = 0.25  # eval of data at a URI: a Ray Data read task (waiting on storage) beside each actor on its CPU
 
 
 # ---------------------------------------------------------------------------------------------- connecting
@@ -284,6 +289,22 @@ class _ShippedScorer:
         return outcome.columns()
 
 
+class _ReadScorer(_ShippedScorer):
+    """A Ray Data actor: `_ShippedScorer` on the batches of files Ray Data read (`path` and `bytes` columns)."""
+
+    def __init__(self, model, model_path: str, resolution: int, quantized: bool, labels, prefix: str):
+        import ray
+
+        resolved = lambda value: ray.get(value) if isinstance(value, ray.ObjectRef) else value  # noqa: E731
+        super().__init__(resolved(model), model_path, resolution, quantized)
+        self.labels, self.prefix = resolved(labels), prefix
+
+    def __call__(self, batch: dict) -> dict:
+        paths = [str(path) for path in batch["path"]]
+        uris, labels = [self.prefix + path for path in paths], [self.labels[path] for path in paths]
+        return self.score(uris, labels, [bytes(blob) for blob in batch["bytes"]], [""] * len(paths))
+
+
 def _read_batch(samples: list[Sample]) -> tuple[list[str], list[int], list[bytes | None], list[str]]:
     """What an actor needs of a batch: paths, labels, the files' bytes, and why a file could not be read."""
     blobs, errors = [], []
@@ -337,29 +358,154 @@ def evaluate_on_ray(
 
     if batch < 1:
         raise ZooError(f"--batch must be at least 1, not {batch}")
-    plan, _ = plan_evaluation(model, data, limit, resolution, registry, mirror)
+    at_uri = is_uri(data)
+    plan, _ = plan_evaluation(model, data, limit, resolution, registry, mirror, read=uri_samples if at_uri else None)
     model_file = runnable_model(model, registry, mirror)
     ray = connect(address)
     shipped = ray.put(pack(model_file))
-    scorer = ray.remote(num_cpus=1)(_ShippedScorer)
-    actors = [
-        scorer.remote(shipped, str(model_file), plan.resolution, plan.quantized) for _ in range(_cluster_cpus(ray))
-    ]
-    batches = (plan.samples[start : start + batch] for start in range(0, len(plan.samples), batch))
+    model_args = (shipped, str(model_file), plan.resolution, plan.quantized)
+    scored = _scored_at_uri if at_uri else _scored_from_driver
 
     def tally() -> Counts:
         counts = Counts()
-        for columns in _scored_batches(ray, actors, batches):
+        for columns in scored(ray, plan, model_args, batch):
             counts.add(BatchOutcome.from_columns(columns))
             if progress:
                 progress(counts.seen, len(plan.samples))
         return counts
 
+    return plan.result(_run_remote(tally))
+
+
+def _scored_from_driver(ray: Any, plan: EvalPlan, model_args: tuple, batch: int) -> Iterator[dict]:
+    """Outcome columns of the driver's files, shipped batch by batch to an actor per CPU of the cluster."""
+    scorer = ray.remote(num_cpus=1)(_ShippedScorer)
+    actors = [scorer.remote(*model_args) for _ in range(_cluster_cpus(ray))]
+    batches = (plan.samples[start : start + batch] for start in range(0, len(plan.samples), batch))
     try:
-        return plan.result(_run_remote(tally))
+        yield from _scored_batches(ray, actors, batches)
     finally:
         for actor in actors:  # this session may go on (the API): free the CPUs
             ray.kill(actor)
+
+
+def _scored_at_uri(ray: Any, plan: EvalPlan, model_args: tuple, batch: int) -> Iterator[dict]:
+    """Outcome columns of files at a URI: a Ray Data dataset the workers read themselves, scored by `map_batches`
+    on an actor per CPU of the cluster; a read task takes a quarter of a CPU (it waits on storage), so each CPU has
+    room for its actor and a read, and reads run on nodes with CPUs only (a head without CPUs reads nothing)."""
+    filesystem, _ = _uri_filesystem(plan.data)
+    prefix = _scheme(plan.data)
+    labels = ray.put({sample.path.removeprefix(prefix): sample.label for sample in plan.samples})
+    files = ray.data.read_binary_files(
+        [sample.path.removeprefix(prefix) for sample in plan.samples],
+        filesystem=filesystem,
+        include_paths=True,
+        num_cpus=READ_CPUS,
+    )
+    scored = files.map_batches(
+        _ReadScorer,
+        fn_constructor_args=(*model_args, labels, prefix),
+        batch_size=batch,
+        batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(size=_cluster_cpus(ray)),
+        num_cpus=1 - READ_CPUS,
+    )
+    yield from scored.iter_batches(batch_size=None, batch_format="numpy")
+
+
+# ---------------------------------------------------------------------------------------------- data at a URI
+
+
+def is_uri(data: str | Path) -> bool:
+    """DATA named by a URI (`s3://bucket/val/`, `gs://...`, `file:///data/val` for a path every node sees): the
+    workers read it themselves through Ray Data, instead of the driver shipping its files."""
+    return "://" in str(data)
+
+
+def _scheme(uri: str) -> str:
+    """`s3://` of `s3://bucket/key`: what precedes a filesystem path to make the URI again."""
+    return uri[: uri.index("://") + 3]
+
+
+def _uri_filesystem(uri: str) -> tuple[Any, str]:
+    """The pyarrow filesystem of a URI and the path in it."""
+    import pyarrow.fs
+
+    try:
+        return pyarrow.fs.FileSystem.from_uri(uri)
+    except (ValueError, OSError) as exc:
+        raise ZooError(f"{uri}: cannot open it ({exc})") from None
+
+
+def uri_samples(uri: str | Path, limit: int | None = None, space: ClassSpace = IMAGENET) -> list[Sample]:
+    """`evaluate.read_samples` for DATA at a URI: a folder in ImageNet validation layout or a `path,label` CSV
+    (relative paths relative to the CSV). Each sample's path is the file's URI (a string)."""
+    import pyarrow.fs
+
+    uri = str(uri)
+    filesystem, root = _uri_filesystem(uri)
+    try:
+        kind = filesystem.get_file_info(root).type
+        if kind == pyarrow.fs.FileType.Directory:
+            samples = _uri_folder_samples(filesystem, root, _scheme(uri), space)
+        elif kind == pyarrow.fs.FileType.File:
+            samples = _uri_csv_samples(filesystem, root, _scheme(uri), space)
+        else:
+            raise ZooError(f"no such file or folder: {uri}")
+    except OSError as exc:
+        raise ZooError(f"{uri}: cannot read it ({exc})") from None
+    if not samples:
+        raise ZooError(
+            f"{uri}: no images to evaluate (expected synset subfolders such as n01440764/, or `path,label` CSV lines)"
+        )
+    return samples[:limit] if limit else samples
+
+
+def _uri_folder_samples(filesystem: Any, root: str, scheme: str, space: ClassSpace) -> list[Sample]:
+    """The files of the synset subfolders at a URI, sorted, as `evaluate` reads a local folder."""
+    import pyarrow.fs
+
+    from mobilenet_zoo.synsets import synset_classes
+
+    if not space.imagenet:
+        raise ZooError(
+            f"{scheme}{root}: an ImageNet validation folder cannot label the {space.num_classes} classes of this "
+            "model, which are not ImageNet's: give a CSV of `path,label` lines"
+        )
+    classes = {synset: index - space.synset_offset for synset, index in synset_classes().items()}
+    samples = []
+    for entry in filesystem.get_file_info(pyarrow.fs.FileSelector(root, recursive=True)):
+        parts = entry.path[len(root) :].strip("/").split("/")
+        if any(part.startswith(".") for part in parts) or len(parts) > 2:
+            continue
+        if len(parts) == 1 and entry.type == pyarrow.fs.FileType.Directory and parts[0] not in classes:
+            raise ZooError(
+                f"{scheme}{entry.path}: not an ImageNet-1k synset folder (expected one subfolder per synset, "
+                "e.g. n01440764/)"
+            )
+        if len(parts) == 2 and entry.type == pyarrow.fs.FileType.File:
+            samples.append(Sample(scheme + entry.path, classes[parts[0]]))  # a URI, not a local Path
+    return sorted(samples, key=lambda sample: sample.path)
+
+
+def _uri_csv_samples(filesystem: Any, table: str, scheme: str, space: ClassSpace) -> list[Sample]:
+    """The lines of a `path,label` CSV at a URI, parsed as `evaluate` parses a local one (from a local copy);
+    relative paths are relative to the CSV, absolute ones paths of the same filesystem."""
+    import posixpath
+
+    with filesystem.open_input_stream(table) as stream:
+        data = stream.read()
+    folder = posixpath.dirname(table)
+    with Workspace() as workspace, workspace.driver_paths():
+        local = workspace.write(data, scheme + table, "csv")
+        samples = read_samples(local, None, space)
+
+    def located(path: Path) -> str:
+        if path.is_relative_to(local.parent):
+            return posixpath.normpath(posixpath.join(folder, str(path.relative_to(local.parent))))
+        return str(path)
+
+    return [Sample(scheme + located(sample.path), sample.label) for sample in samples]  # URIs, not local Paths
 
 
 # ---------------------------------------------------------------------------------------------- conversion

@@ -10,8 +10,7 @@ unless `token` is given, which the head then requires of every client.
 
 Each node runs `ray start --block` in a session of its own: `stop` ends exactly that session's processes (by process
 id, never `ray stop`, which ends every Ray process on the machine), and a node also ends when the process that
-started it dies. Needs Linux, root (or user namespaces) and
-`unshare`. Production code never imports this module.
+started it dies. Needs Linux, root (or user namespaces) and `unshare`. Production code never imports this module.
 """
 
 from __future__ import annotations
