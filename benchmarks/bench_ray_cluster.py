@@ -8,6 +8,7 @@ the object store, as on a cluster without shared storage. Measured:
   cluster    `ray start` of the head and the worker nodes, until every node runs;
   eval       `evaluate_on_ray` in a fresh driver process per round: start-up (`ray.init`, the actors loading the
              shipped model: until the first batch is scored), then images/s, and images/s per worker node;
+  eval-uri   the same with DATA a `file://` URI of a copy every node sees: Ray Data reads the files on the workers;
   local      `evaluate` in one process on the same machine, for comparison (the counts must be equal);
   feed       what the driver alone can ship: reading the files and putting them into the object store in batches,
              in MB/s and images/s (the ceiling of a cluster fed by one driver, whatever its size).
@@ -16,7 +17,8 @@ The data: N copies of the 50 real 512x512 JPEG photos in ../shared/realdata/phot
 validation images, 110 KB on average), labelled 0. The model: the genuine 1.0_224 float frozen graph converted to
 ONNX (`--model` for another, e.g. the bundled uint8 0.25_128).
 
-    python benchmarks/bench_ray_cluster.py [--workers 1] [--cpus 2] [--images 600] [--batch 32] [--rounds 2] [--json]
+    python benchmarks/bench_ray_cluster.py [--workers 1] [--cpus 2] [--images 600] [--batch 32] [--rounds 2]
+                                           [--model FILE] [--no-uri] [--json]
 
 Needs Linux, root (or user namespaces) and `unshare`; the nodes are stopped by process id when it ends.
 """
@@ -144,19 +146,27 @@ def run(args) -> dict:
         start = time.perf_counter()
         local = evaluate(model, csv, batch=args.batch)
         local_rate = local.images / (time.perf_counter() - start)
+        shared_csv = write_data_set(scratch / "shared", args.images) if args.uri else None
         hidden = [scratch / "data", scratch / "model"]
         with LocalCluster(scratch / "cluster", workers=args.workers, cpus=args.cpus, hidden=hidden) as cluster:
             os.environ.update(cluster.env())  # the spawned drivers join without a token, as the nodes run
-            runs, feeds = [], []
+            runs, uri_runs, feeds = [], [], []
             for _ in range(args.rounds):
                 warm_page_cache(csv)
                 runs.append(in_fresh_process(eval_worker, str(model), str(csv), args.batch, cluster.address))
                 feeds.append(in_fresh_process(feed_worker, str(csv), args.batch, cluster.address))
+                if shared_csv:
+                    warm_page_cache(shared_csv)
+                    uri = f"file://{shared_csv}"
+                    uri_runs.append(in_fresh_process(eval_worker, str(model), uri, args.batch, cluster.address))
             startup = cluster.startup_seconds
-    if any(run["result"] != local.as_dict() for run in runs):
+    expected = local.as_dict()
+    if any(run["result"] != expected for run in runs):
         sys.exit("eval on the cluster gave other counts than eval: " + json.dumps([r["result"] for r in runs])[:2000])
-    rate = statistics.median(run["after_startup_images_per_s"] for run in runs)
-    return {
+    counts = lambda result: (result["images"], result["top1"]["hits"], result["top5"]["hits"])  # noqa: E731
+    if any(counts(run["result"]) != counts(expected) for run in uri_runs):
+        sys.exit("eval of the URI gave other counts than eval: " + json.dumps([r["result"] for r in uri_runs])[:2000])
+    report = {
         "images": args.images,
         "batch": args.batch,
         "model": model.name,
@@ -165,20 +175,29 @@ def run(args) -> dict:
         "machine_cpus": os.cpu_count(),
         "rounds": args.rounds,
         "cluster_startup_s": startup,
-        "eval": {
-            "same_counts_as_local": True,
-            "wall_s": statistics.median(run["wall_s"] for run in runs),
-            "startup_s": statistics.median(run["startup_s"] for run in runs),
-            "images_per_s": rate,
-            "images_per_s_per_node": rate / args.workers,
-            "images_per_s_per_cpu": rate / (args.workers * args.cpus),
-        },
+        "eval": eval_figures(runs, args),
         "local_images_per_s": local_rate,
         "feed": {
             "images_per_s": statistics.median(feed["images_per_s"] for feed in feeds),
             "mb_per_s": statistics.median(feed["mb_per_s"] for feed in feeds),
             "mean_image_kb": feeds[0]["bytes"] / args.images / 1e3,
         },
+    }
+    if uri_runs:
+        report["eval_uri"] = eval_figures(uri_runs, args)
+    return report
+
+
+def eval_figures(runs: list[dict], args) -> dict:
+    """Medians of the eval runs: wall time, start-up, images/s in all, per worker node and per CPU."""
+    rate = statistics.median(run["after_startup_images_per_s"] for run in runs)
+    return {
+        "same_counts_as_local": True,
+        "wall_s": statistics.median(run["wall_s"] for run in runs),
+        "startup_s": statistics.median(run["startup_s"] for run in runs),
+        "images_per_s": rate,
+        "images_per_s_per_node": rate / args.workers,
+        "images_per_s_per_cpu": rate / (args.workers * args.cpus),
     }
 
 
@@ -190,6 +209,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch", type=int, default=32, help="images per batch")
     parser.add_argument("--rounds", type=int, default=2, help="eval runs, each in a fresh driver (medians reported)")
     parser.add_argument("--model", type=Path, help="model file (default: the genuine 1.0_224 as ONNX)")
+    parser.add_argument("--no-uri", dest="uri", action="store_false", help="skip the eval of the data at a URI")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     args = parser.parse_args(argv)
     if not (REALDATA / "photos").is_dir() or (args.model is None and not (REALDATA / FROZEN).exists()):
@@ -208,6 +228,13 @@ def main(argv: list[str] | None = None) -> None:
         f"(connect, actors, model), then {ev['images_per_s']:.1f} images/s = {ev['images_per_s_per_node']:.1f} per "
         f"worker node, {ev['images_per_s_per_cpu']:.1f} per CPU (local eval: {report['local_images_per_s']:.1f})"
     )
+    if "eval_uri" in report:
+        uri = report["eval_uri"]
+        print(
+            f"eval of a file:// URI (Ray Data reads on the workers): same counts; {uri['wall_s']:.1f} s in all: "
+            f"start-up {uri['startup_s']:.1f} s, then {uri['images_per_s']:.1f} images/s = "
+            f"{uri['images_per_s_per_node']:.1f} per worker node"
+        )
     print(
         f"driver feed alone: {feed['images_per_s']:.0f} images/s, {feed['mb_per_s']:.0f} MB/s "
         f"({feed['mean_image_kb']:.0f} KB per image)"

@@ -108,15 +108,16 @@ def _check_token(address: str) -> None:
     token for about 20 s and then reports only a ConnectionError. Anything but a refusal is left to `ray.init`."""
     if "://" in address or address == "auto":  # Ray Client and address discovery: Ray reports those itself
         return
-    try:
+    try:  # Ray's internals: another Ray version may lack them, and then there is no probe
         import grpc
         from ray._private.authentication.grpc_authentication_client_interceptor import (
             _get_authentication_metadata_tuple,
         )
         from ray.core.generated import gcs_service_pb2, gcs_service_pb2_grpc
-    except ImportError:  # another Ray version: no probe
+
+        metadata = _get_authentication_metadata_tuple()  # what Ray itself will send
+    except Exception:
         return
-    metadata = _get_authentication_metadata_tuple()  # what Ray itself will send
     with grpc.insecure_channel(address) as channel:
         stub = gcs_service_pb2_grpc.NodeInfoGcsServiceStub(channel)
         try:
@@ -564,32 +565,32 @@ def convert_many(
 ) -> list[Converted]:
     """Convert several variants into `out_dir`, one Ray task each; returns what was written, in input order.
 
-    The driver opens every source first (an error there stops everything before any task), then writes what the
-    tasks return into a staging folder per task inside `out_dir`; once all succeeded, their files move into
-    `out_dir` and their manifest entries merge in input order, leaving what a sequential loop of `convert`
-    leaves. If any task fails, nothing is written.
+    The driver opens each source (an error there stops everything: the tasks already submitted are cancelled) and
+    keeps it in the object store only; it writes what the tasks return into a staging folder per task inside
+    `out_dir`; once all succeeded, their files move into `out_dir` and their manifest entries merge in input
+    order, leaving what a sequential loop of `convert` leaves. If any task fails, nothing is written.
     """
     ray = connect(address)
-    sources = [_driver_source(name, registry, mirror, build) for name in names_or_paths]
     calibration = ray.put(_calibration_files(build.calibration))
-    shipped_build = replace(build, backbone_only=False)  # the driver dropped the heads
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=out_dir, prefix=".ray-convert-"))
+    shipped_build = replace(build, backbone_only=False)  # the driver drops the heads
     task = ray.remote(_convert_shipped)
-    refs = {
-        task.remote(ray.put(source), formats, format_options, shipped_build, calibration): index
-        for index, source in enumerate(sources)
-    }
+    refs: dict = {}  # result -> index of its source
     try:
-        staged = _run_remote(lambda: _receive_conversions(ray, refs, staging))
-        return [converted for index in range(len(sources)) for converted in _publish(*staged[index], out_dir)]
+        for index, name in enumerate(names_or_paths):
+            source = ray.put(_driver_source(name, registry, mirror, build))
+            refs[task.remote(source, formats, format_options, shipped_build, calibration)] = index
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=out_dir, prefix=".ray-convert-"))
+        try:
+            staged = _run_remote(lambda: _receive_conversions(ray, refs, staging))
+            return [converted for index in range(len(refs)) for converted in _publish(*staged[index], out_dir)]
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
     except BaseException:
         for ref in refs:
             ray.cancel(ref, force=True)
         raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
 
 
 def _receive_conversions(ray: Any, refs: dict, staging: Path) -> dict[int, tuple[Path, list[Converted]]]:
