@@ -3,7 +3,9 @@
 Nothing on a Ray worker opens a path of the driver's disk, so the machines of a cluster need no shared storage:
 - `eval`: the model file's bytes go into the object store once; each actor (one per CPU of the cluster) loads the
   model from them, then scores batches of images whose files the driver reads as it sends them (two batches per
-  actor in flight at most, so the driver holds a bounded number of images whatever the size of DATA);
+  actor in flight at most, so the driver holds a bounded number of images whatever the size of DATA); on a
+  one-node instance on the driver's machine (`eval --ray`) the actors read the files in place instead. DATA may
+  also be a URI (`s3://`, `gs://`, `file://` of a folder every node mounts) that Ray Data reads on the workers;
 - `convert`: the driver opens each source (pulling registry names into its own cache) and puts the canonical model
   in the object store; a task per variant converts it on its worker and returns the written files as bytes, which
   the driver writes;
@@ -147,6 +149,12 @@ def _cluster_cpus(ray: Any) -> int:
     return cpus
 
 
+def _only_this_node(ray: Any) -> bool:
+    """True when the cluster is one node, the driver's own (a local instance): its workers see the driver's files."""
+    alive = [node for node in ray.nodes() if node.get("Alive")]
+    return len(alive) == 1 and alive[0]["NodeID"] == ray.get_runtime_context().get_node_id()
+
+
 def _zoo_error_in(exc: BaseException | None) -> ZooError | None:
     """The original ZooError a remote failure carries, looking through Ray's wrappers (`cause`, `__cause__`)."""
     while exc is not None:
@@ -273,11 +281,16 @@ class _ShippedScorer:
             except Exception as exc:  # raised by `score`: an error in __init__ reaches the driver as ActorDiedError
                 self.failure = exc
 
-    def score(self, paths: list[str], labels: list[int], blobs: list[bytes | None], errors: list[str]) -> dict:
+    def score(
+        self, paths: list[str], labels: list[int], blobs: list[bytes | None] | None = None, errors: list[str] = ()
+    ) -> dict:
         """Outcome columns of one batch: `blobs` are the files' bytes (None where the driver could not read the
-        file, `errors` saying why)."""
+        file, `errors` saying why); without `blobs` the files are read where they are (a one-node instance)."""
         if self.failure is not None:
             raise self.failure
+        if blobs is None:
+            samples = [Sample(Path(path), label) for path, label in zip(paths, labels)]
+            return score_batch(self.runner, decode_batch(samples, self.resolution, self.quantized)).columns()
         with Workspace() as workspace:
             samples = [
                 Sample(workspace.write(blob or b"", path, str(index)), label)
@@ -322,8 +335,9 @@ def _read_batch(samples: list[Sample]) -> tuple[list[str], list[int], list[bytes
     return [str(s.path) for s in samples], [s.label for s in samples], blobs, errors
 
 
-def _scored_batches(ray: Any, actors: list, batches: Iterable[list[Sample]]) -> Iterator[dict]:
-    """Outcome columns of every batch, as they come back; each batch is read when an actor has room for it."""
+def _scored_batches(ray: Any, actors: list, batches: Iterable[list[Sample]], in_place: bool) -> Iterator[dict]:
+    """Outcome columns of every batch, as they come back; each batch is read when an actor has room for it
+    (`in_place`: its paths only, the actors reading the files)."""
     free = deque(actor for _ in range(BATCHES_PER_ACTOR) for actor in actors)
     pending: dict = {}  # result -> the actor scoring it
 
@@ -336,7 +350,8 @@ def _scored_batches(ray: Any, actors: list, batches: Iterable[list[Sample]]) -> 
         if not free:
             yield next_result()
         actor = free.popleft()
-        pending[actor.score.remote(*_read_batch(samples))] = actor
+        shipped = ([str(s.path) for s in samples], [s.label for s in samples]) if in_place else _read_batch(samples)
+        pending[actor.score.remote(*shipped)] = actor
     while pending:
         yield next_result()
 
@@ -379,12 +394,13 @@ def evaluate_on_ray(
 
 
 def _scored_from_driver(ray: Any, plan: EvalPlan, model_args: tuple, batch: int) -> Iterator[dict]:
-    """Outcome columns of the driver's files, shipped batch by batch to an actor per CPU of the cluster."""
+    """Outcome columns of the driver's files, shipped batch by batch to an actor per CPU of the cluster (on a
+    one-node instance on this machine, `eval --ray`, the actors read them in place)."""
     scorer = ray.remote(num_cpus=1)(_ShippedScorer)
     actors = [scorer.remote(*model_args) for _ in range(_cluster_cpus(ray))]
     batches = (plan.samples[start : start + batch] for start in range(0, len(plan.samples), batch))
     try:
-        yield from _scored_batches(ray, actors, batches)
+        yield from _scored_batches(ray, actors, batches, in_place=_only_this_node(ray))
     finally:
         for actor in actors:  # this session may go on (the API): free the CPUs
             ray.kill(actor)
