@@ -1,9 +1,10 @@
 """A real Ray cluster without a shared disk: a head node without CPUs and a worker node that cannot see the folders
 holding the model and the images (an empty tmpfs over each, in its own mount namespace), all on 127.0.0.1.
 
-`eval --ray-address`, `convert --ray-address` and its `--verify` run as separate driver processes and must give what
-the local commands give; a client with the wrong token gets one line. The nodes are stopped by process id
-(`LocalCluster.stop`), never by `ray stop`, which would end every Ray process on the machine.
+`eval --ray-address` (of the driver's files, and of a `file://` URI every node sees), `convert --ray-address` and its
+`--verify` run as separate driver processes and must give what the local commands give; a client with the wrong
+token gets one line. The nodes are stopped by process id (`LocalCluster.stop`), never by `ray stop`, which would end
+every Ray process on the machine. The URI listing and its errors are tested without Ray at the end.
 """
 
 from __future__ import annotations

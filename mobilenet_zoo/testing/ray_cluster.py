@@ -153,7 +153,7 @@ class LocalCluster:
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             text=True,
-            env=self.env(),
+            env={**self.env(), "TMPDIR": str(self._temp_dir("files"))},  # the nodes' own temporary files
             cwd=self.root,
             start_new_session=True,  # Ctrl-C in the terminal reaches the test, which then stops the nodes
             preexec_fn=_terminate_with_parent,
