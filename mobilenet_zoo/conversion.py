@@ -80,7 +80,7 @@ def prepare(source: Source, build: BuildOptions) -> Source:
     """The source with the build options applied to its model. A post-training quantized model has no original
     artifact: its reference becomes the integer numpy forward pass of the written model (see `convert`)."""
     if build.backbone_only:
-        source = _without_head(source)
+        source = without_head(source)
     _check_pooling(source.model, build.backbone)
     model = source.model.with_backbone(build.backbone)
     if build.labels is not None:
@@ -93,7 +93,7 @@ def prepare(source: Source, build: BuildOptions) -> Source:
     return Source(quantized, None, quantized.config.name, source.origin, float_source=source.reference or source.origin)
 
 
-def _without_head(source: Source) -> Source:
+def without_head(source: Source) -> Source:
     """The source's frozen graph read without its dense head (one warning line on stderr names what is dropped);
     the reference becomes that graph pruned of the head (in the cache, keyed by its content)."""
     import hashlib

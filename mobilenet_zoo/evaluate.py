@@ -347,8 +347,10 @@ def plan_evaluation(
     resolution: int | None = None,
     registry: Path | None = None,
     mirror: str | None = None,
+    read: Callable[..., list[Sample]] | None = None,
 ) -> tuple[EvalPlan, Runner]:
-    """Read the labels and load the model (an error before any work if either is wrong)."""
+    """Read the labels and load the model (an error before any work if either is wrong); `read(data, limit, space)`
+    lists the samples (default: `read_samples`)."""
     from mobilenet_zoo.prediction import runner_for
 
     if limit is not None and limit < 1:
@@ -356,7 +358,7 @@ def plan_evaluation(
     runner = runner_for(model, registry, mirror)
     variant = known_variant(str(model), runner.quantized, registry)
     space = model_classes(model, variant)
-    samples = read_samples(data, limit, space)
+    samples = (read or read_samples)(data, limit, space)
     if resolution and runner.resolution not in (None, resolution):
         raise ZooError(f"the model takes {runner.resolution}x{runner.resolution} inputs, not --resolution {resolution}")
     size = resolution or runner.resolution or (variant.resolution if variant else None)

@@ -639,7 +639,7 @@ def verify_group(
             if per_layer:
                 report.per_layer = compare_target_layers(target, gate.source(target) or model, images)
         else:
-            report = _self_report(target)
+            report = self_report(target)
         reports.append(report)
         if progress:
             progress(Path(target).name)
@@ -786,7 +786,7 @@ class VerifyResult:
         }
 
 
-def _self_report(target: Path) -> TargetReport:
+def self_report(target: Path) -> TargetReport:
     """A row for a target whose reference is itself: shown, never counted as a pass."""
     from mobilenet_zoo.manifest import manifest_entry
 

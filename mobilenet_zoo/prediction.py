@@ -33,16 +33,22 @@ class Prediction:
 
 def runner_for(model: str | Path, registry: Path | None = None, mirror: str | None = None) -> Runner:
     """A runner for a model file, or for the original artifact of a registry name / tarball / official folder."""
+    return load_runner(runnable_model(model, registry, mirror))
+
+
+def runnable_model(model: str | Path, registry: Path | None = None, mirror: str | None = None) -> Path:
+    """The file (or folder) `runner_for` runs: a model file itself, or the original artifact of a registry name /
+    tarball / official folder."""
     path = Path(model).expanduser()
     if _is_model_file(path):
         require_mobilenet(path)
-        return load_runner(path)
+        return path
     from mobilenet_zoo.sources import open_source
 
     source = open_source(str(model), registry=registry, mirror=mirror)
     if source.reference is None:
         raise ZooError(f"{model}: found no model to run")
-    return load_runner(source.reference)
+    return Path(source.reference)
 
 
 def require_mobilenet(path: Path) -> None:

@@ -300,10 +300,18 @@ def test_verify_many_on_ray_reports_what_sequential_verify_reports(ray_session, 
 
 @pytest.mark.slow
 def test_a_failing_ray_task_raises_its_error_and_writes_nothing(ray_session, fixture_tarballs, tmp_path):
+    from mobilenet_zoo.conversion import BuildOptions
     from mobilenet_zoo.distributed import convert_many
 
-    with pytest.raises(ZooError, match="^no such file or folder: .*missing.tgz$"):
+    with pytest.raises(ZooError, match="^no such file or folder: .*missing.tgz$"):  # the driver opens the sources
         convert_many([fixture_tarballs[1], tmp_path / "missing.tgz"], ["onnx"], tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    empty = tmp_path / "calibration"
+    empty.mkdir()
+    with pytest.raises(ZooError, match=f"^calibration folder {empty} holds no images"):  # a task's, naming our folder
+        convert_many(
+            fixture_tarballs, ["onnx"], tmp_path / "out", build=BuildOptions(quantize="uint8", calibration=empty)
+        )
     assert list((tmp_path / "out").iterdir()) == []
 
 

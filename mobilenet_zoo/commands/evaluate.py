@@ -67,10 +67,11 @@ def eval_command(
         help="Model file/folder in any format, registry name, or tarball.",
         autocompletion=completion.variants,
     ),
-    data: Path = typer.Argument(
+    data: str = typer.Argument(
         ...,
         help="Folder with one subfolder per synset (n01440764/...), or a CSV of `path,label` lines (label 0..1000 or a "
-        "synset; for a model with its own classes: 0..N-1 or one of its class names, CSV only).",
+        "synset; for a model with its own classes: 0..N-1 or one of its class names, CSV only). With --ray, also a "
+        "URI the Ray workers read themselves: s3://..., gs://..., file:///path-on-every-node.",
     ),
     limit: Optional[int] = typer.Option(None, "--limit", help="Evaluate the first N images only."),
     batch: int = typer.Option(32, "--batch", help="Images per inference batch."),
@@ -95,6 +96,8 @@ def eval_command(
     (none for a model whose classes are not ImageNet's)."""
     if fast_decode and (ray or ray_address):
         raise ZooError("--fast-decode runs in this process only, not with --ray")
+    if "://" in data and not (ray or ray_address):
+        raise ZooError(f"{data}: data at a URI is read by Ray workers: add --ray-address ADDRESS (or --ray)")
     with _progress_bar(f"evaluating {Path(source).name}") as progress:
         if ray or ray_address:
             from mobilenet_zoo.distributed import evaluate_on_ray
