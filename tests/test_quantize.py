@@ -1,12 +1,14 @@
 """Post-training uint8 quantization of a float model with real trained weights, run in the TFLite interpreter.
 
 The float model is the real 0.5_160 uint8 model's dequantized weights declared float (a float MobileNet V1
-with real ImageNet weights). `quantize_uint8` re-quantizes it with 8 calibration images (the 4 real images and
-their mirror images); the result is written with `formats.tflite.write` and run in the interpreter.
-Thresholds: top-1 on the 4 real images equal to the float model's and to the known classes, probabilities
-within MAX_PROBABILITY_DIFFERENCE of the float softmax, and `quant_math.forward` at 0 LSB from the interpreter.
-An all-zero calibration batch must fail the float check. Measured (pytest -s): top-1 4/4, max probability
-difference 0.074 (the released uint8 model: 0.054), 0 LSB; the zero calibration: top-1 0/4, difference 0.99.
+with real ImageNet weights, trained quantization-aware). `quantize_uint8` re-quantizes it with 8 calibration images
+(the 4 real images and their mirror images); the result is written with `formats.tflite.write` and run in the
+interpreter. Thresholds: top-1 on the 4 real images equal to the float model's and to the known classes,
+probabilities within MAX_PROBABILITY_DIFFERENCE of the float softmax, and `quant_math.forward` at 0 LSB from the
+interpreter. Plain min/max quantization on an all-zero calibration batch must fail the float check. Measured
+(pytest -s): top-1 4/4, max probability difference 0.035 with the default recipe (which keeps these weights
+unequalized: they already sit on a uint8 grid), 0.074 with plain min/max (the released uint8 model: 0.054),
+0 LSB; the zero calibration: top-1 0/4, difference 0.99. The genuine float graph: tests/test_ptq_accuracy.py.
 
 Also: the quantized SavedModel (`formats.tensorflow._quant`) reads back to the same integers and parameters.
 """
@@ -117,6 +119,16 @@ def check_against_float(probabilities: np.ndarray, float_probabilities: np.ndarr
 def test_ptq_model_agrees_with_float_model_in_tflite(ptq_model, interpreter_outputs, float_probabilities):
     outputs = interpreter_outputs(ptq_model, "ptq")
     check_against_float(outputs["probabilities"], float_probabilities, "PTQ uint8 in TFLite")
+
+
+def test_the_recipe_is_recorded_in_the_written_file(ptq_model, tmp_path):
+    """The default recipe, with equalization measured worse on these quantization-aware weights and not kept."""
+    source = tflite.read(tflite.write(ptq_model, tmp_path / "ptq.tflite")).source
+    assert source == ptq_model.source
+    assert source.endswith(
+        "(post-training uint8, 8 calibration images, cross-layer equalization not kept (it quantized worse on the "
+        "calibration images), bias correction, mse ranges)"
+    )
 
 
 def test_released_model_passes_the_same_check(real_model, interpreter_outputs, float_probabilities):
