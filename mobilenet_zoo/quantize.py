@@ -14,7 +14,7 @@ Scales and zero points follow TFLite's `ChooseQuantizationParams` (zero point nu
 Ranges are measured on the released network (`Backbone()`); the model keeps its own backbone options.
 
 Per-tensor min/max quantization alone collapses on real MobileNets (Krishnamoorthi 2018, table 2: 0.1% top-1 for
-MobileNet V1 1.0_224; on the genuine graph here it keeps the float top-1 on about one photo in five): after
+MobileNet V1 1.0_224; on the genuine graph here it keeps the float top-1 on about one photo in four): after
 BatchNorm folding a few channels carry kernels hundreds of times wider than the rest, and every quantized layer
 shifts its outputs' means. The default recipe (Nagel et al. 2019, "Data-free quantization"), each step measured on
 real photos in benchmarks/bench_ptq.py:
