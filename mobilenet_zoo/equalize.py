@@ -22,12 +22,12 @@ other photos: the rest exceed a calibrated maximum.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass, replace
 
 import numpy as np
 
-from mobilenet_zoo.arch import Layer, ModelConfig, pool_geometry
+from mobilenet_zoo.arch import Layer, ModelConfig, feature_scope, pool_geometry
 from mobilenet_zoo.errors import ZooError
 from mobilenet_zoo.model import MobileNetV1Model
 from mobilenet_zoo.numpy_forward import average_pool, conv, depthwise_conv
@@ -96,23 +96,29 @@ def channel_ranges(model: MobileNetV1Model, images: np.ndarray) -> dict[str, Cha
 
 def equalize_model(model: MobileNetV1Model, images: np.ndarray, rounds: int = DEFAULT_ROUNDS) -> MobileNetV1Model:
     """A folded float model with its constant channels made explicit, then equalized over `rounds` rounds: the same
-    outputs on `images`, kernels that quantize per tensor."""
+    outputs on `images`, kernels that quantize per tensor. The layers whose outputs the model's backbone exposes as
+    feature maps are left as they are (scaling their channels would scale the feature maps)."""
     ranges = channel_ranges(model, images)
-    frozen = freeze_constant_channels(model, ranges)
-    return equalize(frozen, {scope: channel.high for scope, channel in ranges.items()}, rounds)[0]
+    exposed = {feature_scope(index) for index in model.backbone.features}
+    frozen = freeze_constant_channels(model, ranges, exposed)
+    return equalize(frozen, {scope: channel.high for scope, channel in ranges.items()}, rounds, exposed)[0]
 
 
-def freeze_constant_channels(model: MobileNetV1Model, ranges: dict[str, ChannelRange]) -> MobileNetV1Model:
+def freeze_constant_channels(
+    model: MobileNetV1Model, ranges: dict[str, ChannelRange], exposed: Collection[str] = ()
+) -> MobileNetV1Model:
     """The model with every channel that was constant on the calibration images computed as that constant.
 
     Such channels are common after folding: an input that is always 0 leaves the BatchNorm variance tiny and the
     folded kernel huge (up to 80x the median channel's range on the genuine 1.0_224), though it never matters. They
     get a zero kernel and their value as bias; their consumer's weights on them are zeroed too: a 1x1 consumer takes
     their constant into its bias, a depthwise one only drops the dead (always 0) ones (its SAME padding makes a
-    constant input vary at the borders).
+    constant input vary at the borders). Layers named in `exposed` keep their channels.
     """
     weights = {name: np.array(value, np.float64) for name, value in model.weights.items()}
     for pair in scaling_pairs(model.config):
+        if pair.producer.scope in exposed:
+            continue
         constant, value = ranges[pair.producer.scope].constant, ranges[pair.producer.scope].high
         if constant.all():
             raise ZooError(
@@ -131,13 +137,17 @@ def freeze_constant_channels(model: MobileNetV1Model, ranges: dict[str, ChannelR
 
 
 def equalize(
-    model: MobileNetV1Model, maxima: dict[str, np.ndarray], rounds: int = DEFAULT_ROUNDS
+    model: MobileNetV1Model,
+    maxima: dict[str, np.ndarray],
+    rounds: int = DEFAULT_ROUNDS,
+    exposed: Collection[str] = (),
 ) -> tuple[MobileNetV1Model, dict[str, np.ndarray]]:
     """The folded model equalized over `rounds` rounds of every pair, and its channel maxima (by layer scope)
-    afterwards; `maxima`: each channel's largest ReLU6 output on the calibration images."""
+    afterwards; `maxima`: each channel's largest ReLU6 output on the calibration images. The channels of the layers
+    named in `exposed` keep their scale, as the ones that reach 6 do."""
     weights = {name: np.array(value, np.float64) for name, value in model.weights.items()}
     maxima = {scope: np.array(value, np.float64) for scope, value in maxima.items()}
-    saturated = {scope: value >= SATURATED for scope, value in maxima.items()}
+    saturated = {scope: (value >= SATURATED) | (scope in exposed) for scope, value in maxima.items()}
     for _ in range(rounds):
         for pair in scaling_pairs(model.config):
             scope = pair.producer.scope

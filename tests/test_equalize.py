@@ -8,6 +8,7 @@ import pytest
 from realdata import FROZEN_1_0_224, realdata
 
 from mobilenet_zoo import formats, numpy_forward
+from mobilenet_zoo.arch import Backbone
 from mobilenet_zoo.equalize import (
     RELU6_LIMIT,
     SATURATED,
@@ -85,6 +86,15 @@ def test_constant_channels_become_their_bias(folded, ranges):
         np.testing.assert_allclose(frozen.weights[layer.bias_name][channel.constant], channel.high[channel.constant])
         found += int(channel.constant.sum())
     assert found >= 10  # dead inputs left wide folded kernels behind in the genuine graph
+
+
+def test_feature_maps_a_backbone_exposes_keep_their_scale(folded, images):
+    """Layers whose outputs are feature maps are neither frozen nor scaled: their maps are the original ones."""
+    exposed = folded.with_backbone(Backbone(features=(0, 5, 13)))
+    equalized = equalize_model(exposed, images)
+    expected, got = numpy_forward.outputs(exposed, images[:1]), numpy_forward.outputs(equalized, images[:1])
+    for scope in ("Conv2d_0", "Conv2d_5_pointwise", "Conv2d_13_pointwise"):
+        np.testing.assert_allclose(got[scope], expected[scope], atol=1e-4, err_msg=scope)
 
 
 def test_identical_calibration_images_are_refused(folded):
