@@ -1,12 +1,14 @@
 """Post-training uint8 quantization of a float model with real trained weights, run in the TFLite interpreter.
 
 The float model is the real 0.5_160 uint8 model's dequantized weights declared float (a float MobileNet V1
-with real ImageNet weights). `quantize_uint8` re-quantizes it with 8 calibration images (the 4 real images and
-their mirror images); the result is written with `formats.tflite.write` and run in the interpreter.
-Thresholds: top-1 on the 4 real images equal to the float model's and to the known classes, probabilities
-within MAX_PROBABILITY_DIFFERENCE of the float softmax, and `quant_math.forward` at 0 LSB from the interpreter.
-An all-zero calibration batch must fail the float check. Measured (pytest -s): top-1 4/4, max probability
-difference 0.074 (the released uint8 model: 0.054), 0 LSB; the zero calibration: top-1 0/4, difference 0.99.
+with real ImageNet weights, trained quantization-aware). `quantize_uint8` re-quantizes it with 8 calibration images
+(the 4 real images and their mirror images); the result is written with `formats.tflite.write` and run in the
+interpreter. Thresholds: top-1 on the 4 real images equal to the float model's and to the known classes,
+probabilities within MAX_PROBABILITY_DIFFERENCE of the float softmax, and `quant_math.forward` at 0 LSB from the
+interpreter. Plain min/max quantization on an all-zero calibration batch must fail the float check. Measured
+(pytest -s): top-1 4/4, max probability difference 0.035 with the default recipe (which keeps these weights
+unequalized: they already sit on a uint8 grid), 0.074 with plain min/max (the released uint8 model: 0.054),
+0 LSB; the zero calibration: top-1 0/4, difference 0.99. The genuine float graph: tests/test_ptq_accuracy.py.
 
 Also: the quantized SavedModel (`formats.tensorflow._quant`) reads back to the same integers and parameters.
 """
@@ -85,6 +87,12 @@ def ptq_model(float_model, calibration) -> MobileNetV1Model:
 
 
 @pytest.fixture(scope="session")
+def plain_ptq_model(float_model, calibration) -> MobileNetV1Model:
+    """Plain per-tensor min/max quantization: no equalization, no bias correction."""
+    return quantize_uint8(float_model, calibration, equalize=False, bias_correction=False, ranges="minmax")
+
+
+@pytest.fixture(scope="session")
 def interpreter_outputs(tmp_path_factory, images):
     """`model -> outputs` of the interpreter on the real uint8 images, through a written .tflite file."""
     pytest.importorskip("ai_edge_litert")
@@ -111,6 +119,16 @@ def check_against_float(probabilities: np.ndarray, float_probabilities: np.ndarr
 def test_ptq_model_agrees_with_float_model_in_tflite(ptq_model, interpreter_outputs, float_probabilities):
     outputs = interpreter_outputs(ptq_model, "ptq")
     check_against_float(outputs["probabilities"], float_probabilities, "PTQ uint8 in TFLite")
+
+
+def test_the_recipe_is_recorded_in_the_written_file(ptq_model, tmp_path):
+    """The default recipe, with equalization measured worse on these quantization-aware weights and not kept."""
+    source = tflite.read(tflite.write(ptq_model, tmp_path / "ptq.tflite")).source
+    assert source == ptq_model.source
+    assert source.endswith(
+        "(post-training uint8, 8 calibration images, cross-layer equalization not kept (it quantized worse on the "
+        "calibration images), bias correction, mse ranges)"
+    )
 
 
 def test_released_model_passes_the_same_check(real_model, interpreter_outputs, float_probabilities):
@@ -143,7 +161,12 @@ def test_other_quantized_writers_run_the_ptq_model(ptq_model, interpreter_output
 
 
 def test_zero_calibration_fails_the_check(float_model, interpreter_outputs, float_probabilities):
-    broken = quantize_uint8(float_model, np.zeros((4, RESOLUTION, RESOLUTION, 3), np.float32))
+    """Plain min/max quantization takes an all-zero calibration batch and makes a broken model; the default recipe
+    refuses it (every channel of Conv2d_0 is constant on it)."""
+    zeros = np.zeros((4, RESOLUTION, RESOLUTION, 3), np.float32)
+    with pytest.raises(ZooError, match="every channel of Conv2d_0 is constant on the calibration images"):
+        quantize_uint8(float_model, zeros)
+    broken = quantize_uint8(float_model, zeros, equalize=False, bias_correction=False, ranges="minmax")
     with pytest.raises(AssertionError):
         check_against_float(
             interpreter_outputs(broken, "zero_calibration")["probabilities"], float_probabilities, "zero calibration"
@@ -175,8 +198,9 @@ def test_ptq_model_has_the_released_scheme(ptq_model, real_model):
         np.testing.assert_array_equal(ptq_model.weights[name], tensor.dequantize())
 
 
-def test_kernels_requantize_to_the_released_integers(ptq_model, real_model):
-    """A released kernel spanning the whole narrow range 1..255 comes back with the same integers, scale and zero point."""
+def test_kernels_requantize_to_the_released_integers(plain_ptq_model, real_model):
+    """Plain min/max quantization gives a released kernel spanning the whole narrow range 1..255 back with the same
+    integers, scale and zero point (the default recipe equalizes the kernels first, so it changes them)."""
     full_range = [
         name
         for name, tensor in real_model.quant.tensors.items()
@@ -184,7 +208,7 @@ def test_kernels_requantize_to_the_released_integers(ptq_model, real_model):
     ]
     assert len(full_range) >= 27
     for name in full_range:
-        got, released = ptq_model.quant.tensors[name], real_model.quant.tensors[name]
+        got, released = plain_ptq_model.quant.tensors[name], real_model.quant.tensors[name]
         np.testing.assert_array_equal(got.values, released.values, err_msg=name)
         assert (float(got.params.scale), int(got.params.zero_point)) == (
             float(released.params.scale),
