@@ -24,7 +24,13 @@ measurement photos): the mean over the runs, and the worst run's agreement.
 
     python benchmarks/bench_ptq.py [--calibration 16] [--counts 8,16,32] [--mirror] [--no-tf] [--json]
 
-Measured here (calibration photo_00..15, measurement photo_20..49): see the closing table of a run.
+Measured here (calibration photo_00..15; top-1 agreement / float top-1 in top-5 / mean |dprob| / KL on photo_20..49):
+plain min/max 0.267 / 0.367 / 0.726 / 3.55; + equalization 0.700 / 0.933; + bias correction 0.867 / 1.0;
+both 0.967 / 1.0 / 0.052 / 0.027 (percentile ranges: identical to min/max, every layer reaches 6 on more than 0.01%
+of its values); default (mse ranges) 0.967 / 1.0 / 0.039 / 0.013; the equalized float model 0.967 (0.983 with the
+mirror images); TF's int8 converter 0.967 / 1.0 / 0.063 / 0.043. With --mirror (60 images): default 0.967, TF 0.983.
+Counts (photo_32..49 and mirrors, mean over runs): 8 photos 0.924 (worst run 0.89), 16 0.958, 32 0.972; KL 0.024,
+0.017, 0.010: 16 photos are enough for the 85% target with room to spare; 32 bring the softmax closer still.
 """
 
 from __future__ import annotations
