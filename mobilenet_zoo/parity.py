@@ -680,7 +680,8 @@ def is_quantized_file(path: Path) -> bool:
 
 def differs_on_purpose(path: Path) -> bool:
     """Whether a model file's numbers differ from its float source's on purpose: quantized, or made by
-    `convert --quantize` (float16 weights: a float source recorded), or read with float16 / int8 weights."""
+    `convert --quantize` (float16 weights: a float source recorded), or read with float16 weights (TF's converter's
+    float16 files: their own weights, run by the numpy forward pass, are their exact reference)."""
     from mobilenet_zoo.manifest import manifest_entry
 
     entry = manifest_entry(Path(path)) or {}
@@ -689,7 +690,7 @@ def differs_on_purpose(path: Path) -> bool:
     if entry:
         return False
     try:
-        return format_module(detect_format(Path(path))).read(Path(path)).weight_storage is not None
+        return format_module(detect_format(Path(path))).read(Path(path)).weight_storage == "float16"
     except ModelFormatError:
         return False
 
