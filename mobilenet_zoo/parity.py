@@ -678,8 +678,25 @@ def is_quantized_file(path: Path) -> bool:
         return module.load_runner(Path(path)).quantized
 
 
+def differs_on_purpose(path: Path) -> bool:
+    """Whether a model file's numbers differ from its float source's on purpose: quantized, or made by
+    `convert --quantize` (float16 weights: a float source recorded), or read with float16 weights (TF's converter's
+    float16 files: their own weights, run by the numpy forward pass, are their exact reference)."""
+    from mobilenet_zoo.manifest import manifest_entry
+
+    entry = manifest_entry(Path(path)) or {}
+    if entry.get(FLOAT_SOURCE) or is_quantized_file(path):
+        return True
+    if entry:
+        return False
+    try:
+        return format_module(detect_format(Path(path))).read(Path(path)).weight_storage == "float16"
+    except ModelFormatError:
+        return False
+
+
 def own_reference(target: Path) -> ReferenceModel:
-    """A quantized target's exact reference when its float source is given: what `convert` recorded, else its
+    """A quantized (or float16) target's exact reference when its float source is given: what `convert` recorded, else its
     own weights run by the numpy integer forward pass."""
     from mobilenet_zoo.manifest import manifest_entry
 
@@ -696,7 +713,7 @@ def groups_for_model(path: Path, targets: list[Path]) -> tuple[dict[ReferenceMod
     groups: dict[ReferenceModel, list[Path]] = {}
     for target in targets:
         model = ReferenceModel(path, recorded_backbone(target))
-        if float_source is not None and not is_self_reference(target, path) and is_quantized_file(target):
+        if float_source is not None and not is_self_reference(target, path) and differs_on_purpose(target):
             model = own_reference(target)
         groups.setdefault(model, []).append(target)
     return groups, float_source

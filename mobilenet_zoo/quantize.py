@@ -65,16 +65,22 @@ MSE_CANDIDATES = 64  # clipped ranges `ranges="mse"` tries: the whole range time
 MSE_SAMPLE = 1 << 17  # values the MSE search measures (a fixed-seed sample of a kernel or calibration output)
 
 
-QUANTIZATIONS = ("uint8",)
+QUANTIZATIONS = ("uint8", "int8", "fp16")  # fp16 needs no calibration (`quantize_int8.py` makes int8 and fp16)
 
 
 def quantize_with_calibration(model: MobileNetV1Model, quantization: str, calibration: Path | None) -> MobileNetV1Model:
-    """`convert --quantize uint8 --calibration DIR`: the model quantized on the images of a folder."""
+    """`convert --quantize uint8|int8 --calibration DIR`: the model quantized on the images of a folder;
+    `--quantize fp16`: its weights rounded to float16."""
     if quantization not in QUANTIZATIONS:
-        raise ZooError(f"unknown quantization {quantization!r}; the only one is {QUANTIZATIONS[0]!r}")
+        raise ZooError(f"unknown quantization {quantization!r}; choose one of {', '.join(QUANTIZATIONS)}")
+    from mobilenet_zoo import quantize_int8
+
+    if quantization == "fp16":
+        return quantize_int8.quantize_fp16(model)
     if calibration is None:
         raise ZooError("--quantize needs --calibration: a folder of images that look like what the model will see")
-    return quantize_uint8(model, load_calibration(calibration, model.config.resolution))
+    images = load_calibration(calibration, model.config.resolution)
+    return quantize_int8.quantize_int8(model, images) if quantization == "int8" else quantize_uint8(model, images)
 
 
 def quantize_uint8(
