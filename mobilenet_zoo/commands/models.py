@@ -95,7 +95,9 @@ def convert_command(
         None, "--input-size", help="Input height and width (default: the variant's resolution; at least 32)."
     ),
     quantize: Optional[str] = typer.Option(
-        None, "--quantize", help="Post-training quantization of a float model: uint8 (needs --calibration)."
+        None,
+        "--quantize",
+        help="Post-training quantization of a float model: uint8 (per tensor, the official scheme) or int8 (TFLite's default, TFLite only) with --calibration DIR; fp16 (float16 weights, TFLite only).",
     ),
     calibration: Optional[Path] = typer.Option(None, "--calibration", help="--quantize: folder of calibration images."),
     labels: Optional[Path] = typer.Option(
