@@ -249,9 +249,15 @@ def readable_log_ticks(low: float, high: float) -> list[float]:
         ticks = [round(s * 10**d, 12) for d in decades for s in subs if low <= s * 10**d <= high]
         if len(ticks) >= MIN_TICKS:
             return ticks
-    from matplotlib.ticker import MaxNLocator  # a narrow range: evenly spaced values
+    from matplotlib.ticker import MaxNLocator  # a narrow range: evenly spaced values, as many bins as it takes
 
-    return [t for t in MaxNLocator(nbins=6, steps=[1, 2, 2.5, 5, 10]).tick_values(low, high) if low <= t <= high]
+    for bins in range(6, 21, 2):
+        ticks = [
+            t for t in MaxNLocator(nbins=bins, steps=[1, 2, 2.5, 5, 10]).tick_values(low, high) if low <= t <= high
+        ]
+        if len(ticks) >= MIN_TICKS:
+            break
+    return ticks
 
 
 def readable_log_axis(axis, low: float, high: float) -> None:

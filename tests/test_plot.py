@@ -148,6 +148,16 @@ def test_latency_chart_is_readable(tmp_path):
     assert_readable(latency, renderer)
 
 
+@pytest.mark.parametrize(("low", "high"), [(0.55, 1.05), (0.6, 0.95), (8.1, 9.9), (0.021, 0.049), (40, 400)])
+def test_log_ticks_are_enough_on_any_range(low, high):
+    """A narrow range (one measured point) still gets at least MIN_TICKS labelled ticks, all inside it (a real bench's
+    0.8 ms latency once gave only 0.6, 0.8, 1)."""
+    from mobilenet_zoo.plot import MIN_TICKS, readable_log_ticks
+
+    ticks = readable_log_ticks(low, high)
+    assert len(ticks) >= MIN_TICKS and all(low <= t <= high for t in ticks), ticks
+
+
 def test_a_single_measured_point_is_readable(bench_csv):
     chart = zoo_chart(load_registry(), bench_results=load_results(bench_csv))
     latency = chart.figure.axes[1]
