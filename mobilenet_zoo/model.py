@@ -132,6 +132,15 @@ def _decode_params(entry: dict) -> QuantParams:
     )
 
 
+def conv_inputs(config: ModelConfig) -> list[tuple[str, str, str, bool]]:
+    """(kernel name, bias name, input activation, depthwise) of every convolution of a folded model, the classifier
+    last: what post-training quantization walks."""
+    layers = config.layers()
+    inputs = [INPUT_ACTIVATION] + [layer.scope for layer in layers[:-1]]
+    convs = [(lay.weight_name, lay.bias_name, name, lay.kind == "depthwise") for lay, name in zip(layers, inputs)]
+    return convs + [(config.logits_weight_name, config.logits_bias_name, POOL_ACTIVATION, False)]
+
+
 def quant_params_json(quant: QuantInfo) -> str:
     """The quantization parameters (not the integer values) of every tensor and activation, as JSON.
 

@@ -119,8 +119,13 @@ def softmax_table(input_scale: float, beta: float = SOFTMAX_BETA) -> np.ndarray:
     return np.exp(arguments.astype(np.float64)).astype(np.float32)[::-1].copy()
 
 
+def round_half_away(values: np.ndarray) -> np.ndarray:
+    """Round to the nearest integer, ties away from zero (std::round, TfLiteRound), as int64."""
+    return (np.sign(values) * np.floor(np.abs(values) + 0.5)).astype(np.int64)
+
+
 def _round_half_away(value: float) -> int:
-    return int(math.copysign(math.floor(abs(value) + 0.5), value))
+    return int(round_half_away(np.float64(value)))
 
 
 # ------------------------------------------------------------------------------- the integer network
@@ -389,7 +394,7 @@ def forward(model: MobileNetV1Model, images: np.ndarray) -> dict[str, np.ndarray
 
 OUTPUT_SCALE = 1 / 256
 INT8_OUTPUT_ZERO_POINT = -128  # TFLite's int8 softmax output: scale 1/256, zero point -128
-UINT8_TO_INT8 = 128
+UINT8_TO_INT8 = 128  # a uint8 value or zero point minus this is the same grid in int8
 
 
 def input_dtype(network: IntegerNetwork) -> str:

@@ -40,6 +40,7 @@ from mobilenet_zoo.equalize import DEFAULT_ROUNDS, equalize_model, head_pool
 from mobilenet_zoo.errors import ModelFormatError, ZooError
 from mobilenet_zoo.model import (
     INPUT_ACTIVATION,
+    INTEGER_RANGES,
     LOGITS_ACTIVATION,
     OUTPUT_ACTIVATION,
     POOL_ACTIVATION,
@@ -47,17 +48,18 @@ from mobilenet_zoo.model import (
     QuantInfo,
     QuantizedTensor,
     QuantParams,
+    conv_inputs,
     image_batch,
 )
 from mobilenet_zoo.numpy_forward import conv, depthwise_conv
 from mobilenet_zoo.preprocess import load_batch
-from mobilenet_zoo.quant_math import RELU6_LIMIT, UINT8_MAX, UINT8_MIN
+from mobilenet_zoo.quant_math import RELU6_LIMIT, UINT8_MAX, UINT8_MIN, round_half_away
 from mobilenet_zoo.samples import image_files
 
 INPUT_PARAMS = QuantParams(np.float32(1 / 128), np.int64(128))
 OUTPUT_PARAMS = QuantParams(np.float32(1 / 256), np.int64(0))
 WEIGHT_QMIN = UINT8_MIN + 1  # narrow range, as the released kernels
-INT32_MIN, INT32_MAX = np.iinfo(np.int32).min, np.iinfo(np.int32).max
+INT32_MIN, INT32_MAX = INTEGER_RANGES["int32"]
 RANGES = ("minmax", "percentile", "mse")
 DEFAULT_RANGES = "mse"
 ACTIVATION_PERCENTILE = 99.99  # `ranges="percentile"`: the share of a ReLU6 output kept inside its range
@@ -131,7 +133,7 @@ def quantize_uint8(
 def quant_info(config: ModelConfig, calibrated: Calibration) -> QuantInfo:
     """The quantization calibration chose, with every bias quantized at input scale * kernel scale."""
     quant = QuantInfo(activations=calibrated.activations)
-    for weight_name, bias_name, input_name in _convolutions(config):
+    for weight_name, bias_name, input_name, _ in conv_inputs(config):
         kernel = quant.tensors[weight_name] = calibrated.kernels[weight_name]
         input_params = calibrated.activations[input_name]
         quant.tensors[bias_name] = quantize_bias(calibrated.biases[bias_name], input_params, kernel.params)
@@ -316,14 +318,6 @@ def round_trip(values: np.ndarray, params: QuantParams, narrow_range: bool = Fal
     return (q - zero_point) * scale
 
 
-def _convolutions(config: ModelConfig) -> list[tuple[str, str, str]]:
-    """(kernel name, bias name, input activation) of every convolution, the classifier last."""
-    layers = config.layers()
-    inputs = [INPUT_ACTIVATION] + [layer.scope for layer in layers[:-1]]
-    convs = [(layer.weight_name, layer.bias_name, input_name) for layer, input_name in zip(layers, inputs)]
-    return convs + [(config.logits_weight_name, config.logits_bias_name, POOL_ACTIVATION)]
-
-
 def load_calibration(folder: Path, resolution: int) -> np.ndarray:
     """The images of a folder preprocessed for the float model: float32 N x resolution x resolution x 3 in [-1, 1]."""
     folder = Path(folder)
@@ -366,8 +360,3 @@ def quantize_bias(bias: np.ndarray, input_params: QuantParams, kernel_params: Qu
     scale = np.float32(np.float32(input_params.scale) * np.float32(kernel_params.scale))
     values = np.clip(round_half_away(bias / np.float64(scale)), INT32_MIN, INT32_MAX)
     return QuantizedTensor(values.astype(np.int32), QuantParams(scale, np.int64(0), "int32"))
-
-
-def round_half_away(values: np.ndarray) -> np.ndarray:
-    """Round to the nearest integer, ties away from zero (std::round, TfLiteRound), as int64."""
-    return (np.sign(values) * np.floor(np.abs(values) + 0.5)).astype(np.int64)

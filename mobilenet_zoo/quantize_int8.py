@@ -23,11 +23,11 @@ from dataclasses import replace
 
 import numpy as np
 
-from mobilenet_zoo.arch import ModelConfig
 from mobilenet_zoo.equalize import head_pool
 from mobilenet_zoo.errors import ModelFormatError, ZooError
 from mobilenet_zoo.model import (
     INPUT_ACTIVATION,
+    INTEGER_RANGES,
     LOGITS_ACTIVATION,
     OUTPUT_ACTIVATION,
     POOL_ACTIVATION,
@@ -36,14 +36,14 @@ from mobilenet_zoo.model import (
     QuantInfo,
     QuantizedTensor,
     QuantParams,
+    conv_inputs,
     image_batch,
 )
 from mobilenet_zoo.numpy_forward import conv, depthwise_conv
-from mobilenet_zoo.quant_math import RELU6_LIMIT
+from mobilenet_zoo.quant_math import RELU6_LIMIT, round_half_away
 
-INT8_MIN, INT8_MAX = -128, 127
-UINT8_TO_INT8 = 128  # a uint8 range's zero point minus this is the same grid in int8
-INT32_MIN, INT32_MAX = np.iinfo(np.int32).min, np.iinfo(np.int32).max
+INT8_MIN, INT8_MAX = INTEGER_RANGES["int8"]
+INT32_MIN, INT32_MAX = INTEGER_RANGES["int32"]
 INPUT_PARAMS = QuantParams(np.float32(1 / 128), np.int64(0), "int8")
 OUTPUT_PARAMS = QuantParams(np.float32(1 / 256), np.int64(-128), "int8")
 FLOAT_INTERFACE = Interface("float32", "float32")
@@ -80,7 +80,7 @@ def quantize_int8(
         raise ZooError("the calibration batch holds no images")
     activations, biases = calibrate(folded, images, bias_correction)
     quant = QuantInfo(activations=activations, interface=FLOAT_INTERFACE)
-    for weight_name, bias_name, input_name, depthwise in _convolutions(folded.config):
+    for weight_name, bias_name, input_name, depthwise in conv_inputs(folded.config):
         kernel = quant.tensors[weight_name] = quantize_kernel_int8(folded.weights[weight_name], depthwise)
         quant.tensors[bias_name] = quantize_bias_int32(biases[bias_name], activations[input_name], kernel.params)
     return replace(
@@ -151,7 +151,7 @@ def int8_params(low: float, high: float, scope: str) -> QuantParams:
     scale = (high - low) / (INT8_MAX - INT8_MIN)
     from_min, from_max = INT8_MIN - low / scale, INT8_MAX - high / scale
     zero_point = from_min if abs(INT8_MIN) + abs(low / scale) < abs(INT8_MAX) + abs(high / scale) else from_max
-    nudged = int(_round_half_away(np.clip(zero_point, INT8_MIN, INT8_MAX)))
+    nudged = int(round_half_away(np.clip(zero_point, INT8_MIN, INT8_MAX)))
     return QuantParams(np.float32(scale), np.int64(nudged), "int8")
 
 
@@ -164,7 +164,7 @@ def quantize_kernel_int8(kernel: np.ndarray, depthwise: bool) -> QuantizedTensor
     scale = np.where(bound > 0, bound / INT8_MAX, 1.0).astype(np.float32)
     shape = [1] * kernel.ndim
     shape[axis] = -1
-    values = np.clip(_round_half_away(kernel / scale.astype(np.float64).reshape(shape)), -INT8_MAX, INT8_MAX)
+    values = np.clip(round_half_away(kernel / scale.astype(np.float64).reshape(shape)), -INT8_MAX, INT8_MAX)
     params = QuantParams(scale, np.zeros(scale.shape, np.int64), "int8", 2 if depthwise else -1)
     return QuantizedTensor(values.astype(np.int8), params)
 
@@ -174,17 +174,5 @@ def quantize_bias_int32(bias: np.ndarray, input_params: QuantParams, kernel_para
     scale = (np.float64(np.float32(input_params.scale)) * np.asarray(kernel_params.scale, np.float64)).astype(
         np.float32
     )
-    values = np.clip(_round_half_away(bias / scale.astype(np.float64)), INT32_MIN, INT32_MAX)
+    values = np.clip(round_half_away(bias / scale.astype(np.float64)), INT32_MIN, INT32_MAX)
     return QuantizedTensor(values.astype(np.int32), QuantParams(scale, np.zeros(scale.shape, np.int64), "int32"))
-
-
-def _round_half_away(values: np.ndarray) -> np.ndarray:
-    return (np.sign(values) * np.floor(np.abs(values) + 0.5)).astype(np.int64)
-
-
-def _convolutions(config: ModelConfig) -> list[tuple[str, str, str, bool]]:
-    """(kernel name, bias name, input activation, depthwise) of every convolution, the classifier last."""
-    layers = config.layers()
-    inputs = [INPUT_ACTIVATION] + [layer.scope for layer in layers[:-1]]
-    convs = [(lay.weight_name, lay.bias_name, name, lay.kind == "depthwise") for lay, name in zip(layers, inputs)]
-    return convs + [(config.logits_weight_name, config.logits_bias_name, POOL_ACTIVATION, False)]
