@@ -685,14 +685,16 @@ def differs_on_purpose(path: Path) -> bool:
     from mobilenet_zoo.manifest import manifest_entry
 
     entry = manifest_entry(Path(path)) or {}
-    if entry.get(FLOAT_SOURCE) or is_quantized_file(path):
+    if entry.get(FLOAT_SOURCE):
         return True
-    if entry:
-        return False
+    if "quantized" in entry:
+        return bool(entry["quantized"])
+    module = format_module(detect_format(Path(path)))
     try:
-        return format_module(detect_format(Path(path))).read(Path(path)).weight_storage == "float16"
+        model = module.read(Path(path))  # read once: quantized, or float16 weights
     except ModelFormatError:
-        return False
+        return module.load_runner(Path(path)).quantized
+    return model.config.quantized or (not entry and model.weight_storage == "float16")
 
 
 def own_reference(target: Path) -> ReferenceModel:
