@@ -523,14 +523,15 @@ class FloatPlan:
 
     @property
     def pool_rounding(self) -> int:
-        """What the uint8 average pool adds to a window sum before its floor division (count / 2)."""
+        """What the average pool adds to a window's |sum| before its division (count / 2): uint8 floors the
+        rounded sum; int8 rounds half away from zero (see `average_pool`)."""
         height, width = self.network.pool_kernel
         return height * width // 2
 
 
 def float_plan(network: IntegerNetwork) -> FloatPlan:
     """The per-layer dtypes and constants that run `network` exactly on float convolutions."""
-    input_range, convs = (UINT8_MIN, UINT8_MAX), []
+    input_range, convs = INTEGER_RANGES[network.dtype], []  # the core's input: uint8, or int8 (TF's converter)
     for layer in network.convs:
         convs.append(float_conv_plan(layer, input_range))
         input_range = (layer.requantization.low, layer.requantization.high)

@@ -92,6 +92,26 @@ def official_tarball(tmp_path_factory) -> Callable[..., Path]:
 
 
 @pytest.fixture(scope="session")
+def tf_converted(tmp_path_factory) -> Callable[[str], Path]:
+    """Factory: a flavour of TF's own converter on the genuine 1.0_224 float graph (`mobilenet_zoo.testing.tf_converter`:
+    "int8", "uint8", "float32", "dynamic", "float16"), calibrated on the first 15 real photos, made once per session."""
+    from realdata import FROZEN_1_0_224, realdata
+
+    folder, made = tmp_path_factory.mktemp("tf_converter"), {}
+
+    def get(flavour: str) -> Path:
+        pytest.importorskip("tensorflow")
+        from mobilenet_zoo.testing.tf_converter import convert
+
+        if flavour not in made:
+            out = folder / f"mobilenet_v1_1.0_224_{flavour}.tflite"
+            made[flavour] = convert(realdata(FROZEN_1_0_224), flavour, out, realdata("photos"))
+        return made[flavour]
+
+    return get
+
+
+@pytest.fixture(scope="session")
 def extracted_variant(official_tarball, tmp_path_factory) -> Callable[..., Path]:
     """Factory returning the folder a fixture tarball was extracted to (once per session)."""
     folder = tmp_path_factory.mktemp("extracted_variants")
@@ -122,7 +142,7 @@ def _real_quant_tflite(config: ModelConfig) -> Path | None:
 
 # The fast lane (`pytest -m "not slow"`, under 2 minutes on 2 cores): tests that build TensorFlow fixture tarballs or
 # drive several frameworks end to end are slow by what they are, besides the tests marked one by one.
-SLOW_FIXTURES = {"official_tarball", "extracted_variant"}
+SLOW_FIXTURES = {"official_tarball", "extracted_variant", "tf_converted"}
 SLOW_MODULES = {
     "test_backbone_tf",
     "test_backbone_torch_onnx",

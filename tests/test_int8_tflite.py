@@ -14,59 +14,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from realdata import FROZEN_1_0_224, realdata
+from realdata import realdata
 
 from mobilenet_zoo import numpy_forward, quant_math
 from mobilenet_zoo.errors import ModelFormatError
 from mobilenet_zoo.formats import tflite
 from mobilenet_zoo.model import QuantizedTensor, QuantParams
 from mobilenet_zoo.preprocess import load_image, load_image_uint8
+from mobilenet_zoo.testing.tf_converter import FLAVOURS, FULL_INTEGER
 
 RESOLUTION = 224
-CALIBRATION_PHOTOS = 15  # photo_00 .. photo_14 calibrate; the others test
 TEST_PHOTOS = ("photo_18.jpg", "photo_29.jpg", "photo_40.jpg")
-FULL_INTEGER = ("int8", "uint8", "float32")  # the edges: inference_input_type / inference_output_type
-FLAVOURS = (*FULL_INTEGER, "dynamic", "float16")
 DAMAGED_WEIGHTS = "MobilenetV1/Conv2d_3_depthwise/depthwise_weights"
 DAMAGED_CHANNEL = 7  # (its busiest channel saturates ReLU6: 5% off there changes nothing on these photos)
-
-
-def convert(flavour: str, out: Path) -> Path:
-    """`flavour` of the genuine float graph, made the way users make it (see ../shared/facts.md)."""
-    import tensorflow as tf
-
-    graph_def = tf.compat.v1.GraphDef()
-    graph_def.ParseFromString(realdata(FROZEN_1_0_224).read_bytes())
-    wrapped = tf.compat.v1.wrap_function(lambda: tf.compat.v1.import_graph_def(graph_def, name=""), [])
-    function = wrapped.prune(
-        wrapped.graph.get_tensor_by_name("input:0"),
-        wrapped.graph.get_tensor_by_name("MobilenetV1/Predictions/Reshape_1:0"),
-    )
-    converter = tf.lite.TFLiteConverter.from_concrete_functions([function], wrapped)
-    converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    if flavour in FULL_INTEGER:
-        photos = sorted(realdata("photos").glob("*.jpg"))[:CALIBRATION_PHOTOS]
-        converter.representative_dataset = lambda: ([load_image(p, RESOLUTION)[None]] for p in photos)
-        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        if flavour != "float32":
-            converter.inference_input_type = converter.inference_output_type = getattr(tf, flavour)
-    elif flavour == "float16":
-        converter.target_spec.supported_types = [tf.float16]
-    out.write_bytes(converter.convert())
-    return out
-
-
-@pytest.fixture(scope="session")
-def converted(tmp_path_factory):
-    """Factory: the .tflite of a flavour, converted once per session."""
-    folder, made = tmp_path_factory.mktemp("tf_converter"), {}
-
-    def get(flavour: str) -> Path:
-        if flavour not in made:
-            made[flavour] = convert(flavour, folder / f"mobilenet_v1_1.0_224_{flavour}.tflite")
-        return made[flavour]
-
-    return get
 
 
 def photos(quantized: bool) -> np.ndarray:
@@ -91,8 +51,8 @@ def lsb(got: np.ndarray, expected: np.ndarray, quantized: bool) -> int:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("flavour", FULL_INTEGER)
-def test_full_integer_files_read_as_int8_per_channel_models(converted, flavour):
-    model = tflite.read(converted(flavour))
+def test_full_integer_files_read_as_int8_per_channel_models(tf_converted, flavour):
+    model = tflite.read(tf_converted(flavour))
     assert model.precision == "int8" and model.config.quantized
     assert model.quant.input_dtype == flavour and model.quant.output_dtype == flavour
     assert (model.quant.interface is None) == (flavour == "int8")
@@ -114,8 +74,8 @@ def test_full_integer_files_read_as_int8_per_channel_models(converted, flavour):
 
 @pytest.mark.slow
 @pytest.mark.parametrize(("flavour", "storage"), [("dynamic", "int8-dynamic"), ("float16", "float16")])
-def test_dynamic_range_and_float16_files_read_as_float_models(converted, flavour, storage):
-    model = tflite.read(converted(flavour))
+def test_dynamic_range_and_float16_files_read_as_float_models(tf_converted, flavour, storage):
+    model = tflite.read(tf_converted(flavour))
     assert model.quant is None and not model.config.quantized
     assert model.weight_storage == storage and model.precision == storage
     assert all(values.dtype == np.float32 for values in model.weights.values())
@@ -126,12 +86,12 @@ def test_dynamic_range_and_float16_files_read_as_float_models(converted, flavour
 
 @pytest.mark.slow
 @pytest.mark.parametrize("flavour", FLAVOURS)
-def test_predict_gives_litert_top1_on_real_photos(converted, cli, flavour):
+def test_predict_gives_litert_top1_on_real_photos(tf_converted, cli, flavour):
     """`predict` runs each flavour; its top-1 is LiteRT's own on the file's native input (full-integer files on the
     builtin kernels, TFLite's integer spec: XNNPACK lands 13-19 LSB away and flips near-ties)."""
     from ai_edge_litert import interpreter as litert
 
-    path = converted(flavour)
+    path = tf_converted(flavour)
     builtin = litert.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
     resolver = builtin if flavour in FULL_INTEGER else litert.OpResolverType.AUTO
     interpreter = litert.Interpreter(model_path=str(path), experimental_op_resolver_type=resolver)
@@ -158,8 +118,8 @@ def test_predict_gives_litert_top1_on_real_photos(converted, cli, flavour):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("flavour", FULL_INTEGER)
-def test_int8_reference_is_0_lsb_from_litert_builtin_kernels(converted, flavour):
-    path = converted(flavour)
+def test_int8_reference_is_0_lsb_from_litert_builtin_kernels(tf_converted, flavour):
+    path = tf_converted(flavour)
     model, runner = tflite.read(path), tflite.load_runner(path)
     quantized = flavour != "float32"
     inputs = np.concatenate([photos(quantized), random_inputs(quantized)])
@@ -172,8 +132,8 @@ def test_int8_reference_is_0_lsb_from_litert_builtin_kernels(converted, flavour)
 
 
 @pytest.mark.slow
-def test_a_damaged_per_channel_scale_fails_the_0_lsb_check(converted):
-    path = converted("int8")
+def test_a_damaged_per_channel_scale_fails_the_0_lsb_check(tf_converted):
+    path = tf_converted("int8")
     model, runner = tflite.read(path), tflite.load_runner(path)
     tensor = model.quant.tensors[DAMAGED_WEIGHTS]
     scale = np.array(tensor.params.scale, copy=True)
@@ -189,10 +149,10 @@ def test_a_damaged_per_channel_scale_fails_the_0_lsb_check(converted):
 
 @pytest.mark.slow
 @pytest.mark.parametrize(("flavour", "max_lsb"), [("float16", 1), ("dynamic", 29)])
-def test_float_forms_match_the_float_reference_on_their_weights(converted, flavour, max_lsb):
+def test_float_forms_match_the_float_reference_on_their_weights(tf_converted, flavour, max_lsb):
     """The float reference (numpy_forward) on the dequantized weights: fp16 within 1 LSB of the file in LiteRT,
     dynamic-range within half the 59 LSB between such a file and its float source."""
-    path = converted(flavour)
+    path = tf_converted(flavour)
     inputs = np.concatenate([photos(False), random_inputs(False)])
     expected = tflite.load_runner(path)(inputs)["probabilities"]
     got = numpy_forward.outputs(tflite.read(path), inputs)["probabilities"]
@@ -287,10 +247,10 @@ def test_per_channel_params_dequantize_along_their_axis():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("flavour", FLAVOURS)
-def test_convert_to_tflite_writes_the_same_form_and_verify_passes(converted, cli, tmp_path, flavour):
+def test_convert_to_tflite_writes_the_same_form_and_verify_passes(tf_converted, cli, tmp_path, flavour):
     """`convert X.tflite --to tflite`: the same form (edges, weight storage), the same outputs bit for bit in
     LiteRT's builtin kernels and XNNPACK; `verify` checks it against the file it came from."""
-    path = converted(flavour)
+    path = tf_converted(flavour)
     code, _, err = cli("convert", path, "--to", "tflite", "-o", tmp_path)
     assert code == 0, err
     (written,) = tmp_path.glob("*.tflite")
@@ -313,8 +273,8 @@ def test_convert_to_tflite_writes_the_same_form_and_verify_passes(converted, cli
 
 
 @pytest.mark.slow
-def test_a_damaged_per_channel_scale_fails_verify(converted, cli, tmp_path):
-    path = converted("uint8")
+def test_a_damaged_per_channel_scale_fails_verify(tf_converted, cli, tmp_path):
+    path = tf_converted("uint8")
     model = tflite.read(path)
     tensor = model.quant.tensors[DAMAGED_WEIGHTS]
     scale = np.array(tensor.params.scale, copy=True)
@@ -330,20 +290,20 @@ def test_a_damaged_per_channel_scale_fails_verify(converted, cli, tmp_path):
 
 
 @pytest.mark.slow
-def test_int8_models_are_refused_by_the_uint8_writers_before_anything_is_written(converted, cli, tmp_path):
-    code, _, err = cli("convert", converted("int8"), "--to", "onnx", "-o", tmp_path / "out")
+def test_int8_models_are_refused_by_the_uint8_writers_before_anything_is_written(tf_converted, cli, tmp_path):
+    code, _, err = cli("convert", tf_converted("int8"), "--to", "onnx", "-o", tmp_path / "out")
     assert code != 0 and "int8 per-channel model" in err and "Traceback" not in err
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("flavour", ["uint8", "float32"])
-def test_verify_a_file_against_the_numpy_integer_reference(converted, flavour):
+def test_verify_a_file_against_the_numpy_integer_reference(tf_converted, flavour):
     """The file in LiteRT's builtin kernels against our independent int8 reference: a pass, at 0 LSB (float edges:
     the same float32 values)."""
     from mobilenet_zoo.parity import NUMPY, ReferenceModel, Thresholds, verify_group
 
-    path = converted(flavour)
+    path = tf_converted(flavour)
     photo = realdata("photos") / TEST_PHOTOS[0]
     (report,) = verify_group(ReferenceModel(path, engine=NUMPY), [path], [photo], 1, 0, Thresholds(atol=0, rtol=0))
     assert report.passed, report.failures
