@@ -36,10 +36,10 @@ from pathlib import Path
 import numpy as np
 from bench_startup import ProcessStats, run_measured
 
-from mobilenet_zoo.arch import INPUT_NODE, OUTPUT_NODE, ModelConfig
 from mobilenet_zoo.deps import require
 from mobilenet_zoo.formats import onnx as onnx_format
-from mobilenet_zoo.variants import load_registry
+from mobilenet_zoo.model.arch import INPUT_NODE, OUTPUT_NODE, ModelConfig
+from mobilenet_zoo.zoo.variants import load_registry
 
 OPSET = 17
 TF_INPUT = f"{INPUT_NODE}:0"

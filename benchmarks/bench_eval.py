@@ -79,7 +79,7 @@ def onnx_model(folder: Path) -> Path:
 def runtime_images_per_s(model: Path, csv: Path, batch: int, batches: int) -> float:
     """onnxruntime alone: `batches` runs of one preprocessed batch of real photos."""
     from mobilenet_zoo.formats import load_runner
-    from mobilenet_zoo.preprocess import load_batch
+    from mobilenet_zoo.model.preprocess import load_batch
 
     runner = load_runner(model)
     paths = [csv.parent / line.split(",")[0] for line in csv.read_text().splitlines()[1 : batch + 1]]
@@ -100,7 +100,7 @@ def warm_page_cache(csv: Path) -> None:
 
 def eval_run(model: Path, csv: Path, batch: int, draft: bool) -> tuple[float, dict]:
     """Images/s of one `evaluate` (after warming the page cache) and its result."""
-    from mobilenet_zoo.evaluate import evaluate
+    from mobilenet_zoo.tasks.evaluate import evaluate
 
     warm_page_cache(csv)
     start = time.perf_counter()
@@ -110,7 +110,7 @@ def eval_run(model: Path, csv: Path, batch: int, draft: bool) -> tuple[float, di
 
 def ray_eval_worker(model: str, csv: str, batch: int, connection) -> None:
     """In a fresh process: time `evaluate_on_ray` from before `ray.init` to the end; send the figures and result."""
-    from mobilenet_zoo.distributed import evaluate_on_ray
+    from mobilenet_zoo.tasks.distributed import evaluate_on_ray
 
     start, first = time.perf_counter(), []
 
@@ -149,8 +149,8 @@ def ray_eval_run(model: Path, csv: Path, batch: int) -> dict:
 
 def draft_effect(model: Path, csv: Path, batch: int) -> dict:
     """Top-1 agreement of exact and draft decoding over the data set (JPEG files only are affected)."""
-    from mobilenet_zoo.evaluate import decode_batch, read_samples
     from mobilenet_zoo.formats import load_runner
+    from mobilenet_zoo.tasks.evaluate import decode_batch, read_samples
 
     runner = load_runner(model)
     samples = read_samples(csv)

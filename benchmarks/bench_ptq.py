@@ -131,7 +131,7 @@ class Bench:
 
     def __init__(self, mirror: bool, folder: Path) -> None:
         from mobilenet_zoo import formats
-        from mobilenet_zoo.preprocess import load_batch
+        from mobilenet_zoo.model.preprocess import load_batch
 
         self.folder, self.mirror = folder, mirror
         self.model = formats.read(REALDATA / FROZEN)
@@ -158,7 +158,7 @@ class Bench:
 
     def ours(self, name: str, count: int, key: str = "main", first: int = 0, **options) -> Row:
         from mobilenet_zoo.formats import tflite
-        from mobilenet_zoo.quantize import quantize_uint8
+        from mobilenet_zoo.quantize.uint8 import quantize_uint8
 
         started = time.perf_counter()
         model = quantize_uint8(self.model, self.calibration(count, first), **options)
@@ -172,8 +172,8 @@ class Bench:
         return row
 
     def equalized_float(self, count: int) -> Row:
-        from mobilenet_zoo.equalize import equalize_model
         from mobilenet_zoo.formats import tflite
+        from mobilenet_zoo.quantize.equalize import equalize_model
 
         started = time.perf_counter()
         model = equalize_model(self.model.fold(), self.calibration(count))

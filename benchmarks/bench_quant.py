@@ -48,7 +48,7 @@ from mobilenet_zoo.deps import require
 from mobilenet_zoo.formats import tflite
 from mobilenet_zoo.formats.onnx import _exact as onnx_exact
 from mobilenet_zoo.formats.onnx import _qdq as onnx_qdq
-from mobilenet_zoo.preprocess import load_image_uint8
+from mobilenet_zoo.model.preprocess import load_image_uint8
 
 ROOT = Path(__file__).resolve().parents[1]
 REALDATA = Path(os.environ.get("MOBILENET_ZOO_REALDATA") or ROOT.parent / "shared" / "realdata")
@@ -94,7 +94,7 @@ class Row:
 
 def build(runtime: str, model_path: Path, threads: int, scratch: Path):
     """(timed call on a preset uint8 image, a uint8 NHWC batch -> its outputs by name) of `runtime` on the model."""
-    from mobilenet_zoo.bench import apply_threads
+    from mobilenet_zoo.tasks.bench import apply_threads
 
     model = tflite.read(model_path)
     image = np.random.default_rng(SEED).integers(0, 256, (1, model.input_size, model.input_size, 3), dtype=np.uint8)
@@ -107,7 +107,7 @@ def build(runtime: str, model_path: Path, threads: int, scratch: Path):
         apply_threads("torch", threads)
         from mobilenet_zoo.formats import torch as torch_format
         from mobilenet_zoo.formats.torch import _quant as torch_quant
-        from mobilenet_zoo.quant_math import integer_network
+        from mobilenet_zoo.model.quant_math import integer_network
 
         if runtime == "torch eager":
             runner = torch_quant.QuantTorchRunner(torch_quant.build_module(integer_network(model)), model.input_size)
@@ -289,7 +289,7 @@ def _lsb(a: np.ndarray, b: np.ndarray) -> int:
 
 def plan_summary(model_path: Path) -> str:
     """How many of the model's convolutions `quant_math.float_plan` runs in each convolution / requantization dtype."""
-    from mobilenet_zoo.quant_math import float_plan, integer_network
+    from mobilenet_zoo.model.quant_math import float_plan, integer_network
 
     plan = float_plan(integer_network(tflite.read(model_path)))
     convs = (*plan.convs, plan.logits)

@@ -73,7 +73,7 @@ def warm_page_cache(csv: Path) -> None:
 
 def eval_worker(model: str, csv: str, batch: int, address: str, connection) -> None:
     """In a fresh process: time `evaluate_on_ray` from before `ray.init` to the end; send the figures and result."""
-    from mobilenet_zoo.distributed import evaluate_on_ray
+    from mobilenet_zoo.tasks.distributed import evaluate_on_ray
 
     start, first = time.perf_counter(), []
 
@@ -99,8 +99,8 @@ def feed_worker(csv: str, batch: int, address: str, connection) -> None:
     worker CPU in flight) to tasks that only count the bytes they received."""
     from collections import deque
 
-    from mobilenet_zoo.distributed import _cluster_cpus, _read_batch, connect
-    from mobilenet_zoo.evaluate import read_samples
+    from mobilenet_zoo.tasks.distributed import _cluster_cpus, _read_batch, connect
+    from mobilenet_zoo.tasks.evaluate import read_samples
 
     ray = connect(address)
     received = ray.remote(num_cpus=1)(lambda paths, labels, blobs, errors: sum(len(blob) for blob in blobs if blob))
@@ -135,7 +135,7 @@ def in_fresh_process(target, *args) -> dict:
 
 
 def run(args) -> dict:
-    from mobilenet_zoo.evaluate import evaluate
+    from mobilenet_zoo.tasks.evaluate import evaluate
     from mobilenet_zoo.testing.ray_cluster import LocalCluster
 
     with tempfile.TemporaryDirectory(prefix="bench_ray_cluster_") as scratch:

@@ -17,8 +17,8 @@ from pathlib import Path
 
 from bench_convert import convert_tf2onnx, fixture_frozen_graph
 
-from mobilenet_zoo.bench import RUNTIMES, Timing, append_csv, bench
-from mobilenet_zoo.variants import load_registry
+from mobilenet_zoo.tasks.bench import RUNTIMES, Timing, append_csv, bench
+from mobilenet_zoo.zoo.variants import load_registry
 
 REAL_QUANT = Path(__file__).resolve().parent.parent / "tests" / "data" / "mobilenet_v1_0.25_128_quant.tflite"
 

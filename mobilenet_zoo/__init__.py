@@ -20,18 +20,18 @@ _LAZY = {
     **dict.fromkeys(
         ("load", "open_source", "resolve", "convert", "verify", "predict", "pull", "registry"), "mobilenet_zoo.api"
     ),
-    "MobileNetV1Model": "mobilenet_zoo.model",
-    "Backbone": "mobilenet_zoo.arch",
-    "ModelConfig": "mobilenet_zoo.arch",
-    "Source": "mobilenet_zoo.sources",
-    "Named": "mobilenet_zoo.sources",
-    "Converted": "mobilenet_zoo.conversion",
-    "Thresholds": "mobilenet_zoo.parity",
-    "VerifyResult": "mobilenet_zoo.parity",
-    "TargetReport": "mobilenet_zoo.parity",
-    "Prediction": "mobilenet_zoo.prediction",
-    "Registry": "mobilenet_zoo.variants",
-    "Variant": "mobilenet_zoo.variants",
+    "MobileNetV1Model": "mobilenet_zoo.model.canonical",
+    "Backbone": "mobilenet_zoo.model.arch",
+    "ModelConfig": "mobilenet_zoo.model.arch",
+    "Source": "mobilenet_zoo.zoo.sources",
+    "Named": "mobilenet_zoo.zoo.sources",
+    "Converted": "mobilenet_zoo.tasks.conversion",
+    "Thresholds": "mobilenet_zoo.tasks.parity",
+    "VerifyResult": "mobilenet_zoo.tasks.parity",
+    "TargetReport": "mobilenet_zoo.tasks.parity",
+    "Prediction": "mobilenet_zoo.tasks.prediction",
+    "Registry": "mobilenet_zoo.zoo.variants",
+    "Variant": "mobilenet_zoo.zoo.variants",
     **dict.fromkeys(
         (
             "ZooError",
@@ -51,10 +51,8 @@ _LAZY = {
 
 __all__ = ["__version__", *_LAZY]
 
-if TYPE_CHECKING:  # static imports for IDEs and type checkers; tests/test_layout.py keeps them equal to _LAZY
+if TYPE_CHECKING:  # static imports for IDEs and type checkers; tests/cli/test_layout.py keeps them equal to _LAZY
     from mobilenet_zoo.api import convert, load, open_source, predict, pull, registry, resolve, verify
-    from mobilenet_zoo.arch import Backbone, ModelConfig
-    from mobilenet_zoo.conversion import Converted
     from mobilenet_zoo.errors import (
         ArchiveError,
         ChecksumError,
@@ -67,11 +65,13 @@ if TYPE_CHECKING:  # static imports for IDEs and type checkers; tests/test_layou
         VerificationError,
         ZooError,
     )
-    from mobilenet_zoo.model import MobileNetV1Model
-    from mobilenet_zoo.parity import TargetReport, Thresholds, VerifyResult
-    from mobilenet_zoo.prediction import Prediction
-    from mobilenet_zoo.sources import Named, Source
-    from mobilenet_zoo.variants import Registry, Variant
+    from mobilenet_zoo.model.arch import Backbone, ModelConfig
+    from mobilenet_zoo.model.canonical import MobileNetV1Model
+    from mobilenet_zoo.tasks.conversion import Converted
+    from mobilenet_zoo.tasks.parity import TargetReport, Thresholds, VerifyResult
+    from mobilenet_zoo.tasks.prediction import Prediction
+    from mobilenet_zoo.zoo.sources import Named, Source
+    from mobilenet_zoo.zoo.variants import Registry, Variant
 
 
 def __getattr__(name: str) -> Any:

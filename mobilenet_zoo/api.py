@@ -16,13 +16,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from mobilenet_zoo.arch import Backbone
-from mobilenet_zoo.conversion import BuildOptions, Converted
-from mobilenet_zoo.model import MobileNetV1Model
-from mobilenet_zoo.parity import Thresholds, VerifyResult
-from mobilenet_zoo.prediction import Prediction
-from mobilenet_zoo.sources import Named, Source
-from mobilenet_zoo.variants import Registry
+from mobilenet_zoo.model.arch import Backbone
+from mobilenet_zoo.model.canonical import MobileNetV1Model
+from mobilenet_zoo.tasks.conversion import BuildOptions, Converted
+from mobilenet_zoo.tasks.parity import Thresholds, VerifyResult
+from mobilenet_zoo.tasks.prediction import Prediction
+from mobilenet_zoo.zoo.sources import Named, Source
+from mobilenet_zoo.zoo.variants import Registry
 
 __all__ = ["load", "open_source", "resolve", "convert", "verify", "predict", "pull", "registry"]
 
@@ -31,14 +31,14 @@ PathLike = str | Path
 
 def resolve(name: PathLike, *, registry_file: PathLike | None = None) -> Named:
     """What `name` is: a registry name, a tarball, an extracted official folder, or a model file/folder."""
-    from mobilenet_zoo.sources import resolve as _resolve
+    from mobilenet_zoo.zoo.sources import resolve as _resolve
 
     return _resolve(name, registry=registry_file)
 
 
 def open_source(source: PathLike, *, registry_file: PathLike | None = None, mirror: str | None = None) -> Source:
     """The canonical model of `source` and the original artifact that is its reference forward pass."""
-    from mobilenet_zoo.sources import open_source as _open_source
+    from mobilenet_zoo.zoo.sources import open_source as _open_source
 
     return _open_source(source, registry=registry_file, mirror=mirror)
 
@@ -65,7 +65,7 @@ def convert(
     """Write `source` in each format of `to` ("onnx", "torch", "tflite", "tf", "keras") under `output` (a folder,
     or a file path for one target) and record them in the folder's manifest; `labels` names the classes.
     Returns what was written."""
-    from mobilenet_zoo.conversion import convert as _convert
+    from mobilenet_zoo.tasks.conversion import convert as _convert
 
     if isinstance(source, MobileNetV1Model):
         source = Source(source, None, source.config.name)
@@ -103,7 +103,7 @@ def verify(
     below `min_agreement` top-1 agreement (default 0.9). `per_layer`: `report.per_layer`, every layer's error."""
     from dataclasses import replace
 
-    from mobilenet_zoo.parity import verify as _verify
+    from mobilenet_zoo.tasks.parity import verify as _verify
 
     if min_agreement is not None:
         thresholds = replace(thresholds or Thresholds(), min_agreement=min_agreement)
@@ -132,9 +132,9 @@ def predict(
 ) -> list[Prediction]:
     """Top-k classes of each image (default: the bundled photos) with any model, slim eval preprocessing; classes
     are named by the model's own labels, a registry entry's `labels:`, else ImageNet's."""
-    from mobilenet_zoo.prediction import predict as _predict
-    from mobilenet_zoo.prediction import recorded_classes, runner_for
-    from mobilenet_zoo.samples import resolve_images
+    from mobilenet_zoo.tasks.prediction import predict as _predict
+    from mobilenet_zoo.tasks.prediction import recorded_classes, runner_for
+    from mobilenet_zoo.zoo.samples import resolve_images
 
     runner = runner_for(str(model), registry_file, mirror)
     classes = recorded_classes(model, registry_file)
@@ -145,13 +145,13 @@ def pull(
     name: str, *, mirror: str | None = None, sha256: str | None = None, registry_file: PathLike | None = None
 ) -> Path:
     """The extracted folder of a registry variant, downloaded, verified and cached on first use."""
-    from mobilenet_zoo.pulling import pull as _pull
+    from mobilenet_zoo.zoo.pulling import pull as _pull
 
     return _pull(registry(registry_file).get(name), mirror=mirror, sha256=sha256)
 
 
 def registry(registry_file: PathLike | None = None) -> Registry:
     """The registry of variants: the built-in 32, extended or replaced by a user registry file."""
-    from mobilenet_zoo.variants import load_registry
+    from mobilenet_zoo.zoo.variants import load_registry
 
     return load_registry(registry_file)

@@ -3,7 +3,7 @@
     official_tarball(alpha, resolution, quantized=False) -> Path   # .../mobilenet_v1_{alpha}_{res}[_quant].tgz
     extracted_variant(alpha, resolution, quantized=False) -> Path  # folder holding its members, flat
 
-The weights are `mobilenet_zoo.model.random_model(config, seed=FIXTURE_SEED)`; quantized tarballs ship the
+The weights are `mobilenet_zoo.model.canonical.random_model(config, seed=FIXTURE_SEED)`; quantized tarballs ship the
 real uint8 `.tflite` from tests/data (0.25_128 and 0.5_160 only). Both need TensorFlow and skip without it.
 """
 
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from mobilenet_zoo.arch import ModelConfig, variant_name
+from mobilenet_zoo.model.arch import ModelConfig, variant_name
 
 DATA = Path(__file__).parent / "data"
 FIXTURE_SEED = 0

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from mobilenet_zoo.variants import MEMBER_SUFFIXES
+from mobilenet_zoo.zoo.variants import MEMBER_SUFFIXES
 
 CHUNK_SIZE = 16 * 1024
 

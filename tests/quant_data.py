@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mobilenet_zoo.preprocess import load_image_uint8
+from mobilenet_zoo.model.preprocess import load_image_uint8
 
 DATA = Path(__file__).parent / "data"
 VARIANTS = {"0.25_128": 128, "0.5_160": 160}

@@ -25,7 +25,7 @@ class BenchCommand(TyperCommand):
     (reading it imports every format package and numpy, which other commands must not wait for)."""
 
     def format_help(self, ctx, formatter) -> None:
-        from mobilenet_zoo.bench import registered_runtimes
+        from mobilenet_zoo.tasks.bench import registered_runtimes
 
         for param in self.params:
             if param.name == "runtimes":
@@ -79,7 +79,7 @@ def print_results(results) -> None:
 
 def warn_unsteady(results) -> None:
     """One `warning:` line on stderr per result whose timings vary too widely (bench.spread_warning)."""
-    from mobilenet_zoo.bench import spread_warning
+    from mobilenet_zoo.tasks.bench import spread_warning
 
     for result in results:
         warning = spread_warning(result)
@@ -113,7 +113,7 @@ def bench_command(
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """Latency, images/s, GFLOP/s, size and peak memory of models in each installed runtime; exit 1 if any fails."""
-    from mobilenet_zoo.bench import Timing, append_csv, bench
+    from mobilenet_zoo.tasks.bench import Timing, append_csv, bench
 
     if min(warmup, min_runs, max_runs) < 0 or max_runs < 1 or min_time < 0:
         raise ZooError("--warmup, --min-runs and --min-time must be >= 0 and --max-runs >= 1")
@@ -149,9 +149,9 @@ def plot_command(
     registry: Optional[Path] = RegistryOption,
 ) -> None:
     """Chart top-1 accuracy against MACs for the zoo (and against measured latency with --bench)."""
-    from mobilenet_zoo.bench import load_results
-    from mobilenet_zoo.plot import plot_zoo
-    from mobilenet_zoo.variants import load_registry
+    from mobilenet_zoo.tasks.bench import load_results
+    from mobilenet_zoo.tasks.plot import plot_zoo
+    from mobilenet_zoo.zoo.variants import load_registry
 
     if output.suffix.lower() not in ("", ".png", ".svg", ".pdf"):
         raise ZooError(f"{output}: write a .png, .svg or .pdf")

@@ -14,7 +14,7 @@ from mobilenet_zoo.commands.completion import SORT_FIELDS
 from mobilenet_zoo.commands.options import JsonOption, RegistryOption
 from mobilenet_zoo.commands.usage import choice
 from mobilenet_zoo.output import console, fmt, human, print_json
-from mobilenet_zoo.variants import Variant, filter_variants, load_registry
+from mobilenet_zoo.zoo.variants import Variant, filter_variants, load_registry
 
 
 def _sort_key(field: str):
@@ -123,8 +123,8 @@ def info_command(
     registry: Optional[Path] = RegistryOption,
 ) -> None:
     """Everything known about one variant, with its cache state."""
-    from mobilenet_zoo.arch import PARAMETER_CONVENTION
-    from mobilenet_zoo.pulling import cache_state
+    from mobilenet_zoo.model.arch import PARAMETER_CONVENTION
+    from mobilenet_zoo.zoo.pulling import cache_state
 
     variant = load_registry(registry).get(name)
     data = variant.as_dict()

@@ -31,7 +31,7 @@ def variants(ctx: typer.Context, incomplete: str) -> list[str]:
     if "/" in incomplete or incomplete.startswith((".", "~")):
         return []
     from mobilenet_zoo.errors import ZooError
-    from mobilenet_zoo.variants import load_registry
+    from mobilenet_zoo.zoo.variants import load_registry
 
     registry = (ctx.params or {}).get("registry")
     try:
@@ -42,8 +42,8 @@ def variants(ctx: typer.Context, incomplete: str) -> list[str]:
 
 def cached(incomplete: str) -> list[str]:
     """The names `cache list` shows (models, local extractions, partial downloads), sorted."""
-    from mobilenet_zoo.cache import Cache
     from mobilenet_zoo.errors import ZooError
+    from mobilenet_zoo.zoo.cache import Cache
 
     try:
         return sorted({entry.name for entry in Cache.at().entries()})

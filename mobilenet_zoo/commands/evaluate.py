@@ -100,7 +100,7 @@ def eval_command(
         raise ZooError(f"{data}: data at a URI is read by Ray workers: add --ray-address ADDRESS (or --ray)")
     with _progress_bar(f"evaluating {Path(source).name}") as progress:
         if ray or ray_address:
-            from mobilenet_zoo.distributed import evaluate_on_ray
+            from mobilenet_zoo.tasks.distributed import evaluate_on_ray
 
             result = evaluate_on_ray(
                 source,
@@ -114,7 +114,7 @@ def eval_command(
                 progress=progress,
             )
         else:
-            from mobilenet_zoo.evaluate import evaluate
+            from mobilenet_zoo.tasks.evaluate import evaluate
 
             result = evaluate(
                 source,

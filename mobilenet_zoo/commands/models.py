@@ -41,7 +41,7 @@ def _feature_layers(text: Optional[str]) -> tuple[int, ...]:
 
 
 def _images(paths: list[Path]) -> list[Path]:
-    from mobilenet_zoo.samples import resolve_images
+    from mobilenet_zoo.zoo.samples import resolve_images
 
     return resolve_images(paths)
 
@@ -118,10 +118,10 @@ def convert_command(
     as_json: bool = JsonOption,
 ) -> None:
     """Convert models to ONNX, PyTorch, TFLite, a TensorFlow SavedModel or Keras."""
-    from mobilenet_zoo.arch import Backbone
-    from mobilenet_zoo.conversion import BuildOptions, convert, names_a_file
-    from mobilenet_zoo.sources import open_source
-    from mobilenet_zoo.variants import load_registry
+    from mobilenet_zoo.model.arch import Backbone
+    from mobilenet_zoo.tasks.conversion import BuildOptions, convert, names_a_file
+    from mobilenet_zoo.zoo.sources import open_source
+    from mobilenet_zoo.zoo.variants import load_registry
 
     names = [v.name for v in load_registry(registry)] if all_variants else list(sources or [])
     if not names or (all_variants and sources):
@@ -134,7 +134,7 @@ def convert_command(
         "onnx": {"layout": layout, "quant_format": choice("--quant-format", quant_format, completion.QUANT_FORMATS)},
         "torch": {"layout": layout},
     }
-    from mobilenet_zoo.labels import read_labels_file
+    from mobilenet_zoo.model.labels import read_labels_file
 
     build = BuildOptions(
         Backbone(
@@ -220,7 +220,7 @@ def _writable_formats(quantized: bool, probe=None) -> list[str]:
 
 def _convert_on_ray(names, formats, output, ray_address, registry, mirror, options, build):
     """`convert_many` on Ray; with `--all-formats`, the float and the uint8 registry variants as two batches."""
-    from mobilenet_zoo.distributed import convert_many
+    from mobilenet_zoo.tasks.distributed import convert_many
 
     if formats is None:
         batches = _by_precision(names, registry, build)
@@ -248,9 +248,9 @@ def _by_precision(names: list[str], registry, build) -> list[tuple[list[str], li
     formats that hold both float and uint8 models."""
     from dataclasses import replace
 
-    from mobilenet_zoo.model import random_model
-    from mobilenet_zoo.sources import REGISTRY, resolve
-    from mobilenet_zoo.variants import load_registry
+    from mobilenet_zoo.model.canonical import random_model
+    from mobilenet_zoo.zoo.sources import REGISTRY, resolve
+    from mobilenet_zoo.zoo.variants import load_registry
 
     zoo, batches = load_registry(registry), {}
     for name in names:
@@ -267,7 +267,7 @@ def _by_precision(names: list[str], registry, build) -> list[tuple[list[str], li
 
 def _parity_table(reports, n_inputs: int) -> Table:
     """One row per target: the differences that matter for its kind (float logits or uint8 LSB)."""
-    from mobilenet_zoo.parity import SELF_REFERENCE
+    from mobilenet_zoo.tasks.parity import SELF_REFERENCE
 
     references = sorted({Path(r.reference).name for r in reports})
     with_features = any(r.features for r in reports)
@@ -387,15 +387,15 @@ def _verify_and_report(
     printed: bool = True,
     **options,
 ):
-    """Verify targets (see `mobilenet_zoo.parity.verify` for the modes; on Ray, the recorded references); with
+    """Verify targets (see `mobilenet_zoo.tasks.parity.verify` for the modes; on Ray, the recorded references); with
     `printed`, print the report and raise on failure, else return the result for the caller to print."""
-    from mobilenet_zoo.parity import VerifyResult, expand_targets, input_names, verify
+    from mobilenet_zoo.tasks.parity import VerifyResult, expand_targets, input_names, verify
 
     _check_targets(targets)
     present, missing = expand_targets(targets)
     if use_ray or ray_address:
-        from mobilenet_zoo.distributed import verify_many
-        from mobilenet_zoo.samples import resolve_images
+        from mobilenet_zoo.tasks.distributed import verify_many
+        from mobilenet_zoo.zoo.samples import resolve_images
 
         if options.get("source") or options.get("reference") or options.get("save_reference"):
             raise ZooError(
@@ -539,7 +539,7 @@ def verify_command(
     as_json: bool = JsonOption,
 ) -> None:
     """Check converted models against the original's forward pass; exit 4 if any is out of bounds."""
-    from mobilenet_zoo.parity import Thresholds
+    from mobilenet_zoo.tasks.parity import Thresholds
 
     if not 0.0 <= min_agreement <= 1.0:
         raise ZooError(f"--min-agreement is a share of the images, 0 to 1, not {min_agreement}")
@@ -594,7 +594,7 @@ def predict_command(
     as_json: bool = JsonOption,
 ) -> None:
     """Top-k classes of images (the model's own class names, a registry entry's labels, or ImageNet's)."""
-    from mobilenet_zoo.prediction import predict, recorded_classes, runner_for
+    from mobilenet_zoo.tasks.prediction import predict, recorded_classes, runner_for
 
     runner = runner_for(model, registry, mirror)
     classes = recorded_classes(model, registry)
@@ -610,11 +610,11 @@ def demo_command(
     ),
 ) -> None:
     """Offline tour on the bundled real uint8 model: predict, convert to every format, verify parity."""
-    from mobilenet_zoo.conversion import convert
     from mobilenet_zoo.formats import FORMATS, load_runner
-    from mobilenet_zoo.prediction import predict
-    from mobilenet_zoo.samples import BUNDLED_MODEL, sample_images
-    from mobilenet_zoo.sources import open_source
+    from mobilenet_zoo.tasks.conversion import convert
+    from mobilenet_zoo.tasks.prediction import predict
+    from mobilenet_zoo.zoo.samples import BUNDLED_MODEL, sample_images
+    from mobilenet_zoo.zoo.sources import open_source
 
     output_rule(f"predict: {BUNDLED_MODEL.name} on the bundled photos (top 3)")
     _print_predictions(predict(load_runner(BUNDLED_MODEL), sample_images(), 3), False)

@@ -68,7 +68,7 @@ def pull_command(
 ) -> None:
     """Download, verify and extract variants into the cache (a cached variant is not downloaded again). With
     several variants a failure does not stop the others: the run ends with what failed, and exits 1."""
-    from mobilenet_zoo.variants import load_registry
+    from mobilenet_zoo.zoo.variants import load_registry
 
     if bool(names) == all_variants:
         raise ZooError("name the variants to pull, or pass --all (not both)")
@@ -110,7 +110,7 @@ def _pull_and_print(variant, mirror: Optional[str], sha256: Optional[str], quiet
 
 def _pull_one(variant, mirror: Optional[str], sha256: Optional[str], quiet: bool, as_json: bool):
     """Pull one variant under its own progress bar, erased before its result line is printed."""
-    from mobilenet_zoo.pulling import pull_variant
+    from mobilenet_zoo.zoo.pulling import pull_variant
 
     with _progress_bar(disabled=quiet or as_json) as bar:
         progress = _reporter(bar, variant.filename)
@@ -120,7 +120,7 @@ def _pull_one(variant, mirror: Optional[str], sha256: Optional[str], quiet: bool
 @cache_app.command("path")
 def cache_path_command() -> None:
     """Print the cache folder."""
-    from mobilenet_zoo.cache import Cache
+    from mobilenet_zoo.zoo.cache import Cache
 
     print(Cache.at().root)
 
@@ -128,7 +128,7 @@ def cache_path_command() -> None:
 @cache_app.command("list")
 def cache_list_command(as_json: bool = JsonOption) -> None:
     """What the cache holds: extracted models, extracted local tarballs, partial downloads."""
-    from mobilenet_zoo.cache import Cache
+    from mobilenet_zoo.zoo.cache import Cache
 
     cache = Cache.at()
     entries = cache.entries()
@@ -167,7 +167,7 @@ def cache_remove_command(
     registry: Optional[Path] = RegistryOption,
 ) -> None:
     """Delete cached models and partial downloads. Recorded checksums are kept to check later downloads."""
-    from mobilenet_zoo.cache import Cache
+    from mobilenet_zoo.zoo.cache import Cache
 
     if bool(names) == all_entries:
         raise ZooError("name the entries to remove, or pass --all (not both)")
@@ -181,7 +181,7 @@ def cache_remove_command(
 
 def _cached_name(name: str, cached: set[str], registry: Optional[Path]) -> str:
     """`name` as the cache knows it: an entry name as listed, else a registry variant's name."""
-    from mobilenet_zoo.variants import load_registry
+    from mobilenet_zoo.zoo.variants import load_registry
 
     if name in cached:
         return name

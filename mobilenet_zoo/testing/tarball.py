@@ -19,9 +19,9 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-from mobilenet_zoo.arch import INPUT_NODE, OUTPUT_NODE, ModelConfig
 from mobilenet_zoo.fsutil import atomic_file
-from mobilenet_zoo.model import random_model
+from mobilenet_zoo.model.arch import INPUT_NODE, OUTPUT_NODE, ModelConfig
+from mobilenet_zoo.model.canonical import random_model
 
 DEFAULT_SEED = 0
 _TIMESTAMP = 1533168000  # 2018-08-02, the release date

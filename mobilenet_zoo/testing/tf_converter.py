@@ -28,7 +28,7 @@ def convert(frozen_graph: Path, flavour: str, out: Path, photos: Path, resolutio
     """Write `flavour` of the frozen float graph to `out` with TF's converter and return `out`."""
     import tensorflow as tf
 
-    from mobilenet_zoo.preprocess import load_image
+    from mobilenet_zoo.model.preprocess import load_image
 
     if flavour not in FLAVOURS:
         raise ValueError(f"unknown flavour {flavour!r}; choose from {', '.join(FLAVOURS)}")

@@ -36,11 +36,11 @@ from typing import Any
 
 import numpy as np
 
-from mobilenet_zoo.arch import Backbone, ModelConfig, PlacedLayer, placed_layers, pool_geometry
 from mobilenet_zoo.deps import require
 from mobilenet_zoo.errors import ModelFormatError
 from mobilenet_zoo.fsutil import atomic_file
-from mobilenet_zoo.model import PRODUCER, MobileNetV1Model, image_batch, infer_alpha
+from mobilenet_zoo.model.arch import Backbone, ModelConfig, PlacedLayer, placed_layers, pool_geometry
+from mobilenet_zoo.model.canonical import PRODUCER, MobileNetV1Model, image_batch, infer_alpha
 
 KERAS_SUFFIX = ".keras"
 H5_SUFFIX = ".h5"
@@ -331,7 +331,7 @@ class _Cursor:
 
 def _body(cursor: _Cursor) -> tuple[list, list]:
     """The 27 (convolution, BatchNorm) pairs, each with its ReLU6, and the pads before each stride-2 depthwise one."""
-    from mobilenet_zoo.arch import BLOCK_STRIDES
+    from mobilenet_zoo.model.arch import BLOCK_STRIDES
 
     convs, pads = [], []
     conv = cursor.take(

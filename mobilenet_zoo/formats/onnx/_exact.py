@@ -47,19 +47,19 @@ from pathlib import Path
 
 import numpy as np
 
-from mobilenet_zoo.arch import SCOPE
 from mobilenet_zoo.deps import require
 from mobilenet_zoo.errors import ModelFormatError
 from mobilenet_zoo.formats.onnx import _float as onnx_format
 from mobilenet_zoo.formats.onnx._float import LOGITS, MIN_OPSET, PROBABILITIES
-from mobilenet_zoo.model import (
+from mobilenet_zoo.model.arch import SCOPE
+from mobilenet_zoo.model.canonical import (
     POOL_ACTIVATION,
     MobileNetV1Model,
     QuantizedTensor,
     quant_params_json,
     to_oihw,
 )
-from mobilenet_zoo.quant_math import (
+from mobilenet_zoo.model.quant_math import (
     FLOAT32_EXACT,
     FLOAT64_EXACT,
     UINT8_MAX,

@@ -23,17 +23,17 @@ from typing import Any
 import numpy as np
 
 from mobilenet_zoo import __version__
-from mobilenet_zoo.arch import (
+from mobilenet_zoo.deps import require
+from mobilenet_zoo.errors import ModelFormatError
+from mobilenet_zoo.fsutil import atomic_file
+from mobilenet_zoo.model.arch import (
     SCOPE,
     PlacedLayer,
     logits_map_size,
     placed_layers,
     pool_geometry,
 )
-from mobilenet_zoo.deps import require
-from mobilenet_zoo.errors import ModelFormatError
-from mobilenet_zoo.fsutil import atomic_file
-from mobilenet_zoo.model import (
+from mobilenet_zoo.model.canonical import (
     PRODUCER,
     MobileNetV1Model,
     to_oihw,

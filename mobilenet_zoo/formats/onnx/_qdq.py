@@ -17,13 +17,13 @@ from pathlib import Path
 
 import numpy as np
 
-from mobilenet_zoo.arch import SCOPE
 from mobilenet_zoo.deps import require
 from mobilenet_zoo.errors import ModelFormatError
 from mobilenet_zoo.formats.onnx import _float as onnx_format
 from mobilenet_zoo.formats.onnx._exact import QUANT_FORMAT_KEY
 from mobilenet_zoo.formats.onnx._float import LOGITS, MIN_OPSET, PROBABILITIES
-from mobilenet_zoo.model import (
+from mobilenet_zoo.model.arch import SCOPE
+from mobilenet_zoo.model.canonical import (
     INPUT_ACTIVATION,
     LOGITS_ACTIVATION,
     OUTPUT_ACTIVATION,
@@ -33,7 +33,7 @@ from mobilenet_zoo.model import (
     QuantParams,
     to_oihw,
 )
-from mobilenet_zoo.quant_math import RELU6_LIMIT, activation_range, integer_network
+from mobilenet_zoo.model.quant_math import RELU6_LIMIT, activation_range, integer_network
 
 QDQ = "qdq"  # the value of `onnx_quant.QUANT_FORMAT_KEY` in these files
 INT8_OFFSET = 128  # uint8 kernel q and zero point z stored as int8 q - 128, z - 128: the same reals

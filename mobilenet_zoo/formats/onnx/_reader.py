@@ -30,7 +30,11 @@ from typing import Any
 
 import numpy as np
 
-from mobilenet_zoo.arch import (
+from mobilenet_zoo.deps import require
+from mobilenet_zoo.errors import ModelFormatError
+from mobilenet_zoo.formats.onnx import _fold
+from mobilenet_zoo.formats.onnx._exact import QUANTIZATION_KEY
+from mobilenet_zoo.model.arch import (
     LOGITS_SCOPE,
     Backbone,
     Layer,
@@ -38,11 +42,7 @@ from mobilenet_zoo.arch import (
     PlacedLayer,
     placed_layers,
 )
-from mobilenet_zoo.deps import require
-from mobilenet_zoo.errors import ModelFormatError
-from mobilenet_zoo.formats.onnx import _fold
-from mobilenet_zoo.formats.onnx._exact import QUANTIZATION_KEY
-from mobilenet_zoo.model import (
+from mobilenet_zoo.model.canonical import (
     INPUT_ACTIVATION,
     LOGITS_ACTIVATION,
     OUTPUT_ACTIVATION,

@@ -3,7 +3,7 @@
 The serving signature takes uint8 NHWC `input` (any batch) and returns uint8 `logits` and `probabilities`
 (N x classes, or N x S x S x classes maps) and the chosen feature maps (by `arch.feature_scope`), built as
 `model.backbone` says (dilated depthwise convolutions, the head pool of `arch.pool_geometry`).
-It runs `mobilenet_zoo.quant_math.float_plan`: activations are integer-valued float32 offsets from their zero
+It runs `mobilenet_zoo.model.quant_math.float_plan`: activations are integer-valued float32 offsets from their zero
 point (so SAME zero padding pads with the zero point), convolutions are float32 (float64 where a layer's sums
 could pass 2^24) `conv2d` / `depthwise_conv2d` plus the bias, exact because every partial sum is an integer
 the float type holds, and each requantization one floor of acc * scale + offset in float32 where checked
@@ -24,12 +24,12 @@ from typing import Any
 
 import numpy as np
 
-from mobilenet_zoo.arch import INPUT_NODE, Backbone
 from mobilenet_zoo.deps import require
 from mobilenet_zoo.errors import ModelFormatError
 from mobilenet_zoo.formats.tensorflow import _slim as tf_format
 from mobilenet_zoo.fsutil import atomic_folder
-from mobilenet_zoo.model import (
+from mobilenet_zoo.model.arch import INPUT_NODE, Backbone
+from mobilenet_zoo.model.canonical import (
     MobileNetV1Model,
     QuantInfo,
     QuantizedTensor,
@@ -38,7 +38,7 @@ from mobilenet_zoo.model import (
     quant_info_from_json,
     quant_params_json,
 )
-from mobilenet_zoo.quant_math import (
+from mobilenet_zoo.model.quant_math import (
     UINT8_MAX,
     FloatConvPlan,
     FloatPlan,

@@ -22,7 +22,10 @@ from typing import Any
 
 import numpy as np
 
-from mobilenet_zoo.arch import (
+from mobilenet_zoo.deps import require
+from mobilenet_zoo.errors import MissingDependencyError, ModelFormatError
+from mobilenet_zoo.fsutil import atomic_folder
+from mobilenet_zoo.model.arch import (
     BN_EPSILON,
     INPUT_NODE,
     LOGITS_NODE,
@@ -36,10 +39,7 @@ from mobilenet_zoo.arch import (
     placed_layers,
     pool_geometry,
 )
-from mobilenet_zoo.deps import require
-from mobilenet_zoo.errors import MissingDependencyError, ModelFormatError
-from mobilenet_zoo.fsutil import atomic_folder
-from mobilenet_zoo.model import Classes, MobileNetV1Model, image_batch, infer_alpha, with_dense_head
+from mobilenet_zoo.model.canonical import Classes, MobileNetV1Model, image_batch, infer_alpha, with_dense_head
 
 SIGNATURE_KEY = "serving_default"
 METADATA_FILE = Path("assets.extra") / "mobilenet_zoo.json"  # our SavedModels' `MobileNetV1Model.metadata()`

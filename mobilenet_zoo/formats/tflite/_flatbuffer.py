@@ -36,7 +36,10 @@ from typing import Any
 
 import numpy as np
 
-from mobilenet_zoo.arch import (
+from mobilenet_zoo.deps import native_logs_silenced, require
+from mobilenet_zoo.errors import ModelFormatError
+from mobilenet_zoo.fsutil import atomic_file
+from mobilenet_zoo.model.arch import (
     BLOCK_STRIDES,
     OUTPUT_STRIDES,
     SCOPE,
@@ -47,10 +50,7 @@ from mobilenet_zoo.arch import (
     placed_layers,
     pool_geometry,
 )
-from mobilenet_zoo.deps import native_logs_silenced, require
-from mobilenet_zoo.errors import ModelFormatError
-from mobilenet_zoo.fsutil import atomic_file
-from mobilenet_zoo.model import (
+from mobilenet_zoo.model.canonical import (
     INPUT_ACTIVATION,
     LOGITS_ACTIVATION,
     OUTPUT_ACTIVATION,
@@ -390,7 +390,7 @@ class MobileNetGraph:
         _, height, width, _ = (int(d) for d in self.tensor(self.input_tensor).shape)
         if height != width:
             raise ModelFormatError(f"{self.name}: input is {height}x{width}; MobileNet V1 variants are square")
-        from mobilenet_zoo.model import infer_alpha
+        from mobilenet_zoo.model.canonical import infer_alpha
 
         first_kernel = self.tensor(self.convs[0].inputs[1]).shape
         classes = int(self.tensor(self.logits_conv.inputs[1]).shape[0])
@@ -660,7 +660,7 @@ class TFLiteRunner:
     integer_core: bool = False  # an integer network (uint8 or int8), whatever its edges take and give
 
     def __call__(self, images: np.ndarray) -> dict[str, np.ndarray]:
-        from mobilenet_zoo import quant_math
+        from mobilenet_zoo.model import quant_math
 
         batch = image_batch(images, np.uint8 if self.quantized else np.float32, self.resolution, "TFLite model")
         if self.int8_input:
@@ -713,7 +713,7 @@ def _tensor_forward(
 
 def write(model: MobileNetV1Model, out: Path) -> Path:
     """Write `model` as a .tflite (`flatbuffer`): float32, or uint8 for a quantized model (post-training
-    quantization happens before: `mobilenet_zoo.quantize`). Returns `out`."""
+    quantization happens before: `mobilenet_zoo.quantize.uint8`). Returns `out`."""
     data = flatbuffer(model)
     out = Path(out)
     with atomic_file(out) as temporary:

@@ -37,13 +37,13 @@ from typing import Any
 
 import numpy as np
 
-from mobilenet_zoo.arch import BN_EPSILON, Backbone, ModelConfig, placed_layers
 from mobilenet_zoo.deps import require
 from mobilenet_zoo.errors import ModelFormatError
 from mobilenet_zoo.formats.torch import _pt2
 from mobilenet_zoo.fsutil import atomic_folder
-from mobilenet_zoo.model import PRODUCER, Classes, MobileNetV1Model, config_from_metadata, imagenet_names
-from mobilenet_zoo.preprocess import CENTRAL_FRACTION
+from mobilenet_zoo.model.arch import BN_EPSILON, Backbone, ModelConfig, placed_layers
+from mobilenet_zoo.model.canonical import PRODUCER, Classes, MobileNetV1Model, config_from_metadata, imagenet_names
+from mobilenet_zoo.model.preprocess import CENTRAL_FRACTION
 
 WEIGHTS_SUFFIX = ".safetensors"
 PROGRAM_SUFFIX = ".pt2"

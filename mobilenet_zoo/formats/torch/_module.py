@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from mobilenet_zoo.arch import (
+from mobilenet_zoo.deps import require
+from mobilenet_zoo.model.arch import (
     BN_EPSILON,
     Backbone,
     Layer,
@@ -31,8 +32,7 @@ from mobilenet_zoo.arch import (
     pool_geometry,
     same_padding,
 )
-from mobilenet_zoo.deps import require
-from mobilenet_zoo.model import MobileNetV1Model, from_oihw, to_oihw
+from mobilenet_zoo.model.canonical import MobileNetV1Model, from_oihw, to_oihw
 
 torch = require("torch")
 nn = torch.nn

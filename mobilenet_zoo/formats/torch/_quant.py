@@ -1,4 +1,4 @@
-"""Quantized PyTorch: TFLite's uint8 MobileNet V1 arithmetic (`mobilenet_zoo.quant_math`), bit for bit, at float speed.
+"""Quantized PyTorch: TFLite's uint8 MobileNet V1 arithmetic (`mobilenet_zoo.model.quant_math`), bit for bit, at float speed.
 
 `write(model, out)` builds the folder `out` holding:
     NAME.safetensors   the integer truth under slim names: uint8 kernels (TF layout) and int32 biases, each with
@@ -28,7 +28,6 @@ from typing import Any
 
 import numpy as np
 
-from mobilenet_zoo.arch import SCOPE, Backbone
 from mobilenet_zoo.deps import require
 from mobilenet_zoo.errors import ModelFormatError
 from mobilenet_zoo.formats.torch import _folder as torch_format
@@ -40,7 +39,8 @@ from mobilenet_zoo.formats.torch._folder import (
 )
 from mobilenet_zoo.formats.torch._pt2 import checked_archive
 from mobilenet_zoo.fsutil import atomic_folder
-from mobilenet_zoo.model import (
+from mobilenet_zoo.model.arch import SCOPE, Backbone
+from mobilenet_zoo.model.canonical import (
     MobileNetV1Model,
     QuantInfo,
     QuantizedTensor,
@@ -48,7 +48,7 @@ from mobilenet_zoo.model import (
     config_from_metadata,
     image_batch,
 )
-from mobilenet_zoo.quant_math import (
+from mobilenet_zoo.model.quant_math import (
     UINT8_MAX,
     FloatConvPlan,
     FloatPlan,
