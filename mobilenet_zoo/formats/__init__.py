@@ -101,7 +101,7 @@ class FormatSpec:
 _SPECS: dict[str, FormatSpec] = {}
 _HANDLERS: dict[tuple[str, str], Callable[..., Any]] = {}
 _discovered = False
-READ, WRITE, WRITE_QUANTIZED, RUN, SNIFF = "read", "write", "write_quantized", "run", "sniff"
+READ, WRITE, WRITE_QUANTIZED, RUN, SNIFF, THREADS = "read", "write", "write_quantized", "run", "sniff", "threads"
 
 
 def register_format(spec: FormatSpec) -> FormatSpec:
@@ -142,6 +142,31 @@ def sniffer(fmt: str) -> Callable[[Callable], Callable]:
     """Decorator: `fmt`'s content check, path -> what is wrong with it as a file of this format (None: nothing),
     from its bytes, deserializing nothing that could run code."""
     return _handler(SNIFF, fmt)
+
+
+def thread_setter(fmt: str) -> Callable[[Callable], Callable]:
+    """Decorator: `fmt`'s process-wide thread setting, threads -> None (for runtimes whose runners take no
+    per-session count: `bench --threads` calls it in the runtime's own process before loading the model)."""
+    return _handler(THREADS, fmt)
+
+
+def set_threads(fmt: str, threads: int | None) -> int | None:
+    """Apply a thread count to the format's runtime: per session (`runner_threads`: the runner takes it) or process
+    wide (a `@thread_setter`); the count applied, None when the runtime has no setting or `threads` is None."""
+    if threads is None:
+        return None
+    if spec(fmt).runner_threads:
+        return threads
+    setter = _HANDLERS.get((fmt, THREADS))
+    if setter is None:
+        return None
+    setter(threads)
+    return threads
+
+
+def threaded_formats() -> tuple[str, ...]:
+    """Formats whose runtime's thread count can be set."""
+    return tuple(s.name for s in specs() if s.runner_threads or (s.name, THREADS) in _HANDLERS)
 
 
 def discover() -> None:

@@ -35,7 +35,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from mobilenet_zoo.deps import available, require
+from mobilenet_zoo.deps import available
 from mobilenet_zoo.errors import ZooError, unknown_choice
 from mobilenet_zoo.formats import detect_format, load_runner
 from mobilenet_zoo.model.arch import ModelConfig, count_macs
@@ -60,15 +60,17 @@ def __getattr__(name: str):
         return registered_runtimes()
     if name == "FORMAT_RUNTIMES":
         return {runtime.format: key for key, runtime in registered_runtimes().items()}
+    if name == "THREADED_RUNTIMES":  # runtimes whose thread count bench can set (a format's `set_threads`)
+        from mobilenet_zoo.formats import threaded_formats
+
+        threaded = threaded_formats()
+        return tuple(key for key, runtime in registered_runtimes().items() if runtime.format in threaded)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # a result is unsteady beyond these ratios of its timed runs (a busy machine, or too few runs after warm-up)
 UNSTEADY_P90 = 1.5  # p90 / median
 UNSTEADY_MAX_MIN = 10.0  # slowest / fastest
-
-# runtimes whose thread count bench can set (the TFLite runner builds its interpreter without one)
-THREADED_RUNTIMES = ("tf", "onnxruntime", "torch")
 
 
 @dataclass(frozen=True)
@@ -369,16 +371,10 @@ def measure(job: Job) -> list[dict]:
 
 
 def apply_threads(runtime: str, threads: int | None) -> int | None:
-    """Set a runtime's process-wide thread count where it has one; the count applied (None: default)."""
-    if threads is None or runtime not in THREADED_RUNTIMES:
-        return None
-    if runtime == "torch":
-        require("torch").set_num_threads(threads)
-    elif runtime == "tf":
-        tf = require("tensorflow")
-        tf.config.threading.set_intra_op_parallelism_threads(threads)
-        tf.config.threading.set_inter_op_parallelism_threads(threads)
-    return threads
+    """Set a runtime's thread count where it has one (its format's `set_threads`); the count applied (None: default)."""
+    from mobilenet_zoo.formats import set_threads
+
+    return set_threads(registered_runtimes()[runtime].format, threads) if runtime in registered_runtimes() else None
 
 
 def threaded_runner(runtime: str, path: Path, threads: int | None):

@@ -23,14 +23,23 @@ from mobilenet_zoo.tasks.bench import BenchResult
 from mobilenet_zoo.zoo.variants import Registry, Variant
 
 ALPHA_COLORS = {1.0: "tab:blue", 0.75: "tab:orange", 0.5: "tab:green", 0.25: "tab:red"}
-# marker and colour of each runtime, the same whichever runtimes a chart holds
-RUNTIME_STYLES = {
-    "onnxruntime": ("o", "tab:blue"),
-    "tflite": ("^", "tab:orange"),
-    "torch": ("D", "tab:green"),
-    "tf": ("s", "tab:red"),
-    "keras": ("P", "tab:purple"),
-}
+# markers and colours of the runtimes, given in the order of their names, so a runtime keeps its style whichever
+# runtimes a chart holds (the runtimes are the format registry's)
+RUNTIME_MARKERS = ("P", "o", "s", "^", "D", "v", "<", ">")
+RUNTIME_COLORS = ("tab:purple", "tab:blue", "tab:red", "tab:orange", "tab:green", "tab:brown", "tab:pink", "tab:olive")
+
+
+def runtime_style(runtime: str) -> tuple[str, str]:
+    """(marker, colour) of a runtime: by the place of its name among the registered runtimes; gray for others."""
+    from mobilenet_zoo.tasks.bench import registered_runtimes
+
+    names = sorted(registered_runtimes())
+    if runtime not in names:
+        return "X", "tab:gray"
+    index = names.index(runtime)
+    return RUNTIME_MARKERS[index % len(RUNTIME_MARKERS)], RUNTIME_COLORS[index % len(RUNTIME_COLORS)]
+
+
 DPI = 150
 LABEL_SIZE = 8
 MARGIN = 0.07  # share of each axis left free beyond the outermost points
@@ -193,7 +202,7 @@ def draw_latency(ax, rows: list[BenchResult], registry: Registry, measured: dict
     for runtime in sorted({r.runtime for r in rows}):
         picked = [r for r in rows if r.runtime == runtime]
         batches = "/".join(str(b) for b in sorted({r.batch for r in picked}))
-        marker, color = RUNTIME_STYLES.get(runtime, ("X", "tab:gray"))
+        marker, color = runtime_style(runtime)
         ax.scatter(
             [r.median_ms / r.batch for r in picked],
             [top1[r.model] for r in picked],

@@ -10,7 +10,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mobilenet_zoo.formats import FormatSpec, private_getattr, reader, register_format, runner, sniffer, writer
+from mobilenet_zoo.formats import (
+    FormatSpec,
+    private_getattr,
+    reader,
+    register_format,
+    runner,
+    sniffer,
+    thread_setter,
+    writer,
+)
 
 SPEC = register_format(
     FormatSpec(
@@ -80,6 +89,16 @@ def slim_session(model, **options):
     from mobilenet_zoo.formats.tensorflow import _slim
 
     return _slim.slim_session(model, **options)
+
+
+@thread_setter("tf")
+def set_threads(threads: int) -> None:
+    """TensorFlow's intra- and inter-op thread counts (process wide; before TensorFlow runs anything)."""
+    from mobilenet_zoo.deps import require
+
+    tf = require("tensorflow")
+    tf.config.threading.set_intra_op_parallelism_threads(threads)
+    tf.config.threading.set_inter_op_parallelism_threads(threads)
 
 
 @sniffer("tf")

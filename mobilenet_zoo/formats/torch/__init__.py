@@ -10,7 +10,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mobilenet_zoo.formats import FormatSpec, private_getattr, reader, register_format, runner, sniffer, writer
+from mobilenet_zoo.formats import (
+    FormatSpec,
+    private_getattr,
+    reader,
+    register_format,
+    runner,
+    sniffer,
+    thread_setter,
+    writer,
+)
 
 SPEC = register_format(
     FormatSpec(
@@ -66,6 +75,14 @@ def load_runner(path: Path):
 
     path = Path(path)
     return _quant.load_runner(path) if _folder.is_quantized(path) else _folder.load_runner(path)
+
+
+@thread_setter("torch")
+def set_threads(threads: int) -> None:
+    """torch's intra-op thread count (process wide)."""
+    from mobilenet_zoo.deps import require
+
+    require("torch").set_num_threads(threads)
 
 
 @sniffer("torch")
