@@ -328,16 +328,25 @@ def parse_registry(data: Any, where: str, folder: Path | None = None) -> tuple[l
     return variants, extends == "builtin"
 
 
+MAX_REGISTRY_BYTES = 4 << 20  # the 32 official variants take 8 KiB; a team registry of thousands fits
+
+
 def _read_yaml(path: Path) -> Any:
     """A YAML document, parsed safely by libyaml when PyYAML has it (several times faster than pure Python).
 
     Anchors and aliases are refused before anything is built: a few hundred bytes of nested aliases expand
-    to billions of items (a "billion laughs" file), and a registry has no use for them.
+    to billions of items (a "billion laughs" file), and a registry has no use for them. A file past
+    MAX_REGISTRY_BYTES is refused from its size, before it is read.
     """
     import yaml
 
     loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
     try:
+        size = path.stat().st_size
+        if size > MAX_REGISTRY_BYTES:
+            raise RegistryError(
+                f"{path}: {size / (1 << 20):.1f} MiB is larger than a registry may be ({MAX_REGISTRY_BYTES >> 20} MiB)"
+            )
         text = path.read_text(encoding="utf-8")
         _refuse_anchors(yaml.parse(text, Loader=loader), path)
         return yaml.load(text, Loader=loader)

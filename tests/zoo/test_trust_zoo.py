@@ -394,3 +394,15 @@ def test_a_pin_is_checked_instead_of_the_registry_size_and_each_message_names_it
     assert cached(home) == []
     result = pulled(run_cli("pull", NAME, "--mirror", mirror, "--sha256", sha256(data), "--json"))
     assert result["downloaded"] and result["sha256"] == sha256(data)
+
+
+def test_a_registry_file_larger_than_any_registry_is_refused_before_it_is_parsed(tmp_path):
+    """A registry of 32 variants is a few KiB; a file past the cap (here 64 MiB of comment) is refused from its size,
+    without being read into memory or parsed."""
+    registry = tmp_path / "huge.yaml"
+    with registry.open("wb") as out:
+        out.write(b"schema: 1\nvariants: []\n")
+        out.truncate(64 << 20)  # sparse: the size is real, the disk is not used
+    with pytest.raises(RegistryError) as raised:
+        load_registry(registry)
+    assert re.fullmatch(r"\S+huge\.yaml: 64\.0 MiB is larger than a registry may be \(\d+ MiB\)", str(raised.value))
