@@ -335,3 +335,17 @@ def test_an_archive_member_past_the_bound_is_refused_before_it_is_read(clean, tm
     assert program.stat().st_size < clean["float"].stat().st_size
     with pytest.raises(ModelFormatError, match=r"models/model\.json.*larger than"):
         torch_format.load_runner(program)
+
+
+@pytest.mark.parametrize("kind", ["float", "uint8"])
+def test_our_pt2_carries_no_path_of_the_machine_that_wrote_it(kind, clean):
+    """torch.export records each node's Python stack trace, with absolute file paths (the writer's home folder,
+    its virtualenv): a shared file should not carry them. Nothing in our program names the package's folder (the
+    metadata in extra/ records the source as the user named it)."""
+    import mobilenet_zoo
+
+    package_folder = str(Path(mobilenet_zoo.__file__).resolve().parent.parent).encode()
+    with zipfile.ZipFile(clean[kind]) as archive:
+        program = [name for name in archive.namelist() if "/extra/" not in name]
+        leaking = [name for name in program if package_folder in archive.read(name)]
+    assert leaking == []

@@ -216,6 +216,8 @@ def save_program(
     example = torch.zeros(EXPORT_EXAMPLE_BATCH, *shape, dtype=getattr(torch, dtype))
     batch = torch.export.Dim("batch", min=1)
     program = torch.export.export(interface, (example,), dynamic_shapes={"images": {0: batch}})
+    for node in program.graph.nodes:  # Python stack traces name this machine's files: not for a shared model
+        node.meta.pop("stack_trace", None)
     extra = {PROGRAM_METADATA: json.dumps({**metadata, INPUT_LAYOUT_KEY: layout})}
     torch.export.save(program, str(out), extra_files=extra)
     _pt2.checked_archive(out)  # never write a program our own reader would refuse
