@@ -419,9 +419,14 @@ def quantize(values: np.ndarray, params: QuantParams) -> np.ndarray:
     return np.clip(np.rint(scaled) + int(params.zero_point), *INTEGER_RANGES[params.dtype]).astype(params.dtype)
 
 
+def edge_multiplier(source: QuantParams, target: QuantParams) -> tuple[int, int]:
+    """The (Q31 multiplier, exponent) of a QUANTIZE between integer types: source / target scale in double."""
+    return quantize_multiplier(float(np.float64(np.float32(source.scale)) / np.float32(target.scale)))
+
+
 def requantize_edge(values: np.ndarray, source: QuantParams, target: QuantParams) -> np.ndarray:
     """TFLite's QUANTIZE between integer types: the Q31 multiplier of source / target scale on q - zero point."""
-    multiplier, shift = quantize_multiplier(float(np.float64(np.float32(source.scale)) / np.float32(target.scale)))
+    multiplier, shift = edge_multiplier(source, target)
     offset = values.astype(np.int64) - int(source.zero_point)
     scaled = multiply_by_quantized_multiplier(offset, np.int64(multiplier), np.int64(shift))
     return np.clip(scaled + int(target.zero_point), *INTEGER_RANGES[target.dtype]).astype(target.dtype)
