@@ -92,3 +92,35 @@ def test_a_damaged_per_channel_scale_fails_verify(tf_converted, cli, tmp_path):
     code, out, err = cli("verify", target, "--source", path, "--random", "1")
     assert code == 4, out + err
     assert "failed parity" in err
+
+
+# ----------------------------------------------------------------------------------------------- speed
+
+
+@pytest.mark.slow
+def test_dead_channels_do_not_push_the_int8_plan_to_float64_convolutions(tf_converted):
+    """TF's converter gives dead channels biases near 2^30: folded, every backbone convolution runs in float32
+    (unfolded, 7 of 27 ran in float64 with int64 requantization: 190 ms against 105 ms a call)."""
+    from mobilenet_zoo import quant_math
+
+    network = quant_math.integer_network(tflite.read(tf_converted("int8")))
+    assert any(conv.conv_dtype == "float64" for conv in quant_math.float_plan(network).convs)
+    plan = quant_math.float_plan(quant_math.constant_channels_folded(network))
+    assert all(conv.conv_dtype == "float32" for conv in plan.convs)
+
+
+@pytest.mark.parametrize("name", ["mobilenet_v1_0.25_128_quant.tflite", "mobilenet_v1_0.5_160_quant.tflite"])
+def test_folding_constant_channels_changes_no_output(name):
+    """The folded network computes the same integers as the model's own (real uint8 models with dead channels)."""
+    from mobilenet_zoo import quant_math
+
+    network = quant_math.integer_network(tflite.read(realdata(name)))
+    folded = quant_math.constant_channels_folded(network)
+    changed = sum(int(np.sum(a.bias != b.bias)) for a, b in zip(network.convs, folded.convs, strict=True))
+    assert changed > 0
+    size = network.resolution
+    images = np.stack([load_image_uint8(realdata("photos") / name, size) for name in TEST_PHOTOS])
+    images = np.concatenate([images, np.random.default_rng(3).integers(0, 256, (3, size, size, 3), dtype=np.uint8)])
+    expected, got = quant_math.run(network, images), quant_math.run(folded, images)
+    for output in expected:
+        np.testing.assert_array_equal(got[output], expected[output], err_msg=output)

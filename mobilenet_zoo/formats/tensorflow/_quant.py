@@ -48,7 +48,9 @@ from mobilenet_zoo.quant_math import (
     UINT8_MAX,
     FloatConvPlan,
     FloatPlan,
+    IntegerConv,
     IntegerNetwork,
+    constant_channels_folded,
     edge_multiplier,
     float_plan,
     input_dtype,
@@ -104,25 +106,26 @@ def build_module(network: IntegerNetwork, plan: FloatPlan | None = None):
     """A `tf.Module` whose `serve` maps NHWC `input` (what the model takes) to {"logits", "probabilities", *feature
     scopes}: the core's integers, the probabilities as the model gives them (its interface's output).
 
-    `plan` (default: `float_plan(network)`) says which convolutions run in float32 or float64 and how each requantizes.
+    `plan` (default: the `float_plan` of `constant_channels_folded(network)`) says which convolutions run in float32
+    or float64 and how each requantizes; the variables hold `network`'s own kernels and biases.
     """
     tf = require("tensorflow")
-    plan = plan or float_plan(network)
+    plan = plan or float_plan(constant_channels_folded(network))
     core_dtype = tf.as_dtype(network.dtype)
 
     class FloatConv2d(tf.Module):
         """(Depthwise) convolution plus bias of NHWC offsets in float32 or float64 (exact, see `FloatConvPlan`), then
         the requantization to the next layer's offsets (float32). Stores the offset kernel and the int32 bias."""
 
-        def __init__(self, conv: FloatConvPlan) -> None:
+        def __init__(self, conv: FloatConvPlan, stored: IntegerConv) -> None:
             super().__init__(name=conv.layer.scope.replace("/", "_"))
-            self.plan, layer = conv, conv.layer
+            self.plan = conv
             self.kernel = tf.Variable(
-                layer.kernel.astype(conv.conv_dtype), trainable=False, name="kernel"
+                stored.kernel.astype(conv.conv_dtype), trainable=False, name="kernel"
             )  # HWIO / HWC1
             self.bias = tf.Variable(
-                layer.bias.astype(np.int32), trainable=False, name="bias"
-            )  # for `read`; runs as a constant
+                stored.bias.astype(np.int32), trainable=False, name="bias"
+            )  # for `read`; the plan's bias runs as a constant
 
         def __call__(self, offsets):
             conv, layer = self.plan, self.plan.layer
@@ -156,8 +159,8 @@ def build_module(network: IntegerNetwork, plan: FloatPlan | None = None):
     class QuantizedMobileNetV1(tf.Module):
         def __init__(self) -> None:
             super().__init__(name="MobilenetV1")
-            self.layers = [FloatConv2d(conv) for conv in plan.convs]
-            self.logits = FloatConv2d(plan.logits)
+            self.layers = [FloatConv2d(conv, stored) for conv, stored in zip(plan.convs, network.convs, strict=True)]
+            self.logits = FloatConv2d(plan.logits, network.logits)
             self.softmax_table = tf.Variable(network.softmax_table, trainable=False, name="softmax_table")
 
         @tf.function(
