@@ -1,7 +1,8 @@
 """int8 per-channel models (TF's converter, issue 21) as TensorFlow SavedModels: `convert X.tflite --to tf` writes
 TFLite's int8 arithmetic (per-channel requantization, int8 average pool and softmax, the file's own edges) that lands
 0 LSB from LiteRT's builtin kernels, reads back as the same canonical model, and passes `verify`; a damaged
-per-channel scale fails it.
+per-channel scale fails it. Dead channels (TF's converter's 2^30 biases) are folded so that the plan stays float32,
+with the same outputs.
 """
 
 from __future__ import annotations

@@ -5,7 +5,8 @@ The serving signature takes NHWC `input` (any batch) as the model takes it (uint
 converter's files) and returns the core's integer `logits`, the `probabilities` as the model gives them (N x classes,
 or N x S x S x classes maps) and the chosen feature maps (by `arch.feature_scope`), built as
 `model.backbone` says (dilated depthwise convolutions, the head pool of `arch.pool_geometry`).
-It runs `mobilenet_zoo.quant_math.float_plan`: activations are integer-valued float32 offsets from their zero
+It runs `mobilenet_zoo.quant_math.float_plan` of the network with its dead channels folded
+(`quant_math.constant_channels_folded`: TF's converter's 2^30 biases would force float64): activations are integer-valued float32 offsets from their zero
 point (so SAME zero padding pads with the zero point), convolutions are float32 (float64 where a layer's sums
 could pass 2^24) `conv2d` / `depthwise_conv2d` plus the bias, exact because every partial sum is an integer
 the float type holds, and each requantization one floor of acc * scale + offset in float32 where checked
