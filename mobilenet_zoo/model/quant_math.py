@@ -35,7 +35,7 @@ probabilities (int8 ones shifted by +128: both have scale 1/256), or float32 for
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -419,9 +419,14 @@ def quantize(values: np.ndarray, params: QuantParams) -> np.ndarray:
     return np.clip(np.rint(scaled) + int(params.zero_point), *INTEGER_RANGES[params.dtype]).astype(params.dtype)
 
 
+def edge_multiplier(source: QuantParams, target: QuantParams) -> tuple[int, int]:
+    """The (Q31 multiplier, exponent) of a QUANTIZE between integer types: source / target scale in double."""
+    return quantize_multiplier(float(np.float64(np.float32(source.scale)) / np.float32(target.scale)))
+
+
 def requantize_edge(values: np.ndarray, source: QuantParams, target: QuantParams) -> np.ndarray:
     """TFLite's QUANTIZE between integer types: the Q31 multiplier of source / target scale on q - zero point."""
-    multiplier, shift = quantize_multiplier(float(np.float64(np.float32(source.scale)) / np.float32(target.scale)))
+    multiplier, shift = edge_multiplier(source, target)
     offset = values.astype(np.int64) - int(source.zero_point)
     scaled = multiply_by_quantized_multiplier(offset, np.int64(multiplier), np.int64(shift))
     return np.clip(scaled + int(target.zero_point), *INTEGER_RANGES[target.dtype]).astype(target.dtype)
@@ -536,6 +541,70 @@ def float_plan(network: IntegerNetwork) -> FloatPlan:
         convs.append(float_conv_plan(layer, input_range))
         input_range = (layer.requantization.low, layer.requantization.high)
     return FloatPlan(network, tuple(convs), float_conv_plan(network.logits, input_range))  # the pool keeps the range
+
+
+def constant_channels_folded(network: IntegerNetwork) -> IntegerNetwork:
+    """`network` with the bias of every channel whose output cannot change brought near zero, same outputs exactly.
+
+    TF's converter gives dead channels (all-zero kernels, or a bias far past the clamp) int32 biases near 2^30, which
+    alone push a whole layer's accumulators past 2^24 and so its float plan to float64 convolutions and int64
+    requantization. Such a channel gives one value v over every accumulator its input range allows (bias +- the
+    largest partial sum). It keeps its multiplier and takes the bias nearest 0 whose range gives v too; with an
+    all-zero kernel it takes the identity requantization and v as its bias (v need not be clamped then).
+    Only what runs changes: the model's own biases are still `model.quant`'s.
+    """
+    input_range, convs = INTEGER_RANGES[network.dtype], []
+    for layer in network.convs:
+        convs.append(_constant_channels_folded(layer, input_range))
+        input_range = (layer.requantization.low, layer.requantization.high)
+    return replace(network, convs=tuple(convs), logits=_constant_channels_folded(network.logits, input_range))
+
+
+IDENTITY_MULTIPLIER, IDENTITY_SHIFT = 1 << 30, 1  # a Q31 multiplier of exactly 1.0
+
+
+def _constant_channels_folded(layer: IntegerConv, input_range: tuple[int, int]) -> IntegerConv:
+    requantization, channels = layer.requantization, layer.bias.shape[0]
+    reach = accumulator_bound(layer, input_range) - np.abs(layer.bias.astype(np.int64))  # largest |partial sum|
+    multiplier = np.broadcast_to(requantization.multiplier, (channels,))
+    shift = np.broadcast_to(requantization.shift, (channels,))
+    limits = (requantization.low - requantization.zero_point, requantization.high - requantization.zero_point)
+    folded = [
+        _constant_channel_folded(int(b), int(r), int(m), int(e), *limits)
+        for b, r, m, e in zip(layer.bias, reach, multiplier, shift, strict=True)
+    ]
+    bias = np.array([b for b, _, _ in folded], np.int32)
+    if np.array_equal(bias, layer.bias):
+        return layer
+    multipliers, shifts = (np.array([entry[i] for entry in folded], np.int64) for i in (1, 2))
+    return replace(layer, bias=bias, requantization=replace(requantization, multiplier=multipliers, shift=shifts))
+
+
+def _constant_channel_folded(bias: int, reach: int, multiplier: int, shift: int, low: int, high: int) -> tuple:
+    """(bias, multiplier, shift) of one channel: the same unless its output is one value over bias +- reach."""
+    scaled, rounding, bits = _folded_requantization(multiplier, shift)
+
+    def output(accumulator: int) -> int:  # in the output's offset domain, clamped
+        return min(max((accumulator * scaled + rounding) >> bits, low), high)
+
+    def first_reaching(value: int) -> int:  # the smallest accumulator whose output is at least `value`
+        return -((rounding - (value << bits)) // scaled)
+
+    value = output(bias - reach)
+    if value != output(bias + reach):
+        return bias, multiplier, shift
+    if reach == 0:
+        return value, IDENTITY_MULTIPLIER, IDENTITY_SHIFT
+    lowest = first_reaching(value) + reach if value > low else None  # the bias range keeping every output at value
+    highest = first_reaching(value + 1) - 1 - reach if value < high else None
+    nearest_zero = max(0, lowest) if lowest is not None else 0
+    return (min(nearest_zero, highest) if highest is not None else nearest_zero), multiplier, shift
+
+
+def _folded_requantization(multiplier: int, shift: int) -> tuple[int, int, int]:
+    """(multiplier, rounding, shift) of the one floor `FloatConvPlan` folds TFLite's two roundings into."""
+    left, right = max(shift, 0), max(-shift, 0)
+    return multiplier << left, (1 << 30) + (((1 << right) >> 1) << 31), 31 + right
 
 
 def float_conv_plan(layer: IntegerConv, input_range: tuple[int, int]) -> FloatConvPlan:

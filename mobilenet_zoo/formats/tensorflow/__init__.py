@@ -1,8 +1,9 @@
 """TensorFlow: slim checkpoints, frozen graphs (read with plain protobuf, no TensorFlow needed) and SavedModels;
-writes SavedModels (float: the slim graph as a TF2 module; uint8: TFLite's integer arithmetic); runs frozen
+writes SavedModels (float: the slim graph as a TF2 module; uint8 and TF's converter's int8 per-channel models:
+TFLite's integer arithmetic, edges included); runs frozen
 graphs (the float reference) and SavedModels.
 
-Private modules: `_slim` (the slim graph, float reader, writer and runners), `_quant` (uint8 SavedModels),
+Private modules: `_slim` (the slim graph, float reader, writer and runners), `_quant` (quantized SavedModels),
 `_graphdef` (the GraphDef messages, defined at run time).
 """
 
@@ -31,6 +32,7 @@ SPEC = register_format(
         runtime="tf",
         runtime_module="tensorflow",
         extra="tf",
+        writes_int8=True,
         priority=1,
     )
 )
@@ -44,7 +46,7 @@ def _quantized_saved_model(path: Path) -> bool:
 
 @reader("tf")
 def read(path: Path):
-    """A slim checkpoint (prefix or any of its files), a frozen graph, or a SavedModel folder (float or uint8)."""
+    """A slim checkpoint (prefix or any of its files), a frozen graph, or a SavedModel folder (float or quantized)."""
     from mobilenet_zoo.formats.tensorflow import _quant, _slim
 
     path = Path(path)
@@ -61,14 +63,14 @@ def write_float(model, out: Path) -> Path:
 
 @writer("tf", quantized=True)
 def write_quantized(model, out: Path) -> Path:
-    """A SavedModel running TFLite's uint8 integer arithmetic, bit-exact."""
+    """A SavedModel running TFLite's integer arithmetic (uint8, or int8 per-channel with its edges), bit-exact."""
     from mobilenet_zoo.formats.tensorflow import _quant
 
     return _quant.write(model, out)
 
 
 def write(model, out: Path, **options) -> Path:
-    """Float or uint8, whichever `model` is (the registry picks the writer)."""
+    """Float or quantized, whichever `model` is (the registry picks the writer)."""
     from mobilenet_zoo.formats import write as write_format
 
     return write_format(model, Path(out), SPEC.name, **options)
