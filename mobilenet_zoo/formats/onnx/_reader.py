@@ -82,11 +82,21 @@ def read(path: Path) -> MobileNetV1Model:
     for conv, placed in zip(convs, _placed_with_logits(config, backbone)):
         _check_geometry(graph, conv, placed)
     reader = {"integer": _read_integer, "qdq": _read_qdq, "float": _read_float}[flavour]
+    if flavour == "qdq":
+        reader = _qdq_reader_of(graph, convs)
     weights, quant = reader(graph, convs, config)
     source = metadata.get("source", str(path)) if ours else str(path)
     model = MobileNetV1Model(config, weights, quant=quant, source=source, backbone=backbone)
     model = (model.with_recorded(metadata) if ours else model).validate()
     return with_dense_head(model, head.weights, head.biases, path) if head else model
+
+
+def _qdq_reader_of(graph: OnnxGraph, convs: list):
+    """The reader of a QDQ graph: per-channel ones (onnxruntime's quantize_static, tf2onnx's conversion of TF's int8
+    files) as the int8 model (`_qdq_reader`), per-tensor ones as the uint8 model (`_read_qdq`)."""
+    from mobilenet_zoo.formats.onnx import _qdq_reader
+
+    return _qdq_reader.read if _qdq_reader.is_per_channel(graph, convs) else _read_qdq
 
 
 _WEIGHTED_OPS = ("Conv", "ConvInteger", "QLinearConv", "MatMul", "MatMulInteger", "QLinearMatMul", "Gemm")
