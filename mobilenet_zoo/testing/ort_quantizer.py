@@ -6,7 +6,7 @@ ONNX of the genuine graph (ours: `mobilenet-zoo convert FROZEN.pb --to onnx`), p
 Activation types: "QInt8" (int8 activations, symmetric int8 weights: ORT's recommended CPU form) and "QUInt8"
 (uint8 activations, int8 weights); both QDQ format, per-channel weights, MinMax calibration (ORT's default) on the
 first 15 photos by name (`tf_converter.calibration_photos`: keep them out of any measurement). Needs onnxruntime
-and TensorFlow (to read the frozen graph).
+(the frozen graph is read without TensorFlow). onnxruntime keeps the float file's metadata, ours included.
 """
 
 from __future__ import annotations

@@ -240,6 +240,8 @@ def _activation_after(graph, node, scope: str, relu6: bool) -> QuantParams:
     while (after := _next(graph, tensor)) is not None and not _is_anchor(graph, after):
         if after.op_type == "QuantizeLinear":
             params = _params(graph, after)
+            if params.per_channel:
+                raise _refused(graph, after, f" quantizing {scope} per channel; TFLite's activations are per tensor")
             if quantized is not None and not (dequantized and _same(params, quantized)):
                 raise _refused(
                     graph, after, f" requantizing {scope} from {_describe(quantized)} to {_describe(params)}"
@@ -309,6 +311,8 @@ def _input_edge(graph, first_conv) -> tuple[QuantParams, tuple[str, QuantParams 
     if not quantizing or quantizing[-1].op_type != "DequantizeLinear":
         raise graph.error("the input of Conv2d_0 is not a DequantizeLinear of integers")
     core = _params(graph, quantizing[-1])
+    if core.per_channel:
+        raise _refused(graph, quantizing[-1], " quantizing the input per channel; TFLite's activations are per tensor")
     given = _ONNX_TYPES.get(graph.input.type.tensor_type.elem_type)
     if given is None:
         raise graph.error(f"input {graph.input.name} is not float32, int8 or uint8")
@@ -332,7 +336,7 @@ def _checked_chain(graph, quantizing: list, core: QuantParams) -> QuantParams:
     grid: the same scale, zero points that differ by the uint8 -> int8 shift at most."""
     for node in quantizing:
         params = _params(graph, node)
-        if not np.array_equal(params.scale, core.scale) or not _same(_as_int8(params), _as_int8(core)):
+        if not _same(_as_int8(params), _as_int8(core)):
             raise _refused(graph, node, f" requantizing the input to {_describe(params)}")
     return _as_int8(core)
 
