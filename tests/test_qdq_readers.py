@@ -283,3 +283,19 @@ def test_an_asymmetric_kernel_is_refused(ort_quantized, tmp_path):
     path = _edited(ort_quantized("QInt8"), tmp_path / "asymmetric.onnx", edit)
     with pytest.raises(ModelFormatError, match="the kernel of Conv2d_1_pointwise is not symmetric"):
         onnx_format.read(path)
+
+
+def test_a_layer_without_relu6_is_refused(ort_quantized, tmp_path):
+    """onnxruntime drops ReLU6's Clip where the quantization clamps to 0..6 by itself; a zero point off the bottom of
+    the range (a quantization that passes negative values) is no ReLU6 and is refused."""
+    from onnx import numpy_helper
+
+    def edit(model) -> None:
+        initializer = next(
+            t for t in model.graph.initializer if t.name == "MobilenetV1/Conv2d_4_depthwise/Relu6_zero_point"
+        )
+        initializer.CopyFrom(numpy_helper.from_array(np.array(-100, np.int8), initializer.name))
+
+    path = _edited(ort_quantized("QInt8"), tmp_path / "no_relu6.onnx", edit)
+    with pytest.raises(ModelFormatError, match=r"Conv2d_4_depthwise has no ReLU6 \(Clip 0..6\)"):
+        onnx_format.read(path)

@@ -25,8 +25,10 @@ uint8 activations, on an NCHW float graph) and tf2onnx's conversion of TF's full
 What TFLite's integer scheme cannot hold exactly, and what the canonical model keeps instead:
 - the softmax output: TFLite's integer softmax gives scale 1/256 (zero point -128 for int8), the only grid its
   kernels (and `quant_math`) take. onnxruntime quantizes it to the file's calibrated grid (1/255, zero point -128 or
-  0): the canonical model keeps TFLite's 1/256 grid for `Predictions` (every other scale and zero point is the
-  file's), so its probabilities land on multiples of 1/256 instead of 1/255: at most about 1 LSB apart.
+  0), or leaves it float when Softmax is not among the ops it quantizes: the canonical model keeps TFLite's 1/256
+  grid for `Predictions` (every other scale and zero point is the file's), so its float32 probabilities land on
+  multiples of 1/256 instead of 1/255: at most about 1 LSB apart. A graph giving the softmax's integers themselves
+  at another scale is refused (its integers would change meaning).
 
 Anything else on the data path (another op, a requantizing QuantizeLinear, a branch, asymmetric or non-int8 kernels)
 is refused by name ("node N is X"), never read as float.
@@ -342,33 +344,45 @@ def _checked_chain(graph, quantizing: list, core: QuantParams) -> QuantParams:
 
 
 def _output_edge(graph, softmax, given_input: tuple[str, QuantParams | None]) -> Interface | None:
-    """The model's edges: what it takes (`given_input`) and what it gives from the softmax (its QuantizeLinear as
-    the graph output, then DequantizeLinear to float32, then QuantizeLinear to uint8)."""
-    tensor, kinds = softmax.output[0], []
+    """The model's edges: what it takes (`given_input`) and what it gives of the softmax: its QuantizeLinear's
+    integers as the graph output, then DequantizeLinear to float32 (or no quantization at all: float32), then
+    QuantizeLinear to uint8."""
+    given, input_params = given_input
+    output, output_params = _given_output(graph, _output_chain(graph, softmax))
+    if given == "int8" and output == "int8":
+        return None
+    return Interface(given, output, input_params, output_params)
+
+
+def _output_chain(graph, softmax) -> list:
+    """The QuantizeLinear / DequantizeLinear nodes from the softmax to the graph output (layout ops passed)."""
+    tensor, chain = softmax.output[0], []
     while (node := _next(graph, tensor)) is not None:
         if node.op_type not in ("QuantizeLinear", "DequantizeLinear", *LAYOUT_OPS):
             raise _refused(graph, node, " after the Softmax")
-        if node.op_type != "Identity" and node.op_type not in LAYOUT_OPS:
-            kinds.append(node)
+        if node.op_type not in LAYOUT_OPS:
+            chain.append(node)
         tensor = node.output[0]
     if tensor not in {output.name for output in graph.proto.graph.output}:
         raise graph.error("the probabilities are not a graph output")
-    if not kinds or kinds[0].op_type != "QuantizeLinear":
-        raise graph.error("the Softmax output is not quantized (QuantizeLinear)")
-    expected = ["QuantizeLinear", "DequantizeLinear", "QuantizeLinear"]
-    if [node.op_type for node in kinds] != expected[: len(kinds)]:
-        raise _refused(graph, kinds[-1], " after the Softmax's quantization")
-    last = kinds[-1]
-    if last.op_type == "DequantizeLinear":
-        output, output_params = "float32", None
-    else:
-        params = _params(graph, last)
-        output, output_params = params.dtype, params
-        if len(kinds) == 1 and params.dtype == "uint8":  # a uint8 core's own probabilities: a uint8 edge of 1/256
-            output_params = QuantParams(SOFTMAX_SCALE.reshape(()), np.int64(0).reshape(()), "uint8")
-        elif len(kinds) == 1:
-            output_params = None
-    (given, input_params) = given_input
-    if given == "int8" and output == "int8":
-        return None
-    return Interface(given, output, input_params, output_params if output == "uint8" else None)
+    kinds = [node.op_type for node in chain]
+    if kinds != ["QuantizeLinear", "DequantizeLinear", "QuantizeLinear"][: len(kinds)]:
+        raise _refused(graph, chain[-1], " after the Softmax")
+    return chain
+
+
+def _given_output(graph, chain: list) -> tuple[str, QuantParams | None]:
+    """What the graph gives ("float32", "int8" or "uint8") and the quantization of a uint8 output edge."""
+    if not chain or chain[-1].op_type == "DequantizeLinear":
+        return "float32", None
+    params = _params(graph, chain[-1])
+    if len(chain) == 3:  # the core's probabilities requantized to the edge's type
+        return params.dtype, params if params.dtype == "uint8" else None
+    if not np.isclose(float(params.scale), SOFTMAX_SCALE, rtol=1e-6, atol=0):
+        raise graph.error(
+            f"the graph gives the softmax's integers at scale {float(params.scale):.6g}; TFLite's integer softmax "
+            "gives them at 1/256 only"
+        )
+    if params.dtype == "uint8":  # a uint8 core's own probabilities: TF's uint8 edge on the int8 core
+        return "uint8", QuantParams(SOFTMAX_SCALE.reshape(()), np.asarray(0, np.int64), "uint8")
+    return params.dtype, None

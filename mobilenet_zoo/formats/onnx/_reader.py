@@ -10,6 +10,8 @@ resolution (the input), classes (the classifier) and precision (the kernels). Gr
                 NCHW input or NHWC input behind a Transpose: our float files and tf2onnx's.
     QDQ         DequantizeLinear kernels (uint8, or int8 shifted back to uint8) and int32 biases, the scale and
                 zero point of every activation from its QuantizeLinear: tf2onnx's conversion of a uint8 TFLite.
+                Per-channel QDQ graphs (onnxruntime's quantize_static, tf2onnx's conversion of TF's int8 files) are
+                read as the int8 model by `_qdq_reader`.
     integer     our exact quantized files: Conv on float kernels and biases computed (Cast, Sub) from uint8 kernel and
                 int32 bias initializers, or ConvInteger on uint8 kernels + an int32 bias Add, with the quantization
                 parameters recorded in the `quantization` metadata entry.
