@@ -180,6 +180,21 @@ def _check_reference_against_onnxruntime(path: Path) -> None:
     assert np.array_equal(got[: len(TEST_PHOTOS)].argmax(-1), expected[: len(TEST_PHOTOS)].argmax(-1))
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("source", ["QInt8", "QUInt8", *FULL_INTEGER])
+def test_predict_gives_onnxruntime_top1(ort_quantized, tf2onnx_converted, cli, source):
+    """`predict` runs each file (int8 inputs fed shifted pixels, a batch of 1 fixed by tf2onnx run image by image,
+    tf2onnx's output names served as `probabilities`): onnxruntime's own top-1 on the file."""
+    import json
+
+    path = ort_quantized(source) if source in ACTIVATION_TYPES else tf2onnx_converted(source)
+    quantized = source in ("int8", "uint8")
+    expected = onnxruntime_probabilities(path, photos(quantized)).argmax(-1).tolist()
+    code, out, err = cli("predict", path, *(realdata("photos") / name for name in TEST_PHOTOS), "--top", "1", "--json")
+    assert code == 0, err
+    assert [row["top"][0]["class"] for row in json.loads(out)] == expected
+
+
 # ---------------------------------------------------------------------------------------------- to TFLite
 
 

@@ -386,3 +386,25 @@ def _given_output(graph, chain: list) -> tuple[str, QuantParams | None]:
     if params.dtype == "uint8":  # a uint8 core's own probabilities: TF's uint8 edge on the int8 core
         return "uint8", QuantParams(SOFTMAX_SCALE.reshape(()), np.asarray(0, np.int64), "uint8")
     return params.dtype, None
+
+
+# ---------------------------------------------------------------------------------------------- the runner
+
+
+def runner_outputs(graph, classifier) -> tuple[dict[str, str], dict[str, int]]:
+    """The Runner name ("logits", "probabilities") of the graph's head tensors, and the ones to make graph outputs
+    (name -> ONNX elem type): the probabilities as the graph gives them and, when the graph gives no `logits`,
+    the integer logits the Softmax's DequantizeLinear takes (the core's type, as TFLite's runner gives them)."""
+    softmax = _softmax_after(graph, classifier)
+    probabilities = softmax.output[0]
+    while (node := _next(graph, probabilities)) is not None:
+        probabilities = node.output[0]
+    outputs = {output.name for output in graph.proto.graph.output}
+    if "logits" in outputs:
+        return {probabilities: "probabilities", "logits": "logits"}, {}
+    integers = graph.producers[softmax.input[0]]
+    while integers.op_type != "DequantizeLinear":  # layout ops between the logits' DequantizeLinear and the softmax
+        integers = graph.producers[graph.data_input(integers)]
+    logits = integers.input[0]
+    elem_type = {"int8": 3, "uint8": 2}[_params(graph, integers).dtype]
+    return {probabilities: "probabilities", logits: "logits"}, {} if logits in outputs else {logits: elem_type}

@@ -157,7 +157,10 @@ def runner_head(path: Path) -> tuple[bytes, dict[str, str]] | None:
     try:
         graph = OnnxGraph.load(Path(path))
         convs = graph.mobilenet_convs()
-        head = dense_head(graph, convs[-1]) if graph.flavour(convs[0]) == "float" else None
+        flavour = graph.flavour(convs[0])
+        head = dense_head(graph, convs[-1]) if flavour == "float" else None
+        if flavour == "qdq":
+            return _qdq_runner_head(graph, convs)
     except ModelFormatError:
         return None
     if head is None:
@@ -169,6 +172,22 @@ def runner_head(path: Path) -> tuple[bytes, dict[str, str]] | None:
     outputs = graph.proto.graph.output
     if head.logits not in {output.name for output in outputs}:
         outputs.append(graph.onnx.helper.make_tensor_value_info(head.logits, graph.onnx.TensorProto.FLOAT, None))
+    return graph.proto.SerializeToString(), aliases
+
+
+def _qdq_runner_head(graph: OnnxGraph, convs: list) -> tuple[bytes, dict[str, str]] | None:
+    """For a per-channel QDQ graph whose probabilities are not named `probabilities` (tf2onnx's
+    `MobilenetV1/Predictions/Reshape_1`): the graph with its integer logits made an output too, and the Runner names."""
+    from mobilenet_zoo.formats.onnx import _qdq_reader
+
+    if not _qdq_reader.is_per_channel(graph, convs):
+        return None
+    aliases, added = _qdq_reader.runner_outputs(graph, convs[-1])
+    if all(tensor == name for tensor, name in aliases.items()):
+        return None
+    graph.proto.graph.output.extend(
+        graph.onnx.helper.make_tensor_value_info(tensor, elem_type, None) for tensor, elem_type in added.items()
+    )
     return graph.proto.SerializeToString(), aliases
 
 
