@@ -314,3 +314,25 @@ def test_a_layer_without_relu6_is_refused(ort_quantized, tmp_path):
     path = _edited(ort_quantized("QInt8"), tmp_path / "no_relu6.onnx", edit)
     with pytest.raises(ModelFormatError, match=r"Conv2d_4_depthwise has no ReLU6 \(Clip 0..6\)"):
         onnx_format.read(path)
+
+
+def test_a_bias_at_another_scale_is_requantized_to_tflites(ort_quantized, tmp_path):
+    """A bias whose scale is not input_scale * weight_scale[c] (here 4x coarser) is requantized to it, as TFLite's
+    converter quantizes biases: the same reals, within half the coarser step."""
+    from onnx import numpy_helper
+
+    bias_name = "MobilenetV1/Conv2d_1_pointwise/biases"
+    name = f"{bias_name}_quantized"  # onnxruntime's initializers: NAME_quantized, NAME_quantized_scale
+    source = ort_quantized("QInt8")
+    original = onnx_format.read(source).quant.tensors[bias_name]
+
+    def edit(model) -> None:
+        initializers = {t.name: t for t in model.graph.initializer}
+        for suffix, change in (("", lambda v: np.round(v / 4).astype(np.int32)), ("_scale", lambda v: v * 4)):
+            tensor = initializers[name + suffix]
+            tensor.CopyFrom(numpy_helper.from_array(change(numpy_helper.to_array(tensor)), tensor.name))
+
+    bias = onnx_format.read(_edited(source, tmp_path / "bias.onnx", edit)).quant.tensors[bias_name]
+    np.testing.assert_array_equal(bias.params.scale, original.params.scale)
+    assert bias.values.dtype == np.int32 and np.abs(bias.values.astype(np.int64) - original.values).max() <= 2
+    assert not np.array_equal(bias.values, original.values)
