@@ -72,26 +72,32 @@ def is_per_channel(graph, convs: list) -> bool:
 
 def read(graph, convs: list, config: ModelConfig) -> tuple[dict[str, np.ndarray], QuantInfo]:
     """The dequantized weights and the int8 quantization of a per-channel QDQ MobileNet V1 (see the module doc)."""
-    input_params, interface = _input_edge(graph, convs[0])
+    input_params, given_input = _input_edge(graph, convs[0])
     quant = QuantInfo(activations={INPUT_ACTIVATION: input_params})
+    layers = list(zip(convs, _names(config)))
     previous = input_params
-    pool = _pool(graph, convs[-1])
-    for conv, (scope, weight_name, bias_name, kind) in zip(convs, _names(config)):
-        is_logits = scope == LOGITS_SCOPE
-        if is_logits:
-            quant.activations[POOL_ACTIVATION] = previous = _activation_after(graph, pool, POOL_ACTIVATION, False)
-        kernel = _kernel(graph, conv, scope, kind)
-        quant.tensors[weight_name] = kernel
-        quant.tensors[bias_name] = _bias(graph, conv, scope, previous, kernel)
-        activation = LOGITS_ACTIVATION if is_logits else scope
-        quant.activations[activation] = previous = _activation_after(graph, conv, scope, not is_logits)
-    softmax = _softmax_after(graph, convs[-1])
+    for conv, names in layers[:-1]:
+        previous = _read_layer(graph, quant, conv, names, previous, names[0])
+    previous = quant.activations[POOL_ACTIVATION] = _activation_after(graph, _pool(graph, convs[-1]), POOL_ACTIVATION)
+    _read_layer(graph, quant, *layers[-1], previous, LOGITS_ACTIVATION)
     quant.activations[OUTPUT_ACTIVATION] = QuantParams(
-        SOFTMAX_SCALE.reshape(()), np.int64(INT8_SOFTMAX_ZERO_POINT).reshape(()), "int8"
+        SOFTMAX_SCALE.reshape(()), np.asarray(INT8_SOFTMAX_ZERO_POINT, np.int64), "int8"
     )
-    quant.interface = _output_edge(graph, softmax, interface)
+    quant.interface = _output_edge(graph, _softmax_after(graph, convs[-1]), given_input)
     weights = {name: tensor.dequantize() for name, tensor in quant.tensors.items()}
     return weights, quant
+
+
+def _read_layer(
+    graph, quant: QuantInfo, conv, names: tuple[str, str, str, str], input_params: QuantParams, activation: str
+) -> QuantParams:
+    """Record a convolution's kernel, bias and output quantization (ReLU6 but for the classifier); return the last."""
+    scope, weight_name, bias_name, kind = names
+    kernel = quant.tensors[weight_name] = _kernel(graph, conv, scope, kind)
+    quant.tensors[bias_name] = _bias(graph, conv, scope, input_params, kernel)
+    relu6 = activation != LOGITS_ACTIVATION
+    quant.activations[activation] = _activation_after(graph, conv, scope, relu6)
+    return quant.activations[activation]
 
 
 def _names(config: ModelConfig) -> list[tuple[str, str, str, str]]:
@@ -235,7 +241,7 @@ def _pool(graph, classifier):
     raise graph.error("no average pool before the classifier")
 
 
-def _activation_after(graph, node, scope: str, relu6: bool) -> QuantParams:
+def _activation_after(graph, node, scope: str, relu6: bool = False) -> QuantParams:
     """The int8 quantization of `node`'s output, read from the QuantizeLinear before the next layer; `relu6`: the
     layer must end in ReLU6 (a Clip 0..6, or a quantization that clamps to it)."""
     tensor, quantized, dequantized, clip = node.output[0], None, False, None
