@@ -112,6 +112,27 @@ def tf_converted(tmp_path_factory) -> Callable[[str], Path]:
 
 
 @pytest.fixture(scope="session")
+def ort_quantized(tmp_path_factory) -> Callable[[str], Path]:
+    """Factory: onnxruntime's `quantize_static` QDQ file of our float ONNX of the genuine 1.0_224 graph
+    (`mobilenet_zoo.testing.ort_quantizer`: per channel, int8 weights, activation type "QInt8" or "QUInt8"),
+    calibrated on the first 15 real photos, made once per session."""
+    from realdata import FROZEN_1_0_224, realdata
+
+    folder, made = tmp_path_factory.mktemp("ort_quantizer"), {}
+
+    def get(activation_type: str) -> Path:
+        pytest.importorskip("onnxruntime")
+        from mobilenet_zoo.testing.ort_quantizer import make
+
+        if activation_type not in made:
+            out = folder / f"mobilenet_v1_1.0_224_ort_{activation_type}.onnx"
+            made[activation_type] = make(realdata(FROZEN_1_0_224), out, realdata("photos"), activation_type)
+        return made[activation_type]
+
+    return get
+
+
+@pytest.fixture(scope="session")
 def extracted_variant(official_tarball, tmp_path_factory) -> Callable[..., Path]:
     """Factory returning the folder a fixture tarball was extracted to (once per session)."""
     folder = tmp_path_factory.mktemp("extracted_variants")
@@ -142,7 +163,7 @@ def _real_quant_tflite(config: ModelConfig) -> Path | None:
 
 # The fast lane (`pytest -m "not slow"`, under 2 minutes on 2 cores): tests that build TensorFlow fixture tarballs or
 # drive several frameworks end to end are slow by what they are, besides the tests marked one by one.
-SLOW_FIXTURES = {"official_tarball", "extracted_variant", "tf_converted"}
+SLOW_FIXTURES = {"official_tarball", "extracted_variant", "tf_converted", "ort_quantized"}
 SLOW_MODULES = {
     "test_backbone_tf",
     "test_backbone_torch_onnx",

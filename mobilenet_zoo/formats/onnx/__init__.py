@@ -99,4 +99,4 @@ def content_problem(path: Path) -> str | None:
     return None if model.ir_version > 0 and len(model.graph.node) > 0 else "not an ONNX model (no graph in it)"
 
 
-__getattr__ = private_getattr(__name__, "_float", "_exact", "_qdq", "_reader")
+__getattr__ = private_getattr(__name__, "_float", "_exact", "_qdq", "_reader", "_qdq_reader")

@@ -104,21 +104,31 @@ class OnnxRunner:
         shape = model_input.shape
         self.input_name = model_input.name
         self.channels_first = shape[1] == 3
-        self.quantized = model_input.type == "tensor(uint8)"
+        # an int8 input (tf2onnx's conversion of TF's int8 files) takes uint8 pixels shifted by -128, as TFLite's
+        self.quantized = model_input.type in ("tensor(uint8)", "tensor(int8)")
         height = shape[2] if self.channels_first else shape[1]
         self.resolution = height if isinstance(height, int) else None
+        self.batch_size = shape[0] if isinstance(shape[0], int) and shape[0] > 0 else None  # tf2onnx's files fix 1
 
     def feed(self, images: np.ndarray) -> dict[str, np.ndarray]:
         """The session input for a batch of NHWC images (cast, and transposed for NCHW files)."""
         batch = np.asarray(images, dtype=np.uint8 if self.quantized else np.float32)
+        if self.session.get_inputs()[0].type == "tensor(int8)":
+            batch = (batch.astype(np.int16) - 128).astype(np.int8)
         if self.channels_first:
             batch = batch.transpose(0, 3, 1, 2)
         return {self.input_name: np.ascontiguousarray(batch)}
 
     def __call__(self, images: np.ndarray) -> dict[str, np.ndarray]:
         names = [output.name for output in self.session.get_outputs()]
-        values = self.session.run(names, self.feed(images))
-        return {self.aliases.get(name, name): self.as_nhwc(value) for name, value in zip(names, values)}
+        step = self.batch_size or max(len(images), 1)
+        chunks = [self.session.run(names, self.feed(images[i : i + step])) for i in range(0, max(len(images), 1), step)]
+        values = [np.concatenate(parts) if len(chunks) > 1 else parts[0] for parts in zip(*chunks)]
+        outputs = {self.aliases.get(name, name): self.as_nhwc(value) for name, value in zip(names, values)}
+        probabilities = outputs.get("probabilities")
+        if probabilities is not None and probabilities.dtype == np.int8:  # scale 1/256, zero point -128: as uint8
+            outputs["probabilities"] = (probabilities.astype(np.int16) + 128).astype(np.uint8)
+        return outputs
 
     def single_threaded(self) -> OnnxRunner:
         """The same model on a session whose every call runs on one thread; calls from several threads run at

@@ -10,6 +10,8 @@ resolution (the input), classes (the classifier) and precision (the kernels). Gr
                 NCHW input or NHWC input behind a Transpose: our float files and tf2onnx's.
     QDQ         DequantizeLinear kernels (uint8, or int8 shifted back to uint8) and int32 biases, the scale and
                 zero point of every activation from its QuantizeLinear: tf2onnx's conversion of a uint8 TFLite.
+                Per-channel QDQ graphs (onnxruntime's quantize_static, tf2onnx's conversion of TF's int8 files) are
+                read as the int8 model by `_qdq_reader`.
     integer     our exact quantized files: Conv on float kernels and biases computed (Cast, Sub) from uint8 kernel and
                 int32 bias initializers, or ConvInteger on uint8 kernels + an int32 bias Add, with the quantization
                 parameters recorded in the `quantization` metadata entry.
@@ -82,11 +84,21 @@ def read(path: Path) -> MobileNetV1Model:
     for conv, placed in zip(convs, _placed_with_logits(config, backbone)):
         _check_geometry(graph, conv, placed)
     reader = {"integer": _read_integer, "qdq": _read_qdq, "float": _read_float}[flavour]
+    if flavour == "qdq":
+        reader = _qdq_reader_of(graph, convs)
     weights, quant = reader(graph, convs, config)
     source = metadata.get("source", str(path)) if ours else str(path)
     model = MobileNetV1Model(config, weights, quant=quant, source=source, backbone=backbone)
     model = (model.with_recorded(metadata) if ours else model).validate()
     return with_dense_head(model, head.weights, head.biases, path) if head else model
+
+
+def _qdq_reader_of(graph: OnnxGraph, convs: list):
+    """The reader of a QDQ graph: per-channel ones (onnxruntime's quantize_static, tf2onnx's conversion of TF's int8
+    files) as the int8 model (`_qdq_reader`), per-tensor ones as the uint8 model (`_read_qdq`)."""
+    from mobilenet_zoo.formats.onnx import _qdq_reader
+
+    return _qdq_reader.read if _qdq_reader.is_per_channel(graph, convs) else _read_qdq
 
 
 _WEIGHTED_OPS = ("Conv", "ConvInteger", "QLinearConv", "MatMul", "MatMulInteger", "QLinearMatMul", "Gemm")
@@ -145,7 +157,10 @@ def runner_head(path: Path) -> tuple[bytes, dict[str, str]] | None:
     try:
         graph = OnnxGraph.load(Path(path))
         convs = graph.mobilenet_convs()
-        head = dense_head(graph, convs[-1]) if graph.flavour(convs[0]) == "float" else None
+        flavour = graph.flavour(convs[0])
+        head = dense_head(graph, convs[-1]) if flavour == "float" else None
+        if flavour == "qdq":
+            return _qdq_runner_head(graph, convs)
     except ModelFormatError:
         return None
     if head is None:
@@ -157,6 +172,22 @@ def runner_head(path: Path) -> tuple[bytes, dict[str, str]] | None:
     outputs = graph.proto.graph.output
     if head.logits not in {output.name for output in outputs}:
         outputs.append(graph.onnx.helper.make_tensor_value_info(head.logits, graph.onnx.TensorProto.FLOAT, None))
+    return graph.proto.SerializeToString(), aliases
+
+
+def _qdq_runner_head(graph: OnnxGraph, convs: list) -> tuple[bytes, dict[str, str]] | None:
+    """For a per-channel QDQ graph whose probabilities are not named `probabilities` (tf2onnx's
+    `MobilenetV1/Predictions/Reshape_1`): the graph with its integer logits made an output too, and the Runner names."""
+    from mobilenet_zoo.formats.onnx import _qdq_reader
+
+    if not _qdq_reader.is_per_channel(graph, convs):
+        return None
+    aliases, added = _qdq_reader.runner_outputs(graph, convs[-1])
+    if all(tensor == name for tensor, name in aliases.items()):
+        return None
+    graph.proto.graph.output.extend(
+        graph.onnx.helper.make_tensor_value_info(tensor, elem_type, None) for tensor, elem_type in added.items()
+    )
     return graph.proto.SerializeToString(), aliases
 
 
