@@ -28,7 +28,7 @@ class PhotoReader:
         self.remaining = iter(self.photos)
 
     def get_next(self) -> dict | None:
-        from mobilenet_zoo.preprocess import load_image
+        from mobilenet_zoo.model.preprocess import load_image
 
         photo = next(self.remaining, None)
         if photo is None:

@@ -38,9 +38,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from mobilenet_zoo.arch import LOGITS_SCOPE, ModelConfig
 from mobilenet_zoo.errors import ModelFormatError
-from mobilenet_zoo.model import (
+from mobilenet_zoo.model.arch import LOGITS_SCOPE, ModelConfig
+from mobilenet_zoo.model.canonical import (
     INPUT_ACTIVATION,
     INTEGER_RANGES,
     LOGITS_ACTIVATION,

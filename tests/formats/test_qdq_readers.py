@@ -20,18 +20,18 @@ import numpy as np
 import pytest
 from realdata import realdata
 
-from mobilenet_zoo import quant_math
 from mobilenet_zoo.errors import ModelFormatError
 from mobilenet_zoo.formats import onnx as onnx_format
 from mobilenet_zoo.formats import tflite
-from mobilenet_zoo.model import (
+from mobilenet_zoo.model import quant_math
+from mobilenet_zoo.model.canonical import (
     INPUT_ACTIVATION,
     LOGITS_ACTIVATION,
     OUTPUT_ACTIVATION,
     POOL_ACTIVATION,
     from_oihw,
 )
-from mobilenet_zoo.preprocess import load_image, load_image_uint8
+from mobilenet_zoo.model.preprocess import load_image, load_image_uint8
 from mobilenet_zoo.testing.ort_quantizer import ACTIVATION_TYPES
 from mobilenet_zoo.testing.tf_converter import FULL_INTEGER
 
