@@ -22,6 +22,7 @@ SPEC = register_format(
         extra="onnx",
         max_lsb=0,
         runner_threads=True,
+        writes_int8=True,
     )
 )
 
@@ -70,11 +71,14 @@ QDQ_PROFILE = "onnx-qdq"  # the tolerance profile of ONNX files in QDQ form (the
 def load_runner(path: Path, *, threads: int | None = None):
     """An onnxruntime session (CPU; `threads`: its intra-op thread count) that takes NHWC batches whatever the
     file's input layout; a dense head's logits and softmax (a fine-tuned graph) are served as `logits` and
-    `probabilities`. A file in QDQ form is judged by the `onnx-qdq` tolerance profile."""
-    from mobilenet_zoo.formats.onnx import _float, _qdq, _reader
+    `probabilities`. A file in QDQ form is judged by the `onnx-qdq` tolerance profile; a graph taking int8 images
+    takes uint8 pixels and gives uint8 probabilities, as the TFLite runner presents the same model."""
+    from mobilenet_zoo.formats.onnx import _exact, _float, _qdq, _reader
 
     path = Path(path)
     loaded = _float.load_runner(path, _reader.runner_head(path) if path.is_file() else None, threads=threads)
+    if _exact.takes_int8(loaded):
+        loaded = _exact.Int8InputRunner(loaded.session, aliases=loaded.aliases, source=loaded.source)
     if loaded.quantized and _qdq.is_qdq(loaded):
         loaded.tolerance_profile = QDQ_PROFILE
     return loaded
