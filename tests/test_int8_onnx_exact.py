@@ -111,7 +111,9 @@ def test_vectorized_fused_multiply_add_is_the_exact_one_rounding():
     (power-of-two scales) and MAGIC offsets included."""
     rng = np.random.default_rng(5)
     cases = [(np.float32(rng.uniform(1e-6, 0.1)), np.float32(_exact.MAGIC + rng.integers(-999, 999))) for _ in range(8)]
-    cases += [(np.float32(1.5 * 2.0**-k), np.float32(offset)) for k in (3, 11, 20) for offset in (0.5, -7.25, 3.0000002)]
+    cases += [
+        (np.float32(1.5 * 2.0**-k), np.float32(offset)) for k in (3, 11, 20) for offset in (0.5, -7.25, 3.0000002)
+    ]
     for scale, offset in cases:
         accumulators = np.concatenate([rng.integers(-(1 << 23), 1 << 23, 300), np.arange(-300, 300)])
         expected = [_exact.fused_multiply_add32(int(a), scale, offset) for a in accumulators]
