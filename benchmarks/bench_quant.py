@@ -104,6 +104,7 @@ class Row:
 def build(runtime: str, model_path: Path, threads: int, scratch: Path):
     """(timed call on a preset uint8 image, a uint8 NHWC batch -> its outputs by name) of `runtime` on the model."""
     from mobilenet_zoo.bench import apply_threads
+    from mobilenet_zoo.formats import check_writable
 
     model = tflite.read(model_path)
     image = np.random.default_rng(SEED).integers(0, 256, (1, model.input_size, model.input_size, 3), dtype=np.uint8)
@@ -112,6 +113,7 @@ def build(runtime: str, model_path: Path, threads: int, scratch: Path):
         return call, tflite.load_runner(model_path, xnnpack=runtime == XNNPACK)  # logits too
     if runtime.startswith("onnx"):
         return onnx_call(onnx_file(runtime, model_path, scratch), image, threads)
+    check_writable(model, "torch" if runtime.startswith("torch") else "tf")  # int8: refused until they hold it
     if runtime.startswith("torch"):
         apply_threads("torch", threads)
         from mobilenet_zoo.formats import torch as torch_format

@@ -373,9 +373,21 @@ class Affine:
     shift: int = 0
 
 
-def exact_affine(steps: StepMap, dtype: type, form: str = "floor", bound: int = 0) -> Affine | None:
+def exact_affine(
+    steps: StepMap,
+    dtype: type,
+    form: str = "floor",
+    bound: int = 0,
+    reach: tuple[int, int] | None = None,
+    clamp: tuple[int, int] | None = None,
+) -> Affine | None:
     """An `Affine` of `form` with `dtype` constants that gives `steps` exactly on its span, or None. `bound`: the
     largest |accumulator| (a "shifted" form keeps |accumulator + shift| below 2^24).
+
+    With `reach` (the accumulators the channel can take, its step map restricted to them) and `clamp` (the layer's
+    output bounds), the affine clamped to `clamp` afterwards is proven on the whole reach instead: the ends of the
+    reach are checked too, and beyond the span only the side of the clamp matters (a Clip after it, no clip of the
+    accumulator before).
 
     Proof: a -> round(fl(fl(a * scale) + offset)) is non-decreasing for scale > 0 (rounding is monotone), so it equals
     the step map on the whole span when it does at both ends and on both sides of every threshold; those are the
@@ -383,7 +395,7 @@ def exact_affine(steps: StepMap, dtype: type, form: str = "floor", bound: int = 
     also hold with a fused multiply-add (one rounding of a * scale + offset), which onnxruntime's blocked kernels
     may use.
     """
-    first, last = steps.span
+    first, last = steps.span if reach is None else reach
     limit = FLOAT32_EXACT if dtype == np.float32 else FLOAT64_EXACT
     if max(abs(first), abs(last)) >= limit:
         return None
@@ -391,6 +403,10 @@ def exact_affine(steps: StepMap, dtype: type, form: str = "floor", bound: int = 
     expected = steps(points).astype(np.float64)
     base = dtype(steps.slope)
     low, high = (0.0, 1.0) if form == "floor" else (-0.5, 0.5)  # where the real sum may fall around its value
+    # a point at the low clamp may fall anywhere below it (the Clip raises it), one at the high clamp anywhere above
+    free_below, free_above = np.zeros(len(points)), np.zeros(len(points))
+    if clamp is not None:
+        free_below[expected <= clamp[0]], free_above[expected >= clamp[1]] = np.inf, np.inf
     for ulps in _AFFINE_SEARCH_ULPS:
         scale = base
         for _ in range(abs(ulps)):
@@ -399,7 +415,10 @@ def exact_affine(steps: StepMap, dtype: type, form: str = "floor", bound: int = 
             continue
         exact = form == "shifted"  # its offset is found from the exact products, the others' from the rounded ones
         products = points * np.float64(scale) if exact else (points.astype(dtype) * scale).astype(np.float64)
-        smallest, largest = np.max(expected + low - products), np.min(expected + high - products)
+        smallest = np.max(expected + low - products - free_below)
+        largest = np.min(expected + high - products + free_above)
+        if np.isinf(smallest) or np.isinf(largest):  # every point clamped on one side: any sum past it will do
+            smallest, largest = (largest - 1, largest) if np.isinf(smallest) else (smallest, smallest + 1)
         if not smallest < largest:
             continue
         candidates = (
@@ -408,7 +427,7 @@ def exact_affine(steps: StepMap, dtype: type, form: str = "floor", bound: int = 
             else (Affine(scale, dtype(smallest + (largest - smallest) * f), form) for f in _AFFINE_OFFSET_FRACTIONS)
         )
         for affine in candidates:
-            if _gives(affine, points, expected):
+            if _gives(affine, points, expected, clamp):
                 return affine
     return None
 
@@ -425,15 +444,20 @@ def _shifted_candidates(scale: np.float32, smallest: float, largest: float, boun
         yield Affine(scale, np.float32(MAGIC + whole[index]), "shifted", int(shifts[index]))
 
 
-def _gives(affine: Affine, points: np.ndarray, expected: np.ndarray) -> bool:
-    """Whether `affine` evaluates to `expected` at the integer accumulators `points`."""
+def _gives(affine: Affine, points: np.ndarray, expected: np.ndarray, clamp: tuple[int, int] | None = None) -> bool:
+    """Whether `affine` (then clamped to `clamp`, when given) evaluates to `expected` at the integer accumulators
+    `points`."""
+
+    def same(values: np.ndarray) -> bool:
+        return np.array_equal(values if clamp is None else np.clip(values, *clamp), expected)
+
     shifted = points + affine.shift
     two_roundings = shifted.astype(type(affine.scale)) * affine.scale + affine.offset
     if affine.form == "floor":
-        return np.array_equal(np.floor(two_roundings), expected)
+        return same(np.floor(two_roundings))
     fused = fused_multiply_add32_array(shifted, affine.scale, affine.offset)
     rounded = (lambda value: value - MAGIC) if affine.form == "shifted" else (lambda value: (value + MAGIC) - MAGIC)
-    return all(np.array_equal(rounded(value), expected) for value in (two_roundings, fused))
+    return all(same(rounded(value)) for value in (two_roundings, fused))
 
 
 def fused_multiply_add32_array(a: np.ndarray, scale: np.float32, offset: np.float32) -> np.ndarray:
@@ -538,7 +562,13 @@ def _conv(
         if not np.array_equal(conv.bias, stored_bias):
             correction = builder.constant(f"{bias_name}/recentre", (conv.bias - stored_bias).astype(np.int32))
             bias = builder.node("Add", [bias, correction], f"{bias_name}/recentred")
-        affines = _choose(steps, bound, arithmetic, np.float32)
+        reaches = clamp = None
+        if len(steps) > 1:  # per channel: proven on each channel's reach, clamped after (one Clip, not Max and Min)
+            kernel_bound = accumulator_bound(replace(conv, bias=np.zeros_like(conv.bias)), input_range)
+            reaches = [(int(b - k), int(b + k)) for b, k in zip(conv.bias.astype(np.int64), kernel_bound)]
+            requantization = conv.requantization
+            clamp = (requantization.low - requantization.zero_point, requantization.high - requantization.zero_point)
+        affines = _choose(steps, bound, arithmetic, np.float32, reaches, clamp)
         shifts = [affine.shift for affine in affines] if affines else [0] * len(steps)
         inputs = [
             activation.as_offsets(builder, f"{prefix}/input"),
@@ -546,8 +576,11 @@ def _conv(
             _shifted(builder, _float_of(builder, bias, 0, f"{bias_name}/as_float"), shifts, f"{bias_name}/shifted"),
         ]
         accumulator = builder.node("Conv", inputs, f"{prefix}/Conv", **_conv_attributes(conv))
-        clipped = _clip(builder, accumulator, steps, shifts, np.float32, f"{prefix}/span")
-        values = _emit(builder, clipped, steps, affines, len(conv.bias), f"{prefix}/requantize", np.float32)
+        if affines is None or clamp is None:
+            clipped = _clip(builder, accumulator, steps, shifts, np.float32, f"{prefix}/span")
+            values = _emit(builder, clipped, steps, affines, len(conv.bias), f"{prefix}/requantize", np.float32)
+        else:
+            values = _clamped_emit(builder, accumulator, reaches, shifts, affines, clamp, prefix)
     else:  # int32 accumulators of the stored bias: the step maps on its reach, not recentred
         conv, steps = recentred(replace(conv, bias=stored_bias), whole, input_range, recentre=False)
         bound = widest_accumulator(conv, input_range)
@@ -587,6 +620,30 @@ def recentred(
             step, bias[channel] = StepMap(step.low, step.thresholds - centre, step.slope), 0
         steps.append(step)
     return replace(conv, bias=bias.astype(np.int32)), steps
+
+
+def _clamped_emit(builder, accumulator: str, reaches, shifts, affines: list[Affine], clamp, prefix: str) -> str:
+    """Per-channel requantization proven on each channel's reach and clamped after: a Clip of the accumulator to the
+    widest (shifted) reach first (it changes no reachable value; it keeps onnxruntime from folding the
+    BatchNormalization forms into the Conv's weights, and is fused into the Conv), then the affines, then a Clip to
+    the layer's output bounds."""
+    ends = [(first + shift, last + shift) for (first, last), shift in zip(reaches, shifts)]
+    widest = [np.array(bound, np.float32) for bound in (min(e[0] for e in ends), max(e[1] for e in ends))]
+    reached = builder.node(
+        "Clip",
+        [
+            accumulator,
+            builder.constant(f"{prefix}/reach/min", widest[0]),
+            builder.constant(f"{prefix}/reach/max", widest[1]),
+        ],
+        f"{prefix}/reach",
+    )
+    values = _emit(builder, reached, [], affines, len(affines), f"{prefix}/requantize", np.float32)
+    bounds = [
+        builder.constant(f"{prefix}/clamp/{end}", np.array(value, np.float32))
+        for end, value in zip(("min", "max"), clamp)
+    ]
+    return builder.node("Clip", [values, *bounds], f"{prefix}/clamp")
 
 
 def _kernel_zero_point(weights: QuantizedTensor) -> int:
@@ -646,30 +703,35 @@ _FORMS = {  # (form, dtype) tried in order, per `arithmetic`, on a float32 accum
 }
 
 
-def _choose(steps: list[StepMap], bound: int, arithmetic: str, dtype: type) -> list[Affine] | None:
+def _choose(
+    steps: list[StepMap], bound: int, arithmetic: str, dtype: type, reaches=None, clamp=None
+) -> list[Affine] | None:
     """The first form proven exact on every channel's step map (a float64 accumulator takes float64 Mul/Add/Floor
-    only), or None: a Gather table."""
+    only), or None: a Gather table. `reaches` (one per channel) and `clamp`: proven on the reach, clamped after (see
+    `exact_affine`)."""
     if dtype == np.float64:
         forms = () if arithmetic == "table" else (("floor", np.float64),)
     else:
         forms = _FORMS[arithmetic]
     if arithmetic == "fastest" and dtype == np.float32:  # per channel "shifted", else "batchnorm": one BN chain
-        mixed = _per_channel(steps, bound, (("shifted", np.float32), ("batchnorm", np.float32)))
+        mixed = _per_channel(steps, bound, (("shifted", np.float32), ("batchnorm", np.float32)), reaches, clamp)
         if mixed is not None:
             return mixed
         forms = [form for form in forms if form[0] not in ("shifted", "batchnorm")]
     for form in forms:
-        affines = _per_channel(steps, bound, (form,))
+        affines = _per_channel(steps, bound, (form,), reaches, clamp)
         if affines is not None:
             return affines
     return None
 
 
-def _per_channel(steps: list[StepMap], bound: int, forms) -> list[Affine] | None:
+def _per_channel(steps: list[StepMap], bound: int, forms, reaches=None, clamp=None) -> list[Affine] | None:
     """Each channel's first proven affine among `forms`, or None when a channel has none."""
     affines = []
-    for step in steps:
-        affine = next(filter(None, (exact_affine(step, kind, form, bound) for form, kind in forms)), None)
+    for channel, step in enumerate(steps):
+        reach = None if reaches is None else reaches[channel]
+        proofs = (exact_affine(step, kind, form, bound, reach, clamp) for form, kind in forms)
+        affine = next(filter(None, proofs), None)
         if affine is None:
             return None
         affines.append(affine)
