@@ -1,5 +1,5 @@
-"""The exact ONNX form of int8 per-channel models (issue 21): TF's own converter on the genuine 1.0_224 float graph, each
-full-integer flavour (int8, uint8 or float32 edges), written by `formats.onnx._exact` and run in onnxruntime, lands
+"""The exact ONNX form of int8 per-channel models (issue 21): TF's own converter on the genuine 1.0_224 float graph,
+each full-integer flavour (int8, uint8 or float32 edges), written by `formats.onnx._exact` and run in onnxruntime, lands
 0 LSB from LiteRT's builtin kernels (TFLite's integer spec) on real photos and random images; our file reads back to
 the same model, `verify` passes, and a damaged per-channel scale fails it.
 """
@@ -71,6 +71,23 @@ def test_convert_to_exact_onnx_is_0_lsb_from_litert_builtin_and_verifies(tf_conv
 
     code, out, err = cli("verify", tmp_path, "--random", "1")
     assert code == 0, out + err
+
+
+@pytest.mark.slow
+def test_backbone_options_and_feature_outputs_follow_the_int8_spec(tf_converted, tmp_path):
+    """Feature outputs, output stride 16 and a larger input (a 7x7 logits map, softmax over the classes) on the int8
+    core with uint8 edges, NHWC: the integer reference (`quant_math`, 0 LSB from LiteRT above) bit for bit."""
+    from mobilenet_zoo.arch import Backbone
+
+    model = tflite.read(tf_converted("uint8")).with_backbone(Backbone(features=(5,), output_stride=16, input_size=320))
+    runner = onnx.load_runner(_exact.write(model, tmp_path / "backbone.onnx", layout="NHWC"))
+    photo = load_image_uint8(realdata("photos") / TEST_PHOTOS[0], 320)[None]
+    images = np.concatenate([photo, np.random.default_rng(3).integers(0, 256, (1, 320, 320, 3), dtype=np.uint8)])
+    got, expected = runner(images), quant_math.forward(model, images)
+    assert got["logits"].shape == (2, 7, 7, 1001) and set(got) == set(expected)
+    for name, values in expected.items():
+        assert got[name].dtype == values.dtype, name
+        np.testing.assert_array_equal(got[name], values, err_msg=name)
 
 
 @pytest.mark.slow

@@ -1,5 +1,5 @@
-"""Quantized ONNX, exact form: TFLite's uint8 integer arithmetic, bit-identical to its builtin kernels, spent in
-float convolutions.
+"""Quantized ONNX, exact form: TFLite's uint8 and int8 integer arithmetic, bit-identical to its builtin kernels, spent
+in float convolutions.
 
 QLinearConv is not bit-exact against TFLite: onnxruntime requantizes in float32 with round-half-even, while TFLite
 multiplies the int32 accumulator by a Q31 fixed-point multiplier and rounds twice. This writer keeps TFLite's
@@ -28,6 +28,23 @@ integers and proves, at write time and layer by layer, that cheaper arithmetic g
   via CumSum, round half up).
 - Between layers the graph carries q - zero point as float32 (the next layer's input offset); feature outputs and
   the logits are cast back to uint8.
+
+int8 per-channel models (TF's converter: int8 activations, symmetric int8 kernels with one scale per output channel,
+depthwise too) take the same road with one step map per channel, plus:
+- the accumulators each channel can reach (its bias plus at most the kernel's bound either way): a dead channel's
+  huge int32 bias (up to 2^30) is recentred to 0 and its step map moved by it (a constant-subgraph correction is added
+  to the stored bias), so the layer stays a float32 Conv; each channel's affine is proven on its whole reach with the
+  layer's output clamp applied after it (one Clip instead of a per-channel clip of the accumulator before): per
+  channel "shifted" or "batchnorm" in one BatchNormalization chain, else one Mul/Add/Floor form for the layer
+  (float32, else float64: float32 rarely fits every channel's 31-bit multiplier);
+- the int8 average pool rounds half away from zero (`int8_pool_steps`), the int8 softmax rounds with std::round
+  (+ 0.5 in float64, Floor) around zero point -128;
+- the edges of the source: an int8 input as it is, a uint8 one through TFLite's QUANTIZE (a shift of 128 when the
+  scales agree: checked on all 256 values, else a Gather of them), a float32 one quantized as TFLite's QUANTIZE does
+  (times the float32 reciprocal of the scale, Round half to even, clamp); the probabilities through the output's
+  QUANTIZE or DEQUANTIZE as a Gather of quant_math's values of all 256 core values. Logits and feature maps stay the
+  core's int8. A graph taking int8 runs in `Int8InputRunner` (uint8 pixels shifted by -128 in, uint8 probabilities
+  out), as the TFLite runner presents the same file.
 
 The graph follows `model.backbone` as the float writer does: strides, `dilations` and pads from
 `arch.placed_layers`, the pool of `arch.pool_geometry`, a logits map (softmax over the class axis) when it is larger
@@ -95,7 +112,8 @@ _MAX_TABLE = 1 << 22  # entries of a Gather table (the last-resort requantizatio
 def write(
     model: MobileNetV1Model, out: Path, *, layout: str = "NHWC", opset: int = MIN_OPSET, arithmetic: str = "fastest"
 ) -> Path:
-    """Write a quantized model as an exact ONNX file with uint8 NHWC (or NCHW) input; returns `out`."""
+    """Write a quantized model as an exact ONNX file with NHWC (or NCHW) input (uint8, or what an int8 model's edge
+    takes: int8, uint8 or float32); returns `out`."""
     return onnx_format.save_checked(build_model(model, layout=layout, opset=opset, arithmetic=arithmetic), Path(out))
 
 
@@ -647,7 +665,8 @@ def _clamped_emit(builder, accumulator: str, reaches, shifts, affines: list[Affi
 
 
 def _kernel_zero_point(weights: QuantizedTensor) -> int:
-    """The kernel's one zero point (per-channel int8 kernels: 0 on every channel; `integer_network` checks they agree)."""
+    """The kernel's one zero point (per-channel int8 kernels: 0 on every channel; `integer_network` checks that
+    they agree)."""
     return int(np.ravel(weights.params.zero_point)[0])
 
 
