@@ -18,8 +18,14 @@ outputs both give (probabilities; torch and TF also logits) on 4 real and 16 see
 real images whose top-1 class is builtin's, and for torch and TF the dtypes of their `quant_math.float_plan`.
 `--runtimes` picks a subset (tflite builtin always runs).
 
+`--flavour int8|uint8|float32` measures TF's own converter's full-integer file of the genuine 1.0_224 float graph
+instead (int8 per-channel, with int8, uint8 or float32 edges: made by `mobilenet_zoo.testing.tf_converter` from
+../shared/realdata, calibrated on its first 15 photos), and `--model FILE.tflite` any other .tflite. Every runtime gets
+the model's own input (uint8; int8 pixels shifted by -128, as our runners feed them; float32 in [-1, 1]); a runtime
+that refuses the model (a writer without int8 support yet) is skipped with a note under the table.
+
     python benchmarks/bench_quant.py [--threads 2] [--rounds 15] [--calls 20] [--runtimes A,B] [--json]
-        [--profile] [--profile-file FILE.onnx]
+        [--profile] [--profile-file FILE.onnx] [--flavour int8 | --model FILE.tflite]
 
 `--profile` adds onnxruntime's profiler table per op type (SessionOptions.enable_profiling) of both of our ONNX forms;
 `--profile-file` profiles any other ONNX file the same way. tf2onnx comes with the dev extra.
@@ -48,7 +54,8 @@ from mobilenet_zoo.deps import require
 from mobilenet_zoo.formats import tflite
 from mobilenet_zoo.formats.onnx import _exact as onnx_exact
 from mobilenet_zoo.formats.onnx import _qdq as onnx_qdq
-from mobilenet_zoo.model.preprocess import load_image_uint8
+from mobilenet_zoo.model import quant_math
+from mobilenet_zoo.model.preprocess import load_image, load_image_uint8
 
 ROOT = Path(__file__).resolve().parents[1]
 REALDATA = Path(os.environ.get("MOBILENET_ZOO_REALDATA") or ROOT.parent / "shared" / "realdata")
@@ -70,6 +77,8 @@ RUNTIMES = (
     "tf SavedModel",
 )
 PROBABILITIES = "probabilities"
+FROZEN_GRAPH = "mobilenet_v1_1.0_224_frozen.pb"  # TF's converter flavours are made of it (`--flavour`)
+ONNX_INPUT_TYPES = {"tensor(uint8)": np.uint8, "tensor(int8)": np.int8, "tensor(float)": np.float32}
 
 
 @dataclass
@@ -94,15 +103,17 @@ class Row:
 
 def build(runtime: str, model_path: Path, threads: int, scratch: Path):
     """(timed call on a preset uint8 image, a uint8 NHWC batch -> its outputs by name) of `runtime` on the model."""
+    from mobilenet_zoo.formats import check_writable
     from mobilenet_zoo.tasks.bench import apply_threads
 
     model = tflite.read(model_path)
     image = np.random.default_rng(SEED).integers(0, 256, (1, model.input_size, model.input_size, 3), dtype=np.uint8)
     if runtime.startswith("tflite"):
-        call, outputs = tflite_call(model_path, image, 1 if runtime == ONE_THREAD else threads, runtime != XNNPACK)
-        return call, (tflite.load_runner(model_path) if runtime == BASELINE else outputs)  # the reference: logits too
+        call = tflite_call(model_path, image, 1 if runtime == ONE_THREAD else threads, runtime != XNNPACK)
+        return call, tflite.load_runner(model_path, xnnpack=runtime == XNNPACK)  # logits too
     if runtime.startswith("onnx"):
         return onnx_call(onnx_file(runtime, model_path, scratch), image, threads)
+    check_writable(model, "torch" if runtime.startswith("torch") else "tf")  # int8: refused until they hold it
     if runtime.startswith("torch"):
         apply_threads("torch", threads)
         from mobilenet_zoo.formats import torch as torch_format
@@ -121,27 +132,28 @@ def build(runtime: str, model_path: Path, threads: int, scratch: Path):
     return (lambda: runner(image)), runner
 
 
+def model_input(images: np.ndarray, dtype) -> np.ndarray:
+    """uint8 images as a model takes them: uint8, int8 (shifted by -128, as our runners feed them) or float32 in
+    [-1, 1]."""
+    dtype = np.dtype(dtype)
+    if dtype == np.int8:
+        return quant_math.shift_to_int8(images)
+    if dtype == np.float32:
+        return (images.astype(np.float32) / np.float32(127.5) - np.float32(1)).astype(np.float32)
+    return images
+
+
 def tflite_call(model_path: Path, image: np.ndarray, threads: int, builtin: bool):
-    """`invoke` on the preset image, and a batch runner (one image per invoke) returning the uint8 probabilities."""
+    """`invoke` on the preset image (as the model takes it)."""
     litert = require("ai_edge_litert.interpreter")
     resolver = litert.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES if builtin else litert.OpResolverType.AUTO
     interpreter = litert.Interpreter(
         model_path=str(model_path), num_threads=threads, experimental_op_resolver_type=resolver
     )
     interpreter.allocate_tensors()
-    source, output = interpreter.get_input_details()[0]["index"], interpreter.get_output_details()[0]["index"]
-
-    def outputs(images: np.ndarray) -> dict[str, np.ndarray]:
-        rows = []
-        for one in images:
-            interpreter.set_tensor(source, one[None])
-            interpreter.invoke()
-            rows.append(interpreter.get_tensor(output).copy())
-        interpreter.set_tensor(source, image)  # the timed call's input again
-        return {PROBABILITIES: np.concatenate(rows)}
-
-    interpreter.set_tensor(source, image)
-    return interpreter.invoke, outputs
+    (source,) = interpreter.get_input_details()
+    interpreter.set_tensor(source["index"], model_input(image, source["dtype"]))
+    return interpreter.invoke
 
 
 def onnx_file(runtime: str, model_path: Path, folder: Path) -> Path:
@@ -173,13 +185,19 @@ def probabilities_output(session) -> str:
 
 
 def onnx_call(path: Path, image: np.ndarray, threads: int):
-    """`session.run` on a preset feed, and a batch runner (one image per run) returning the uint8 probabilities."""
+    """`session.run` on a preset feed, and a batch runner (one image per run) returning the probabilities (uint8, int8
+    ones as uint8, as our runners give them; or float32)."""
     session = onnx_session(path, threads)
-    source, output = session.get_inputs()[0].name, probabilities_output(session)
-    feed = {source: image}
+    source, output = session.get_inputs()[0], probabilities_output(session)
+    dtype = ONNX_INPUT_TYPES[source.type]
+    feed = {source.name: model_input(image, dtype)}
 
     def outputs(images: np.ndarray) -> dict[str, np.ndarray]:
-        return {PROBABILITIES: np.concatenate([session.run([output], {source: one[None]})[0] for one in images])}
+        rows = [session.run([output], {source.name: model_input(one[None], dtype)})[0] for one in images]
+        probabilities = np.concatenate(rows)
+        if probabilities.dtype == np.int8:
+            probabilities = quant_math.int8_probabilities_as_uint8(probabilities)
+        return {PROBABILITIES: probabilities}
 
     return (lambda: session.run([output], feed)), outputs
 
@@ -213,15 +231,24 @@ def worker(runtime: str, model_path: str, threads: int, connection) -> None:
 # ---------------------------------------------------------------------------------------------- the parent
 
 
-def sample_images(resolution: int) -> np.ndarray:
-    """The real images (slim preprocessing, uint8) and seeded random uint8 images, as one NHWC batch."""
+def sample_images(resolution: int, quantized: bool = True) -> np.ndarray:
+    """The real images (slim preprocessing, uint8) and seeded random uint8 images, as one NHWC batch (float32 in
+    [-1, 1] for a model with a float interface)."""
+    if not quantized:
+        real = [load_image(REALDATA / name, resolution) for name in IMAGES]
+        noise = np.random.default_rng(SEED).uniform(-1, 1, (N_RANDOM, resolution, resolution, 3)).astype(np.float32)
+        return np.concatenate([np.stack(real), noise])
     real = [load_image_uint8(REALDATA / name, resolution) for name in IMAGES]
     noise = np.random.default_rng(SEED).integers(0, 256, (N_RANDOM, resolution, resolution, 3), dtype=np.uint8)
     return np.concatenate([np.stack(real), noise])
 
 
-def measure_model(model_path: Path, runtimes: tuple[str, ...], threads: int, rounds: int, calls: int) -> list[Row]:
-    """Interleaved timings, LSB distances and top-1 agreement of every runtime on one model."""
+def measure_model(
+    model_path: Path, runtimes: tuple[str, ...], threads: int, rounds: int, calls: int, notes: list[str] | None = None
+) -> list[Row]:
+    """Interleaved timings, LSB distances and top-1 agreement of every runtime on one model; a runtime other than the
+    baseline that cannot load the model is left out, with a line in `notes`."""
+    notes = [] if notes is None else notes
     context = multiprocessing.get_context("spawn")
     workers = {}
     for runtime in runtimes:
@@ -231,21 +258,27 @@ def measure_model(model_path: Path, runtimes: tuple[str, ...], threads: int, rou
         child_end.close()  # so that a worker's death reads as EOF
         workers[runtime] = (process, parent_end)
     try:
-        for runtime, (_, connection) in workers.items():
+        live = {}
+        for runtime, (process, connection) in workers.items():
             try:
                 reply = connection.recv()
             except EOFError:
                 reply = ("error", "the worker exited")
-            if reply[0] != "ready":
+            if reply[0] != "ready" and runtime == BASELINE:
                 raise SystemExit(f"error: {runtime} on {model_path.name}: {reply[1]}")
-        images = sample_images(tflite.read(model_path).input_size)
+            if reply[0] != "ready":
+                notes.append(f"{runtime} skipped on {model_path.name}: {reply[1]}")
+            else:
+                live[runtime] = (process, connection)
+        runtimes = tuple(runtime for runtime in runtimes if runtime in live)
+        images = sample_images(tflite.read(model_path).input_size, tflite.load_runner(model_path).quantized)
         outputs = {}
-        for runtime, (_, connection) in workers.items():
+        for runtime, (_, connection) in live.items():
             connection.send(("outputs", images))
             outputs[runtime] = connection.recv()
         blocks = {runtime: [] for runtime in runtimes}  # one list of call durations per round
         for _ in range(rounds):
-            for runtime, (_, connection) in workers.items():
+            for runtime, (_, connection) in live.items():
                 connection.send(("time", calls))
                 blocks[runtime].append(connection.recv())
     finally:
@@ -284,6 +317,9 @@ def measure_model(model_path: Path, runtimes: tuple[str, ...], threads: int, rou
 
 
 def _lsb(a: np.ndarray, b: np.ndarray) -> int:
+    """Max distance in LSB of the 1/256 output (float32 outputs of a float interface: in units of 1/256)."""
+    if a.dtype.kind == "f" or b.dtype.kind == "f":
+        return int(np.round(np.abs(a.astype(np.float64) - b.astype(np.float64)).max() * 256))
     return int(np.abs(a.astype(np.int32) - b.astype(np.int32)).max())
 
 
@@ -308,7 +344,8 @@ def profile_table(path: Path, threads: int, runs: int = 100, warmup: int = 10) -
         source = session.get_inputs()[0]
         resolution = source.shape[1]
         output = probabilities_output(session)
-        feed = {source.name: np.random.default_rng(SEED).integers(0, 256, (1, resolution, resolution, 3), np.uint8)}
+        image = np.random.default_rng(SEED).integers(0, 256, (1, resolution, resolution, 3), np.uint8)
+        feed = {source.name: model_input(image, ONNX_INPUT_TYPES[source.type])}
         for _ in range(warmup + runs):
             session.run([output], feed)
         events = json.loads(Path(session.end_profiling()).read_text())
@@ -371,6 +408,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--profile-file", type=Path, action="append", default=[], help="profile this ONNX file too (repeatable)"
     )
+    chosen = parser.add_mutually_exclusive_group()
+    chosen.add_argument(
+        "--flavour",
+        choices=("int8", "uint8", "float32"),
+        help="measure TF's converter's full-integer file of the genuine 1.0_224 graph (int8 core; these edges)",
+    )
+    chosen.add_argument("--model", type=Path, help="measure this .tflite instead of the real uint8 models")
     args = parser.parse_args(argv)
     asked = [name.strip() for name in args.runtimes.split(",") if name.strip()]
     unknown = [name for name in asked if name not in RUNTIMES]
@@ -385,26 +429,45 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(
             f"error: {TF2ONNX!r} needs tf2onnx: pip install 'mobilenet-zoo[dev]' (or leave it out of --runtimes)"
         )
-    missing = [name for name in (*MODELS, *IMAGES) if not (REALDATA / name).exists()]
+    needed = [*IMAGES, *((FROZEN_GRAPH, "photos") if args.flavour else () if args.model else MODELS)]
+    missing = [name for name in needed if not (REALDATA / name).exists()]
     if missing:
         raise SystemExit(f"error: {REALDATA / missing[0]} is missing (set MOBILENET_ZOO_REALDATA)")
-    rows, profiles = [], []
+    if args.model is not None and not args.model.is_file():
+        raise SystemExit(f"error: {args.model} is not a file")
+    rows, profiles, notes = [], [], []
     with tempfile.TemporaryDirectory(prefix="mobilenet-zoo-bench-quant-") as scratch:
-        for name in MODELS:
-            rows += measure_model(REALDATA / name, runtimes, args.threads, args.rounds, args.calls)
+        for path in model_paths(args, Path(scratch)):
+            rows += measure_model(path, runtimes, args.threads, args.rounds, args.calls, notes)
             if args.profile:
-                profiles += [
-                    profile_table(onnx_file(form, REALDATA / name, Path(scratch)), args.threads)
-                    for form in ("onnx exact", "onnx qdq")
-                ]
+                for form in ("onnx exact", "onnx qdq"):
+                    try:
+                        profiles.append(profile_table(onnx_file(form, path, Path(scratch)), args.threads))
+                    except Exception as exc:  # a writer without int8 support yet
+                        notes.append(f"{form} not profiled on {path.name}: {type(exc).__name__}: {exc}")
     profiles += [profile_table(path, args.threads) for path in args.profile_file]
     if args.json:
-        print(json.dumps({"rows": [asdict(row) for row in rows], "profiles": profiles}, indent=2))
+        print(json.dumps({"rows": [asdict(row) for row in rows], "profiles": profiles, "notes": notes}, indent=2))
     else:
         print(markdown(rows, args.threads, args.rounds, args.calls))
+        for note in notes:
+            print(f"note: {note}")
         for table in profiles:
             print("\n" + table)
     return 0
+
+
+def model_paths(args: argparse.Namespace, scratch: Path) -> list[Path]:
+    """The .tflite files to measure: `--model`, TF's converter's `--flavour` made into `scratch`, or the real uint8
+    models."""
+    if args.model is not None:
+        return [args.model]
+    if args.flavour is not None:
+        from mobilenet_zoo.testing.tf_converter import convert
+
+        out = scratch / f"mobilenet_v1_1.0_224_{args.flavour}.tflite"
+        return [convert(REALDATA / FROZEN_GRAPH, args.flavour, out, REALDATA / "photos")]
+    return [REALDATA / name for name in MODELS]
 
 
 if __name__ == "__main__":

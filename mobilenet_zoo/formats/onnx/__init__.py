@@ -22,6 +22,7 @@ SPEC = register_format(
         extra="onnx",
         max_lsb=0,
         runner_threads=True,
+        writes_int8=True,
     )
 )
 
@@ -70,7 +71,8 @@ QDQ_PROFILE = "onnx-qdq"  # the tolerance profile of ONNX files in QDQ form (the
 def load_runner(path: Path, *, threads: int | None = None):
     """An onnxruntime session (CPU; `threads`: its intra-op thread count) that takes NHWC batches whatever the
     file's input layout; a dense head's logits and softmax (a fine-tuned graph) are served as `logits` and
-    `probabilities`. A file in QDQ form is judged by the `onnx-qdq` tolerance profile."""
+    `probabilities`. A file in QDQ form is judged by the `onnx-qdq` tolerance profile; a graph taking int8 images
+    takes uint8 pixels and gives uint8 probabilities, as the TFLite runner presents the same model."""
     from mobilenet_zoo.formats.onnx import _float, _qdq, _reader
 
     path = Path(path)

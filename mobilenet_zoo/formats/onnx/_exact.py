@@ -1,5 +1,5 @@
-"""Quantized ONNX, exact form: TFLite's uint8 integer arithmetic, bit-identical to its builtin kernels, spent in
-float convolutions.
+"""Quantized ONNX, exact form: TFLite's uint8 and int8 integer arithmetic, bit-identical to its builtin kernels, spent
+in float convolutions.
 
 QLinearConv is not bit-exact against TFLite: onnxruntime requantizes in float32 with round-half-even, while TFLite
 multiplies the int32 accumulator by a Q31 fixed-point multiplier and rounds twice. This writer keeps TFLite's
@@ -29,6 +29,23 @@ integers and proves, at write time and layer by layer, that cheaper arithmetic g
 - Between layers the graph carries q - zero point as float32 (the next layer's input offset); feature outputs and
   the logits are cast back to uint8.
 
+int8 per-channel models (TF's converter: int8 activations, symmetric int8 kernels with one scale per output channel,
+depthwise too) take the same road with one step map per channel, plus:
+- the accumulators each channel can reach (its bias plus at most the kernel's bound either way): a dead channel's
+  huge int32 bias (up to 2^30) is recentred to 0 and its step map moved by it (a constant-subgraph correction is added
+  to the stored bias), so the layer stays a float32 Conv; each channel's affine is proven on its whole reach with the
+  layer's output clamp applied after it (one Clip instead of a per-channel clip of the accumulator before): per
+  channel "shifted" or "batchnorm" in one BatchNormalization chain, else one Mul/Add/Floor form for the layer
+  (float32, else float64: float32 rarely fits every channel's 31-bit multiplier);
+- the int8 average pool rounds half away from zero (`int8_pool_steps`), the int8 softmax rounds with std::round
+  (+ 0.5 in float64, Floor) around zero point -128;
+- the edges of the source: an int8 input as it is, a uint8 one through TFLite's QUANTIZE (a shift of 128 when the
+  scales agree: checked on all 256 values, else a Gather of them), a float32 one quantized as TFLite's QUANTIZE does
+  (times the float32 reciprocal of the scale, Round half to even, clamp); the probabilities through the output's
+  QUANTIZE or DEQUANTIZE as a Gather of quant_math's values of all 256 core values. Logits and feature maps stay the
+  core's int8. A graph taking int8 is fed uint8 pixels shifted by -128 and gives uint8 probabilities
+  (`_float.OnnxRunner`), as the TFLite runner presents the same file.
+
 The graph follows `model.backbone` as the float writer does: strides, `dilations` and pads from
 `arch.placed_layers`, the pool of `arch.pool_geometry`, a logits map (softmax over the class axis) when it is larger
 than 1x1, one uint8 output per chosen feature map; 4-D outputs are in the file's input layout.
@@ -42,7 +59,7 @@ Conv takes are Cast/Sub of them, which onnxruntime folds once at load.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -51,8 +68,10 @@ from mobilenet_zoo.deps import require
 from mobilenet_zoo.errors import ModelFormatError
 from mobilenet_zoo.formats.onnx import _float as onnx_format
 from mobilenet_zoo.formats.onnx._float import LOGITS, MIN_OPSET, PROBABILITIES
+from mobilenet_zoo.model import quant_math
 from mobilenet_zoo.model.arch import SCOPE
 from mobilenet_zoo.model.canonical import (
+    INTEGER_RANGES,
     POOL_ACTIVATION,
     MobileNetV1Model,
     QuantizedTensor,
@@ -68,6 +87,7 @@ from mobilenet_zoo.model.quant_math import (
     IntegerNetwork,
     Requantization,
     accumulator_bound,
+    input_dtype,
     integer_network,
 )
 
@@ -92,13 +112,16 @@ _MAX_TABLE = 1 << 22  # entries of a Gather table (the last-resort requantizatio
 def write(
     model: MobileNetV1Model, out: Path, *, layout: str = "NHWC", opset: int = MIN_OPSET, arithmetic: str = "fastest"
 ) -> Path:
-    """Write a quantized model as an exact ONNX file with uint8 NHWC (or NCHW) input; returns `out`."""
+    """Write a quantized model as an exact ONNX file with NHWC (or NCHW) input (uint8, or what an int8 model's edge
+    takes: int8, uint8 or float32); returns `out`."""
     return onnx_format.save_checked(build_model(model, layout=layout, opset=opset, arithmetic=arithmetic), Path(out))
 
 
 def load_runner(path: Path) -> onnx_format.OnnxRunner:
-    """The generic onnxruntime runner: it feeds uint8 NHWC batches to a uint8 graph."""
-    return onnx_format.load_runner(path)
+    """The format's onnxruntime runner: uint8 NHWC batches (an int8 graph gets them shifted: `_float.OnnxRunner`)."""
+    from mobilenet_zoo.formats import onnx
+
+    return onnx.load_runner(path)
 
 
 def build_model(model: MobileNetV1Model, *, layout: str = "NHWC", opset: int = MIN_OPSET, arithmetic: str = "fastest"):
@@ -115,14 +138,14 @@ def build_model(model: MobileNetV1Model, *, layout: str = "NHWC", opset: int = M
         raise ModelFormatError(f"{model.config.name} is not quantized: write it with the float ONNX writer")
     network, config, kernels = integer_network(model), model.config, model.quant.tensors
     builder = onnx_format.GraphBuilder(require("onnx"))
-    activation = Activation(network.convs[0].input_zero_point, uint8=onnx_format.input_as_nchw(builder, layout))
+    activation = _input_edge(builder, network, onnx_format.input_as_nchw(builder, layout))
     for layer, conv in zip(config.layers(), network.convs):
         activation = _conv(
             builder, activation, conv, layer.weight_name, kernels[layer.weight_name], layer.bias_name, arithmetic
         )
         if conv.scope in network.features:
             onnx_format.output_in_layout(
-                builder, activation.as_uint8(builder, f"{SCOPE}/{conv.scope}"), conv.scope, layout
+                builder, activation.as_integers(builder, f"{SCOPE}/{conv.scope}"), conv.scope, layout
             )
     activation = _average_pool(builder, activation, network, config.feature_channels, arithmetic)
     logits = _conv(
@@ -134,11 +157,21 @@ def build_model(model: MobileNetV1Model, *, layout: str = "NHWC", opset: int = M
         config.logits_bias_name,
         arithmetic,
     )
-    logits_map = logits.as_uint8(builder, f"{SCOPE}/{network.logits.scope}")
+    logits_map = logits.as_integers(builder, f"{SCOPE}/{network.logits.scope}")
     class_axis = onnx_format.logits_output(builder, logits_map, network.logits_map_size, layout)
-    _softmax(builder, LOGITS, network, class_axis, opset)
-    description = f"MobileNet V1 {config.name}: TFLite uint8 arithmetic (exact), input {layout} uint8 0..255"
-    proto = onnx_format.model_proto(builder, model, layout, opset, "UINT8", description)
+    _output_edge(builder, network, _softmax(builder, LOGITS, network, class_axis, opset))
+    interface = model.quant.interface
+    input_type, output_type = (
+        (interface.input, interface.output) if interface is not None else (network.dtype, network.dtype)
+    )
+    description = (
+        f"MobileNet V1 {config.name}: TFLite {network.dtype} arithmetic (exact), input {layout} {input_type}"
+        + (" 0..255" if input_type == "uint8" else "")
+    )
+    proto = onnx_format.model_proto(builder, model, layout, opset, _ONNX_TYPES[input_type], description)
+    for output in proto.graph.output:  # logits and feature maps: the core's integers; probabilities: the interface's
+        dtype = output_type if output.name == PROBABILITIES else network.dtype
+        output.type.tensor_type.elem_type = _onnx_type(builder, _ONNX_TYPES[dtype])
     for key, value in (
         ("quantized", "true"),
         (QUANT_FORMAT_KEY, EXACT),
@@ -148,12 +181,90 @@ def build_model(model: MobileNetV1Model, *, layout: str = "NHWC", opset: int = M
     return proto
 
 
+_ONNX_TYPES = {"uint8": "UINT8", "int8": "INT8", "float32": "FLOAT"}
+
+
+# ------------------------------------------------------------------------------------ the edges
+
+
+def _input_edge(builder, network: IntegerNetwork, image: str) -> Activation:
+    """The core's input activation of what the model takes: its integers (uint8 or int8 as the core), a uint8
+    interface requantized to the int8 core (Cast and Sub when TFLite's QUANTIZE is a shift, which it checks on all 256
+    values, else a Gather of them), or a float32 interface quantized as TFLite's QUANTIZE does: x times the float32
+    reciprocal of the scale, rounded half to even (Round), clamped."""
+    core_zero_point, dtype = int(network.input_params.zero_point), network.dtype
+    taken = input_dtype(network)
+    if taken == dtype:
+        return Activation(core_zero_point, integers=image, dtype=dtype)
+    name = f"{SCOPE}/input_edge"
+    if taken == "float32":
+        core = network.input_params
+        reciprocal = np.float32(1.0) / np.float32(core.scale)
+        scaled = builder.node(
+            "Mul",
+            [image, builder.constant(f"{name}/reciprocal_scale", np.array(reciprocal, np.float32))],
+            f"{name}/scaled",
+        )
+        rounded = builder.node("Round", [scaled], f"{name}/round_half_to_even")
+        low, high = INTEGER_RANGES[dtype]
+        bounds = [np.array(bound - core_zero_point, np.float32) for bound in (low, high)]
+        offsets = builder.node(
+            "Clip",
+            [rounded, builder.constant(f"{name}/min", bounds[0]), builder.constant(f"{name}/max", bounds[1])],
+            f"{name}/clamp",
+        )
+        return Activation(core_zero_point, offsets=offsets, dtype=dtype)
+    low, high = INTEGER_RANGES[taken]
+    given = np.arange(low, high + 1)
+    offsets = quant_math.input_edge(network, given.astype(taken)).astype(np.int64) - core_zero_point
+    shift = int(given[0] - offsets[0])
+    if np.array_equal(offsets, given - shift):  # q - shift: the edge's own zero point
+        return Activation(shift, integers=image, dtype=taken)
+    index = builder.node("Cast", [image], f"{name}/as_index", to=_onnx_type(builder, "INT64"))
+    if low:
+        index = builder.node("Sub", [index, builder.constant(f"{name}/low", np.array(low, np.int64))], f"{name}/index")
+    table = builder.constant(f"{name}/table", offsets.astype(np.float32))
+    return Activation(
+        core_zero_point, offsets=builder.node("Gather", [table, index], f"{name}/requantize"), dtype=dtype
+    )
+
+
+def _output_edge(builder, network: IntegerNetwork, probabilities: str) -> str:
+    """The graph output `probabilities` of the core's (int32 tensor of its integers): the integers themselves, or what
+    TFLite's QUANTIZE (to uint8) or DEQUANTIZE (to float32) gives of each of the 256 values, as a Gather table
+    (the output is small)."""
+    name = f"{SCOPE}/output_edge"
+    given = quant_math.output_edge(network, np.arange(*_integer_span(network.dtype)).astype(network.dtype))
+    if given.dtype == np.dtype(network.dtype):
+        return builder.node(
+            "Cast",
+            [probabilities],
+            f"{name}/to_{network.dtype}",
+            output=PROBABILITIES,
+            to=_onnx_type(builder, _ONNX_TYPES[network.dtype]),
+        )
+    low = INTEGER_RANGES[network.dtype][0]
+    index = (
+        builder.node("Sub", [probabilities, builder.constant(f"{name}/low", np.array(low, np.int32))], f"{name}/index")
+        if low
+        else probabilities
+    )
+    return builder.node("Gather", [builder.constant(f"{name}/table", given), index], name, output=PROBABILITIES)
+
+
+def _integer_span(dtype: str) -> tuple[int, int]:
+    """range() bounds of every value of an integer type."""
+    low, high = INTEGER_RANGES[dtype]
+    return low, high + 1
+
+
 # ------------------------------------------------------------------------------------ exactness proofs
 
 
-def widest_accumulator(conv: IntegerConv) -> int:
-    """The largest |partial sum| any uint8 input can give `conv` in any summation order (quant_math's bound)."""
-    return int(accumulator_bound(conv, (UINT8_MIN, UINT8_MAX)).max())
+def widest_accumulator(conv: IntegerConv, input_range: tuple[int, int] = (UINT8_MIN, UINT8_MAX)) -> int:
+    """The largest |partial sum| any input in `input_range` (uint8, or int8) can give `conv` in any summation order
+    (quant_math's bound)."""
+    return int(accumulator_bound(conv, input_range).max())
 
 
 @dataclass(frozen=True)
@@ -216,6 +327,20 @@ def pool_steps(count: int, zero_point: int) -> StepMap:
     return StepMap(UINT8_MIN - zero_point, thresholds, 1.0 / count)
 
 
+def int8_pool_steps(count: int, zero_point: int) -> StepMap:
+    """TFLite's int8 average (the window sum of q rounded half away from zero over `count`, see
+    quant_math.average_pool) minus the zero point, as a step map of the window sum of q - zero point: every window sum
+    of int8 values evaluated (count * 255 of them)."""
+    low, high = INTEGER_RANGES["int8"]
+    sums = np.arange(count * (low - zero_point), count * (high - zero_point) + 1, dtype=np.int64)
+    raw = sums + count * zero_point
+    means = np.sign(raw) * ((np.abs(raw) + count // 2) // count)
+    values = np.clip(means, low, high) - zero_point
+    rises = np.diff(values)
+    thresholds = np.repeat(sums[1:], rises)  # a rise of 2 is a repeated threshold
+    return StepMap(int(values[0]), thresholds.astype(np.int64), 1.0 / count)
+
+
 @dataclass(frozen=True)
 class Affine:
     """An accumulator a rounded to round(a * scale + offset), proven equal to a step map on its span. `form`:
@@ -235,9 +360,21 @@ class Affine:
     shift: int = 0
 
 
-def exact_affine(steps: StepMap, dtype: type, form: str = "floor", bound: int = 0) -> Affine | None:
+def exact_affine(
+    steps: StepMap,
+    dtype: type,
+    form: str = "floor",
+    bound: int = 0,
+    reach: tuple[int, int] | None = None,
+    clamp: tuple[int, int] | None = None,
+) -> Affine | None:
     """An `Affine` of `form` with `dtype` constants that gives `steps` exactly on its span, or None. `bound`: the
     largest |accumulator| (a "shifted" form keeps |accumulator + shift| below 2^24).
+
+    With `reach` (the accumulators the channel can take, its step map restricted to them) and `clamp` (the layer's
+    output bounds), the affine clamped to `clamp` afterwards is proven on the whole reach instead: the ends of the
+    reach are checked too, and beyond the span only the side of the clamp matters (a Clip after it, no clip of the
+    accumulator before).
 
     Proof: a -> round(fl(fl(a * scale) + offset)) is non-decreasing for scale > 0 (rounding is monotone), so it equals
     the step map on the whole span when it does at both ends and on both sides of every threshold; those are the
@@ -245,7 +382,7 @@ def exact_affine(steps: StepMap, dtype: type, form: str = "floor", bound: int = 
     also hold with a fused multiply-add (one rounding of a * scale + offset), which onnxruntime's blocked kernels
     may use.
     """
-    first, last = steps.span
+    first, last = steps.span if reach is None else reach
     limit = FLOAT32_EXACT if dtype == np.float32 else FLOAT64_EXACT
     if max(abs(first), abs(last)) >= limit:
         return None
@@ -253,6 +390,10 @@ def exact_affine(steps: StepMap, dtype: type, form: str = "floor", bound: int = 
     expected = steps(points).astype(np.float64)
     base = dtype(steps.slope)
     low, high = (0.0, 1.0) if form == "floor" else (-0.5, 0.5)  # where the real sum may fall around its value
+    # a point at the low clamp may fall anywhere below it (the Clip raises it), one at the high clamp anywhere above
+    free_below, free_above = np.zeros(len(points)), np.zeros(len(points))
+    if clamp is not None:
+        free_below[expected <= clamp[0]], free_above[expected >= clamp[1]] = np.inf, np.inf
     for ulps in _AFFINE_SEARCH_ULPS:
         scale = base
         for _ in range(abs(ulps)):
@@ -261,7 +402,10 @@ def exact_affine(steps: StepMap, dtype: type, form: str = "floor", bound: int = 
             continue
         exact = form == "shifted"  # its offset is found from the exact products, the others' from the rounded ones
         products = points * np.float64(scale) if exact else (points.astype(dtype) * scale).astype(np.float64)
-        smallest, largest = np.max(expected + low - products), np.min(expected + high - products)
+        smallest = np.max(expected + low - products - free_below)
+        largest = np.min(expected + high - products + free_above)
+        if np.isinf(smallest) or np.isinf(largest):  # every point clamped on one side: any sum past it will do
+            smallest, largest = (largest - 1, largest) if np.isinf(smallest) else (smallest, smallest + 1)
         if not smallest < largest:
             continue
         candidates = (
@@ -270,7 +414,7 @@ def exact_affine(steps: StepMap, dtype: type, form: str = "floor", bound: int = 
             else (Affine(scale, dtype(smallest + (largest - smallest) * f), form) for f in _AFFINE_OFFSET_FRACTIONS)
         )
         for affine in candidates:
-            if _gives(affine, points, expected):
+            if _gives(affine, points, expected, clamp):
                 return affine
     return None
 
@@ -287,15 +431,43 @@ def _shifted_candidates(scale: np.float32, smallest: float, largest: float, boun
         yield Affine(scale, np.float32(MAGIC + whole[index]), "shifted", int(shifts[index]))
 
 
-def _gives(affine: Affine, points: np.ndarray, expected: np.ndarray) -> bool:
-    """Whether `affine` evaluates to `expected` at the integer accumulators `points`."""
+def _gives(affine: Affine, points: np.ndarray, expected: np.ndarray, clamp: tuple[int, int] | None = None) -> bool:
+    """Whether `affine` (then clamped to `clamp`, when given) evaluates to `expected` at the integer accumulators
+    `points`."""
+
+    def same(values: np.ndarray) -> bool:
+        return np.array_equal(values if clamp is None else np.clip(values, *clamp), expected)
+
     shifted = points + affine.shift
     two_roundings = shifted.astype(type(affine.scale)) * affine.scale + affine.offset
     if affine.form == "floor":
-        return np.array_equal(np.floor(two_roundings), expected)
-    fused = np.array([fused_multiply_add32(int(a), affine.scale, affine.offset) for a in shifted], np.float32)
+        return same(np.floor(two_roundings))
+    fused = fused_multiply_add32_array(shifted, affine.scale, affine.offset)
     rounded = (lambda value: value - MAGIC) if affine.form == "shifted" else (lambda value: (value + MAGIC) - MAGIC)
-    return all(np.array_equal(rounded(value), expected) for value in (two_roundings, fused))
+    return all(same(rounded(value)) for value in (two_roundings, fused))
+
+
+def fused_multiply_add32_array(a: np.ndarray, scale: np.float32, offset: np.float32) -> np.ndarray:
+    """`fused_multiply_add32` of every integer in `a` (|a| < 2^24), vectorized.
+
+    a * scale is exact in float64 (24 + 24 significant bits); TwoSum gives the float64 sum s and its exact error e
+    (a * scale + offset = s + e). Rounding s to float32 is the fused result unless s lies exactly halfway between two
+    float32 values (float64 rounding cannot cross a float32 midpoint, but can land on one) with e != 0: then the exact
+    value is past the midpoint on e's side."""
+    product = np.asarray(a, np.int64).astype(np.float64) * np.float64(scale)
+    addend = np.float64(offset)
+    total = product + addend
+    virtual = total - product
+    error = (product - (total - virtual)) + (addend - virtual)
+    rounded = total.astype(np.float32)
+    toward = np.nextafter(
+        rounded, np.where(total > rounded, np.float32(np.inf), np.float32(-np.inf)).astype(np.float32)
+    )
+    halfway = (
+        (total != rounded) & (total == (rounded.astype(np.float64) + toward.astype(np.float64)) / 2) & (error != 0)
+    )
+    past = np.where(error > 0, np.maximum(rounded, toward), np.minimum(rounded, toward))
+    return np.where(halfway, past, rounded)
 
 
 def fused_multiply_add32(a: int, scale: np.float32, offset: np.float32) -> np.float32:
@@ -320,15 +492,17 @@ def fused_multiply_add32(a: int, scale: np.float32, offset: np.float32) -> np.fl
 
 @dataclass
 class Activation:
-    """A uint8 activation in the graph: as uint8 and/or as float32 q - zero point (each made on first use)."""
+    """An integer activation in the graph: as its integers (`dtype`: uint8, int8) and/or as float32 q - zero point
+    (each made on first use)."""
 
     zero_point: int
-    uint8: str | None = None
+    integers: str | None = None
     offsets: str | None = None
+    dtype: str = "uint8"
 
     def as_offsets(self, builder, prefix: str) -> str:
         if self.offsets is None:
-            value = builder.node("Cast", [self.uint8], f"{prefix}/to_float", to=_onnx_type(builder, "FLOAT"))
+            value = builder.node("Cast", [self.integers], f"{prefix}/to_float", to=_onnx_type(builder, "FLOAT"))
             if self.zero_point:
                 value = builder.node(
                     "Sub",
@@ -338,8 +512,8 @@ class Activation:
             self.offsets = value
         return self.offsets
 
-    def as_uint8(self, builder, prefix: str) -> str:
-        if self.uint8 is None:
+    def as_integers(self, builder, prefix: str) -> str:
+        if self.integers is None:
             value = self.offsets
             if self.zero_point:
                 value = builder.node(
@@ -347,8 +521,10 @@ class Activation:
                     [value, builder.constant(f"{prefix}/output_zero_point", np.array(self.zero_point, np.float32))],
                     f"{prefix}/plus_zero_point",
                 )
-            self.uint8 = builder.node("Cast", [value], f"{prefix}/to_uint8", to=_onnx_type(builder, "UINT8"))
-        return self.uint8
+            self.integers = builder.node(
+                "Cast", [value], f"{prefix}/to_{self.dtype}", to=_onnx_type(builder, _ONNX_TYPES[self.dtype])
+            )
+        return self.integers
 
 
 def _conv(
@@ -362,30 +538,44 @@ def _conv(
 ) -> Activation:
     """One quantized convolution: exact accumulator, clipped to where the output moves, then the proven step map."""
     prefix = f"{SCOPE}/{conv.scope}"
+    input_range = INTEGER_RANGES[activation.dtype]
     channels = np.size(conv.requantization.multiplier)
-    bound = widest_accumulator(conv)
-    steps = [
-        requantization_steps(conv.requantization, channel).restricted(-bound, bound) for channel in range(channels)
-    ]
+    whole = [requantization_steps(conv.requantization, channel) for channel in range(channels)]
+    stored_bias, (conv, steps) = conv.bias, recentred(conv, whole, input_range)
+    bound = widest_accumulator(conv, input_range)
     kernel = builder.constant(weight_name, to_oihw(weights.values, "depthwise" if conv.depthwise else "conv"))
-    bias = builder.constant(bias_name, conv.bias.astype(np.int32))
+    bias = builder.constant(bias_name, stored_bias.astype(np.int32))  # the stored int32 bias (it is read back)
     if bound < FLOAT32_EXACT and arithmetic != "integer":
-        affines = _choose(steps, bound, arithmetic, np.float32)
+        if not np.array_equal(conv.bias, stored_bias):
+            correction = builder.constant(f"{bias_name}/recentre", (conv.bias - stored_bias).astype(np.int32))
+            bias = builder.node("Add", [bias, correction], f"{bias_name}/recentred")
+        reaches = clamp = None
+        if len(steps) > 1:  # per channel: proven on each channel's reach, clamped after (one Clip, not Max and Min)
+            kernel_bound = accumulator_bound(replace(conv, bias=np.zeros_like(conv.bias)), input_range)
+            reaches = [(int(b - k), int(b + k)) for b, k in zip(conv.bias.astype(np.int64), kernel_bound)]
+            requantization = conv.requantization
+            clamp = (requantization.low - requantization.zero_point, requantization.high - requantization.zero_point)
+        affines = _choose(steps, bound, arithmetic, np.float32, reaches, clamp)
         shifts = [affine.shift for affine in affines] if affines else [0] * len(steps)
         inputs = [
             activation.as_offsets(builder, f"{prefix}/input"),
-            _float_of(builder, kernel, int(weights.params.zero_point), f"{weight_name}/minus_zero_point"),
+            _float_of(builder, kernel, _kernel_zero_point(weights), f"{weight_name}/minus_zero_point"),
             _shifted(builder, _float_of(builder, bias, 0, f"{bias_name}/as_float"), shifts, f"{bias_name}/shifted"),
         ]
         accumulator = builder.node("Conv", inputs, f"{prefix}/Conv", **_conv_attributes(conv))
-        clipped = _clip(builder, accumulator, steps, shifts, np.float32, f"{prefix}/span")
-        values = _emit(builder, clipped, steps, affines, len(conv.bias), f"{prefix}/requantize", np.float32)
-    else:
+        if affines is None or clamp is None:
+            clipped = _clip(builder, accumulator, steps, shifts, np.float32, f"{prefix}/span")
+            values = _emit(builder, clipped, steps, affines, len(conv.bias), f"{prefix}/requantize", np.float32)
+        else:
+            values = _clamped_emit(builder, accumulator, reaches, shifts, affines, clamp, prefix)
+    else:  # int32 accumulators of the stored bias: the step maps on its reach, not recentred
+        conv, steps = recentred(replace(conv, bias=stored_bias), whole, input_range, recentre=False)
+        bound = widest_accumulator(conv, input_range)
         inputs = [
-            activation.as_uint8(builder, f"{prefix}/input"),
+            activation.as_integers(builder, f"{prefix}/input"),
             kernel,
-            builder.constant(f"{prefix}/input_zero_point", np.array(conv.input_zero_point, np.uint8)),
-            builder.constant(f"{weight_name}/zero_point", np.array(weights.params.zero_point, np.uint8)),
+            builder.constant(f"{prefix}/input_zero_point", np.array(activation.zero_point, activation.dtype)),
+            builder.constant(f"{weight_name}/zero_point", np.array(_kernel_zero_point(weights), weights.values.dtype)),
         ]
         accumulator = builder.node("ConvInteger", inputs, f"{prefix}/ConvInteger", **_conv_attributes(conv))
         biased = builder.node(
@@ -395,7 +585,58 @@ def _conv(
         wide = builder.node("Cast", [clipped], f"{prefix}/to_double", to=_onnx_type(builder, "DOUBLE"))
         affines = _choose(steps, bound, arithmetic, np.float64)
         values = _emit(builder, wide, steps, affines, len(conv.bias), f"{prefix}/requantize", np.float64)
-    return Activation(conv.requantization.zero_point, offsets=values)
+    return Activation(conv.requantization.zero_point, offsets=values, dtype=conv.requantization.dtype)
+
+
+def recentred(
+    conv: IntegerConv, whole: list[StepMap], input_range: tuple[int, int], recentre: bool = True
+) -> tuple[IntegerConv, list[StepMap]]:
+    """`conv` and its step maps (one per channel, or one per tensor) on the accumulators it can reach: the bias plus at
+    most B (the kernel's bound) either way. With `recentre`, a channel whose bias is far from 0 (TF's converter stores
+    a dead channel's bias as a huge int32, up to 2^30) gets bias 0 and its step map moved by the bias, so its
+    accumulator stays in float32's exact range (the stored bias stays the initializer: it is read back)."""
+    kernel_bound = accumulator_bound(replace(conv, bias=np.zeros_like(conv.bias)), input_range)
+    bias = conv.bias.astype(np.int64)
+    if len(whole) == 1:  # per tensor: one map over every channel's reach
+        return conv, [whole[0].restricted(int(np.min(bias - kernel_bound)), int(np.max(bias + kernel_bound)))]
+    steps = []
+    for channel, step in enumerate(whole):
+        centre, reach = int(bias[channel]), int(kernel_bound[channel])
+        step = step.restricted(centre - reach, centre + reach)
+        if recentre and abs(centre) + reach >= FLOAT32_EXACT // 2:
+            step, bias[channel] = StepMap(step.low, step.thresholds - centre, step.slope), 0
+        steps.append(step)
+    return replace(conv, bias=bias.astype(np.int32)), steps
+
+
+def _clamped_emit(builder, accumulator: str, reaches, shifts, affines: list[Affine], clamp, prefix: str) -> str:
+    """Per-channel requantization proven on each channel's reach and clamped after: a Clip of the accumulator to the
+    widest (shifted) reach first (it changes no reachable value; it keeps onnxruntime from folding the
+    BatchNormalization forms into the Conv's weights, and is fused into the Conv), then the affines, then a Clip to
+    the layer's output bounds."""
+    ends = [(first + shift, last + shift) for (first, last), shift in zip(reaches, shifts)]
+    widest = [np.array(bound, np.float32) for bound in (min(e[0] for e in ends), max(e[1] for e in ends))]
+    reached = builder.node(
+        "Clip",
+        [
+            accumulator,
+            builder.constant(f"{prefix}/reach/min", widest[0]),
+            builder.constant(f"{prefix}/reach/max", widest[1]),
+        ],
+        f"{prefix}/reach",
+    )
+    values = _emit(builder, reached, [], affines, len(affines), f"{prefix}/requantize", np.float32)
+    bounds = [
+        builder.constant(f"{prefix}/clamp/{end}", np.array(value, np.float32))
+        for end, value in zip(("min", "max"), clamp)
+    ]
+    return builder.node("Clip", [values, *bounds], f"{prefix}/clamp")
+
+
+def _kernel_zero_point(weights: QuantizedTensor) -> int:
+    """The kernel's one zero point (per-channel int8 kernels: 0 on every channel; `integer_network` checks that
+    they agree)."""
+    return int(np.ravel(weights.params.zero_point)[0])
 
 
 def _conv_attributes(conv: IntegerConv) -> dict:
@@ -417,7 +658,11 @@ def _average_pool(
     name = f"{SCOPE}/{POOL_ACTIVATION}"
     height, width = network.pool_kernel
     count = height * width
-    steps = [pool_steps(count, activation.zero_point)]
+    steps = [
+        pool_steps(count, activation.zero_point)
+        if activation.dtype == "uint8"
+        else int8_pool_steps(count, activation.zero_point)
+    ]
     affines = _choose(steps, count * UINT8_MAX, "float32" if arithmetic == "integer" else arithmetic, np.float32)
     shifts = [affine.shift for affine in affines] if affines else [0]
     window = builder.constant(f"{name}/window", np.ones((channels, 1, height, width), np.uint8))
@@ -434,7 +679,7 @@ def _average_pool(
     )
     clipped = _clip(builder, window_sum, steps, shifts, np.float32, f"{name}/span")
     values = _emit(builder, clipped, steps, affines, channels, f"{name}/average", np.float32)
-    return Activation(activation.zero_point, offsets=values)
+    return Activation(activation.zero_point, offsets=values, dtype=activation.dtype)
 
 
 _FORMS = {  # (form, dtype) tried in order, per `arithmetic`, on a float32 accumulator
@@ -446,18 +691,39 @@ _FORMS = {  # (form, dtype) tried in order, per `arithmetic`, on a float32 accum
 }
 
 
-def _choose(steps: list[StepMap], bound: int, arithmetic: str, dtype: type) -> list[Affine] | None:
+def _choose(
+    steps: list[StepMap], bound: int, arithmetic: str, dtype: type, reaches=None, clamp=None
+) -> list[Affine] | None:
     """The first form proven exact on every channel's step map (a float64 accumulator takes float64 Mul/Add/Floor
-    only), or None: a Gather table."""
+    only), or None: a Gather table. `reaches` (one per channel) and `clamp`: proven on the reach, clamped after (see
+    `exact_affine`)."""
     if dtype == np.float64:
         forms = () if arithmetic == "table" else (("floor", np.float64),)
     else:
         forms = _FORMS[arithmetic]
-    for form, kind in forms:
-        affines = [exact_affine(step, kind, form, bound) for step in steps]
-        if all(affines):
+    if arithmetic == "fastest" and dtype == np.float32:  # per channel "shifted", else "batchnorm": one BN chain
+        mixed = _per_channel(steps, bound, (("shifted", np.float32), ("batchnorm", np.float32)), reaches, clamp)
+        if mixed is not None:
+            return mixed
+        forms = [form for form in forms if form[0] not in ("shifted", "batchnorm")]
+    for form in forms:
+        affines = _per_channel(steps, bound, (form,), reaches, clamp)
+        if affines is not None:
             return affines
     return None
+
+
+def _per_channel(steps: list[StepMap], bound: int, forms, reaches=None, clamp=None) -> list[Affine] | None:
+    """Each channel's first proven affine among `forms`, or None when a channel has none."""
+    affines = []
+    for channel, step in enumerate(steps):
+        reach = None if reaches is None else reaches[channel]
+        proofs = (exact_affine(step, kind, form, bound, reach, clamp) for form, kind in forms)
+        affine = next(filter(None, proofs), None)
+        if affine is None:
+            return None
+        affines.append(affine)
+    return affines
 
 
 def _emit(
@@ -493,8 +759,9 @@ def _emit(
     value = batchnorm(
         accumulator, [a.scale for a in affines], [a.offset for a in affines], f"{prefix}/scale_and_offset"
     )
-    if form == "batchnorm":
-        value = batchnorm(value, 1.0, MAGIC, f"{prefix}/round")
+    forms = {affine.form for affine in affines}
+    if "batchnorm" in forms:  # a "shifted" channel is MAGIC + an integer already: + 0 keeps it
+        value = batchnorm(value, 1.0, [MAGIC if a.form == "batchnorm" else 0.0 for a in affines], f"{prefix}/round")
     return batchnorm(value, 1.0, -MAGIC, f"{prefix}/unround")
 
 
@@ -560,23 +827,10 @@ def _float_of(builder, integers: str, zero_point: int, name: str) -> str:
     return builder.node("Sub", [value, builder.constant(f"{name}/zero_point", np.array(zero_point, np.float32))], name)
 
 
-def _to_uint8(builder, tensor: str, zero_point: int, bounds: tuple[int, int], name: str, int_type: str) -> str:
-    """Add the output zero point, clamp to `bounds` and cast to uint8."""
-    dtype = np.int64 if int_type == "INT64" else np.int32
-    shifted = builder.node(
-        "Add",
-        [tensor, builder.constant(f"{name}/output_zero_point", np.array(zero_point, dtype))],
-        f"{name}/add_zero_point",
-    )
-    low = builder.constant(f"{name}/min", np.array(bounds[0], dtype))
-    high = builder.constant(f"{name}/max", np.array(bounds[1], dtype))
-    clamped = builder.node("Clip", [shifted, low, high], f"{name}/clamp")
-    return builder.node("Cast", [clamped], f"{name}/to_uint8", to=_onnx_type(builder, "UINT8"))
-
-
 def _softmax(builder, logits: str, network: IntegerNetwork, axis: int, opset: int) -> str:
-    """TFLite's uint8 SOFTMAX over the class `axis`: table[255 - max + x] / (sequential float32 sum * output scale),
-    rounded half up."""
+    """TFLite's uint8 or int8 SOFTMAX over the class `axis`: table[255 - max + x] / (sequential float32 sum * output
+    scale), rounded (uint8: + 0.5 in float32, truncated; int8: std::round, + 0.5 in float64 and Floor), plus the output
+    zero point, clamped: the core's integers as int32."""
     name = f"{SCOPE}/Predictions/Softmax"
     as_int = builder.node("Cast", [logits], f"{name}/to_int64", to=_onnx_type(builder, "INT64"))
     maximum = _class_max(builder, as_int, axis, f"{name}/class_max", opset)
@@ -601,13 +855,28 @@ def _softmax(builder, logits: str, network: IntegerNetwork, axis: int, opset: in
         "Div", [builder.constant(f"{name}/one", np.array(1.0, np.float32)), scaled_total], f"{name}/inverse"
     )
     rescaled = builder.node("Mul", [exps, inverse], f"{name}/rescaled")
-    rounded = builder.node(
-        "Add", [rescaled, builder.constant(f"{name}/half", np.array(0.5, np.float32))], f"{name}/add_half"
-    )
+    if network.dtype == "uint8":
+        rounded = builder.node(
+            "Add", [rescaled, builder.constant(f"{name}/half", np.array(0.5, np.float32))], f"{name}/add_half"
+        )
+    else:  # std::round of a float32 >= 0: + 0.5 is exact in float64
+        wide = builder.node("Cast", [rescaled], f"{name}/to_double", to=_onnx_type(builder, "DOUBLE"))
+        half = builder.node(
+            "Add", [wide, builder.constant(f"{name}/half", np.array(0.5, np.float64))], f"{name}/add_half"
+        )
+        rounded = builder.node("Floor", [half], f"{name}/round_half_away")
     truncated = builder.node("Cast", [rounded], f"{name}/truncate", to=_onnx_type(builder, "INT32"))
-    bounds = (UINT8_MIN, UINT8_MAX)
-    quantized = _to_uint8(builder, truncated, network.output_zero_point, bounds, name, "INT32")
-    return builder.node("Identity", [quantized], f"{name}/output", output=PROBABILITIES)
+    shifted = builder.node(
+        "Add",
+        [truncated, builder.constant(f"{name}/output_zero_point", np.array(network.output_zero_point, np.int32))],
+        f"{name}/add_zero_point",
+    )
+    low, high = (np.array(bound, np.int32) for bound in INTEGER_RANGES[network.dtype])
+    return builder.node(
+        "Clip",
+        [shifted, builder.constant(f"{name}/min", low), builder.constant(f"{name}/max", high)],
+        f"{name}/clamp",
+    )
 
 
 def _class_max(builder, tensor: str, axis: int, name: str, opset: int) -> str:

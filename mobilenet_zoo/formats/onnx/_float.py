@@ -104,7 +104,7 @@ class OnnxRunner:
         shape = model_input.shape
         self.input_name = model_input.name
         self.channels_first = shape[1] == 3
-        # an int8 input (tf2onnx's conversion of TF's int8 files) takes uint8 pixels shifted by -128, as TFLite's
+        # an int8 input (TF's converter's int8 files, ours or tf2onnx's) takes uint8 pixels shifted by -128, as TFLite's
         self.quantized = model_input.type in ("tensor(uint8)", "tensor(int8)")
         height = shape[2] if self.channels_first else shape[1]
         self.resolution = height if isinstance(height, int) else None
