@@ -22,6 +22,7 @@ SPEC = register_format(
         extra="onnx",
         max_lsb=0,
         runner_threads=True,
+        writes_int8=True,  # in QDQ form (`quant_format="qdq"`)
     )
 )
 
@@ -45,13 +46,17 @@ def write_float(model, out: Path, *, layout: str = "NCHW", quant_format: str = "
 @writer("onnx", quantized=True)
 def write_quantized(model, out: Path, *, layout: str = "NCHW", quant_format: str = "exact", **options) -> Path:
     """A uint8 model as `exact` (bit-exact with TFLite's builtin kernels) or `qdq` ONNX."""
+    from mobilenet_zoo.errors import ModelFormatError
     from mobilenet_zoo.formats.onnx import _exact, _float, _qdq
 
     if quant_format not in _float.QUANT_FORMATS:
-        from mobilenet_zoo.errors import ModelFormatError
-
         raise ModelFormatError(
             f"unknown quantized ONNX form {quant_format!r}; choose {', '.join(_float.QUANT_FORMATS)}"
+        )
+    if quant_format == "exact" and _qdq.is_int8(model):
+        raise ModelFormatError(
+            f"{model.config.name} is an int8 per-channel model (TF's converter): the exact ONNX writer holds uint8 "
+            "per-tensor models only; write it with --quant-format qdq"
         )
     return (_qdq if quant_format == "qdq" else _exact).write(model, out, layout=layout, **options)
 
@@ -75,7 +80,7 @@ def load_runner(path: Path, *, threads: int | None = None):
 
     path = Path(path)
     loaded = _float.load_runner(path, _reader.runner_head(path) if path.is_file() else None, threads=threads)
-    if loaded.quantized and _qdq.is_qdq(loaded):
+    if _qdq.is_qdq(loaded):  # uint8 or int8 inside, whatever its edges take
         loaded.tolerance_profile = QDQ_PROFILE
     return loaded
 

@@ -93,7 +93,8 @@ class OnnxRunner:
     session: Any
     input_name: str = field(init=False)
     channels_first: bool = field(init=False)
-    quantized: bool = field(init=False)
+    quantized: bool = field(init=False)  # takes uint8 pixels (an int8 input gets them shifted by -128)
+    int8_input: bool = field(init=False)
     resolution: int | None = field(init=False)
     aliases: dict[str, str] = field(default_factory=dict)  # Runner name by output name (a dense head's outputs)
     source: str | bytes | None = None  # the model file or serialized model the session was made of
@@ -104,13 +105,16 @@ class OnnxRunner:
         shape = model_input.shape
         self.input_name = model_input.name
         self.channels_first = shape[1] == 3
-        self.quantized = model_input.type == "tensor(uint8)"
+        self.quantized = model_input.type in ("tensor(uint8)", "tensor(int8)")
+        self.int8_input = model_input.type == "tensor(int8)"  # fed uint8 pixels shifted by -128 (as TFLite's runner)
         height = shape[2] if self.channels_first else shape[1]
         self.resolution = height if isinstance(height, int) else None
 
     def feed(self, images: np.ndarray) -> dict[str, np.ndarray]:
         """The session input for a batch of NHWC images (cast, and transposed for NCHW files)."""
         batch = np.asarray(images, dtype=np.uint8 if self.quantized else np.float32)
+        if self.int8_input:
+            batch = (batch.astype(np.int16) - 128).astype(np.int8)
         if self.channels_first:
             batch = batch.transpose(0, 3, 1, 2)
         return {self.input_name: np.ascontiguousarray(batch)}
@@ -118,7 +122,10 @@ class OnnxRunner:
     def __call__(self, images: np.ndarray) -> dict[str, np.ndarray]:
         names = [output.name for output in self.session.get_outputs()]
         values = self.session.run(names, self.feed(images))
-        return {self.aliases.get(name, name): self.as_nhwc(value) for name, value in zip(names, values)}
+        outputs = {self.aliases.get(name, name): self.as_nhwc(value) for name, value in zip(names, values)}
+        if outputs.get(PROBABILITIES) is not None and outputs[PROBABILITIES].dtype == np.int8:  # scale 1/256: +128
+            outputs[PROBABILITIES] = (outputs[PROBABILITIES].astype(np.int16) + 128).astype(np.uint8)
+        return outputs
 
     def single_threaded(self) -> OnnxRunner:
         """The same model on a session whose every call runs on one thread; calls from several threads run at
