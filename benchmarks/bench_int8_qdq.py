@@ -9,6 +9,8 @@ or given with --tflite. Runtimes, each in its own worker process (spawned, as be
   onnx qdq             ours: `convert X --to onnx --quant-format qdq` (`formats.onnx._qdq`, NCHW input) in onnxruntime
   onnx qdq nhwc        ours with NHWC input (a Transpose inside the graph)
   onnx qdq tf2onnx     the peer: `python -m tf2onnx.convert --tflite X --output O --opset 13` in onnxruntime
+  ... tuned            our file and tf2onnx's on tuned sessions (TUNED_CONFIG: idle pool threads sleep instead of
+                       spinning, dynamically sized blocks of work): what 2 threads need on a busy machine
 with the same thread count (TFLite num_threads; onnxruntime intra_op_num_threads, inter_op 1, CPU provider), batch 1,
 interleaved in rounds (per round, per runtime: one untimed call, then --calls timed calls on a preset input). Reported
 per thread count: median and p90 per call, the best round's median, ratios to XNNPACK (median and best round), and the
@@ -60,7 +62,12 @@ XNNPACK, BUILTIN, OURS, OURS_NHWC, TF2ONNX = (
     "onnx qdq nhwc",
     "onnx qdq tf2onnx",
 )
-RUNTIMES = (XNNPACK, BUILTIN, OURS, OURS_NHWC, TF2ONNX)
+TUNED = " tuned"  # the same file on a session with TUNED_CONFIG
+TUNED_CONFIG = {
+    "session.intra_op.allow_spinning": "0",  # idle pool threads sleep: spinning ones wait on each other on busy cores
+    "session.dynamic_block_base": "4",  # smaller, dynamically sized blocks of work per thread
+}
+RUNTIMES = (XNNPACK, BUILTIN, OURS, OURS_NHWC, OURS + TUNED, TF2ONNX, TF2ONNX + TUNED)
 OPT_LEVELS = {"all": "ORT_ENABLE_ALL", "extended": "ORT_ENABLE_EXTENDED", "basic": "ORT_ENABLE_BASIC"}
 OPT_LEVELS["disabled"] = "ORT_DISABLE_ALL"
 TARGET = 1.2  # issue 21: QDQ int8 ONNX at most 1.2x TFLite XNNPACK int8
@@ -97,6 +104,7 @@ def make_tflite(flavour: str, out: Path) -> Path:
 
 def onnx_file(runtime: str, source: Path, folder: Path) -> Path:
     """Our QDQ ONNX of the file (NCHW or NHWC input), or tf2onnx's."""
+    runtime = runtime.removesuffix(TUNED)
     out = folder / f"{source.stem}_{runtime.replace(' ', '_')}.onnx"
     if out.exists():
         return out
@@ -130,19 +138,23 @@ def as_file_input(batch: np.ndarray, source: Path) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------- the workers
 
 
-def onnx_session(path: Path, threads: int, opt_level: str = "all", profile_prefix: str | None = None):
+def onnx_session(
+    path: Path, threads: int, opt_level: str = "all", profile_prefix: str | None = None, tuned: bool = False
+):
     ort = require("onnxruntime")
     options = ort.SessionOptions()
     options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+    for key, value in TUNED_CONFIG.items() if tuned else ():
+        options.add_session_config_entry(key, value)
     options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, OPT_LEVELS[opt_level])
     if profile_prefix:
         options.enable_profiling, options.profile_file_prefix = True, profile_prefix
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def onnx_call(path: Path, image: np.ndarray, threads: int, opt_level: str):
+def onnx_call(path: Path, image: np.ndarray, threads: int, opt_level: str, tuned: bool = False):
     """`session.run` on the preset NHWC image, and a batch runner (one image per run) giving the raw probabilities."""
-    session = onnx_session(path, threads, opt_level)
+    session = onnx_session(path, threads, opt_level, tuned=tuned)
     source = session.get_inputs()[0]
     names = [output.name for output in session.get_outputs()]
     output = "probabilities" if "probabilities" in names else names[0]
@@ -164,7 +176,7 @@ def build(runtime: str, source: Path, threads: int, opt_level: str, folder: Path
     image = preset_input(source)
     if runtime.startswith("tflite"):
         return tflite_call(source, image, threads, builtin=runtime == BUILTIN)
-    return onnx_call(onnx_file(runtime, source, folder), image, threads, opt_level)
+    return onnx_call(onnx_file(runtime, source, folder), image, threads, opt_level, runtime.endswith(TUNED))
 
 
 def worker(runtime: str, source: str, threads: int, opt_level: str, folder: str, connection) -> None:
