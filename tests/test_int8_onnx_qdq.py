@@ -17,9 +17,12 @@ import numpy as np
 import pytest
 from realdata import realdata
 
+from mobilenet_zoo import quant_math
+from mobilenet_zoo.arch import Backbone
 from mobilenet_zoo.errors import ModelFormatError
 from mobilenet_zoo.formats import onnx, tflite
 from mobilenet_zoo.model import QuantizedTensor
+from mobilenet_zoo.parity import QDQ_MAX_FEATURE_LSB
 from mobilenet_zoo.preprocess import load_image, load_image_uint8
 from mobilenet_zoo.testing.tf_converter import FULL_INTEGER
 
@@ -88,21 +91,41 @@ def test_qdq_lands_within_1_5x_of_xnnpack_from_the_builtin_kernels(tf_converted,
         assert np.all((ours_top == top) | (margin <= allowed)), (top, ours_top, margin)
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("flavour", FULL_INTEGER)
-def test_onnxruntime_runs_every_convolution_as_an_integer_kernel(qdq_file, tmp_path, flavour):
-    """The graph onnxruntime optimizes (its default level) holds 28 QLinearConv and no float Conv: int8 inputs,
-    logits and feature outputs do not keep a convolution out of its integer kernels."""
+def optimized_ops(path, folder) -> collections.Counter:
+    """The op types of the graph onnxruntime runs (its default optimization level, CPU)."""
     import onnx as onnx_lib
     import onnxruntime
 
     options = onnxruntime.SessionOptions()
-    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    options.optimized_model_filepath = str(folder / "optimized.onnx")
     options.log_severity_level = 3  # its warning that the optimized file is for this machine only
-    onnxruntime.InferenceSession(str(qdq_file(flavour)), options, providers=["CPUExecutionProvider"])
-    ops = collections.Counter(node.op_type for node in onnx_lib.load(options.optimized_model_filepath).graph.node)
+    onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return collections.Counter(node.op_type for node in onnx_lib.load(options.optimized_model_filepath).graph.node)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("flavour", FULL_INTEGER)
+def test_onnxruntime_runs_every_convolution_as_an_integer_kernel(qdq_file, tmp_path, flavour):
+    """The graph onnxruntime optimizes holds 28 QLinearConv and no float Conv: the int8 input and the logits output
+    do not keep a convolution out of its integer kernels."""
+    ops = optimized_ops(qdq_file(flavour), tmp_path)
     assert ops["QLinearConv"] == 28 and ops["Conv"] == 0, ops
     assert ops["QLinearAveragePool"] == 1, ops
+
+
+@pytest.mark.slow
+def test_int8_feature_outputs_keep_the_convolutions_integer(tf_converted, tmp_path):
+    """Feature maps (backbone `features`) are int8 outputs, NHWC, near the integer reference, and the convolutions
+    that give them still run as QLinearConv."""
+    model = tflite.read(tf_converted("int8")).with_backbone(Backbone(features=(5, 13)))
+    path = onnx.write(model, tmp_path / "features.onnx", quant_format="qdq")
+    ops = optimized_ops(path, tmp_path)
+    assert ops["QLinearConv"] == 28 and ops["Conv"] == 0, ops
+    image = input_sets(quantized=True)["photos"][:1]
+    got, expected = onnx.load_runner(path)(image), quant_math.forward(model, image)
+    for name, shape in (("Conv2d_5_pointwise", (1, 28, 28, 256)), ("Conv2d_13_pointwise", (1, 7, 7, 1024))):
+        assert got[name].dtype == np.int8 and got[name].shape == shape
+        assert np.abs(got[name].astype(int) - expected[name].astype(int)).max() <= QDQ_MAX_FEATURE_LSB
 
 
 @pytest.mark.slow

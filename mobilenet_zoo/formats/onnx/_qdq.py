@@ -1,7 +1,7 @@
 """Quantized ONNX in QDQ form: what onnxruntime fuses into its own quantized kernels (QLinearConv, QLinearAveragePool,
-QLinearSoftmax), for speed first. Two kinds of models:
+QLinearSoftmax), for speed first. Two kinds of models.
 
-Every tensor between layers is uint8 behind a QuantizeLinear / DequantizeLinear pair with the model's own scale and zero
+uint8 per-tensor models (the official `_quant` files): every tensor between layers is uint8 behind a QuantizeLinear / DequantizeLinear pair with the model's own scale and zero
 point; kernels are DequantizeLinear of the integer weights (stored as int8, shifted by 128 with their zero point, which
 dequantizes to the same reals and takes onnxruntime's faster u8s8 kernels), biases DequantizeLinear of the int32 biases.
 onnxruntime requantizes in float32 with round-half-even where TFLite uses a Q31 fixed-point multiplier, so outputs
@@ -13,7 +13,8 @@ int32 per channel, activations int8, and the edges as the source has them: an in
 (DequantizeLinear -> QuantizeLinear to the core: TFLite's QUANTIZE) and uint8 probabilities, or a float32 interface
 (QuantizeLinear in, DequantizeLinear out). Every Conv sits between DequantizeLinear inputs and one QuantizeLinear
 (ReLU6 left out when the output's range already clamps it, as TF's converter calibrates it), so onnxruntime runs
-each as a QLinearConv. The runner feeds an int8 input uint8 pixels shifted by -128 and gives int8 probabilities
+each as a QLinearConv (all 28: an int8 tensor that is also a graph output, which onnxruntime would leave int8 and
+unfused, is stored as uint8 inside, see `_shared_output`). The runner feeds an int8 input uint8 pixels shifted by -128 and gives int8 probabilities
 shifted by +128, as the TFLite runner does with the same file.
 
 The integers and scales are the graph's own constants, so `_reader` reads the file back to the exact model (int8
@@ -129,7 +130,7 @@ def _proto(builder, model: MobileNetV1Model, layout: str, opset: int):
     feature maps the core's) and metadata (int8 models: the quantization record too)."""
     quant, name = model.quant, model.config.name
     types = {"uint8": "UINT8", "int8": "INT8", "float32": "FLOAT"}
-    int8 = quant.activation_dtype != "uint8" or quant.interface is not None
+    int8 = is_int8(model)
     description = (
         f"MobileNet V1 {name}: int8 per-channel QDQ for onnxruntime's integer kernels, input {layout} {quant.input_dtype}"
         if int8
