@@ -334,8 +334,8 @@ def compare(
     top5 = float(np.mean([set(a) == set(b) for a, b in zip(ref_top, top)]))
     failures: list[str] = []
     max_lsb = max_logits = max_logits_lsb = None
-    if reference.quantized:
-        max_lsb = int(np.abs(probs.astype(np.int32) - ref_probs.astype(np.int32)).max())
+    if reference.quantized or _integer_core_behind_float_edges(reference):
+        max_lsb = _output_lsb(probs, ref_probs)
         max_probs = max_lsb * OUTPUT_SCALE
         if max_lsb > thresholds.max_lsb(fmt):
             failures.append(f"output differs by {max_lsb} LSB (allowed {thresholds.max_lsb(fmt)})")
@@ -369,6 +369,20 @@ def compare(
         xnnpack_lsb=reference.xnnpack_lsb,
         max_logits_lsb=max_logits_lsb,
     )
+
+
+def _integer_core_behind_float_edges(reference: Reference) -> bool:
+    """A float-interface reference around an integer core (TF's converter's float32 edges): integer logits, the
+    probabilities its DEQUANTIZE gives in steps of 1/256, compared in LSB as the quantized outputs are."""
+    logits = reference.outputs.get("logits")
+    return logits is not None and logits.dtype.kind in "iu"
+
+
+def _output_lsb(got: np.ndarray, expected: np.ndarray) -> int:
+    """Max difference of the probabilities in LSB of the 1/256 output (dequantized float ones too)."""
+    if got.dtype.kind == "f" or expected.dtype.kind == "f":
+        return int(np.round(np.abs(got.astype(np.float64) - expected.astype(np.float64)).max() / OUTPUT_SCALE))
+    return int(np.abs(got.astype(np.int32) - expected.astype(np.int32)).max())
 
 
 def _logits_lsb(reference: Reference, outputs: dict[str, np.ndarray]) -> int | None:

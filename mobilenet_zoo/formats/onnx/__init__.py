@@ -45,12 +45,12 @@ def write_float(model, out: Path, *, layout: str = "NCHW", quant_format: str = "
 
 @writer("onnx", quantized=True)
 def write_quantized(model, out: Path, *, layout: str = "NCHW", quant_format: str = "exact", **options) -> Path:
-    """A uint8 model as `exact` (bit-exact with TFLite's builtin kernels) or `qdq` ONNX."""
+    """A uint8 per-tensor or int8 per-channel model as `exact` (bit-exact with TFLite's builtin kernels) or `qdq`
+    ONNX (onnxruntime's integer kernels)."""
+    from mobilenet_zoo.errors import ModelFormatError
     from mobilenet_zoo.formats.onnx import _exact, _float, _qdq
 
     if quant_format not in _float.QUANT_FORMATS:
-        from mobilenet_zoo.errors import ModelFormatError
-
         raise ModelFormatError(
             f"unknown quantized ONNX form {quant_format!r}; choose {', '.join(_float.QUANT_FORMATS)}"
         )
@@ -77,7 +77,7 @@ def load_runner(path: Path, *, threads: int | None = None):
 
     path = Path(path)
     loaded = _float.load_runner(path, _reader.runner_head(path) if path.is_file() else None, threads=threads)
-    if loaded.quantized and _qdq.is_qdq(loaded):
+    if _qdq.is_qdq(loaded):  # uint8 or int8 inside, whatever its edges take
         loaded.tolerance_profile = QDQ_PROFILE
     return loaded
 

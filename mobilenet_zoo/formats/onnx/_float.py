@@ -93,7 +93,8 @@ class OnnxRunner:
     session: Any
     input_name: str = field(init=False)
     channels_first: bool = field(init=False)
-    quantized: bool = field(init=False)
+    quantized: bool = field(init=False)  # takes uint8 pixels (an int8 input gets them shifted by -128)
+    int8_input: bool = field(init=False)
     resolution: int | None = field(init=False)
     aliases: dict[str, str] = field(default_factory=dict)  # Runner name by output name (a dense head's outputs)
     source: str | bytes | None = None  # the model file or serialized model the session was made of
@@ -104,8 +105,9 @@ class OnnxRunner:
         shape = model_input.shape
         self.input_name = model_input.name
         self.channels_first = shape[1] == 3
-        # an int8 input (TF's converter's int8 files, ours or tf2onnx's) takes uint8 pixels shifted by -128, as TFLite's
         self.quantized = model_input.type in ("tensor(uint8)", "tensor(int8)")
+        # an int8 input (TF's converter's int8 files, ours or tf2onnx's) takes uint8 pixels shifted by -128, as TFLite's
+        self.int8_input = model_input.type == "tensor(int8)"
         height = shape[2] if self.channels_first else shape[1]
         self.resolution = height if isinstance(height, int) else None
         self.batch_size = shape[0] if isinstance(shape[0], int) and shape[0] > 0 else None  # tf2onnx's files fix 1
@@ -113,7 +115,7 @@ class OnnxRunner:
     def feed(self, images: np.ndarray) -> dict[str, np.ndarray]:
         """The session input for a batch of NHWC images (cast, and transposed for NCHW files)."""
         batch = np.asarray(images, dtype=np.uint8 if self.quantized else np.float32)
-        if self.session.get_inputs()[0].type == "tensor(int8)":
+        if self.int8_input:
             batch = (batch.astype(np.int16) - 128).astype(np.int8)
         if self.channels_first:
             batch = batch.transpose(0, 3, 1, 2)

@@ -94,10 +94,13 @@ def read(path: Path) -> MobileNetV1Model:
 
 
 def _qdq_reader_of(graph: OnnxGraph, convs: list):
-    """The reader of a QDQ graph: per-channel ones (onnxruntime's quantize_static, tf2onnx's conversion of TF's int8
-    files) as the int8 model (`_qdq_reader`), per-tensor ones as the uint8 model (`_read_qdq`)."""
+    """The reader of a QDQ graph: ours by its quantization record (`_read_recorded_qdq`); per-channel ones
+    (onnxruntime's quantize_static, tf2onnx's conversion of TF's int8 files) as the int8 model (`_qdq_reader`),
+    per-tensor ones as the uint8 model (`_read_qdq`)."""
     from mobilenet_zoo.formats.onnx import _qdq_reader
 
+    if graph.metadata.get("producer") == PRODUCER and QUANTIZATION_KEY in graph.metadata:
+        return _read_recorded_qdq  # ours: the integers in the graph, their parameters from our record
     return _qdq_reader.read if _qdq_reader.is_per_channel(graph, convs) else _read_qdq
 
 
@@ -642,6 +645,24 @@ def _read_qdq(graph: OnnxGraph, convs: list, config: ModelConfig) -> tuple[dict[
     return _dequantized(quant), quant
 
 
+def _read_recorded_qdq(graph: OnnxGraph, convs: list, config: ModelConfig) -> tuple[dict[str, np.ndarray], QuantInfo]:
+    """Our int8 QDQ files: the integers as the DequantizeLinear constants store them, their parameters (edges
+    included) from the `quantization` record, refused where the graph's scales disagree with it."""
+    values, scales = {}, {}
+    for conv, (scope, weight_name, bias_name, kind) in zip(convs, _names(config)):
+        kernel, bias = (_dequantize_node(graph, conv, index, scope) for index in (1, 2))
+        values[weight_name], values[bias_name] = (
+            from_oihw(graph.value(kernel.input[0]), kind),
+            graph.value(bias.input[0]),
+        )
+        scales[weight_name], scales[bias_name] = graph.value(kernel.input[1]), graph.value(bias.input[1])
+    quant = quant_info_from_json(graph.metadata[QUANTIZATION_KEY], values)
+    for name, scale in scales.items():
+        if not np.array_equal(np.asarray(scale, np.float32).reshape(-1), quant.tensors[name].params.scale.reshape(-1)):
+            raise graph.error(f"the scales of {name} differ from those its quantization record gives")
+    return _dequantized(quant), quant
+
+
 def _dequantized(quant: QuantInfo) -> dict[str, np.ndarray]:
     """The float weights a quantized model carries beside its integers."""
     return {name: tensor.dequantize() for name, tensor in quant.tensors.items()}
@@ -649,11 +670,17 @@ def _dequantized(quant: QuantInfo) -> dict[str, np.ndarray]:
 
 def _dequantize_input(graph: OnnxGraph, conv, index: int, scope: str) -> QuantizedTensor:
     """The integer values (as stored, OIHW) and quantization of a Conv's kernel (index 1) or bias (index 2)."""
+    producer = _dequantize_node(graph, conv, index, scope)
+    return _as_uint8(graph.value(producer.input[0]), _params(graph, producer))
+
+
+def _dequantize_node(graph: OnnxGraph, conv, index: int, scope: str):
+    """The DequantizeLinear of constant integers that gives a Conv's kernel (index 1) or bias (index 2)."""
     what = "kernel" if index == 1 else "bias"
     producer = graph.producers.get(conv.input[index]) if len(conv.input) > index else None
     if producer is None or producer.op_type != "DequantizeLinear" or not graph.is_constant(producer.input[0]):
         raise graph.error(f"the {what} of {scope} is not a DequantizeLinear of constant integers")
-    return _as_uint8(graph.value(producer.input[0]), _params(graph, producer))
+    return producer
 
 
 def _quantize_after(graph: OnnxGraph, tensor: str, activation: str) -> QuantParams:
