@@ -30,10 +30,6 @@ from mobilenet_zoo.formats.onnx import _qdq as onnx_qdq
 from mobilenet_zoo.formats.onnx import _reader as onnx_reader
 from mobilenet_zoo.model import QuantInfo, QuantizedTensor, QuantParams
 from mobilenet_zoo.parity import (
-    ONNX_QDQ,
-    QDQ_MAX_FEATURE_LSB,
-    QDQ_MAX_LOGITS_LSB,
-    QDQ_MAX_LSB,
     Reference,
     ReferenceModel,
     Thresholds,
@@ -54,6 +50,11 @@ OPTIMIZATION_LEVELS = ("ORT_DISABLE_ALL", "ORT_ENABLE_BASIC", "ORT_ENABLE_EXTEND
 def model_path(variant: str) -> Path:
     return realdata(f"mobilenet_v1_{variant}_quant.tflite")
 
+
+ONNX_QDQ = onnx_format.QDQ_TOLERANCE.name  # the tolerance profile the ONNX format declares for its QDQ form
+QDQ_MAX_LSB = onnx_format.QDQ_TOLERANCE.lsb
+QDQ_MAX_LOGITS_LSB = onnx_format.QDQ_TOLERANCE.logits_lsb
+QDQ_MAX_FEATURE_LSB = onnx_format.QDQ_TOLERANCE.feature_lsb
 
 def max_lsb(got: np.ndarray, expected: np.ndarray) -> int:
     return int(np.abs(got.astype(np.int32) - expected.astype(np.int32)).max())

@@ -543,11 +543,7 @@ def verify_command(
 
     if not 0.0 <= min_agreement <= 1.0:
         raise ZooError(f"--min-agreement is a share of the images, 0 to 1, not {min_agreement}")
-    thresholds = Thresholds(atol=atol, rtol=rtol, top5_identical=top5, min_agreement=min_agreement)
-    if max_lsb is not None:
-        thresholds.lsb = dict.fromkeys(thresholds.lsb, max_lsb)
-        thresholds.logits_lsb = dict.fromkeys(thresholds.logits_lsb, max_lsb)
-        thresholds.feature_lsb = dict.fromkeys(thresholds.feature_lsb, max_lsb)
+    thresholds = Thresholds(atol=atol, rtol=rtol, top5_identical=top5, max_lsb=max_lsb, min_agreement=min_agreement)
     if source and reference:
         raise ZooError("give --source or --reference, not both")
     with _registry_settings(registry, mirror):
