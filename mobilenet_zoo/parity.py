@@ -225,9 +225,8 @@ def runnable_reference(reference: ReferenceModel) -> ReferenceModel:
     float `.tflite` beside it (same release, same weights), run in LiteRT."""
     if reference.stands_in_for is not None or reference.runs_in_numpy:
         return reference
-    if detect_format(reference.path) != "tf":
-        return reference
-    stand_in = format_module("tf").tflite_stand_in(reference.path)
+    stand_in_for = getattr(format_module(detect_format(reference.path)), "reference_stand_in", None)
+    stand_in = stand_in_for(reference.path) if stand_in_for else None
     return ReferenceModel(stand_in, reference.backbone, RUNTIME, reference.path) if stand_in else reference
 
 
@@ -278,20 +277,16 @@ def compute_reference(
             raise ModelFormatError(f"{reference.path}: the reference must have a fixed input size")
         inputs, names = make_inputs(runner.resolution, runner.quantized, images, n_random, seed)
         outputs = run_batched(runner, inputs)
-    runs_tflite = not reference.runs_in_numpy and detect_format(reference.path) == "tflite"
-    xnnpack = (
-        xnnpack_lsb(reference.path, inputs, outputs["probabilities"])
-        if (runner.quantized or getattr(runner, "integer_core", False)) and runs_tflite
-        else None
-    )
+    peer = getattr(runner, "peer_runner", None)
+    xnnpack = peer_lsb(peer(), inputs, outputs["probabilities"]) if peer and not reference.runs_in_numpy else None
     profile = None if reference.runs_in_numpy else getattr(runner, "tolerance_profile", None)
     return Reference(inputs, names, outputs, runner.quantized, reference.origin, xnnpack, profile)
 
 
-def xnnpack_lsb(path: Path, inputs: np.ndarray, probabilities: np.ndarray) -> int:
-    """How far TFLite's default runtime (the XNNPACK delegate) lands from the builtin kernels' uint8 output, in LSB."""
-    runner = format_module("tflite").load_runner(path, xnnpack=True)
-    got = run_batched(runner, inputs)["probabilities"]
+def peer_lsb(peer: Runner, inputs: np.ndarray, probabilities: np.ndarray) -> int:
+    """How far a reference's peer runtime (an integer TFLite file's: TFLite's default runtime, the XNNPACK delegate,
+    beside its builtin kernels) lands from the reference's uint8 output, in LSB (`Reference.xnnpack_lsb`)."""
+    got = run_batched(peer, inputs)["probabilities"]
     if got.dtype.kind == "f":  # an integer core behind float edges: its dequantized 1/256 steps
         return int(np.round(np.abs(got.astype(np.float64) - probabilities.astype(np.float64)).max() / OUTPUT_SCALE))
     return int(np.abs(got.astype(np.int32) - probabilities.astype(np.int32)).max())
@@ -773,11 +768,12 @@ def is_quantized_file(path: Path) -> bool:
         return module.load_runner(Path(path)).quantized
 
 
-def differs_on_purpose(path: Path) -> bool:
-    """Whether a model file's numbers differ from its float source's on purpose: quantized, or made by
-    `convert --quantize` (float16 weights: a float source recorded), or read with float16 weights (TF's converter's
-    float16 files: their own weights, run by the numpy forward pass, are their exact reference), or a target `convert`
-    wrote of a float16 or dynamic-range file (its weight storage recorded: checked against that file)."""
+def differs_on_purpose(path: Path, source_storage: str | None = None) -> bool:
+    """Whether a model file's numbers differ from its float source's (whose weights are stored as `source_storage`)
+    on purpose: quantized, or made by `convert --quantize` (a float source recorded), or read with weights stored
+    otherwise than the source's: a float16 file of TF's converter (its own weights, run by the numpy forward pass, are
+    its exact reference), or a target `convert` wrote of a float16 or dynamic-range file (its weight storage recorded
+    in its metadata: checked against the file it recorded)."""
     from mobilenet_zoo.manifest import manifest_entry
 
     entry = manifest_entry(Path(path)) or {}
@@ -785,12 +781,23 @@ def differs_on_purpose(path: Path) -> bool:
         return True
     module = format_module(detect_format(Path(path)))
     try:
-        model = module.read(Path(path))  # read once: quantized, or float16 weights
+        model = module.read(Path(path))  # read once: quantized, or how its weights are stored
     except ModelFormatError:
         return bool(entry.get("quantized")) if entry else module.load_runner(Path(path)).quantized
+    if model.config.quantized:
+        return True
+    stored_otherwise = model.weight_storage not in (None, source_storage)
     if entry:
-        return model.weight_storage is not None and bool(entry.get("reference"))
-    return model.config.quantized or model.weight_storage == "float16"
+        return stored_otherwise and bool(entry.get("reference"))
+    return stored_otherwise and model.weight_storage == "float16"
+
+
+def weight_storage(path: Path) -> str | None:
+    """How a float model file stores its weights (`MobileNetV1Model.weight_storage`), None when it cannot be read."""
+    try:
+        return format_module(detect_format(Path(path))).read(Path(path)).weight_storage
+    except ModelFormatError:
+        return None
 
 
 def own_reference(target: Path) -> ReferenceModel:
@@ -808,10 +815,11 @@ def groups_for_model(path: Path, targets: list[Path]) -> tuple[dict[ReferenceMod
     model itself, except for a quantized target of a float model, checked against `own_reference`, the float
     model being its accuracy gate's source. Also returns the given model when it is float (every target's gate)."""
     float_source = None if is_quantized_file(path) else Path(path)
+    storage = weight_storage(path) if float_source is not None else None
     groups: dict[ReferenceModel, list[Path]] = {}
     for target in targets:
         model = ReferenceModel(path, recorded_backbone(target))
-        if float_source is not None and not is_self_reference(target, path) and differs_on_purpose(target):
+        if float_source is not None and not is_self_reference(target, path) and differs_on_purpose(target, storage):
             model = own_reference(target)
         groups.setdefault(model, []).append(target)
     return groups, float_source

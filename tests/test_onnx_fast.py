@@ -450,8 +450,10 @@ def test_cli_verify_fails_a_damaged_qdq_file(cli, qdq_files, tmp_path):
     scale.CopyFrom(onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(scale) * np.float32(1.03), name))
     damaged = tmp_path / "damaged.onnx"
     onnx.save(proto, str(damaged))
-    code, _stdout, stderr = cli("verify", damaged, "--reference", model_path("0.25_128"))
-    assert code == 4 and "logits differ" in stderr
+    code, stdout, stderr = cli("verify", damaged, "--reference", model_path("0.25_128"), "--json")
+    (report,) = json.loads(stdout)["targets"]
+    assert code == 4 and "failed parity" in stderr
+    assert any("logits differ" in failure for failure in report["failures"]), report["failures"]
 
 
 def test_cli_refuses_an_unknown_quant_format(cli, tmp_path):

@@ -8,6 +8,7 @@ Private module: `_flatbuffer`.
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 from mobilenet_zoo.formats import (
@@ -83,12 +84,14 @@ def write(model, out: Path) -> Path:
 
 @runner("tflite")
 def load_runner(path: Path, *, xnnpack: bool = False):
-    """The interpreter (uint8 on its builtin kernels; `xnnpack`: on TFLite's default runtime). A float16 or
-    dynamic-range file is judged (and judges its targets) by its form's tolerance profile."""
+    """The interpreter (uint8 on its builtin kernels; `xnnpack`: on TFLite's default runtime, its `peer_runner`).
+    A float16 or dynamic-range file is judged (and judges its targets) by its form's tolerance profile."""
     from mobilenet_zoo.formats.tflite import _flatbuffer
 
     loaded = _flatbuffer.load_runner(Path(path), xnnpack=xnnpack)
     loaded.tolerance_profile = FORM_TOLERANCES.get(loaded.weight_storage)
+    if loaded.integer_core and not xnnpack:  # verify shows XNNPACK's distance beside; the QDQ profile scales it
+        loaded.peer_runner = partial(load_runner, Path(path), xnnpack=True)
     return loaded
 
 

@@ -671,6 +671,7 @@ class TFLiteRunner:
     integer_core: bool = False  # an integer network (uint8 or int8), whatever its edges take and give
     weight_storage: str | None = None  # a float network's: "float16", "int8-dynamic" (hybrid kernels) or None
     tolerance_profile: str | None = None  # the tolerance profile of its form (set by the format's runner)
+    peer_runner: Callable[[], Any] | None = None  # an integer file on XNNPACK (set by the format's runner)
 
     def __call__(self, images: np.ndarray) -> dict[str, np.ndarray]:
         from mobilenet_zoo import quant_math
