@@ -56,6 +56,7 @@ QDQ_MAX_LSB = onnx_format.QDQ_TOLERANCE.lsb
 QDQ_MAX_LOGITS_LSB = onnx_format.QDQ_TOLERANCE.logits_lsb
 QDQ_MAX_FEATURE_LSB = onnx_format.QDQ_TOLERANCE.feature_lsb
 
+
 def max_lsb(got: np.ndarray, expected: np.ndarray) -> int:
     return int(np.abs(got.astype(np.int32) - expected.astype(np.int32)).max())
 

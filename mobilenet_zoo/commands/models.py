@@ -515,7 +515,7 @@ def verify_command(
     max_lsb: Optional[int] = typer.Option(
         None,
         "--max-lsb",
-        help="Quantized models: allowed uint8 difference (default 0 for exact ONNX, 1 for the other formats, 29 for QDQ ONNX: 6 on its logits, 137 on feature maps).",
+        help="Every LSB bound at once (default: each form's tolerance profile: 0 for exact ONNX, 1 for the other formats, 1.5x XNNPACK's distance for QDQ ONNX (29 unmeasured; 6 on its logits, 137 on feature maps), 1 LSB of the probabilities for float16 files' targets, half the float source's distance (29 unknown) for dynamic-range ones).",
     ),
     top5: bool = typer.Option(True, "--top5/--no-top5", help="Float models: require identical top-5 sets."),
     min_agreement: float = typer.Option(

@@ -5,7 +5,8 @@ Every tensor between layers is uint8 behind a QuantizeLinear / DequantizeLinear 
 point; kernels are DequantizeLinear of the integer weights (stored as int8, shifted by 128 with their zero point, which
 dequantizes to the same reals and takes onnxruntime's faster u8s8 kernels), biases DequantizeLinear of the int32 biases.
 onnxruntime requantizes in float32 with round-half-even where TFLite uses a Q31 fixed-point multiplier, so outputs
-land a few LSB from TFLite's builtin kernels (`verify` allows `parity.QDQ_MAX_LSB`); the exact form is `_exact`.
+land a few LSB from TFLite's builtin kernels (`verify` judges them by the format's `onnx-qdq` tolerance profile,
+`QDQ_TOLERANCE`); the exact form is `_exact`.
 
 The integers and scales are the graph's own constants, so `_reader` reads the file back to the exact model; the
 metadata records `quant_format: qdq` (plus `model.metadata()`), which `verify` reads to apply the QDQ tolerance.
