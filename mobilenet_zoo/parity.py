@@ -370,7 +370,7 @@ def compare(
         max_lsb = int(np.abs(probs.astype(np.int32) - ref_probs.astype(np.int32)).max())
         max_probs = max_lsb * OUTPUT_SCALE
         if max_lsb > allowed.lsb:
-            failures.append(f"output differs by {max_lsb} LSB (allowed {allowed.lsb}: {allowed.basis})")
+            failures.append(f"output differs by {max_lsb} LSB (allowed {allowed.lsb}), {allowed.basis}")
         max_logits_lsb = _logits_lsb(reference, outputs)
         if allowed.logits_lsb is not None and max_logits_lsb is not None and max_logits_lsb > allowed.logits_lsb:
             failures.append(f"logits differ by {max_logits_lsb} LSB (allowed {allowed.logits_lsb})")
@@ -418,7 +418,7 @@ def _float_checks(
     difference = np.abs(outputs["probabilities"].astype(np.float64) - reference.outputs["probabilities"]).max()
     steps = float(difference / OUTPUT_SCALE)
     if not steps <= allowed.lsb:  # NaN too
-        failures.append(f"probabilities differ by {steps:.2f} LSB of 1/256 (allowed {allowed.lsb}: {allowed.basis})")
+        failures.append(f"probabilities differ by {steps:.2f} LSB of 1/256 (allowed {allowed.lsb}), {allowed.basis}")
     return int(np.ceil(steps - 1e-9)) if np.isfinite(steps) else None
 
 
