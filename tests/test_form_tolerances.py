@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import json
 import re
+import sys
+import textwrap
 from dataclasses import replace
 from pathlib import Path
 
@@ -84,6 +86,90 @@ def test_a_profile_name_is_declared_once():
     spec = formats.FormatSpec("other", "Other", ".other", tolerances=(formats.ToleranceProfile("onnx-qdq"),))
     with pytest.raises(ValueError, match="declared by 'onnx' too"):
         formats.register_format(spec)
+
+
+COARSE = '''
+"""A format whose runtime lands 2 LSB off on one class: it declares a profile for that, its runner names it."""
+import json
+from pathlib import Path
+
+import numpy as np
+
+from mobilenet_zoo.formats import FormatSpec, ToleranceProfile, reader, register_format, runner, writer
+from mobilenet_zoo.model import MobileNetV1Model, config_from_metadata
+
+COARSE = ToleranceProfile("coarse-runtime", lsb=3, float_in_lsb=True, top5_identical=False, basis="2 LSB off")
+SPEC = register_format(FormatSpec("coarse", "Coarse", target_suffix=".coarse", suffixes=(".coarse",),
+                                  tolerances=(COARSE,)))
+
+
+@writer("coarse")
+def write(model, out):
+    with open(out, "wb") as stream:
+        np.savez(stream, __metadata__=np.array(json.dumps(model.metadata())), **model.fold().weights)
+    return Path(out)
+
+
+@reader("coarse")
+def read(path):
+    with np.load(path) as data:
+        metadata = json.loads(str(data["__metadata__"]))
+        weights = {name: data[name] for name in data.files if name != "__metadata__"}
+    return MobileNetV1Model(config_from_metadata(metadata, path), weights, source=str(path)).validate()
+
+
+class CoarseRunner:
+    tolerance_profile = COARSE.name
+
+    def __init__(self, inner):
+        self.inner, self.quantized, self.resolution = inner, False, inner.resolution
+
+    def __call__(self, images):
+        outputs = dict(self.inner(images))
+        outputs["probabilities"] = outputs["probabilities"].copy()
+        outputs["probabilities"][..., 0] += np.float32(2 / 256)
+        return outputs
+
+
+@runner("coarse")
+def load_runner(path):
+    from mobilenet_zoo.parity import NumpyRunner
+
+    return CoarseRunner(NumpyRunner(read(path)))
+'''
+
+
+@pytest.fixture
+def coarse_format(tmp_path_factory):
+    """A format package declaring its own tolerance profile, registered as any format is, then forgotten."""
+    folder = tmp_path_factory.mktemp("plugins")
+    (folder / "coarse").mkdir()
+    (folder / "coarse" / "__init__.py").write_text(textwrap.dedent(COARSE))
+    formats.__path__.append(str(folder))
+    formats.rediscover()
+    yield "coarse"
+    formats.__path__.remove(str(folder))
+    formats._SPECS.pop("coarse", None)
+    for key in [key for key in formats._HANDLERS if key[0] == "coarse"]:
+        del formats._HANDLERS[key]
+    sys.modules.pop("mobilenet_zoo.formats.coarse", None)
+
+
+def test_a_format_folder_declares_a_profile_that_verify_applies(coarse_format, cli, tmp_path):
+    """Adding a tolerance profile touches only the format's folder: its runner names it, verify applies it."""
+    from mobilenet_zoo.arch import ModelConfig
+    from mobilenet_zoo.formats.onnx import write as write_onnx
+    from mobilenet_zoo.model import random_model
+
+    source = write_onnx(random_model(ModelConfig(0.25, 128), seed=5), tmp_path / "source.onnx")
+    code, _, err = cli("convert", source, "--to", "coarse", "-o", tmp_path / "out")
+    assert code == 0, err
+    code, out, err = cli("verify", tmp_path / "out", "--source", source, "--random", "2", "--json")
+    assert code == 0, err
+    [report] = json.loads(out)["targets"]
+    assert report["passed"] and report["tolerance"] == "coarse-runtime: 3 LSB" and report["max_lsb"] == 2
+    code, out, err = cli("verify", tmp_path / "out", "--source", source, "--random", "2", "--max-lsb", "1")
+    assert code == 4 and "probabilities differ by 2.00 LSB" in err
 
 
 # ------------------------------------------------------------------------------------ the rules
