@@ -515,7 +515,7 @@ def verify_command(
     max_lsb: Optional[int] = typer.Option(
         None,
         "--max-lsb",
-        help="Quantized models: allowed uint8 difference (default 0 for exact ONNX, 1 for the other formats, 29 for QDQ ONNX: 6 on its logits, 137 on feature maps).",
+        help="Every LSB bound at once (default: each form's tolerance profile: 0 for exact ONNX, 1 for the other formats, 1.5x XNNPACK's distance for QDQ ONNX (29 unmeasured; 6 on its logits, 137 on feature maps), 1 LSB of the probabilities for float16 files' targets, half the float source's distance (29 unknown) for dynamic-range ones).",
     ),
     top5: bool = typer.Option(True, "--top5/--no-top5", help="Float models: require identical top-5 sets."),
     min_agreement: float = typer.Option(
@@ -543,11 +543,7 @@ def verify_command(
 
     if not 0.0 <= min_agreement <= 1.0:
         raise ZooError(f"--min-agreement is a share of the images, 0 to 1, not {min_agreement}")
-    thresholds = Thresholds(atol=atol, rtol=rtol, top5_identical=top5, min_agreement=min_agreement)
-    if max_lsb is not None:
-        thresholds.lsb = dict.fromkeys(thresholds.lsb, max_lsb)
-        thresholds.logits_lsb = dict.fromkeys(thresholds.logits_lsb, max_lsb)
-        thresholds.feature_lsb = dict.fromkeys(thresholds.feature_lsb, max_lsb)
+    thresholds = Thresholds(atol=atol, rtol=rtol, top5_identical=top5, max_lsb=max_lsb, min_agreement=min_agreement)
     if source and reference:
         raise ZooError("give --source or --reference, not both")
     with _registry_settings(registry, mirror):

@@ -64,10 +64,37 @@ class Runner(Protocol):
 
     quantized: bool
     resolution: int | None
-    # A runner may also name the tolerance profile its model is judged by (`tolerance_profile`, e.g. "onnx-qdq" for
-    # an ONNX file in QDQ form); without one, its format's name is the profile.
+    # A runner may also name the tolerance profile its model is judged by (`tolerance_profile`: one its format's spec
+    # declares, e.g. for a file in a form whose arithmetic differs); without one, its format's default profile.
 
     def __call__(self, images: np.ndarray) -> dict[str, np.ndarray]: ...
+
+
+@dataclass(frozen=True)
+class ToleranceProfile:
+    """How far a model may land from its reference, as data: a format declares its profiles in its spec
+    (`FormatSpec.tolerances`), a runner names the one its file's form is judged by (`tolerance_profile`), and
+    `verify` applies it without knowing the format. A reference's profile (its runtime's arithmetic differs from
+    the float arithmetic its targets run, as TFLite's hybrid kernels) wins over its target's.
+
+    Integer outputs are compared in LSB of their raw values (the softmax's steps of 1/256). Float outputs are
+    compared as `numpy.allclose` does (the `Thresholds`' atol and rtol), unless `float_in_lsb`: then their
+    probabilities in steps of 1/256, within the same allowance, and their logits only when `float_logits`."""
+
+    name: str
+    lsb: int = 1  # the output (probabilities) against the reference, in LSB: the default allowance
+    logits_lsb: int | None = None  # integer logits, where bounded
+    feature_lsb: int | None = None  # integer feature maps (None: `lsb`)
+    xnnpack_factor: float | None = None  # allowance: this x XNNPACK's own distance on the same inputs, when measured
+    float_source_factor: float | None = None  # allowance: this x the reference's distance from its float source
+    float_in_lsb: bool = False  # float probabilities in 1/256 steps within the allowance (not atol/rtol)
+    float_logits: bool = True  # float logits at the Thresholds' atol/rtol
+    top5_identical: bool = True  # float outputs: the same top-5 sets (also as `Thresholds.top5_identical` says)
+    near_ties_only: bool = False  # a top-1 change fails unless the reference's two classes lie within the allowance
+    basis: str = ""  # where the figures come from (shown with a failure, and in the docs)
+
+
+DEFAULT_LSB = 1  # a format's uint8 tolerance against TFLite's builtin kernels when it declares none
 
 
 @dataclass(frozen=True)
@@ -82,10 +109,22 @@ class FormatSpec:
     runtime: str = ""  # `bench --runtimes` name of the runtime that runs it
     runtime_module: str = ""  # importable when that runtime is installed
     extra: str = ""  # pip extra that installs what the format needs
-    max_lsb: int = 1  # default tolerance of its uint8 outputs against the TFLite builtin kernels
+    # named tolerance profiles; the one named after the format is its default (else `DEFAULT_LSB`, float as
+    # `Thresholds` says), the others are picked by its runner (`tolerance_profile`)
+    tolerances: tuple[ToleranceProfile, ...] = ()
     runner_threads: bool = False  # its runner takes `threads=N` (a per-session thread count)
     writes_int8: bool = False  # its quantized writer holds int8 per-channel models (TF's converter), edges included
     priority: int = 0  # detection order when several formats claim a path (higher first)
+
+    @property
+    def default_tolerance(self) -> ToleranceProfile:
+        """The profile its files are judged by unless their runner names another."""
+        return next((t for t in self.tolerances if t.name == self.name), ToleranceProfile(self.name, DEFAULT_LSB))
+
+    @property
+    def max_lsb(self) -> int:
+        """Its default tolerance of uint8 outputs against the TFLite builtin kernels."""
+        return self.default_tolerance.lsb
 
     def claims(self, path: Path) -> bool:
         """True when `path` looks like a file or folder of this format."""
@@ -105,11 +144,30 @@ READ, WRITE, WRITE_QUANTIZED, RUN, SNIFF, THREADS = "read", "write", "write_quan
 
 
 def register_format(spec: FormatSpec) -> FormatSpec:
-    """Declare a format (once per name)."""
+    """Declare a format (once per name; its tolerance profiles' names unique across formats)."""
     if spec.name in _SPECS and _SPECS[spec.name] != spec:
         raise ValueError(f"format {spec.name!r} is registered twice")
+    for profile in spec.tolerances:
+        owner = next((s.name for s in _SPECS.values() if s.name != spec.name and profile.name in _profiles(s)), None)
+        if owner is not None or (profile.name in _SPECS and profile.name != spec.name):
+            raise ValueError(f"tolerance profile {profile.name!r} of {spec.name!r} is declared by {owner!r} too")
     _SPECS[spec.name] = spec
     return spec
+
+
+def _profiles(spec: FormatSpec) -> dict[str, ToleranceProfile]:
+    return {spec.name: spec.default_tolerance, **{profile.name: profile for profile in spec.tolerances}}
+
+
+def tolerance(name: str) -> ToleranceProfile:
+    """A tolerance profile by name (a format's name: its default), as some format's spec declares it; an unknown
+    name is judged by the defaults."""
+    discover()
+    for declared in _SPECS.values():
+        profile = _profiles(declared).get(name)
+        if profile is not None:
+            return profile
+    return ToleranceProfile(name, DEFAULT_LSB)
 
 
 def _handler(kind: str, fmt: str) -> Callable[[Callable], Callable]:

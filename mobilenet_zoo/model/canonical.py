@@ -17,6 +17,7 @@ from mobilenet_zoo.errors import ModelFormatError, ZooError
 from mobilenet_zoo.model.arch import BN_EPSILON, NUM_CLASSES, Backbone, ModelConfig, placed_layers
 
 PRODUCER = "mobilenet-zoo"  # recorded in the metadata of every file this project writes
+WEIGHT_STORAGE = "weight_storage"  # metadata key of a float model's "float16" or "int8-dynamic" weights
 
 # Names of the activations a quantized model records a scale and zero point for, besides each layer scope.
 INPUT_ACTIVATION = "input"
@@ -295,9 +296,12 @@ class MobileNetV1Model:
         return model.with_recorded(metadata).validate()
 
     def with_recorded(self, metadata: dict[str, str]) -> MobileNetV1Model:
-        """The model with what our files record beyond the weights restored: the classes and the padding."""
+        """The model with what our files record beyond the weights restored: the classes, the padding and a float
+        model's weight storage (when its file's own structure does not say it)."""
         config = replace(self.config, padding=metadata.get("padding", self.config.padding))
-        return replace(self, config=config, classes=Classes.from_metadata(metadata, config.num_classes))
+        storage = self.weight_storage or (None if config.quantized else metadata.get(WEIGHT_STORAGE))
+        classes = Classes.from_metadata(metadata, config.num_classes)
+        return replace(self, config=config, classes=classes, weight_storage=storage)
 
     @property
     def is_folded(self) -> bool:
@@ -387,6 +391,7 @@ class MobileNetV1Model:
             "num_classes": str(self.config.num_classes),
             **self.classes.metadata(),
             **({"padding": self.config.padding} if self.config.padding != "same" else {}),
+            **({WEIGHT_STORAGE: self.weight_storage} if self.weight_storage and not self.config.quantized else {}),
             **self.backbone.metadata(),
         }
 

@@ -2,7 +2,9 @@
 
 Float models are compared output by output as `numpy.allclose` does (|target - reference| <= atol + rtol *
 |reference|, so the tolerance scales with the output's magnitude) and on top-5 sets; quantized models on
-their raw uint8 output in LSB; feature outputs (backbone `features`) the same way.
+their raw uint8 output in LSB; feature outputs (backbone `features`) the same way. How far each may land is a
+tolerance profile (`formats.ToleranceProfile`) its format declares and its runner (or the reference's, when the
+reference's own arithmetic differs, as a float16 or dynamic-range TFLite file's) names: this module names no format.
 
 A reference is never built by the code under test. It is the original artifact in its own runtime (frozen
 graph in TensorFlow, the official `.tflite` in the TFLite interpreter's builtin kernels), reference outputs
@@ -26,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from mobilenet_zoo.errors import ModelFormatError, VerificationError, ZooError
-from mobilenet_zoo.formats import Runner, detect_format, format_module
+from mobilenet_zoo.formats import Runner, ToleranceProfile, detect_format, format_module, tolerance
 from mobilenet_zoo.model.arch import NUM_CLASSES, Backbone
 from mobilenet_zoo.model.canonical import MobileNetV1Model
 from mobilenet_zoo.model.preprocess import load_batch
@@ -44,42 +46,23 @@ MAIN_OUTPUTS = ("logits", "probabilities")
 
 OUTPUT_SCALE = 1 / 256  # uint8 softmax output quantization of the quantized models
 SELF_REFERENCE = "reference: self (compared with itself: not a check)"
-ONNX_QDQ = "onnx-qdq"  # threshold key of ONNX files in QDQ form (their metadata says quant_format: qdq)
-# QDQ files requantize in onnxruntime's float32 (round half to even), not TFLite's Q31 fixed point. Measured on the
-# two real uint8 models over 8 real photos + 1000 seeded random inputs each: output at most 19 LSB (TFLite's own
-# XNNPACK: 20), logits at most 4 LSB; feature maps (any layer, output stride 8 to 32, 108 inputs) at most 91 LSB on
-# single elements, exactly where TFLite's XNNPACK lands too. The allowances are 1.5x those. The logits bound is the
-# sharp one: one weight scale 3% off moves the logits by 10 LSB and more, the output often less than XNNPACK does.
-QDQ_MAX_LSB = 29
-QDQ_MAX_LOGITS_LSB = 6
-QDQ_MAX_FEATURE_LSB = 137
-
-
-def _default_lsb() -> dict[str, int]:
-    """Each format's own uint8 tolerance (its spec's `max_lsb`: 0 for exact ONNX, 1 elsewhere), QDQ ONNX's."""
-    from mobilenet_zoo.formats import specs
-
-    return {**{spec.name: spec.max_lsb for spec in specs()}, ONNX_QDQ: QDQ_MAX_LSB}
 
 
 @dataclass
 class Thresholds:
     """Pass criteria. Float outputs: |target - reference| <= atol + rtol * |reference| elementwise (as
-    `numpy.allclose`); quantized ones: uint8 LSB, per target format."""
+    `numpy.allclose`); quantized ones: LSB, as each target's tolerance profile says (`profile`), or `max_lsb` for
+    every LSB bound (outputs, logits, feature maps) when given."""
 
     atol: float = 1e-4
     rtol: float = 1e-4
     top5_identical: bool = True
-    lsb: dict[str, int] = field(default_factory=lambda: _default_lsb())
-    logits_lsb: dict[str, int] = field(default_factory=lambda: {ONNX_QDQ: QDQ_MAX_LOGITS_LSB})  # where bounded
-    feature_lsb: dict[str, int] = field(default_factory=lambda: {ONNX_QDQ: QDQ_MAX_FEATURE_LSB})  # else `lsb`
+    max_lsb: int | None = None  # `verify --max-lsb`: replaces every profile's LSB bounds
     min_agreement: float = MIN_AGREEMENT  # the accuracy gate: least top-1 agreement with the float source
 
-    def max_lsb(self, fmt: str) -> int:
-        return self.lsb.get(fmt, 1)
-
-    def max_feature_lsb(self, fmt: str) -> int:
-        return self.feature_lsb.get(fmt, self.max_lsb(fmt))
+    def profile(self, name: str) -> ToleranceProfile:
+        """The tolerance profile of that name (a format's name: its default), as its format declares it."""
+        return tolerance(name)
 
     def float_failure(self, name: str, got: np.ndarray, expected: np.ndarray) -> str | None:
         """Why a float output is out of tolerance, or None when it is within it (NaN is never within)."""
@@ -95,6 +78,47 @@ class Thresholds:
         return None
 
 
+@dataclass(frozen=True)
+class Allowance:
+    """A tolerance profile resolved for one comparison: its bounds on the inputs at hand, and where they come from."""
+
+    profile: ToleranceProfile
+    lsb: int
+    logits_lsb: int | None
+    feature_lsb: int
+    basis: str
+
+    @property
+    def float_in_lsb(self) -> bool:
+        return self.profile.float_in_lsb
+
+
+def allowance(
+    profile: ToleranceProfile, reference: Reference, thresholds: Thresholds, float_distance: float | None = None
+) -> Allowance:
+    """The profile's bounds: its own figures, or measured ones (`xnnpack_factor` x the reference's XNNPACK distance,
+    `float_source_factor` x the reference's `float_distance` from its float source, in LSB), or `--max-lsb`'s."""
+    lsb, basis = profile.lsb, f"{profile.name}: {profile.lsb} LSB"
+    if profile.xnnpack_factor is not None and reference.xnnpack_lsb is not None:
+        lsb = int(profile.xnnpack_factor * reference.xnnpack_lsb)
+        basis = f"{profile.name}: {profile.xnnpack_factor:g}x XNNPACK's {reference.xnnpack_lsb} LSB on these inputs"
+    if profile.float_source_factor is not None:
+        if float_distance is None:
+            basis = f"{profile.name}: {lsb} LSB (the float source is not known)"
+        else:
+            lsb = max(1, int(profile.float_source_factor * float_distance))
+            basis = (
+                f"{profile.name}: {profile.float_source_factor:g}x the reference's {float_distance:.1f} LSB "
+                "from its float source"
+            )
+    logits, features = profile.logits_lsb, profile.feature_lsb if profile.feature_lsb is not None else lsb
+    if thresholds.max_lsb is not None:
+        lsb = features = thresholds.max_lsb
+        logits = None if logits is None else thresholds.max_lsb
+        basis = f"--max-lsb {thresholds.max_lsb}"
+    return Allowance(profile, lsb, logits, features, basis)
+
+
 @dataclass
 class Reference:
     """Inputs and the reference model's outputs on them."""
@@ -105,6 +129,7 @@ class Reference:
     quantized: bool
     origin: str
     xnnpack_lsb: int | None = None  # quantized .tflite references: TFLite's XNNPACK runtime vs its builtin kernels
+    profile: str | None = None  # the tolerance profile the reference's runner names (its targets are judged by it)
 
     def save(self, path: Path) -> Path:
         """Write to an .npz that `load` reads back, so verification needs no TensorFlow later."""
@@ -114,6 +139,7 @@ class Reference:
                 "quantized": self.quantized,
                 "origin": self.origin,
                 "xnnpack_lsb": self.xnnpack_lsb,
+                "profile": self.profile,
             }
         )
         with open(path, "wb") as stream:
@@ -135,6 +161,7 @@ class Reference:
                     meta["quantized"],
                     meta["origin"],
                     meta.get("xnnpack_lsb"),
+                    meta.get("profile"),
                 )
         except (OSError, KeyError, ValueError) as exc:
             raise ZooError(f"{path}: not a saved reference ({exc})") from None
@@ -198,9 +225,8 @@ def runnable_reference(reference: ReferenceModel) -> ReferenceModel:
     float `.tflite` beside it (same release, same weights), run in LiteRT."""
     if reference.stands_in_for is not None or reference.runs_in_numpy:
         return reference
-    if detect_format(reference.path) != "tf":
-        return reference
-    stand_in = format_module("tf").tflite_stand_in(reference.path)
+    stand_in_for = getattr(format_module(detect_format(reference.path)), "reference_stand_in", None)
+    stand_in = stand_in_for(reference.path) if stand_in_for else None
     return ReferenceModel(stand_in, reference.backbone, RUNTIME, reference.path) if stand_in else reference
 
 
@@ -251,19 +277,16 @@ def compute_reference(
             raise ModelFormatError(f"{reference.path}: the reference must have a fixed input size")
         inputs, names = make_inputs(runner.resolution, runner.quantized, images, n_random, seed)
         outputs = run_batched(runner, inputs)
-    runs_tflite = not reference.runs_in_numpy and detect_format(reference.path) == "tflite"
-    xnnpack = (
-        xnnpack_lsb(reference.path, inputs, outputs["probabilities"])
-        if (runner.quantized or getattr(runner, "integer_core", False)) and runs_tflite
-        else None
-    )
-    return Reference(inputs, names, outputs, runner.quantized, reference.origin, xnnpack)
+    peer = getattr(runner, "peer_runner", None)
+    xnnpack = peer_lsb(peer(), inputs, outputs["probabilities"]) if peer and not reference.runs_in_numpy else None
+    profile = None if reference.runs_in_numpy else getattr(runner, "tolerance_profile", None)
+    return Reference(inputs, names, outputs, runner.quantized, reference.origin, xnnpack, profile)
 
 
-def xnnpack_lsb(path: Path, inputs: np.ndarray, probabilities: np.ndarray) -> int:
-    """How far TFLite's default runtime (the XNNPACK delegate) lands from the builtin kernels' uint8 output, in LSB."""
-    runner = format_module("tflite").load_runner(path, xnnpack=True)
-    got = run_batched(runner, inputs)["probabilities"]
+def peer_lsb(peer: Runner, inputs: np.ndarray, probabilities: np.ndarray) -> int:
+    """How far a reference's peer runtime (an integer TFLite file's: TFLite's default runtime, the XNNPACK delegate,
+    beside its builtin kernels) lands from the reference's uint8 output, in LSB (`Reference.xnnpack_lsb`)."""
+    got = run_batched(peer, inputs)["probabilities"]
     if got.dtype.kind == "f":  # an integer core behind float edges: its dequantized 1/256 steps
         return int(np.round(np.abs(got.astype(np.float64) - probabilities.astype(np.float64)).max() / OUTPUT_SCALE))
     return int(np.abs(got.astype(np.int32) - probabilities.astype(np.int32)).max())
@@ -300,6 +323,7 @@ class TargetReport:
     max_logits_lsb: int | None = None  # quantized targets with uint8 logits: their max difference in LSB
     agreement: Agreement | None = None  # the accuracy gate: agreement with the float source on images
     per_layer: LayerComparison | None = None  # `verify --per-layer`: every layer's error against the reference
+    tolerance: str | None = None  # the tolerance profile applied and where its bound comes from
 
     def as_dict(self) -> dict:
         out = asdict(self)
@@ -323,36 +347,42 @@ class TargetReport:
 
 
 def compare(
-    target: str, fmt: str, reference: Reference, outputs: dict[str, np.ndarray], thresholds: Thresholds
+    target: str,
+    fmt: str,
+    reference: Reference,
+    outputs: dict[str, np.ndarray],
+    thresholds: Thresholds,
+    float_distance: float | None = None,
 ) -> TargetReport:
-    """Compare a target's outputs with the reference's under the thresholds."""
+    """Compare a target's outputs with the reference's under the thresholds and the tolerance profile: the
+    reference's (`Reference.profile`) when it names one, else the target's (`fmt`: its runner's profile or its
+    format); `float_distance`: the reference's distance from its float source, for profiles measured from it."""
     ref_probs, probs = reference.outputs["probabilities"], outputs["probabilities"]
     if probs.shape != ref_probs.shape:
         raise ModelFormatError(f"{target}: output shape {probs.shape} differs from the reference's {ref_probs.shape}")
+    allowed = allowance(thresholds.profile(reference.profile or fmt), reference, thresholds, float_distance)
     ref_top, top = top_k(ref_probs, 5), top_k(probs, 5)
     top1 = float(np.mean(ref_top[:, 0] == top[:, 0]))
     top5 = float(np.mean([set(a) == set(b) for a, b in zip(ref_top, top)]))
     failures: list[str] = []
     max_lsb = max_logits = max_logits_lsb = None
-    if reference.quantized or _integer_core_behind_float_edges(reference):
-        max_lsb = _output_lsb(probs, ref_probs)
+    if reference.quantized:
+        max_lsb = int(np.abs(probs.astype(np.int32) - ref_probs.astype(np.int32)).max())
         max_probs = max_lsb * OUTPUT_SCALE
-        if max_lsb > thresholds.max_lsb(fmt):
-            failures.append(f"output differs by {max_lsb} LSB (allowed {thresholds.max_lsb(fmt)})")
+        if max_lsb > allowed.lsb:
+            failures.append(f"output differs by {max_lsb} LSB (allowed {allowed.lsb}), {allowed.basis}")
         max_logits_lsb = _logits_lsb(reference, outputs)
-        allowed_logits = thresholds.logits_lsb.get(fmt)
-        if allowed_logits is not None and max_logits_lsb is not None and max_logits_lsb > allowed_logits:
-            failures.append(f"logits differ by {max_logits_lsb} LSB (allowed {allowed_logits})")
+        if allowed.logits_lsb is not None and max_logits_lsb is not None and max_logits_lsb > allowed.logits_lsb:
+            failures.append(f"logits differ by {max_logits_lsb} LSB (allowed {allowed.logits_lsb})")
     else:
         max_probs = float(np.abs(probs - ref_probs).max())
         max_logits = float(np.abs(outputs["logits"] - reference.outputs["logits"]).max())
-        for name in MAIN_OUTPUTS:
-            failure = thresholds.float_failure(name, outputs[name], reference.outputs[name])
-            if failure:
-                failures.append(failure)
-        if thresholds.top5_identical and top5 < 1.0:
+        max_lsb = _float_checks(outputs, reference, thresholds, allowed, failures)
+        if thresholds.top5_identical and allowed.profile.top5_identical and top5 < 1.0:
             failures.append(f"top-5 sets differ on {round((1 - top5) * len(top))} of {len(top)} inputs")
-    features = compare_features(reference, outputs, thresholds, fmt, failures)
+    if allowed.profile.near_ties_only:
+        failures.extend(_top1_changes(ref_probs, probs, allowed.lsb * (1 if reference.quantized else OUTPUT_SCALE)))
+    features = compare_features(reference, outputs, thresholds, allowed, failures)
     return TargetReport(
         target,
         fmt,
@@ -368,21 +398,43 @@ def compare(
         features,
         xnnpack_lsb=reference.xnnpack_lsb,
         max_logits_lsb=max_logits_lsb,
+        tolerance=allowed.basis,
     )
 
 
-def _integer_core_behind_float_edges(reference: Reference) -> bool:
-    """A float-interface reference around an integer core (TF's converter's float32 edges): integer logits, the
-    probabilities its DEQUANTIZE gives in steps of 1/256, compared in LSB as the quantized outputs are."""
-    logits = reference.outputs.get("logits")
-    return logits is not None and logits.dtype.kind in "iu"
+def _float_checks(
+    outputs: dict[str, np.ndarray], reference: Reference, thresholds: Thresholds, allowed: Allowance, failures: list
+) -> int | None:
+    """Float outputs: logits and probabilities at atol/rtol, or (profiles `float_in_lsb`) the probabilities in steps
+    of 1/256 within the allowance (returned, rounded up past float32 rounding) and the logits at atol/rtol when the profile checks them."""
+    checked = [name for name in MAIN_OUTPUTS if not (allowed.float_in_lsb and name == "probabilities")]
+    checked = [name for name in checked if allowed.profile.float_logits or name != "logits"]
+    for name in checked:
+        failure = thresholds.float_failure(name, outputs[name], reference.outputs[name])
+        if failure:
+            failures.append(failure)
+    if not allowed.float_in_lsb:
+        return None
+    difference = np.abs(outputs["probabilities"].astype(np.float64) - reference.outputs["probabilities"]).max()
+    steps = float(difference / OUTPUT_SCALE)
+    if not steps <= allowed.lsb:  # NaN too
+        failures.append(f"probabilities differ by {steps:.2f} LSB of 1/256 (allowed {allowed.lsb}), {allowed.basis}")
+    return int(np.ceil(round(steps, 3))) if np.isfinite(steps) else None  # float32 rounding aside
 
 
-def _output_lsb(got: np.ndarray, expected: np.ndarray) -> int:
-    """Max difference of the probabilities in LSB of the 1/256 output (dequantized float ones too)."""
-    if got.dtype.kind == "f" or expected.dtype.kind == "f":
-        return int(np.round(np.abs(got.astype(np.float64) - expected.astype(np.float64)).max() / OUTPUT_SCALE))
-    return int(np.abs(got.astype(np.int32) - expected.astype(np.int32)).max())
+def _top1_changes(expected: np.ndarray, got: np.ndarray, near: float) -> list[str]:
+    """A failure when the top-1 changes on an input where the reference's scores of the two classes lie more than
+    `near` apart (a near-tie is allowed to flip)."""
+    rows, got_rows = expected.reshape(-1, expected.shape[-1]).astype(np.float64), got.reshape(-1, got.shape[-1])
+    mine, theirs = rows.argmax(-1), got_rows.argmax(-1)
+    gaps = rows[np.arange(len(rows)), mine] - rows[np.arange(len(rows)), theirs]
+    beyond = np.nonzero((mine != theirs) & (gaps > near))[0]
+    if not len(beyond):
+        return []
+    return [
+        f"top-1 changes on {len(beyond)} of {len(rows)} inputs beyond near-ties (the reference's two classes "
+        f"{gaps[beyond].max():.3g} apart, near-ties within {near:.3g})"
+    ]
 
 
 def _logits_lsb(reference: Reference, outputs: dict[str, np.ndarray]) -> int | None:
@@ -394,7 +446,11 @@ def _logits_lsb(reference: Reference, outputs: dict[str, np.ndarray]) -> int | N
 
 
 def compare_features(
-    reference: Reference, outputs: dict[str, np.ndarray], thresholds: Thresholds, fmt: str, failures: list[str]
+    reference: Reference,
+    outputs: dict[str, np.ndarray],
+    thresholds: Thresholds,
+    allowed: Allowance,
+    failures: list[str],
 ) -> dict[str, float]:
     """Max abs difference (LSB when quantized) of every extra (feature) output of the reference; records failures."""
     differences: dict[str, float] = {}
@@ -409,8 +465,8 @@ def compare_features(
         difference = float(np.abs(outputs[name].astype(np.float64) - expected.astype(np.float64)).max())
         differences[name] = difference
         if reference.quantized:
-            if not difference <= thresholds.max_feature_lsb(fmt):
-                failures.append(f"{name} differs by {difference:.3g} LSB (allowed {thresholds.max_feature_lsb(fmt)})")
+            if not difference <= allowed.feature_lsb:
+                failures.append(f"{name} differs by {difference:.3g} LSB (allowed {allowed.feature_lsb})")
         else:
             failure = thresholds.float_failure(name, outputs[name], expected)
             if failure:
@@ -418,15 +474,17 @@ def compare_features(
     return differences
 
 
-def verify_target(target: Path, reference: Reference, thresholds: Thresholds) -> TargetReport:
+def verify_target(
+    target: Path, reference: Reference, thresholds: Thresholds, float_distance: float | None = None
+) -> TargetReport:
     """Run one converted model on the reference inputs and compare."""
-    return run_target(target, reference, thresholds)[0]
+    return run_target(target, reference, thresholds, float_distance)[0]
 
 
 def run_target(
-    target: Path, reference: Reference, thresholds: Thresholds
+    target: Path, reference: Reference, thresholds: Thresholds, float_distance: float | None = None
 ) -> tuple[TargetReport, dict[str, np.ndarray]]:
-    """`verify_target`, and the target's outputs on the reference inputs."""
+    """`verify_target`, and the target's outputs on the reference inputs (`float_distance`: see `compare`)."""
     fmt = detect_format(target)
     runner = format_module(fmt).load_runner(target)
     if runner.quantized != reference.quantized:
@@ -439,14 +497,14 @@ def run_target(
             f"{target} takes {runner.resolution}x{runner.resolution} inputs, the reference {reference.resolution}"
         )
     outputs = run_batched(runner, reference.inputs)
-    report = compare(str(target), threshold_key(fmt, runner), reference, outputs, thresholds)
+    report = compare(str(target), threshold_key(fmt, runner), reference, outputs, thresholds, float_distance)
     check_parameters(report, target, fmt)
     return report, outputs
 
 
 def threshold_key(fmt: str, runner: Runner) -> str:
-    """The target's key in `Thresholds.lsb`: the tolerance profile its runner names (`ONNX_QDQ` for an ONNX file in
-    QDQ form), else its format."""
+    """The target's tolerance profile: the one its runner names (a file in a form its format judges apart), else
+    its format's default."""
     return getattr(runner, "tolerance_profile", None) or fmt
 
 
@@ -553,6 +611,7 @@ class AccuracyGate:
     min_agreement: float = MIN_AGREEMENT
     given: Path | None = None
     _probabilities: dict[ReferenceModel, np.ndarray] = field(default_factory=dict, repr=False)
+    _references: dict[tuple[ReferenceModel, int], Reference] = field(default_factory=dict, repr=False)
 
     def source(self, target: Path) -> ReferenceModel | None:
         """The float model a target is gated against (built with the target's backbone options), if any."""
@@ -564,6 +623,22 @@ class AccuracyGate:
         names = [Path(p).name for p in self.images]
         if not computed.quantized and names and computed.input_names[: len(names)] == names:
             self._probabilities.setdefault(model, computed.outputs["probabilities"][: len(names)])
+
+    def float_distance(self, target: Path, reference: Reference, n_random: int) -> float | None:
+        """How far the reference lands from the target's float source on the reference's inputs (in steps of
+        1/256), when the reference's tolerance profile is measured from it and that source is known."""
+        if not reference.profile or tolerance(reference.profile).float_source_factor is None:
+            return None
+        model = self.source(target)
+        if model is None:
+            return None
+        if (model, n_random) not in self._references:
+            self._references[model, n_random] = compute_reference(model, self.images, n_random, self.seed)
+        source = self._references[model, n_random]
+        if source.quantized or not np.array_equal(source.inputs, reference.inputs):
+            return None
+        difference = np.abs(source.outputs["probabilities"].astype(np.float64) - reference.outputs["probabilities"])
+        return float(difference.max() / OUTPUT_SCALE)
 
     def float_probabilities(self, model: ReferenceModel) -> np.ndarray:
         if model not in self._probabilities:
@@ -648,7 +723,8 @@ def verify_group(
     reports = []
     for target in targets:
         if target in checked:
-            report, outputs = run_target(target, computed, thresholds)
+            distance = gate.float_distance(target, computed, n_random)
+            report, outputs = run_target(target, computed, thresholds, distance)
             gate.check(report, target, outputs)
             if per_layer:
                 report.per_layer = compare_target_layers(target, gate.source(target) or model, images)
@@ -692,23 +768,36 @@ def is_quantized_file(path: Path) -> bool:
         return module.load_runner(Path(path)).quantized
 
 
-def differs_on_purpose(path: Path) -> bool:
-    """Whether a model file's numbers differ from its float source's on purpose: quantized, or made by
-    `convert --quantize` (float16 weights: a float source recorded), or read with float16 weights (TF's converter's
-    float16 files: their own weights, run by the numpy forward pass, are their exact reference)."""
+def differs_on_purpose(path: Path, source_storage: str | None = None) -> bool:
+    """Whether a model file's numbers differ from its float source's (whose weights are stored as `source_storage`)
+    on purpose: quantized, or made by `convert --quantize` (a float source recorded), or read with weights stored
+    otherwise than the source's: a float16 file of TF's converter (its own weights, run by the numpy forward pass, are
+    its exact reference), or a target `convert` wrote of a float16 or dynamic-range file (its weight storage recorded
+    in its metadata: checked against the file it recorded)."""
     from mobilenet_zoo.tasks.manifest import manifest_entry
 
     entry = manifest_entry(Path(path)) or {}
-    if entry.get(FLOAT_SOURCE):
+    if entry.get(FLOAT_SOURCE) or entry.get("quantized"):
         return True
-    if "quantized" in entry:
-        return bool(entry["quantized"])
     module = format_module(detect_format(Path(path)))
     try:
-        model = module.read(Path(path))  # read once: quantized, or float16 weights
+        model = module.read(Path(path))  # read once: quantized, or how its weights are stored
     except ModelFormatError:
-        return module.load_runner(Path(path)).quantized
-    return model.config.quantized or (not entry and model.weight_storage == "float16")
+        return bool(entry.get("quantized")) if entry else module.load_runner(Path(path)).quantized
+    if model.config.quantized:
+        return True
+    stored_otherwise = model.weight_storage not in (None, source_storage)
+    if entry:
+        return stored_otherwise and bool(entry.get("reference"))
+    return stored_otherwise and model.weight_storage == "float16"
+
+
+def weight_storage(path: Path) -> str | None:
+    """How a float model file stores its weights (`MobileNetV1Model.weight_storage`), None when it cannot be read."""
+    try:
+        return format_module(detect_format(Path(path))).read(Path(path)).weight_storage
+    except ModelFormatError:
+        return None
 
 
 def own_reference(target: Path) -> ReferenceModel:
@@ -726,10 +815,11 @@ def groups_for_model(path: Path, targets: list[Path]) -> tuple[dict[ReferenceMod
     model itself, except for a quantized target of a float model, checked against `own_reference`, the float
     model being its accuracy gate's source. Also returns the given model when it is float (every target's gate)."""
     float_source = None if is_quantized_file(path) else Path(path)
+    storage = weight_storage(path) if float_source is not None else None
     groups: dict[ReferenceModel, list[Path]] = {}
     for target in targets:
         model = ReferenceModel(path, recorded_backbone(target))
-        if float_source is not None and not is_self_reference(target, path) and differs_on_purpose(target):
+        if float_source is not None and not is_self_reference(target, path) and differs_on_purpose(target, storage):
             model = own_reference(target)
         groups.setdefault(model, []).append(target)
     return groups, float_source

@@ -33,10 +33,6 @@ from mobilenet_zoo.model.preprocess import load_image_uint8
 from mobilenet_zoo.model.quant_math import FLOAT32_EXACT, integer_network, multiply_by_quantized_multiplier
 from mobilenet_zoo.model.quant_math import run as integer_run
 from mobilenet_zoo.tasks.parity import (
-    ONNX_QDQ,
-    QDQ_MAX_FEATURE_LSB,
-    QDQ_MAX_LOGITS_LSB,
-    QDQ_MAX_LSB,
     Reference,
     ReferenceModel,
     Thresholds,
@@ -53,6 +49,12 @@ OPTIMIZATION_LEVELS = ("ORT_DISABLE_ALL", "ORT_ENABLE_BASIC", "ORT_ENABLE_EXTEND
 
 def model_path(variant: str) -> Path:
     return realdata(f"mobilenet_v1_{variant}_quant.tflite")
+
+
+ONNX_QDQ = onnx_format.QDQ_TOLERANCE.name  # the tolerance profile the ONNX format declares for its QDQ form
+QDQ_MAX_LSB = onnx_format.QDQ_TOLERANCE.lsb
+QDQ_MAX_LOGITS_LSB = onnx_format.QDQ_TOLERANCE.logits_lsb
+QDQ_MAX_FEATURE_LSB = onnx_format.QDQ_TOLERANCE.feature_lsb
 
 
 def max_lsb(got: np.ndarray, expected: np.ndarray) -> int:
@@ -449,8 +451,10 @@ def test_cli_verify_fails_a_damaged_qdq_file(cli, qdq_files, tmp_path):
     scale.CopyFrom(onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(scale) * np.float32(1.03), name))
     damaged = tmp_path / "damaged.onnx"
     onnx.save(proto, str(damaged))
-    code, _stdout, stderr = cli("verify", damaged, "--reference", model_path("0.25_128"))
-    assert code == 4 and "logits differ" in stderr
+    code, stdout, stderr = cli("verify", damaged, "--reference", model_path("0.25_128"), "--json")
+    (report,) = json.loads(stdout)["targets"]
+    assert code == 4 and "failed parity" in stderr
+    assert any("logits differ" in failure for failure in report["failures"]), report["failures"]
 
 
 def test_cli_refuses_an_unknown_quant_format(cli, tmp_path):

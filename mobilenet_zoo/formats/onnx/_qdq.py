@@ -5,7 +5,8 @@ uint8 per-tensor models (the official `_quant` files): every tensor between laye
 point; kernels are DequantizeLinear of the integer weights (stored as int8, shifted by 128 with their zero point, which
 dequantizes to the same reals and takes onnxruntime's faster u8s8 kernels), biases DequantizeLinear of the int32 biases.
 onnxruntime requantizes in float32 with round-half-even where TFLite uses a Q31 fixed-point multiplier, so outputs
-land a few LSB from TFLite's builtin kernels (`verify` allows `parity.QDQ_MAX_LSB`); the exact form is `_exact`.
+land a few LSB from TFLite's builtin kernels (`verify` judges them by the format's `onnx-qdq` tolerance profile,
+`QDQ_TOLERANCE`); the exact form is `_exact`.
 
 int8 models (TF's converter: int8 activations, per-channel symmetric int8 weights, int32 biases) keep their integers
 as they are: kernels DequantizeLinear along the output-channel axis (0 in OIHW, depthwise C x 1 x H x W too), biases

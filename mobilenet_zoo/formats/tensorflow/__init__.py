@@ -103,6 +103,14 @@ def set_threads(threads: int) -> None:
     tf.config.threading.set_inter_op_parallelism_threads(threads)
 
 
+def reference_stand_in(path: Path) -> Path | None:
+    """What runs as the reference for an official float frozen graph when TensorFlow is not installed: the official
+    float `.tflite` beside it (same release, same weights); None when the graph itself runs."""
+    from mobilenet_zoo.formats.tensorflow import _slim
+
+    return _slim.tflite_stand_in(Path(path))
+
+
 @sniffer("tf")
 def content_problem(path: Path) -> str | None:
     """A GraphDef that parses and has nodes; a lone checkpoint file is no model."""

@@ -209,7 +209,16 @@ class MobileNetGraph:
         """How a float graph stores its weights: "float16", "int8-dynamic" or None (float32)."""
         if any(self.type_name(source) == "FLOAT16" for source in self.dequantized.values()):
             return "float16"
-        return "int8-dynamic" if self.stored_weights else None
+        return "int8-dynamic" if self.stored_weights or self.has_hybrid_convolutions() else None
+
+    def has_hybrid_convolutions(self) -> bool:
+        """True when a float convolution takes int8 weights (dynamic-range), from the structure alone."""
+        return any(
+            self.op_name(op) in _CONV_OPS
+            and self.type_name(int(op.inputs[0])) == "FLOAT32"
+            and self.type_name(int(op.inputs[1])) == "INT8"
+            for op in self.operators
+        )
 
     @property
     def image_tensor(self) -> int:
@@ -636,6 +645,7 @@ def load_runner(path: Path, *, xnnpack: bool = False) -> TFLiteRunner:
                 batch_size=1,
                 int8_input=image_type == "INT8",
                 integer_core=integer_core,
+                weight_storage=graph.weight_storage(),
             )
         return TFLiteRunner(
             _signature_forward(interpreter, signature),
@@ -644,6 +654,7 @@ def load_runner(path: Path, *, xnnpack: bool = False) -> TFLiteRunner:
             graph.fixed_batch(),
             int8_input=image_type == "INT8",
             integer_core=integer_core,
+            weight_storage=graph.weight_storage(),
         )
 
 
@@ -658,6 +669,9 @@ class TFLiteRunner:
     batch_size: int | None  # None: any batch
     int8_input: bool = False  # takes int8: fed uint8 pixels shifted by -128, its int8 probabilities given as uint8
     integer_core: bool = False  # an integer network (uint8 or int8), whatever its edges take and give
+    weight_storage: str | None = None  # a float network's: "float16", "int8-dynamic" (hybrid kernels) or None
+    tolerance_profile: str | None = None  # the tolerance profile of its form (set by the format's runner)
+    peer_runner: Callable[[], Any] | None = None  # an integer file on XNNPACK (set by the format's runner)
 
     def __call__(self, images: np.ndarray) -> dict[str, np.ndarray]:
         from mobilenet_zoo.model import quant_math
