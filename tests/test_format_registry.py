@@ -70,17 +70,21 @@ from pathlib import Path
 
 import numpy as np
 
-from mobilenet_zoo.formats import FormatSpec, reader, register_format, runner, writer
+from mobilenet_zoo.formats import FormatSpec, WriterOption, reader, register_format, runner, writer
 from mobilenet_zoo.model import MobileNetV1Model, config_from_metadata
 
+COMPRESSION = WriterOption("dummy_compression", "how the arrays are stored: stored or deflated",
+                           choices=("stored", "deflated"), default="stored")
 SPEC = register_format(FormatSpec("dummy", "Dummy", target_suffix=".dummy", suffixes=(".dummy",),
-                                  runtime="dummy-runtime", runtime_module="json", extra="dummy"))
+                                  runtime="dummy-runtime", runtime_module="json", extra="dummy",
+                                  writer_options=(COMPRESSION,)))
 
 
 @writer("dummy")
-def write(model, out):
+def write(model, out, *, dummy_compression="stored"):
+    save = np.savez_compressed if dummy_compression == "deflated" else np.savez
     with open(out, "wb") as stream:
-        np.savez(stream, __metadata__=np.array(json.dumps(model.metadata())), **model.fold().weights)
+        save(stream, __metadata__=np.array(json.dumps(model.metadata())), **model.fold().weights)
     return Path(out)
 
 
@@ -135,3 +139,26 @@ def test_a_new_format_folder_appears_everywhere(dummy_format, tmp_path, cli):
     assert RUNTIMES["dummy-runtime"].format == "dummy"
     [target] = prepare_targets(str(written), None, tmp_path / "scratch")
     assert (target.runtime, target.path) == ("dummy-runtime", written)
+
+
+def test_a_new_format_s_writer_option_is_a_convert_flag_that_reaches_its_writer(dummy_format, tmp_path, cli):
+    """The dummy spec declares `dummy_compression`: `convert -h` shows `--dummy-compression` with its choices, the
+    value reaches the dummy writer (and only it), and a wrong value is a usage error naming the flag."""
+    import zipfile
+
+    from mobilenet_zoo.formats.onnx import write as write_onnx
+
+    code, out, _ = cli("convert", "-h")
+    assert code == 0 and "--dummy-compression" in out and "deflated" in out
+    source = write_onnx(random_model(ModelConfig(0.25, 128), seed=5), tmp_path / "source.onnx")
+    code, out, err = cli(
+        "convert", source, "--to", "dummy,tflite", "--dummy-compression", "DEFLATED", "-o", tmp_path / "out", "--json"
+    )
+    assert code == 0, err
+    written = {row["format"]: Path(row["path"]) for row in json.loads(out)["written"]}
+    with zipfile.ZipFile(written["dummy"]) as archive:
+        assert {info.compress_type for info in archive.infolist()} == {zipfile.ZIP_DEFLATED}
+    code, _, err = cli("convert", source, "--to", "dummy", "--dummy-compression", "deflatd", "-o", tmp_path / "bad")
+    assert code == 2 and len(err.splitlines()) == 1
+    assert err.startswith("error: unknown dummy compression 'deflatd' for --dummy-compression; did you mean deflated?")
+    assert not (tmp_path / "bad").exists()

@@ -9,7 +9,27 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mobilenet_zoo.formats import FormatSpec, private_getattr, reader, register_format, runner, sniffer, writer
+from mobilenet_zoo.formats import (
+    QUANTIZED,
+    FormatSpec,
+    WriterOption,
+    private_getattr,
+    reader,
+    register_format,
+    runner,
+    sniffer,
+    writer,
+)
+
+LAYOUT = WriterOption("layout", "input layout of the written file: NCHW or NHWC", ("NCHW", "NHWC"), "NCHW")
+QUANT_FORMAT = WriterOption(
+    "quant_format",
+    "form of a quantized file: exact (TFLite's integer arithmetic, bit-exact; the default) or qdq (onnxruntime's "
+    "quantized kernels: faster, a few LSB off); float models ignore it",
+    ("exact", "qdq"),
+    "exact",
+    forms=(QUANTIZED,),
+)
 
 SPEC = register_format(
     FormatSpec(
@@ -22,6 +42,7 @@ SPEC = register_format(
         extra="onnx",
         max_lsb=0,
         runner_threads=True,
+        writer_options=(LAYOUT, QUANT_FORMAT),
     )
 )
 
@@ -44,15 +65,9 @@ def write_float(model, out: Path, *, layout: str = "NCHW", quant_format: str = "
 
 @writer("onnx", quantized=True)
 def write_quantized(model, out: Path, *, layout: str = "NCHW", quant_format: str = "exact", **options) -> Path:
-    """A uint8 model as `exact` (bit-exact with TFLite's builtin kernels) or `qdq` ONNX."""
-    from mobilenet_zoo.formats.onnx import _exact, _float, _qdq
+    """A uint8 model as `exact` (bit-exact with TFLite's builtin kernels) or `qdq` ONNX (checked by the registry)."""
+    from mobilenet_zoo.formats.onnx import _exact, _qdq
 
-    if quant_format not in _float.QUANT_FORMATS:
-        from mobilenet_zoo.errors import ModelFormatError
-
-        raise ModelFormatError(
-            f"unknown quantized ONNX form {quant_format!r}; choose {', '.join(_float.QUANT_FORMATS)}"
-        )
     return (_qdq if quant_format == "qdq" else _exact).write(model, out, layout=layout, **options)
 
 

@@ -10,7 +10,25 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mobilenet_zoo.formats import FormatSpec, private_getattr, reader, register_format, runner, sniffer, writer
+from mobilenet_zoo.formats import (
+    FLOAT,
+    FormatSpec,
+    WriterOption,
+    private_getattr,
+    reader,
+    register_format,
+    runner,
+    sniffer,
+    writer,
+)
+
+LAYOUT = WriterOption("layout", "input layout of the written file: NCHW or NHWC", ("NCHW", "NHWC"), "NCHW")
+SLIM_WEIGHTS = WriterOption(
+    "slim_weights",
+    "also write the weights under their slim names (NAME.safetensors, TF layouts)",
+    default=False,
+    forms=(FLOAT,),
+)
 
 SPEC = register_format(
     FormatSpec(
@@ -22,6 +40,7 @@ SPEC = register_format(
         runtime="torch",
         runtime_module="torch",
         extra="torch",
+        writer_options=(LAYOUT, SLIM_WEIGHTS),
     )
 )
 
