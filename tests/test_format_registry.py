@@ -162,3 +162,28 @@ def test_a_new_format_s_writer_option_is_a_convert_flag_that_reaches_its_writer(
     assert code == 2 and len(err.splitlines()) == 1
     assert err.startswith("error: unknown dummy compression 'deflatd' for --dummy-compression; did you mean deflated?")
     assert not (tmp_path / "bad").exists()
+
+
+def test_every_declared_writer_option_is_a_convert_flag_with_its_formats(cli):
+    code, out, _ = cli("convert", "-h")
+    text = " ".join(out.replace("│", " ").split())
+    for option, titles in formats.writer_options().values():
+        assert option.flag in text and f"Formats: {', '.join(titles)}." in text, option.name
+    assert "[default: NCHW]" in text and "[default: exact]" in text
+
+
+def test_writer_options_reach_the_writers_of_the_formats_that_declare_them(tmp_path, cli):
+    """`--slim-weights` (PyTorch, float) and `--layout NHWC` (ONNX and PyTorch) in one run: each writer gets the
+    options its spec declares, the TFLite writer none."""
+    import onnx
+
+    from mobilenet_zoo.formats.onnx import write as write_onnx
+
+    source = write_onnx(random_model(ModelConfig(0.25, 128), seed=5), tmp_path / "source.onnx")
+    out = tmp_path / "out"
+    code, _, err = cli("convert", source, "--to", "torch,onnx,tflite", "--slim-weights", "--layout", "nhwc", "-o", out)
+    assert code == 0, err
+    assert (out / "mobilenet_v1_0.25_128_torch" / "mobilenet_v1_0.25_128.safetensors").is_file()
+    dims = onnx.load(str(out / "mobilenet_v1_0.25_128.onnx")).graph.input[0].type.tensor_type.shape.dim
+    assert [d.dim_value for d in dims][1:] == [128, 128, 3]
+    assert (out / "mobilenet_v1_0.25_128.tflite").is_file()
