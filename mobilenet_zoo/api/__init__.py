@@ -11,8 +11,9 @@ Every function takes what a user would type on the command line (registry name, 
 model file or folder) as a string or path; `resolve` says which of those a name is. Everything a command can do,
 this module can: `mobilenet_zoo.commands` imports nothing else of the package but output, errors and constants.
 
-    zoo.py    names, the registry of variants, pulls and the cache, the registry of formats and writer options
-    tasks.py  convert, verify, predict, bench, plot, eval (executor: "local", "ray" or a Ray address)
+    zoo.py      names, the registry of variants, pulls and the cache, the registry of formats and writer options
+    tasks.py    convert, verify, predict (executor: "local", "ray" or a Ray address; offline; registry and mirror)
+    measure.py  bench, plot, eval
 
 Typed results and a few constants are re-exported here, imported on first use: importing this module imports no
 framework and none of the modules that do the work.
@@ -23,19 +24,16 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from mobilenet_zoo.api.measure import bench, evaluate, plot, unsteady
 from mobilenet_zoo.api.tasks import (
     LOCAL,
-    bench,
     build_options,
     checked_formats,
     convert,
-    evaluate,
     on_ray,
-    plot,
     predict,
     targets_to_verify,
     thresholds,
-    unsteady,
     verify,
     writable_formats,
 )

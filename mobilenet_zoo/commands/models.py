@@ -95,9 +95,7 @@ def _keep_writer_option(ctx, param, value):
 
 
 def _completer(choices: tuple[str, ...]):
-    return lambda ctx, args, incomplete: [
-        choice for choice in choices if choice.lower().startswith(incomplete.lower())
-    ]
+    return lambda ctx, args, incomplete: [choice for choice in choices if choice.lower().startswith(incomplete.lower())]
 
 
 def convert_command(
