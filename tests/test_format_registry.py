@@ -150,6 +150,7 @@ def test_a_new_format_s_writer_option_is_a_convert_flag_that_reaches_its_writer(
 
     code, out, _ = cli("convert", "-h")
     assert code == 0 and "--dummy-compression" in out and "deflated" in out
+    assert "dummy" in out.split("--to")[1].split("--all-formats")[0]  # `--to` names every registered format
     source = write_onnx(random_model(ModelConfig(0.25, 128), seed=5), tmp_path / "source.onnx")
     code, out, err = cli(
         "convert", source, "--to", "dummy,tflite", "--dummy-compression", "DEFLATED", "-o", tmp_path / "out", "--json"

@@ -61,6 +61,17 @@ class ConvertCommand(TyperCommand):
         at = next((i + 1 for i, param in enumerate(params) if param.name == "output"), len(params))
         return [*params[:at], *_writer_option_params(), *params[at:]]
 
+    def format_help(self, ctx, formatter) -> None:
+        from mobilenet_zoo.api import format_names
+
+        for param in self.params:
+            if param.name == "to":
+                param.help = TO_HELP.format(names=", ".join(format_names()))
+        super().format_help(ctx, formatter)
+
+
+TO_HELP = "Target format(s), repeated or comma-separated: {names}."
+
 
 def _writer_option_params() -> list:
     from typer.core import TyperOption
@@ -108,7 +119,7 @@ def convert_command(
     to: List[str] = typer.Option(
         [],
         "--to",
-        help="Target format(s), repeated or comma-separated: onnx, torch, tflite, tf, keras (every registered format).",
+        help=TO_HELP.format(names="every registered format"),
         autocompletion=completion.formats,
     ),
     all_formats: bool = typer.Option(
