@@ -2,7 +2,9 @@
 reader, writers and runner with decorators (as tf2onnx registers op handlers and timm its models).
 
     formats/onnx/__init__.py
-        SPEC = register_format(FormatSpec("onnx", "ONNX", suffixes=(".onnx",), target_suffix=".onnx", ...))
+        LAYOUT = WriterOption("layout", "input layout of the written file: NCHW or NHWC", ("NCHW", "NHWC"), "NCHW")
+        SPEC = register_format(FormatSpec("onnx", "ONNX", suffixes=(".onnx",), target_suffix=".onnx", ...,
+                                          writer_options=(LAYOUT, ...)))   # `convert --layout`, checked here
 
         @reader("onnx")
         def read(path: Path) -> MobileNetV1Model: ...
