@@ -25,11 +25,11 @@ class BenchCommand(TyperCommand):
     (reading it imports every format package and numpy, which other commands must not wait for)."""
 
     def format_help(self, ctx, formatter) -> None:
-        from mobilenet_zoo.tasks.bench import registered_runtimes
+        from mobilenet_zoo.api import runtimes
 
         for param in self.params:
             if param.name == "runtimes":
-                param.help = RUNTIMES_HELP.format(names=", ".join(registered_runtimes()))
+                param.help = RUNTIMES_HELP.format(names=", ".join(runtimes()))
         super().format_help(ctx, formatter)
 
 
@@ -78,13 +78,11 @@ def print_results(results) -> None:
 
 
 def warn_unsteady(results) -> None:
-    """One `warning:` line on stderr per result whose timings vary too widely (bench.spread_warning)."""
-    from mobilenet_zoo.tasks.bench import spread_warning
+    """One `warning:` line on stderr per result whose timings vary too widely (`api.unsteady`)."""
+    from mobilenet_zoo.api import unsteady
 
-    for result in results:
-        warning = spread_warning(result)
-        if warning:
-            print(f"warning: {warning}", file=sys.stderr)
+    for warning in unsteady(results):
+        print(f"warning: {warning}", file=sys.stderr)
 
 
 def bench_command(
@@ -113,22 +111,22 @@ def bench_command(
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """Latency, images/s, GFLOP/s, size and peak memory of models in each installed runtime; exit 1 if any fails."""
-    from mobilenet_zoo.tasks.bench import Timing, append_csv, bench
-
-    if min(warmup, min_runs, max_runs) < 0 or max_runs < 1 or min_time < 0:
-        raise ZooError("--warmup, --min-runs and --min-time must be >= 0 and --max-runs >= 1")
-    if csv_file and not csv_file.expanduser().parent.is_dir():
-        raise ZooError(f"--csv {csv_file}: the folder {csv_file.expanduser().parent} does not exist")
-    timing = Timing(warmup=warmup, min_time=min_time, min_runs=min_runs, max_runs=max_runs)
+    from mobilenet_zoo import api
     from mobilenet_zoo.output import progress
 
     asked = _split(runtimes) or None
+    timing = {"warmup": warmup, "min_time": min_time, "min_runs": min_runs, "max_runs": max_runs, "csv": csv_file}
     with progress(len(sources) * len(asked) if asked else None, "benchmarking (a process per runtime)") as advance:
-        results = bench(
-            sources, asked, _batch_sizes(batch), threads, timing, registry=registry, mirror=mirror, progress=advance
+        results = api.bench(
+            sources,
+            asked,
+            _batch_sizes(batch),
+            threads,
+            registry_file=registry,
+            mirror=mirror,
+            progress=advance,
+            **timing,
         )
-    if csv_file:
-        append_csv(results, csv_file)
     warn_unsteady(results)
     if as_json:
         print_json([r.as_dict() for r in results])
@@ -149,14 +147,9 @@ def plot_command(
     registry: Optional[Path] = RegistryOption,
 ) -> None:
     """Chart top-1 accuracy against MACs for the zoo (and against measured latency with --bench)."""
-    from mobilenet_zoo.tasks.bench import load_results
-    from mobilenet_zoo.tasks.plot import plot_zoo
-    from mobilenet_zoo.zoo.variants import load_registry
+    from mobilenet_zoo.api import plot
 
-    if output.suffix.lower() not in ("", ".png", ".svg", ".pdf"):
-        raise ZooError(f"{output}: write a .png, .svg or .pdf")
-    results = load_results(bench_results) if bench_results else None
-    summary = plot_zoo(output, load_registry(registry), bench_results=results)
+    summary = plot(output, bench_results=bench_results, registry_file=registry)
     latency = f", {summary.latency_points} latency points" if bench_results else ""
     console.print(f"[green]wrote[/green] {summary.path} ({summary.variants} variants{latency})", soft_wrap=True)
 

@@ -14,11 +14,10 @@ from mobilenet_zoo.commands.completion import SORT_FIELDS
 from mobilenet_zoo.commands.options import JsonOption, RegistryOption
 from mobilenet_zoo.commands.usage import choice
 from mobilenet_zoo.output import console, fmt, human, print_json
-from mobilenet_zoo.zoo.variants import Variant, filter_variants, load_registry
 
 
 def _sort_key(field: str):
-    def key(v: Variant):
+    def key(v):
         p = v.published
         return {
             "name": v.name.lower(),
@@ -45,10 +44,12 @@ def list_command(
     registry: Optional[Path] = RegistryOption,
 ) -> None:
     """List the zoo's variants with published and computed MACs, parameters and accuracy."""
+    from mobilenet_zoo import api
+
     sort = choice("--sort", sort, SORT_FIELDS, what="sort key")
-    zoo = load_registry(registry)
+    zoo = api.registry(registry)
     filters = {"quantized": quant, "alpha": alpha, "resolution": resolution, "max_macs": max_macs, "min_top1": min_top1}
-    variants = filter_variants(zoo, **filters)
+    variants = api.filter_variants(zoo, **filters)
     variants.sort(key=_sort_key(sort), reverse=reverse)
     if as_json:
         print_json([v.as_dict() for v in variants])
@@ -79,15 +80,17 @@ def list_command(
     console.print(table)
 
 
-def _why_empty(zoo: list[Variant], filters: dict) -> str:
+def _why_empty(zoo: list, filters: dict) -> str:
     """Why no variant passes the filters: the one filter nothing passes, with the values there are."""
+    from mobilenet_zoo.api import filter_variants
+
     for key, value in filters.items():
         if value is not None and not filter_variants(zoo, **{key: value}):
             return _EMPTY_BECAUSE[key](value, zoo)
     return "no variant passes all of these filters (each alone matches some)"
 
 
-def _macs(v: Variant) -> float:
+def _macs(v) -> float:
     return v.published.macs_millions if v.published else v.computed_macs_millions
 
 
@@ -123,18 +126,13 @@ def info_command(
     registry: Optional[Path] = RegistryOption,
 ) -> None:
     """Everything known about one variant, with its cache state."""
-    from mobilenet_zoo.model.arch import PARAMETER_CONVENTION
-    from mobilenet_zoo.zoo.pulling import cache_state
+    from mobilenet_zoo import api
 
-    variant = load_registry(registry).get(name)
-    data = variant.as_dict()
-    data["members"] = list(variant.members)
-    data["parameter_convention"] = PARAMETER_CONVENTION
-    data["cache"] = cache_state(variant)
+    data = api.info(name, registry_file=registry)
     if as_json:
         print_json(data)
         return
-    table = Table(show_header=False, title=variant.name)
+    table = Table(show_header=False, title=data["name"])
     table.add_column(style="bold", no_wrap=True)
     table.add_column(overflow="fold")  # a URL or hash longer than the cell goes on in the next line, never cut
     for key, value in _human_info(data).items():

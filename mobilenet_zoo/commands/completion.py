@@ -1,5 +1,5 @@
 """Shell completion of values (`--install-completion` sets it up): formats after `--to`, variant names, sort keys,
-layouts, cached names for `cache remove`. Each function takes what typer passes (the context, the word being
+poolings, cached names for `cache remove`. Each function takes what typer passes (the context, the word being
 typed) and returns the candidates; typer keeps those that start with the word. Nothing here imports a framework.
 """
 
@@ -10,19 +10,17 @@ from pathlib import Path
 import typer
 
 SORT_FIELDS = ("name", "alpha", "resolution", "macs", "params", "top1", "top5")
-LAYOUTS = ("NCHW", "NHWC")
-QUANT_FORMATS = ("exact", "qdq")
 POOLINGS = ("slim", "global")
 
 
 def formats(incomplete: str) -> list[str]:
     """Target format names; in a comma-separated list (`onnx,t`), the list so far with each name that may follow."""
-    from mobilenet_zoo.formats import names
+    from mobilenet_zoo.api import format_names
 
     done, _, _ = incomplete.rpartition(",")
     prefix = f"{done}," if done else ""
     chosen = set(done.split(",")) if done else set()
-    return [prefix + name for name in names() if name not in chosen]
+    return [prefix + name for name in format_names() if name not in chosen]
 
 
 def variants(ctx: typer.Context, incomplete: str) -> list[str]:
@@ -30,8 +28,8 @@ def variants(ctx: typer.Context, incomplete: str) -> list[str]:
     looks like a path, so the shell completes file names instead."""
     if "/" in incomplete or incomplete.startswith((".", "~")):
         return []
+    from mobilenet_zoo.api import registry as load_registry
     from mobilenet_zoo.errors import ZooError
-    from mobilenet_zoo.zoo.variants import load_registry
 
     registry = (ctx.params or {}).get("registry")
     try:
@@ -42,25 +40,17 @@ def variants(ctx: typer.Context, incomplete: str) -> list[str]:
 
 def cached(incomplete: str) -> list[str]:
     """The names `cache list` shows (models, local extractions, partial downloads), sorted."""
+    from mobilenet_zoo.api import cache_entries
     from mobilenet_zoo.errors import ZooError
-    from mobilenet_zoo.zoo.cache import Cache
 
     try:
-        return sorted({entry.name for entry in Cache.at().entries()})
+        return sorted({entry.name for entry in cache_entries()})
     except (ZooError, OSError):
         return []
 
 
 def sort_fields() -> list[str]:
     return list(SORT_FIELDS)
-
-
-def layouts() -> list[str]:
-    return list(LAYOUTS)
-
-
-def quant_formats() -> list[str]:
-    return list(QUANT_FORMATS)
 
 
 def poolings() -> list[str]:

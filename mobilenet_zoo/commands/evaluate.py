@@ -19,7 +19,6 @@ from mobilenet_zoo.commands.options import (
     RayOption,
     RegistryOption,
 )
-from mobilenet_zoo.errors import ZooError
 from mobilenet_zoo.output import console, err_console, plural, print_json
 
 
@@ -94,40 +93,14 @@ def eval_command(
 ) -> None:
     """Top-1 and top-5 accuracy with 95% confidence intervals, beside the published figures of the variant
     (none for a model whose classes are not ImageNet's)."""
-    if fast_decode and (ray or ray_address):
-        raise ZooError("--fast-decode runs in this process only, not with --ray")
-    if "://" in data and not (ray or ray_address):
-        raise ZooError(f"{data}: data at a URI is read by Ray workers: add --ray-address ADDRESS (or --ray)")
+    from mobilenet_zoo import api
+
+    executor = ray_address or ("ray" if ray else api.LOCAL)
+    options = {"resolution": resolution, "workers": workers, "fast_decode": fast_decode, "executor": executor}
     with _progress_bar(f"evaluating {Path(source).name}") as progress:
-        if ray or ray_address:
-            from mobilenet_zoo.tasks.distributed import evaluate_on_ray
-
-            result = evaluate_on_ray(
-                source,
-                data,
-                limit,
-                batch,
-                address=ray_address,
-                resolution=resolution,
-                registry=registry,
-                mirror=mirror,
-                progress=progress,
-            )
-        else:
-            from mobilenet_zoo.tasks.evaluate import evaluate
-
-            result = evaluate(
-                source,
-                data,
-                limit,
-                batch,
-                resolution=resolution,
-                workers=workers,
-                registry=registry,
-                mirror=mirror,
-                progress=progress,
-                draft=fast_decode,
-            )
+        result = api.evaluate(
+            source, data, limit, batch, registry_file=registry, mirror=mirror, progress=progress, **options
+        )
     if as_json:
         print_json(result.as_dict())
     else:

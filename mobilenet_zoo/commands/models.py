@@ -10,6 +10,7 @@ import typer
 from rich import box
 from rich.markup import escape
 from rich.table import Table
+from typer.core import TyperCommand
 
 from mobilenet_zoo.commands import completion
 from mobilenet_zoo.commands.options import (
@@ -40,13 +41,76 @@ def _feature_layers(text: Optional[str]) -> tuple[int, ...]:
         raise ZooError(f"--features takes layer numbers separated by commas (0 to 13), not {text!r}") from None
 
 
-def _images(paths: list[Path]) -> list[Path]:
-    from mobilenet_zoo.zoo.samples import resolve_images
+def _executor(ray: bool, ray_address: Optional[str]) -> str:
+    """`--ray` / `--ray-address` as the API's executor."""
+    from mobilenet_zoo.api import LOCAL
 
-    return resolve_images(paths)
+    return ray_address or ("ray" if ray else LOCAL)
+
+
+WRITER_OPTIONS = "writer_options"  # ctx.meta key: the writer options given on the line, by name
+
+
+class ConvertCommand(TyperCommand):
+    """`convert`, with one flag per writer option the formats declare (`--layout`, `--quant-format`, ...), its help
+    and choices from the declaring specs; read only when the command runs or shows its help (reading them imports
+    every format package, which other commands must not wait for). Given values land in ctx.meta."""
+
+    def get_params(self, ctx):
+        params = super().get_params(ctx)
+        at = next((i + 1 for i, param in enumerate(params) if param.name == "output"), len(params))
+        return [*params[:at], *_writer_option_params(), *params[at:]]
+
+    def format_help(self, ctx, formatter) -> None:
+        from mobilenet_zoo.api import format_names
+
+        for param in self.params:
+            if param.name == "to":
+                param.help = TO_HELP.format(names=", ".join(format_names()))
+        super().format_help(ctx, formatter)
+
+
+TO_HELP = "Target format(s), repeated or comma-separated: {names}."
+
+
+def _writer_option_params() -> list:
+    from typer.core import TyperOption
+
+    from mobilenet_zoo.api import writer_options
+
+    params = []
+    for name, (option, titles) in writer_options().items():
+        flag = not option.choices
+        help_text = f"{option.help[:1].upper()}{option.help[1:]}. Formats: {', '.join(titles)}."
+        params.append(
+            TyperOption(
+                param_decls=[option.flag, name],
+                type=bool if flag else str,
+                is_flag=flag,
+                default=option.default,
+                show_default=not flag,
+                expose_value=False,
+                callback=_keep_writer_option,
+                help=help_text,
+                autocompletion=_completer(option.choices),
+            )
+        )
+    return params
+
+
+def _keep_writer_option(ctx, param, value):
+    """A writer option given on the line (not its default), kept for the command in ctx.meta."""
+    if ctx.get_parameter_source(param.name).name != "DEFAULT":
+        ctx.meta.setdefault(WRITER_OPTIONS, {})[param.name] = value
+    return value
+
+
+def _completer(choices: tuple[str, ...]):
+    return lambda ctx, args, incomplete: [choice for choice in choices if choice.lower().startswith(incomplete.lower())]
 
 
 def convert_command(
+    ctx: typer.Context,
     sources: List[str] = typer.Argument(
         None,
         help="Registry names (pulled on demand), tarballs, extracted folders, or model files.",
@@ -55,7 +119,7 @@ def convert_command(
     to: List[str] = typer.Option(
         [],
         "--to",
-        help="Target format(s), repeated or comma-separated: onnx, torch, tflite, tf, keras (every registered format).",
+        help=TO_HELP.format(names="every registered format"),
         autocompletion=completion.formats,
     ),
     all_formats: bool = typer.Option(
@@ -64,18 +128,6 @@ def convert_command(
     all_variants: bool = typer.Option(False, "--all", help="Convert every variant of the registry (pulled on demand)."),
     output: Path = typer.Option(
         Path("."), "-o", "--output", help="Output folder, or a file path for a single source and target."
-    ),
-    layout: str = typer.Option(
-        "NCHW",
-        "--layout",
-        help="Input layout of ONNX and PyTorch .pt2 files: NCHW or NHWC.",
-        autocompletion=completion.layouts,
-    ),
-    quant_format: str = typer.Option(
-        "exact",
-        "--quant-format",
-        help="Quantized ONNX: exact (TFLite's integer arithmetic, bit-exact; the default) or qdq (onnxruntime's quantized kernels: faster, a few LSB off). Float models ignore it.",
-        autocompletion=completion.quant_formats,
     ),
     features: Optional[str] = typer.Option(
         None,
@@ -118,60 +170,23 @@ def convert_command(
     as_json: bool = JsonOption,
 ) -> None:
     """Convert models to ONNX, PyTorch, TFLite, a TensorFlow SavedModel or Keras."""
-    from mobilenet_zoo.model.arch import Backbone
-    from mobilenet_zoo.tasks.conversion import BuildOptions, convert, names_a_file
-    from mobilenet_zoo.zoo.sources import open_source
-    from mobilenet_zoo.zoo.variants import load_registry
+    from mobilenet_zoo import api
 
-    names = [v.name for v in load_registry(registry)] if all_variants else list(sources or [])
+    names = [v.name for v in api.registry(registry)] if all_variants else list(sources or [])
     if not names or (all_variants and sources):
         raise ZooError("name the models to convert, or pass --all (not both)")
-    formats = None if all_formats else _target_formats(to)
-    if len(names) > 1 and names_a_file(output):
-        raise ZooError(f"-o {output} names one file, but {len(names)} models are converted: give a folder")
-    layout = choice("--layout", layout, completion.LAYOUTS)
-    options = {
-        "onnx": {"layout": layout, "quant_format": choice("--quant-format", quant_format, completion.QUANT_FORMATS)},
-        "torch": {"layout": layout},
-    }
-    from mobilenet_zoo.model.labels import read_labels_file
-
-    build = BuildOptions(
-        Backbone(
-            _feature_layers(features), choice("--pooling", pooling, completion.POOLINGS), output_stride, input_size
-        ),
-        quantize,
-        calibration,
-        read_labels_file(labels) if labels else None,
-        backbone_only,
+    backbone = api.Backbone(
+        _feature_layers(features), choice("--pooling", pooling, completion.POOLINGS), output_stride, input_size
     )
-    if ray or ray_address:
-        written = _convert_on_ray(names, formats, output, ray_address, registry, mirror, options, build)
-    else:
-        written = []
-        with output_progress(len(names) * len(formats) if formats else None, "converting") as advance:
-            for name in names:
-                source = open_source(name, registry=registry, mirror=mirror)
-                written.extend(
-                    convert(
-                        source,
-                        formats or _all_formats(source.model, build),
-                        output,
-                        options,
-                        build,
-                        force=force,
-                        on_written=lambda done: advance(f"{done.format}: {done.path.name}"),
-                    )
-                )
-    result = None
-    if verify:
-        result = _verify_and_report(
-            [w.path for w in written],
-            as_json=as_json,
-            use_ray=ray or bool(ray_address),
-            ray_address=ray_address,
-            printed=not as_json,
+    formats = None if all_formats else _split(to)
+    executor = _executor(ray, ray_address)
+    options = {"backbone": backbone, "backbone_only": backbone_only, "quantize": quantize, "calibration": calibration}
+    options.update(labels=labels, writer_options=ctx.meta.get(WRITER_OPTIONS, {}), force=force, executor=executor)
+    with _converting(names, formats, executor) as advance:
+        written = api.convert(
+            names, formats, output, registry_file=registry, mirror=mirror, on_written=advance, **options
         )
+    result = _verify_and_report([w.path for w in written], as_json, executor, printed=not as_json) if verify else None
     if as_json:
         written_rows = [{"format": w.format, "path": str(w.path)} for w in written]
         print_json({"written": written_rows, "verify": result.as_dict() if result else None})
@@ -182,92 +197,23 @@ def convert_command(
         raise VerificationError(result.summary())
 
 
-def _target_formats(to: list[str]) -> list[str]:
-    """The formats `--to` names (repeated or comma-separated), each checked, with a suggestion for a typo."""
-    from mobilenet_zoo.formats import names as format_names
+@contextmanager
+def _converting(names: list[str], formats: Optional[list[str]], executor: str) -> Iterator:
+    """A progress bar over the targets (a spinner on Ray), yielding the `on_written` callback that advances it."""
+    from mobilenet_zoo.api import LOCAL
 
-    known = format_names()
-    formats = [choice("--to", name, known, what="format") for name in _split(to)]
-    if not formats:
-        raise ZooError(f"say which format to write: --to {'|'.join(known)}, or --all-formats")
-    return list(dict.fromkeys(formats))
-
-
-def _all_formats(model, build) -> list[str]:
-    """`--all-formats`: every registered format that can hold `model` built as `build` says."""
-    return _writable_formats(model.config.quantized or bool(build.quantize), model.with_backbone(build.backbone))
-
-
-def _writable_formats(quantized: bool, probe=None) -> list[str]:
-    """The formats that write uint8 (or float) models and, when a format checks more (Keras: no feature outputs,
-    no dilation), accept the model `probe`; a format left out says why in a note."""
-    from mobilenet_zoo.errors import ModelFormatError
-    from mobilenet_zoo.formats import can_write, format_module, names
-    from mobilenet_zoo.output import note
-
-    chosen = []
-    for name in (name for name in names() if can_write(name, quantized)):
-        check = getattr(format_module(name), "check_writable", None)
-        try:
-            if check is not None and probe is not None:
-                check(probe)
-        except ModelFormatError as exc:
-            note(f"--all-formats: no {name} target: {exc}")
-            continue
-        chosen.append(name)
-    return chosen
-
-
-def _convert_on_ray(names, formats, output, ray_address, registry, mirror, options, build):
-    """`convert_many` on Ray; with `--all-formats`, the float and the uint8 registry variants as two batches."""
-    from mobilenet_zoo.tasks.distributed import convert_many
-
-    if formats is None:
-        batches = _by_precision(names, registry, build)
-    else:
-        batches = [(names, formats)]
-    written = []
-    for batch, batch_formats in batches:
-        with output_status(f"converting {plural(len(batch), 'model')} on Ray"):
-            written += convert_many(
-                batch,
-                batch_formats,
-                output,
-                ray_address,
-                registry=registry,
-                mirror=mirror,
-                format_options=options,
-                build=build,
-            )
-    return written
-
-
-def _by_precision(names: list[str], registry, build) -> list[tuple[list[str], list[str]]]:
-    """(names, formats) batches for `--all-formats` on Ray, without reading the models on the driver: a registry
-    variant's formats are asked with a stand-in of its architecture (random weights); anything else gets the
-    formats that hold both float and uint8 models."""
-    from dataclasses import replace
-
-    from mobilenet_zoo.model.canonical import random_model
-    from mobilenet_zoo.zoo.sources import REGISTRY, resolve
-    from mobilenet_zoo.zoo.variants import load_registry
-
-    zoo, batches = load_registry(registry), {}
-    for name in names:
-        named = resolve(name, registry=registry)
-        if named.kind == REGISTRY:
-            config = zoo.get(named.text).config
-            probe = random_model(replace(config, quantized=False)).with_backbone(build.backbone)
-            formats = _writable_formats(config.quantized or bool(build.quantize), probe)
-        else:
-            formats = [fmt for fmt in _writable_formats(False) if fmt in _writable_formats(True)]
-        batches.setdefault(tuple(formats), []).append(name)
-    return [(batch, list(formats)) for formats, batch in batches.items()]
+    if executor != LOCAL:
+        with output_status(f"converting {plural(len(names), 'model')} on Ray"):
+            yield None
+        return
+    total = len(names) * len(set(formats)) if formats else None
+    with output_progress(total, "converting") as advance:
+        yield lambda done: advance(f"{done.format}: {done.path.name}")
 
 
 def _parity_table(reports, n_inputs: int) -> Table:
     """One row per target: the differences that matter for its kind (float logits or uint8 LSB)."""
-    from mobilenet_zoo.tasks.parity import SELF_REFERENCE
+    from mobilenet_zoo.api import SELF_REFERENCE
 
     references = sorted({Path(r.reference).name for r in reports})
     with_features = any(r.features for r in reports)
@@ -378,114 +324,37 @@ def _per_layer_table(report) -> Table:
     return table
 
 
-def _verify_and_report(
-    targets,
-    *,
-    as_json: bool,
-    use_ray: bool = False,
-    ray_address: Optional[str] = None,
-    printed: bool = True,
-    **options,
-):
-    """Verify targets (see `mobilenet_zoo.tasks.parity.verify` for the modes; on Ray, the recorded references); with
-    `printed`, print the report and raise on failure, else return the result for the caller to print."""
-    from mobilenet_zoo.tasks.parity import VerifyResult, expand_targets, input_names, verify
+def _verify_and_report(targets, as_json: bool, executor: str = "local", printed: bool = True, **options):
+    """Verify targets (see `mobilenet_zoo.api.verify`); with `printed`, print the report and raise on failure, else
+    return the result for the caller to print."""
+    from mobilenet_zoo import api
 
-    _check_targets(targets)
-    present, missing = expand_targets(targets)
-    if use_ray or ray_address:
-        from mobilenet_zoo.tasks.distributed import verify_many
-        from mobilenet_zoo.zoo.samples import resolve_images
-
-        if options.get("source") or options.get("reference") or options.get("save_reference"):
-            raise ZooError(
-                "--ray verifies against the recorded references: drop --source, --reference and --save-reference"
-            )
-        if options.get("per_layer"):
-            raise ZooError("--per-layer runs on this machine: drop --ray")
-        images, n_random, seed = (
-            resolve_images(options.get("images") or []),
-            options.get("n_random", 8),
-            options.get("seed", 0),
-        )
+    present, _ = api.targets_to_verify(targets)
+    if executor != api.LOCAL:
         with output_status(f"verifying {plural(len(present), 'target')} on Ray"):
-            reports = verify_many(present, images, n_random, seed, options.get("thresholds"), ray_address)
-        result = VerifyResult(input_names(images, n_random), reports, missing)
+            result = api.verify(targets, executor=executor, **options)
     else:
         with output_progress(len(present), "verifying") as advance:
-            result = verify(targets, progress=advance, **options)
+            result = api.verify(targets, progress=advance, **options)
     if not printed:
         return result
     if as_json:
         print_json(result.as_dict())
     else:
-        console.print(_parity_table(result.reports, len(result.inputs)))
-        if any(r.agreement is not None for r in result.reports):
-            console.print(_agreement_table(result.reports))
-            for report in (r for r in result.reports if r.agreement is not None and r.agreement.note()):
-                print(f"{Path(report.target).name}: {report.agreement.note()}")  # a whole line, even when piped
-        for report in (r for r in result.reports if r.per_layer is not None):
-            console.print(_per_layer_table(report))
+        _print_verify(result)
     if not result.passed:
         raise VerificationError(result.summary())
     return result
 
 
-def _check_targets(targets) -> None:
-    """Refuse, in one line, a folder that is neither an output folder of `convert` nor a model of a known format
-    (a folder of photos, say) before anything looks for its manifest."""
-    from mobilenet_zoo.constants import MANIFEST
-    from mobilenet_zoo.errors import ModelFormatError
-    from mobilenet_zoo.formats import detect_format
-
-    for target in map(Path, targets):
-        if target.is_dir() and not (target / MANIFEST).exists():
-            try:
-                detect_format(target)
-            except ModelFormatError:
-                if _holds_models(target):  # converted models without their manifest: the parity layer says what to do
-                    continue
-                raise ZooError(
-                    f"{target}: neither an output folder of `convert` nor a model folder of a known format: "
-                    "give the converted models or the folder `convert` wrote them to"
-                ) from None
-
-
-def _holds_models(folder: Path) -> bool:
-    """True when a file directly in `folder` is a model of a known format."""
-    from mobilenet_zoo.errors import ModelFormatError
-    from mobilenet_zoo.formats import detect_format
-
-    for child in folder.iterdir():
-        try:
-            detect_format(child)
-            return True
-        except ModelFormatError:
-            continue
-    return False
-
-
-@contextmanager
-def _registry_settings(registry: Optional[Path], mirror: Optional[str]) -> Iterator[None]:
-    """`--registry` and `--mirror` for this run only: set in the environment the reference lookups read (as
-    $MOBILENET_ZOO_REGISTRY and $MOBILENET_ZOO_MIRROR would be), restored afterwards."""
-    import os
-
-    from mobilenet_zoo.constants import MIRROR_ENV, REGISTRY_ENV
-
-    settings = {REGISTRY_ENV: str(registry) if registry else None, MIRROR_ENV: mirror}
-    saved = {name: os.environ.get(name) for name in settings}
-    try:
-        for name, value in settings.items():
-            if value is not None:
-                os.environ[name] = value
-        yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
+def _print_verify(result) -> None:
+    console.print(_parity_table(result.reports, len(result.inputs)))
+    if any(r.agreement is not None for r in result.reports):
+        console.print(_agreement_table(result.reports))
+        for report in (r for r in result.reports if r.agreement is not None and r.agreement.note()):
+            print(f"{Path(report.target).name}: {report.agreement.note()}")  # a whole line, even when piped
+    for report in (r for r in result.reports if r.per_layer is not None):
+        console.print(_per_layer_table(report))
 
 
 def verify_command(
@@ -539,28 +408,24 @@ def verify_command(
     as_json: bool = JsonOption,
 ) -> None:
     """Check converted models against the original's forward pass; exit 4 if any is out of bounds."""
-    from mobilenet_zoo.tasks.parity import Thresholds
+    from mobilenet_zoo import api
 
-    if not 0.0 <= min_agreement <= 1.0:
-        raise ZooError(f"--min-agreement is a share of the images, 0 to 1, not {min_agreement}")
-    thresholds = Thresholds(atol=atol, rtol=rtol, top5_identical=top5, max_lsb=max_lsb, min_agreement=min_agreement)
-    if source and reference:
-        raise ZooError("give --source or --reference, not both")
-    with _registry_settings(registry, mirror):
-        _verify_and_report(
-            targets,
-            as_json=as_json,
-            source=source,
-            reference=reference,
-            images=list(images) or None,
-            n_random=n_random,
-            seed=seed,
-            thresholds=thresholds,
-            save_reference=save_reference,
-            per_layer=per_layer,
-            use_ray=ray or bool(ray_address),
-            ray_address=ray_address,
-        )
+    thresholds = api.thresholds(atol, rtol, top5, min_agreement, max_lsb)
+    _verify_and_report(
+        targets,
+        as_json,
+        _executor(ray, ray_address),
+        source=source,
+        reference=reference,
+        images=list(images) or None,
+        n_random=n_random,
+        seed=seed,
+        thresholds=thresholds,
+        save_reference=save_reference,
+        per_layer=per_layer,
+        registry_file=registry,
+        mirror=mirror,
+    )
 
 
 def _print_predictions(results, as_json: bool) -> None:
@@ -590,11 +455,9 @@ def predict_command(
     as_json: bool = JsonOption,
 ) -> None:
     """Top-k classes of images (the model's own class names, a registry entry's labels, or ImageNet's)."""
-    from mobilenet_zoo.tasks.prediction import predict, recorded_classes, runner_for
+    from mobilenet_zoo import api
 
-    runner = runner_for(model, registry, mirror)
-    classes = recorded_classes(model, registry)
-    _print_predictions(predict(runner, _images(images or []), top_k, classes=classes), as_json)
+    _print_predictions(api.predict(model, images or [], top_k, registry_file=registry, mirror=mirror), as_json)
 
 
 DEMO_FOLDER = Path("mobilenet-zoo-demo")
@@ -606,23 +469,14 @@ def demo_command(
     ),
 ) -> None:
     """Offline tour on the bundled real uint8 model: predict, convert to every format, verify parity."""
-    from mobilenet_zoo.formats import FORMATS, load_runner
-    from mobilenet_zoo.tasks.conversion import convert
-    from mobilenet_zoo.tasks.prediction import predict
-    from mobilenet_zoo.zoo.samples import BUNDLED_MODEL, sample_images
-    from mobilenet_zoo.zoo.sources import open_source
+    from mobilenet_zoo import api
 
-    output_rule(f"predict: {BUNDLED_MODEL.name} on the bundled photos (top 3)")
-    _print_predictions(predict(load_runner(BUNDLED_MODEL), sample_images(), 3), False)
-    output_rule(f"convert to {', '.join(FORMATS)} in {output}/, then verify")
-    with output_progress(len(FORMATS), "converting") as advance:
-        written = convert(
-            open_source(BUNDLED_MODEL),
-            list(FORMATS),
-            output,
-            force=True,
-            on_written=lambda done: advance(f"{done.format}: {done.path.name}"),
-        )
+    output_rule(f"predict: {api.BUNDLED_MODEL.name} on the bundled photos (top 3)")
+    _print_predictions(api.predict(api.BUNDLED_MODEL, top_k=3), False)
+    formats = api.format_names(quantized=True)
+    output_rule(f"convert to {', '.join(formats)} in {output}/, then verify")
+    with _converting([api.BUNDLED_MODEL.name], formats, api.LOCAL) as advance:
+        written = api.convert(api.BUNDLED_MODEL, formats, output, force=True, on_written=advance)
     _verify_and_report([w.path for w in written], as_json=False)
     console.print(
         f"the converted models are in {output}/ ([bold]mobilenet-zoo verify {output}[/bold] checks them again)"
@@ -630,7 +484,7 @@ def demo_command(
 
 
 def register(app: typer.Typer) -> None:
-    app.command("convert")(convert_command)
+    app.command("convert", cls=ConvertCommand)(convert_command)
     app.command("verify")(verify_command)
     app.command("predict")(predict_command)
     app.command("demo")(demo_command)

@@ -68,11 +68,11 @@ def pull_command(
 ) -> None:
     """Download, verify and extract variants into the cache (a cached variant is not downloaded again). With
     several variants a failure does not stop the others: the run ends with what failed, and exits 1."""
-    from mobilenet_zoo.zoo.variants import load_registry
+    from mobilenet_zoo import api
 
     if bool(names) == all_variants:
         raise ZooError("name the variants to pull, or pass --all (not both)")
-    zoo = load_registry(registry)
+    zoo = api.registry(registry)
     variants = list(zoo) if all_variants else [zoo.get(name) for name in names]
     if sha256 and len(variants) != 1:
         raise ZooError("--sha256 pins one tarball: name exactly one variant")
@@ -110,7 +110,7 @@ def _pull_and_print(variant, mirror: Optional[str], sha256: Optional[str], quiet
 
 def _pull_one(variant, mirror: Optional[str], sha256: Optional[str], quiet: bool, as_json: bool):
     """Pull one variant under its own progress bar, erased before its result line is printed."""
-    from mobilenet_zoo.zoo.pulling import pull_variant
+    from mobilenet_zoo.api import pull_variant
 
     with _progress_bar(disabled=quiet or as_json) as bar:
         progress = _reporter(bar, variant.filename)
@@ -120,25 +120,24 @@ def _pull_one(variant, mirror: Optional[str], sha256: Optional[str], quiet: bool
 @cache_app.command("path")
 def cache_path_command() -> None:
     """Print the cache folder."""
-    from mobilenet_zoo.zoo.cache import Cache
+    from mobilenet_zoo.api import cache_folder
 
-    print(Cache.at().root)
+    print(cache_folder())
 
 
 @cache_app.command("list")
 def cache_list_command(as_json: bool = JsonOption) -> None:
     """What the cache holds: extracted models, extracted local tarballs, partial downloads."""
-    from mobilenet_zoo.zoo.cache import Cache
+    from mobilenet_zoo.api import cache_entries, cache_folder
 
-    cache = Cache.at()
-    entries = cache.entries()
+    entries = cache_entries()
     if as_json:
         print_json([entry.as_dict() for entry in entries])
         return
     if not entries:
-        console.print(f"the cache is empty ({cache.root})", highlight=False, soft_wrap=True)
+        console.print(f"the cache is empty ({cache_folder()})", highlight=False, soft_wrap=True)
         return
-    table = Table(box=box.SIMPLE_HEAD, title=str(cache.root))
+    table = Table(box=box.SIMPLE_HEAD, title=str(cache_folder()))
     for header, justify in (
         ("name", "left"),
         ("kind", "left"),
@@ -167,28 +166,12 @@ def cache_remove_command(
     registry: Optional[Path] = RegistryOption,
 ) -> None:
     """Delete cached models and partial downloads. Recorded checksums are kept to check later downloads."""
-    from mobilenet_zoo.zoo.cache import Cache
+    from mobilenet_zoo.api import remove_cached
 
     if bool(names) == all_entries:
         raise ZooError("name the entries to remove, or pass --all (not both)")
-    cache = Cache.at()
-    cached = {entry.name for entry in cache.entries()}
-    targets = sorted(cached) if all_entries else [_cached_name(name, cached, registry) for name in names]
-    for name in targets:
-        for path in cache.remove(name):
-            console.print(f"removed {path}", highlight=False, soft_wrap=True)
-
-
-def _cached_name(name: str, cached: set[str], registry: Optional[Path]) -> str:
-    """`name` as the cache knows it: an entry name as listed, else a registry variant's name."""
-    from mobilenet_zoo.zoo.variants import load_registry
-
-    if name in cached:
-        return name
-    canonical = load_registry(registry).get(name).name
-    if canonical not in cached:
-        raise ZooError(f"{canonical} is not in the cache")
-    return canonical
+    for path in remove_cached(None if all_entries else list(names), registry_file=registry):
+        console.print(f"removed {path}", highlight=False, soft_wrap=True)
 
 
 def register(app: typer.Typer) -> None:

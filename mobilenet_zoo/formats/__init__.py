@@ -2,7 +2,9 @@
 reader, writers and runner with decorators (as tf2onnx registers op handlers and timm its models).
 
     formats/onnx/__init__.py
-        SPEC = register_format(FormatSpec("onnx", "ONNX", suffixes=(".onnx",), target_suffix=".onnx", ...))
+        LAYOUT = WriterOption("layout", "input layout of the written file: NCHW or NHWC", ("NCHW", "NHWC"), "NCHW")
+        SPEC = register_format(FormatSpec("onnx", "ONNX", suffixes=(".onnx",), target_suffix=".onnx", ...,
+                                          writer_options=(LAYOUT, ...)))   # `convert --layout`, checked here
 
         @reader("onnx")
         def read(path: Path) -> MobileNetV1Model: ...
@@ -55,7 +57,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from mobilenet_zoo.errors import ModelFormatError
+from mobilenet_zoo.errors import ModelFormatError, unknown_choice
 
 
 class Runner(Protocol):
@@ -68,6 +70,36 @@ class Runner(Protocol):
     # declares, e.g. for a file in a form whose arithmetic differs); without one, its format's default profile.
 
     def __call__(self, images: np.ndarray) -> dict[str, np.ndarray]: ...
+
+
+FLOAT, QUANTIZED = "float", "quantized"  # the forms of a model a writer writes
+
+
+@dataclass(frozen=True)
+class WriterOption:
+    """A keyword its writers take, declared by the format: `convert --NAME` (underscores as dashes), its help and
+    choices come from here, and `checked_writer_options` validates every value given (the one place)."""
+
+    name: str  # the writer's keyword: "layout", "quant_format"
+    help: str  # what it does, without the format's name: "input layout: NCHW or NHWC"
+    choices: tuple[str, ...] = ()  # the values it takes (any case on the command line); () for a yes/no flag
+    default: Any = None  # what the writer does without it (a choice, or False for a flag)
+    forms: tuple[str, ...] = (FLOAT, QUANTIZED)  # the writers it reaches: float models, quantized models or both
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    def checked(self, value: Any) -> Any:
+        """`value` as the writer takes it (a choice in its declared spelling), or a usage error naming the flag."""
+        if not self.choices:
+            if isinstance(value, bool):
+                return value
+            raise ModelFormatError(f"{self.flag} is a yes/no option, not {value!r}")
+        for choice in self.choices:
+            if choice.lower() == str(value).strip().lower():
+                return choice
+        raise unknown_choice(self.name.replace("_", " "), value, self.choices, self.flag)
 
 
 @dataclass(frozen=True)
@@ -115,6 +147,7 @@ class FormatSpec:
     runner_threads: bool = False  # its runner takes `threads=N` (a per-session thread count)
     writes_int8: bool = False  # its quantized writer holds int8 per-channel models (TF's converter), edges included
     priority: int = 0  # detection order when several formats claim a path (higher first)
+    writer_options: tuple[WriterOption, ...] = ()  # keywords its writers take: `convert`'s flags
 
     @property
     def default_tolerance(self) -> ToleranceProfile:
@@ -296,9 +329,46 @@ def read(path: Path, fmt: str | None = None):
 
 
 def write(model, path: Path, fmt: str, **options) -> Path:
-    """Write a model (float or quantized: the matching writer) in a format."""
+    """Write a model (float or quantized: the matching writer) in a format. Declared writer options are checked
+    (`WriterOption.checked`) and reach only the writers of the forms they name; others pass through unchanged."""
     check_writable(model, fmt)
+    form = QUANTIZED if model.config.quantized else FLOAT
+    declared = {option.name: option for option in spec(fmt).writer_options}
+    options = {
+        name: declared[name].checked(value) if name in declared else value
+        for name, value in options.items()
+        if name not in declared or form in declared[name].forms
+    }
     return handler(fmt, WRITE_QUANTIZED if model.config.quantized else WRITE)(model, Path(path), **options)
+
+
+def writer_options() -> dict[str, tuple[WriterOption, tuple[str, ...]]]:
+    """Every declared writer option by name, with the titles of the formats that declare it (a flag serves them
+    all: formats that share a name must declare the same choices and default)."""
+    merged: dict[str, tuple[WriterOption, tuple[str, ...]]] = {}
+    for format_spec in specs():
+        for option in format_spec.writer_options:
+            first, titles = merged.get(option.name, (option, ()))
+            if (first.choices, first.default) != (option.choices, option.default):
+                raise ValueError(f"writer option {option.name!r}: {format_spec.name} declares other choices")
+            merged[option.name] = (first, (*titles, format_spec.title))
+    return merged
+
+
+def checked_writer_options(options: dict[str, Any]) -> dict[str, Any]:
+    """The options of a conversion checked against their declarations, before anything is written: each value in
+    its declared spelling; an option no format declares is refused."""
+    declared = writer_options()
+    unknown = [name for name in options if name not in declared]
+    if unknown:
+        raise ModelFormatError(f"unknown writer option {unknown[0]!r}; the formats take {', '.join(declared)}")
+    return {name: declared[name][0].checked(value) for name, value in options.items()}
+
+
+def options_for(fmt: str, options: dict[str, Any]) -> dict[str, Any]:
+    """The writer options among `options` that format `fmt` declares."""
+    declared = {option.name for option in spec(fmt).writer_options}
+    return {name: value for name, value in options.items() if name in declared}
 
 
 def load_runner(path: Path, *, threads: int | None = None) -> Runner:

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 import mobilenet_zoo as mz
+from mobilenet_zoo import api
 from mobilenet_zoo.constants import MANIFEST
 from mobilenet_zoo.zoo.samples import BUNDLED_MODEL
 
@@ -242,3 +243,53 @@ def test_the_readme_fine_tuned_workflow_runs(tmp_path):
         "grace_hopper.png": "person",
         "parrot.jpg": "bird",
     }, result.stdout
+
+
+def test_the_api_converts_with_writer_options_and_a_labels_file(tmp_path):
+    """Everything `convert` takes on the command line the API takes: writer options (checked once, any case), a
+    labels file; a typo in an option is the CLI's usage error, before anything is written."""
+    import onnx
+
+    labels = tmp_path / "labels.txt"
+    labels.write_text("".join(f"class {i}\n" for i in range(1001)))
+    with pytest.raises(mz.ZooError, match="unknown layout 'NHCW' for --layout; did you mean NCHW or NHWC"):
+        api.convert(BUNDLED_MODEL, "onnx", tmp_path / "bad", writer_options={"layout": "NHCW"})
+    with pytest.raises(mz.ZooError, match="unknown writer option 'colour'"):
+        api.convert(BUNDLED_MODEL, "onnx", tmp_path / "bad", writer_options={"colour": "red"})
+    assert not (tmp_path / "bad").exists()
+    options = {"layout": "nhwc", "quant_format": "QDQ"}
+    [written] = mz.convert(BUNDLED_MODEL, "onnx", tmp_path / "out", writer_options=options, labels=labels)
+    proto = onnx.load(str(written.path))
+    assert {p.key: p.value for p in proto.metadata_props}["quant_format"] == "qdq"
+    assert [d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim][1:] == [128, 128, 3]
+    assert mz.load(written.path).classes.labels[1000] == "class 1000"
+
+
+def test_the_api_runs_offline_and_says_what_ray_cannot_do(tmp_path, monkeypatch):
+    """`offline=True` is $MOBILENET_ZOO_OFFLINE=1 for the call only; Ray is an executor, with its limits in one line."""
+    from mobilenet_zoo.constants import HOME_ENV, OFFLINE_ENV
+
+    monkeypatch.setenv(HOME_ENV, str(tmp_path / "empty-cache"))
+    monkeypatch.delenv(OFFLINE_ENV, raising=False)
+    with pytest.raises(mz.DownloadError, match="offline mode is on"):
+        mz.convert("mobilenet_v1_0.25_128", "onnx", tmp_path / "out", offline=True)
+    assert OFFLINE_ENV not in os.environ and not (tmp_path / "out").exists()
+    mz.convert(BUNDLED_MODEL, "onnx", tmp_path / "out")
+    with pytest.raises(mz.ZooError, match="--ray verifies against the recorded references"):
+        mz.verify(tmp_path / "out", source=BUNDLED_MODEL, executor="ray")
+    with pytest.raises(mz.ZooError, match="--per-layer runs on this machine"):
+        mz.verify(tmp_path / "out", per_layer=True, executor="ray://head:10001")
+    with pytest.raises(mz.ZooError, match="--fast-decode runs in this process only"):
+        api.evaluate(BUNDLED_MODEL, tmp_path, fast_decode=True, executor="ray")
+
+
+def test_the_api_lists_and_empties_the_cache(tmp_path, monkeypatch):
+    from mobilenet_zoo.constants import HOME_ENV
+
+    monkeypatch.setenv(HOME_ENV, str(tmp_path / "cache"))
+    assert api.cache_folder() == tmp_path / "cache" and api.cache_entries() == []
+    with pytest.raises(mz.UnknownVariantError, match="did you mean"):
+        api.remove_cached(["mobilenet_v1_0.25_129"])
+    with pytest.raises(mz.ZooError, match="mobilenet_v1_0.25_128 is not in the cache"):
+        api.remove_cached(["0.25_128"])
+    assert api.remove_cached() == []

@@ -142,6 +142,39 @@ def test_nothing_outside_a_format_package_imports_its_private_modules():
     assert {name: found for name, found in offenders.items() if found} == {}
 
 
+COMMANDS_MAY_IMPORT = ("mobilenet_zoo.api", "mobilenet_zoo.output", "mobilenet_zoo.errors", "mobilenet_zoo.constants")
+
+
+def _beyond_the_api(graph: dict[str, set[str]]) -> dict[str, list[str]]:
+    """What each module of `commands/` (and `cli`) imports besides the public API, output, errors, constants and
+    `commands/` itself."""
+
+    def allowed(module: str) -> bool:
+        return module == "mobilenet_zoo" or any(
+            module == name or module.startswith(f"{name}.") for name in (*COMMANDS_MAY_IMPORT, "mobilenet_zoo.commands")
+        )
+
+    return {
+        name: sorted(module for module in imports if not allowed(module))
+        for name, imports in graph.items()
+        if name.startswith("mobilenet_zoo.commands") or name == "mobilenet_zoo.cli"
+    }
+
+
+def test_the_commands_are_a_layer_over_the_api():
+    """`commands/` (and `cli`) import only the public API, output, errors and constants, function-level imports
+    included (issue 20): everything a command does, the API can do."""
+    offenders = {name: found for name, found in _beyond_the_api(import_graph()).items() if found}
+    assert offenders == {}
+
+
+def test_the_api_layer_check_sees_a_function_level_import():
+    graph = {
+        "mobilenet_zoo.commands.x": {"mobilenet_zoo.api", "mobilenet_zoo.tasks.parity", "mobilenet_zoo.commands.y"}
+    }
+    assert _beyond_the_api(graph) == {"mobilenet_zoo.commands.x": ["mobilenet_zoo.tasks.parity"]}
+
+
 def test_the_readme_design_map_names_every_module():
     """The README's "Design" block names every module of the package (a new module is placed in the map)."""
     import re

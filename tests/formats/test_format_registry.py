@@ -71,17 +71,21 @@ from pathlib import Path
 
 import numpy as np
 
-from mobilenet_zoo.formats import FormatSpec, reader, register_format, runner, writer
+from mobilenet_zoo.formats import FormatSpec, WriterOption, reader, register_format, runner, writer
 from mobilenet_zoo.model.canonical import MobileNetV1Model, config_from_metadata
 
+COMPRESSION = WriterOption("dummy_compression", "how the arrays are stored: stored or deflated",
+                           choices=("stored", "deflated"), default="stored")
 SPEC = register_format(FormatSpec("dummy", "Dummy", target_suffix=".dummy", suffixes=(".dummy",),
-                                  runtime="dummy-runtime", runtime_module="json", extra="dummy"))
+                                  runtime="dummy-runtime", runtime_module="json", extra="dummy",
+                                  writer_options=(COMPRESSION,)))
 
 
 @writer("dummy")
-def write(model, out):
+def write(model, out, *, dummy_compression="stored"):
+    save = np.savez_compressed if dummy_compression == "deflated" else np.savez
     with open(out, "wb") as stream:
-        np.savez(stream, __metadata__=np.array(json.dumps(model.metadata())), **model.fold().weights)
+        save(stream, __metadata__=np.array(json.dumps(model.metadata())), **model.fold().weights)
     return Path(out)
 
 
@@ -136,3 +140,52 @@ def test_a_new_format_folder_appears_everywhere(dummy_format, tmp_path, cli):
     assert RUNTIMES["dummy-runtime"].format == "dummy"
     [target] = prepare_targets(str(written), None, tmp_path / "scratch")
     assert (target.runtime, target.path) == ("dummy-runtime", written)
+
+
+def test_a_new_format_s_writer_option_is_a_convert_flag_that_reaches_its_writer(dummy_format, tmp_path, cli):
+    """The dummy spec declares `dummy_compression`: `convert -h` shows `--dummy-compression` with its choices, the
+    value reaches the dummy writer (and only it), and a wrong value is a usage error naming the flag."""
+    import zipfile
+
+    from mobilenet_zoo.formats.onnx import write as write_onnx
+
+    code, out, _ = cli("convert", "-h")
+    assert code == 0 and "--dummy-compression" in out and "deflated" in out
+    assert "dummy" in out.split("--to")[1].split("--all-formats")[0]  # `--to` names every registered format
+    source = write_onnx(random_model(ModelConfig(0.25, 128), seed=5), tmp_path / "source.onnx")
+    code, out, err = cli(
+        "convert", source, "--to", "dummy,tflite", "--dummy-compression", "DEFLATED", "-o", tmp_path / "out", "--json"
+    )
+    assert code == 0, err
+    written = {row["format"]: Path(row["path"]) for row in json.loads(out)["written"]}
+    with zipfile.ZipFile(written["dummy"]) as archive:
+        assert {info.compress_type for info in archive.infolist()} == {zipfile.ZIP_DEFLATED}
+    code, _, err = cli("convert", source, "--to", "dummy", "--dummy-compression", "deflatd", "-o", tmp_path / "bad")
+    assert code == 2 and len(err.splitlines()) == 1
+    assert err.startswith("error: unknown dummy compression 'deflatd' for --dummy-compression; did you mean deflated?")
+    assert not (tmp_path / "bad").exists()
+
+
+def test_every_declared_writer_option_is_a_convert_flag_with_its_formats(cli):
+    code, out, _ = cli("convert", "-h")
+    text = " ".join(out.replace("│", " ").split())
+    for option, titles in formats.writer_options().values():
+        assert option.flag in text and f"Formats: {', '.join(titles)}." in text, option.name
+    assert "[default: NCHW]" in text and "[default: exact]" in text
+
+
+def test_writer_options_reach_the_writers_of_the_formats_that_declare_them(tmp_path, cli):
+    """`--slim-weights` (PyTorch, float) and `--layout NHWC` (ONNX and PyTorch) in one run: each writer gets the
+    options its spec declares, the TFLite writer none."""
+    import onnx
+
+    from mobilenet_zoo.formats.onnx import write as write_onnx
+
+    source = write_onnx(random_model(ModelConfig(0.25, 128), seed=5), tmp_path / "source.onnx")
+    out = tmp_path / "out"
+    code, _, err = cli("convert", source, "--to", "torch,onnx,tflite", "--slim-weights", "--layout", "nhwc", "-o", out)
+    assert code == 0, err
+    assert (out / "mobilenet_v1_0.25_128_torch" / "mobilenet_v1_0.25_128.safetensors").is_file()
+    dims = onnx.load(str(out / "mobilenet_v1_0.25_128.onnx")).graph.input[0].type.tensor_type.shape.dim
+    assert [d.dim_value for d in dims][1:] == [128, 128, 3]
+    assert (out / "mobilenet_v1_0.25_128.tflite").is_file()

@@ -10,8 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from mobilenet_zoo.formats import (
+    QUANTIZED,
     FormatSpec,
     ToleranceProfile,
+    WriterOption,
     private_getattr,
     reader,
     register_format,
@@ -40,6 +42,17 @@ QDQ_TOLERANCE = ToleranceProfile(
 )
 QDQ_PROFILE = QDQ_TOLERANCE.name
 
+
+LAYOUT = WriterOption("layout", "input layout of the written file: NCHW or NHWC", ("NCHW", "NHWC"), "NCHW")
+QUANT_FORMAT = WriterOption(
+    "quant_format",
+    "form of a quantized file: exact (TFLite's integer arithmetic, bit-exact; the default) or qdq (onnxruntime's "
+    "quantized kernels: faster, a few LSB off); float models ignore it",
+    ("exact", "qdq"),
+    "exact",
+    forms=(QUANTIZED,),
+)
+
 SPEC = register_format(
     FormatSpec(
         "onnx",
@@ -52,6 +65,7 @@ SPEC = register_format(
         tolerances=(EXACT_TOLERANCE, QDQ_TOLERANCE),
         runner_threads=True,
         writes_int8=True,
+        writer_options=(LAYOUT, QUANT_FORMAT),
     )
 )
 
@@ -75,14 +89,9 @@ def write_float(model, out: Path, *, layout: str = "NCHW", quant_format: str = "
 @writer("onnx", quantized=True)
 def write_quantized(model, out: Path, *, layout: str = "NCHW", quant_format: str = "exact", **options) -> Path:
     """A uint8 per-tensor or int8 per-channel model as `exact` (bit-exact with TFLite's builtin kernels) or `qdq`
-    ONNX (onnxruntime's integer kernels)."""
-    from mobilenet_zoo.errors import ModelFormatError
-    from mobilenet_zoo.formats.onnx import _exact, _float, _qdq
+    ONNX (onnxruntime's integer kernels); `quant_format` is checked by the registry."""
+    from mobilenet_zoo.formats.onnx import _exact, _qdq
 
-    if quant_format not in _float.QUANT_FORMATS:
-        raise ModelFormatError(
-            f"unknown quantized ONNX form {quant_format!r}; choose {', '.join(_float.QUANT_FORMATS)}"
-        )
     return (_qdq if quant_format == "qdq" else _exact).write(model, out, layout=layout, **options)
 
 

@@ -11,7 +11,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from mobilenet_zoo.formats import (
+    FLOAT,
     FormatSpec,
+    WriterOption,
     private_getattr,
     reader,
     register_format,
@@ -19,6 +21,14 @@ from mobilenet_zoo.formats import (
     sniffer,
     thread_setter,
     writer,
+)
+
+LAYOUT = WriterOption("layout", "input layout of the written file: NCHW or NHWC", ("NCHW", "NHWC"), "NCHW")
+SLIM_WEIGHTS = WriterOption(
+    "slim_weights",
+    "also write the weights under their slim names (NAME.safetensors, TF layouts)",
+    default=False,
+    forms=(FLOAT,),
 )
 
 SPEC = register_format(
@@ -31,6 +41,7 @@ SPEC = register_format(
         runtime="torch",
         runtime_module="torch",
         extra="torch",
+        writer_options=(LAYOUT, SLIM_WEIGHTS),
     )
 )
 
