@@ -19,11 +19,11 @@ from realdata import realdata
 
 from mobilenet_zoo.errors import ModelFormatError
 from mobilenet_zoo.formats import onnx, tflite
+from mobilenet_zoo.formats.onnx import QDQ_TOLERANCE
 from mobilenet_zoo.model import quant_math
 from mobilenet_zoo.model.arch import Backbone
 from mobilenet_zoo.model.canonical import QuantizedTensor
 from mobilenet_zoo.model.preprocess import load_image, load_image_uint8
-from mobilenet_zoo.formats.onnx import QDQ_TOLERANCE
 from mobilenet_zoo.testing.tf_converter import FULL_INTEGER
 
 RESOLUTION = 224
