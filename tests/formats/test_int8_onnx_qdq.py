@@ -19,11 +19,11 @@ from realdata import realdata
 
 from mobilenet_zoo.errors import ModelFormatError
 from mobilenet_zoo.formats import onnx, tflite
+from mobilenet_zoo.formats.onnx import QDQ_TOLERANCE
 from mobilenet_zoo.model import quant_math
 from mobilenet_zoo.model.arch import Backbone
 from mobilenet_zoo.model.canonical import QuantizedTensor
 from mobilenet_zoo.model.preprocess import load_image, load_image_uint8
-from mobilenet_zoo.tasks.parity import QDQ_MAX_FEATURE_LSB
 from mobilenet_zoo.testing.tf_converter import FULL_INTEGER
 
 RESOLUTION = 224
@@ -125,7 +125,7 @@ def test_int8_feature_outputs_keep_the_convolutions_integer(tf_converted, tmp_pa
     got, expected = onnx.load_runner(path)(image), quant_math.forward(model, image)
     for name, shape in (("Conv2d_5_pointwise", (1, 28, 28, 256)), ("Conv2d_13_pointwise", (1, 7, 7, 1024))):
         assert got[name].dtype == np.int8 and got[name].shape == shape
-        assert np.abs(got[name].astype(int) - expected[name].astype(int)).max() <= QDQ_MAX_FEATURE_LSB
+        assert np.abs(got[name].astype(int) - expected[name].astype(int)).max() <= QDQ_TOLERANCE.feature_lsb
 
 
 @pytest.mark.slow
