@@ -77,7 +77,7 @@ def test_profiles_are_declared_by_the_formats_and_parity_names_no_format():
     qdq = formats.tolerance("onnx-qdq")
     assert (qdq.lsb, qdq.logits_lsb, qdq.feature_lsb, qdq.xnnpack_factor) == (29, 6, 137, 1.5)
     assert formats.tolerance("tflite-float16").lsb == 1 and formats.tolerance("tflite-int8-dynamic").lsb == 29
-    source = (Path(formats.__file__).parent.parent / "parity.py").read_text()
+    source = (Path(formats.__file__).parent.parent / "tasks" / "parity.py").read_text()
     named = {name for name in [*formats.names(), *declared] if re.search(rf"[\"']{re.escape(name)}[\"']", source)}
     assert not named, f"parity.py names {named}"
 

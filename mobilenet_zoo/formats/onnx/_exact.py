@@ -118,10 +118,8 @@ def write(
 
 
 def load_runner(path: Path) -> onnx_format.OnnxRunner:
-    """The format's onnxruntime runner: uint8 NHWC batches (an int8 graph gets them shifted: `_float.OnnxRunner`)."""
-    from mobilenet_zoo.formats import onnx
-
-    return onnx.load_runner(path)
+    """The generic onnxruntime runner: uint8 NHWC batches (an int8 graph gets them shifted: `_float.OnnxRunner`)."""
+    return onnx_format.load_runner(path)
 
 
 def build_model(model: MobileNetV1Model, *, layout: str = "NHWC", opset: int = MIN_OPSET, arithmetic: str = "fastest"):
