@@ -71,7 +71,7 @@ class BuildOptions:
 
     backbone: Backbone = Backbone()
     quantize: str | None = None  # "uint8"
-    calibration: Path | None = None  # folder of calibration images for `quantize`
+    calibration: Path | None = None  # calibration images for `quantize`: a folder, or a CSV with a path column
     labels: tuple[str, ...] | None = None  # one name per class (`convert --labels FILE`)
     backbone_only: bool = False  # drop a frozen graph's dense head: the plain network (`convert --backbone-only`)
 
@@ -86,6 +86,8 @@ def prepare(source: Source, build: BuildOptions) -> Source:
     if build.labels is not None:
         model = model.with_labels(build.labels)
     if build.quantize is None:
+        if build.calibration is not None:
+            raise ZooError(f"--calibration {build.calibration} calibrates --quantize uint8 or int8; none was asked for")
         return replace(source, model=model)
     from mobilenet_zoo.quantize import quantize_with_calibration
 
@@ -200,7 +202,7 @@ def record(
     """Add the targets to their folders' manifests (`run_finished=False`: marked as written by a run still going);
     a quantized model's with its float source and calibration images (the accuracy gate measures against the one,
     never on the others)."""
-    gate = _gate_record(calibration) if source.float_source is not None else {}
+    gate = _gate_record(calibration, source.model) if source.float_source is not None else {}
     for folder in {r.path.parent for r in results}:
         with updating_manifest(folder) as manifest:
             for r in (r for r in results if r.path.parent == folder):
@@ -220,10 +222,18 @@ def record(
                 }
 
 
-def _gate_record(calibration: Path | None) -> dict:
-    """The manifest's record of the calibration images (a folder's, as `quantize` reads them)."""
-    from mobilenet_zoo.samples import image_files
+def _gate_record(calibration: Path | None, model) -> dict:
+    """The manifest's record of the calibration (the images of a folder or a CSV, in the order `quantize` read them,
+    and every activation's chosen range)."""
+    from mobilenet_zoo.quantize import activation_ranges, calibration_files, calibration_order
 
-    if calibration is None or not Path(calibration).is_dir():
+    if calibration is None:
         return {}
-    return {CALIBRATION: calibration_record(image_files(Path(calibration)))}
+    record = {
+        **calibration_record(calibration_files(Path(calibration))),
+        "source": str(Path(calibration).resolve()),
+        "order": calibration_order(Path(calibration)),
+    }
+    if model.quant is not None:
+        record["activation_ranges"] = activation_ranges(model.quant)
+    return {CALIBRATION: record}

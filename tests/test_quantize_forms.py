@@ -8,6 +8,7 @@ Fast: the real 0.25_128 weights (the released uint8 model's, dequantized, as a f
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import replace
 from pathlib import Path
 
@@ -111,3 +112,91 @@ def test_genuine_fp16_onnx_keeps_every_top1_at_half_the_size(cli, measured, tmp_
     ratio = written.stat().st_size / float_file.stat().st_size
     print(f"\nfp16 onnx: top-1 agreement {agreement['top1']:.3f}, size {ratio:.3f}x float")
     assert agreement["top1"] == 1.0 and agreement["top5"] == 1.0 and ratio <= MAX_FP16_SIZE_RATIO
+
+
+# ------------------------------------------------------------------------------- calibration from a CSV
+
+
+CALIBRATION = range(0, 8)  # photo_00..07 calibrate
+
+
+def calibration_csv(path: Path, photos: Path, indices, header: str = "path,label") -> Path:
+    """A labelled CSV listing real photos (paths relative to the CSV's folder), in the order of `indices`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    relative = Path(os.path.relpath(photos, path.parent))
+    rows = [header, *(f"{relative / f'photo_{i:02d}.jpg'},{i}" for i in indices)]
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def calibration_folder(tmp_path_factory) -> Path:
+    return photo_folder(tmp_path_factory.mktemp("calibration") / "photos", CALIBRATION)
+
+
+def convert_quantized(cli, source: Path, out: Path, quantization: str, calibration: Path) -> dict:
+    """Convert to TFLite; the manifest entry of the written target."""
+    code, _, err = cli(
+        "convert", source, "--to", "tflite", "--quantize", quantization, "--calibration", calibration, "-o", out
+    )
+    assert code == 0, err
+    (entry,) = json.loads((out / "mobilenet_zoo.json").read_text())["targets"].values()
+    return entry
+
+
+def test_a_csv_calibrates_as_the_folder_of_the_same_images(cli, small_float, calibration_folder, tmp_path):
+    table = calibration_csv(tmp_path / "lists" / "calibration.csv", calibration_folder, CALIBRATION)
+    by_folder = convert_quantized(cli, small_float, tmp_path / "folder", "uint8", calibration_folder)
+    by_table = convert_quantized(cli, small_float, tmp_path / "table", "uint8", table)
+    written = {kind: next((tmp_path / kind).glob("*.tflite")).read_bytes() for kind in ("folder", "table")}
+    assert written["folder"] == written["table"]
+    for entry, source in ((by_folder, calibration_folder), (by_table, table)):
+        record = entry["calibration"]
+        assert record["count"] == 8 and record["source"] == str(source.resolve())
+        assert [Path(f).name for f in record["files"]] == [f"photo_{i:02d}.jpg" for i in CALIBRATION]
+        assert record["pixels_sha256"] == by_folder["calibration"]["pixels_sha256"]
+    assert by_folder["calibration"]["order"] == "sorted by name" and by_table["calibration"]["order"] == "CSV rows"
+
+
+def test_the_manifest_records_the_calibration_ranges(cli, small_float, calibration_folder, tmp_path):
+    """Every activation's chosen range (what its scale and zero point cover), uint8 and int8, in CSV row order."""
+    table = calibration_csv(tmp_path / "calibration.csv", calibration_folder, reversed(CALIBRATION), header="path")
+    for quantization in ("uint8", "int8"):
+        entry = convert_quantized(cli, small_float, tmp_path / quantization, quantization, table)
+        record = entry["calibration"]
+        assert [Path(f).name for f in record["files"]] == [f"photo_{i:02d}.jpg" for i in reversed(CALIBRATION)]
+        ranges = record["activation_ranges"]
+        model = tflite.read(next((tmp_path / quantization).glob("*.tflite")))
+        assert set(ranges) == set(model.quant.activations)
+        first = ranges["Conv2d_0"]
+        params = model.quant.activations["Conv2d_0"]
+        assert first["dtype"] == quantization and first["scale"] == pytest.approx(float(params.scale))
+        assert first["min"] <= 0 < first["max"] <= 6.1 and first["zero_point"] == int(params.zero_point)
+        assert ranges["input"]["min"] == pytest.approx(-1.0) and ranges["input"]["max"] == pytest.approx(127 / 128)
+
+
+def test_a_csv_naming_a_missing_image_is_one_clear_error(cli, small_float, calibration_folder, tmp_path):
+    table = calibration_csv(tmp_path / "calibration.csv", calibration_folder, [0, 1, 99])
+    code, _, err = cli(
+        "convert", small_float, "--to", "tflite", "--quantize", "int8", "--calibration", table, "-o", tmp_path / "o"
+    )
+    assert code != 0 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert err.startswith(f"error: {table}:4: image not found: ") and "photo_99.jpg" in err
+    assert not (tmp_path / "o").exists() or not list((tmp_path / "o").iterdir())
+
+
+def test_fp16_refuses_calibration_images(cli, small_float, calibration_folder, tmp_path):
+    """fp16 rounds the weights and reads no images: --calibration would be recorded as if used, so it is refused."""
+    code, _, err = cli(
+        "convert", small_float, "--to", "tflite,onnx", "--quantize", "fp16", "--calibration", calibration_folder,
+        "-o", tmp_path / "o",
+    )  # fmt: skip
+    assert code != 0 and len(err.strip().splitlines()) == 1
+    assert err.startswith("error: --quantize fp16 reads no calibration images") and "drop --calibration" in err
+    assert not (tmp_path / "o").exists() or not list((tmp_path / "o").iterdir())
+
+
+def test_calibration_without_quantization_is_refused(cli, small_float, calibration_folder, tmp_path):
+    code, _, err = cli("convert", small_float, "--to", "onnx", "--calibration", calibration_folder, "-o", tmp_path)
+    assert code != 0 and len(err.strip().splitlines()) == 1 and "calibrates --quantize uint8 or int8" in err
+    assert not list(tmp_path.glob("*.onnx"))
