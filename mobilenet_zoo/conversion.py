@@ -3,7 +3,8 @@
 The manifest (`mobilenet_zoo.json` in the output folder) remembers, for every target, its format, the
 variant, the backbone options it was built with and the reference it must match (relative to the manifest
 when the reference lies inside its folder, so the folder can move), so `verify OUTPUT` needs nothing else.
-A target is named after the variant and its backbone options (`mobilenet_v1_1.0_224_os16_f5-11-12-13.onnx`);
+A target is named after the variant, its form (`_quant` uint8, `_int8`, `_fp16`: `target_stem`) and its backbone
+options (`mobilenet_v1_1.0_224_os16_f5-11-12-13.onnx`);
 an existing target is replaced only with `force`, and never when it is (or lies inside) the source.
 
 Each target is recorded as soon as it is written, marked `"run_finished": false` until the last one is: a run
@@ -51,7 +52,18 @@ def target_path(source: Source, fmt: str, out: Path, single: bool) -> Path:
     if names_a_file(out):
         kind = "several targets" if not single else f"a {fmt} target"
         raise ZooError(f"-o {out} names one {out.suffix} file, but {kind} are written: give a folder")
-    return out / f"{source.model.config.name}{source.model.backbone.name_tag}{suffix}"
+    return out / f"{target_stem(source.model)}{source.model.backbone.name_tag}{suffix}"
+
+
+def target_stem(model) -> str:
+    """The variant's name marked by the model's form: `_quant` (uint8, as the official files), `_int8` (an int8
+    core), `_fp16` (float16 weights), else the float name; so the forms of one model can share a folder."""
+    from mobilenet_zoo.arch import variant_name
+
+    config = model.config
+    if config.quantized and model.precision == "int8":
+        return variant_name(config.alpha, config.resolution, False) + "_int8"
+    return config.name + ("_fp16" if model.weight_storage == "float16" else "")
 
 
 def check_target(target: Path, source: Source, force: bool) -> None:

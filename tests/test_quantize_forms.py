@@ -200,3 +200,38 @@ def test_calibration_without_quantization_is_refused(cli, small_float, calibrati
     code, _, err = cli("convert", small_float, "--to", "onnx", "--calibration", calibration_folder, "-o", tmp_path)
     assert code != 0 and len(err.strip().splitlines()) == 1 and "calibrates --quantize uint8 or int8" in err
     assert not list(tmp_path.glob("*.onnx"))
+
+
+# ------------------------------------------------------------------------------------ targets named by form
+
+
+def test_each_form_has_its_own_name_and_a_folder_of_all_verifies(cli, small_float, calibration_folder, tmp_path):
+    """float, uint8 (`_quant`), int8 (`_int8`) and fp16 (`_fp16`) side by side in one folder: none replaces another,
+    the manifest names each and `verify FOLDER` checks them all."""
+    forms = {
+        "float": [],
+        "uint8": ["--quantize", "uint8", "--calibration", calibration_folder],
+        "int8": ["--quantize", "int8", "--calibration", calibration_folder],
+        "fp16": ["--quantize", "fp16"],
+    }
+    for options in forms.values():
+        code, _, err = cli("convert", small_float, "--to", "tflite", "-o", tmp_path, *options)
+        assert code == 0, err
+    names = {f"mobilenet_v1_0.25_128{tag}.tflite" for tag in ("", "_quant", "_int8", "_fp16")}
+    assert {p.name for p in tmp_path.glob("*.tflite")} == names
+    entries = json.loads((tmp_path / "mobilenet_zoo.json").read_text())["targets"]
+    assert set(entries) == names
+    assert tflite.read(tmp_path / "mobilenet_v1_0.25_128_int8.tflite").precision == "int8"
+    assert tflite.read(tmp_path / "mobilenet_v1_0.25_128_fp16.tflite").precision == "float16"
+    assert entries["mobilenet_v1_0.25_128_int8.tflite"]["reference"] == "mobilenet_v1_0.25_128_int8.tflite"
+    quantized = sorted(names - {"mobilenet_v1_0.25_128.tflite"})
+    code, report = verify_json(cli, *(tmp_path / name for name in quantized), "--min-agreement", "0.8")
+    assert code == 0, report  # each against the reference its manifest entry records, gated against the float
+    assert [Path(r["target"]).name for r in report["targets"]] == quantized
+    assert all(r["agreement"]["source"] == str(small_float) for r in report["targets"])
+    code, report = verify_json(cli, tmp_path, "--source", small_float, "--min-agreement", "0.8")
+    assert code == 0, report
+    assert {Path(r["target"]).name for r in report["targets"]} == names
+    code, _, err = cli("convert", small_float, "--to", "onnx", "--quantize", "fp16", "-o", tmp_path)
+    assert code == 0, err
+    assert (tmp_path / "mobilenet_v1_0.25_128_fp16.onnx").is_file()
