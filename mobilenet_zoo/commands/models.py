@@ -149,9 +149,13 @@ def convert_command(
     quantize: Optional[str] = typer.Option(
         None,
         "--quantize",
-        help="Post-training quantization of a float model: uint8 (per tensor, the official scheme) or int8 (TFLite's default, TFLite only) with --calibration DIR; fp16 (float16 weights, TFLite only).",
+        help="Post-training quantization of a float model: uint8 (per tensor, the official scheme) or int8 (TFLite's default, TFLite only) with --calibration; fp16 (float16 weights, TFLite and ONNX; no calibration).",
     ),
-    calibration: Optional[Path] = typer.Option(None, "--calibration", help="--quantize: folder of calibration images."),
+    calibration: Optional[Path] = typer.Option(
+        None,
+        "--calibration",
+        help="--quantize uint8|int8: a folder of calibration images (sorted by name) or a CSV with a path column (row order, paths relative to the CSV); recorded with the chosen ranges in the manifest.",
+    ),
     labels: Optional[Path] = typer.Option(
         None, "--labels", help="Class names, one per line (as many as the model has classes): recorded in every target."
     ),

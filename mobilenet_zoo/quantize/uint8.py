@@ -71,13 +71,18 @@ QUANTIZATIONS = ("uint8", "int8", "fp16")  # fp16 needs no calibration (`quantiz
 
 
 def quantize_with_calibration(model: MobileNetV1Model, quantization: str, calibration: Path | None) -> MobileNetV1Model:
-    """`convert --quantize uint8|int8 --calibration DIR`: the model quantized on the images of a folder;
-    `--quantize fp16`: its weights rounded to float16."""
+    """`convert --quantize uint8|int8 --calibration DIR|CSV`: the model quantized on the images of a folder or a
+    CSV (`calibration_files`); `--quantize fp16`: its weights rounded to float16 (calibration images refused)."""
     if quantization not in QUANTIZATIONS:
         raise ZooError(f"unknown quantization {quantization!r}; choose one of {', '.join(QUANTIZATIONS)}")
     from mobilenet_zoo.quantize import int8 as quantize_int8
 
     if quantization == "fp16":
+        if calibration is not None:
+            raise ZooError(
+                f"--quantize fp16 reads no calibration images (it rounds the weights to float16): drop --calibration "
+                f"{calibration}"
+            )
         return quantize_int8.quantize_fp16(model)
     if calibration is None:
         raise ZooError("--quantize needs --calibration: a folder of images that look like what the model will see")
@@ -318,15 +323,74 @@ def round_trip(values: np.ndarray, params: QuantParams, narrow_range: bool = Fal
     return (q - zero_point) * scale
 
 
-def load_calibration(folder: Path, resolution: int) -> np.ndarray:
-    """The images of a folder preprocessed for the float model: float32 N x resolution x resolution x 3 in [-1, 1]."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise ZooError(f"calibration folder not found: {folder}")
-    paths = image_files(folder)
+def load_calibration(calibration: Path, resolution: int) -> np.ndarray:
+    """The calibration images (`calibration_files`) preprocessed for the float model: float32 N x resolution x
+    resolution x 3 in [-1, 1]."""
+    return load_batch(calibration_files(calibration), resolution, quantized=False)
+
+
+CSV_ORDER, FOLDER_ORDER = "CSV rows", "sorted by name"  # the order calibration images are read in
+
+
+def calibration_order(calibration: Path) -> str:
+    return FOLDER_ORDER if Path(calibration).is_dir() else CSV_ORDER
+
+
+def calibration_files(calibration: Path) -> list[Path]:
+    """Every calibration image, in order: the images of a folder sorted by name, or the `path` column of a CSV
+    (a `path` header column, else the first; paths relative to the CSV's folder) in row order."""
+    calibration = Path(calibration)
+    if calibration.is_dir():
+        paths = image_files(calibration)
+        if not paths:
+            raise ZooError(f"calibration folder {calibration} holds no images (.jpg, .png, .bmp, ...)")
+        return paths
+    if not calibration.is_file():
+        raise ZooError(f"calibration images not found: {calibration} (give a folder of images or a CSV of paths)")
+    paths = _csv_paths(calibration)
     if not paths:
-        raise ZooError(f"calibration folder {folder} holds no images (.jpg, .png, .bmp, ...)")
-    return load_batch(paths, resolution, quantized=False)
+        raise ZooError(f"{calibration}: no image paths in the CSV (a `path` column, one image per row)")
+    return paths
+
+
+def _csv_paths(table: Path) -> list[Path]:
+    """The image paths of a CSV's `path` column (the first column without a header naming `path`), each checked."""
+    import csv
+
+    try:
+        rows = list(csv.reader(table.read_text(encoding="utf-8").splitlines()))
+    except UnicodeDecodeError:
+        raise ZooError(f"{table}: not UTF-8 text; save the CSV as UTF-8") from None
+    header = [field.strip().lower() for field in rows[0]] if rows else []
+    column = header.index("path") if "path" in header else 0
+    first = 2 if "path" in header else 1
+    paths = []
+    for number, row in enumerate(rows[first - 1 :], start=first):
+        if not any(field.strip() for field in row):
+            continue
+        if len(row) <= column:
+            raise ZooError(f"{table}:{number}: no path in this row")
+        path = table.parent / Path(row[column].strip()).expanduser()
+        if not path.is_file():
+            raise ZooError(f"{table}:{number}: image not found: {path}")
+        paths.append(path)
+    return paths
+
+
+def activation_ranges(quant: QuantInfo) -> dict[str, dict]:
+    """Every activation's quantization and the range it covers (what the manifest records of a calibration)."""
+    ranges = {}
+    for name, params in quant.activations.items():
+        low, high = INTEGER_RANGES[params.dtype]
+        scale, zero_point = float(np.float32(params.scale)), int(params.zero_point)
+        ranges[name] = {
+            "dtype": params.dtype,
+            "scale": scale,
+            "zero_point": zero_point,
+            "min": (low - zero_point) * scale,
+            "max": (high - zero_point) * scale,
+        }
+    return ranges
 
 
 def choose_params(low: float, high: float, narrow_range: bool = False, scope: str = "tensor") -> QuantParams:

@@ -3,7 +3,8 @@
 The manifest (`mobilenet_zoo.json` in the output folder) remembers, for every target, its format, the
 variant, the backbone options it was built with and the reference it must match (relative to the manifest
 when the reference lies inside its folder, so the folder can move), so `verify OUTPUT` needs nothing else.
-A target is named after the variant and its backbone options (`mobilenet_v1_1.0_224_os16_f5-11-12-13.onnx`);
+A target is named after the variant, its form (`_quant` uint8, `_int8`, `_fp16`: `target_stem`) and its backbone
+options (`mobilenet_v1_1.0_224_os16_f5-11-12-13.onnx`);
 an existing target is replaced only with `force`, and never when it is (or lies inside) the source.
 
 Each target is recorded as soon as it is written, marked `"run_finished": false` until the last one is: a run
@@ -51,7 +52,18 @@ def target_path(source: Source, fmt: str, out: Path, single: bool) -> Path:
     if names_a_file(out):
         kind = "several targets" if not single else f"a {fmt} target"
         raise ZooError(f"-o {out} names one {out.suffix} file, but {kind} are written: give a folder")
-    return out / f"{source.model.config.name}{source.model.backbone.name_tag}{suffix}"
+    return out / f"{target_stem(source.model)}{source.model.backbone.name_tag}{suffix}"
+
+
+def target_stem(model) -> str:
+    """The variant's name marked by the model's form: `_quant` (uint8, as the official files), `_int8` (an int8
+    core), `_fp16` (float16 weights), else the float name; so the forms of one model can share a folder."""
+    from mobilenet_zoo.model.arch import variant_name
+
+    config = model.config
+    if config.quantized and model.precision == "int8":
+        return variant_name(config.alpha, config.resolution, False) + "_int8"
+    return config.name + ("_fp16" if model.weight_storage == "float16" else "")
 
 
 def check_target(target: Path, source: Source, force: bool) -> None:
@@ -71,7 +83,7 @@ class BuildOptions:
 
     backbone: Backbone = Backbone()
     quantize: str | None = None  # "uint8"
-    calibration: Path | None = None  # folder of calibration images for `quantize`
+    calibration: Path | None = None  # calibration images for `quantize`: a folder, or a CSV with a path column
     labels: tuple[str, ...] | None = None  # one name per class (`convert --labels FILE`)
     backbone_only: bool = False  # drop a frozen graph's dense head: the plain network (`convert --backbone-only`)
 
@@ -86,6 +98,8 @@ def prepare(source: Source, build: BuildOptions) -> Source:
     if build.labels is not None:
         model = model.with_labels(build.labels)
     if build.quantize is None:
+        if build.calibration is not None:
+            raise ZooError(f"--calibration {build.calibration} calibrates --quantize uint8 or int8; none was asked for")
         return replace(source, model=model)
     from mobilenet_zoo.quantize.uint8 import quantize_with_calibration
 
@@ -200,7 +214,7 @@ def record(
     """Add the targets to their folders' manifests (`run_finished=False`: marked as written by a run still going);
     a quantized model's with its float source and calibration images (the accuracy gate measures against the one,
     never on the others)."""
-    gate = _gate_record(calibration) if source.float_source is not None else {}
+    gate = _gate_record(calibration, source.model) if source.float_source is not None else {}
     for folder in {r.path.parent for r in results}:
         with updating_manifest(folder) as manifest:
             for r in (r for r in results if r.path.parent == folder):
@@ -220,10 +234,18 @@ def record(
                 }
 
 
-def _gate_record(calibration: Path | None) -> dict:
-    """The manifest's record of the calibration images (a folder's, as `quantize` reads them)."""
-    from mobilenet_zoo.zoo.samples import image_files
+def _gate_record(calibration: Path | None, model) -> dict:
+    """The manifest's record of the calibration (the images of a folder or a CSV, in the order `quantize` read them,
+    and every activation's chosen range)."""
+    from mobilenet_zoo.quantize.uint8 import activation_ranges, calibration_files, calibration_order
 
-    if calibration is None or not Path(calibration).is_dir():
+    if calibration is None:
         return {}
-    return {CALIBRATION: calibration_record(image_files(Path(calibration)))}
+    record = {
+        **calibration_record(calibration_files(Path(calibration))),
+        "source": str(Path(calibration).resolve()),
+        "order": calibration_order(Path(calibration)),
+    }
+    if model.quant is not None:
+        record["activation_ranges"] = activation_ranges(model.quant)
+    return {CALIBRATION: record}

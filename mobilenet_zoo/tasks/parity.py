@@ -610,8 +610,10 @@ class AccuracyGate:
     seed: int = 0
     min_agreement: float = MIN_AGREEMENT
     given: Path | None = None
+    photos: list[Path] | None = None  # no --images given: targets that differ on purpose are run on these apart
     _probabilities: dict[ReferenceModel, np.ndarray] = field(default_factory=dict, repr=False)
     _references: dict[tuple[ReferenceModel, int], Reference] = field(default_factory=dict, repr=False)
+    _on_photos: AccuracyGate | None = field(default=None, repr=False)
 
     def source(self, target: Path) -> ReferenceModel | None:
         """The float model a target is gated against (built with the target's backbone options), if any."""
@@ -648,10 +650,25 @@ class AccuracyGate:
             self._probabilities[model] = computed.outputs["probabilities"]
         return self._probabilities[model]
 
-    def check(self, report: TargetReport, target: Path, outputs: dict[str, np.ndarray]) -> None:
-        """Measure a target's agreement from its outputs on the reference inputs (the images first), if gated."""
+    def apart(self, target: Path) -> AccuracyGate | None:
+        """The gate on `photos` (the bundled ones by default) for a gated target that differs on purpose, else None."""
+        if not self.photos or self.source(target) is None or not differs_on_purpose(Path(target)):
+            return None
+        if self._on_photos is None:
+            self._on_photos = AccuracyGate(self.photos, self.seed, self.min_agreement)
+        self._on_photos.given = self.given
+        return self._on_photos
+
+    def check(
+        self, report: TargetReport, target: Path, outputs: dict[str, np.ndarray], resolution: int | None = None
+    ) -> None:
+        """Measure a target's agreement from its outputs on the reference inputs (the images first), if gated; a
+        target that differs on purpose is run on `photos` when they are set (`resolution`: for a file that takes
+        any size)."""
         from mobilenet_zoo.tasks.manifest import manifest_entry
 
+        if resolution and (gate := self.apart(target)) is not None:
+            return gate.check_alone(report, target, resolution)
         model = self.source(target)
         if model is None or not (self.images or is_quantized_file(Path(target))):
             return  # a float target of a float source, with no images to measure on: parity says it all
@@ -675,6 +692,8 @@ class AccuracyGate:
         """`check` for a target compared with saved outputs (not on the images): run it on the images first."""
         if self.source(target) is None:
             return
+        if (gate := self.apart(target)) is not None:
+            return gate.check_alone(report, target, resolution)
         outputs = {"probabilities": np.zeros((0, 1))}
         if self.images:
             runner = format_module(detect_format(Path(target))).load_runner(Path(target))
@@ -725,7 +744,7 @@ def verify_group(
         if target in checked:
             distance = gate.float_distance(target, computed, n_random)
             report, outputs = run_target(target, computed, thresholds, distance)
-            gate.check(report, target, outputs)
+            gate.check(report, target, outputs, computed.resolution)
             if per_layer:
                 report.per_layer = compare_target_layers(target, gate.source(target) or model, images)
         else:
@@ -945,7 +964,7 @@ def verify(
     float source `convert --quantize` recorded, on the images: top-1 agreement below `thresholds.min_agreement`
     fails. `per_layer`: every layer's error against that float source, else the reference (models, not `.npz`).
     """
-    from mobilenet_zoo.zoo.samples import resolve_images
+    from mobilenet_zoo.zoo.samples import gate_images, resolve_images
     from mobilenet_zoo.zoo.sources import reference_artifact
 
     if source and reference:
@@ -954,11 +973,12 @@ def verify(
     if save_reference and not Path(save_reference).parent.is_dir():
         raise ZooError(f"--save-reference {save_reference}: the folder {Path(save_reference).parent} does not exist")
     thresholds = thresholds or Thresholds()
+    photos = gate_images() if images is None else None  # the gate's default images (parity's: the 4 samples)
     images = resolve_images(images) if images is None or images else []  # None: the bundled photos; []: none
     given = reference or source
     if given and str(given).endswith(".npz") and per_layer:
         raise ZooError("--per-layer runs the reference model's layers: give a model, not saved outputs (.npz)")
-    gate = AccuracyGate(images, seed, thresholds.min_agreement)
+    gate = AccuracyGate(images, seed, thresholds.min_agreement, photos=photos)
     if given and str(given).endswith(".npz"):
         saved, reports = Reference.load(Path(given)), []
         for target in targets:

@@ -196,7 +196,7 @@ def test_convert_quantize_verify_reports_the_agreement(float_model, tmp_path, cl
     )  # fmt: skip
     (report,) = json.loads(stdout)["verify"]["targets"]  # convert --json: {"written": [...], "verify": report}
     agreement = report["agreement"]
-    assert agreement["images"] == 4 and Path(agreement["source"]).name == "float.onnx"
+    assert agreement["images"] == 30 and Path(agreement["source"]).name == "float.onnx"
     assert code == (0 if agreement["top1"] >= 0.9 else 4), stderr
 
 
@@ -273,7 +273,7 @@ def test_saved_reference_outputs_do_not_skip_the_gate(quantized_folder, cli, tmp
     assert code == 0, stderr
     code, stdout, stderr = cli("verify", target, "--reference", saved, "--min-agreement", "0", "--json")
     assert code == 0, stderr
-    assert json.loads(stdout)["targets"][0]["agreement"]["images"] == 4
+    assert json.loads(stdout)["targets"][0]["agreement"]["images"] == 30
     code, _, stderr = cli("verify", target, "--reference", saved, "--images", calibration)
     assert code == 4 and "all 8 images given are calibration images" in stderr
 
@@ -319,3 +319,53 @@ def test_a_float_tflite_of_the_genuine_graph_passes_the_gate(tmp_path, cli):
     (report,) = json.loads(stdout)["targets"]
     assert report["agreement"]["top1"] == report["agreement"]["top5"] == 1.0
     assert report["agreement"]["images"] == 30 and report["agreement"]["passed"]
+
+
+# ------------------------------------------------------------------ the default images: the bundled photos
+
+
+def test_the_default_gate_images_are_30_bundled_photos():
+    """photo_20..49 downscaled (never photo_00..19, which tests and peers calibrate on), with their origin."""
+    from mobilenet_zoo.zoo.samples import DATA, gate_images
+
+    images = gate_images()
+    assert [p.name for p in images] == [f"photo_{i:02d}.jpg" for i in range(20, 50)]
+    assert "ai-benchmark 0.1.2 (Apache License 2.0" in " ".join((DATA / "photos" / "NOTICE.txt").read_text().split())
+    assert sum(p.stat().st_size for p in images) < 500_000
+
+
+def test_a_quantized_target_is_gated_on_the_bundled_photos_by_default(quantized_folder, cli):
+    """Parity runs on the 4 samples; the agreement of a target that differs on purpose on the 30 bundled photos."""
+    _, _, out = quantized_folder
+    target = out / "mobilenet_v1_0.25_128_quant.tflite"
+    code, stdout, stderr = cli("verify", target, "--min-agreement", "0", "--json")
+    assert code == 0, stderr
+    (report,) = json.loads(stdout)["targets"]
+    assert report["agreement"]["images"] == 30 and report["agreement"]["offered"] == 30
+    assert json.loads(stdout)["inputs"][:4] == ["bird.png", "cat.png", "grace_hopper.png", "parrot.jpg"]
+
+
+@pytest.mark.slow
+def test_the_default_gate_passes_tf_int8_and_fails_a_collapsed_model(tf_converted, tmp_path, cli):
+    """TF's own int8 file (calibrated on photo_00..14) keeps the float top-1 on the bundled photos; per-tensor
+    min/max uint8 without equalization does not: exit 4, the agreement in the message."""
+    from mobilenet_zoo.model.preprocess import load_batch
+    from mobilenet_zoo.quantize.uint8 import quantize_uint8
+
+    graph = realdata(FROZEN_1_0_224)
+    code, stdout, stderr = cli("verify", tf_converted("int8"), "--source", graph, "--random", "0", "--json")
+    tf_int8 = json.loads(stdout)["targets"][0]["agreement"]
+    assert code == 0, stderr
+    model = format_module("tf").read(graph)
+    collapsed = quantize_uint8(model, load_batch(photos(CALIBRATION), 224, quantized=False), **COLLAPSED_RECIPE)
+    target = format_module("tflite").write(collapsed, tmp_path / "collapsed.tflite")
+    code, stdout, stderr = cli("verify", target, "--source", graph, "--random", "0", "--json")
+    agreement = json.loads(stdout)["targets"][0]["agreement"]
+    for name, measured in (("TF int8", tf_int8), ("collapsed", agreement)):
+        print(f"\n{name}:", {k: measured[k] for k in ("top1", "top1_hits", "top1_interval", "top5", "mean_abs_dprob")})
+    assert tf_int8["images"] == 30 and tf_int8["passed"]
+    assert code == 4 and agreement["images"] == 30 and not agreement["passed"]
+    assert (
+        f"top-1 agreement with the float source {FROZEN_1_0_224} is {agreement['top1']:.1%} "
+        f"({agreement['top1_hits']} of 30 images" in stderr
+    )

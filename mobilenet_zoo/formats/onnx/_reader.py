@@ -88,7 +88,8 @@ def read(path: Path) -> MobileNetV1Model:
         reader = _qdq_reader_of(graph, convs)
     weights, quant = reader(graph, convs, config)
     source = metadata.get("source", str(path)) if ours else str(path)
-    model = MobileNetV1Model(config, weights, quant=quant, source=source, backbone=backbone)
+    storage = _weight_storage(graph, convs) if flavour == "float" else None
+    model = MobileNetV1Model(config, weights, quant=quant, source=source, backbone=backbone, weight_storage=storage)
     model = (model.with_recorded(metadata) if ours else model).validate()
     return with_dense_head(model, head.weights, head.biases, path) if head else model
 
@@ -102,6 +103,17 @@ def _qdq_reader_of(graph: OnnxGraph, convs: list):
     if graph.metadata.get("producer") == PRODUCER and QUANTIZATION_KEY in graph.metadata:
         return _read_recorded_qdq  # ours: the integers in the graph, their parameters from our record
     return _qdq_reader.read if _qdq_reader.is_per_channel(graph, convs) else _read_qdq
+
+
+def _weight_storage(graph: OnnxGraph, convs: list) -> str | None:
+    """ "float16" when every kernel is stored as float16 (an initializer used as is, or Cast to float32), else None."""
+
+    def stored(tensor: str) -> np.dtype:
+        while (node := graph.producers.get(tensor)) is not None and node.op_type in ("Cast", "Identity"):
+            tensor = node.input[0]
+        return graph.value(tensor).dtype
+
+    return "float16" if all(stored(conv.input[1]) == np.float16 for conv in convs) else None
 
 
 _WEIGHTED_OPS = ("Conv", "ConvInteger", "QLinearConv", "MatMul", "MatMulInteger", "QLinearMatMul", "Gemm")
