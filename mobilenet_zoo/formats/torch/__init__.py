@@ -22,6 +22,7 @@ SPEC = register_format(
         runtime="torch",
         runtime_module="torch",
         extra="torch",
+        writes_int8=True,
     )
 )
 
