@@ -85,7 +85,7 @@ ALLOWED_OPS = frozenset(
         "_assert_tensor_metadata", "_native_batch_norm_legit_no_training", "_softmax", "_to_copy", "add", "add_",
         "addcmul", "addmm", "amax", "avg_pool2d", "batch_norm", "clamp", "clamp_", "clamp_max", "clamp_min",
         "constant_pad_nd", "contiguous", "conv2d", "convolution", "div", "flatten", "floor", "floor_", "hardtanh",
-        "index", "linear", "mean", "mm", "mul", "new_zeros", "pad", "permute", "reciprocal", "relu", "relu6",
+        "index", "linear", "mean", "mm", "mul", "mul_", "new_zeros", "pad", "permute", "reciprocal", "relu", "relu6",
         "reshape", "round", "rsub", "scatter_add", "scatter_add_", "softmax", "squeeze", "sub", "sym_size", "t", "to",
         "unsqueeze", "view", "zeros_like",
     }

@@ -1,20 +1,27 @@
-"""Quantized PyTorch: TFLite's uint8 MobileNet V1 arithmetic (`mobilenet_zoo.quant_math`), bit for bit, at float speed.
+"""Quantized PyTorch: TFLite's uint8 and int8 MobileNet V1 arithmetic (`mobilenet_zoo.quant_math`), bit for bit, at
+float speed.
 
 `write(model, out)` builds the folder `out` holding:
-    NAME.safetensors   the integer truth under slim names: uint8 kernels (TF layout) and int32 biases, each with
-                       `NAME/scale` and `NAME/zero_point`, and every activation's `activations/KEY/scale` and
+    NAME.safetensors   the integer truth under slim names: uint8 or int8 kernels (TF layout) and int32 biases, each
+                       with `NAME/scale` and `NAME/zero_point` (per channel along another axis than the last, e.g.
+                       depthwise kernels: `NAME/axis`), and every activation's `activations/KEY/scale` and
                        `activations/KEY/zero_point` (KEY: input, Conv2d_0, ..., Logits/AvgPool_1a,
-                       Logits/Conv2d_1c_1x1, Predictions); its metadata says `quantized: "true"`;
-    NAME.pt2           a `torch.export` program of `QuantizedMobileNetV1` (uint8 NHWC in, dynamic batch), with the
-                       same metadata as its extra file `mobilenet_zoo.json`.
+                       Logits/Conv2d_1c_1x1, Predictions); its metadata says `quantized: "true"`, and for an int8
+                       core (TF's converter) `activation_dtype: "int8"` and its edges (`interface`, JSON);
+    NAME.pt2           a `torch.export` program of `QuantizedMobileNetV1` (NHWC in, dynamic batch) taking and giving
+                       what the source takes and gives (uint8; int8; uint8 or float32 edges around an int8 core), with
+                       the same metadata as its extra file `mobilenet_zoo.json`.
 Both record the backbone options (`model.metadata()`); the module is built as they say: dilated depthwise
 convolutions, the head pool of `arch.pool_geometry`, a logits map when it is larger than 1x1, and the chosen
-feature maps as extra uint8 outputs after the logits and probabilities (named by `torch_model.output_names`).
-The module runs `quant_math.float_plan`: activations travel as integer-valued float32 offsets from their zero
-point; convolutions are float32 oneDNN convolutions and GEMMs (float64 where a layer's sums could pass 2^24),
-exact because every partial sum is an integer the float type holds; each requantization is one floor of
-acc * scale + offset in float32 (where checked exact for every accumulator), else float64 or int64. The
-softmax replays TFLite's lookup table and its left-to-right float32 sum. Every output equals TFLite's builtin
+feature maps as extra integer outputs after the logits and probabilities (named by `torch_model.output_names`).
+The module runs `quant_math.float_plan` (refined by `windowed_conv`): activations travel as integer-valued float32
+offsets from their zero point; convolutions are float32 oneDNN convolutions and GEMMs (float64 where a layer's sums
+could pass 2^24), exact because every partial sum is an integer the float type holds; each requantization is one
+floor of acc * scale + offset in float32 (where checked exact for every accumulator), else float64 (exact on the
+accumulators that reach the unclamped window) or int64. The int8 average pool rounds half away from zero; the
+softmax replays TFLite's lookup table and its left-to-right float32 sum (int8: std::round, zero point -128). The
+edges are TFLite's QUANTIZE (float32: times the float32 reciprocal of the scale, rounded half to even; uint8: a
+256-entry table of its integer requantization) and DEQUANTIZE (a table). Every output equals TFLite's builtin
 kernels (0 LSB), provided float32 matmuls stay at full precision (`torch.get_float32_matmul_precision()` is
 "highest", the default: "high" or "medium" let oneDNN round the operands to bfloat16).
 """
@@ -76,9 +83,11 @@ INTERFACE_KEY = "interface"  # metadata of models with edges: `Interface.metadat
 
 
 def build_module(network: IntegerNetwork, plan: FloatPlan | None = None):
-    """A `torch.nn.Module` running `network` on uint8 NHWC batches; returns (logits, probabilities, *features), all uint8.
+    """A `torch.nn.Module` running `network` on NHWC batches of what it takes (uint8, int8, or float32 behind a float
+    edge); returns (logits, probabilities, *features): the core's integers, the probabilities as its edge gives them.
 
-    `plan` (default: `float_plan(network)`) says which convolutions run in float32 or float64 and how each requantizes.
+    `plan` (default: `float_plan(network)` refined by `windowed_conv`) says which convolutions run in float32 or
+    float64 and how each requantizes; a given plan runs as it says (`exact_conv`).
     """
     torch = require("torch")
     nn, functional = torch.nn, torch.nn.functional
@@ -138,25 +147,21 @@ def build_module(network: IntegerNetwork, plan: FloatPlan | None = None):
             return self.requantize(accumulator.permute(0, 2, 3, 1))
 
         def requantize(self, accumulator):
-            """floor(acc * scale + offset) in float32 or float64 (or the int64 shift), clamped: the output's offsets as float32."""
+            """floor(acc * scale + offset) in float32 or float64 (or the int64 shift), clamped: the output's offsets as
+            float32. In place on the fresh accumulator: every new tensor of the large early layers costs page faults."""
             if self.requantize_dtype == "int64":
                 product = accumulator.to(torch.int64) * self.multiplier + self.rounding
                 shifted = torch.div(product, self.divisor, rounding_mode="floor")  # an arithmetic right shift
                 return shifted.clamp_(self.low, self.high).to(torch.float32)
             if self.requantize_dtype == "float32":
-                return torch.addcmul(self.offset, accumulator, self.scale).clamp_(self.low, self.high).floor_()
+                return accumulator.mul_(self.scale).add_(self.offset).clamp_(self.low, self.high).floor_()
             accumulator = accumulator.to(torch.float64) if accumulator.dtype != torch.float64 else accumulator
             if not self.bias_in_conv:
-                accumulator = accumulator + self.bias
-            return (
-                torch.addcmul(self.offset, accumulator, self.scale)
-                .clamp_(self.low, self.high)
-                .floor_()
-                .to(torch.float32)
-            )
+                accumulator.add_(self.bias)
+            return accumulator.mul_(self.scale).add_(self.offset).clamp_(self.low, self.high).floor_().to(torch.float32)
 
     class QuantizedMobileNetV1(nn.Module):
-        """MobileNet V1 in TFLite's uint8 arithmetic: uint8 NHWC images -> uint8 logits, probabilities and feature maps."""
+        """MobileNet V1 in TFLite's integer arithmetic: NHWC images -> integer logits, probabilities and feature maps."""
 
         def __init__(self) -> None:
             super().__init__()
