@@ -290,9 +290,10 @@ def test_a_damaged_per_channel_scale_fails_verify(tf_converted, cli, tmp_path):
 
 
 @pytest.mark.slow
-def test_int8_models_are_refused_by_the_uint8_writers_before_anything_is_written(tf_converted, cli, tmp_path):
-    code, _, err = cli("convert", tf_converted("int8"), "--to", "torch", "-o", tmp_path / "out")
-    assert code != 0 and "int8 per-channel model" in err and "Traceback" not in err
+def test_int8_models_are_refused_by_a_float_only_writer_before_anything_is_written(tf_converted, cli, tmp_path):
+    """Every format with a quantized writer holds int8 models now; Keras (float only) refuses them in one line."""
+    code, _, err = cli("convert", tf_converted("int8"), "--to", "keras", "-o", tmp_path / "out")
+    assert code != 0 and "Keras holds float models only" in err and "Traceback" not in err
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 

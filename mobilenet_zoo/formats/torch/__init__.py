@@ -1,8 +1,9 @@
 """PyTorch: a folder with the `torch.export` program (`.pt2`, NCHW by default, dynamic batch, outputs by name)
 and one weights file, `model.safetensors`, in the Hugging Face layout with its `config.json` and
-`preprocessor_config.json`; uint8 models run TFLite's integer arithmetic in torch.
+`preprocessor_config.json`; quantized models (uint8, and TF's converter's int8 per-channel ones with their edges) run
+TFLite's integer arithmetic in torch, bit for bit.
 
-Private modules: `_folder` (files, float writer and reader, runner), `_module` (the nn.Module), `_quant` (uint8),
+Private modules: `_folder` (files, float writer and reader, runner), `_module` (the nn.Module), `_quant` (integer),
 `_pt2` (the one way a `.pt2` is opened: checked so that nothing in it is unpickled or run).
 """
 
@@ -42,6 +43,7 @@ SPEC = register_format(
         runtime_module="torch",
         extra="torch",
         writer_options=(LAYOUT, SLIM_WEIGHTS),
+        writes_int8=True,
     )
 )
 
@@ -65,7 +67,7 @@ def write_float(model, out: Path, *, layout: str = "NCHW", slim_weights: bool = 
 
 @writer("torch", quantized=True)
 def write_quantized(model, out: Path, *, layout: str = "NCHW", slim_weights: bool = False) -> Path:
-    """The uint8 program (TFLite's integer arithmetic, bit-exact) and its integer weights."""
+    """The uint8 or int8 program (TFLite's integer arithmetic, bit-exact, the source's edges) and its integer weights."""
     from mobilenet_zoo.formats.torch import _folder, _quant
 
     with _folder.exported_layout(_folder.checked_layout(layout)):

@@ -78,15 +78,15 @@ DTYPES = {
 }
 STRIDED = 7  # schema.Layout.Strided
 
-# aten operators of the float and uint8 MobileNet V1 programs (every backbone option, either layout), and the
+# aten operators of the float, uint8 and int8 MobileNet V1 programs (every backbone option, either layout), and the
 # decompositions other torch versions may export them as; a node calling anything else is refused by name
 ALLOWED_OPS = frozenset(
     {
         "_assert_tensor_metadata", "_native_batch_norm_legit_no_training", "_softmax", "_to_copy", "add", "add_",
         "addcmul", "addmm", "amax", "avg_pool2d", "batch_norm", "clamp", "clamp_", "clamp_max", "clamp_min",
         "constant_pad_nd", "contiguous", "conv2d", "convolution", "div", "flatten", "floor", "floor_", "hardtanh",
-        "index", "linear", "mean", "mm", "mul", "new_zeros", "pad", "permute", "reciprocal", "relu", "relu6",
-        "reshape", "rsub", "scatter_add", "scatter_add_", "softmax", "squeeze", "sub", "sym_size", "t", "to",
+        "index", "linear", "mean", "mm", "mul", "mul_", "new_zeros", "pad", "permute", "reciprocal", "relu", "relu6",
+        "reshape", "round", "rsub", "scatter_add", "scatter_add_", "softmax", "squeeze", "sub", "sym_size", "t", "to",
         "unsqueeze", "view", "zeros_like",
     }
 )  # fmt: skip
