@@ -376,7 +376,7 @@ def compare(
             failures.append(f"logits differ by {max_logits_lsb} LSB (allowed {allowed.logits_lsb})")
     else:
         max_probs = float(np.abs(probs - ref_probs).max())
-        max_logits = float(np.abs(outputs["logits"] - reference.outputs["logits"]).max())
+        max_logits = float(np.abs(outputs["logits"].astype(np.float64) - reference.outputs["logits"]).max())
         max_lsb = _float_checks(outputs, reference, thresholds, allowed, failures)
         if thresholds.top5_identical and allowed.profile.top5_identical and top5 < 1.0:
             failures.append(f"top-5 sets differ on {round((1 - top5) * len(top))} of {len(top)} inputs")
@@ -438,9 +438,9 @@ def _top1_changes(expected: np.ndarray, got: np.ndarray, near: float) -> list[st
 
 
 def _logits_lsb(reference: Reference, outputs: dict[str, np.ndarray]) -> int | None:
-    """Max difference of uint8 logits in LSB, when both sides have them."""
+    """Max difference of integer logits (uint8, or an int8 core's) in LSB, when both sides have them."""
     expected, got = reference.outputs.get("logits"), outputs.get("logits")
-    if expected is None or got is None or got.dtype != np.uint8 or got.shape != expected.shape:
+    if expected is None or got is None or got.dtype.kind not in "ui" or got.shape != expected.shape:
         return None
     return int(np.abs(got.astype(np.int32) - expected.astype(np.int32)).max())
 

@@ -315,3 +315,19 @@ def test_a_float_target_of_a_dynamic_range_file_failed_the_float_tolerance(tf_co
     reference = compute_reference(source, [realdata("photos") / PHOTOS[0]], n_random=1)
     assert verify_target(target, reference, Thresholds()).passed
     assert not verify_target(target, replace(reference, profile=None), Thresholds()).passed
+
+
+def test_int8_logits_are_compared_in_lsb_without_wrapping():
+    """An int8 core's logits (TF's converter's files in any format) are compared as integers: in LSB beside integer
+    probabilities, in plain differences behind float edges; int8 arithmetic would wrap 255 apart into -1."""
+    probabilities = np.array([[200, 56], [56, 200]], np.uint8)
+    reference = uint8_reference(None, probabilities, None)
+    reference.outputs["logits"] = np.array([[127, -128], [-128, 127]], np.int8)
+    outputs = {"probabilities": probabilities.copy(), "logits": np.array([[-128, 127], [-128, 127]], np.int8)}
+    assert compare("t", "tflite", reference, outputs, Thresholds()).max_logits_lsb == 255
+    assert not compare("t.onnx", "onnx-qdq", reference, outputs, Thresholds()).passed  # a profile bounding logits
+    float_probabilities = np.array([[0.75, 0.25], [0.25, 0.75]], np.float32)
+    behind_float_edges = float_reference(None, float_probabilities)
+    behind_float_edges.outputs["logits"] = np.array([[100, -100], [-100, 100]], np.int8)
+    outputs = {"probabilities": float_probabilities.copy(), "logits": np.array([[-100, 100], [-100, 100]], np.int8)}
+    assert compare("t", "tflite", behind_float_edges, outputs, Thresholds()).max_abs_logits == 200
