@@ -71,21 +71,31 @@ from pathlib import Path
 
 import numpy as np
 
-from mobilenet_zoo.formats import FormatSpec, WriterOption, reader, register_format, runner, writer
-from mobilenet_zoo.model.canonical import MobileNetV1Model, config_from_metadata
+from mobilenet_zoo.formats import FormatSpec, ToleranceProfile, WriterOption, reader, register_format, runner, writer
+from mobilenet_zoo.model.canonical import (
+    MobileNetV1Model, config_from_metadata, quant_info_from_json, quant_params_json,
+)
 
 COMPRESSION = WriterOption("dummy_compression", "how the arrays are stored: stored or deflated",
                            choices=("stored", "deflated"), default="stored")
+EXACT = ToleranceProfile("dummy", 0, basis="the dummy runtime is TFLite's integer arithmetic: 0 LSB")
 SPEC = register_format(FormatSpec("dummy", "Dummy", target_suffix=".dummy", suffixes=(".dummy",),
                                   runtime="dummy-runtime", runtime_module="json", extra="dummy",
-                                  writer_options=(COMPRESSION,)))
+                                  writer_options=(COMPRESSION,), tolerances=(EXACT,), writes_int8=True))
 
 
 @writer("dummy")
+@writer("dummy", quantized=True)
 def write(model, out, *, dummy_compression="stored"):
     save = np.savez_compressed if dummy_compression == "deflated" else np.savez
+    if model.config.quantized:  # the integers and their parameters (uint8 per tensor or int8 per channel, edges)
+        arrays = {name: tensor.values for name, tensor in model.quant.tensors.items()}
+        arrays["__quantization__"] = np.array(quant_params_json(model.quant))
+    else:
+        arrays = model.fold().weights
     with open(out, "wb") as stream:
-        save(stream, __metadata__=np.array(json.dumps(model.metadata())), **model.fold().weights)
+        metadata = {**model.metadata(), "quantized": str(model.config.quantized).lower()}
+        save(stream, __metadata__=np.array(json.dumps(metadata)), **arrays)
     return Path(out)
 
 
@@ -93,8 +103,14 @@ def write(model, out, *, dummy_compression="stored"):
 def read(path):
     with np.load(path) as data:
         metadata = json.loads(str(data["__metadata__"]))
-        weights = {name: data[name] for name in data.files if name != "__metadata__"}
-    return MobileNetV1Model(config_from_metadata(metadata, path), weights, source=str(path)).validate()
+        arrays = {name: data[name] for name in data.files if not name.startswith("__")}
+        recorded = str(data["__quantization__"]) if "__quantization__" in data.files else None
+    config = config_from_metadata(metadata, path)
+    if recorded is None:
+        return MobileNetV1Model(config, arrays, source=str(path)).validate()
+    quant = quant_info_from_json(recorded, arrays)
+    weights = {name: tensor.dequantize() for name, tensor in quant.tensors.items()}
+    return MobileNetV1Model(config, weights, quant=quant, source=str(path)).validate()
 
 
 @runner("dummy")
@@ -189,3 +205,16 @@ def test_writer_options_reach_the_writers_of_the_formats_that_declare_them(tmp_p
     dims = onnx.load(str(out / "mobilenet_v1_0.25_128.onnx")).graph.input[0].type.tensor_type.shape.dim
     assert [d.dim_value for d in dims][1:] == [128, 128, 3]
     assert (out / "mobilenet_v1_0.25_128.tflite").is_file()
+
+
+def test_a_new_format_s_quantized_form_and_tolerance_profile_need_only_its_folder(dummy_format, tmp_path, cli):
+    """The dummy folder declares a quantized writer and a 0 LSB profile: the real uint8 model converts to it, reads
+    back, and `verify` judges it by the dummy's own profile against TFLite's builtin kernels."""
+    code, out, err = cli("convert", BUNDLED_MODEL, "--to", "dummy", "-o", tmp_path / "q")
+    assert code == 0, err
+    [written] = list((tmp_path / "q").glob("*.dummy"))
+    assert formats.read(written).config.quantized
+    code, out, err = cli("verify", tmp_path / "q", "--random", "2", "--json")
+    assert code == 0, err
+    [report] = [row for row in json.loads(out)["targets"] if row["format"] == "dummy"]
+    assert report["passed"] and report["max_lsb"] == 0 and report["tolerance"].startswith("dummy")
