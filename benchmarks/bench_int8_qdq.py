@@ -41,7 +41,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_quant, beside this file
 
-from bench_quant import REALDATA, tflite_call  # noqa: E402
+from bench_quant import REALDATA, tflite_interpreter  # noqa: E402
 from interleaved import interleave, serve  # noqa: E402
 
 from mobilenet_zoo.deps import require  # noqa: E402
@@ -168,6 +168,26 @@ def onnx_call(path: Path, image: np.ndarray, threads: int, opt_level: str, tuned
         return {"probabilities": np.concatenate([session.run([output], feed(one[None]))[0] for one in images])}
 
     return (lambda: session.run([output], preset)), outputs
+
+
+def tflite_call(source: Path, image: np.ndarray, threads: int, builtin: bool):
+    """`invoke` on the preset input (in the file's type), and a batch runner (one image per invoke) giving the raw
+    probabilities."""
+    interpreter = tflite_interpreter(source, threads, builtin)
+    source_index = interpreter.get_input_details()[0]["index"]
+    output_index = interpreter.get_output_details()[0]["index"]
+
+    def outputs(images: np.ndarray) -> dict[str, np.ndarray]:
+        rows = []
+        for one in images:
+            interpreter.set_tensor(source_index, one[None])
+            interpreter.invoke()
+            rows.append(interpreter.get_tensor(output_index).copy())
+        interpreter.set_tensor(source_index, image)  # the timed call's input again
+        return {"probabilities": np.concatenate(rows)}
+
+    interpreter.set_tensor(source_index, image)
+    return interpreter.invoke, outputs
 
 
 def build(runtime: str, source: Path, threads: int, opt_level: str, folder: Path):

@@ -140,14 +140,20 @@ def model_input(images: np.ndarray, dtype) -> np.ndarray:
     return images
 
 
-def tflite_call(model_path: Path, image: np.ndarray, threads: int, builtin: bool):
-    """`invoke` on the preset image (as the model takes it)."""
+def tflite_interpreter(model_path: Path, threads: int, builtin: bool):
+    """The model on LiteRT's builtin kernels or the default interpreter (XNNPACK), tensors allocated."""
     litert = require("ai_edge_litert.interpreter")
     resolver = litert.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES if builtin else litert.OpResolverType.AUTO
     interpreter = litert.Interpreter(
         model_path=str(model_path), num_threads=threads, experimental_op_resolver_type=resolver
     )
     interpreter.allocate_tensors()
+    return interpreter
+
+
+def tflite_call(model_path: Path, image: np.ndarray, threads: int, builtin: bool):
+    """`invoke` on the preset image (as the model takes it)."""
+    interpreter = tflite_interpreter(model_path, threads, builtin)
     (source,) = interpreter.get_input_details()
     interpreter.set_tensor(source["index"], model_input(image, source["dtype"]))
     return interpreter.invoke
