@@ -232,7 +232,7 @@ def measure(
         raise SystemExit(f"error: {runtime}: {message}")
 
     arguments = (str(source), threads, opt_level, str(folder))
-    outputs, timings = interleave(worker, runtimes, arguments, sample_inputs(source), rounds, calls, fail)
+    outputs, timings = interleave(worker, runtimes, arguments, lambda: sample_inputs(source), rounds, calls, fail)
     outputs = {runtime: got["probabilities"] for runtime, got in outputs.items()}
     xnnpack = timings[XNNPACK]
     reference, photos = outputs[BUILTIN], len(PHOTOS)

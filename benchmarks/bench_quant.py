@@ -238,7 +238,9 @@ def measure_model(
             raise SystemExit(f"error: {runtime} on {model_path.name}: {message}")
         notes.append(f"{runtime} skipped on {model_path.name}: {message}")
 
-    images = sample_images(tflite.read(model_path).input_size, tflite.load_runner(model_path).quantized)
+    def images() -> np.ndarray:
+        return sample_images(tflite.read(model_path).input_size, tflite.load_runner(model_path).quantized)
+
     arguments = (str(model_path), threads)
     outputs, timings = interleave(worker, runtimes, arguments, images, rounds, calls, skip_or_fail)
     runtimes = tuple(timings)

@@ -78,14 +78,14 @@ def interleave(
     worker: Callable,
     runtimes: tuple[str, ...],
     arguments: tuple,
-    inputs: np.ndarray,
+    inputs: Callable[[], np.ndarray],
     rounds: int,
     calls: int,
     not_ready: Callable[[str, str], None],
 ) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, Timing]]:
-    """Outputs on `inputs` and timings of every runtime whose worker, `worker(runtime, *arguments, connection)` (it
-    calls `serve`), gets ready, in the order of `runtimes`. `not_ready(runtime, message)` hears of the others: it
-    raises to stop, or returns to leave the runtime out."""
+    """Outputs on `inputs()` (made once the workers are ready) and timings of every runtime whose worker,
+    `worker(runtime, *arguments, connection)` (it calls `serve`), gets ready, in the order of `runtimes`.
+    `not_ready(runtime, message)` hears of the others: it raises to stop, or returns to leave the runtime out."""
     context = multiprocessing.get_context("spawn")
     workers = {}
     for runtime in runtimes:
@@ -98,9 +98,9 @@ def interleave(
         live = {
             runtime: connection for runtime, (_, connection) in workers.items() if ready(runtime, connection, not_ready)
         }
-        outputs = {}
+        batch, outputs = inputs(), {}
         for runtime, connection in live.items():
-            connection.send(("outputs", inputs))
+            connection.send(("outputs", batch))
             outputs[runtime] = connection.recv()
         blocks = {runtime: [] for runtime in live}  # one list of call durations per round
         for _ in range(rounds):
