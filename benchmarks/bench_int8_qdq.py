@@ -28,7 +28,6 @@ count. tf2onnx comes with the dev extra; the converter needs TensorFlow (or pass
 from __future__ import annotations
 
 import argparse
-import collections
 import importlib.util
 import json
 import subprocess
@@ -41,7 +40,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_quant, beside this file
 
-from bench_quant import REALDATA, tflite_interpreter  # noqa: E402
+from bench_quant import REALDATA, op_type_table, tflite_interpreter  # noqa: E402
 from interleaved import interleave, serve  # noqa: E402
 
 from mobilenet_zoo.deps import require  # noqa: E402
@@ -269,24 +268,7 @@ def profile_table(path: Path, source: Path, threads: int, opt_level: str, runs: 
         for _ in range(warmup + runs):
             session.run(None, feed)
         events = json.loads(Path(session.end_profiling()).read_text())
-    model_runs = sorted((e for e in events if e.get("name") == "model_run"), key=lambda e: e["ts"])
-    start = model_runs[warmup]["ts"]
-    totals, counts = collections.Counter(), collections.Counter()
-    for event in events:
-        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time") and event["ts"] >= start:
-            totals[event["args"]["op_name"]] += event["dur"]
-            counts[event["args"]["op_name"]] += 1
-    total = sum(totals.values())
-    lines = [
-        f"{path.name}: {threads} threads, {runs} runs (profiled; absolute times include the profiler's overhead)",
-        "| op type | nodes | ms per run | share |",
-        "|---|---:|---:|---:|",
-    ]
-    lines += [
-        f"| {op} | {counts[op] // runs} | {us / runs / 1000:.3f} | {100 * us / total:.1f}% |"
-        for op, us in totals.most_common()
-    ]
-    return "\n".join(lines)
+    return op_type_table(events, path, threads, runs, warmup)
 
 
 def markdown(rows: list[Row], rounds: int, calls: int, opt_level: str) -> str:

@@ -304,6 +304,12 @@ def profile_table(path: Path, threads: int, runs: int = 100, warmup: int = 10) -
         for _ in range(warmup + runs):
             session.run([output], feed)
         events = json.loads(Path(session.end_profiling()).read_text())
+    return op_type_table(events, path, threads, runs, warmup)
+
+
+def op_type_table(events: list[dict], path: Path, threads: int, runs: int, warmup: int) -> str:
+    """onnxruntime's profile `events` of `warmup` + `runs` runs, the kernel times of the last `runs` summed per op type
+    (a markdown table)."""
     model_runs = sorted((e for e in events if e.get("name") == "model_run"), key=lambda e: e["ts"])
     start = model_runs[warmup]["ts"]
     totals, counts = collections.Counter(), collections.Counter()
