@@ -40,7 +40,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_quant, beside this file
 
-from bench_quant import REALDATA, op_type_table, tflite_interpreter  # noqa: E402
+from bench_quant import REALDATA, op_type_table, tf2onnx_convert, tflite_interpreter  # noqa: E402
 from interleaved import interleave, serve  # noqa: E402
 
 from mobilenet_zoo.deps import require  # noqa: E402
@@ -107,11 +107,7 @@ def onnx_file(runtime: str, source: Path, folder: Path) -> Path:
     if out.exists():
         return out
     if runtime == TF2ONNX:
-        command = [sys.executable, "-m", "tf2onnx.convert", "--tflite", str(source), "--output", str(out)]
-        done = subprocess.run([*command, "--opset", "13"], capture_output=True, text=True)
-        if done.returncode:
-            raise RuntimeError(f"tf2onnx failed: {(done.stderr.strip().splitlines() or ['?'])[-1]}")
-        return out
+        return tf2onnx_convert(source, out)
     from mobilenet_zoo.formats.onnx import _qdq
 
     return _qdq.write(tflite.read(source), out, layout="NHWC" if runtime == OURS_NHWC else "NCHW")

@@ -163,13 +163,18 @@ def onnx_file(runtime: str, model_path: Path, folder: Path) -> Path:
     """Our exact or QDQ ONNX of the model (NHWC uint8 input), or tf2onnx's (NHWC uint8 "input", batch 1)."""
     out = folder / f"{model_path.stem}_{runtime.split()[-1]}.onnx"
     if runtime == TF2ONNX:
-        command = [sys.executable, "-m", "tf2onnx.convert", "--tflite", str(model_path), "--output", str(out)]
-        done = subprocess.run([*command, "--opset", "13"], capture_output=True, text=True)
-        if done.returncode:
-            raise RuntimeError(f"tf2onnx failed: {(done.stderr.strip().splitlines() or ['?'])[-1]}")
-        return out
+        return tf2onnx_convert(model_path, out)
     writer = onnx_exact if runtime == "onnx exact" else onnx_qdq
     return writer.write(tflite.read(model_path), out, layout="NHWC")
+
+
+def tf2onnx_convert(model_path: Path, out: Path) -> Path:
+    """`python -m tf2onnx.convert --tflite MODEL --output OUT --opset 13`; a failure raises its last line."""
+    command = [sys.executable, "-m", "tf2onnx.convert", "--tflite", str(model_path), "--output", str(out)]
+    done = subprocess.run([*command, "--opset", "13"], capture_output=True, text=True)
+    if done.returncode:
+        raise RuntimeError(f"tf2onnx failed: {(done.stderr.strip().splitlines() or ['?'])[-1]}")
+    return out
 
 
 def onnx_session(path: Path, threads: int, profile_prefix: str | None = None):
