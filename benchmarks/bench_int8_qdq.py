@@ -28,16 +28,11 @@ count. tf2onnx comes with the dev extra; the converter needs TensorFlow (or pass
 from __future__ import annotations
 
 import argparse
-import collections
-import contextlib
 import importlib.util
 import json
-import multiprocessing
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -45,7 +40,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_quant, beside this file
 
-from bench_quant import REALDATA, tflite_call  # noqa: E402
+from bench_quant import REALDATA, op_type_table, tf2onnx_convert, tflite_interpreter  # noqa: E402
+from interleaved import interleave, serve  # noqa: E402
 
 from mobilenet_zoo.deps import require  # noqa: E402
 from mobilenet_zoo.formats import tflite  # noqa: E402
@@ -111,11 +107,7 @@ def onnx_file(runtime: str, source: Path, folder: Path) -> Path:
     if out.exists():
         return out
     if runtime == TF2ONNX:
-        command = [sys.executable, "-m", "tf2onnx.convert", "--tflite", str(source), "--output", str(out)]
-        done = subprocess.run([*command, "--opset", "13"], capture_output=True, text=True)
-        if done.returncode:
-            raise RuntimeError(f"tf2onnx failed: {(done.stderr.strip().splitlines() or ['?'])[-1]}")
-        return out
+        return tf2onnx_convert(source, out)
     from mobilenet_zoo.formats.onnx import _qdq
 
     return _qdq.write(tflite.read(source), out, layout="NHWC" if runtime == OURS_NHWC else "NCHW")
@@ -173,6 +165,26 @@ def onnx_call(path: Path, image: np.ndarray, threads: int, opt_level: str, tuned
     return (lambda: session.run([output], preset)), outputs
 
 
+def tflite_call(source: Path, image: np.ndarray, threads: int, builtin: bool):
+    """`invoke` on the preset input (in the file's type), and a batch runner (one image per invoke) giving the raw
+    probabilities."""
+    interpreter = tflite_interpreter(source, threads, builtin)
+    source_index = interpreter.get_input_details()[0]["index"]
+    output_index = interpreter.get_output_details()[0]["index"]
+
+    def outputs(images: np.ndarray) -> dict[str, np.ndarray]:
+        rows = []
+        for one in images:
+            interpreter.set_tensor(source_index, one[None])
+            interpreter.invoke()
+            rows.append(interpreter.get_tensor(output_index).copy())
+        interpreter.set_tensor(source_index, image)  # the timed call's input again
+        return {"probabilities": np.concatenate(rows)}
+
+    interpreter.set_tensor(source_index, image)
+    return interpreter.invoke, outputs
+
+
 def build(runtime: str, source: Path, threads: int, opt_level: str, folder: Path):
     """(timed call on the preset input, a batch in the file's input type -> its raw probabilities) of `runtime`."""
     image = preset_input(source)
@@ -182,28 +194,8 @@ def build(runtime: str, source: Path, threads: int, opt_level: str, folder: Path
 
 
 def worker(runtime: str, source: str, threads: int, opt_level: str, folder: str, connection) -> None:
-    """Serve the parent: ("time", n) -> n call durations in ms; ("outputs", images) -> outputs; ("stop",)."""
-    try:
-        call, outputs = build(runtime, Path(source), threads, opt_level, Path(folder))
-        call()
-    except Exception as exc:  # reported by the parent as one line
-        connection.send(("error", f"{type(exc).__name__}: {exc}"))
-        return
-    connection.send(("ready",))
-    while True:
-        request = connection.recv()
-        if request[0] == "stop":
-            break
-        if request[0] == "outputs":
-            connection.send(outputs(request[1]))
-            continue
-        call()  # one untimed call: another runtime's threads may still be spinning
-        durations = []
-        for _ in range(request[1]):
-            start = time.perf_counter()
-            call()
-            durations.append(1000 * (time.perf_counter() - start))
-        connection.send(durations)
+    """Serve the parent (`interleaved.serve`) with `runtime` on the file."""
+    serve(lambda: build(runtime, Path(source), threads, opt_level, Path(folder)), connection)
 
 
 # ---------------------------------------------------------------------------------------------- the parent
@@ -230,61 +222,31 @@ def measure(
     flavour: str, source: Path, runtimes: tuple[str, ...], threads: int, rounds: int, calls: int, opt_level: str, folder
 ) -> list[Row]:
     """Interleaved timings, distances and top-1 agreement of every runtime at one thread count."""
-    context = multiprocessing.get_context("spawn")
-    workers = {}
-    for runtime in runtimes:
-        parent_end, child_end = context.Pipe()
-        arguments = (runtime, str(source), threads, opt_level, str(folder), child_end)
-        process = context.Process(target=worker, args=arguments, daemon=True)
-        process.start()
-        child_end.close()  # so that a worker's death reads as EOF
-        workers[runtime] = (process, parent_end)
-    try:
-        for runtime, (_, connection) in workers.items():
-            try:
-                reply = connection.recv()
-            except EOFError:
-                reply = ("error", "the worker exited")
-            if reply[0] != "ready":
-                raise SystemExit(f"error: {runtime}: {reply[1]}")
-        inputs, outputs = sample_inputs(source), {}
-        for runtime, (_, connection) in workers.items():
-            connection.send(("outputs", inputs))
-            outputs[runtime] = connection.recv()["probabilities"]
-        blocks = {runtime: [] for runtime in runtimes}  # one list of call durations per round
-        for _ in range(rounds):
-            for runtime, (_, connection) in workers.items():
-                connection.send(("time", calls))
-                blocks[runtime].append(connection.recv())
-    finally:
-        for process, connection in workers.values():
-            with contextlib.suppress(OSError):
-                connection.send(("stop",))
-            process.join(timeout=60)
-            if process.is_alive():
-                process.terminate()
-    median = {runtime: statistics.median(ms for block in blocks[runtime] for ms in block) for runtime in runtimes}
-    best = {runtime: min(statistics.median(block) for block in blocks[runtime]) for runtime in runtimes}
+
+    def fail(runtime: str, message: str) -> None:
+        raise SystemExit(f"error: {runtime}: {message}")
+
+    arguments = (str(source), threads, opt_level, str(folder))
+    outputs, timings = interleave(worker, runtimes, arguments, lambda: sample_inputs(source), rounds, calls, fail)
+    outputs = {runtime: got["probabilities"] for runtime, got in outputs.items()}
+    xnnpack = timings[XNNPACK]
     reference, photos = outputs[BUILTIN], len(PHOTOS)
     rows = []
     for runtime in runtimes:
-        durations = [ms for block in blocks[runtime] for ms in block]
+        timing = timings[runtime]
         top1 = outputs[runtime][:photos].argmax(-1) == reference[:photos].argmax(-1)
         rows.append(
             Row(
                 flavour,
                 runtime,
                 threads,
-                len(durations),
-                median[runtime],
-                float(np.percentile(durations, 90)),
-                best[runtime],
-                median[runtime] / median[XNNPACK],
-                best[runtime] / best[XNNPACK],
-                statistics.median(
-                    statistics.median(own) / statistics.median(theirs)
-                    for own, theirs in zip(blocks[runtime], blocks[XNNPACK])
-                ),
+                len(timing.durations),
+                timing.median,
+                timing.p90,
+                timing.best_round,
+                timing.median / xnnpack.median,
+                timing.best_round / xnnpack.best_round,
+                timing.paired_ratio(xnnpack),
                 lsb(outputs[runtime], reference),
                 float(np.mean(top1)),
             )
@@ -302,24 +264,7 @@ def profile_table(path: Path, source: Path, threads: int, opt_level: str, runs: 
         for _ in range(warmup + runs):
             session.run(None, feed)
         events = json.loads(Path(session.end_profiling()).read_text())
-    model_runs = sorted((e for e in events if e.get("name") == "model_run"), key=lambda e: e["ts"])
-    start = model_runs[warmup]["ts"]
-    totals, counts = collections.Counter(), collections.Counter()
-    for event in events:
-        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time") and event["ts"] >= start:
-            totals[event["args"]["op_name"]] += event["dur"]
-            counts[event["args"]["op_name"]] += 1
-    total = sum(totals.values())
-    lines = [
-        f"{path.name}: {threads} threads, {runs} runs (profiled; absolute times include the profiler's overhead)",
-        "| op type | nodes | ms per run | share |",
-        "|---|---:|---:|---:|",
-    ]
-    lines += [
-        f"| {op} | {counts[op] // runs} | {us / runs / 1000:.3f} | {100 * us / total:.1f}% |"
-        for op, us in totals.most_common()
-    ]
-    return "\n".join(lines)
+    return op_type_table(events, path, threads, runs, warmup)
 
 
 def markdown(rows: list[Row], rounds: int, calls: int, opt_level: str) -> str:

@@ -35,20 +35,17 @@ from __future__ import annotations
 
 import argparse
 import collections
-import contextlib
 import importlib.util
 import json
-import multiprocessing
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+from interleaved import interleave, serve
 
 from mobilenet_zoo.deps import require
 from mobilenet_zoo.formats import tflite
@@ -143,14 +140,20 @@ def model_input(images: np.ndarray, dtype) -> np.ndarray:
     return images
 
 
-def tflite_call(model_path: Path, image: np.ndarray, threads: int, builtin: bool):
-    """`invoke` on the preset image (as the model takes it)."""
+def tflite_interpreter(model_path: Path, threads: int, builtin: bool):
+    """The model on LiteRT's builtin kernels or the default interpreter (XNNPACK), tensors allocated."""
     litert = require("ai_edge_litert.interpreter")
     resolver = litert.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES if builtin else litert.OpResolverType.AUTO
     interpreter = litert.Interpreter(
         model_path=str(model_path), num_threads=threads, experimental_op_resolver_type=resolver
     )
     interpreter.allocate_tensors()
+    return interpreter
+
+
+def tflite_call(model_path: Path, image: np.ndarray, threads: int, builtin: bool):
+    """`invoke` on the preset image (as the model takes it)."""
+    interpreter = tflite_interpreter(model_path, threads, builtin)
     (source,) = interpreter.get_input_details()
     interpreter.set_tensor(source["index"], model_input(image, source["dtype"]))
     return interpreter.invoke
@@ -160,13 +163,18 @@ def onnx_file(runtime: str, model_path: Path, folder: Path) -> Path:
     """Our exact or QDQ ONNX of the model (NHWC uint8 input), or tf2onnx's (NHWC uint8 "input", batch 1)."""
     out = folder / f"{model_path.stem}_{runtime.split()[-1]}.onnx"
     if runtime == TF2ONNX:
-        command = [sys.executable, "-m", "tf2onnx.convert", "--tflite", str(model_path), "--output", str(out)]
-        done = subprocess.run([*command, "--opset", "13"], capture_output=True, text=True)
-        if done.returncode:
-            raise RuntimeError(f"tf2onnx failed: {(done.stderr.strip().splitlines() or ['?'])[-1]}")
-        return out
+        return tf2onnx_convert(model_path, out)
     writer = onnx_exact if runtime == "onnx exact" else onnx_qdq
     return writer.write(tflite.read(model_path), out, layout="NHWC")
+
+
+def tf2onnx_convert(model_path: Path, out: Path) -> Path:
+    """`python -m tf2onnx.convert --tflite MODEL --output OUT --opset 13`; a failure raises its last line."""
+    command = [sys.executable, "-m", "tf2onnx.convert", "--tflite", str(model_path), "--output", str(out)]
+    done = subprocess.run([*command, "--opset", "13"], capture_output=True, text=True)
+    if done.returncode:
+        raise RuntimeError(f"tf2onnx failed: {(done.stderr.strip().splitlines() or ['?'])[-1]}")
+    return out
 
 
 def onnx_session(path: Path, threads: int, profile_prefix: str | None = None):
@@ -203,29 +211,9 @@ def onnx_call(path: Path, image: np.ndarray, threads: int):
 
 
 def worker(runtime: str, model_path: str, threads: int, connection) -> None:
-    """Serve the parent: ("time", n) -> n call durations in ms; ("outputs", images) -> uint8 outputs; ("stop",)."""
+    """Serve the parent (`interleaved.serve`) with `runtime` on the model."""
     with tempfile.TemporaryDirectory(prefix="mobilenet-zoo-bench-quant-") as scratch:
-        try:
-            call, runner = build(runtime, Path(model_path), threads, Path(scratch))
-            call()
-        except Exception as exc:  # reported by the parent as one line
-            connection.send(("error", f"{type(exc).__name__}: {exc}"))
-            return
-        connection.send(("ready",))
-        while True:
-            request = connection.recv()
-            if request[0] == "stop":
-                break
-            if request[0] == "outputs":
-                connection.send({name: np.asarray(value) for name, value in runner(request[1]).items()})
-                continue
-            call()  # one untimed call: another runtime's threads may still be spinning
-            durations = []
-            for _ in range(request[1]):
-                start = time.perf_counter()
-                call()
-                durations.append(1000 * (time.perf_counter() - start))
-            connection.send(durations)
+        serve(lambda: build(runtime, Path(model_path), threads, Path(scratch)), connection)
 
 
 # ---------------------------------------------------------------------------------------------- the parent
@@ -249,65 +237,37 @@ def measure_model(
     """Interleaved timings, LSB distances and top-1 agreement of every runtime on one model; a runtime other than the
     baseline that cannot load the model is left out, with a line in `notes`."""
     notes = [] if notes is None else notes
-    context = multiprocessing.get_context("spawn")
-    workers = {}
-    for runtime in runtimes:
-        parent_end, child_end = context.Pipe()
-        process = context.Process(target=worker, args=(runtime, str(model_path), threads, child_end), daemon=True)
-        process.start()
-        child_end.close()  # so that a worker's death reads as EOF
-        workers[runtime] = (process, parent_end)
-    try:
-        live = {}
-        for runtime, (process, connection) in workers.items():
-            try:
-                reply = connection.recv()
-            except EOFError:
-                reply = ("error", "the worker exited")
-            if reply[0] != "ready" and runtime == BASELINE:
-                raise SystemExit(f"error: {runtime} on {model_path.name}: {reply[1]}")
-            if reply[0] != "ready":
-                notes.append(f"{runtime} skipped on {model_path.name}: {reply[1]}")
-            else:
-                live[runtime] = (process, connection)
-        runtimes = tuple(runtime for runtime in runtimes if runtime in live)
-        images = sample_images(tflite.read(model_path).input_size, tflite.load_runner(model_path).quantized)
-        outputs = {}
-        for runtime, (_, connection) in live.items():
-            connection.send(("outputs", images))
-            outputs[runtime] = connection.recv()
-        blocks = {runtime: [] for runtime in runtimes}  # one list of call durations per round
-        for _ in range(rounds):
-            for runtime, (_, connection) in live.items():
-                connection.send(("time", calls))
-                blocks[runtime].append(connection.recv())
-    finally:
-        for process, connection in workers.values():
-            with contextlib.suppress(OSError):
-                connection.send(("stop",))
-            process.join(timeout=60)
-            if process.is_alive():
-                process.terminate()
+
+    def skip_or_fail(runtime: str, message: str) -> None:
+        if runtime == BASELINE:
+            raise SystemExit(f"error: {runtime} on {model_path.name}: {message}")
+        notes.append(f"{runtime} skipped on {model_path.name}: {message}")
+
+    def images() -> np.ndarray:
+        return sample_images(tflite.read(model_path).input_size, tflite.load_runner(model_path).quantized)
+
+    arguments = (str(model_path), threads)
+    outputs, timings = interleave(worker, runtimes, arguments, images, rounds, calls, skip_or_fail)
+    runtimes = tuple(timings)
     reference, real = outputs[BASELINE], len(IMAGES)
-    median = {runtime: statistics.median(ms for block in blocks[runtime] for ms in block) for runtime in runtimes}
-    best = {runtime: min(statistics.median(block) for block in blocks[runtime]) for runtime in runtimes}
+    baseline, xnnpack = timings[BASELINE], timings.get(XNNPACK)
     plan = plan_summary(model_path) if any(runtime.startswith(("torch", "tf ")) for runtime in runtimes) else ""
     rows = []
     for runtime in runtimes:
-        got, durations = outputs[runtime], [ms for block in blocks[runtime] for ms in block]
+        got, timing = outputs[runtime], timings[runtime]
         top1 = got[PROBABILITIES][:real].argmax(-1) == reference[PROBABILITIES][:real].argmax(-1)
         rows.append(
             Row(
                 model_path.stem,
                 runtime,
                 1 if runtime == ONE_THREAD else threads,
-                len(durations),
-                median[runtime],
-                float(np.percentile(durations, 90)),
-                best[runtime],
-                median[runtime] / median[BASELINE],
-                best[runtime] / best[BASELINE],
-                median[runtime] / median[XNNPACK] if XNNPACK in median else None,
+                len(timing.durations),
+                timing.median,
+                timing.p90,
+                timing.best_round,
+                timing.median / baseline.median,
+                timing.best_round / baseline.best_round,
+                None if xnnpack is None else timing.median / xnnpack.median,
                 max(_lsb(got[name], reference[name]) for name in got.keys() & reference.keys()),
                 float(np.mean(top1)),
                 plan if runtime.startswith(("torch", "tf ")) else "",
@@ -349,6 +309,12 @@ def profile_table(path: Path, threads: int, runs: int = 100, warmup: int = 10) -
         for _ in range(warmup + runs):
             session.run([output], feed)
         events = json.loads(Path(session.end_profiling()).read_text())
+    return op_type_table(events, path, threads, runs, warmup)
+
+
+def op_type_table(events: list[dict], path: Path, threads: int, runs: int, warmup: int) -> str:
+    """onnxruntime's profile `events` of `warmup` + `runs` runs, the kernel times of the last `runs` summed per op type
+    (a markdown table)."""
     model_runs = sorted((e for e in events if e.get("name") == "model_run"), key=lambda e: e["ts"])
     start = model_runs[warmup]["ts"]
     totals, counts = collections.Counter(), collections.Counter()
