@@ -583,6 +583,8 @@ def _constant_channels_folded(layer: IntegerConv, input_range: tuple[int, int]) 
 def _constant_channel_folded(bias: int, reach: int, multiplier: int, shift: int, low: int, high: int) -> tuple:
     """(bias, multiplier, shift) of one channel: the same unless its output is one value over bias +- reach."""
     scaled, rounding, bits = _folded_requantization(multiplier, shift)
+    if scaled == 0:  # a zero scale (an all-zero channel of our quantizer): the same output for any accumulator
+        return 0, multiplier, shift
 
     def output(accumulator: int) -> int:  # in the output's offset domain, clamped
         return min(max((accumulator * scaled + rounding) >> bits, low), high)

@@ -304,3 +304,16 @@ def test_torch_softmax_sums_left_to_right(models):
     expected = quant_math.softmax(logits, network.softmax_table, network.output_scale, network.output_zero_point)
     with torch.inference_mode():
         np.testing.assert_array_equal(module.softmax(torch.from_numpy(logits)).numpy(), expected)
+
+
+def test_a_channel_with_a_zero_multiplier_folds_to_its_constant_output():
+    """Our int8 quantizer gives an all-zero channel weight scale 0, so a zero Q31 multiplier: its output is the same
+    for every accumulator, and folding its bias must not divide by it (it crashed `convert --to tf`)."""
+    from mobilenet_zoo.model.quant_math import _constant_channel_folded, _folded_requantization
+
+    bias, multiplier, shift = _constant_channel_folded(
+        bias=1 << 30, reach=5000, multiplier=0, shift=-3, low=-128, high=127
+    )
+    scaled, rounding, bits = _folded_requantization(multiplier, shift)
+    assert abs(bias) < 1 << 24
+    assert all(((acc * scaled + rounding) >> bits) == (rounding >> bits) for acc in (bias - 5000, bias, bias + 5000))
