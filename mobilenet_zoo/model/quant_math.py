@@ -667,6 +667,9 @@ def float32_requantization(
 def _float32_constants(
     multiplier: int, rounding: int, shift: int, low: int, high: int
 ) -> tuple[np.float32, np.float32] | None:
+    if multiplier == 0:  # the same output for every accumulator: a constant offset
+        return np.float32(0.0), np.float32(rounding >> shift)
+
     def first_reaching(value: int) -> int:  # the smallest accumulator whose output is at least `value`
         return -((rounding - (value << shift)) // multiplier)
 

@@ -317,3 +317,10 @@ def test_a_channel_with_a_zero_multiplier_folds_to_its_constant_output():
     scaled, rounding, bits = _folded_requantization(multiplier, shift)
     assert abs(bias) < 1 << 24
     assert all(((acc * scaled + rounding) >> bits) == (rounding >> bits) for acc in (bias - 5000, bias, bias + 5000))
+
+
+def test_a_zero_multiplier_has_exact_float32_constants():
+    from mobilenet_zoo.model.quant_math import float32_requantization
+
+    scale, offset = float32_requantization(np.array([0]), np.array([1 << 30]), np.array([33]), -128, 127)
+    assert scale[0] == 0 and offset[0] == ((1 << 30) >> 33)
