@@ -149,7 +149,7 @@ def convert_command(
     quantize: Optional[str] = typer.Option(
         None,
         "--quantize",
-        help="Post-training quantization of a float model: uint8 (per tensor, the official scheme) or int8 (TFLite's default, TFLite only) with --calibration; fp16 (float16 weights, TFLite and ONNX; no calibration).",
+        help="Post-training quantization of a float model: uint8 (per tensor, the official scheme) or int8 (TFLite's default: per-channel int8 weights, int8 activations; every format with a quantized writer) with --calibration; fp16 (float16 weights, TFLite and ONNX; no calibration).",
     ),
     calibration: Optional[Path] = typer.Option(
         None,
