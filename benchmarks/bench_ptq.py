@@ -214,6 +214,23 @@ class Bench:
         row.size = path.stat().st_size
         return row
 
+    def ort_int8(self, name: str, count: int, key: str = "main", first: int = 0) -> Row:
+        """onnxruntime's `quantize_static` (QDQ, per-channel int8 weights, int8 activations, MinMax) of our float ONNX,
+        on the same calibration photos, run in onnxruntime."""
+        from mobilenet_zoo.formats import onnx
+        from mobilenet_zoo.testing import ort_quantizer
+
+        float_model = self.folder / "float.onnx"
+        if not float_model.exists():
+            ort_quantizer.float_onnx(REALDATA / FROZEN, float_model)
+        started = time.perf_counter()
+        path = ort_quantizer.quantize(float_model, self.folder / "ort_int8.onnx", photos(range(first, first + count)))
+        seconds = time.perf_counter() - started
+        data = self.sets[key]
+        row = scores(name, onnx.load_runner(path)(data["float"])["probabilities"], data["reference"], count, seconds)
+        row.size = path.stat().st_size
+        return row
+
 
 def count_study(make, name: str, count: int) -> Row:
     """`make(name, count, key, first)` on every disjoint run of `count` photos before the count measurement photos:
@@ -306,6 +323,7 @@ def main() -> int:
             rows.append(bench.equalized_float(args.calibration))
             if not args.no_tf:
                 rows.append(bench.tf_int8("tf int8 (converter)", args.calibration))
+            rows.append(bench.ort_int8("onnxruntime int8 (quantize_static)", args.calibration))
         count_rows = []
         for count in counts:
             count_rows.append(count_study(bench.ours, "ours: uint8 default", count))

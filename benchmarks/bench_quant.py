@@ -6,8 +6,8 @@ For each real uint8 model in ../shared/realdata (MOBILENET_ZOO_REALDATA override
   tflite xnnpack             the .tflite on the default interpreter (OpResolverType.AUTO: the XNNPACK delegate)
   onnx exact, onnx qdq       our exact and QDQ ONNX (`formats.onnx._exact`, `_qdq`; NHWC) in onnxruntime
   onnx qdq tf2onnx           the peer: `python -m tf2onnx.convert --tflite MODEL --opset 13` in onnxruntime
-  torch eager, torch .pt2    our uint8 PyTorch module (in a QuantTorchRunner) and its exported `.pt2` program
-  tf SavedModel              our uint8 SavedModel
+  torch eager, torch .pt2    our quantized PyTorch module (in a QuantTorchRunner) and its exported `.pt2` program
+  tf SavedModel              our quantized SavedModel
 each in its own worker process (spawned), so no runtime's spinning thread pool lands on another's calls, with the
 same thread count (TFLite num_threads; onnxruntime intra_op_num_threads, inter_op 1, CPU provider; torch and TF
 `bench.apply_threads`). The parent interleaves them in rounds: per round, each runtime makes one untimed call, then
@@ -118,7 +118,12 @@ def build(runtime: str, model_path: Path, threads: int, scratch: Path):
         from mobilenet_zoo.model.quant_math import integer_network
 
         if runtime == "torch eager":
-            runner = torch_quant.QuantTorchRunner(torch_quant.build_module(integer_network(model)), model.input_size)
+            runner = torch_quant.QuantTorchRunner(
+                torch_quant.build_module(integer_network(model)),
+                model.input_size,
+                input_dtype=model.quant.input_dtype,
+                output_dtype=model.quant.output_dtype,
+            )
         else:
             runner = torch_format.load_runner(next(torch_format.write(model, scratch / "torch").glob("*.pt2")))
         return (lambda: runner(image)), runner
