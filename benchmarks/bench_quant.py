@@ -15,7 +15,7 @@ same thread count (TFLite num_threads; onnxruntime intra_op_num_threads, inter_o
 Reported: median and p90 of `time.perf_counter` per call, the best round's median (the lowest per-round median: what
 a quiet machine shows), ratios to TFLite builtin and XNNPACK, the max uint8 distance (LSB) from TFLite builtin over the
 outputs both give (probabilities; torch and TF also logits) on 4 real and 16 seeded random images, the share of
-real images whose top-1 class is builtin's, and for torch and TF the dtypes of their `quant_math.float_plan`.
+real images whose top-1 class is builtin's, and for torch and TF the dtypes of their `quant_math.port_plan`.
 `--runtimes` picks a subset (tflite builtin always runs).
 
 `--flavour int8|uint8|float32` measures TF's own converter's full-integer file of the genuine 1.0_224 float graph
@@ -92,7 +92,7 @@ class Row:
     x_xnnpack: float | None  # None: XNNPACK not measured
     max_lsb: int  # over the outputs both give, vs TFLite builtin on the same images
     top1_equal: float  # share of the real images whose top-1 class is TFLite builtin's
-    plan: str  # torch and TF: the dtypes `quant_math.float_plan` runs the convolutions in
+    plan: str  # torch and TF: the dtypes `quant_math.port_plan` runs the convolutions in
 
 
 # ---------------------------------------------------------------------------------------------- the workers
@@ -289,10 +289,10 @@ def _lsb(a: np.ndarray, b: np.ndarray) -> int:
 
 
 def plan_summary(model_path: Path) -> str:
-    """How many of the model's convolutions `quant_math.float_plan` runs in each convolution / requantization dtype."""
-    from mobilenet_zoo.model.quant_math import float_plan, integer_network
+    """How many of the model's convolutions `quant_math.port_plan` runs in each convolution / requantization dtype."""
+    from mobilenet_zoo.model.quant_math import integer_network, port_plan
 
-    plan = float_plan(integer_network(tflite.read(model_path)))
+    plan = port_plan(integer_network(tflite.read(model_path)))
     convs = (*plan.convs, plan.logits)
 
     def count(attribute: str) -> str:

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
+from fractions import Fraction
 
 import numpy as np
 
@@ -483,7 +484,8 @@ class FloatConvPlan:
       without a fused multiply-add) for every accumulator of the window where the output is not clamped,
       checked exhaustively by `float32_requantization`; by monotonicity the clamped ones follow;
     - "float64": floor(acc * scale + offset), scale = multiplier / 2^shift, offset = rounding / 2^shift:
-      exact while |acc * multiplier + rounding| < 2^53 (then the product and the sum are representable);
+      exact while |acc| * multiplier + rounding < 2^53 (then the product and the sum are representable), checked
+      on the window of accumulators that can reach [low, high] (`float64_requantization_exact`);
     - "int64": the shift itself.
     """
 
@@ -543,6 +545,12 @@ def float_plan(network: IntegerNetwork) -> FloatPlan:
     return FloatPlan(network, tuple(convs), float_conv_plan(network.logits, input_range))  # the pool keeps the range
 
 
+def port_plan(network: IntegerNetwork) -> FloatPlan:
+    """The plan the PyTorch and TF ports build their graphs from: the `float_plan` of `constant_channels_folded(network)`
+    (dead channels no longer push whole layers to float64 convolutions or int64 requantizations)."""
+    return float_plan(constant_channels_folded(network))
+
+
 def constant_channels_folded(network: IntegerNetwork) -> IntegerNetwork:
     """`network` with the bias of every channel whose output cannot change brought near zero, same outputs exactly.
 
@@ -589,16 +597,15 @@ def _constant_channel_folded(bias: int, reach: int, multiplier: int, shift: int,
     def output(accumulator: int) -> int:  # in the output's offset domain, clamped
         return min(max((accumulator * scaled + rounding) >> bits, low), high)
 
-    def first_reaching(value: int) -> int:  # the smallest accumulator whose output is at least `value`
-        return -((rounding - (value << bits)) // scaled)
-
     value = output(bias - reach)
     if value != output(bias + reach):
         return bias, multiplier, shift
     if reach == 0:
         return value, IDENTITY_MULTIPLIER, IDENTITY_SHIFT
-    lowest = first_reaching(value) + reach if value > low else None  # the bias range keeping every output at value
-    highest = first_reaching(value + 1) - 1 - reach if value < high else None
+    lowest = (
+        _first_reaching(value, scaled, rounding, bits) + reach if value > low else None
+    )  # the bias range keeping every output at value
+    highest = _first_reaching(value + 1, scaled, rounding, bits) - 1 - reach if value < high else None
     nearest_zero = max(0, lowest) if lowest is not None else 0
     return (min(nearest_zero, highest) if highest is not None else nearest_zero), multiplier, shift
 
@@ -628,11 +635,61 @@ def float_conv_plan(layer: IntegerConv, input_range: tuple[int, int]) -> FloatCo
     if constants is not None:
         requantize_dtype = "float32"
     else:
-        requantize_dtype = "float64" if largest < FLOAT64_EXACT else "int64"
+        exact = float64_requantization_exact(layer.bias, bound, multiplier, rounding, shift, low, high)
+        requantize_dtype = "float64" if exact else "int64"
     scale32, offset32 = constants or (None, None)
     return FloatConvPlan(
         layer, bound, conv_dtype, requantize_dtype, multiplier, rounding, shift, low, high, scale32, offset32
     )
+
+
+def float64_requantization_exact(
+    bias: np.ndarray,
+    bound: np.ndarray,
+    multiplier: np.ndarray,
+    rounding: np.ndarray,
+    shift: np.ndarray,
+    low: int,
+    high: int,
+) -> bool:
+    """Whether floor(acc * scale + offset) in float64, clamped to [low, high], gives the exact output of every
+    accumulator a channel can reach (bias +- (bound - |bias|)).
+
+    The float64 product and sum are exact while |acc| * multiplier + rounding < 2^53, which only the window from
+    the last accumulator below `low` to the first one above `high` (within that range) needs: the float64
+    requantization is monotonic, so the accumulators beyond it clamp alike. A channel whose exact output is one
+    value over its whole range (TF's converter's dead channels, their tiny multipliers shifted far) needs only
+    that value at both ends of its range, product and sum rounded apart or fused (`_float64_output`)."""
+    channels = zip(bias.tolist(), bound.tolist(), multiplier.tolist(), rounding.tolist(), shift.tolist(), strict=True)
+    for b, total, m, r, e in channels:
+        if m == 0:
+            continue  # one output, floor(rounding / 2^shift), for every accumulator
+        first, last = b - (total - abs(b)), b + (total - abs(b))
+        below, above = _first_reaching(low, m, r, e) - 1, _first_reaching(high + 1, m, r, e)
+        ends = (min(max(below, first), last), min(max(above, first), last))
+        if max(abs(end) for end in ends) * m + r < FLOAT64_EXACT:
+            continue
+        value = min(max((first * m + r) >> e, low), high)
+        if value != min(max((last * m + r) >> e, low), high):
+            return False
+        if any(output != value for end in (first, last) for output in _float64_output(end, m, r, e, low, high)):
+            return False
+    return True
+
+
+def _float64_output(accumulator: int, multiplier: int, rounding: int, shift: int, low: int, high: int) -> set[int]:
+    """What floor(acc * scale + offset) in float64, clamped, gives for one accumulator: the product and the sum rounded
+    apart, and rounded once (a fused multiply-add)."""
+    scale, offset = math.ldexp(multiplier, -shift), math.ldexp(rounding, -shift)
+    apart = float(accumulator) * scale + offset
+    fused = float(Fraction(accumulator * multiplier + rounding, 1 << shift))  # the exact value, rounded once
+    return {min(max(math.floor(value), low), high) for value in (apart, fused)}
+
+
+def _first_reaching(value: int, multiplier: int, rounding: int, shift: int) -> int:
+    """The smallest accumulator whose folded requantization floor((acc * multiplier + rounding) / 2^shift) is at
+    least `value` (multiplier > 0)."""
+    return -((rounding - (value << shift)) // multiplier)
 
 
 def accumulator_bound(layer: IntegerConv, input_range: tuple[int, int]) -> np.ndarray:
@@ -669,11 +726,8 @@ def _float32_constants(
 ) -> tuple[np.float32, np.float32] | None:
     if multiplier == 0:  # the same output for every accumulator: a constant offset
         return np.float32(0.0), np.float32(rounding >> shift)
-
-    def first_reaching(value: int) -> int:  # the smallest accumulator whose output is at least `value`
-        return -((rounding - (value << shift)) // multiplier)
-
-    first, last = first_reaching(low) - 1, first_reaching(high + 1)
+    first = _first_reaching(low, multiplier, rounding, shift) - 1
+    last = _first_reaching(high + 1, multiplier, rounding, shift)
     if last - first > FLOAT32_SEARCH_LIMIT or max(abs(first), abs(last)) >= FLOAT32_EXACT:
         return None
     accumulators = np.arange(first, last + 1, dtype=np.int64)

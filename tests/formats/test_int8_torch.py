@@ -189,15 +189,14 @@ def test_the_int8_softmax_is_tflites(int8_module):
 
 
 def test_dead_channels_do_not_force_float64_convolutions(int8_module):
-    """TF's converter gives all-zero kernels int32 biases of +-2^30: those channels are constants, and every backbone
-    convolution of the genuine graph's int8 file runs in float32 with a float32 or float64 requantization (the plan's
-    bounds alone ask for float64 convolutions and int64 requantizations), still exact (the 0 LSB tests above)."""
+    """TF's converter gives all-zero kernels int32 biases of +-2^30: `quant_math.port_plan` (the TF SavedModel's too)
+    folds them, and every backbone convolution of the genuine graph's int8 file runs in float32 with a float32 or
+    float64 requantization (the unfolded plan's bounds ask for float64 convolutions), still exact (the 0 LSB tests
+    above)."""
     network, module = int8_module
-    plan = quant_math.float_plan(network)
-    assert any(conv.conv_dtype == "float64" for conv in plan.convs)
-    assert any(conv.requantize_dtype == "int64" for conv in plan.convs)
-    recipes = [_quant.windowed_conv(conv) for conv in plan.convs]
-    assert all(recipe.conv_dtype == "float32" and recipe.requantize_dtype != "int64" for recipe in recipes)
-    dead = recipes[0].scale == 0  # Conv2d_0's all-zero kernels
-    assert dead.any() and not np.any(network.convs[0].kernel[..., dead])
+    assert any(conv.conv_dtype == "float64" for conv in quant_math.float_plan(network).convs)
+    plan = quant_math.port_plan(network)
+    assert all(conv.conv_dtype == "float32" and conv.requantize_dtype != "int64" for conv in plan.convs)
+    dead = ~np.any(network.convs[0].kernel, axis=(0, 1, 2))  # Conv2d_0's all-zero kernels
+    assert dead.any() and np.all(np.abs(plan.convs[0].layer.bias[dead]) <= 255)
     assert all(str(layer.weight.dtype) == "torch.float32" for layer in module.layers)

@@ -256,14 +256,39 @@ def test_float32_requantization_check_is_not_vacuous(models):
 
 
 def test_float_plan_falls_back_for_large_sums(models):
-    """Sums past 2^24 get float64 convolutions; products past 2^53 an int64 requantization."""
+    """Sums past 2^24 get float64 convolutions; products past 2^53 on the accumulators that can reach an unclamped
+    output an int64 requantization (past 2^53 only beyond them: float64, checked on that window)."""
     layer = quant_math.integer_network(models["0.5_160"]).logits
     wide = replace(layer, kernel=np.full((1, 1, 4096, 8), 255, np.int32), bias=np.zeros(8, np.int32))
     conv = quant_math.float_conv_plan(wide, (0, 255))
     assert int(conv.accumulator_bound.max()) == 4096 * 255 * 255 and conv.conv_dtype == "float64"
-    assert conv.requantize_dtype == "int64"  # 2.7e8 * M (2^30 or so) is past 2^53
+    assert conv.requantize_dtype == "float64"  # 2.7e8 * M (2^30 or so) is past 2^53, but the window is ~2^13 wide
+    coarse = replace(wide.requantization, shift=wide.requantization.shift - 8)  # a window 256 times wider
+    assert quant_math.float_conv_plan(replace(wide, requantization=coarse), (0, 255)).requantize_dtype == "int64"
     small = quant_math.float_conv_plan(replace(wide, kernel=np.ones((1, 1, 16, 8), np.int32)), (0, 255))
     assert small.conv_dtype == "float32" and small.requantize_dtype != "int64"
+
+
+def test_a_constant_channel_requantizes_in_float64(models):
+    """A channel whose output is one value over all its accumulators (a multiplier shifted 25 bits right: rounding
+    2^55 alone is past 2^53) takes the float64 requantization, which gives that value at both ends of its range and so
+    on all of it (it asked for int64 before); the plan's float64 requantization equals the spec on every accumulator."""
+    layer = quant_math.integer_network(models["0.5_160"]).logits
+    requantization = quant_math.Requantization(np.array([1 << 30, 1 << 30]), np.array([-25, -1]), 0, -128, 127, "int8")
+    layer = replace(
+        layer,
+        kernel=np.ones((1, 1, 16, 2), np.int32),
+        bias=np.array([-3, 7], np.int32),
+        input_zero_point=0,
+        requantization=requantization,
+    )
+    conv = quant_math.float_conv_plan(layer, (-128, 127))
+    assert conv.requantize_dtype == "float64"
+    accumulators = np.arange(-16 * 128 - 3, 16 * 128 + 8).reshape(-1, 1)
+    accumulators = np.clip(accumulators, layer.bias - 16 * 128, layer.bias + 16 * 128)  # each channel's range
+    got = quant_math.float_requantize(accumulators, conv)
+    np.testing.assert_array_equal(got, integer_requantization(accumulators, conv))
+    assert np.unique(got[:, 0]).size == 1 and np.unique(got[:, 1]).size > 100
 
 
 def fallback_plan(network: quant_math.IntegerNetwork, conv_dtype: str, requantize_dtype: str) -> quant_math.FloatPlan:

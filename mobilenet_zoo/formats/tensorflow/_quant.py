@@ -5,8 +5,8 @@ The serving signature takes NHWC `input` (any batch) as the model takes it (uint
 converter's files) and returns the core's integer `logits`, the `probabilities` as the model gives them (N x classes,
 or N x S x S x classes maps) and the chosen feature maps (by `arch.feature_scope`), built as
 `model.backbone` says (dilated depthwise convolutions, the head pool of `arch.pool_geometry`).
-It runs `mobilenet_zoo.model.quant_math.float_plan` of the network with its dead channels folded
-(`quant_math.constant_channels_folded`: TF's converter's 2^30 biases would force float64): activations are integer-valued float32 offsets from their zero
+It runs `mobilenet_zoo.model.quant_math.port_plan`, as the PyTorch module does (dead channels folded: TF's
+converter's 2^30 biases would force float64): activations are integer-valued float32 offsets from their zero
 point (so SAME zero padding pads with the zero point), convolutions are float32 (float64 where a layer's sums
 could pass 2^24) `conv2d` / `depthwise_conv2d` plus the bias, exact because every partial sum is an integer
 the float type holds, and each requantization one floor of acc * scale + offset in float32 where checked
@@ -51,12 +51,11 @@ from mobilenet_zoo.model.quant_math import (
     FloatPlan,
     IntegerConv,
     IntegerNetwork,
-    constant_channels_folded,
     edge_multiplier,
-    float_plan,
     input_dtype,
     int8_probabilities_as_uint8,
     integer_network,
+    port_plan,
     shift_to_int8,
 )
 
@@ -107,11 +106,11 @@ def build_module(network: IntegerNetwork, plan: FloatPlan | None = None):
     """A `tf.Module` whose `serve` maps NHWC `input` (what the model takes) to {"logits", "probabilities", *feature
     scopes}: the core's integers, the probabilities as the model gives them (its interface's output).
 
-    `plan` (default: the `float_plan` of `constant_channels_folded(network)`) says which convolutions run in float32
+    `plan` (default: `quant_math.port_plan(network)`) says which convolutions run in float32
     or float64 and how each requantizes; the variables hold `network`'s own kernels and biases.
     """
     tf = require("tensorflow")
-    plan = plan or float_plan(constant_channels_folded(network))
+    plan = plan or port_plan(network)
     core_dtype = tf.as_dtype(network.dtype)
 
     class FloatConv2d(tf.Module):

@@ -14,7 +14,7 @@ float speed.
 Both record the backbone options (`model.metadata()`); the module is built as they say: dilated depthwise
 convolutions, the head pool of `arch.pool_geometry`, a logits map when it is larger than 1x1, and the chosen
 feature maps as extra integer outputs after the logits and probabilities (named by `torch_model.output_names`).
-The module runs `quant_math.float_plan` (refined by `windowed_conv`): activations travel as integer-valued float32
+The module runs `quant_math.port_plan`, as the TF SavedModel does: activations travel as integer-valued float32
 offsets from their zero point; convolutions are float32 oneDNN convolutions and GEMMs (float64 where a layer's sums
 could pass 2^24), exact because every partial sum is an integer the float type holds; each requantization is one
 floor of acc * scale + offset in float32 (where checked exact for every accumulator), else float64 (exact on the
@@ -60,15 +60,13 @@ from mobilenet_zoo.model.canonical import (
     image_batch,
 )
 from mobilenet_zoo.model.quant_math import (
-    FLOAT32_EXACT,
-    FLOAT64_EXACT,
     UINT8_MAX,
     FloatConvPlan,
     FloatPlan,
     IntegerConv,
     IntegerNetwork,
-    float_plan,
     integer_network,
+    port_plan,
 )
 
 ACTIVATION_PREFIX = "activations/"
@@ -86,37 +84,34 @@ def build_module(network: IntegerNetwork, plan: FloatPlan | None = None):
     """A `torch.nn.Module` running `network` on NHWC batches of what it takes (uint8, int8, or float32 behind a float
     edge); returns (logits, probabilities, *features): the core's integers, the probabilities as its edge gives them.
 
-    `plan` (default: `float_plan(network)` refined by `windowed_conv`) says which convolutions run in float32 or
-    float64 and how each requantizes; a given plan runs as it says (`exact_conv`).
+    `plan` (default: `quant_math.port_plan(network)`) says which convolutions run in float32 or float64 and how
+    each requantizes.
     """
     torch = require("torch")
     nn, functional = torch.nn, torch.nn.functional
-    recipes = [exact_conv(conv) for conv in (*plan.convs, plan.logits)] if plan else None
-    if recipes is None:
-        plan = float_plan(network)
-        recipes = [windowed_conv(conv) for conv in (*plan.convs, plan.logits)]
+    plan = plan or port_plan(network)
 
     class FloatConv2d(nn.Module):
-        """(Depthwise) convolution plus bias of NHWC offsets in float32 or float64 (exact, see `ExactConv`), then
-        the requantization to the next layer's offsets (float32): 1x1 layers are GEMMs, the others oneDNN convolutions
-        on a channels-last view."""
+        """(Depthwise) convolution plus bias of NHWC offsets in float32 or float64 (exact, see `FloatConvPlan`),
+        then the requantization to the next layer's offsets (float32): 1x1 layers are GEMMs, the others oneDNN
+        convolutions on a channels-last view."""
 
-        def __init__(self, recipe: ExactConv) -> None:
+        def __init__(self, conv: FloatConvPlan) -> None:
             super().__init__()
-            conv = recipe.plan
             layer = conv.layer
             self.pointwise = not layer.depthwise and layer.kernel.shape[:2] == (1, 1) and layer.stride == 1
             self.groups = layer.kernel.shape[2] if layer.depthwise else 1
             self.stride, self.rate, (self.pad_before, self.pad_after) = layer.stride, layer.rate, layer.padding
-            self.cast_input = recipe.conv_dtype != "float32"
-            self.requantize_dtype, self.low, self.high = recipe.requantize_dtype, conv.low, conv.high
-            self.register_buffer("weight", self.torch_weight(layer, recipe.conv_dtype))
-            self.bias_in_conv = recipe.bias_in_conv
-            bias_dtype = recipe.conv_dtype if recipe.bias_in_conv else "float64"
-            self.register_buffer("bias", torch.from_numpy(recipe.bias.astype(bias_dtype)))
-            if recipe.scale is not None:
-                self.register_buffer("scale", torch.from_numpy(recipe.scale))
-                self.register_buffer("offset", torch.from_numpy(recipe.offset))
+            self.cast_input = conv.conv_dtype != "float32"
+            self.requantize_dtype, self.low, self.high = conv.requantize_dtype, conv.low, conv.high
+            self.register_buffer("weight", self.torch_weight(layer, conv.conv_dtype))
+            self.register_buffer("bias", torch.from_numpy(layer.bias.astype(conv.conv_dtype)))
+            if conv.requantize_dtype == "float32":
+                self.register_buffer("scale", torch.from_numpy(conv.scale32))
+                self.register_buffer("offset", torch.from_numpy(conv.offset32))
+            elif conv.requantize_dtype == "float64":
+                self.register_buffer("scale", torch.from_numpy(conv.scale))
+                self.register_buffer("offset", torch.from_numpy(conv.offset))
             else:
                 self.register_buffer("multiplier", torch.from_numpy(conv.multiplier))
                 self.register_buffer("rounding", torch.from_numpy(conv.rounding))
@@ -132,9 +127,8 @@ def build_module(network: IntegerNetwork, plan: FloatPlan | None = None):
         def forward(self, offsets):
             if self.cast_input:
                 offsets = offsets.to(self.weight.dtype)
-            bias = self.bias if self.bias_in_conv else None
             if self.pointwise:
-                return self.requantize(functional.linear(offsets, self.weight, bias))
+                return self.requantize(functional.linear(offsets, self.weight, self.bias))
             padding = self.pad_before
             if self.pad_before != self.pad_after:
                 offsets, padding = (
@@ -142,7 +136,7 @@ def build_module(network: IntegerNetwork, plan: FloatPlan | None = None):
                     0,
                 )
             accumulator = functional.conv2d(
-                offsets.permute(0, 3, 1, 2), self.weight, bias, self.stride, padding, self.rate, self.groups
+                offsets.permute(0, 3, 1, 2), self.weight, self.bias, self.stride, padding, self.rate, self.groups
             )
             return self.requantize(accumulator.permute(0, 2, 3, 1))
 
@@ -156,8 +150,6 @@ def build_module(network: IntegerNetwork, plan: FloatPlan | None = None):
             if self.requantize_dtype == "float32":
                 return accumulator.mul_(self.scale).add_(self.offset).clamp_(self.low, self.high).floor_()
             accumulator = accumulator.to(torch.float64) if accumulator.dtype != torch.float64 else accumulator
-            if not self.bias_in_conv:
-                accumulator.add_(self.bias)
             return accumulator.mul_(self.scale).add_(self.offset).clamp_(self.low, self.high).floor_().to(torch.float32)
 
     class QuantizedMobileNetV1(nn.Module):
@@ -165,8 +157,8 @@ def build_module(network: IntegerNetwork, plan: FloatPlan | None = None):
 
         def __init__(self) -> None:
             super().__init__()
-            self.layers = nn.ModuleList(FloatConv2d(recipe) for recipe in recipes[:-1])
-            self.logits = FloatConv2d(recipes[-1])
+            self.layers = nn.ModuleList(FloatConv2d(conv) for conv in plan.convs)
+            self.logits = FloatConv2d(plan.logits)
             self.input_zero_point = network.convs[0].input_zero_point
             self.zero_points = [conv.output_zero_point for conv in plan.convs]
             self.logits_zero_point = plan.logits.output_zero_point
@@ -290,73 +282,6 @@ def output_edge_table(network: IntegerNetwork) -> np.ndarray:
     """[256]: what the output edge gives for each int8 probability -128..127 (uint8, or float32 from DEQUANTIZE)."""
     low, high = INTEGER_RANGES["int8"]
     return quant_math.output_edge(network, np.arange(low, high + 1, dtype=np.int8))
-
-
-# ------------------------------------------------------------------------------- exact float convolutions
-
-
-@dataclass(frozen=True)
-class ExactConv:
-    """How the module runs one convolution of a `FloatConvPlan`: its dtypes, whether the bias is added inside the
-    convolution (else in float64 before the requantization) and the requantization's per-channel constants
-    (float32 or float64 scale and offset; None for the int64 shift)."""
-
-    plan: FloatConvPlan
-    conv_dtype: str
-    requantize_dtype: str
-    bias_in_conv: bool
-    bias: np.ndarray  # int64 per output channel
-    scale: np.ndarray | None
-    offset: np.ndarray | None
-
-
-def exact_conv(conv: FloatConvPlan) -> ExactConv:
-    """The plan as it says: the bias inside the convolution."""
-    bias = conv.layer.bias.astype(np.int64)
-    if conv.requantize_dtype == "float32":
-        return ExactConv(conv, conv.conv_dtype, "float32", True, bias, conv.scale32, conv.offset32)
-    if conv.requantize_dtype == "float64":
-        return ExactConv(conv, conv.conv_dtype, "float64", True, bias, conv.scale, conv.offset)
-    return ExactConv(conv, conv.conv_dtype, "int64", True, bias, None, None)
-
-
-def windowed_conv(conv: FloatConvPlan) -> ExactConv:
-    """A faster exact recipe than the plan's float64 convolution or int64 requantization where one exists.
-
-    TF's converter gives dead channels (all-zero kernels) int32 biases of +-2^30 and tiny weight scales: the plan's
-    bounds (|bias| + sum |kernel| * largest input) then ask for float64 convolutions and int64 requantizations.
-    Here a channel whose output is the same at both ends of its accumulator range (bias -+ the convolution's bound,
-    exact Python integers; the requantization is monotonic) is a constant: scale 0, that output as its offset, bias
-    0. The other channels requantize exactly in float64 where floor((acc * M + R) / 2^S) is exact on the
-    accumulators that can reach the unclamped window [low, high] (|acc * M| + R < 2^53 at both ends of that part of
-    their range; by monotonicity the accumulators beyond it clamp alike), so only the window must be exact, not the
-    whole range. The convolution runs in float32 when its own bound is below 2^24, the bias inside it when the sum
-    still is, else added in float64. Otherwise the plan as it says (`exact_conv`)."""
-    if conv.requantize_dtype == "float32":
-        return exact_conv(conv)
-    bias = conv.layer.bias.astype(np.int64)
-    spread = conv.accumulator_bound - np.abs(bias)  # the convolution's own bound, per channel
-    multiplier, rounding, shift = (conv.multiplier.tolist(), conv.rounding.tolist(), conv.shift.tolist())
-    scale, offset, live = conv.scale.copy(), conv.offset.copy(), np.ones(bias.shape, bool)
-    for channel, (b, s, m, r, e) in enumerate(zip(bias.tolist(), spread.tolist(), multiplier, rounding, shift)):
-        first, last = (_requantized(acc, m, r, e, conv.low, conv.high) for acc in (b - s, b + s))
-        if first == last:
-            scale[channel], offset[channel], live[channel] = 0.0, float(first), False
-            continue
-        lowest = max(b - s, -((r - (conv.low << e)) // m) - 1)  # the window's ends: last below low, first above high
-        highest = min(b + s, -((r - ((conv.high + 1) << e)) // m))
-        if max(abs(lowest), abs(highest)) * m + r >= FLOAT64_EXACT:
-            return exact_conv(conv)
-    bias = np.where(live, bias, 0)
-    if int(spread[live].max(initial=0)) >= FLOAT32_EXACT:
-        return ExactConv(conv, "float64", "float64", True, bias, scale, offset)
-    within = int((spread + np.abs(bias))[live].max(initial=0)) < FLOAT32_EXACT
-    return ExactConv(conv, "float32", "float64", within, bias, scale, offset)
-
-
-def _requantized(accumulator: int, multiplier: int, rounding: int, shift: int, low: int, high: int) -> int:
-    """The exact requantization of one accumulator (Python integers), clamped."""
-    return min(max((accumulator * multiplier + rounding) >> shift, low), high)
 
 
 # ---------------------------------------------------------------------------------------------- writing
