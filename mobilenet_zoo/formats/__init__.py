@@ -302,7 +302,7 @@ def handler(fmt: str, kind: str) -> Callable[..., Any]:
     spec(fmt)
     function = _HANDLERS.get((fmt, kind))
     if function is None:
-        what = {READ: "read", WRITE: "write float models", WRITE_QUANTIZED: "write uint8 models", RUN: "run"}[kind]
+        what = {READ: "read", WRITE: "write float models", WRITE_QUANTIZED: "write quantized models", RUN: "run"}[kind]
         raise ModelFormatError(f"the {fmt} format cannot {what}")
     return function
 

@@ -174,7 +174,7 @@ def convert(
     quantized = source.model.config.quantized
     unwritable = [f for f in formats if not can_write(f, quantized)]
     if unwritable:  # before anything is written
-        raise ZooError(f"the {unwritable[0]} format cannot write {'uint8' if quantized else 'float'} models")
+        raise ZooError(f"the {unwritable[0]} format cannot write {'quantized' if quantized else 'float'} models")
     for fmt in formats:
         check_writable(source.model, fmt)
     out = Path(out)

@@ -96,7 +96,7 @@ def test_a_rerun_after_an_interruption_completes_without_force(interrupted, tmp_
 
 def test_a_format_that_cannot_write_the_model_is_refused_before_anything_is_written(tmp_path, cli):
     code, _, err = cli("convert", BUNDLED_MODEL, "--to", "onnx,keras", "-o", tmp_path / "out")
-    assert code == 1 and err.strip() == "error: the keras format cannot write uint8 models"
+    assert code == 1 and err.strip() == "error: the keras format cannot write quantized models"
     assert not (tmp_path / "out").exists()
 
 

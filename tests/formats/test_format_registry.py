@@ -59,7 +59,7 @@ def test_a_writer_missing_for_a_precision_is_one_clear_error(tmp_path):
     model = formats.read(BUNDLED_MODEL)
     float_only = [name for name in formats.names() if not formats.can_write(name, quantized=True)]
     assert float_only == ["keras"]
-    with pytest.raises(formats.ModelFormatError, match="the keras format cannot write uint8 models"):
+    with pytest.raises(formats.ModelFormatError, match="the keras format cannot write quantized models"):
         formats.write(model, tmp_path / "m.keras", "keras")
     assert not (tmp_path / "m.keras").exists()
 
