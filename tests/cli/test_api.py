@@ -27,6 +27,7 @@ def _python_example() -> str:
     return blocks[0]
 
 
+@pytest.mark.slow  # > 1 s: out of the fast lane
 def test_the_readme_python_example_runs(tmp_path):
     result = subprocess.run(
         [sys.executable, "-c", _python_example()],
@@ -135,6 +136,7 @@ def test_usage_errors_and_failed_checks_have_distinct_exit_codes(cli):
     assert describe_error(mz.VerificationError("x"))[1] == 4 and describe_error(mz.MissingDependencyError("x"))[1] == 3
 
 
+@pytest.mark.slow  # > 1 s: out of the fast lane
 def test_short_help_and_quiet(cli, tmp_path):
     code, out, _ = cli("-h")
     assert code == 0 and "convert" in out
@@ -187,6 +189,7 @@ def test_eval_finds_the_variant_of_a_renamed_model(tmp_path):
     assert known_variant(str(renamed), quantized=True).name == "mobilenet_v1_0.25_128_quant"
 
 
+@pytest.mark.slow  # > 1 s: out of the fast lane
 def test_post_training_quantization_is_checked_against_the_numpy_integer_pass(tmp_path):
     from mobilenet_zoo.zoo.samples import DATA
 

@@ -110,6 +110,7 @@ def test_2_all_formats_includes_keras_for_a_float_model(cli, tmp_path):
 # 3 ----------------------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # > 1 s: out of the fast lane
 def test_3_verify_takes_registry_mirror_and_offline(cli, tmp_path, clean_environment):
     pytest.importorskip("onnxruntime")
     pytest.importorskip("ai_edge_litert")
@@ -130,6 +131,7 @@ def test_3_verify_takes_registry_mirror_and_offline(cli, tmp_path, clean_environ
 # 4 ----------------------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # > 0.7 s: out of the fast lane
 def test_4_global_flags_are_accepted_after_the_command(tmp_path):
     quiet = run_cli("convert", BUNDLED_MODEL, "--to", "tflite", "-o", tmp_path / "m.tflite", "-q")
     assert quiet.returncode == 0, quiet.stderr
@@ -240,6 +242,7 @@ def complete(words: str, home: Path | None = None) -> list[str]:
     return result.stdout.split()
 
 
+@pytest.mark.slow  # > 1 s: out of the fast lane
 def test_8_shell_completion_completes_values(tmp_path):
     assert complete("mobilenet-zoo convert m.tflite --to on") == ["onnx"]
     assert sorted(complete("mobilenet-zoo convert m.tflite --to onnx,t")) == ["onnx,tf", "onnx,tflite", "onnx,torch"]
@@ -293,6 +296,7 @@ def run_on_a_terminal(args: list[str], env: dict[str, str]) -> str:
     return drawn.decode()
 
 
+@pytest.mark.slow  # > 0.7 s: out of the fast lane
 def test_10_pull_on_a_terminal_prints_its_result_on_a_line_of_its_own(tmp_path):
     name = "mobilenet_v1_0.25_128"
     served = tmp_path / "served"
@@ -310,6 +314,7 @@ def test_10_pull_on_a_terminal_prints_its_result_on_a_line_of_its_own(tmp_path):
     assert "━" not in after and f"{name}.tgz" not in after, repr(after)  # and no bar is drawn again after it
 
 
+@pytest.mark.slow  # > 1 s: out of the fast lane
 def test_10_piped_tables_fit_100_columns_and_info_prints_human_values(tmp_path, clean_environment):
     home = tmp_path / ("a_long_folder_name_" * 8) / "home"
     (home / "models" / "mobilenet_v1_0.5_160").mkdir(parents=True)
@@ -328,6 +333,7 @@ def test_10_piped_tables_fit_100_columns_and_info_prints_human_values(tmp_path, 
     assert max(len(line) for line in wide.stdout.splitlines()) > PIPED_WIDTH  # COLUMNS still decides
 
 
+@pytest.mark.slow  # > 1 s: out of the fast lane
 def test_10_a_failing_verify_row_fits_100_columns(cli, tmp_path):
     pytest.importorskip("onnxruntime")
     pytest.importorskip("ai_edge_litert")
@@ -418,6 +424,7 @@ def test_14_the_verify_footer_explains_only_the_columns_shown(cli, tmp_path):
 # issue 19, 11: pull --all goes on after a failure -------------------------------------------------------------------
 
 
+@pytest.mark.slow  # > 1 s: out of the fast lane
 def test_pull_all_goes_on_after_a_failure_and_sums_up(tmp_path, clean_environment):
     served = tmp_path / "served"
     good = ["mobilenet_v1_0.25_128", "mobilenet_v1_0.5_160"]

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 PACKAGE = Path(__file__).resolve().parents[2] / "mobilenet_zoo"
 
 
@@ -211,6 +213,7 @@ def test_import_and_light_commands_load_no_framework():
     assert result.stdout.strip().splitlines()[-1] == "[]"
 
 
+@pytest.mark.slow  # > 1 s: out of the fast lane
 def test_every_module_imports_first_in_a_fresh_process():
     """No module depends on another having been imported before it (a cycle through a package `__getattr__`
     escapes the static graph above)."""

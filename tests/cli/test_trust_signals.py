@@ -61,6 +61,7 @@ def interrupted(tmp_path_factory) -> tuple[Path, int, str]:
     return out, code, err
 
 
+@pytest.mark.slow  # > 1 s: out of the fast lane
 def test_sigterm_ends_convert_like_ctrl_c_cleaning_up_its_workspaces(interrupted):
     out, code, err = interrupted
     assert code == 143, err
@@ -176,6 +177,7 @@ def float_models(tmp_path_factory) -> dict[str, Path]:
     ],
     ids=["predict", "predict-q", "verify-reference", "verify-target-q", "bench-q"],
 )
+@pytest.mark.slow  # > 1 s: out of the fast lane
 def test_litert_xnnpack_line_stays_off_stderr(float_models, command):
     process = mobilenet_zoo(*[part.format(**float_models) for part in command])
     _, err = process.communicate(timeout=120)

@@ -198,6 +198,7 @@ def test_wrong_dilation_in_onnx_is_caught(models, inputs, references, tmp_path):
     assert max_lsb(got["logits"], references[DILATED_CASE]["real images"]["logits"]) > ONNX_MAX_LSB
 
 
+@pytest.mark.slow  # > 1 s: out of the fast lane
 def test_wrong_multiplier_shows_in_the_feature_output(models, inputs, references):
     """A 2% larger multiplier in one feature layer: its feature map (quant_math, torch eager, TF) must leave the bar."""
     pytest.importorskip("torch")

@@ -26,6 +26,7 @@ def _images(size: int, quantized: bool) -> np.ndarray:
     return rng.integers(0, 256, shape, dtype=np.uint8) if quantized else rng.uniform(-1, 1, shape).astype(np.float32)
 
 
+@pytest.mark.slow  # > 1 s: out of the fast lane
 @pytest.mark.parametrize("fmt", formats.names())
 def test_every_format_round_trips_a_float_model(fmt, tmp_path):
     model = random_model(ModelConfig(0.25, 128), seed=11)
@@ -41,6 +42,7 @@ def test_every_format_round_trips_a_float_model(fmt, tmp_path):
     assert np.abs(again - expected).max() <= 1e-5
 
 
+@pytest.mark.slow  # > 1 s: out of the fast lane
 @pytest.mark.parametrize("fmt", [name for name in formats.names() if formats.can_write(name, quantized=True)])
 def test_every_uint8_format_round_trips_the_real_model_exactly(fmt, tmp_path):
     model = formats.read(BUNDLED_MODEL)
@@ -190,6 +192,7 @@ def test_every_declared_writer_option_is_a_convert_flag_with_its_formats(cli):
     assert "[default: NCHW]" in text and "[default: exact]" in text
 
 
+@pytest.mark.slow  # > 0.7 s: out of the fast lane
 def test_writer_options_reach_the_writers_of_the_formats_that_declare_them(tmp_path, cli):
     """`--slim-weights` (PyTorch, float) and `--layout NHWC` (ONNX and PyTorch) in one run: each writer gets the
     options its spec declares, the TFLite writer none."""

@@ -180,6 +180,7 @@ def test_tf2onnx_frozen_graph_reads_back(tf2onnx_float_files, float_model, flavo
 # ---------------------------------------------------------------------------------------------- quantized
 
 
+@pytest.mark.slow  # > 1 s: out of the fast lane
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_tf2onnx_qdq_graph_recovers_the_tflite_quantization(tf2onnx_qdq_files, variant):
     original = tflite.read(tflite_path(variant))

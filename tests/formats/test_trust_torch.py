@@ -187,6 +187,7 @@ COMMANDS = {
 }
 
 
+@pytest.mark.slow  # > 1 s: out of the fast lane
 @pytest.mark.parametrize("command", COMMANDS)
 def test_a_pt2_with_a_pickled_weight_is_refused_before_it_runs(command, shared):
     """Each way of opening a `.pt2` refuses the pickled weight in one line naming the file and the pickle."""
@@ -282,6 +283,7 @@ def test_anything_torch_would_run_or_we_do_not_know_is_named_and_refused(case, c
 # ---------------------------------------------------------------------------------------------- our own files
 
 
+@pytest.mark.slow  # > 1 s: out of the fast lane
 @pytest.mark.parametrize("kind", ["float", "uint8"])
 def test_our_pt2_still_loads_with_torch_export_and_runs_as_our_runner(kind, clean):
     """`torch.export.load(p).module()` (NCHW) gives what our runner (NHWC) gives, to the bit."""

@@ -117,6 +117,7 @@ def check_against_float(probabilities: np.ndarray, float_probabilities: np.ndarr
     assert difference <= MAX_PROBABILITY_DIFFERENCE, f"{label}: probabilities differ by {difference:.4f}"
 
 
+@pytest.mark.slow  # > 1 s: out of the fast lane
 def test_ptq_model_agrees_with_float_model_in_tflite(ptq_model, interpreter_outputs, float_probabilities):
     outputs = interpreter_outputs(ptq_model, "ptq")
     check_against_float(outputs["probabilities"], float_probabilities, "PTQ uint8 in TFLite")

@@ -148,6 +148,7 @@ def convert_quantized(cli, source: Path, out: Path, quantization: str, calibrati
     return entry
 
 
+@pytest.mark.slow  # > 1 s: out of the fast lane
 def test_a_csv_calibrates_as_the_folder_of_the_same_images(cli, small_float, calibration_folder, tmp_path):
     table = calibration_csv(tmp_path / "lists" / "calibration.csv", calibration_folder, CALIBRATION)
     by_folder = convert_quantized(cli, small_float, tmp_path / "folder", "uint8", calibration_folder)
@@ -162,6 +163,7 @@ def test_a_csv_calibrates_as_the_folder_of_the_same_images(cli, small_float, cal
     assert by_folder["calibration"]["order"] == "sorted by name" and by_table["calibration"]["order"] == "CSV rows"
 
 
+@pytest.mark.slow  # > 1 s: out of the fast lane
 def test_the_manifest_records_the_calibration_ranges(cli, small_float, calibration_folder, tmp_path):
     """Every activation's chosen range (what its scale and zero point cover), uint8 and int8, in CSV row order."""
     table = calibration_csv(tmp_path / "calibration.csv", calibration_folder, reversed(CALIBRATION), header="path")
@@ -209,6 +211,7 @@ def test_calibration_without_quantization_is_refused(cli, small_float, calibrati
 # ------------------------------------------------------------------------------------ targets named by form
 
 
+@pytest.mark.slow  # > 1 s: out of the fast lane
 def test_each_form_has_its_own_name_and_a_folder_of_all_verifies(cli, small_float, calibration_folder, tmp_path):
     """float, uint8 (`_quant`), int8 (`_int8`) and fp16 (`_fp16`) side by side in one folder: none replaces another,
     the manifest names each and `verify FOLDER` checks them all."""

@@ -67,6 +67,7 @@ def verify_json(cli, *args) -> tuple[int, dict]:
 # ----------------------------------------------------------------------------------------------------- int8
 
 
+@pytest.mark.slow  # > 1 s: out of the fast lane
 def test_int8_file_has_the_converter_form_and_matches_its_integer_reference(cli, small_float, photos, tmp_path):
     code, _, err = cli(
         "convert", small_float, "--to", "tflite", "--quantize", "int8", "--calibration", photos["calibration"],

@@ -115,6 +115,7 @@ def quantized_folder(float_model, tmp_path_factory):
     return source, calibration, out
 
 
+@pytest.mark.slow  # > 1 s: out of the fast lane
 def test_convert_quantize_records_the_float_source_and_the_calibration_images(quantized_folder):
     source, calibration, out = quantized_folder
     entries = json.loads((out / MANIFEST).read_text())["targets"]
@@ -126,6 +127,7 @@ def test_convert_quantize_records_the_float_source_and_the_calibration_images(qu
         assert len(entry["calibration"]["pixels_sha256"]) == 8
 
 
+@pytest.mark.slow  # > 1 s: out of the fast lane
 def test_verify_measures_agreement_without_the_calibration_images(quantized_folder, cli):
     """Given photo_00..01 (calibrated on, as copies elsewhere) and photo_08..27: measured on the 20 others."""
     _, _, out = quantized_folder
@@ -167,6 +169,7 @@ def test_a_float_source_that_is_gone_is_one_clear_error(quantized_folder, cli, t
     assert code == 0, stderr
 
 
+@pytest.mark.slow  # > 0.7 s: out of the fast lane
 def test_min_agreement_decides(quantized_folder, cli):
     """The same measure passes at --min-agreement 0 and fails at 1.0 unless every photo agrees."""
     _, _, out = quantized_folder
@@ -183,6 +186,7 @@ def test_min_agreement_decides(quantized_folder, cli):
     assert code == 1 and stderr.startswith("error: --min-agreement is a share")
 
 
+@pytest.mark.slow  # > 1 s: out of the fast lane
 def test_convert_quantize_verify_reports_the_agreement(float_model, tmp_path, cli):
     """`convert --quantize --verify` gates on the bundled photos: the exit code follows the agreement."""
     source = format_module("onnx").write(float_model, tmp_path / "float.onnx")
@@ -200,6 +204,7 @@ def test_convert_quantize_verify_reports_the_agreement(float_model, tmp_path, cl
     assert code == (0 if agreement["top1"] >= 0.9 else 4), stderr
 
 
+@pytest.mark.slow  # > 0.7 s: out of the fast lane
 def test_a_float_target_of_a_float_source_agrees_fully(float_model, tmp_path, cli):
     """Two formats of the same float weights: exact at every layer, agreement 1.0."""
     source = format_module("onnx").write(float_model, tmp_path / "float.onnx")

@@ -122,6 +122,7 @@ def test_bad_options_are_one_line_errors(cli):
     assert "--batch takes integers" in cli("bench", str(REAL_QUANT), "--batch", "one")[2]
 
 
+@pytest.mark.slow  # > 1 s: out of the fast lane
 def test_every_reported_file_outlives_bench_and_conversions_name_their_source(cli):
     """A runtime that runs a conversion made on the fly reports the source it came from, not the temporary file
     (deleted when bench exits); the user's own file is reported as it is."""

@@ -41,6 +41,7 @@ def test_zoo_chart_has_the_32_variants(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["zoo.png"]  # no temporary file left behind
 
 
+@pytest.mark.slow  # > 1 s: out of the fast lane
 def test_bench_results_add_the_latency_chart(tmp_path, bench_csv, cli):
     code, out, _ = cli("plot", "-o", tmp_path / "both.png", "--bench", bench_csv)
     assert code == 0

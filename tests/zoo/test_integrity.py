@@ -86,6 +86,7 @@ def not_mobilenet(tmp_path) -> Path:
 # --- item 2: a corrupt local tarball never enters the cache -----------------------------------------------------
 
 
+@pytest.mark.slow  # > 0.7 s: out of the fast lane
 def test_converting_a_corrupt_local_tarball_names_it_and_caches_nothing(tmp_path):
     data = write_tarball(tmp_path / "good.tgz", official_files(QUANT)).read_bytes()
     bad = tmp_path / "bad.tgz"
@@ -251,6 +252,7 @@ def test_convert_into_an_existing_file_as_a_folder(model, tmp_path):
     assert existing.read_text() == "keep me"
 
 
+@pytest.mark.slow  # > 0.7 s: out of the fast lane
 @pytest.mark.parametrize("command", ["predict", "eval", "bench"])
 def test_a_model_that_is_not_mobilenet_is_refused_by_every_command(not_mobilenet, tmp_path, command):
     labels = tmp_path / "labels.csv"

@@ -39,6 +39,7 @@ def team_folder(tmp_path_factory) -> Path:
     return folder
 
 
+@pytest.mark.slow  # > 0.7 s: out of the fast lane
 def test_local_model_file_pulls_converts_and_verifies(team_folder, tmp_path, cli):
     registry = write_registry(
         team_folder,

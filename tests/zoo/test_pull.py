@@ -266,6 +266,7 @@ def test_a_partial_download_from_an_earlier_run(server, publish, home, tmp_path,
     assert leftovers(home) == [folder] + [f"{folder}/{m}" for m in sorted(variant.members)]
 
 
+@pytest.mark.slow  # > 1 s: out of the fast lane
 def test_transient_server_errors_are_retried_with_exponential_backoff(server, publish, home, tmp_path):
     """Each retry is announced on stderr and waits the announced delay (observed between the server's requests)."""
     registry = user_registry(tmp_path, {"url": publish(official_files(NAME))})
@@ -301,6 +302,7 @@ def test_sha384_checksums_are_checked(server, publish, home, tmp_path, correct):
         assert leftovers(home) == []
 
 
+@pytest.mark.slow  # > 1 s: out of the fast lane
 def test_concurrent_pulls_download_once(server, publish, home, tmp_path):
     registry = user_registry(tmp_path, {"url": publish(official_files(NAME, 100_000))})
     server.faults.delay = 0.02  # about a second per download, so both processes overlap
@@ -317,6 +319,7 @@ def test_concurrent_pulls_download_once(server, publish, home, tmp_path):
 # --- checksums: published, recorded on first download, pinned -------------------------------------------------
 
 
+@pytest.mark.slow  # > 0.7 s: out of the fast lane
 def test_the_first_download_hash_is_recorded_and_checked_on_later_downloads(server, publish, home, tmp_path):
     url = publish(official_files(UNCHECKED), name=UNCHECKED)
     mirror = url.rsplit("/", 1)[0]
@@ -508,6 +511,7 @@ def test_bad_pull_arguments(home, args, pattern):
 # --- the cache commands ------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # > 0.7 s: out of the fast lane
 def test_cache_list_path_and_remove(publish, home, tmp_path):
     registry = user_registry(tmp_path, {"url": publish(official_files(NAME))})
     assert pull_variant(load_registry(registry).get(NAME), policy=FAST).downloaded
@@ -625,6 +629,7 @@ def test_no_single_bit_flip_is_ever_pulled(server, publish, home, cli):
 # --- network failures: stalls, DNS, offline mode, retry settings ----------------------------------------------
 
 
+@pytest.mark.slow  # > 0.7 s: out of the fast lane
 def test_a_stalled_download_says_how_long_and_from_where(server, publish, home, tmp_path):
     registry = user_registry(tmp_path, {"url": publish(official_files(NAME, 100_000))})
     server.faults.stall_after, server.faults.stall_for = 50_000, 5
@@ -658,6 +663,7 @@ OFFLINE_ERROR = (
 )
 
 
+@pytest.mark.slow  # > 0.7 s: out of the fast lane
 @pytest.mark.parametrize("how", ["env", "option"])
 def test_offline_mode_fails_at_once_with_a_cache_hint(server, publish, home, tmp_path, how):
     registry = user_registry(tmp_path, {"url": publish(official_files(NAME))})
@@ -748,6 +754,7 @@ def test_a_read_only_cache_folder(home, server):
 # --- interrupted pulls -----------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # > 1 s: out of the fast lane
 def test_ctrl_c_stops_a_pull_with_one_line_and_the_next_pull_resumes(server, publish, home, tmp_path):
     url = publish(official_files(NAME, 200_000))
     registry = user_registry(tmp_path, {"url": url, "sha256": sha256(served_bytes(server, url))})

@@ -162,6 +162,7 @@ def test_user_registry_extends_and_overrides(tmp_path):
         ("variants:\n  - {name: a, alpha: 1.0, resolution: 224, colour: red}", "unknown field 'colour'"),
     ],
 )
+@pytest.mark.slow  # > 0.7 s: out of the fast lane
 def test_malformed_user_registry_is_one_clear_line(tmp_path, text, message):
     user = tmp_path / "bad.yaml"
     user.write_text(text)

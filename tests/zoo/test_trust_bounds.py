@@ -190,6 +190,7 @@ def huge_tile(bias: str, seed: str) -> tuple[list, list]:
     return [tile, *nodes], [*extra, *initializers]
 
 
+@pytest.mark.slow  # > 0.7 s: out of the fast lane
 def test_a_constant_loop_feeding_the_classifier_bias_is_refused_by_name(small_onnx, tmp_path):
     """Defect 4: the 1.9 MB file whose bias goes through a Loop of 10^12 steps made `convert` spin forever."""
     hostile = with_computed_bias(small_onnx, tmp_path / "spin.onnx", spinning_loop)
@@ -209,6 +210,7 @@ def test_a_constant_loop_feeding_the_classifier_bias_is_refused_by_name(small_on
     ],
     ids=["ConstantOfShape", "Expand", "Tile"],
 )
+@pytest.mark.slow  # > 0.7 s: out of the fast lane
 def test_a_constant_of_several_gigabytes_is_refused_before_it_is_allocated(small_onnx, tmp_path, build, node):
     """Defect 4: the declared shape is checked against the bound before any memory is taken."""
     hostile = with_computed_bias(small_onnx, tmp_path / "huge.onnx", build)
@@ -431,6 +433,7 @@ def many_tiny_members(count: int) -> bytes:
     return b"".join(blocks)
 
 
+@pytest.mark.slow  # > 1 s: out of the fast lane
 def test_a_pulled_tarball_with_100000_extra_members_is_refused_before_extracting_them(tmp_path):
     """Defect 7: an official tarball from a mirror, with 100,000 tiny members beside the official ones."""
     served = tmp_path / "served"

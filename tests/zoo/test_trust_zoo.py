@@ -246,6 +246,7 @@ def test_a_huge_value_is_not_copied_into_the_error(tmp_path, field):
 # --- defect 5: a private download must be a model of its declared format, under a size cap --------------------------
 
 
+@pytest.mark.slow  # > 0.7 s: out of the fast lane
 @pytest.mark.parametrize("suffix", [".tflite", ".onnx", ".pb", ".tgz", ".keras", ".h5", ".pt2", ".safetensors"])
 def test_zero_bytes_under_a_model_name_are_refused_and_nothing_is_recorded(tmp_path, home, serve, suffix):
     url = serve(f"team{suffix}", bytes(1000))
