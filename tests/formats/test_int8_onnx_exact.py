@@ -6,24 +6,20 @@ the same model, `verify` passes, and a damaged per-channel scale fails it.
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import numpy as np
 import onnx as onnx_lib
 import pytest
+from int8_data import with_damaged_scale
 from realdata import realdata
 
 from mobilenet_zoo.formats import onnx, tflite
 from mobilenet_zoo.formats.onnx import _exact
 from mobilenet_zoo.model import quant_math
-from mobilenet_zoo.model.canonical import QuantizedTensor
 from mobilenet_zoo.model.preprocess import load_image, load_image_uint8
 from mobilenet_zoo.testing.tf_converter import FULL_INTEGER
 
 RESOLUTION = 224
 TEST_PHOTOS = ("photo_18.jpg", "photo_29.jpg", "photo_40.jpg")  # not among the 15 that calibrate
-DAMAGED_WEIGHTS = "MobilenetV1/Conv2d_3_depthwise/depthwise_weights"
-DAMAGED_CHANNEL = 7
 
 
 def photos_and_random(quantized: bool) -> np.ndarray:
@@ -107,13 +103,7 @@ def test_dead_channels_huge_biases_keep_the_convolutions_in_float32(tf_converted
 def test_a_damaged_per_channel_scale_fails_verify(tf_converted, cli, tmp_path):
     path = tf_converted("int8")
     model = tflite.read(path)
-    tensor = model.quant.tensors[DAMAGED_WEIGHTS]
-    scale = np.array(tensor.params.scale, copy=True)
-    scale[DAMAGED_CHANNEL] *= 1.5
-    damaged_tensor = QuantizedTensor(tensor.values, replace(tensor.params, scale=scale))
-    damaged = replace(
-        model, quant=replace(model.quant, tensors={**model.quant.tensors, DAMAGED_WEIGHTS: damaged_tensor})
-    )
+    damaged = with_damaged_scale(model)
     target = onnx.write(damaged, tmp_path / "damaged.onnx")
     code, out, err = cli("verify", target, "--source", path, "--random", "1")
     assert code == 4, out + err

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import collections
 import json
-from dataclasses import replace
 
 import numpy as np
 import pytest
+from int8_data import DAMAGED_CHANNEL, DAMAGED_WEIGHTS, with_damaged_scale
 from realdata import realdata
 
 from mobilenet_zoo.errors import ModelFormatError
@@ -22,7 +22,6 @@ from mobilenet_zoo.formats import onnx, tflite
 from mobilenet_zoo.formats.onnx import QDQ_TOLERANCE
 from mobilenet_zoo.model import quant_math
 from mobilenet_zoo.model.arch import Backbone
-from mobilenet_zoo.model.canonical import QuantizedTensor
 from mobilenet_zoo.model.preprocess import load_image, load_image_uint8
 from mobilenet_zoo.testing.tf_converter import FULL_INTEGER
 
@@ -31,8 +30,6 @@ TEST_PHOTOS = ("photo_18.jpg", "photo_29.jpg", "photo_40.jpg")  # not among the 
 RANDOM_IMAGES = 2
 XNNPACK_FACTOR = 1.5  # issue 21, point 4: QDQ within 1.5x XNNPACK's own distance from builtin
 FLOOR_LSB = 2  # allowed where XNNPACK lands exactly on builtin (1.5 x 0 would ask for bit-exactness)
-DAMAGED_WEIGHTS = "MobilenetV1/Conv2d_3_depthwise/depthwise_weights"
-DAMAGED_CHANNEL = 7  # x1.5 moves photo_40's output by 58 LSB in onnxruntime (the QDQ profile allows 29)
 
 
 def input_sets(quantized: bool) -> dict[str, np.ndarray]:
@@ -171,13 +168,7 @@ def test_convert_to_qdq_onnx_and_verify_passes(tf_converted, cli, tmp_path, flav
 def test_a_damaged_per_channel_scale_fails_verify(tf_converted, cli, tmp_path):
     path = tf_converted("uint8")
     model = tflite.read(path)
-    tensor = model.quant.tensors[DAMAGED_WEIGHTS]
-    scale = np.array(tensor.params.scale, copy=True)
-    scale[DAMAGED_CHANNEL] *= 1.5
-    damaged_tensor = QuantizedTensor(tensor.values, replace(tensor.params, scale=scale))
-    damaged = replace(
-        model, quant=replace(model.quant, tensors={**model.quant.tensors, DAMAGED_WEIGHTS: damaged_tensor})
-    )
+    damaged = with_damaged_scale(model)
     target = onnx.write(damaged, tmp_path / "damaged.onnx", quant_format="qdq")
     photo = realdata("photos") / "photo_40.jpg"
     code, out, err = cli("verify", target, "--source", path, "--images", photo, "--random", "1")

@@ -8,22 +8,19 @@ with the same outputs.
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
+from int8_data import with_damaged_scale
 from realdata import realdata
 
 from mobilenet_zoo.formats import tensorflow, tflite
-from mobilenet_zoo.model.canonical import QuantizedTensor
 from mobilenet_zoo.model.preprocess import load_image, load_image_uint8
 from mobilenet_zoo.testing.tf_converter import FULL_INTEGER
 
 RESOLUTION = 224
 TEST_PHOTOS = ("photo_21.jpg", "photo_33.jpg", "photo_47.jpg")  # never the calibration photos (photo_00..14)
-DAMAGED_WEIGHTS = "MobilenetV1/Conv2d_3_depthwise/depthwise_weights"
-DAMAGED_CHANNEL = 7
 
 
 def inputs(quantized: bool) -> np.ndarray:
@@ -82,13 +79,7 @@ def test_convert_to_tf_is_0_lsb_from_litert_builtin_reads_back_and_verifies(tf_c
 def test_a_damaged_per_channel_scale_fails_verify(tf_converted, cli, tmp_path):
     path = tf_converted("int8")
     model = tflite.read(path)
-    tensor = model.quant.tensors[DAMAGED_WEIGHTS]
-    scale = np.array(tensor.params.scale, copy=True)
-    scale[DAMAGED_CHANNEL] *= 1.5
-    damaged_tensor = QuantizedTensor(tensor.values, replace(tensor.params, scale=scale))
-    damaged = replace(
-        model, quant=replace(model.quant, tensors={**model.quant.tensors, DAMAGED_WEIGHTS: damaged_tensor})
-    )
+    damaged = with_damaged_scale(model)
     target = tensorflow.write(damaged, tmp_path / "damaged_saved_model")
     code, out, err = cli("verify", target, "--source", path, "--random", "1")
     assert code == 4, out + err

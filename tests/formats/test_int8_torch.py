@@ -7,18 +7,17 @@ program alike; the folder reads back as the same int8 model and verifies; a dama
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
+from int8_data import with_damaged_scale
 from realdata import realdata
 
 from mobilenet_zoo.formats import tflite
 from mobilenet_zoo.formats import torch as torch_format
 from mobilenet_zoo.formats.torch import _quant
 from mobilenet_zoo.model import quant_math
-from mobilenet_zoo.model.canonical import QuantizedTensor
 from mobilenet_zoo.model.preprocess import load_image, load_image_uint8
 from mobilenet_zoo.testing.tf_converter import FULL_INTEGER
 
@@ -26,8 +25,6 @@ pytestmark = pytest.mark.slow  # TF's converter makes the files (TensorFlow impo
 
 RESOLUTION = 224
 TEST_PHOTOS = ("photo_18.jpg", "photo_29.jpg", "photo_40.jpg")  # photo_00..14 calibrate the files
-DAMAGED_WEIGHTS = "MobilenetV1/Conv2d_3_depthwise/depthwise_weights"
-DAMAGED_CHANNEL = 7
 
 
 def inputs(quantized: bool) -> np.ndarray:
@@ -131,13 +128,7 @@ def test_verify_passes_at_0_lsb(converted, cli, flavour):
 def test_a_damaged_per_channel_scale_fails_verify(tf_converted, cli, tmp_path):
     path = tf_converted("int8")
     model = tflite.read(path)
-    tensor = model.quant.tensors[DAMAGED_WEIGHTS]
-    scale = np.array(tensor.params.scale, copy=True)
-    scale[DAMAGED_CHANNEL] *= 1.5
-    damaged_tensor = QuantizedTensor(tensor.values, replace(tensor.params, scale=scale))
-    damaged = replace(
-        model, quant=replace(model.quant, tensors={**model.quant.tensors, DAMAGED_WEIGHTS: damaged_tensor})
-    )
+    damaged = with_damaged_scale(model)
     target = torch_format.write(damaged, tmp_path / "damaged_torch")
     code, out, err = cli("verify", target, "--source", path, "--random", "1")
     assert code == 4, out + err
