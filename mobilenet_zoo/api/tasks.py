@@ -99,7 +99,9 @@ def convert(
     with settings(offline):
         ray, address = on_ray(executor)
         if ray:
-            return _convert_on_ray(sources, formats, Path(output), address, registry_file, mirror, options, build)
+            return _convert_on_ray(
+                sources, formats, Path(output), address, registry_file, mirror, options, build, force
+            )
         written = []
         for one in sources:
             opened = _as_source(one, registry_file, mirror)
@@ -199,7 +201,7 @@ def _writable(quantized: bool, probe=None) -> list[str]:
     return chosen
 
 
-def _convert_on_ray(names, formats, output, address, registry_file, mirror, options, build) -> list[Converted]:
+def _convert_on_ray(names, formats, output, address, registry_file, mirror, options, build, force) -> list[Converted]:
     """`convert_many` on Ray; with every format, the float and the uint8 registry variants as two batches."""
     from mobilenet_zoo.tasks.distributed import convert_many
 
@@ -215,6 +217,7 @@ def _convert_on_ray(names, formats, output, address, registry_file, mirror, opti
             mirror=mirror,
             format_options=options,
             build=build,
+            force=force,
         )
     return written
 

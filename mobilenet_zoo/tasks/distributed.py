@@ -579,6 +579,7 @@ def convert_many(
     mirror: str | None = None,
     format_options: dict[str, dict] | None = None,
     build: BuildOptions = BuildOptions(),
+    force: bool = False,
 ) -> list[Converted]:
     """Convert several variants into `out_dir`, one Ray task each; returns what was written, in input order.
 
@@ -600,6 +601,7 @@ def convert_many(
         out_dir.mkdir(parents=True, exist_ok=True)
         with workspace(out_dir, "ray-convert") as staging:  # removed however the run ends (or by a later one)
             staged = _run_remote(lambda: _receive_conversions(ray, refs, staging))
+            _check_replacing(staged.values(), out_dir, force)
             return [converted for index in range(len(refs)) for converted in _publish(*staged[index], out_dir)]
     except BaseException:
         for ref in refs:
@@ -621,6 +623,18 @@ def _receive_conversions(ray: Any, refs: dict, staging: Path) -> dict[int, tuple
         staged[refs[ready]] = (folder, written)
         del ready, entries, files
     return staged
+
+
+def _check_replacing(staged, out_dir: Path, force: bool) -> None:
+    """Refuse, before anything is published, a target that exists in `out_dir` (as a local convert does) unless
+    `force` (or an unfinished run left it)."""
+    from mobilenet_zoo.tasks.manifest import left_by_unfinished_run
+
+    for _, written in staged:
+        for item in written:
+            target = out_dir / item.path.name
+            if (target.exists() or target.is_symlink()) and not force and not left_by_unfinished_run(target):
+                raise ZooError(f"{target} exists: pass --force to replace it, or choose another output")
 
 
 def _publish(folder: Path, written: list[Converted], out_dir: Path) -> list[Converted]:

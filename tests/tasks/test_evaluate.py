@@ -280,6 +280,26 @@ def test_convert_many_on_ray_writes_what_a_sequential_loop_writes(ray_session, f
 
 
 @pytest.mark.slow
+def test_convert_many_on_ray_replaces_a_target_only_with_force(ray_session, official_tarball, tmp_path):
+    """As a local convert: an existing target is refused (one line, nothing replaced, nothing left behind) unless
+    `force`; it used to be replaced silently."""
+    from mobilenet_zoo.errors import ZooError
+    from mobilenet_zoo.tasks.distributed import convert_many
+
+    tarball = official_tarball(0.25, 128, quantized=True)
+    (written,) = convert_many([tarball], ["onnx"], tmp_path)
+    written.path.write_bytes(b"mine")
+    with pytest.raises(ZooError, match="exists: pass --force to replace it"):
+        convert_many([tarball], ["onnx"], tmp_path)
+    assert written.path.read_bytes() == b"mine" and sorted(p.name for p in tmp_path.iterdir()) == [
+        written.path.name,
+        "mobilenet_zoo.json",
+    ]
+    convert_many([tarball], ["onnx"], tmp_path, force=True)
+    assert written.path.read_bytes() != b"mine"
+
+
+@pytest.mark.slow
 def test_verify_many_on_ray_reports_what_sequential_verify_reports(ray_session, fixture_tarballs, tmp_path):
     from mobilenet_zoo.tasks.conversion import convert
     from mobilenet_zoo.tasks.distributed import verify_many
