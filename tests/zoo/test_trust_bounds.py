@@ -201,6 +201,29 @@ def test_a_constant_loop_feeding_the_classifier_bias_is_refused_by_name(small_on
     print(f"Loop refused in {seconds:.1f} s")
 
 
+@pytest.mark.parametrize("command", [("convert", "--to", "tflite", "-o", "out"), ("verify", "--source"), ("predict",)])
+def test_an_initializer_kept_in_an_outside_file_is_never_read(small_onnx, tmp_path, command):
+    """ONNX's external data names a file by a path the model chooses: the reader would read whatever it names (a
+    secret beside it, a device). A model whose weights live outside it is refused by name; nothing reads the file."""
+    model = onnx.load(str(small_onnx))
+    secret = tmp_path / "secret.bin"
+    secret.write_bytes(b"not yours" * 1024)
+    tensor = model.graph.initializer[0]
+    tensor.ClearField("raw_data")
+    tensor.data_location = TensorProto.EXTERNAL
+    for key, value in {"location": "secret.bin", "offset": "0", "length": "9216"}.items():
+        tensor.external_data.add(key=key, value=value)
+    hostile = tmp_path / "outside.onnx"
+    hostile.write_bytes(model.SerializeToString())
+    home, out = tmp_path / "home", tmp_path / "out"
+    extra = (
+        ["--source", small_onnx] if command[-1] == "--source" else [out if arg == "out" else arg for arg in command[1:]]
+    )
+    result, _ = run_cli(command[0], hostile, *extra, home=home)
+    assert_one_error_line(result, "outside.onnx", f"initializer {tensor.name} keeps its data in another file")
+    assert folder_contents(out) == [] and cache_leftovers(home) == []
+
+
 @pytest.mark.parametrize(
     ("build", "node"),
     [

@@ -165,6 +165,10 @@ def dense_head(graph: OnnxGraph, classifier) -> OnnxDenseHead | None:
     return None
 
 
+class OutsideDataError(ModelFormatError):
+    """An ONNX file whose initializers keep their data in other files: refused, and nothing it names is read."""
+
+
 def runner_head(path: Path) -> tuple[bytes, dict[str, str]] | None:
     """For a float graph whose dense head's tensors are not named `logits` / `probabilities` (tf2onnx's
     `final_result:0`...): the graph with the head's logits made an output too, serialized, and the Runner name of
@@ -176,6 +180,8 @@ def runner_head(path: Path) -> tuple[bytes, dict[str, str]] | None:
         head = dense_head(graph, convs[-1]) if flavour == "float" else None
         if flavour == "qdq":
             return _qdq_runner_head(graph, convs)
+    except OutsideDataError:
+        raise  # never let onnxruntime open the file: it would read the data the model points at
     except ModelFormatError:
         return None
     if head is None:
@@ -275,9 +281,15 @@ class OnnxGraph:
         if not path.is_file():
             raise ModelFormatError(f"{path}: no such ONNX file")
         try:
-            proto = onnx.load(str(path))
+            proto = onnx.load(str(path), load_external_data=False)  # never open a file the model names
         except Exception as exc:  # protobuf raises its own DecodeError, onnx a few others
             raise ModelFormatError(f"{path}: not a readable ONNX model ({exc})") from exc
+        outside = next((t for t in proto.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL), None)
+        if outside is not None:
+            raise OutsideDataError(
+                f"{path}: initializer {outside.name} keeps its data in another file; MobileNet V1 fits in one ONNX "
+                "file, and files a model names are not read"
+            )
         graph = cls(proto, str(path), onnx)
         try:
             graph.constants = {tensor.name: onnx.numpy_helper.to_array(tensor) for tensor in proto.graph.initializer}
