@@ -27,3 +27,12 @@ def realdata(name: str) -> Path:
 def real_images() -> list[Path]:
     """The four real photos."""
     return [realdata(name) for name in IMAGES]
+
+
+def photo_folder(folder: Path, indices) -> Path:
+    """A folder of links to the real photos of these indices (photo_NN.jpg)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for index in indices:
+        name = f"photo_{index:02d}.jpg"
+        (folder / name).symlink_to(realdata(f"photos/{name}"))
+    return folder

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from realdata import FROZEN_1_0_224, realdata
+from realdata import FROZEN_1_0_224, photo_folder, realdata
 
 from mobilenet_zoo.formats import onnx as onnx_format
 from mobilenet_zoo.formats import tflite
@@ -25,15 +25,6 @@ pytest.importorskip("ai_edge_litert")
 SMALL_VARIANT = "mobilenet_v1_0.25_128_quant.tflite"
 MEASURED = range(20, 50)  # photo_20..49: never calibrated on
 MAX_FP16_SIZE_RATIO = 0.55
-
-
-def photo_folder(folder: Path, indices) -> Path:
-    """A folder of links to the real photos of these indices."""
-    folder.mkdir(parents=True, exist_ok=True)
-    for index in indices:
-        name = f"photo_{index:02d}.jpg"
-        (folder / name).symlink_to(realdata(f"photos/{name}"))
-    return folder
 
 
 @pytest.fixture(scope="module")

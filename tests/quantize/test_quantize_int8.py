@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from realdata import FROZEN_1_0_224, realdata
+from realdata import FROZEN_1_0_224, photo_folder, realdata
 
 from mobilenet_zoo.formats import tflite
 from mobilenet_zoo.model.canonical import Interface, MobileNetV1Model
@@ -31,15 +31,6 @@ MEASURED = range(20, 50)  # photo_20..49 measure, never calibrated on
 MIN_INT8_TOP1 = 0.9  # TF's converter: 92.7% on the same calibration photos (issue 22)
 MIN_INT8_TOP5 = 0.97
 MAX_FP16_SIZE_RATIO = 0.55
-
-
-def photo_folder(folder: Path, indices) -> Path:
-    """A folder of links to the real photos of these indices."""
-    folder.mkdir(parents=True, exist_ok=True)
-    for index in indices:
-        name = f"photo_{index:02d}.jpg"
-        (folder / name).symlink_to(realdata(f"photos/{name}"))
-    return folder
 
 
 @pytest.fixture(scope="module")
