@@ -100,6 +100,24 @@ def test_dead_channels_huge_biases_keep_the_convolutions_in_float32(tf_converted
 
 
 @pytest.mark.slow
+def test_layers_requantized_in_float32_stay_in_onnxruntime_s_blocked_layout(tf_converted):
+    """A per-channel layer whose every channel has a proven float32 affine ends in a clamp that follows a Conv (the
+    1x1 step that leaves MAGIC + an integer: onnxruntime fuses the Clip into it, so the tensor never leaves its blocked
+    layout; after a BatchNormalization it ran unblocked between two layout changes). Centring the "shifted" form's
+    products proves more channels: 4 such layers on TF's int8 file (1 before)."""
+    proto = _exact.build_model(tflite.read(tf_converted("int8")))
+    producers = {output: node for node in proto.graph.node for output in node.output}
+    clamps = [n for n in proto.graph.node if n.op_type == "Clip" and n.name.endswith("/requantize/clamp")]
+    assert clamps and all(producers[n.input[0]].op_type == "Conv" for n in clamps)
+    assert len(clamps) >= 4
+    assert not [
+        n.name
+        for n in proto.graph.node
+        if n.op_type == "Clip" and producers[n.input[0]].op_type == "BatchNormalization"
+    ]
+
+
+@pytest.mark.slow
 def test_a_damaged_per_channel_scale_fails_verify(tf_converted, cli, tmp_path):
     path = tf_converted("int8")
     model = tflite.read(path)

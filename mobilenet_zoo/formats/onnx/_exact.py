@@ -104,7 +104,7 @@ _AFFINE_SEARCH_ULPS = tuple(
     dict.fromkeys(sign * ulps for ulps in (0, 1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64) for sign in (1, -1))
 )
 _AFFINE_OFFSET_FRACTIONS = (0.5, 0.25, 0.75, 0.125, 0.875, 0.0625, 0.9375)
-_MAX_SHIFT = 1 << 16  # the "shifted" form adds at most this to an accumulator (through the conv's bias)
+_MAX_SHIFT = 1 << 16  # a "shifted" search looks this far either side of the shift it starts from (0, the centring one)
 _SHIFT_TRIES = 64  # shifts a search checks at most, per scale
 _MAX_TABLE = 1 << 22  # entries of a Gather table (the last-resort requantization)
 
@@ -392,6 +392,7 @@ def exact_affine(
     free_below, free_above = np.zeros(len(points)), np.zeros(len(points))
     if clamp is not None:
         free_below[expected <= clamp[0]], free_above[expected >= clamp[1]] = np.inf, np.inf
+    centre = float(np.mean(clamp)) if clamp is not None else steps.low + len(steps.thresholds) / 2
     for ulps in _AFFINE_SEARCH_ULPS:
         scale = base
         for _ in range(abs(ulps)):
@@ -407,7 +408,7 @@ def exact_affine(
         if not smallest < largest:
             continue
         candidates = (
-            _shifted_candidates(scale, smallest, largest, bound)
+            _shifted_candidates(scale, smallest, largest, bound, centre)
             if exact
             else (Affine(scale, dtype(smallest + (largest - smallest) * f), form) for f in _AFFINE_OFFSET_FRACTIONS)
         )
@@ -417,16 +418,21 @@ def exact_affine(
     return None
 
 
-def _shifted_candidates(scale: np.float32, smallest: float, largest: float, bound: int):
-    """ "shifted" forms whose shift * scale + an integer falls in (smallest, largest), the smallest shifts first."""
-    shifts = np.arange(-_MAX_SHIFT, _MAX_SHIFT + 1)
-    shifts = shifts[np.abs(shifts) + bound < FLOAT32_EXACT]
-    offsets = shifts * np.float64(scale)
-    whole = np.ceil(smallest - offsets)
-    fits = offsets + whole < largest
-    shifts, whole = shifts[fits], whole[fits]
-    for index in np.argsort(np.abs(shifts), kind="stable")[:_SHIFT_TRIES]:
-        yield Affine(scale, np.float32(MAGIC + whole[index]), "shifted", int(shifts[index]))
+def _shifted_candidates(scale: np.float32, smallest: float, largest: float, bound: int, centre: float = 0.0):
+    """ "shifted" forms whose shift * scale + an integer falls in (smallest, largest): the smallest shifts first, then
+    those nearest the shift that centres the products on 0 (shift * scale near -`centre`, the middle of the values):
+    float32 rounds a product of half the magnitude twice as finely, which is what a channel whose real line passes
+    close to a rounding boundary needs."""
+    centring = int(round(-centre / float(scale))) if scale > 0 else 0
+    for middle in dict.fromkeys((0, centring)):
+        shifts = np.arange(middle - _MAX_SHIFT, middle + _MAX_SHIFT + 1)
+        shifts = shifts[np.abs(shifts) + bound < FLOAT32_EXACT]
+        offsets = shifts * np.float64(scale)
+        whole = np.ceil(smallest - offsets)
+        fits = offsets + whole < largest
+        shifts, whole = shifts[fits], whole[fits]
+        for index in np.argsort(np.abs(shifts - middle), kind="stable")[:_SHIFT_TRIES]:
+            yield Affine(scale, np.float32(MAGIC + whole[index]), "shifted", int(shifts[index]))
 
 
 def _gives(affine: Affine, points: np.ndarray, expected: np.ndarray, clamp: tuple[int, int] | None = None) -> bool:
@@ -623,12 +629,54 @@ def _clamped_emit(builder, accumulator: str, reaches, shifts, affines: list[Affi
         ],
         f"{prefix}/reach",
     )
-    values = _emit(builder, reached, [], affines, len(affines), f"{prefix}/requantize", np.float32)
-    bounds = [
-        builder.constant(f"{prefix}/clamp/{end}", np.array(value, np.float32))
+    if affines[0].form == "floor":
+        values = _emit(builder, reached, [], affines, len(affines), f"{prefix}/requantize", np.float32)
+        return builder.node("Clip", [values, *_clamp_bounds(builder, clamp, 0.0, prefix)], f"{prefix}/clamp")
+    return _rounded_and_clamped(builder, reached, affines, clamp, f"{prefix}/requantize")
+
+
+def _clamp_bounds(builder, clamp: tuple[int, int], offset: float, prefix: str) -> list[str]:
+    """The Clip bounds of a layer's output clamp, plus `offset` (0, or MAGIC while the values carry it)."""
+    return [
+        builder.constant(f"{prefix}/clamp/{end}", np.array(np.float32(offset) + np.float32(value), np.float32))
         for end, value in zip(("min", "max"), clamp)
     ]
-    return builder.node("Clip", [values, *bounds], f"{prefix}/clamp")
+
+
+def _rounded_and_clamped(builder, accumulator: str, affines: list[Affine], clamp, prefix: str) -> str:
+    """The per-channel "shifted" / "batchnorm" affines, rounded, clamped and unrounded, without leaving onnxruntime's
+    blocked layout: the step that leaves MAGIC + an integer in every channel is a 1x1 depthwise Conv, so the clamp
+    (a Clip of MAGIC + the bounds, exact) is fused into it like a convolution's activation; then a
+    BatchNormalization subtracts MAGIC."""
+    channels = len(affines)
+    value = _channel_affine(builder, accumulator, [a.scale for a in affines], [a.offset for a in affines], prefix)
+    if any(affine.form == "batchnorm" for affine in affines):  # a "shifted" channel is MAGIC + an integer already
+        rounding = [MAGIC if affine.form == "batchnorm" else 0.0 for affine in affines]
+        value = _channel_affine(builder, value, np.ones(channels), rounding, f"{prefix}/round")
+    clamped = builder.node("Clip", [value, *_clamp_bounds(builder, clamp, MAGIC, prefix)], f"{prefix}/clamp")
+    return _batchnorm(builder, clamped, 1.0, -MAGIC, channels, f"{prefix}/unround")
+
+
+def _channel_affine(builder, tensor: str, scales, offsets, name: str) -> str:
+    """x * scale + offset per channel as a 1x1 depthwise Conv (one product and one sum per value, like a
+    BatchNormalization, with or without a fused multiply-add)."""
+    kernel = np.asarray(scales, np.float32).reshape(-1, 1, 1, 1)
+    inputs = [
+        tensor,
+        builder.constant(f"{name}/kernel", kernel),
+        builder.constant(f"{name}/bias", np.asarray(offsets, np.float32)),
+    ]
+    return builder.node("Conv", inputs, name, kernel_shape=[1, 1], group=len(kernel))
+
+
+def _batchnorm(builder, tensor: str, scale, bias, channels: int, name: str) -> str:
+    """x * scale + bias per channel as a BatchNormalization (mean 0, variance 1, epsilon 0)."""
+    vectors = {"scale": scale, "bias": bias, "mean": 0.0, "variance": 1.0}
+    inputs = [
+        builder.constant(f"{name}/{leaf}", np.broadcast_to(np.asarray(value, np.float32), channels))
+        for leaf, value in vectors.items()
+    ]
+    return builder.node("BatchNormalization", [tensor, *inputs], name, epsilon=0.0)
 
 
 def _kernel_zero_point(weights: QuantizedTensor) -> int:
@@ -747,12 +795,7 @@ def _emit(
         return values
 
     def batchnorm(tensor: str, scale, bias, name: str) -> str:
-        vectors = {"scale": scale, "bias": bias, "mean": 0.0, "variance": 1.0}
-        inputs = [
-            builder.constant(f"{name}/{leaf}", np.broadcast_to(np.asarray(value, np.float32), channels))
-            for leaf, value in vectors.items()
-        ]
-        return builder.node("BatchNormalization", [tensor, *inputs], name, epsilon=0.0)
+        return _batchnorm(builder, tensor, scale, bias, channels, name)
 
     value = batchnorm(
         accumulator, [a.scale for a in affines], [a.offset for a in affines], f"{prefix}/scale_and_offset"

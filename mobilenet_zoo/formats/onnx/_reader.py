@@ -35,7 +35,7 @@ import numpy as np
 from mobilenet_zoo.deps import require
 from mobilenet_zoo.errors import ModelFormatError
 from mobilenet_zoo.formats.onnx import _fold
-from mobilenet_zoo.formats.onnx._exact import QUANTIZATION_KEY
+from mobilenet_zoo.formats.onnx._exact import EXACT, QUANT_FORMAT_KEY, QUANTIZATION_KEY
 from mobilenet_zoo.model.arch import (
     LOGITS_SCOPE,
     Backbone,
@@ -420,8 +420,15 @@ class OnnxGraph:
         if node.op_type in POOL_OPS:
             return "pool"
         if node.op_type in CONV_OPS and not self.is_constant(node.input[0]) and self.is_constant(node.input[1]):
+            if self.is_requantization_step(node):
+                return None
             return "pool" if self.is_window_sum(node) else "conv"
         return None
+
+    def is_requantization_step(self, node) -> bool:
+        """A Conv of an exact quantized file's requantization (x * scale + offset per channel, float kernel): every
+        layer of those files convolves a kernel computed from integers."""
+        return self.metadata.get(QUANT_FORMAT_KEY) == EXACT and self.integer_root(node.input[1]) is None
 
     def is_window_sum(self, node) -> bool:
         """A depthwise convolution with an all-ones integer kernel: the integer average pool of our quantized files."""
