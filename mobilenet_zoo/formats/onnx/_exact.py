@@ -34,9 +34,15 @@ depthwise too) take the same road with one step map per channel, plus:
 - the accumulators each channel can reach (its bias plus at most the kernel's bound either way): a dead channel's
   huge int32 bias (up to 2^30) is recentred to 0 and its step map moved by it (a constant-subgraph correction is added
   to the stored bias), so the layer stays a float32 Conv; each channel's affine is proven on its whole reach with the
-  layer's output clamp applied after it (one Clip instead of a per-channel clip of the accumulator before): per
-  channel "shifted" or "batchnorm" in one BatchNormalization chain, else one Mul/Add/Floor form for the layer
-  (float32, else float64: float32 rarely fits every channel's 31-bit multiplier);
+  layer's output clamp applied after it (one Clip, fused by onnxruntime into the 1x1 depthwise Conv that leaves
+  MAGIC + an integer, so the tensor stays in the blocked layout): per channel "shifted" (its products centred on 0
+  when those near 0 do not fit: float32 rounds a product half as large twice as finely) or "batchnorm";
+- channel groups: float32 has no such affine for about 5% of the channels (a real line passing closer to a rounding
+  boundary than float32 resolves), so a layer is split into a float32 group and a float64 one (Mul/Add/Floor, those
+  channels only, padded to whole blocks of 16 so the groups' Concat stays blocked), each its own Conv on kernel rows
+  gathered from the stored kernel; a depthwise layer takes its input's groups as they are (the pointwise layer
+  before it puts the depthwise layer's float64 channels in its own float64 group), a pointwise one their Concat with
+  its kernel's input channels gathered to match; feature outputs and the pool take the channels back in order;
 - the int8 average pool rounds half away from zero (`int8_pool_steps`), the int8 softmax rounds with std::round
   (+ 0.5 in float64, Floor) around zero point -128;
 - the edges of the source: an int8 input as it is, a uint8 one through TFLite's QUANTIZE (a shift of 128 when the
@@ -136,15 +142,23 @@ def build_model(model: MobileNetV1Model, *, layout: str = "NHWC", opset: int = M
         raise ModelFormatError(f"{model.config.name} is not quantized: write it with the float ONNX writer")
     network, config, kernels = integer_network(model), model.config, model.quant.tensors
     builder = onnx_format.GraphBuilder(require("onnx"))
-    activation = _input_edge(builder, network, onnx_format.input_as_nchw(builder, layout))
-    for layer, conv in zip(config.layers(), network.convs):
-        activation = _conv(
-            builder, activation, conv, layer.weight_name, kernels[layer.weight_name], layer.bias_name, arithmetic
-        )
+    image = _input_edge(builder, network, onnx_format.input_as_nchw(builder, layout))
+    parts, proofs = [Part(image, np.arange(3))], _Proofs(network, arithmetic)
+    for index, (layer, conv) in enumerate(zip(config.layers(), network.convs)):
+        weights, proof = kernels[layer.weight_name], proofs.of(index, parts[0].activation.dtype)
+        if proof is None:
+            activation = _in_order(builder, parts, f"{SCOPE}/{conv.scope}/input")
+            activation = _conv(builder, activation, conv, layer.weight_name, weights, layer.bias_name, arithmetic)
+            parts = [Part(activation, np.arange(len(conv.bias)))]
+        else:
+            float64 = proofs.float64_channels(index) if not conv.depthwise else None
+            parts = _grouped_conv(builder, parts, proof, float64, layer.weight_name, weights, layer.bias_name)
         if conv.scope in network.features:
+            feature = _in_order(builder, parts, f"{SCOPE}/{conv.scope}/output")
             onnx_format.output_in_layout(
-                builder, activation.as_integers(builder, f"{SCOPE}/{conv.scope}"), conv.scope, layout
+                builder, feature.as_integers(builder, f"{SCOPE}/{conv.scope}"), conv.scope, layout
             )
+    activation = _in_order(builder, parts, f"{SCOPE}/{POOL_ACTIVATION}/in_order")
     activation = _average_pool(builder, activation, network, config.feature_channels, arithmetic)
     logits = _conv(
         builder,
@@ -425,14 +439,42 @@ def _shifted_candidates(scale: np.float32, smallest: float, largest: float, boun
     close to a rounding boundary needs."""
     centring = int(round(-centre / float(scale))) if scale > 0 else 0
     for middle in dict.fromkeys((0, centring)):
-        shifts = np.arange(middle - _MAX_SHIFT, middle + _MAX_SHIFT + 1)
+        shifts, whole = _fitting_shifts(scale, smallest, largest, bound, middle)
+        for index in np.lexsort((shifts, np.abs(shifts - middle)))[:_SHIFT_TRIES]:  # nearest first, then the lower
+            yield Affine(scale, np.float32(MAGIC + whole[index]), "shifted", int(shifts[index]))
+
+
+def _fitting_shifts(
+    scale: np.float32, smallest: float, largest: float, bound: int, middle: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The shifts n within `_MAX_SHIFT` of `middle` (|n| + `bound` below 2^24) and the integers m with smallest <=
+    n * scale + m < largest (float64), at least the `_SHIFT_TRIES` nearest `middle`: those within `_NEAR` when they
+    hold as many, else every one, found per integer m (the n in [(smallest - m) / scale, (largest - m) / scale), give
+    or take one, checked exactly) rather than by trying all 2 * _MAX_SHIFT + 1."""
+
+    def fitting(shifts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         shifts = shifts[np.abs(shifts) + bound < FLOAT32_EXACT]
         offsets = shifts * np.float64(scale)
         whole = np.ceil(smallest - offsets)
         fits = offsets + whole < largest
-        shifts, whole = shifts[fits], whole[fits]
-        for index in np.argsort(np.abs(shifts - middle), kind="stable")[:_SHIFT_TRIES]:
-            yield Affine(scale, np.float32(MAGIC + whole[index]), "shifted", int(shifts[index]))
+        return shifts[fits], whole[fits]
+
+    near = fitting(np.arange(middle - _NEAR, middle + _NEAR + 1))
+    step = float(scale)
+    if len(near[0]) >= _SHIFT_TRIES or step <= 0:
+        return near if step > 0 else fitting(np.arange(middle - _MAX_SHIFT, middle + _MAX_SHIFT + 1))
+    low, high = middle - _MAX_SHIFT, middle + _MAX_SHIFT
+    integers = np.arange(np.floor(smallest - high * step) - 1, np.ceil(largest - low * step) + 2)
+    first = np.maximum(np.ceil((smallest - integers) / step).astype(np.int64) - 1, low)
+    last = np.minimum(np.floor((largest - integers) / step).astype(np.int64) + 1, high)
+    counts = np.maximum(last - first + 1, 0)
+    within = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
+    shifts, whole = fitting(np.repeat(first, counts) + within)
+    shifts, once = np.unique(shifts, return_index=True)  # the ranges of neighbouring m overlap by their margins
+    return shifts, whole[once]
+
+
+_NEAR = 4096  # how far from the middle shift the first, cheap look goes
 
 
 def _gives(affine: Affine, points: np.ndarray, expected: np.ndarray, clamp: tuple[int, int] | None = None) -> bool:
@@ -592,6 +634,206 @@ def _conv(
     return Activation(conv.requantization.zero_point, offsets=values, dtype=conv.requantization.dtype)
 
 
+# ------------------------------------------------------------------------------ layers split by channel
+
+# onnxruntime's blocked layout keeps channels in blocks of 16 (AVX-512; AVX2's 8 divides it): a Concat of groups whose
+# sizes are multiples of it stays blocked, so a float64 group is padded to it
+_BLOCK = 16
+
+
+@dataclass
+class Part:
+    """One channel group of an activation: `channels` are the layer's channel indices it holds, in order."""
+
+    activation: Activation
+    channels: np.ndarray
+
+
+@dataclass(frozen=True)
+class LayerProof:
+    """A per-channel layer's requantization on a float32 accumulator, channel by channel: the (recentred) conv, the
+    step maps on each channel's reach, the layer's output clamp, and each channel's proven float32 affine ("shifted"
+    or "batchnorm", None when float32 cannot give TFLite's integers on its reach)."""
+
+    conv: IntegerConv
+    stored_bias: np.ndarray
+    steps: list
+    reaches: list
+    clamp: tuple[int, int]
+    bound: int
+    float32: list
+
+    @property
+    def float32_failures(self) -> set[int]:
+        return {channel for channel, affine in enumerate(self.float32) if affine is None}
+
+
+def layer_proof(conv: IntegerConv, input_range: tuple[int, int]) -> LayerProof | None:
+    """The `LayerProof` of a per-channel layer whose accumulator is exact in float32, else None (per-tensor layers and
+    those needing ConvInteger take `_conv`)."""
+    channels = np.size(conv.requantization.multiplier)
+    if channels == 1:
+        return None
+    whole = [requantization_steps(conv.requantization, channel) for channel in range(channels)]
+    stored_bias, (conv, steps) = conv.bias, recentred(conv, whole, input_range)
+    bound = widest_accumulator(conv, input_range)
+    if bound >= FLOAT32_EXACT:
+        return None
+    kernel_bound = accumulator_bound(replace(conv, bias=np.zeros_like(conv.bias)), input_range)
+    reaches = [(int(b - k), int(b + k)) for b, k in zip(conv.bias.astype(np.int64), kernel_bound)]
+    requantization = conv.requantization
+    clamp = (requantization.low - requantization.zero_point, requantization.high - requantization.zero_point)
+    float32 = [
+        next(
+            filter(None, (exact_affine(step, np.float32, form, bound, reach, clamp) for form in _FLOAT32_FORMS)),
+            None,
+        )
+        for step, reach in zip(steps, reaches)
+    ]
+    return LayerProof(conv, stored_bias, steps, reaches, clamp, bound, float32)
+
+
+_FLOAT32_FORMS = ("shifted", "batchnorm")
+
+
+class _Proofs:
+    """The layers' proofs (computed once, looked ahead by one layer) and which channels requantize in float64."""
+
+    def __init__(self, network: IntegerNetwork, arithmetic: str) -> None:
+        self.network, self.arithmetic, self.proofs = network, arithmetic, {}
+
+    def of(self, index: int, input_dtype: str | None = None) -> LayerProof | None:
+        """Layer `index`'s proof (None: the layer takes `_conv`, as every layer does when `arithmetic` is forced)."""
+        if self.arithmetic != "fastest" or index >= len(self.network.convs):
+            return None
+        if index not in self.proofs:
+            dtype = input_dtype or self.network.dtype
+            self.proofs[index] = layer_proof(self.network.convs[index], INTEGER_RANGES[dtype])
+        return self.proofs[index]
+
+    def float64_channels(self, index: int) -> np.ndarray:
+        """The channels a full or pointwise layer computes in float64: those of its own and of the depthwise layer
+        after it (which takes its groups as they are) without a float32 proof, padded to whole blocks with others;
+        every channel when that is most of them."""
+        proof, following = self.proofs[index], self.of(index + 1)
+        failing = set(proof.float32_failures)
+        if following is not None and self.network.convs[index + 1].depthwise:
+            failing |= following.float32_failures
+        channels = len(proof.float32)
+        size = -(-len(failing) // _BLOCK) * _BLOCK
+        if not failing or 2 * size > channels:
+            return np.arange(channels) if failing else np.zeros(0, np.int64)
+        padding = [channel for channel in range(channels) if channel not in failing][: size - len(failing)]
+        return np.array(sorted(failing | set(padding)), np.int64)
+
+
+def _in_order(builder, parts: list[Part], prefix: str) -> Activation:
+    """The activation of `parts` as one tensor with the layer's channels in order (a Concat, then a Gather of the
+    channel axis when the groups interleave)."""
+    if len(parts) == 1 and np.array_equal(parts[0].channels, np.arange(len(parts[0].channels))):
+        return parts[0].activation
+    first = parts[0].activation
+    tensor = builder.node(
+        "Concat",
+        [part.activation.as_offsets(builder, f"{prefix}/part{i}") for i, part in enumerate(parts)],
+        f"{prefix}/concat",
+        axis=1,
+    )
+    order = np.argsort(np.concatenate([part.channels for part in parts]))
+    tensor = builder.node(
+        "Gather", [tensor, builder.constant(f"{prefix}/order", order.astype(np.int64))], f"{prefix}/in_order", axis=1
+    )
+    return Activation(first.zero_point, offsets=tensor, dtype=first.dtype)
+
+
+def _grouped_conv(
+    builder,
+    parts: list[Part],
+    proof: LayerProof,
+    float64: np.ndarray | None,
+    weight_name: str,
+    weights: QuantizedTensor,
+    bias_name: str,
+) -> list[Part]:
+    """One per-channel convolution in channel groups, each a float32 Conv with its own requantization: channels with
+    a float32 proof take the "shifted" / "batchnorm" affines (in onnxruntime's blocked layout), the others float64
+    Mul/Add/Floor; the groups go on as the next layer's parts (a depthwise layer keeps its input's groups; a
+    full or pointwise one takes them as one Concat, the kernel's input channels gathered to match)."""
+    conv, prefix = proof.conv, f"{SCOPE}/{proof.conv.scope}"
+    kernel = builder.constant(weight_name, to_oihw(weights.values, "depthwise" if conv.depthwise else "conv"))
+    bias = builder.constant(bias_name, proof.stored_bias.astype(np.int32))  # the stored int32 bias (it is read back)
+    if not np.array_equal(conv.bias, proof.stored_bias):
+        correction = builder.constant(f"{bias_name}/recentre", (conv.bias - proof.stored_bias).astype(np.int32))
+        bias = builder.node("Add", [bias, correction], f"{bias_name}/recentred")
+    float_kernel = _float_of(builder, kernel, _kernel_zero_point(weights), f"{weight_name}/minus_zero_point")
+    float_bias = _float_of(builder, bias, 0, f"{bias_name}/as_float")
+    if conv.depthwise:
+        groups = [(part.activation, part.channels) for part in parts]
+        input_order = None
+    else:
+        single = len(parts) == 1
+        activation = (
+            parts[0].activation
+            if single
+            else Activation(
+                parts[0].activation.zero_point,
+                offsets=builder.node(
+                    "Concat",
+                    [part.activation.as_offsets(builder, f"{prefix}/input/part{i}") for i, part in enumerate(parts)],
+                    f"{prefix}/input/concat",
+                    axis=1,
+                ),
+                dtype=parts[0].activation.dtype,
+            )
+        )
+        input_order = np.concatenate([part.channels for part in parts])
+        wide = set(float64.tolist())
+        narrow = np.array([c for c in range(len(conv.bias)) if c not in wide], np.int64)
+        groups = [(activation, channels) for channels in (narrow, float64) if len(channels)]
+    named = len(groups) > 1
+    result = []
+    for number, (activation, channels) in enumerate(groups):
+        group_prefix = f"{prefix}/group{number}" if named else prefix
+        values = _group(
+            builder, activation, proof, channels, input_order, float_kernel, float_bias, group_prefix, bias_name
+        )
+        result.append(
+            Part(Activation(conv.requantization.zero_point, offsets=values, dtype=conv.requantization.dtype), channels)
+        )
+    return result
+
+
+def _group(builder, activation, proof: LayerProof, channels, input_order, kernel, bias, prefix: str, bias_name: str):
+    """The requantized values of one channel group (see `_grouped_conv`)."""
+    conv, every = proof.conv, np.arange(len(proof.conv.bias))
+    steps = [proof.steps[c] for c in channels]
+    reaches = [proof.reaches[c] for c in channels]
+    affines = [proof.float32[c] for c in channels]
+    if any(affine is None for affine in affines):
+        affines = _choose(steps, proof.bound, "float32", np.float32, reaches, proof.clamp)  # one floor dtype
+    if not np.array_equal(channels, every):
+        indices = builder.constant(f"{prefix}/channels", channels.astype(np.int64))
+        kernel = builder.node("Gather", [kernel, indices], f"{prefix}/kernel", axis=0)
+        bias = builder.node("Gather", [bias, indices], f"{prefix}/bias", axis=0)
+    if input_order is not None and not np.array_equal(input_order, np.arange(len(input_order))):
+        order = builder.constant(f"{prefix}/input_order", input_order.astype(np.int64))
+        kernel = builder.node("Gather", [kernel, order], f"{prefix}/kernel_inputs", axis=1)
+    shifts = [affine.shift for affine in affines] if affines else [0] * len(channels)
+    inputs = [
+        activation.as_offsets(builder, f"{prefix}/input"),
+        kernel,
+        _shifted(builder, bias, shifts, f"{prefix}/shifted_bias"),
+    ]
+    attributes = _conv_attributes(conv)
+    if conv.depthwise:
+        attributes["group"] = len(channels)
+    accumulator = builder.node("Conv", inputs, f"{prefix}/Conv", **attributes)
+    if affines is None:  # no proven affine on the reaches: a table over the spans, clamped to them first
+        clipped = _clip(builder, accumulator, steps, shifts, np.float32, f"{prefix}/span")
+        return _emit(builder, clipped, steps, None, len(channels), f"{prefix}/requantize", np.float32)
+    return _clamped_emit(builder, accumulator, reaches, shifts, affines, proof.clamp, prefix)
+
+
 def recentred(
     conv: IntegerConv, whole: list[StepMap], input_range: tuple[int, int], recentre: bool = True
 ) -> tuple[IntegerConv, list[StepMap]]:
@@ -629,9 +871,11 @@ def _clamped_emit(builder, accumulator: str, reaches, shifts, affines: list[Affi
         ],
         f"{prefix}/reach",
     )
-    if affines[0].form == "floor":
+    if affines[0].form == "floor":  # the clamp rides on a 1x1 identity Conv: the values go back to the blocked layout
         values = _emit(builder, reached, [], affines, len(affines), f"{prefix}/requantize", np.float32)
-        return builder.node("Clip", [values, *_clamp_bounds(builder, clamp, 0.0, prefix)], f"{prefix}/clamp")
+        channels = len(affines)
+        values = _channel_affine(builder, values, np.ones(channels), np.zeros(channels), f"{prefix}/requantize/blocked")
+        return builder.node("Clip", [values, *_clamp_bounds(builder, clamp, 0.0, prefix)], f"{prefix}/requantize/clamp")
     return _rounded_and_clamped(builder, reached, affines, clamp, f"{prefix}/requantize")
 
 

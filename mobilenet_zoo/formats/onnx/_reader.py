@@ -25,6 +25,7 @@ Files this project wrote get their backbone options (`arch.Backbone`) and source
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,7 +64,8 @@ from mobilenet_zoo.model.canonical import (
 CONV_OPS = ("Conv", "ConvInteger")
 POOL_OPS = ("AveragePool", "GlobalAveragePool")
 RELU6_BOUNDS = (0.0, 6.0)
-_INTEGER_TO_FLOAT_OPS = ("Cast", "Sub", "Add")  # how our exact files turn integer initializers into Conv inputs
+# how our exact files turn integer initializers into Conv inputs (Gather: a channel group's rows, its inputs' order)
+_INTEGER_TO_FLOAT_OPS = ("Cast", "Sub", "Add", "Gather")
 UINT8_OFFSET = 128  # int8 storage of uint8 values: q_int8 = q_uint8 - 128, same for the zero point
 _SCOPES = [layer.scope for layer in ModelConfig(1.0, 224).layers()] + [LOGITS_SCOPE]
 EXPECTED_CONVS = len(_SCOPES)
@@ -126,7 +128,7 @@ def _refuse_layers_after_classifier(graph: OnnxGraph, classifier, head: OnnxDens
     extra = [
         node
         for node in graph.reachable(classifier.output[0])
-        if node.op_type in _WEIGHTED_OPS and id(node) not in taken
+        if node.op_type in _WEIGHTED_OPS and id(node) not in taken and not graph.is_part_of_a_layer(node)
     ]
     if extra:
         names = ", ".join(f"{node.name or '(unnamed)'} ({node.op_type})" for node in extra[:3])
@@ -420,15 +422,39 @@ class OnnxGraph:
         if node.op_type in POOL_OPS:
             return "pool"
         if node.op_type in CONV_OPS and not self.is_constant(node.input[0]) and self.is_constant(node.input[1]):
-            if self.is_requantization_step(node):
+            if self.is_part_of_a_layer(node):
                 return None
             return "pool" if self.is_window_sum(node) else "conv"
         return None
 
-    def is_requantization_step(self, node) -> bool:
-        """A Conv of an exact quantized file's requantization (x * scale + offset per channel, float kernel): every
-        layer of those files convolves a kernel computed from integers."""
-        return self.metadata.get(QUANT_FORMAT_KEY) == EXACT and self.integer_root(node.input[1]) is None
+    def is_part_of_a_layer(self, node) -> bool:
+        """In an exact quantized file, a Conv that is not a layer's first: a step of a requantization (x * scale +
+        offset per channel on a float kernel; every layer convolves a kernel computed from integers) or a further
+        channel group of a layer (its kernel computed from the same integers as an earlier Conv's)."""
+        if self.metadata.get(QUANT_FORMAT_KEY) != EXACT:
+            return False
+        root = self.integer_root_name(node.input[1])
+        return root is None or self.first_conv_of_kernel.get(root) is not node
+
+    @functools.cached_property
+    def first_conv_of_kernel(self) -> dict[str, Any]:
+        """The first Conv (in graph order) convolving a kernel computed from each integer initializer."""
+        first: dict[str, Any] = {}
+        for node in self.proto.graph.node:
+            if node.op_type in CONV_OPS and len(node.input) > 1 and self.is_constant(node.input[1]):
+                root = self.integer_root_name(node.input[1])
+                if root is not None:
+                    first.setdefault(root, node)
+        return first
+
+    def integer_root_name(self, tensor: str) -> str | None:
+        """The name of the integer initializer `integer_root` finds, or None."""
+        while tensor not in self.constants or not np.issubdtype(self.constants[tensor].dtype, np.integer):
+            node = self.producers.get(tensor)
+            if node is None or node.op_type not in _INTEGER_TO_FLOAT_OPS or not self.is_constant(tensor):
+                return None
+            tensor = node.input[0]
+        return tensor
 
     def is_window_sum(self, node) -> bool:
         """A depthwise convolution with an all-ones integer kernel: the integer average pool of our quantized files."""
@@ -440,12 +466,8 @@ class OnnxGraph:
     def integer_root(self, tensor: str) -> np.ndarray | None:
         """The integer initializer a constant is computed from through Cast and Sub/Add (our exact files' float kernels
         and biases), or None when it is not."""
-        while tensor not in self.constants or not np.issubdtype(self.constants[tensor].dtype, np.integer):
-            node = self.producers.get(tensor)
-            if node is None or node.op_type not in _INTEGER_TO_FLOAT_OPS or not self.is_constant(tensor):
-                return None
-            tensor = node.input[0]
-        return self.constants[tensor]
+        root = self.integer_root_name(tensor)
+        return None if root is None else self.constants[root]
 
     def mobilenet_convs(self) -> list:
         """The 28 convolutions in order (27 layers, the classifier after the pool), each consuming the one before."""
@@ -481,7 +503,8 @@ class OnnxGraph:
 def _config(graph: OnnxGraph, convs: list, metadata: dict[str, str], backbone: Backbone) -> ModelConfig:
     """Alpha from Conv2d_0's channels, resolution from the input (or the metadata when the input size was overridden),
     classes from the classifier, precision from the kernels."""
-    first_kernel = _kernel_shape(graph, convs[0])
+    root = graph.integer_root(convs[0].input[1]) if convs[0].op_type == "Conv" else None
+    first_kernel = root.shape if root is not None else _kernel_shape(graph, convs[0])  # a channel group's: its rows
     classes = _kernel_shape(graph, convs[-1])[0]
     resolution = int(metadata["resolution"]) if backbone.input_size else _input_side(graph)
     quantized = graph.flavour(convs[0]) != "float"
