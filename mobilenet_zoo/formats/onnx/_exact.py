@@ -597,10 +597,7 @@ def _conv(
             bias = builder.node("Add", [bias, correction], f"{bias_name}/recentred")
         reaches = clamp = None
         if len(steps) > 1:  # per channel: proven on each channel's reach, clamped after (one Clip, not Max and Min)
-            kernel_bound = accumulator_bound(replace(conv, bias=np.zeros_like(conv.bias)), input_range)
-            reaches = [(int(b - k), int(b + k)) for b, k in zip(conv.bias.astype(np.int64), kernel_bound)]
-            requantization = conv.requantization
-            clamp = (requantization.low - requantization.zero_point, requantization.high - requantization.zero_point)
+            reaches, clamp = reaches_and_clamp(conv, input_range)
         affines = _choose(steps, bound, arithmetic, np.float32, reaches, clamp)
         shifts = [affine.shift for affine in affines] if affines else [0] * len(steps)
         inputs = [
@@ -679,10 +676,7 @@ def layer_proof(conv: IntegerConv, input_range: tuple[int, int]) -> LayerProof |
     bound = widest_accumulator(conv, input_range)
     if bound >= FLOAT32_EXACT:
         return None
-    kernel_bound = accumulator_bound(replace(conv, bias=np.zeros_like(conv.bias)), input_range)
-    reaches = [(int(b - k), int(b + k)) for b, k in zip(conv.bias.astype(np.int64), kernel_bound)]
-    requantization = conv.requantization
-    clamp = (requantization.low - requantization.zero_point, requantization.high - requantization.zero_point)
+    reaches, clamp = reaches_and_clamp(conv, input_range)
     float32 = [
         next(
             filter(None, (exact_affine(step, np.float32, form, bound, reach, clamp) for form in _FLOAT32_FORMS)),
@@ -694,6 +688,15 @@ def layer_proof(conv: IntegerConv, input_range: tuple[int, int]) -> LayerProof |
 
 
 _FLOAT32_FORMS = ("shifted", "batchnorm")
+
+
+def reaches_and_clamp(conv: IntegerConv, input_range: tuple[int, int]) -> tuple[list[tuple[int, int]], tuple[int, int]]:
+    """Each channel's reach (the accumulators it can take: its bias plus at most its kernel's bound either way) and
+    the layer's output clamp (its integer bounds minus the zero point)."""
+    kernel_bound = accumulator_bound(replace(conv, bias=np.zeros_like(conv.bias)), input_range)
+    reaches = [(int(b - k), int(b + k)) for b, k in zip(conv.bias.astype(np.int64), kernel_bound)]
+    requantization = conv.requantization
+    return reaches, (requantization.low - requantization.zero_point, requantization.high - requantization.zero_point)
 
 
 class _Proofs:
