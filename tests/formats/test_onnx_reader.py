@@ -296,6 +296,16 @@ def with_relu(source: Path, path: Path, clip: str) -> Path:
     return save(proto, path)
 
 
+def with_clip_bound_of_two_values(source: Path, path: Path, clip: str) -> Path:
+    """Our float file with a ReLU6's lower bound a constant of two values (0, 0): not a Clip 0..6."""
+    proto = load(source)
+    node = node_named(proto, clip)
+    bound = numpy_helper.from_array(np.zeros(2, np.float32), f"{clip}/two_value_min")
+    proto.graph.initializer.append(bound)
+    node.input[1] = bound.name
+    return save(proto, path)
+
+
 REFUSALS = {
     "three convolutions": (lambda files, path: three_convs(path), "found 3 convolutions where MobileNet V1 has 28"),
     "one block cut off": (
@@ -323,6 +333,10 @@ REFUSALS = {
     "relu instead of relu6": (
         lambda files, path: with_relu(files["NCHW"], path, "MobilenetV1/Conv2d_4_pointwise/Relu6"),
         "Conv2d_4_pointwise is followed by Relu, MobileNet V1 has ReLU6",
+    ),
+    "relu6 bound of two values": (
+        lambda files, path: with_clip_bound_of_two_values(files["NCHW"], path, "MobilenetV1/Conv2d_4_pointwise/Relu6"),
+        r"Conv2d_4_pointwise is followed by Clip, MobileNet V1 has ReLU6 \(Clip 0..6\)",
     ),
     "not onnx": (
         lambda files, path: (path.write_bytes(b"not a protobuf at all" * 3), path)[1],

@@ -259,7 +259,7 @@ def _activation_after(graph, node, scope: str, relu6: bool = False) -> QuantPara
             if quantized is None or dequantized or not _same(_params(graph, after), quantized):
                 raise _refused(graph, after, f" of integers that are not {scope}'s")
             dequantized = True
-        elif after.op_type == "Clip" and relu6 and _is_relu6(graph, after):
+        elif after.op_type == "Clip" and relu6 and is_relu6(graph, after):
             clip = after
         elif after.op_type not in LAYOUT_OPS:
             raise _refused(graph, after, f" after {scope}")
@@ -275,12 +275,18 @@ def _activation_after(graph, node, scope: str, relu6: bool = False) -> QuantPara
     return _as_int8(quantized)
 
 
-def _is_relu6(graph, node) -> bool:
-    """True for Clip 0..6 (bounds as inputs, or as attributes before opset 11)."""
-    attributes, inputs = graph.attributes(node), [*node.input, "", ""]
-    low = float(graph.value(inputs[1]).reshape(())) if inputs[1] else attributes.get("min")
-    high = float(graph.value(inputs[2]).reshape(())) if inputs[2] else attributes.get("max")
-    return (low, high) == RELU6_BOUNDS
+def is_relu6(graph, node) -> bool:
+    """True for Clip 0..6 (bounds as inputs, or as attributes before opset 11); a bound of other than one value is
+    not one."""
+    if node is None or node.op_type != "Clip":
+        return False
+    attributes, inputs, bounds = graph.attributes(node), [*node.input, "", ""], []
+    for index, name in ((1, "min"), (2, "max")):
+        value = graph.value(inputs[index]) if inputs[index] else np.asarray(attributes.get(name, np.nan))
+        if value.size != 1:
+            return False
+        bounds.append(float(value.reshape(())))
+    return tuple(bounds) == RELU6_BOUNDS
 
 
 def _clamps_to_relu6(params: QuantParams) -> bool:

@@ -37,6 +37,7 @@ from mobilenet_zoo.deps import require
 from mobilenet_zoo.errors import ModelFormatError
 from mobilenet_zoo.formats.onnx import _fold
 from mobilenet_zoo.formats.onnx._exact import EXACT, QUANT_FORMAT_KEY, QUANTIZATION_KEY
+from mobilenet_zoo.formats.onnx._qdq_reader import is_relu6
 from mobilenet_zoo.model.arch import (
     LOGITS_SCOPE,
     Backbone,
@@ -63,7 +64,6 @@ from mobilenet_zoo.model.canonical import (
 
 CONV_OPS = ("Conv", "ConvInteger")
 POOL_OPS = ("AveragePool", "GlobalAveragePool")
-RELU6_BOUNDS = (0.0, 6.0)
 # how our exact files turn integer initializers into Conv inputs (Gather: a channel group's rows, its inputs' order)
 _INTEGER_TO_FLOAT_OPS = ("Cast", "Sub", "Add", "Gather")
 UINT8_OFFSET = 128  # int8 storage of uint8 values: q_int8 = q_uint8 - 128, same for the zero point
@@ -582,7 +582,7 @@ def _read_float(graph: OnnxGraph, convs: list, config: ModelConfig) -> tuple[dic
     weights: dict[str, np.ndarray] = {}
     for conv, (scope, weight_name, bias_name, kind) in zip(convs, _names(config)):
         kernel, bias, after = _folded_conv(graph, conv, scope)
-        if scope != LOGITS_SCOPE and not _is_relu6(graph, after):
+        if scope != LOGITS_SCOPE and not is_relu6(graph, after):
             raise graph.error(
                 f"{scope} is followed by {after.op_type if after is not None else 'a branch'}, MobileNet V1 has ReLU6 (Clip 0..6)"
             )
@@ -664,16 +664,6 @@ def _per_channel(value: np.ndarray, channel_axis: int, channels: int, rank: int 
     ):
         return None
     return np.broadcast_to(value.reshape(-1), (channels,)).copy()
-
-
-def _is_relu6(graph: OnnxGraph, node) -> bool:
-    """True for Clip 0..6 (bounds as inputs, or as attributes before opset 11)."""
-    if node is None or node.op_type != "Clip":
-        return False
-    attributes, inputs = graph.attributes(node), [*node.input, "", ""]
-    low = float(graph.value(inputs[1]).reshape(())) if inputs[1] else attributes.get("min")
-    high = float(graph.value(inputs[2]).reshape(())) if inputs[2] else attributes.get("max")
-    return (low, high) == RELU6_BOUNDS
 
 
 # ---------------------------------------------------------------------------------------------- QDQ graphs
