@@ -44,6 +44,7 @@ from bench_quant import REALDATA, op_type_table, tf2onnx_convert, tflite_interpr
 from interleaved import interleave, serve  # noqa: E402
 
 from mobilenet_zoo.deps import require  # noqa: E402
+from mobilenet_zoo.errors import ZooError  # noqa: E402
 from mobilenet_zoo.formats import tflite  # noqa: E402
 from mobilenet_zoo.model.preprocess import load_image, load_image_uint8  # noqa: E402
 
@@ -310,6 +311,11 @@ def main(argv: list[str] | None = None) -> int:
     if TF2ONNX in runtimes and importlib.util.find_spec("tf2onnx") is None:
         raise SystemExit(f"error: {TF2ONNX!r} needs tf2onnx: pip install 'mobilenet-zoo[dev]' (or leave it out)")
     threads = [int(value) for value in args.threads.split(",")]
+    if args.tflite is not None:
+        try:  # the file is read (and refused in one line) before any worker starts
+            tflite.read(args.tflite)
+        except ZooError as exc:
+            raise SystemExit(f"error: {exc}") from None
     rows, profiles = [], []
     with tempfile.TemporaryDirectory(prefix="mobilenet-zoo-bench-int8-qdq-") as scratch:
         folder = Path(scratch)

@@ -6,6 +6,9 @@ import csv
 import json
 import os
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from conftest import DATA
@@ -184,3 +187,19 @@ def test_an_older_csv_keeps_its_columns_when_appended_to(tmp_path):
     append_csv([BenchResult("m", "tflite", 1, median_ms=2.0, source="m.tflite")], older)
     (loaded,) = load_results(older)
     assert (loaded.model, loaded.median_ms, loaded.source) == ("m", 2.0, "")
+
+
+@pytest.mark.parametrize("script", ["bench_int8_qdq.py"])
+def test_a_benchmark_given_a_broken_tflite_says_so_in_one_line(script, tmp_path):
+    """The int8 benchmark reads its --tflite before it starts a worker: a file that is no TFLite model is one line."""
+    broken = tmp_path / "broken.tflite"
+    broken.write_bytes(b"not a flatbuffer at all")
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run(
+        [sys.executable, str(root / "benchmarks" / script), "--tflite", str(broken), "--runtimes", "onnx qdq"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 1 and done.stdout == ""
+    assert done.stderr == f"error: {broken}: not a TFLite flatbuffer (no TFL3 identifier)\n"
