@@ -375,10 +375,11 @@ def _verify_on_ray(present, missing, images, n_random, seed, thresholds, address
     """Every target against its recorded reference, one Ray task per reference."""
     from mobilenet_zoo.tasks.distributed import verify_many
     from mobilenet_zoo.tasks.parity import VerifyResult, input_names
-    from mobilenet_zoo.zoo.samples import resolve_images
+    from mobilenet_zoo.zoo.samples import gate_images, resolve_images
 
-    images = resolve_images(images or [])
-    reports = verify_many(present, images, n_random, seed, thresholds, address)
+    photos = gate_images() if images is None else None  # as a local verify: the gate's default images
+    images = resolve_images(images) if images is None or images else []  # None: the bundled samples; []: none
+    reports = verify_many(present, images, n_random, seed, thresholds, address, photos=photos)
     return VerifyResult(input_names(images, n_random), reports, missing)
 
 

@@ -662,10 +662,12 @@ def _verify_shipped(
     n_random: int,
     seed: int,
     thresholds: Thresholds,
+    photos: list[tuple[str, bytes]] | None = None,
 ) -> list[TargetReport]:
     """A Ray task: `verify_group` on shipped files. `targets` are (driver path, packed bytes, manifest entry),
-    `images` (driver path, bytes); the reports name the driver's files."""
+    `images` and the gate's `photos` (driver path, bytes); the reports name the driver's files."""
     from mobilenet_zoo.tasks.manifest import write_manifest
+    from mobilenet_zoo.tasks.parity import AccuracyGate
 
     with Workspace() as workspace, workspace.driver_paths():
         model = replace(reference, path=workspace.unpack(reference_data, reference.path, "reference"))
@@ -675,7 +677,13 @@ def _verify_shipped(
             write_manifest(path.parent, {"targets": {path.name: entry}})  # what verify reads beside a target
             paths.append(path)
         image_paths = [workspace.write(data, original, f"images/{i}") for i, (original, data) in enumerate(images)]
-        reports = verify_group(model, paths, image_paths, n_random, seed, thresholds)
+        photo_paths = (
+            None
+            if photos is None
+            else [workspace.write(data, original, f"photos/{i}") for i, (original, data) in enumerate(photos)]
+        )
+        gate = AccuracyGate(image_paths, seed, thresholds.min_agreement, photos=photo_paths)
+        reports = verify_group(model, paths, image_paths, n_random, seed, thresholds, gate=gate)
         return [
             replace(r, target=workspace.restore(r.target), reference=workspace.restore(r.reference)) for r in reports
         ]
@@ -688,12 +696,15 @@ def verify_many(
     seed: int = 0,
     thresholds: Thresholds | None = None,
     address: str | None = None,
+    photos: list[Path] | None = None,
 ) -> list[TargetReport]:
     """Verify converted models of several variants against the references `convert` recorded, one Ray task per
-    reference, the files shipped as bytes; the reports come back in the order of `targets`."""
+    reference, the files shipped as bytes; the reports come back in the order of `targets`. `photos`: the accuracy
+    gate's images for targets that differ on purpose (as a local `verify` without --images: the bundled photos)."""
     ray = connect(address)
     task = ray.remote(_verify_shipped)
     shipped_images = ray.put([(str(path), Path(path).read_bytes()) for path in images])
+    shipped_photos = None if photos is None else ray.put([(str(path), Path(path).read_bytes()) for path in photos])
     reports: dict[str, TargetReport] = {}
     refs = []
     for reference, group in group_by_reference(targets).items():
@@ -705,7 +716,14 @@ def verify_many(
         shipped = [(str(target), pack(target), manifest_entry(target)) for target in checked]
         refs.append(
             task.remote(
-                runnable, pack(runnable.path), shipped, shipped_images, n_random, seed, thresholds or Thresholds()
+                runnable,
+                pack(runnable.path),
+                shipped,
+                shipped_images,
+                n_random,
+                seed,
+                thresholds or Thresholds(),
+                shipped_photos,
             )
         )
     reports.update({report.target: report for batch in _run_remote(lambda: ray.get(refs)) for report in batch})

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -348,6 +351,22 @@ def test_a_quantized_target_is_gated_on_the_bundled_photos_by_default(quantized_
     (report,) = json.loads(stdout)["targets"]
     assert report["agreement"]["images"] == 30 and report["agreement"]["offered"] == 30
     assert json.loads(stdout)["inputs"][:4] == ["bird.png", "cat.png", "grace_hopper.png", "parrot.jpg"]
+
+
+@pytest.mark.slow
+def test_verify_on_ray_gates_on_the_bundled_photos_as_a_local_verify_does(quantized_folder, tmp_path):
+    """`verify --ray` (a whole process, its own local Ray instance) measures a target that differs on purpose on the
+    30 bundled photos, as a local `verify` does (it used to measure on parity's 4 samples only)."""
+    pytest.importorskip("ray")
+    _, _, out = quantized_folder
+    target = out / "mobilenet_v1_0.25_128_quant.tflite"
+    env = {**os.environ, "MOBILENET_ZOO_HOME": str(tmp_path / "home")}
+    command = [sys.executable, "-m", "mobilenet_zoo", "verify", str(target), "--min-agreement", "0", "--json"]
+    done = subprocess.run([*command, "--ray"], capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr
+    (report,) = json.loads(done.stdout)["targets"]
+    assert report["agreement"]["images"] == 30 and report["agreement"]["offered"] == 30
+    assert json.loads(done.stdout)["inputs"][:4] == ["bird.png", "cat.png", "grace_hopper.png", "parrot.jpg"]
 
 
 @pytest.mark.slow
