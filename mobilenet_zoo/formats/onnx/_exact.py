@@ -37,7 +37,7 @@ depthwise too) take the same road with one step map per channel, plus:
   layer's output clamp applied after it (one Clip, fused by onnxruntime into the 1x1 depthwise Conv that leaves
   MAGIC + an integer, so the tensor stays in the blocked layout): per channel "shifted" (its products centred on 0
   when those near 0 do not fit: float32 rounds a product half as large twice as finely) or "batchnorm";
-- channel groups: float32 has no such affine for about 5% of the channels (a real line passing closer to a rounding
+- channel groups: float32 has no such affine for about 7% of the channels (a real line passing closer to a rounding
   boundary than float32 resolves), so a layer is split into a float32 group and a float64 one (Mul/Add/Floor, those
   channels only, padded to whole blocks of 16 so the groups' Concat stays blocked), each its own Conv on kernel rows
   gathered from the stored kernel; a depthwise layer takes its input's groups as they are (the pointwise layer
@@ -592,9 +592,7 @@ def _conv(
     kernel = builder.constant(weight_name, to_oihw(weights.values, "depthwise" if conv.depthwise else "conv"))
     bias = builder.constant(bias_name, stored_bias.astype(np.int32))  # the stored int32 bias (it is read back)
     if bound < FLOAT32_EXACT and arithmetic != "integer":
-        if not np.array_equal(conv.bias, stored_bias):
-            correction = builder.constant(f"{bias_name}/recentre", (conv.bias - stored_bias).astype(np.int32))
-            bias = builder.node("Add", [bias, correction], f"{bias_name}/recentred")
+        bias = _recentred_bias(builder, bias, conv.bias, stored_bias, bias_name)
         reaches = clamp = None
         if len(steps) > 1:  # per channel: proven on each channel's reach, clamped after (one Clip, not Max and Min)
             reaches, clamp = reaches_and_clamp(conv, input_range)
@@ -735,17 +733,25 @@ def _in_order(builder, parts: list[Part], prefix: str) -> Activation:
     channel axis when the groups interleave)."""
     if len(parts) == 1 and np.array_equal(parts[0].channels, np.arange(len(parts[0].channels))):
         return parts[0].activation
-    first = parts[0].activation
-    tensor = builder.node(
-        "Concat",
-        [part.activation.as_offsets(builder, f"{prefix}/part{i}") for i, part in enumerate(parts)],
-        f"{prefix}/concat",
-        axis=1,
-    )
+    joined = _concatenated(builder, parts, prefix)
     order = np.argsort(np.concatenate([part.channels for part in parts]))
     tensor = builder.node(
-        "Gather", [tensor, builder.constant(f"{prefix}/order", order.astype(np.int64))], f"{prefix}/in_order", axis=1
+        "Gather",
+        [joined.offsets, builder.constant(f"{prefix}/order", order.astype(np.int64))],
+        f"{prefix}/in_order",
+        axis=1,
     )
+    return Activation(joined.zero_point, offsets=tensor, dtype=joined.dtype)
+
+
+def _concatenated(builder, parts: list[Part], prefix: str) -> Activation:
+    """The activation of `parts` as one tensor, their channels one group after the other (the part itself when
+    there is one)."""
+    if len(parts) == 1:
+        return parts[0].activation
+    first = parts[0].activation
+    offsets = [part.activation.as_offsets(builder, f"{prefix}/part{i}") for i, part in enumerate(parts)]
+    tensor = builder.node("Concat", offsets, f"{prefix}/concat", axis=1)
     return Activation(first.zero_point, offsets=tensor, dtype=first.dtype)
 
 
@@ -765,30 +771,14 @@ def _grouped_conv(
     conv, prefix = proof.conv, f"{SCOPE}/{proof.conv.scope}"
     kernel = builder.constant(weight_name, to_oihw(weights.values, "depthwise" if conv.depthwise else "conv"))
     bias = builder.constant(bias_name, proof.stored_bias.astype(np.int32))  # the stored int32 bias (it is read back)
-    if not np.array_equal(conv.bias, proof.stored_bias):
-        correction = builder.constant(f"{bias_name}/recentre", (conv.bias - proof.stored_bias).astype(np.int32))
-        bias = builder.node("Add", [bias, correction], f"{bias_name}/recentred")
+    bias = _recentred_bias(builder, bias, conv.bias, proof.stored_bias, bias_name)
     float_kernel = _float_of(builder, kernel, _kernel_zero_point(weights), f"{weight_name}/minus_zero_point")
     float_bias = _float_of(builder, bias, 0, f"{bias_name}/as_float")
     if conv.depthwise:
         groups = [(part.activation, part.channels) for part in parts]
         input_order = None
     else:
-        single = len(parts) == 1
-        activation = (
-            parts[0].activation
-            if single
-            else Activation(
-                parts[0].activation.zero_point,
-                offsets=builder.node(
-                    "Concat",
-                    [part.activation.as_offsets(builder, f"{prefix}/input/part{i}") for i, part in enumerate(parts)],
-                    f"{prefix}/input/concat",
-                    axis=1,
-                ),
-                dtype=parts[0].activation.dtype,
-            )
-        )
+        activation = _concatenated(builder, parts, f"{prefix}/input")
         input_order = np.concatenate([part.channels for part in parts])
         wide = set(float64.tolist())
         narrow = np.array([c for c in range(len(conv.bias)) if c not in wide], np.int64)
@@ -797,16 +787,14 @@ def _grouped_conv(
     result = []
     for number, (activation, channels) in enumerate(groups):
         group_prefix = f"{prefix}/group{number}" if named else prefix
-        values = _group(
-            builder, activation, proof, channels, input_order, float_kernel, float_bias, group_prefix, bias_name
-        )
+        values = _group(builder, activation, proof, channels, input_order, float_kernel, float_bias, group_prefix)
         result.append(
             Part(Activation(conv.requantization.zero_point, offsets=values, dtype=conv.requantization.dtype), channels)
         )
     return result
 
 
-def _group(builder, activation, proof: LayerProof, channels, input_order, kernel, bias, prefix: str, bias_name: str):
+def _group(builder, activation, proof: LayerProof, channels, input_order, kernel, bias, prefix: str):
     """The requantized values of one channel group (see `_grouped_conv`)."""
     conv, every = proof.conv, np.arange(len(proof.conv.bias))
     steps = [proof.steps[c] for c in channels]
@@ -835,6 +823,14 @@ def _group(builder, activation, proof: LayerProof, channels, input_order, kernel
         clipped = _clip(builder, accumulator, steps, shifts, np.float32, f"{prefix}/span")
         return _emit(builder, clipped, steps, None, len(channels), f"{prefix}/requantize", np.float32)
     return _clamped_emit(builder, accumulator, reaches, shifts, affines, proof.clamp, prefix)
+
+
+def _recentred_bias(builder, bias: str, recentred: np.ndarray, stored: np.ndarray, bias_name: str) -> str:
+    """The stored int32 bias plus, when `recentred` moved dead channels' biases, a constant correction to it."""
+    if np.array_equal(recentred, stored):
+        return bias
+    correction = builder.constant(f"{bias_name}/recentre", (recentred - stored).astype(np.int32))
+    return builder.node("Add", [bias, correction], f"{bias_name}/recentred")
 
 
 def recentred(
